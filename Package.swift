@@ -1,0 +1,80 @@
+// swift-tools-version: 6.2
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "chatlog",
+    products: [
+        .library(name: "ChatLog", targets: ["ChatLog"]),
+        .executable(name: "chatlog", targets: ["ChatLogCLI"]),
+        .executable(name: "chatlog-bench", targets: ["ChatLogBenchmarks"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/groue/GRDB.swift", exact: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
+    ],
+    targets: [
+        // libsodium from the system (Debian: libsodium-dev), found through pkg-config.
+        .systemLibrary(
+            name: "CSodium",
+            pkgConfig: "libsodium",
+            providers: [.apt(["libsodium-dev"])]
+        ),
+        // Build-time tool: turns migrations/*.sql into a Swift source file compiled into ChatLog,
+        // so the schema travels inside the binary (no resource bundle to lose when it is copied).
+        .executableTarget(
+            name: "EmbedMigrationsTool",
+            swiftSettings: strict
+        ),
+        .plugin(
+            name: "EmbedMigrations",
+            capability: .buildTool(),
+            dependencies: ["EmbedMigrationsTool"]
+        ),
+        .target(
+            name: "ChatLog",
+            dependencies: [
+                "CSodium",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Configuration", package: "swift-configuration"),
+            ],
+            swiftSettings: strict,
+            plugins: ["EmbedMigrations"]
+        ),
+        .executableTarget(
+            name: "ChatLogCLI",
+            dependencies: [
+                "ChatLog",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "ChatLogBenchmarks",
+            dependencies: [
+                "ChatLog",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "ChatLogTests",
+            dependencies: [
+                "ChatLog",
+                "CSodium",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "ChatLogCLITests",
+            dependencies: ["ChatLog"],
+            swiftSettings: strict
+        ),
+    ]
+)

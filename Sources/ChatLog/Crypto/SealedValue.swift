@@ -1,0 +1,129 @@
+import CSodium
+
+/// The byte format of one sealed field (docs/FORMAT.md, version 1):
+///
+///     version (1 byte, 0x01) ‖ key id (4 bytes, big-endian) ‖ nonce (24 bytes) ‖ MAC (16) ‖ ciphertext
+///
+/// The ciphertext is `crypto_secretbox_easy` (XSalsa20-Poly1305) of the ISO/IEC 7816-4 padded
+/// plaintext (`sodium_pad`), under a subkey bound to where the value lives:
+///
+///     subkey = BLAKE2b-256(key: data key, message: lp("chatlog/v1/field") ‖ lp(table) ‖ lp(column) ‖ lp(row id))
+///
+/// where `lp(x) = u32be(len(x)) ‖ x`. A value copied to another row, column or store derives a
+/// different subkey and fails authentication.
+enum SealedValue {
+    static let version: UInt8 = 1
+    static let nonceSize = 24  // crypto_secretbox_NONCEBYTES
+    static let macSize = 16  // crypto_secretbox_MACBYTES
+    static let headerSize = 1 + 4 + nonceSize
+    static let overhead = headerSize + macSize
+    static let defaultPaddingBlock = 32
+
+    enum Failure: Error, Equatable, Sendable {
+        case truncated(length: Int)
+        case unsupportedVersion(UInt8)
+        case authenticationFailed
+        case badPadding
+    }
+
+    /// The key id a sealed value names, without opening it.
+    static func keyID(of sealed: some Collection<UInt8>) throws(Failure) -> KeyID {
+        guard sealed.count >= overhead + 1 else { throw .truncated(length: sealed.count) }
+        var iterator = sealed.makeIterator()
+        let version = iterator.next()!
+        guard version == Self.version else { throw .unsupportedVersion(version) }
+        var id: UInt32 = 0
+        for _ in 0..<4 { id = (id << 8) | UInt32(iterator.next()!) }
+        return KeyID(rawValue: id)
+    }
+
+    /// Seals `plaintext` for `context` under `key`, which the header names as `keyID`.
+    /// `nonce` is for test vectors only; production callers leave it nil (fresh random nonce).
+    static func seal(
+        _ plaintext: UnsafeRawBufferPointer, keyID: KeyID, key: SecureBytes, context: FieldContext,
+        paddingBlock: Int = defaultPaddingBlock, nonce: [UInt8]? = nil
+    ) -> [UInt8] {
+        Sodium.ensureInitialized()
+        precondition(paddingBlock > 0)
+        let paddedLength = (plaintext.count / paddingBlock + 1) * paddingBlock
+        let total = overhead + paddedLength
+        return [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
+            let base = buffer.baseAddress!
+            base[0] = version
+            base[1] = UInt8(keyID.rawValue >> 24)
+            base[2] = UInt8((keyID.rawValue >> 16) & 0xFF)
+            base[3] = UInt8((keyID.rawValue >> 8) & 0xFF)
+            base[4] = UInt8(keyID.rawValue & 0xFF)
+            let noncePointer = base + 5
+            if let nonce {
+                precondition(nonce.count == nonceSize)
+                noncePointer.update(from: nonce, count: nonceSize)
+            } else {
+                randombytes_buf(noncePointer, nonceSize)
+            }
+            // Plaintext is copied behind the MAC slot, padded there, then encrypted in place
+            // (libsodium allows the overlap).
+            let message = base + overhead
+            if plaintext.count > 0 {
+                UnsafeMutableRawPointer(message).copyMemory(from: plaintext.baseAddress!, byteCount: plaintext.count)
+            }
+            var padded = 0
+            let padStatus = sodium_pad(&padded, message, plaintext.count, paddingBlock, paddedLength)
+            precondition(padStatus == 0 && padded == paddedLength)
+            withSubkey(key: key, context: context) { subkey in
+                let status = crypto_secretbox_easy(
+                    base + headerSize, message, UInt64(paddedLength), noncePointer, subkey)
+                precondition(status == 0)
+            }
+            initialized = total
+        }
+    }
+
+    /// Opens a value sealed for `context` under `key`. The caller has already checked that the
+    /// header's key id names `key`.
+    static func open(
+        _ sealed: UnsafeRawBufferPointer, key: SecureBytes, context: FieldContext
+    ) throws(Failure) -> [UInt8] {
+        guard sealed.count >= overhead + 1 else { throw .truncated(length: sealed.count) }
+        let bytes = sealed.bindMemory(to: UInt8.self)
+        guard bytes[0] == version else { throw .unsupportedVersion(bytes[0]) }
+        let cipherLength = sealed.count - headerSize
+        let paddedLength = cipherLength - macSize
+        var opened = false
+        var plaintext = [UInt8](unsafeUninitializedCapacity: paddedLength) { buffer, initialized in
+            withSubkey(key: key, context: context) { subkey in
+                opened =
+                    crypto_secretbox_open_easy(
+                        buffer.baseAddress!, bytes.baseAddress! + headerSize, UInt64(cipherLength),
+                        bytes.baseAddress! + 5, subkey) == 0
+            }
+            initialized = opened ? paddedLength : 0
+        }
+        guard opened else { throw .authenticationFailed }
+        // ISO/IEC 7816-4 unpadding: trailing zeros, then 0x80. The MAC has already been checked,
+        // so the bytes are authentic; the block size is a sealing choice and not needed here.
+        var end = plaintext.count
+        while end > 0, plaintext[end - 1] == 0 { end -= 1 }
+        guard end > 0, plaintext[end - 1] == 0x80 else {
+            plaintext.withUnsafeMutableBytes { Sodium.memzero($0) }
+            throw .badPadding
+        }
+        plaintext.removeSubrange((end - 1)...)
+        return plaintext
+    }
+
+    /// Derives the per-field subkey on the stack, lends it to `body`, then wipes it.
+    private static func withSubkey(
+        key: SecureBytes, context: FieldContext, _ body: (UnsafePointer<UInt8>) -> Void
+    ) {
+        let message = context.derivationMessage
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { subkey in
+            let raw = UnsafeMutableRawBufferPointer(subkey)
+            key.withUnsafeBytes { keyBytes in
+                message.withUnsafeBytes { Sodium.keyedHash(key: keyBytes, message: $0, into: raw) }
+            }
+            body(UnsafePointer(subkey.baseAddress!))
+            Sodium.memzero(raw)
+        }
+    }
+}

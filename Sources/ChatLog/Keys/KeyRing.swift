@@ -1,0 +1,137 @@
+import Foundation
+import GRDB
+import Synchronization
+
+/// The unwrapped data and index keys of one store, in libsodium memory. Loaded at open; reloaded
+/// when a sealed value names a key this process has not seen (another process rotated), so a
+/// reader learns a new key before it has to open a row sealed under it.
+final class KeyRing: Sendable {
+    struct Loaded: Sendable {
+        var activeDataKey: (id: KeyID, key: DataKey)
+        var activeIndexKey: (id: KeyID, key: IndexKey)
+        var dataKeys: [KeyID: DataKey]
+        var indexKeys: [KeyID: IndexKey]
+        var retired: Set<KeyID>
+    }
+
+    let master: MasterKey
+    private let state: Mutex<Loaded>
+
+    init(master: MasterKey, db: Database) throws(ChatLogError) {
+        self.master = master
+        state = Mutex(try Self.load(master: master, db: db))
+    }
+
+    var current: Loaded { state.withLock { $0 } }
+
+    func reload(_ db: Database) throws(ChatLogError) {
+        let loaded = try Self.load(master: master, db: db)
+        state.withLock { $0 = loaded }
+    }
+
+    /// The context a wrapped key is bound to: the keys table, its `wrapped` column, and
+    /// `"<kind>:<id>"` as row id (key ids are never reused).
+    static func wrappingContext(kind: KeyStatus.Entry.Kind, id: KeyID) -> FieldContext {
+        FieldContext(table: "keys", column: "wrapped", rowID: "\(kind.rawValue):\(id.rawValue)")
+    }
+
+    static func wrap(_ material: SecureBytes, kind: KeyStatus.Entry.Kind, id: KeyID, master: MasterKey) -> Data {
+        Data(material.withUnsafeBytes { bytes in
+            SealedValue.seal(bytes, keyID: .master, key: master.storage, context: wrappingContext(kind: kind, id: id))
+        })
+    }
+
+    static func unwrap(_ wrapped: Data, kind: KeyStatus.Entry.Kind, id: KeyID, master: MasterKey) throws(ChatLogError)
+        -> SecureBytes
+    {
+        let context = wrappingContext(kind: kind, id: id)
+        let failure = { (reason: IntegrityFailure.Reason) in
+            ChatLogError.integrity(IntegrityFailure(table: "keys", column: "wrapped", rowID: "\(kind.rawValue):\(id.rawValue)", reason: reason))
+        }
+        do {
+            guard try SealedValue.keyID(of: wrapped) == .master else { throw failure(.unknownKey(try SealedValue.keyID(of: wrapped))) }
+            var plain = try wrapped.withUnsafeBytes { (bytes) throws(SealedValue.Failure) in
+                try SealedValue.open(bytes, key: master.storage, context: context)
+            }
+            defer { plain.withUnsafeMutableBytes { Sodium.memzero($0) } }
+            guard plain.count == 32 else { throw failure(.truncated(length: plain.count)) }
+            return plain.withUnsafeBytes { SecureBytes(copying: $0) }
+        } catch let error as SealedValue.Failure {
+            throw failure(error.integrityReason)
+        } catch let error as ChatLogError {
+            throw error
+        } catch {
+            throw failure(.authenticationFailed)
+        }
+    }
+
+    /// Inserts a new active key of `kind`, demoting the previous active one to decrypt-only.
+    /// Runs inside the caller's IMMEDIATE transaction.
+    @discardableResult
+    static func addActiveKey(kind: KeyStatus.Entry.Kind, master: MasterKey, db: Database, now: Date = Date())
+        throws -> KeyID
+    {
+        let maxID = try Int64.fetchOne(db, sql: "SELECT max(id) FROM keys") ?? 0
+        let sequence = try Int64.fetchOne(db, sql: "SELECT seq FROM sqlite_sequence WHERE name = 'keys'") ?? 0
+        let id = KeyID(rawValue: UInt32(max(maxID, sequence) + 1))
+        let material = SecureBytes.random(count: 32)
+        try db.execute(
+            sql: "UPDATE keys SET state = 'decrypt-only' WHERE kind = ? AND state = 'active'", arguments: [kind.rawValue])
+        try db.execute(
+            sql: "INSERT INTO keys (id, kind, state, created_at, wrapped) VALUES (?, ?, 'active', ?, ?)",
+            arguments: [Int64(id.rawValue), kind.rawValue, now.unixMilliseconds, wrap(material, kind: kind, id: id, master: master)])
+        return id
+    }
+
+    private static func load(master: MasterKey, db: Database) throws(ChatLogError) -> Loaded {
+        let rows: [Row]
+        do {
+            rows = try Row.fetchAll(db, sql: "SELECT id, kind, state, wrapped FROM keys ORDER BY id")
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
+        var dataKeys: [KeyID: DataKey] = [:]
+        var indexKeys: [KeyID: IndexKey] = [:]
+        var retired: Set<KeyID> = []
+        var activeData: KeyID?
+        var activeIndex: KeyID?
+        for row in rows {
+            let id = KeyID(rawValue: UInt32(row["id"] as Int64))
+            let state: String = row["state"]
+            guard let kind = KeyStatus.Entry.Kind(rawValue: row["kind"]) else { continue }
+            if state == "retired" {
+                retired.insert(id)
+                continue
+            }
+            guard let wrapped = row["wrapped"] as Data? else {
+                throw .integrity(IntegrityFailure(table: "keys", column: "wrapped", rowID: "\(kind.rawValue):\(id)", reason: .truncated(length: 0)))
+            }
+            let material = try unwrap(wrapped, kind: kind, id: id, master: master)
+            switch kind {
+            case .data:
+                dataKeys[id] = DataKey(storage: material)
+                if state == "active" { activeData = id }
+            case .index:
+                indexKeys[id] = IndexKey(storage: material)
+                if state == "active" { activeIndex = id }
+            }
+        }
+        guard let activeData, let activeIndex else {
+            throw .notAChatLogStore(path: "", reason: "it has no active data or index key (was `chatlog init` interrupted? run it again)")
+        }
+        return Loaded(
+            activeDataKey: (activeData, dataKeys[activeData]!), activeIndexKey: (activeIndex, indexKeys[activeIndex]!),
+            dataKeys: dataKeys, indexKeys: indexKeys, retired: retired)
+    }
+}
+
+extension SealedValue.Failure {
+    var integrityReason: IntegrityFailure.Reason {
+        switch self {
+        case .truncated(let length): .truncated(length: length)
+        case .unsupportedVersion(let version): .unsupportedVersion(version)
+        case .authenticationFailed: .authenticationFailed
+        case .badPadding: .badPadding
+        }
+    }
+}

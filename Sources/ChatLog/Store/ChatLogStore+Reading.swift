@@ -1,0 +1,179 @@
+import Foundation
+import GRDB
+
+extension ChatLogStore {
+    private static let conversationColumns = """
+        c.seq, c.id, c.created_at, c.updated_at, c.title, c.subject, c.metadata,
+        (SELECT count(*) FROM messages m WHERE m.conversation_seq = c.seq) AS message_count
+        """
+
+    private static let messageColumns = """
+        m.id, c.id AS conversation_id, m.position, m.role, m.created_at, m.model, m.prompt_tokens, m.completion_tokens,
+        m.latency_ms, m.finish_reason, m.content, m.metadata
+        """
+
+    // MARK: - Public API
+
+    /// One conversation with its messages, oldest first.
+    public func transcript(_ id: ConversationID) throws(ChatLogError) -> Transcript {
+        try read { db in try self.transcript(id, db) }
+    }
+
+    public func transcript(_ id: ConversationID) async throws(ChatLogError) -> Transcript {
+        try await read { db in try self.transcript(id, db) }
+    }
+
+    /// One conversation without its messages.
+    public func conversation(_ id: ConversationID) throws(ChatLogError) -> Conversation {
+        try read { db in try self.conversation(id, db) }
+    }
+
+    public func conversation(_ id: ConversationID) async throws(ChatLogError) -> Conversation {
+        try await read { db in try self.conversation(id, db) }
+    }
+
+    /// Conversations newest first (by creation), filtered and paginated by cursor.
+    public func conversations(_ query: ConversationQuery = ConversationQuery()) throws(ChatLogError) -> ConversationPage {
+        let plan = try ConversationListPlan(query, keys: keyRing.current)
+        return try read { db in try self.conversations(plan, db) }
+    }
+
+    public func conversations(_ query: ConversationQuery = ConversationQuery()) async throws(ChatLogError) -> ConversationPage {
+        let plan = try ConversationListPlan(query, keys: keyRing.current)
+        return try await read { db in try self.conversations(plan, db) }
+    }
+
+    /// Key ids, states, ages and how many rows use each; the master key's fingerprint.
+    public func keyStatus() throws(ChatLogError) -> KeyStatus {
+        try read { db in
+            let usage = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT key_id, count(*) AS n FROM (
+                        SELECT key_id FROM messages UNION ALL SELECT key_id FROM conversations
+                        UNION ALL SELECT subject_key_id FROM conversations WHERE subject_key_id IS NOT NULL)
+                    GROUP BY key_id
+                    """
+            ).reduce(into: [Int64: Int]()) { $0[$1["key_id"]] = $1["n"] }
+            let entries = try Row.fetchAll(db, sql: "SELECT id, kind, state, created_at, retired_at FROM keys ORDER BY id").map { row in
+                let id: Int64 = row["id"]
+                return KeyStatus.Entry(
+                    id: KeyID(rawValue: UInt32(id)), kind: KeyStatus.Entry.Kind(rawValue: row["kind"]) ?? .data,
+                    state: KeyStatus.Entry.State(rawValue: row["state"]) ?? .retired,
+                    createdAt: Date(unixMilliseconds: row["created_at"]),
+                    retiredAt: (row["retired_at"] as Int64?).map(Date.init(unixMilliseconds:)), rowCount: usage[id] ?? 0)
+            }
+            return KeyStatus(masterKeyFingerprint: keyRing.master.fingerprint, masterKeySource: masterKeyOrigin, keys: entries)
+        }
+    }
+
+    /// Number of conversations and messages.
+    public func counts() throws(ChatLogError) -> (conversations: Int, messages: Int) {
+        try read { db in
+            (try Int.fetchOne(db, sql: "SELECT count(*) FROM conversations") ?? 0,
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM messages") ?? 0)
+        }
+    }
+
+    // MARK: - Implementation
+
+    func conversation(_ id: ConversationID, _ db: Database) throws -> Conversation {
+        guard let row = try Row.fetchOne(
+            db, sql: "SELECT \(Self.conversationColumns) FROM conversations c WHERE c.id = ?", arguments: [id.rawValue])
+        else { throw ChatLogError.conversationNotFound(id.rawValue) }
+        return try decodeConversation(row, db)
+    }
+
+    func transcript(_ id: ConversationID, _ db: Database) throws -> Transcript {
+        let conversation = try self.conversation(id, db)
+        let rows = try Row.fetchCursor(
+            db,
+            sql: """
+                SELECT \(Self.messageColumns) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
+                WHERE c.id = ? ORDER BY m.position
+                """, arguments: [id.rawValue])
+        var messages: [Message] = []
+        while let row = try rows.next() { messages.append(try decodeMessage(row, db)) }
+        return Transcript(conversation: conversation, messages: messages)
+    }
+
+    func conversations(_ plan: ConversationListPlan, _ db: Database) throws -> ConversationPage {
+        let rows = try Row.fetchAll(
+            db,
+            sql: "SELECT \(Self.conversationColumns) FROM conversations c WHERE \(plan.whereClause) ORDER BY c.created_at DESC, c.seq DESC LIMIT ?",
+            arguments: plan.arguments + [plan.limit + 1])
+        var conversations: [Conversation] = []
+        var nextCursor: String?
+        for (index, row) in rows.enumerated() {
+            if index == plan.limit {
+                let last = rows[index - 1]
+                nextCursor = "\(last["created_at"] as Int64).\(last["seq"] as Int64)"
+                break
+            }
+            conversations.append(try decodeConversation(row, db))
+        }
+        return ConversationPage(conversations: conversations, nextCursor: nextCursor)
+    }
+
+    func decodeConversation(_ row: Row, _ db: Database) throws -> Conversation {
+        let id: String = row["id"]
+        func context(_ column: String) -> FieldContext { FieldContext(table: "conversations", column: column, rowID: id) }
+        return Conversation(
+            id: ConversationID(trusted: id), createdAt: Date(unixMilliseconds: row["created_at"]),
+            updatedAt: Date(unixMilliseconds: row["updated_at"]),
+            title: try (row["title"] as Data?).map { (data) throws(ChatLogError) in try openText(data, context("title"), db: db) },
+            subject: try (row["subject"] as Data?).map { (data) throws(ChatLogError) in try openText(data, context("subject"), db: db) },
+            metadata: try openJSON(row["metadata"], context("metadata"), db: db),
+            messageCount: row["message_count"])
+    }
+
+    func decodeMessage(_ row: Row, _ db: Database) throws -> Message {
+        let id: String = row["id"]
+        let rawRole: String = row["role"]
+        guard let role = Role(rawValue: rawRole) else {
+            throw ChatLogError.integrity(IntegrityFailure(table: "messages", column: "role", rowID: id, reason: .invalidUTF8))
+        }
+        return Message(
+            id: MessageID(trusted: id), conversationID: ConversationID(trusted: row["conversation_id"]), position: row["position"],
+            role: role, createdAt: Date(unixMilliseconds: row["created_at"]), model: row["model"],
+            promptTokens: row["prompt_tokens"], completionTokens: row["completion_tokens"], latencyMilliseconds: row["latency_ms"],
+            finishReason: row["finish_reason"],
+            content: try openText(row["content"], FieldContext(table: "messages", column: "content", rowID: id), db: db),
+            metadata: try openJSON(row["metadata"], FieldContext(table: "messages", column: "metadata", rowID: id), db: db))
+    }
+}
+
+/// The SQL filter for a conversation listing, computed before the read (subject tokens under
+/// every live index key, so a listing stays exact while the index key rotates).
+struct ConversationListPlan: Sendable {
+    var clauses: [String] = ["1"]
+    var arguments: StatementArguments = []
+    let limit: Int
+    var whereClause: String { clauses.joined(separator: " AND ") }
+
+    init(_ query: ConversationQuery, keys: KeyRing.Loaded) throws(ChatLogError) {
+        guard query.limit > 0, query.limit <= 10_000 else { throw .invalidInput("limit must be between 1 and 10000") }
+        limit = query.limit
+        if let since = query.since {
+            clauses.append("c.created_at >= ?")
+            arguments += [since.unixMilliseconds]
+        }
+        if let until = query.until {
+            clauses.append("c.created_at < ?")
+            arguments += [until.unixMilliseconds]
+        }
+        if let subject = query.subject {
+            let tokens = keys.indexKeys.values.map { SubjectIndex.token(for: subject, key: $0) }
+            clauses.append("c.subject_token IN (\(tokens.map { _ in "?" }.joined(separator: ",")))")
+            arguments += StatementArguments(tokens)
+        }
+        if let cursor = query.cursor {
+            let parts = cursor.split(separator: ".")
+            guard parts.count == 2, let createdAt = Int64(parts[0]), let seq = Int64(parts[1]) else {
+                throw .invalidInput("malformed page cursor")
+            }
+            clauses.append("(c.created_at < ? OR (c.created_at = ? AND c.seq < ?))")
+            arguments += [createdAt, createdAt, seq]
+        }
+    }
+}

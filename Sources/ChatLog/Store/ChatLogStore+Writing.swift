@@ -1,0 +1,223 @@
+import Foundation
+import GRDB
+
+/// A row ready to insert: sealed before the write transaction starts, so the write lock is held
+/// only for the inserts.
+struct PreparedConversation: Sendable {
+    let id: ConversationID
+    let createdAt: Int64
+    let keyID: KeyID
+    let title: Data?
+    let subject: Data?
+    let subjectToken: Data?
+    let subjectKeyID: KeyID?
+    let metadata: Data?
+}
+
+struct PreparedMessage: Sendable {
+    let id: MessageID
+    let role: Role
+    let createdAt: Int64
+    let model: String?
+    let promptTokens: Int?
+    let completionTokens: Int?
+    let latencyMilliseconds: Int?
+    let finishReason: String?
+    let keyID: KeyID
+    let content: Data
+    let metadata: Data?
+}
+
+extension ChatLogStore {
+    /// The largest message content accepted (bytes of UTF-8).
+    public static let maximumContentBytes = 64 << 20
+
+    // MARK: - Public API
+
+    /// Creates a conversation and returns its id.
+    @discardableResult
+    public func createConversation(_ conversation: NewConversation = NewConversation()) throws(ChatLogError) -> ConversationID {
+        let prepared = try prepare(conversation)
+        try writeImmediate { db in try Self.insert(prepared, db) }
+        return prepared.id
+    }
+
+    /// Appends one message at the end of a conversation.
+    @discardableResult
+    public func append(_ message: NewMessage, to conversation: ConversationID) throws(ChatLogError) -> MessageID {
+        try append([message], to: conversation)[0]
+    }
+
+    /// Appends messages in order, in one transaction (all or nothing).
+    @discardableResult
+    public func append(_ messages: [NewMessage], to conversation: ConversationID) throws(ChatLogError) -> [MessageID] {
+        let prepared = try messages.map { (message) throws(ChatLogError) in try prepare(message) }
+        try writeImmediate { db in try Self.insert(prepared, into: conversation, db) }
+        return prepared.map(\.id)
+    }
+
+    /// Logs one model call (new prompt messages, then the completion) in one transaction,
+    /// creating the conversation first when asked.
+    @discardableResult
+    public func logExchange(_ exchange: ModelExchange) throws(ChatLogError) -> LoggedExchange {
+        let (conversation, messages) = try prepare(exchange)
+        let id = try writeImmediate { db in try Self.insert(conversation: conversation, messages: messages, target: exchange.conversation, db) }
+        return LoggedExchange(conversationID: id, messageIDs: messages.map(\.id))
+    }
+
+    /// Deletes a conversation and all its messages. Returns false when there was none.
+    /// `secure_delete` zeroes the freed content in the database file; the WAL keeps old pages
+    /// until the next checkpoint.
+    @discardableResult
+    public func deleteConversation(_ id: ConversationID) throws(ChatLogError) -> Bool {
+        try writeImmediate { db in
+            try db.execute(sql: "DELETE FROM conversations WHERE id = ?", arguments: [id.rawValue])
+            return db.changesCount > 0
+        }
+    }
+
+    // MARK: - Async forms (run on GRDB's writer queue; never block the cooperative pool)
+
+    @discardableResult
+    public func createConversation(_ conversation: NewConversation = NewConversation()) async throws(ChatLogError) -> ConversationID {
+        let prepared = try prepare(conversation)
+        try await writeImmediate { db in try Self.insert(prepared, db) }
+        return prepared.id
+    }
+
+    @discardableResult
+    public func append(_ message: NewMessage, to conversation: ConversationID) async throws(ChatLogError) -> MessageID {
+        try await append([message], to: conversation)[0]
+    }
+
+    @discardableResult
+    public func append(_ messages: [NewMessage], to conversation: ConversationID) async throws(ChatLogError) -> [MessageID] {
+        let prepared = try messages.map { (message) throws(ChatLogError) in try prepare(message) }
+        try await writeImmediate { db in try Self.insert(prepared, into: conversation, db) }
+        return prepared.map(\.id)
+    }
+
+    @discardableResult
+    public func logExchange(_ exchange: ModelExchange) async throws(ChatLogError) -> LoggedExchange {
+        let (conversation, messages) = try prepare(exchange)
+        let target = exchange.conversation
+        let id = try await writeImmediate { db in try Self.insert(conversation: conversation, messages: messages, target: target, db) }
+        return LoggedExchange(conversationID: id, messageIDs: messages.map(\.id))
+    }
+
+    @discardableResult
+    public func deleteConversation(_ id: ConversationID) async throws(ChatLogError) -> Bool {
+        try await writeImmediate { db in
+            try db.execute(sql: "DELETE FROM conversations WHERE id = ?", arguments: [id.rawValue])
+            return db.changesCount > 0
+        }
+    }
+
+    // MARK: - Preparation (validation and sealing, outside the transaction)
+
+    func prepare(_ conversation: NewConversation) throws(ChatLogError) -> PreparedConversation {
+        let id = ConversationID.make()
+        let sealer = self.sealer
+        let index = keyRing.current.activeIndexKey
+        let table = "conversations"
+        return PreparedConversation(
+            id: id, createdAt: (conversation.createdAt ?? Date()).unixMilliseconds, keyID: sealer.keyID,
+            title: conversation.title.map { sealer.seal($0, table: table, column: "title", rowID: id.rawValue) },
+            subject: conversation.subject.map { sealer.seal($0, table: table, column: "subject", rowID: id.rawValue) },
+            subjectToken: conversation.subject.map { SubjectIndex.token(for: $0, key: index.key) },
+            subjectKeyID: conversation.subject == nil ? nil : index.id,
+            metadata: try sealer.seal(json: conversation.metadata, table: table, column: "metadata", rowID: id.rawValue))
+    }
+
+    func prepare(_ message: NewMessage) throws(ChatLogError) -> PreparedMessage {
+        let size = message.content.utf8.count
+        guard size <= Self.maximumContentBytes else {
+            throw .invalidInput("message content is \(size) bytes; the limit is \(Self.maximumContentBytes >> 20) MiB")
+        }
+        for (name, value) in [("prompt tokens", message.promptTokens), ("completion tokens", message.completionTokens),
+            ("latency", message.latencyMilliseconds)]
+        {
+            if let value, value < 0 { throw .invalidInput("\(name) must not be negative") }
+        }
+        for (name, value) in [("model", message.model), ("finish reason", message.finishReason)] {
+            if let value, value.utf8.count > 256 || value.contains("\0") {
+                throw .invalidInput("\(name) must be at most 256 bytes without NUL")
+            }
+        }
+        let id = MessageID.make()
+        let sealer = self.sealer
+        return PreparedMessage(
+            id: id, role: message.role, createdAt: (message.createdAt ?? Date()).unixMilliseconds, model: message.model,
+            promptTokens: message.promptTokens, completionTokens: message.completionTokens,
+            latencyMilliseconds: message.latencyMilliseconds, finishReason: message.finishReason, keyID: sealer.keyID,
+            content: sealer.seal(message.content, table: "messages", column: "content", rowID: id.rawValue),
+            metadata: try sealer.seal(json: message.metadata, table: "messages", column: "metadata", rowID: id.rawValue))
+    }
+
+    func prepare(_ exchange: ModelExchange) throws(ChatLogError) -> (PreparedConversation?, [PreparedMessage]) {
+        var conversation: PreparedConversation?
+        if case .new(let new) = exchange.conversation { conversation = try prepare(new) }
+        var messages = try exchange.prompt.map { (message) throws(ChatLogError) in try prepare(message) }
+        messages.append(try prepare(exchange.completion))
+        return (conversation, messages)
+    }
+
+    // MARK: - Inserts (inside the IMMEDIATE transaction)
+
+    static func insert(_ conversation: PreparedConversation, _ db: Database) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+            arguments: [
+                conversation.id.rawValue, conversation.createdAt, conversation.createdAt, Int64(conversation.keyID.rawValue),
+                conversation.title, conversation.subject, conversation.subjectToken,
+                conversation.subjectKeyID.map { Int64($0.rawValue) }, conversation.metadata,
+            ])
+    }
+
+    static func insert(_ messages: [PreparedMessage], into conversation: ConversationID, _ db: Database) throws {
+        guard let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM conversations WHERE id = ?", arguments: [conversation.rawValue])
+        else { throw ChatLogError.conversationNotFound(conversation.rawValue) }
+        try insert(messages, conversationSeq: seq, db)
+    }
+
+    static func insert(_ messages: [PreparedMessage], conversationSeq seq: Int64, _ db: Database) throws {
+        var position = try Int64.fetchOne(
+            db, sql: "SELECT coalesce(max(position) + 1, 0) FROM messages WHERE conversation_seq = ?", arguments: [seq]) ?? 0
+        let statement = try db.cachedStatement(
+            sql: """
+                INSERT INTO messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens,
+                                      latency_ms, finish_reason, key_id, content, metadata)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """)
+        var latest: Int64 = 0
+        for message in messages {
+            try statement.execute(arguments: [
+                message.id.rawValue, seq, position, message.role.rawValue, message.createdAt, message.model,
+                message.promptTokens, message.completionTokens, message.latencyMilliseconds, message.finishReason,
+                Int64(message.keyID.rawValue), message.content, message.metadata,
+            ])
+            position += 1
+            latest = max(latest, message.createdAt)
+        }
+        try db.execute(sql: "UPDATE conversations SET updated_at = max(updated_at, ?) WHERE seq = ?", arguments: [latest, seq])
+    }
+
+    static func insert(
+        conversation: PreparedConversation?, messages: [PreparedMessage], target: ModelExchange.Target, _ db: Database
+    ) throws -> ConversationID {
+        let id: ConversationID
+        if let conversation {
+            try insert(conversation, db)
+            id = conversation.id
+        } else if case .existing(let existing) = target {
+            id = existing
+        } else {
+            preconditionFailure("a new conversation is always prepared")
+        }
+        try insert(messages, into: id, db)
+        return id
+    }
+}

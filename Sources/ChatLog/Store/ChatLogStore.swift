@@ -1,0 +1,267 @@
+import Foundation
+import GRDB
+
+/// An encrypted conversation log on one SQLite file.
+///
+/// Safe to share between threads (it is `Sendable`) and between processes on the same file:
+/// writes are `BEGIN IMMEDIATE` transactions in WAL mode with a busy timeout, so concurrent
+/// writers queue instead of failing.
+///
+/// ```swift
+/// let settings = try await ChatLogSettings.load()
+/// let store = try ChatLogStore.open(at: "chat.db", key: try settings.masterKeySource())
+/// let logged = try store.logExchange(ModelExchange(
+///     conversation: .new(NewConversation(title: "Support", subject: "user-42")),
+///     prompt: [NewMessage(role: .user, content: "My card was charged twice")],
+///     completion: NewMessage(role: .assistant, content: "Sorry about that…", model: "gpt-4o",
+///                            promptTokens: 12, completionTokens: 40, latencyMilliseconds: 850)))
+/// let transcript = try store.transcript(logged.conversationID)
+/// ```
+public final class ChatLogStore: Sendable {
+    public struct Options: Sendable {
+        /// How long a write waits for another writer (thread or process) before failing busy.
+        public var busyTimeout: TimeInterval
+        /// Plaintext is padded to a multiple of this many bytes before sealing (lengths leak only
+        /// to this granularity).
+        public var paddingBlock: Int
+        /// Argon2id limits used when a store is created from a passphrase.
+        public var passphraseKDF: PassphraseKDF
+
+        public init(busyTimeout: TimeInterval = 30, paddingBlock: Int = 32, passphraseKDF: PassphraseKDF = .moderate) {
+            self.busyTimeout = busyTimeout
+            self.paddingBlock = paddingBlock
+            self.passphraseKDF = passphraseKDF
+        }
+    }
+
+    public let path: String
+    public let options: Options
+    /// Where the master key came from (never the key).
+    public let masterKeyOrigin: String
+    let pool: DatabasePool
+    let keyRing: KeyRing
+
+    private init(path: String, options: Options, origin: String, pool: DatabasePool, keyRing: KeyRing) {
+        self.path = path
+        self.options = options
+        self.masterKeyOrigin = origin
+        self.pool = pool
+        self.keyRing = keyRing
+    }
+
+    // MARK: - Create and open
+
+    /// Creates a new store (file mode 0600): schema, master-key check value, a data key and an
+    /// index key. Throws ``ChatLogError/storeExists(path:)`` if `path` already holds one.
+    public static func create(at path: String, key source: MasterKeySource, options: Options = Options()) throws(ChatLogError)
+        -> ChatLogStore
+    {
+        if let size = PrivateFiles.fileSize(path) {
+            if size > 0, try probe(path) == .initialized { throw .storeExists(path: path) }
+        } else {
+            try PrivateFiles.createEmptyPrivateFile(at: path)
+        }
+        let pool = try openPool(path, options: options)
+        try Schema.migrate(pool)
+        let master: MasterKey
+        do {
+            master = try pool.writeWithoutTransaction { db in
+                try db.inTransaction(.immediate) {
+                    if try Row.fetchOne(db, sql: "SELECT 1 FROM chatlog_meta WHERE name = 'master_check'") != nil {
+                        throw ChatLogError.storeExists(path: path)
+                    }
+                    let master: MasterKey
+                    switch source.material {
+                    case .key(let key):
+                        master = key
+                        try setMeta(db, "key_kind", "key")
+                    case .passphrase(let passphrase):
+                        let kdf = options.passphraseKDF.withFreshSalt()
+                        master = try kdf.deriveMasterKey(from: passphrase)
+                        try setMeta(db, "key_kind", "passphrase")
+                        try setMeta(db, "kdf_algorithm", "argon2id13")
+                        try setMeta(db, "kdf_salt", Data(kdf.salt))
+                        try setMeta(db, "kdf_opslimit", Int64(kdf.opsLimit))
+                        try setMeta(db, "kdf_memlimit", Int64(kdf.memLimit))
+                    }
+                    try setMeta(db, "store_id", UUIDv7.make())
+                    try setMeta(db, "created_at", Date().unixMilliseconds)
+                    try setMeta(db, "master_check", Data(master.checkValue))
+                    try KeyRing.addActiveKey(kind: .data, master: master, db: db)
+                    try KeyRing.addActiveKey(kind: .index, master: master, db: db)
+                    return .commit
+                }
+                return try deriveMaster(db, source: source)
+            }
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
+        return try finishOpening(path: path, options: options, source: source, pool: pool, master: master)
+    }
+
+    /// Opens an existing store, checking the master key against the stored check value.
+    public static func open(at path: String, key source: MasterKeySource, options: Options = Options()) throws(ChatLogError)
+        -> ChatLogStore
+    {
+        guard PrivateFiles.fileExists(path) else { throw .storeNotFound(path: path) }
+        switch try probe(path) {
+        case .initialized: break
+        case .empty, .uninitialized:
+            throw .notAChatLogStore(path: path, reason: "it was never fully initialised; run `chatlog init` on it")
+        }
+        let pool = try openPool(path, options: options)
+        try Schema.migrate(pool)
+        let master: MasterKey
+        do {
+            master = try pool.read { db in try deriveMaster(db, source: source) }
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
+        return try finishOpening(path: path, options: options, source: source, pool: pool, master: master)
+    }
+
+    private static func finishOpening(
+        path: String, options: Options, source: MasterKeySource, pool: DatabasePool, master: MasterKey
+    ) throws(ChatLogError) -> ChatLogStore {
+        let keyRing: KeyRing
+        do {
+            keyRing = try pool.read { db in try KeyRing(master: master, db: db) }
+        } catch {
+            if case .notAChatLogStore(_, let reason) = error as? ChatLogError {
+                throw .notAChatLogStore(path: path, reason: reason)
+            }
+            throw ChatLogError.wrap(error)
+        }
+        return ChatLogStore(path: path, options: options, origin: source.origin, pool: pool, keyRing: keyRing)
+    }
+
+    /// Turns the source into the master key (running Argon2id with the stored salt for a
+    /// passphrase) and checks it against the stored check value.
+    private static func deriveMaster(_ db: Database, source: MasterKeySource) throws -> MasterKey {
+        let master: MasterKey
+        switch source.material {
+        case .key(let key):
+            master = key
+        case .passphrase(let passphrase):
+            guard let salt = try Data.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = 'kdf_salt'"),
+                let ops = try Int64.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = 'kdf_opslimit'"),
+                let mem = try Int64.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = 'kdf_memlimit'")
+            else {
+                throw ChatLogError.passphrase("this store was created with a master key, not a passphrase; set CHATLOG_MASTER_KEY or CHATLOG_MASTER_KEY_FILE")
+            }
+            let kdf = PassphraseKDF(opsLimit: UInt64(ops), memLimit: Int(mem), salt: [UInt8](salt))
+            master = try kdf.deriveMasterKey(from: passphrase)
+        }
+        guard let stored = try Data.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = 'master_check'") else {
+            throw ChatLogError.notAChatLogStore(path: "", reason: "it has no master-key check value")
+        }
+        let given = master.checkValue
+        let matches = stored.withUnsafeBytes { a in given.withUnsafeBytes { b in Sodium.constantTimeEqual(a, b) } }
+        guard matches else {
+            throw ChatLogError.wrongKey(
+                expected: KeyFingerprint(checkValue: [UInt8](stored)), given: KeyFingerprint(checkValue: given))
+        }
+        return master
+    }
+
+    static func setMeta(_ db: Database, _ name: String, _ value: some DatabaseValueConvertible) throws {
+        try db.execute(
+            sql: "INSERT INTO chatlog_meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            arguments: [name, value])
+    }
+
+    private enum ProbeResult { case empty, uninitialized, initialized }
+
+    /// Looks at a file read-only before chatlog touches it, so that opening a foreign SQLite
+    /// database (or a random file) changes nothing in it.
+    private static func probe(_ path: String) throws(ChatLogError) -> ProbeResult {
+        if PrivateFiles.fileSize(path) == 0 { return .empty }
+        var configuration = Configuration()
+        configuration.readonly = true
+        configuration.busyMode = .timeout(5)
+        do {
+            let queue = try DatabaseQueue(path: path, configuration: configuration)
+            defer { try? queue.close() }
+            return try queue.read { db in
+                let tables = try String.fetchSet(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table'")
+                if tables.contains("chatlog_meta") {
+                    let initialized = try Row.fetchOne(db, sql: "SELECT 1 FROM chatlog_meta WHERE name = 'master_check'") != nil
+                    return initialized ? .initialized : .uninitialized
+                }
+                if tables.isEmpty || tables == ["grdb_migrations"] { return .uninitialized }
+                throw ChatLogError.notAChatLogStore(path: path, reason: "it is a SQLite database of another program")
+            }
+        } catch let error as ChatLogError {
+            throw error
+        } catch let error as DatabaseError where error.resultCode == .SQLITE_NOTADB {
+            throw .notAChatLogStore(path: path, reason: "it is not a SQLite database")
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
+    }
+
+    private static func openPool(_ path: String, options: Options) throws(ChatLogError) -> DatabasePool {
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(options.busyTimeout)
+        configuration.foreignKeysEnabled = true
+        configuration.label = "chatlog"
+        configuration.prepareDatabase { db in
+            // Deleted and overwritten content is zeroed in the file, not left in free pages.
+            try db.execute(sql: "PRAGMA secure_delete = ON")
+        }
+        do {
+            return try DatabasePool(path: path, configuration: configuration)
+        } catch let error as DatabaseError where error.resultCode == .SQLITE_NOTADB {
+            throw .notAChatLogStore(path: path, reason: "it is not a SQLite database")
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
+    }
+
+    /// Closes the store's connections (also done on release). Checkpoints the WAL.
+    public func close() throws(ChatLogError) {
+        do { try pool.close() } catch { throw ChatLogError.wrap(error) }
+    }
+
+    // MARK: - Transactions
+
+    /// Runs `body` in one `BEGIN IMMEDIATE` transaction: the write lock is taken up front, so a
+    /// concurrent writer waits on the busy timeout instead of failing half-way.
+    func writeImmediate<T>(_ body: (Database) throws -> T) throws(ChatLogError) -> T {
+        do {
+            return try pool.writeWithoutTransaction { db in
+                var result: T?
+                try db.inTransaction(.immediate) {
+                    result = try body(db)
+                    return .commit
+                }
+                return result!
+            }
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
+    }
+
+    func writeImmediate<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(ChatLogError) -> T {
+        do {
+            return try await pool.writeWithoutTransaction { db in
+                var result: T?
+                try db.inTransaction(.immediate) {
+                    result = try body(db)
+                    return .commit
+                }
+                return result!
+            }
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
+    }
+
+    func read<T>(_ body: (Database) throws -> T) throws(ChatLogError) -> T {
+        do { return try pool.read(body) } catch { throw ChatLogError.wrap(error) }
+    }
+
+    func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(ChatLogError) -> T {
+        do { return try await pool.read(body) } catch { throw ChatLogError.wrap(error) }
+    }
+}

@@ -1,0 +1,93 @@
+import Foundation
+import GRDB
+
+/// Seals the fields of new rows under the active data key. All sealed fields of one row use the
+/// same data key, recorded in the row's `key_id` (the rotation checkpoint).
+struct FieldSealer {
+    let keyID: KeyID
+    let key: DataKey
+    let paddingBlock: Int
+
+    func seal(_ text: String, table: String, column: String, rowID: String) -> Data {
+        var text = text
+        return text.withUTF8 { seal(UnsafeRawBufferPointer($0), table: table, column: column, rowID: rowID) }
+    }
+
+    func seal(_ bytes: UnsafeRawBufferPointer, table: String, column: String, rowID: String) -> Data {
+        Data(
+            SealedValue.seal(
+                bytes, keyID: keyID, key: key.storage,
+                context: FieldContext(table: table, column: column, rowID: rowID), paddingBlock: paddingBlock))
+    }
+
+    func seal(json: JSONValue?, table: String, column: String, rowID: String) throws(ChatLogError) -> Data? {
+        guard let json else { return nil }
+        let encoded = try json.encoded()
+        return encoded.withUnsafeBytes { seal($0, table: table, column: column, rowID: rowID) }
+    }
+}
+
+extension ChatLogStore {
+    var sealer: FieldSealer {
+        let active = keyRing.current.activeDataKey
+        return FieldSealer(keyID: active.id, key: active.key, paddingBlock: options.paddingBlock)
+    }
+
+    /// Opens a sealed value with exactly the key its header names (never trying keys in turn),
+    /// learning keys added by other processes on a miss.
+    func openSealed(_ sealed: Data, _ context: FieldContext, db: Database) throws(ChatLogError) -> [UInt8] {
+        let failure = { (reason: IntegrityFailure.Reason) in
+            ChatLogError.integrity(
+                IntegrityFailure(table: context.table, column: context.column, rowID: context.rowID, reason: reason))
+        }
+        let keyID: KeyID
+        do { keyID = try SealedValue.keyID(of: sealed) } catch { throw failure(error.integrityReason) }
+        var key = keyRing.current.dataKeys[keyID]
+        if key == nil {
+            try keyRing.reload(db)
+            key = keyRing.current.dataKeys[keyID]
+        }
+        guard let key else {
+            throw failure(keyRing.current.retired.contains(keyID) ? .retiredKey(keyID) : .unknownKey(keyID))
+        }
+        let opened = sealed.withUnsafeBytes { bytes in
+            Result { () throws(SealedValue.Failure) in try SealedValue.open(bytes, key: key.storage, context: context) }
+        }
+        switch opened {
+        case .success(let plaintext): return plaintext
+        case .failure(let error): throw failure(error.integrityReason)
+        }
+    }
+
+    func openText(_ sealed: Data, _ context: FieldContext, db: Database) throws(ChatLogError) -> String {
+        let bytes = try openSealed(sealed, context, db: db)
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw .integrity(IntegrityFailure(table: context.table, column: context.column, rowID: context.rowID, reason: .invalidUTF8))
+        }
+        return text
+    }
+
+    func openJSON(_ sealed: Data?, _ context: FieldContext, db: Database) throws(ChatLogError) -> JSONValue? {
+        guard let sealed else { return nil }
+        let bytes = try openSealed(sealed, context, db: db)
+        guard let value = JSONValue.decoded(Data(bytes)) else {
+            throw .integrity(IntegrityFailure(table: context.table, column: context.column, rowID: context.rowID, reason: .invalidJSON))
+        }
+        return value
+    }
+}
+
+/// Equality blind index for conversation subjects: keyed BLAKE2b-128 under the index key, of the
+/// NFKC-normalised subject. Lets `list --subject` use an index without decrypting anything.
+enum SubjectIndex {
+    static func token(for subject: String, key: IndexKey) -> Data {
+        let message = KeyDerivation.lengthPrefixed([KeyDerivation.subjectTag, subject.precomposedStringWithCompatibilityMapping])
+        var output = Data(count: 16)
+        key.withUnsafeBytes { keyBytes in
+            message.withUnsafeBytes { messageBytes in
+                output.withUnsafeMutableBytes { Sodium.keyedHash(key: keyBytes, message: messageBytes, into: $0) }
+            }
+        }
+        return output
+    }
+}

@@ -1,0 +1,138 @@
+import GRDB
+
+/// Every error chatlog's library throws. Descriptions are one line, name places (table, column,
+/// row id, file path, key id, fingerprints) and never carry plaintext, ciphertext or key bytes.
+public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
+    // Keys
+    /// No master key was found; the text says how to provide one.
+    case missingKey(String)
+    /// A master key was given but is malformed (length, encoding).
+    case invalidKey(String)
+    /// A placeholder key (all zeros, the README example, …) was refused.
+    case placeholderKey(String)
+    /// The key opens nothing in this store.
+    case wrongKey(expected: KeyFingerprint, given: KeyFingerprint)
+    /// `CHATLOG_MASTER_KEY_FILE` (or a similar file) was refused before reading it.
+    case keyFileRejected(path: String, reason: String)
+    /// The passphrase could not be read or derived.
+    case passphrase(String)
+
+    // Integrity
+    /// A sealed value did not open: tampered, truncated, or moved from another place.
+    case integrity(IntegrityFailure)
+
+    // Store and input
+    case storeNotFound(path: String)
+    case storeExists(path: String)
+    case notAChatLogStore(path: String, reason: String)
+    case schemaTooNew(found: Int, supported: Int)
+    case conversationNotFound(String)
+    case invalidInput(String)
+    /// A lock or busy database outlasted the timeout.
+    case busy(String)
+    /// SQLite or the file system failed; the text is SQLite's message without bound values.
+    case storage(String)
+
+    public var description: String {
+        switch self {
+        case .missingKey(let how): "no master key: \(how)"
+        case .invalidKey(let why): "invalid master key: \(why)"
+        case .placeholderKey(let which): "refusing \(which) as master key: generate a real one with `chatlog key generate`"
+        case .wrongKey(let expected, let given):
+            "wrong master key: this store expects key \(expected), the key given is \(given)"
+        case .keyFileRejected(let path, let reason): "refusing key file \(path): \(reason)"
+        case .passphrase(let why): "passphrase: \(why)"
+        case .integrity(let failure): "integrity failure: \(failure)"
+        case .storeNotFound(let path): "no chatlog store at \(path) (create one with `chatlog init`)"
+        case .storeExists(let path): "a chatlog store already exists at \(path)"
+        case .notAChatLogStore(let path, let reason): "\(path) is not a chatlog store: \(reason)"
+        case .schemaTooNew(let found, let supported):
+            "the store's schema version \(found) is newer than this chatlog understands (up to \(supported)); upgrade chatlog"
+        case .conversationNotFound(let id): "no conversation with id \(id)"
+        case .invalidInput(let why): "invalid input: \(why)"
+        case .busy(let why): "busy: \(why)"
+        case .storage(let why): "storage error: \(why)"
+        }
+    }
+
+    /// Broad classes for callers that map errors to exit codes or HTTP statuses.
+    public enum Category: Sendable {
+        case key, integrity, invalidInput, notFound, busy, other
+    }
+
+    public var category: Category {
+        switch self {
+        case .missingKey, .invalidKey, .placeholderKey, .wrongKey, .keyFileRejected, .passphrase: .key
+        case .integrity: .integrity
+        case .invalidInput, .schemaTooNew, .notAChatLogStore, .storeExists: .invalidInput
+        case .storeNotFound, .conversationNotFound: .notFound
+        case .busy: .busy
+        case .storage: .other
+        }
+    }
+
+    /// Wraps GRDB's errors. `DatabaseError.description` leaves bound values out unless
+    /// `publicStatementArguments` is set (chatlog never sets it), so the SQL and SQLite's
+    /// message are safe to show; we keep only SQLite's message and code.
+    static func wrap(_ error: any Error) -> ChatLogError {
+        if let error = error as? ChatLogError { return error }
+        if let error = error as? DatabaseError {
+            switch error.resultCode {
+            case .SQLITE_BUSY, .SQLITE_LOCKED:
+                return .busy("the database stayed locked past the busy timeout (\(error.message ?? "locked"))")
+            case .SQLITE_NOTADB:
+                return .storage("file is not a database (SQLITE_NOTADB)")
+            case .SQLITE_FULL:
+                return .storage("disk full (SQLITE_FULL); nothing from the failed transaction was written")
+            case .SQLITE_READONLY:
+                return .storage("the database is read-only (\(error.message ?? "SQLITE_READONLY"))")
+            default:
+                return .storage("\(error.message ?? "SQLite error") (code \(error.extendedResultCode.rawValue))")
+            }
+        }
+        return .storage(String(describing: type(of: error)))
+    }
+}
+
+/// Where a sealed value failed to open, and why. Never holds the value itself.
+public struct IntegrityFailure: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Reason: Sendable, Equatable {
+        /// The MAC did not verify: the bytes were changed, or the value was sealed for another
+        /// row, column or store.
+        case authenticationFailed
+        case truncated(length: Int)
+        case unsupportedVersion(UInt8)
+        case unknownKey(KeyID)
+        case retiredKey(KeyID)
+        case badPadding
+        case invalidUTF8
+        case invalidJSON
+    }
+
+    public let table: String
+    public let column: String
+    public let rowID: String
+    public let reason: Reason
+
+    public init(table: String, column: String, rowID: String, reason: Reason) {
+        self.table = table
+        self.column = column
+        self.rowID = rowID
+        self.reason = reason
+    }
+
+    public var description: String {
+        let place = "\(table).\(column) of row \(rowID)"
+        switch reason {
+        case .authenticationFailed:
+            return "\(place) does not open: its bytes were altered, or it was copied from another row, column or store"
+        case .truncated(let length): return "\(place) is truncated (\(length) bytes)"
+        case .unsupportedVersion(let version): return "\(place) has unknown format version \(version)"
+        case .unknownKey(let id): return "\(place) names key \(id), which this store does not have"
+        case .retiredKey(let id): return "\(place) names key \(id), which was retired (its material destroyed)"
+        case .badPadding: return "\(place) has invalid padding"
+        case .invalidUTF8: return "\(place) is not valid UTF-8 after opening"
+        case .invalidJSON: return "\(place) is not valid JSON after opening"
+        }
+    }
+}
