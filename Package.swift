@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "ChatLog", targets: ["ChatLog"]),
         .executable(name: "chatlog", targets: ["ChatLogCLI"]),
         .executable(name: "chatlog-bench", targets: ["ChatLogBenchmarks"]),
+        .executable(name: "chatlog-test-driver", targets: ["ChatLogTestDriver"]),
     ],
     dependencies: [
         .package(url: "https://github.com/groue/GRDB.swift", exact: "7.10.0"),
@@ -46,10 +47,13 @@ let package = Package(
             swiftSettings: strict,
             plugins: ["EmbedMigrations"]
         ),
+        // prctl/setrlimit for the CLI's process hygiene (prctl is variadic, so it needs C).
+        .target(name: "CProcessHygiene"),
         .executableTarget(
             name: "ChatLogCLI",
             dependencies: [
                 "ChatLog",
+                "CProcessHygiene",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
@@ -60,6 +64,12 @@ let package = Package(
                 "ChatLog",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
+            swiftSettings: strict
+        ),
+        // Small executable the tests start as separate processes (multi-process writers, kills).
+        .executableTarget(
+            name: "ChatLogTestDriver",
+            dependencies: ["ChatLog"],
             swiftSettings: strict
         ),
         .testTarget(

@@ -51,6 +51,9 @@ public final class ChatLogStore: Sendable {
 
     // MARK: - Create and open
 
+    /// Whether a file exists at `path` (it may still not be a chatlog store).
+    public static func exists(at path: String) -> Bool { PrivateFiles.fileExists(path) }
+
     /// Creates a new store (file mode 0600): schema, master-key check value, a data key and an
     /// index key. Throws ``ChatLogError/storeExists(path:)`` if `path` already holds one.
     public static func create(at path: String, key source: MasterKeySource, options: Options = Options()) throws(ChatLogError)
@@ -218,7 +221,20 @@ public final class ChatLogStore: Sendable {
         }
     }
 
-    /// Closes the store's connections (also done on release). Checkpoints the WAL.
+    /// Copies every committed page from the WAL into the database file and truncates the WAL
+    /// to zero bytes, so old page images (including old ciphertext) no longer linger there.
+    /// Waits for readers and writers of other processes up to the busy timeout.
+    public func checkpoint() throws(ChatLogError) {
+        do {
+            try pool.writeWithoutTransaction { db in
+                _ = try db.checkpoint(.truncate)
+            }
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
+    }
+
+    /// Closes the store's connections (also done on release).
     public func close() throws(ChatLogError) {
         do { try pool.close() } catch { throw ChatLogError.wrap(error) }
     }

@@ -1,0 +1,65 @@
+import ChatLog
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Everything the CLI writes: data on stdout, diagnostics on stderr (one line, no user data).
+enum CLIOutput {
+    static func error(_ message: String) {
+        FileHandle.standardError.write(Data("chatlog: error: \(message)\n".utf8))
+    }
+
+    static func note(_ message: String) {
+        FileHandle.standardError.write(Data("chatlog: \(message)\n".utf8))
+    }
+
+    static func line(_ text: String = "") {
+        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+    }
+
+    static var stdoutIsTerminal: Bool { isatty(1) == 1 }
+    static var stdinIsTerminal: Bool { isatty(0) == 1 }
+
+    /// Pretty, key-sorted JSON on stdout.
+    static func json(_ value: some Encodable) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let data = try encoder.encode(value)
+        FileHandle.standardOutput.write(data)
+        FileHandle.standardOutput.write(Data("\n".utf8))
+    }
+
+    /// RFC 3339 in UTC with milliseconds: 2026-11-27T10:04:05.123Z.
+    static func timestamp(_ date: Date) -> String {
+        let milliseconds = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
+        var seconds = time_t(milliseconds / 1000 - (milliseconds % 1000 < 0 ? 1 : 0))
+        let fraction = ((milliseconds % 1000) + 1000) % 1000
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        func pad(_ value: Int32, _ width: Int) -> String {
+            let text = String(value)
+            return String(repeating: "0", count: max(0, width - text.count)) + text
+        }
+        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
+            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(fraction), 3))Z"
+    }
+
+    /// Logged text may hold terminal escape sequences (a prompt can contain anything); shown raw,
+    /// they could rewrite the operator's screen. Control characters other than newline and tab are
+    /// shown escaped in human output. JSON output is exact.
+    static func terminalSafe(_ text: String) -> String {
+        var output = ""
+        output.reserveCapacity(text.utf8.count)
+        for scalar in text.unicodeScalars {
+            switch scalar.value {
+            case 0x0A, 0x09: output.unicodeScalars.append(scalar)
+            case 0x00..<0x20, 0x7F, 0x80..<0xA0:
+                output += "\\u{" + String(scalar.value, radix: 16) + "}"
+            default: output.unicodeScalars.append(scalar)
+            }
+        }
+        return output
+    }
+}

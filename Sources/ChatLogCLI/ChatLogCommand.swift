@@ -1,0 +1,26 @@
+import ArgumentParser
+
+struct ChatLogCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "chatlog",
+        abstract: "Encrypted, searchable log of conversations with chat models.",
+        discussion: """
+            Every sensitive field is sealed with libsodium before it reaches SQLite. The master key comes from \
+            CHATLOG_MASTER_KEY (base64; environment or ./.env), CHATLOG_MASTER_KEY_FILE (a 0600 file), \
+            CHATLOG_PASSPHRASE_FILE, or a passphrase prompt on a terminal — never from the command line.
+
+            \(ExitCodes.help)
+            """,
+        subcommands: [
+            InitCommand.self, LogCommand.self, ListCommand.self, ShowCommand.self, KeyCommand.self, DemoCommand.self,
+        ]
+    )
+}
+
+struct KeyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "key",
+        abstract: "Manage the master key and the data and index keys.",
+        subcommands: [KeyGenerateCommand.self, KeyStatusCommand.self]
+    )
+}

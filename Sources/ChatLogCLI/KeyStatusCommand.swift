@@ -1,0 +1,54 @@
+import ArgumentParser
+import ChatLog
+
+struct KeyStatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show the master key's fingerprint and every data and index key with its state and use."
+    )
+
+    @OptionGroup var store: StoreOptions
+    @OptionGroup var output: OutputOptions
+
+    struct KeyJSON: Encodable {
+        let id: UInt32
+        let kind: String
+        let state: String
+        let created_at: String
+        let retired_at: String?
+        let rows: Int
+    }
+
+    struct StatusJSON: Encodable {
+        let master_key_fingerprint: String
+        let master_key_source: String
+        let keys: [KeyJSON]
+    }
+
+    func run() async throws {
+        try await reportingErrors {
+            let opened = try await StoreAccess.open(store)
+            let status = try opened.keyStatus()
+            if output.json {
+                try CLIOutput.json(
+                    StatusJSON(
+                        master_key_fingerprint: status.masterKeyFingerprint.description,
+                        master_key_source: status.masterKeySource,
+                        keys: status.keys.map {
+                            KeyJSON(
+                                id: $0.id.rawValue, kind: $0.kind.rawValue, state: $0.state.rawValue,
+                                created_at: CLIOutput.timestamp($0.createdAt), retired_at: $0.retiredAt.map(CLIOutput.timestamp),
+                                rows: $0.rowCount)
+                        }))
+                return
+            }
+            CLIOutput.line("master key  \(status.masterKeyFingerprint)  (\(status.masterKeySource))")
+            CLIOutput.line()
+            CLIOutput.line(Table.render(
+                header: ["ID", "KIND", "STATE", "CREATED", "ROWS"],
+                rows: status.keys.map {
+                    [String($0.id.rawValue), $0.kind.rawValue, $0.state.rawValue, CLIOutput.timestamp($0.createdAt), String($0.rowCount)]
+                }))
+        }
+    }
+}

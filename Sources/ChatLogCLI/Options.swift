@@ -1,0 +1,42 @@
+import ArgumentParser
+import ChatLog
+
+/// `--db`, shared by every command that opens a store.
+struct StoreOptions: ParsableArguments {
+    @Option(name: .long, help: "Database file (default: $CHATLOG_DB, else ./chatlog.db).")
+    var db: String?
+
+    func path(_ settings: ChatLogSettings) -> String {
+        db ?? settings.databasePath ?? "chatlog.db"
+    }
+}
+
+struct OutputOptions: ParsableArguments {
+    @Flag(name: .long, help: "Print JSON instead of text.")
+    var json = false
+}
+
+/// Opening a store from the CLI: settings from the environment and ./.env, the master key from
+/// them (or a passphrase prompt on a terminal), then the environment is scrubbed.
+enum StoreAccess {
+    static func settings() async throws(ChatLogError) -> ChatLogSettings {
+        try await ChatLogSettings.load()
+    }
+
+    static func keySource(_ settings: ChatLogSettings, confirmPassphrase: Bool = false) throws(ChatLogError) -> MasterKeySource {
+        let prompt: (@Sendable () throws(ChatLogError) -> Passphrase)? =
+            CLIOutput.stdinIsTerminal
+            ? { @Sendable () throws(ChatLogError) -> Passphrase in try TerminalPrompt.passphrase(confirm: confirmPassphrase) } : nil
+        let source = try settings.masterKeySource(prompt: prompt)
+        ProcessHygiene.scrubEnvironment()
+        return source
+    }
+
+    static func open(_ options: StoreOptions) async throws(ChatLogError) -> ChatLogStore {
+        let settings = try await settings()
+        let path = options.path(settings)
+        // A missing store is reported before asking for a key or passphrase.
+        if !ChatLogStore.exists(at: path) { throw .storeNotFound(path: path) }
+        return try ChatLogStore.open(at: path, key: try keySource(settings))
+    }
+}

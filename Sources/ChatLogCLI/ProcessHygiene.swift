@@ -1,0 +1,39 @@
+import CProcessHygiene
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
+/// Keeps secrets out of places they could leak from: core dumps, other users' view of
+/// /proc/<pid>/environ, and files created with loose permissions.
+enum ProcessHygiene {
+    static func apply() {
+        // Files this process creates are 0600 unless created otherwise explicitly.
+        umask(0o077)
+        // No core dumps (they would hold the unwrapped keys); not dumpable, which also makes
+        // /proc/<pid>/mem and environ unreadable to other processes of the same user.
+        _ = chatlog_disable_core_dumps()
+    }
+
+    /// Removes key material from the environment once it has been read, so child processes
+    /// and later /proc readers do not see it.
+    static func scrubEnvironment() {
+        for name in ["CHATLOG_MASTER_KEY", "CHATLOG_NEW_MASTER_KEY"] { unsetenv(name) }
+    }
+
+    /// Swift's CommandLine.arguments silently repairs invalid UTF-8; check the raw bytes first.
+    static func invalidUTF8Argument() -> String? {
+        for index in 1..<Int(CommandLine.argc) {
+            guard let pointer = CommandLine.unsafeArgv[index] else { continue }
+            let bytes = UnsafeBufferPointer(start: UnsafeRawPointer(pointer).assumingMemoryBound(to: UInt8.self), count: strlen(pointer))
+            if String(validating: bytes, as: UTF8.self) == nil {
+                return "invalid input: command-line argument \(index) is not valid UTF-8"
+            }
+        }
+        return nil
+    }
+
+    static func exit(_ code: Int32) -> Never { Glibc.exit(code) }
+}
