@@ -1,0 +1,95 @@
+// chatlog-test-driver: a small executable the test suite starts as separate processes, so that
+// tests can exercise several writers on one file at once (DESIGN §7: every write BEGIN IMMEDIATE
+// with a busy timeout, so concurrent processes queue instead of failing).
+//
+//     chatlog-test-driver append --db PATH --conversation ID --count N [--batch B] [--role ROLE] [--label TEXT]
+//
+// appends N messages with content "<label> message <i>" (label defaults to "driver <pid>"), B per
+// transaction.
+//
+// The master key comes from the environment (CHATLOG_MASTER_KEY and friends, through
+// ChatLogSettings), never from the command line. On success it prints the number of messages it
+// appended and exits 0; on failure it prints one line on stderr and exits non-zero.
+
+import ChatLog
+import Foundation
+
+enum DriverExit: Int32 {
+    case usage = 64  // EX_USAGE
+    case failure = 1
+}
+
+struct UsageError: Error, CustomStringConvertible {
+    let description: String
+}
+
+func fail(_ message: String, _ code: DriverExit) -> Never {
+    FileHandle.standardError.write(Data("chatlog-test-driver: \(message)\n".utf8))
+    exit(code.rawValue)
+}
+
+/// `--name value` pairs after the subcommand.
+func parseOptions(_ arguments: ArraySlice<String>) throws(UsageError) -> [String: String] {
+    var options: [String: String] = [:]
+    var remaining = arguments
+    while let name = remaining.popFirst() {
+        guard name.hasPrefix("--"), let value = remaining.popFirst() else {
+            throw UsageError(description: "expected --option value pairs, got \(name)")
+        }
+        options[String(name.dropFirst(2))] = value
+    }
+    return options
+}
+
+func positiveInteger(_ options: [String: String], _ name: String, default fallback: Int? = nil) throws(UsageError) -> Int {
+    guard let text = options[name] else {
+        if let fallback { return fallback }
+        throw UsageError(description: "--\(name) is required")
+    }
+    guard let value = Int(text), value > 0 else { throw UsageError(description: "--\(name) must be a positive integer") }
+    return value
+}
+
+func append(_ options: [String: String]) async throws -> Int {
+    guard let path = options["db"] else { throw UsageError(description: "--db is required") }
+    guard let rawID = options["conversation"], let conversation = ConversationID(rawID) else {
+        throw UsageError(description: "--conversation must be a conversation id (UUID)")
+    }
+    let count = try positiveInteger(options, "count")
+    let batch = try positiveInteger(options, "batch", default: 1)
+    let role = try options["role"].map { (text) throws(UsageError) -> Role in
+        guard let role = Role(rawValue: text) else { throw UsageError(description: "unknown --role \(text)") }
+        return role
+    } ?? .user
+    let label = options["label"] ?? "driver \(ProcessInfo.processInfo.processIdentifier)"
+
+    let settings = try await ChatLogSettings.load(dotEnvPath: nil)
+    let store = try ChatLogStore.open(at: path, key: try settings.masterKeySource())
+    var written = 0
+    while written < count {
+        let size = min(batch, count - written)
+        let messages = (written..<(written + size)).map { NewMessage(role: role, content: "\(label) message \($0)") }
+        try await store.append(messages, to: conversation)
+        written += size
+    }
+    try store.close()
+    return written
+}
+
+let arguments = CommandLine.arguments.dropFirst()
+guard let command = arguments.first else {
+    fail("usage: chatlog-test-driver append --db PATH --conversation ID --count N [--batch B] [--role ROLE] [--label TEXT]", .usage)
+}
+do {
+    let options = try parseOptions(arguments.dropFirst())
+    switch command {
+    case "append":
+        print(try await append(options))
+    default:
+        throw UsageError(description: "unknown command \(command)")
+    }
+} catch let error as UsageError {
+    fail(error.description, .usage)
+} catch {
+    fail(String(describing: error), .failure)
+}
