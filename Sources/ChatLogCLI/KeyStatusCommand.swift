@@ -15,7 +15,7 @@ struct KeyStatusCommand: AsyncParsableCommand {
         let kind: String
         let state: String
         let created_at: String
-        let retired_at: String?
+        @JSONNullable var retired_at: String?
         let rows: Int
     }
 

@@ -33,8 +33,8 @@ struct ListCommand: AsyncParsableCommand {
 
     struct ConversationJSON: Encodable {
         let id: String
-        let title: String?
-        let subject: String?
+        @JSONNullable var title: String?
+        @JSONNullable var subject: String?
         let created_at: String
         let updated_at: String
         let message_count: Int

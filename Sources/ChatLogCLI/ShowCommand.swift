@@ -36,21 +36,21 @@ struct TranscriptJSON: Encodable {
         let id: String
         let role: String
         let content: String
-        let model: String?
+        @JSONNullable var model: String?
         let created_at: String
-        let prompt_tokens: Int?
-        let completion_tokens: Int?
-        let latency_ms: Int?
-        let finish_reason: String?
-        let metadata: JSONValue?
+        @JSONNullable var prompt_tokens: Int?
+        @JSONNullable var completion_tokens: Int?
+        @JSONNullable var latency_ms: Int?
+        @JSONNullable var finish_reason: String?
+        @JSONNullable var metadata: JSONValue?
     }
 
     let id: String
-    let title: String?
-    let subject: String?
+    @JSONNullable var title: String?
+    @JSONNullable var subject: String?
     let created_at: String
     let updated_at: String
-    let metadata: JSONValue?
+    @JSONNullable var metadata: JSONValue?
     let messages: [MessageJSON]
 
     init(_ transcript: Transcript) {

@@ -99,7 +99,7 @@ public struct ChatLogSettings: Sendable {
         prompt: (@Sendable () throws(ChatLogError) -> Passphrase)?
     ) throws(ChatLogError) -> MasterKeySource {
         if let (value, origin) = lookup(variable, secret: true) {
-            if origin.hasSuffix("(\(dotEnvPath ?? ".env")))"), let dotEnvPath, let mode = PrivateFiles.mode(of: dotEnvPath),
+            if origin.hasSuffix("(\(dotEnvPath ?? ".env"))"), let dotEnvPath, let mode = PrivateFiles.mode(of: dotEnvPath),
                 mode & 0o077 != 0
             {
                 throw .keyFileRejected(
@@ -123,6 +123,14 @@ public struct ChatLogSettings: Sendable {
             "set \(variable) to a base64 key (make one with `chatlog key generate`), in the environment or in ./.env, "
                 + "or set \(fileVariable) to a 0600 file holding it, or \(passphraseFileVariable) to a 0600 passphrase file")
     }
+}
+
+/// The readers hold every variable's value, the master key included; swift-configuration redacts
+/// secrets in its own descriptions, but `dump()` walks the stored properties and would print them.
+extension ChatLogSettings: CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
+    public var description: String { "ChatLogSettings(<redacted>)" }
+    public var debugDescription: String { description }
+    public var customMirror: Mirror { Mirror(self, children: [], displayStyle: .struct) }
 }
 
 extension MasterKey {

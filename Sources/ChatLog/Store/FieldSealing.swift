@@ -77,6 +77,23 @@ extension ChatLogStore {
     }
 }
 
+extension Row {
+    /// The bytes of a sealed column, or nil for NULL. GRDB's typed subscripts trap when a value
+    /// has another type, and a file edited behind chatlog's back must fail with an integrity
+    /// error instead: text and numbers become their text bytes (as `sqlite3_column_blob` does),
+    /// which then fail to open like any other damaged value.
+    func sealedBytes(_ column: String) -> Data? {
+        let value: DatabaseValue = self[column]
+        switch value.storage {
+        case .null: return nil
+        case .blob(let data): return data
+        case .string(let text): return Data(text.utf8)
+        case .int64(let number): return Data(String(number).utf8)
+        case .double(let number): return Data(String(number).utf8)
+        }
+    }
+}
+
 /// Equality blind index for conversation subjects: keyed BLAKE2b-128 under the index key, of the
 /// NFKC-normalised subject. Lets `list --subject` use an index without decrypting anything.
 enum SubjectIndex {
