@@ -1,12 +1,19 @@
-// chatlog-bench: release-mode throughput of the sealed store against a plaintext baseline in the
-// same run. The baseline writes the same rows with GRDB into tables of the same shape (TEXT where
-// chatlog stores sealed BLOBs), with the same pragmas and the same per-row SQL, without sealing.
+// chatlog-bench: release-mode throughput and latency of the sealed store against plaintext
+// baselines in the same run. Baselines write the same rows with GRDB into tables of the same
+// shape (TEXT where chatlog stores sealed BLOBs), with the same pragmas and per-row SQL, without
+// sealing; the search baseline adds an FTS5 index (unicode61, external content, kept by
+// triggers) — the way plain-text LLM log stores keep their logs.
 //
-//   swift run -c release chatlog-bench [--messages 100000] [--single 2000] [--rounds 3] [--json]
+//   swift run -c release chatlog-bench [--messages 100000] [--single 2000] [--rounds 3]
+//                                      [--search-at 100000,1000000] [--queries 30] [--dir DIR]
 //
 // Scenarios:
-//   batch-1000  messages appended 1,000 per transaction, building a store of --messages rows
-//   single      then --single messages appended one per transaction into that store
+//   log/batch-1000   --messages appended 1,000 per transaction (store vs plain tables, no index)
+//   log/single       then --single appended one per transaction into that store
+//   index/build      at each --search-at size: 1,000 per transaction, store (sealed + blinded
+//                    FTS5) vs plain + FTS5
+//   query/newest     one- and two-word queries, top 20 newest, with decryption and snippets
+//   query/relevance  words matching fewer than 10,000 messages, top 20 by BM25
 import ChatLog
 import Foundation
 import GRDB
@@ -15,7 +22,8 @@ struct Arguments {
     var messages = 100_000
     var single = 2_000
     var rounds = 3
-    var json = false
+    var searchAt: [Int] = [100_000]
+    var queries = 30
     var directory = FileManager.default.temporaryDirectory.path
 
     init() {
@@ -24,26 +32,51 @@ struct Arguments {
             switch argument {
             case "--messages": messages = Int(iterator.next() ?? "") ?? messages
             case "--single": single = Int(iterator.next() ?? "") ?? single
-            case "--rounds": rounds = Int(iterator.next() ?? "") ?? rounds
+            case "--rounds": rounds = max(1, Int(iterator.next() ?? "") ?? rounds)
+            case "--search-at": searchAt = (iterator.next() ?? "").split(separator: ",").compactMap { Int($0) }
+            case "--queries": queries = Int(iterator.next() ?? "") ?? queries
             case "--dir": directory = iterator.next() ?? directory
-            case "--json": json = true
             default:
-                FileHandle.standardError.write(Data("usage: chatlog-bench [--messages N] [--single N] [--rounds N] [--dir DIR] [--json]\n".utf8))
+                FileHandle.standardError.write(
+                    Data("usage: chatlog-bench [--messages N] [--single N] [--rounds N] [--search-at N,N] [--queries N] [--dir DIR]\n".utf8))
                 exit(64)
             }
         }
     }
 }
 
-/// Deterministic chat-sized text: prompts around 600 bytes, completions around 1.5 KB.
+/// Deterministic chat-sized text over a Zipf vocabulary (English function words first, then
+/// 50,000 pseudo-words): prompts around 600 bytes, completions around 1.5 KB.
 struct Corpus {
-    private var state: UInt64 = 0x9E37_79B9_7F4A_7C15
-    private static let words = """
-        the a to of and in is it you that for on with as this be are can not what how your have or if will my
-        model token prompt answer please error code function return value python swift database query index key
-        patient dose insulin budget invoice account password server deploy cluster latency memory thread async
-        explain example summary question because before after between during without within through against
-        """.split(whereSeparator: \.isWhitespace).map(String.init)
+    static let vocabulary: [String] = {
+        let common = """
+            the a to of and in is it you that for on with as this be are can not what how your have or if will my
+            model token prompt answer please error code function return value python swift database query index key
+            """.split(whereSeparator: \.isWhitespace).map(String.init)
+        var generator = Corpus(seed: 7)
+        let syllables = ["ka", "lo", "mi", "ne", "ru", "ta", "vo", "xi", "be", "da", "fu", "go", "hi", "je", "zu", "pra", "sto", "qen"]
+        var words = common
+        var seen = Set(common)
+        while words.count < 50_000 {
+            let length = 2 + Int(generator.next() % 3)
+            let word = (0..<length).map { _ in syllables[Int(generator.next() % UInt64(syllables.count))] }.joined()
+            if seen.insert(word).inserted { words.append(word) }
+        }
+        return words
+    }()
+
+    /// Cumulative Zipf(s = 1) weights over the vocabulary.
+    static let cumulative: [Double] = {
+        var total = 0.0
+        return vocabulary.indices.map { rank in
+            total += 1 / Double(rank + 1)
+            return total
+        }
+    }()
+
+    private var state: UInt64
+
+    init(seed: UInt64) { state = 0x9E37_79B9_7F4A_7C15 &+ seed &* 0xBF58_476D_1CE4_E5B9 }
 
     mutating func next() -> UInt64 {
         state ^= state << 13
@@ -52,35 +85,47 @@ struct Corpus {
         return state
     }
 
+    mutating func word() -> String {
+        let target = Double(next() % 1_000_000) / 1_000_000 * Self.cumulative.last!
+        var low = 0
+        var high = Self.cumulative.count - 1
+        while low < high {
+            let middle = (low + high) / 2
+            if Self.cumulative[middle] < target { low = middle + 1 } else { high = middle }
+        }
+        return Self.vocabulary[low]
+    }
+
     mutating func text(meanBytes: Int) -> String {
         let target = meanBytes / 2 + Int(next() % UInt64(meanBytes))
         var output = ""
         output.reserveCapacity(target + 16)
         while output.utf8.count < target {
-            let zipf = Int(Double(Self.words.count) * pow(Double(next() % 10_000) / 10_000, 3))
-            output += Self.words[min(zipf, Self.words.count - 1)]
+            output += word()
             output += next() % 12 == 0 ? ". " : " "
         }
         return output
     }
 
-    /// Alternating user prompts and assistant completions.
-    mutating func messages(_ count: Int) -> [NewMessage] {
+    /// Alternating user prompts and assistant completions, one minute apart from `start`.
+    mutating func messages(_ count: Int, start: Date) -> [NewMessage] {
         (0..<count).map { index in
-            index % 2 == 0
-                ? NewMessage(role: .user, content: text(meanBytes: 600))
+            let createdAt = start.addingTimeInterval(Double(index) * 0.06)
+            return index % 2 == 0
+                ? NewMessage(role: .user, content: text(meanBytes: 600), createdAt: createdAt)
                 : NewMessage(
                     role: .assistant, content: text(meanBytes: 1500), model: "gpt-4o-mini", promptTokens: 150,
-                    completionTokens: 380, latencyMilliseconds: 900, finishReason: "stop")
+                    completionTokens: 380, latencyMilliseconds: 900, finishReason: "stop", createdAt: createdAt)
         }
     }
 }
 
-/// The plaintext baseline: same shape and pragmas, plain TEXT instead of sealed BLOBs.
+/// The plaintext baseline: same shape and pragmas, plain TEXT instead of sealed BLOBs; with
+/// `fullText`, an FTS5 index over the content kept by triggers.
 final class PlainStore {
     let pool: DatabasePool
 
-    init(path: String) throws {
+    init(path: String, fullText: Bool) throws {
         var configuration = Configuration()
         configuration.busyMode = .timeout(30)
         configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA secure_delete = ON") }
@@ -102,6 +147,19 @@ final class PlainStore {
                     CREATE INDEX messages_by_created ON messages (created_at);
                     CREATE INDEX messages_by_key ON messages (key_id);
                     """)
+            if fullText {
+                try db.execute(
+                    sql: """
+                        CREATE VIRTUAL TABLE messages_fts USING fts5 (content, content = 'messages', content_rowid = 'seq',
+                            tokenize = 'unicode61');
+                        CREATE TRIGGER messages_ai AFTER INSERT ON messages BEGIN
+                            INSERT INTO messages_fts (rowid, content) VALUES (new.seq, new.content);
+                        END;
+                        CREATE TRIGGER messages_ad AFTER DELETE ON messages BEGIN
+                            INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.seq, old.content);
+                        END;
+                        """)
+            }
         }
     }
 
@@ -120,7 +178,7 @@ final class PlainStore {
     }
 
     func append(_ messages: [NewMessage], to conversation: String) throws {
-        let prepared = messages.map { ($0, UUID().uuidString.lowercased(), Int64(Date().timeIntervalSince1970 * 1000)) }
+        let prepared = messages.map { ($0, UUID().uuidString.lowercased(), Int64(($0.createdAt ?? Date()).timeIntervalSince1970 * 1000)) }
         try pool.writeWithoutTransaction { db in
             try db.inTransaction(.immediate) {
                 guard let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM conversations WHERE id = ?", arguments: [conversation])
@@ -134,33 +192,45 @@ final class PlainStore {
                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, NULL)
                         """)
                 var latest: Int64 = 0
-                for (message, id, now) in prepared {
+                for (message, id, createdAt) in prepared {
                     try statement.execute(arguments: [
-                        id, seq, position, message.role.rawValue, now, message.model, message.promptTokens,
+                        id, seq, position, message.role.rawValue, createdAt, message.model, message.promptTokens,
                         message.completionTokens, message.latencyMilliseconds, message.finishReason, message.content,
                     ])
                     position += 1
-                    latest = now
+                    latest = createdAt
                 }
                 try db.execute(sql: "UPDATE conversations SET updated_at = max(updated_at, ?) WHERE seq = ?", arguments: [latest, seq])
                 return .commit
             }
         }
     }
-}
 
-struct Measurement {
-    let scenario: String
-    var sealed: [Double] = []
-    var plain: [Double] = []
+    struct Hit { let id: String; let content: String; let snippet: String }
 
-    static func median(_ values: [Double]) -> Double {
-        let sorted = values.sorted()
-        return sorted.isEmpty ? 0 : sorted[sorted.count / 2]
+    /// Top 20 by recency or by FTS5's bm25, with FTS5's own snippets.
+    func search(_ words: [String], newest: Bool) throws -> [Hit] {
+        let match = words.map { "\"\($0)\"" }.joined(separator: " ")
+        return try pool.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT m.id, m.content, snippet(messages_fts, 0, '[', ']', '…', 24) AS snippet
+                    FROM messages_fts f JOIN messages m ON m.seq = f.rowid
+                    WHERE messages_fts MATCH ? ORDER BY \(newest ? "f.rowid DESC" : "f.rank") LIMIT 20
+                    """, arguments: [match]
+            ).map { Hit(id: $0["id"], content: $0["content"], snippet: $0["snippet"]) }
+        }
     }
 
-    var ratio: Double { Self.median(sealed) / Self.median(plain) }
+    func documentFrequency(_ word: String) throws -> Int {
+        try pool.read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?", arguments: ["\"\(word)\""]) ?? 0
+        }
+    }
 }
+
+// MARK: - Measurement helpers
 
 func seconds(_ body: () throws -> Void) rethrows -> Double {
     let start = ContinuousClock.now
@@ -169,84 +239,196 @@ func seconds(_ body: () throws -> Void) rethrows -> Double {
     return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
 }
 
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    return sorted.isEmpty ? 0 : sorted[sorted.count / 2]
+}
+
+func percentile(_ values: [Double], _ fraction: Double) -> Double {
+    let sorted = values.sorted()
+    return sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * fraction))]
+}
+
+func peakMemoryMiB() -> Double {
+    var usage = rusage()
+    getrusage(Int32(RUSAGE_SELF.rawValue), &usage)
+    return Double(usage.ru_maxrss) / 1024
+}
+
+func report(_ name: String, sealed: Double, plain: Double, unit: String, higherIsBetter: Bool) {
+    let ratio = higherIsBetter ? sealed / plain : plain / sealed
+    print(
+        name.padding(toLength: 58, withPad: " ", startingAt: 0)
+            + String(format: " store %10.2f  baseline %10.2f %@  ratio %.2f×", sealed, plain, unit, ratio))
+}
+
 let arguments = Arguments()
-let batchSize = 1_000
-let messagesPerConversation = 1_000
-var corpus = Corpus()
-let batches = (0..<(arguments.messages / batchSize)).map { _ in corpus.messages(batchSize) }
-let singles = corpus.messages(arguments.single)
+let base = Date(timeIntervalSince1970: 1_780_000_000)
+let folder = URL(fileURLWithPath: arguments.directory).appendingPathComponent("chatlog-bench-\(UUID().uuidString)")
+try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+defer { try? FileManager.default.removeItem(at: folder) }
 
-var batch = Measurement(scenario: "batch-1000 (\(arguments.messages) messages, 1,000 per transaction)")
-var single = Measurement(scenario: "single (\(arguments.single) messages, 1 per transaction, store of \(arguments.messages))")
-
-for round in 1...arguments.rounds {
-    let folder = URL(fileURLWithPath: arguments.directory).appendingPathComponent("chatlog-bench-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-    defer { try? FileManager.default.removeItem(at: folder) }
-
-    // Plaintext baseline first in odd rounds, sealed first in even rounds, so drift cancels out.
-    let order = round % 2 == 1 ? ["plain", "sealed"] : ["sealed", "plain"]
-    for kind in order {
-        if kind == "plain" {
-            let store = try PlainStore(path: folder.appendingPathComponent("plain.db").path)
-            var conversations: [String] = []
-            let batchTime = try seconds {
-                for (index, messages) in batches.enumerated() {
-                    if index % (messagesPerConversation / batchSize) == 0 {
-                        conversations.append(try store.createConversation(title: "conversation \(index)"))
-                    }
-                    try store.append(messages, to: conversations.last!)
-                }
-            }
-            let singleTime = try seconds {
-                for (index, message) in singles.enumerated() {
-                    try store.append([message], to: conversations[index % conversations.count])
-                }
-            }
-            batch.plain.append(Double(arguments.messages) / batchTime)
-            single.plain.append(Double(arguments.single) / singleTime)
-            try store.pool.close()
-        } else {
-            let store = try ChatLogStore.create(
-                at: folder.appendingPathComponent("sealed.db").path, key: .key(MasterKey.generate(), origin: "benchmark"))
-            var conversations: [ConversationID] = []
-            let batchTime = try seconds {
-                for (index, messages) in batches.enumerated() {
-                    if index % (messagesPerConversation / batchSize) == 0 {
-                        conversations.append(try store.createConversation(NewConversation(title: "conversation \(index)")))
-                    }
-                    try store.append(messages, to: conversations.last!)
-                }
-            }
-            let singleTime = try seconds {
-                for (index, message) in singles.enumerated() {
-                    try store.append(message, to: conversations[index % conversations.count])
-                }
-            }
-            batch.sealed.append(Double(arguments.messages) / batchTime)
-            single.sealed.append(Double(arguments.single) / singleTime)
-            try store.close()
+/// Builds a store of `count` messages, 1,000 per transaction in conversations of 1,000, the same
+/// text for every kind of store (a fresh corpus with the same seed). Returns messages per second.
+func build(count: Int, createConversation: (Int) throws -> Void, append: ([NewMessage]) throws -> Void) throws -> Double {
+    var corpus = Corpus(seed: 1)
+    var total = 0.0
+    var index = 0
+    while index < count {
+        let batch = corpus.messages(min(1_000, count - index), start: base.addingTimeInterval(Double(index) * 0.06))
+        total += try seconds {
+            try createConversation(index)
+            try append(batch)
         }
+        index += batch.count
     }
-    FileHandle.standardError.write(Data("round \(round)/\(arguments.rounds) done\n".utf8))
+    return Double(count) / total
 }
 
-let results = [batch, single]
-if arguments.json {
-    let objects = results.map {
-        [
-            "scenario": $0.scenario, "sealed_rows_per_s": String(format: "%.0f", Measurement.median($0.sealed)),
-            "plain_rows_per_s": String(format: "%.0f", Measurement.median($0.plain)), "ratio": String(format: "%.2f", $0.ratio),
-        ]
+print("chatlog-bench: \(ProcessInfo.processInfo.processorCount) cores; rates are medians over \(arguments.rounds) rounds")
+print("ratio = store ÷ baseline for rates, baseline ÷ store for latencies (higher is better for the store)\n")
+
+// MARK: Logging (issue 2): the store against plain tables of the same shape, no search index.
+if arguments.messages > 0 {
+    var batchRates: (store: [Double], plain: [Double]) = ([], [])
+    var singleRates: (store: [Double], plain: [Double]) = ([], [])
+    var singles = Corpus(seed: 2)
+    let singleMessages = singles.messages(arguments.single, start: base.addingTimeInterval(1e7))
+    for round in 1...arguments.rounds {
+        for kind in round % 2 == 1 ? ["plain", "store"] : ["store", "plain"] {
+            let path = folder.appendingPathComponent("\(kind)-\(round).db").path
+            if kind == "plain" {
+                let store = try PlainStore(path: path, fullText: false)
+                var conversations: [String] = []
+                batchRates.plain.append(
+                    try build(
+                        count: arguments.messages, createConversation: { _ in conversations.append(try store.createConversation(title: "c")) },
+                        append: { try store.append($0, to: conversations.last!) }))
+                let time = try seconds {
+                    for (index, message) in singleMessages.enumerated() { try store.append([message], to: conversations[index % conversations.count]) }
+                }
+                singleRates.plain.append(Double(arguments.single) / time)
+                try store.pool.close()
+            } else {
+                let store = try ChatLogStore.create(at: path, key: .key(MasterKey.generate(), origin: "benchmark"))
+                var conversations: [ConversationID] = []
+                batchRates.store.append(
+                    try build(
+                        count: arguments.messages,
+                        createConversation: { _ in conversations.append(try store.createConversation(NewConversation(title: "c"))) },
+                        append: { try store.append($0, to: conversations.last!) }))
+                let time = try seconds {
+                    for (index, message) in singleMessages.enumerated() { try store.append(message, to: conversations[index % conversations.count]) }
+                }
+                singleRates.store.append(Double(arguments.single) / time)
+                try store.close()
+            }
+            try? FileManager.default.removeItem(atPath: path)
+            try? FileManager.default.removeItem(atPath: path + "-wal")
+            try? FileManager.default.removeItem(atPath: path + "-shm")
+        }
+        FileHandle.standardError.write(Data("logging round \(round)/\(arguments.rounds) done\n".utf8))
     }
-    let data = try JSONSerialization.data(withJSONObject: objects, options: [.prettyPrinted, .sortedKeys])
-    print(String(decoding: data, as: UTF8.self))
-} else {
-    print("chatlog-bench: median of \(arguments.rounds) rounds; rows/s; ratio = sealed / plaintext baseline")
-    for result in results {
-        print(
-            String(
-                format: "%-72@ sealed %9.0f  plain %9.0f  ratio %.2f×", result.scenario as NSString, Measurement.median(result.sealed),
-                Measurement.median(result.plain), result.ratio))
+    print("Logging: store (sealed + blinded search index) vs plain tables without any index")
+    report("log/batch-1000 (\(arguments.messages) messages)", sealed: median(batchRates.store), plain: median(batchRates.plain),
+        unit: "msg/s", higherIsBetter: true)
+    report("log/single (\(arguments.single) into a \(arguments.messages)-message store)", sealed: median(singleRates.store),
+        plain: median(singleRates.plain), unit: "msg/s", higherIsBetter: true)
+    print()
+}
+
+// MARK: Search (issue 3): the store against plaintext + FTS5.
+for size in arguments.searchAt where size > 0 {
+    let plainPath = folder.appendingPathComponent("search-plain-\(size).db").path
+    let storePath = folder.appendingPathComponent("search-store-\(size).db").path
+    let plain = try PlainStore(path: plainPath, fullText: true)
+    var plainConversations: [String] = []
+    let plainRate = try build(
+        count: size, createConversation: { _ in plainConversations.append(try plain.createConversation(title: "c")) },
+        append: { try plain.append($0, to: plainConversations.last!) })
+    let store = try ChatLogStore.create(at: storePath, key: .key(MasterKey.generate(), origin: "benchmark"))
+    var storeConversations: [ConversationID] = []
+    let storeRate = try build(
+        count: size, createConversation: { _ in storeConversations.append(try store.createConversation(NewConversation(title: "c"))) },
+        append: { try store.append($0, to: storeConversations.last!) })
+    FileHandle.standardError.write(Data("search store of \(size) built\n".utf8))
+
+    // One message per transaction on top, into both indexed stores.
+    var extra = Corpus(seed: 3)
+    let singleMessages = extra.messages(max(1, arguments.single), start: base.addingTimeInterval(2e7))
+    let plainSingle = Double(singleMessages.count) / (try seconds {
+        for (index, message) in singleMessages.enumerated() { try plain.append([message], to: plainConversations[index % plainConversations.count]) }
+    })
+    let storeSingle = Double(singleMessages.count) / (try seconds {
+        for (index, message) in singleMessages.enumerated() { try store.append(message, to: storeConversations[index % storeConversations.count]) }
+    })
+
+    func fileSize(_ path: String) -> Double {
+        let main = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        let wal = (try? FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as? Int) ?? 0
+        return Double(main + wal) / 1_048_576
+    }
+
+    // Query words across the frequency range, chosen by document frequency in the baseline.
+    let vocabulary = Corpus.vocabulary
+    let ranks = stride(from: 0, to: arguments.queries, by: 1).map { index in
+        [5, 20, 60, 150, 400, 1_000, 3_000, 8_000, 20_000][index % 9] + index / 9
+    }
+    let oneWord = ranks.map { [vocabulary[min($0, vocabulary.count - 1)]] }
+    let twoWords = ranks.map { [vocabulary[min($0, vocabulary.count - 1)], vocabulary[min($0 * 3 + 7, vocabulary.count - 1)]] }
+    var rareWords: [String] = []
+    for rank in stride(from: 30, to: vocabulary.count, by: 97) where rareWords.count < arguments.queries {
+        let frequency = try plain.documentFrequency(vocabulary[rank])
+        if frequency > 0, frequency < 10_000 { rareWords.append(vocabulary[rank]) }
+    }
+
+    func timeQueries(_ queries: [[String]], newest: Bool) throws -> (store: [Double], plain: [Double]) {
+        var storeTimes: [Double] = []
+        var plainTimes: [Double] = []
+        for words in queries {
+            for repetition in 0..<7 {
+                var storeHits: [SearchHit] = []
+                var plainHits: [PlainStore.Hit] = []
+                let storeTime = try seconds {
+                    storeHits = try store.search(words.joined(separator: " "), limit: 20, sort: newest ? .newest : .relevance).hits
+                }
+                let plainTime = try seconds { plainHits = try plain.search(words, newest: newest) }
+                if repetition >= 2 {  // the first two warm the caches
+                    storeTimes.append(storeTime * 1000)
+                    plainTimes.append(plainTime * 1000)
+                }
+                if newest, storeHits.map(\.content) != plainHits.map(\.content) {
+                    FileHandle.standardError.write(Data("warning: results differ for \(words) (tokenizers differ on this text?)\n".utf8))
+                }
+            }
+        }
+        return (storeTimes, plainTimes)
+    }
+
+    let newestOne = try timeQueries(oneWord, newest: true)
+    let newestTwo = try timeQueries(twoWords, newest: true)
+    let relevance = try timeQueries(rareWords.map { [$0] }, newest: false)
+
+    print("Search at \(size) messages: store (sealed + blinded FTS5, SipHash) vs plaintext + FTS5 (unicode61, external content)")
+    report("index/build (1,000 per transaction)", sealed: storeRate, plain: plainRate, unit: "msg/s", higherIsBetter: true)
+    report("index/single (1 per transaction, \(singleMessages.count) messages)", sealed: storeSingle, plain: plainSingle, unit: "msg/s",
+        higherIsBetter: true)
+    report("size on disk (database + WAL)", sealed: fileSize(storePath), plain: fileSize(plainPath), unit: "MiB  ", higherIsBetter: false)
+    report("query/newest, 1 word, top 20: median", sealed: median(newestOne.store), plain: median(newestOne.plain), unit: "ms   ",
+        higherIsBetter: false)
+    report("query/newest, 1 word, top 20: p95", sealed: percentile(newestOne.store, 0.95), plain: percentile(newestOne.plain, 0.95),
+        unit: "ms   ", higherIsBetter: false)
+    report("query/newest, 2 words, top 20: median", sealed: median(newestTwo.store), plain: median(newestTwo.plain), unit: "ms   ",
+        higherIsBetter: false)
+    report("query/relevance, <10k matches (\(rareWords.count) words): median", sealed: median(relevance.store),
+        plain: median(relevance.plain), unit: "ms   ", higherIsBetter: false)
+    report("query/relevance, <10k matches: p95", sealed: percentile(relevance.store, 0.95), plain: percentile(relevance.plain, 0.95),
+        unit: "ms   ", higherIsBetter: false)
+    print()
+    try store.close()
+    try plain.pool.close()
+    for path in [plainPath, storePath] {
+        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
     }
 }
+print(String(format: "peak memory (max RSS): %.0f MiB", peakMemoryMiB()))

@@ -12,7 +12,8 @@ struct ChatLogCommand: AsyncParsableCommand {
             \(ExitCodes.help)
             """,
         subcommands: [
-            InitCommand.self, LogCommand.self, ListCommand.self, ShowCommand.self, KeyCommand.self, DemoCommand.self,
+            InitCommand.self, LogCommand.self, ListCommand.self, ShowCommand.self, SearchCommand.self, KeyCommand.self,
+            DemoCommand.self,
         ]
     )
 }

@@ -12,6 +12,9 @@ final class KeyRing: Sendable {
         var dataKeys: [KeyID: DataKey]
         var indexKeys: [KeyID: IndexKey]
         var retired: Set<KeyID>
+        /// One blinder per live index key (search terms), built once per load.
+        var blinders: [KeyID: TokenBlinder]
+        var activeBlinder: TokenBlinder { blinders[activeIndexKey.id]! }
     }
 
     let master: MasterKey
@@ -103,7 +106,7 @@ final class KeyRing: Sendable {
                 retired.insert(id)
                 continue
             }
-            guard let wrapped = row["wrapped"] as Data? else {
+            guard let wrapped = row.sealedBytes("wrapped") else {
                 throw .integrity(IntegrityFailure(table: "keys", column: "wrapped", rowID: "\(kind.rawValue):\(id)", reason: .truncated(length: 0)))
             }
             let material = try unwrap(wrapped, kind: kind, id: id, master: master)
@@ -121,7 +124,8 @@ final class KeyRing: Sendable {
         }
         return Loaded(
             activeDataKey: (activeData, dataKeys[activeData]!), activeIndexKey: (activeIndex, indexKeys[activeIndex]!),
-            dataKeys: dataKeys, indexKeys: indexKeys, retired: retired)
+            dataKeys: dataKeys, indexKeys: indexKeys, retired: retired,
+            blinders: Dictionary(uniqueKeysWithValues: indexKeys.map { ($0.key, TokenBlinder(indexKey: $0.value, keyID: $0.key)) }))
     }
 }
 

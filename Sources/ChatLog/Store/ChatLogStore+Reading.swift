@@ -51,6 +51,7 @@ extension ChatLogStore {
                 sql: """
                     SELECT key_id, count(*) AS n FROM (
                         SELECT key_id FROM messages UNION ALL SELECT key_id FROM conversations
+                        UNION ALL SELECT index_key_id AS key_id FROM messages WHERE index_key_id IS NOT NULL
                         UNION ALL SELECT subject_key_id FROM conversations WHERE subject_key_id IS NOT NULL)
                     GROUP BY key_id
                     """
@@ -121,9 +122,9 @@ extension ChatLogStore {
         return Conversation(
             id: ConversationID(trusted: id), createdAt: Date(unixMilliseconds: row["created_at"]),
             updatedAt: Date(unixMilliseconds: row["updated_at"]),
-            title: try (row["title"] as Data?).map { (data) throws(ChatLogError) in try openText(data, context("title"), db: db) },
-            subject: try (row["subject"] as Data?).map { (data) throws(ChatLogError) in try openText(data, context("subject"), db: db) },
-            metadata: try openJSON(row["metadata"], context("metadata"), db: db),
+            title: try row.sealedBytes("title").map { (data) throws(ChatLogError) in try openText(data, context("title"), db: db) },
+            subject: try row.sealedBytes("subject").map { (data) throws(ChatLogError) in try openText(data, context("subject"), db: db) },
+            metadata: try openJSON(row.sealedBytes("metadata"), context("metadata"), db: db),
             messageCount: row["message_count"])
     }
 
@@ -138,8 +139,8 @@ extension ChatLogStore {
             role: role, createdAt: Date(unixMilliseconds: row["created_at"]), model: row["model"],
             promptTokens: row["prompt_tokens"], completionTokens: row["completion_tokens"], latencyMilliseconds: row["latency_ms"],
             finishReason: row["finish_reason"],
-            content: try openText(row["content"], FieldContext(table: "messages", column: "content", rowID: id), db: db),
-            metadata: try openJSON(row["metadata"], FieldContext(table: "messages", column: "metadata", rowID: id), db: db))
+            content: try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db),
+            metadata: try openJSON(row.sealedBytes("metadata"), FieldContext(table: "messages", column: "metadata", rowID: id), db: db))
     }
 }
 

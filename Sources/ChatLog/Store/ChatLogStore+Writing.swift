@@ -26,6 +26,9 @@ struct PreparedMessage: Sendable {
     let keyID: KeyID
     let content: Data
     let metadata: Data?
+    /// The blinded terms of the content (FTS5 document) and the index key that made them.
+    let terms: String
+    let indexKeyID: KeyID
 }
 
 extension ChatLogStore {
@@ -70,10 +73,7 @@ extension ChatLogStore {
     /// until the next checkpoint.
     @discardableResult
     public func deleteConversation(_ id: ConversationID) throws(ChatLogError) -> Bool {
-        try writeImmediate { db in
-            try db.execute(sql: "DELETE FROM conversations WHERE id = ?", arguments: [id.rawValue])
-            return db.changesCount > 0
-        }
+        try writeImmediate { db in try self.delete(id, db) }
     }
 
     // MARK: - Async forms (run on GRDB's writer queue; never block the cooperative pool)
@@ -107,10 +107,7 @@ extension ChatLogStore {
 
     @discardableResult
     public func deleteConversation(_ id: ConversationID) async throws(ChatLogError) -> Bool {
-        try await writeImmediate { db in
-            try db.execute(sql: "DELETE FROM conversations WHERE id = ?", arguments: [id.rawValue])
-            return db.changesCount > 0
-        }
+        try await writeImmediate { db in try self.delete(id, db) }
     }
 
     // MARK: - Preparation (validation and sealing, outside the transaction)
@@ -146,12 +143,14 @@ extension ChatLogStore {
         }
         let id = MessageID.make()
         let sealer = self.sealer
+        let blinder = activeBlinder
         return PreparedMessage(
             id: id, role: message.role, createdAt: (message.createdAt ?? Date()).unixMilliseconds, model: message.model,
             promptTokens: message.promptTokens, completionTokens: message.completionTokens,
             latencyMilliseconds: message.latencyMilliseconds, finishReason: message.finishReason, keyID: sealer.keyID,
             content: sealer.seal(message.content, table: "messages", column: "content", rowID: id.rawValue),
-            metadata: try sealer.seal(json: message.metadata, table: "messages", column: "metadata", rowID: id.rawValue))
+            metadata: try sealer.seal(json: message.metadata, table: "messages", column: "metadata", rowID: id.rawValue),
+            terms: blinder.document(for: message.content), indexKeyID: blinder.keyID)
     }
 
     func prepare(_ exchange: ModelExchange) throws(ChatLogError) -> (PreparedConversation?, [PreparedMessage]) {
@@ -162,7 +161,17 @@ extension ChatLogStore {
         return (conversation, messages)
     }
 
-    // MARK: - Inserts (inside the IMMEDIATE transaction)
+    // MARK: - Inserts and deletes (inside the IMMEDIATE transaction)
+
+    /// Deletes a conversation, its messages and their search terms. A contentless FTS5 table
+    /// forgets a row only when told its exact terms, so each message is opened and re-blinded.
+    func delete(_ id: ConversationID, _ db: Database) throws -> Bool {
+        guard let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM conversations WHERE id = ?", arguments: [id.rawValue])
+        else { return false }
+        try SearchIndex.removeTerms(whereSQL: "conversation_seq = ?", arguments: [seq], store: self, db)
+        try db.execute(sql: "DELETE FROM conversations WHERE seq = ?", arguments: [seq])
+        return true
+    }
 
     static func insert(_ conversation: PreparedConversation, _ db: Database) throws {
         try db.execute(
@@ -189,16 +198,19 @@ extension ChatLogStore {
         let statement = try db.cachedStatement(
             sql: """
                 INSERT INTO messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens,
-                                      latency_ms, finish_reason, key_id, content, metadata)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                      latency_ms, finish_reason, key_id, content, metadata, search_rowid, index_key_id)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
+        let index = try db.cachedStatement(sql: "INSERT INTO message_terms (rowid, terms) VALUES (?, ?)")
         var latest: Int64 = 0
         for message in messages {
+            let searchRowID = try SearchIndex.allocateRowID(createdAt: message.createdAt, db)
             try statement.execute(arguments: [
                 message.id.rawValue, seq, position, message.role.rawValue, message.createdAt, message.model,
                 message.promptTokens, message.completionTokens, message.latencyMilliseconds, message.finishReason,
-                Int64(message.keyID.rawValue), message.content, message.metadata,
+                Int64(message.keyID.rawValue), message.content, message.metadata, searchRowID, Int64(message.indexKeyID.rawValue),
             ])
+            try index.execute(arguments: [searchRowID, message.terms])
             position += 1
             latest = max(latest, message.createdAt)
         }

@@ -61,6 +61,9 @@ public final class ChatLogStore: Sendable {
     {
         if let size = PrivateFiles.fileSize(path) {
             if size > 0, try probe(path) == .initialized { throw .storeExists(path: path) }
+            // A file made beforehand (touch, an interrupted init) gets the mode chatlog would give
+            // it; SQLite copies it to the -wal and -shm files.
+            try PrivateFiles.restrictToOwner(path)
         } else {
             try PrivateFiles.createEmptyPrivateFile(at: path)
         }
@@ -135,7 +138,13 @@ public final class ChatLogStore: Sendable {
             }
             throw ChatLogError.wrap(error)
         }
-        return ChatLogStore(path: path, options: options, origin: source.origin, pool: pool, keyRing: keyRing)
+        let store = ChatLogStore(path: path, options: options, origin: source.origin, pool: pool, keyRing: keyRing)
+        // Messages written before the search index existed (schema 1) are indexed once, here.
+        let unindexed = try store.read { db in
+            try Row.fetchOne(db, sql: "SELECT 1 FROM messages WHERE index_key_id IS NULL LIMIT 1") != nil
+        }
+        if unindexed { _ = try SearchIndex.indexMissing(store: store) }
+        return store
     }
 
     /// Turns the source into the master key (running Argon2id with the stored salt for a
@@ -204,6 +213,10 @@ public final class ChatLogStore: Sendable {
     }
 
     private static func openPool(_ path: String, options: Options) throws(ChatLogError) -> DatabasePool {
+        guard (1...4096).contains(options.paddingBlock) else {
+            throw .invalidInput("the padding block must be between 1 and 4096 bytes")
+        }
+        guard options.busyTimeout >= 0 else { throw .invalidInput("the busy timeout must not be negative") }
         var configuration = Configuration()
         configuration.busyMode = .timeout(options.busyTimeout)
         configuration.foreignKeysEnabled = true

@@ -96,6 +96,18 @@ public enum PrivateFiles {
         try createPrivateFile(at: path, contents: [UInt8]())
     }
 
+    /// Sets mode 0600 on a file the user owns; refuses a file owned by someone else.
+    static func restrictToOwner(_ path: String) throws(ChatLogError) {
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw .storage("cannot stat \(path) (\(errnoDescription()))") }
+        guard info.st_uid == geteuid() else {
+            throw .invalidInput("\(path) is owned by uid \(info.st_uid), not by you; refusing to create a store in it")
+        }
+        if info.st_mode & 0o077 != 0, chmod(path, 0o600) != 0 {
+            throw .storage("cannot set mode 0600 on \(path) (\(errnoDescription()))")
+        }
+    }
+
     static func fileExists(_ path: String) -> Bool {
         var info = stat()
         return lstat(path, &info) == 0

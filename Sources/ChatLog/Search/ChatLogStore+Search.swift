@@ -1,0 +1,213 @@
+import Foundation
+import GRDB
+
+extension ChatLogStore {
+    /// With `relevance`, at most this many candidates (the newest) are opened and ranked.
+    public static let relevanceCandidateCap = 20_000
+
+    /// Keyword search over sealed content.
+    ///
+    /// Candidates come from the blinded-term index (all required words present, under any live
+    /// index key), newest first, narrowed by the plain-column filters in SQL; each is opened and
+    /// checked against the real query (phrases in order, exact normalised words, exclusions)
+    /// before it is returned, so no false positive reaches the caller.
+    ///
+    /// ```swift
+    /// let results = try store.search("refund -paypal \"charged twice\"", filters: SearchFilters(role: .user), limit: 20)
+    /// ```
+    public func search(
+        _ query: String, filters: SearchFilters = SearchFilters(), limit: Int = 20, offset: Int = 0, sort: SearchSort = .relevance
+    ) throws(ChatLogError) -> SearchResults {
+        let plan = try SearchPlan(query: query, filters: filters, limit: limit, offset: offset, sort: sort, keys: keyRing.current)
+        return try read { db in try self.execute(plan, db) }
+    }
+
+    public func search(
+        _ query: String, filters: SearchFilters = SearchFilters(), limit: Int = 20, offset: Int = 0, sort: SearchSort = .relevance
+    ) async throws(ChatLogError) -> SearchResults {
+        let plan = try SearchPlan(query: query, filters: filters, limit: limit, offset: offset, sort: sort, keys: keyRing.current)
+        return try await read { db in try self.execute(plan, db) }
+    }
+
+    func execute(_ plan: SearchPlan, _ db: Database) throws -> SearchResults {
+        let rows = try Row.fetchCursor(db, sql: plan.sql, arguments: plan.arguments)
+        let matcher = plan.matcher
+        var examined = 0
+        var verified: [(row: Row, content: String, scan: QueryMatcher.Scan)] = []
+        let wanted = plan.offset + plan.limit
+        var complete = true
+        while let row = try rows.next() {
+            if plan.sort == .relevance, examined >= Self.relevanceCandidateCap {
+                complete = false
+                break
+            }
+            examined += 1
+            let id: String = row["id"]
+            let content = try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
+            let scan = matcher.scan(content)
+            guard matcher.matches(scan) else { continue }
+            verified.append((row.copy(), content, scan))
+            if plan.sort == .newest, verified.count >= wanted { break }
+        }
+
+        var scored: [(index: Int, score: Double?)] = verified.indices.map { ($0, nil) }
+        if plan.sort == .relevance, !verified.isEmpty {
+            let ranking = try BM25(matcher: matcher, blinders: plan.blinders, db: db)
+            let averageLength = Double(verified.reduce(0) { $0 + $1.scan.tokenCount }) / Double(verified.count)
+            scored = verified.indices.map { index in
+                (index, ranking.score(verified[index].scan, matcher: matcher, averageLength: averageLength))
+            }
+            // Highest score first; ties newest first (candidates arrived newest first).
+            scored.sort { ($0.score ?? 0, -$0.index) > ($1.score ?? 0, -$1.index) }
+        }
+        let page = scored.dropFirst(plan.offset).prefix(plan.limit)
+        let hits = page.map { entry -> SearchHit in
+            let (row, content, scan) = verified[entry.index]
+            return SearchHit(
+                messageID: MessageID(trusted: row["id"]), conversationID: ConversationID(trusted: row["conversation_id"]),
+                role: Role(rawValue: row["role"]) ?? .user, createdAt: Date(unixMilliseconds: row["created_at"]), model: row["model"],
+                content: content, snippet: Snippets.make(content: content, matches: scan.matches.map(\.range)), score: entry.score)
+        }
+        return SearchResults(hits: hits, examined: examined, complete: complete)
+    }
+}
+
+/// Everything decided before the read: the parsed query, the FTS5 expression of blinded terms
+/// (never any of the user's text), and the SQL for the filters.
+struct SearchPlan: Sendable {
+    let query: SearchQuery
+    let sort: SearchSort
+    let limit: Int
+    let offset: Int
+    let sql: String
+    let arguments: StatementArguments
+    let blinders: [TokenBlinder]
+    let matcher: QueryMatcher
+
+    init(query text: String, filters: SearchFilters, limit: Int, offset: Int, sort: SearchSort, keys: KeyRing.Loaded) throws(ChatLogError) {
+        guard (1...1_000).contains(limit) else { throw .invalidInput("limit must be between 1 and 1000") }
+        guard (0...100_000).contains(offset) else { throw .invalidInput("offset must be between 0 and 100000") }
+        query = try SearchQuery(parsing: text)
+        matcher = QueryMatcher(query)
+        self.sort = sort
+        self.limit = limit
+        self.offset = offset
+        // Every live index key: during an index-key rotation rows are indexed under either.
+        blinders = keys.blinders.keys.sorted().map { keys.blinders[$0]! }
+        let blinders = self.blinders
+
+        // Required clauses only: exclusions are applied after decryption (a blinded term can
+        // be shared by two words, so excluding by term could drop a true match).
+        func term(_ token: String) -> String {
+            let terms = Set(blinders.map { "\"" + $0.term(for: token) + "\"" }).sorted()
+            return terms.count == 1 ? terms[0] : "(" + terms.joined(separator: " OR ") + ")"
+        }
+        func atom(_ atom: SearchQuery.Atom) -> String {
+            let tokens = Array(Set(atom.tokens)).sorted().map(term)
+            return tokens.count == 1 ? tokens[0] : "(" + tokens.joined(separator: " AND ") + ")"
+        }
+        let match = query.required.map { clause in
+            clause.count == 1 ? atom(clause[0]) : "(" + clause.map(atom).joined(separator: " OR ") + ")"
+        }.joined(separator: " AND ")
+
+        var clauses = ["message_terms MATCH ?"]
+        var arguments: StatementArguments = [match]
+        if let since = filters.since {
+            clauses.append("t.rowid >= ?")
+            arguments += [since.unixMilliseconds << SearchIndex.rowIDShift]
+        }
+        if let until = filters.until {
+            clauses.append("t.rowid < ?")
+            arguments += [until.unixMilliseconds << SearchIndex.rowIDShift]
+        }
+        if let conversation = filters.conversation {
+            clauses.append("c.id = ?")
+            arguments += [conversation.rawValue]
+        }
+        if let role = filters.role {
+            clauses.append("m.role = ?")
+            arguments += [role.rawValue]
+        }
+        if let model = filters.model {
+            clauses.append("m.model = ?")
+            arguments += [model]
+        }
+        if let subject = filters.subject {
+            let tokens = keys.indexKeys.values.map { SubjectIndex.token(for: subject, key: $0) }
+            clauses.append("c.subject_token IN (\(tokens.map { _ in "?" }.joined(separator: ",")))")
+            arguments += StatementArguments(tokens)
+        }
+        sql = """
+            SELECT m.id, c.id AS conversation_id, m.role, m.created_at, m.model, m.content
+            FROM message_terms t
+            JOIN messages m ON m.search_rowid = t.rowid
+            JOIN conversations c ON c.seq = m.conversation_seq
+            WHERE \(clauses.joined(separator: " AND "))
+            ORDER BY t.rowid DESC
+            """
+        self.arguments = arguments
+    }
+}
+
+/// Okapi BM25 (k1 = 1.2, b = 0.75) over decrypted candidates. Document frequencies come from
+/// the index's term statistics (fts5vocab), so idf reflects the whole store, not just the
+/// candidates; a blinded-term collision can only overstate a frequency.
+struct BM25 {
+    private var idf: [Double] = []
+
+    init(matcher: QueryMatcher, blinders: [TokenBlinder], db: Database) throws {
+        let total = Double(max(1, try Int64.fetchOne(db, sql: "SELECT max(seq) FROM messages") ?? 1))
+        let statement = try db.cachedStatement(sql: "SELECT doc FROM message_terms_vocab WHERE term = ?")
+        for token in matcher.tokens {
+            var frequency = 0.0
+            for blinder in blinders {
+                let term = token.withUnsafeBufferPointer { TokenBlinder.encode(blinder.hash($0), characters: blinder.bits / 5) }
+                frequency += Double(try Int64.fetchOne(statement, arguments: [term]) ?? 0)
+            }
+            idf.append(log(1 + (total - frequency + 0.5) / (frequency + 0.5)))
+        }
+    }
+
+    func score(_ scan: QueryMatcher.Scan, matcher: QueryMatcher, averageLength: Double) -> Double {
+        let length = Double(scan.tokenCount)
+        var score = 0.0
+        for (token, count) in matcher.frequencies(scan).enumerated() where count > 0 {
+            let tf = Double(count)
+            score += idf[token] * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * length / max(1, averageLength)))
+        }
+        return score
+    }
+}
+
+/// About 160 characters around the first match, with the matched words as highlight ranges.
+enum Snippets {
+    static let radius = 80
+
+    /// `matches` are byte ranges of `content` (from the scanner), in text order.
+    static func make(content: String, matches: [Range<Int>]) -> Snippet {
+        let utf8 = content.utf8
+        func index(_ offset: Int) -> String.Index { utf8.index(utf8.startIndex, offsetBy: offset) }
+        guard let first = matches.first else {
+            let text = String(content.prefix(2 * radius))
+            return Snippet(text: text + (text.count < content.count ? "…" : ""), highlights: [])
+        }
+        let firstIndex = index(first.lowerBound)
+        let start = content.index(firstIndex, offsetBy: -radius / 2, limitedBy: content.startIndex) ?? content.startIndex
+        let end = content.index(start, offsetBy: 2 * radius, limitedBy: content.endIndex) ?? content.endIndex
+        let prefix = start > content.startIndex ? "…" : ""
+        let suffix = end < content.endIndex ? "…" : ""
+        let text = prefix + String(content[start..<end]) + suffix
+        let startOffset = utf8.distance(from: utf8.startIndex, to: start)
+        let endOffset = utf8.distance(from: utf8.startIndex, to: end)
+        let shift = prefix.utf8.count - startOffset
+        var highlights: [Range<String.Index>] = []
+        var last = -1
+        for range in matches where range.lowerBound >= startOffset && range.upperBound <= endOffset && range.lowerBound > last {
+            last = range.lowerBound
+            let lower = text.utf8.index(text.utf8.startIndex, offsetBy: range.lowerBound + shift)
+            let upper = text.utf8.index(lower, offsetBy: range.count)
+            highlights.append(lower..<upper)
+        }
+        return Snippet(text: text, highlights: highlights)
+    }
+}

@@ -1,0 +1,82 @@
+import Foundation
+import GRDB
+
+/// Maintenance of the blinded-term index (table `message_terms`, contentless FTS5).
+enum SearchIndex {
+    /// Row ids are `created_at_ms * 2^20 + n`: FTS5 rowid order is time order.
+    static let rowIDShift: Int64 = 20
+
+    static func rowIDRange(from: Int64?, until: Int64?) -> (Int64?, Int64?) {
+        (from.map { $0 << rowIDShift }, until.map { $0 << rowIDShift })
+    }
+
+    /// The next free search row id for a message created at `createdAt` (Unix ms).
+    static func allocateRowID(createdAt: Int64, _ db: Database) throws -> Int64 {
+        let low = createdAt << rowIDShift
+        let high = low + (1 << rowIDShift) - 1
+        let statement = try db.cachedStatement(
+            sql: "SELECT max(search_rowid) FROM messages WHERE search_rowid BETWEEN ? AND ?")
+        guard let last = try Int64.fetchOne(statement, arguments: [low, high]) else { return low }
+        guard last < high else {
+            throw ChatLogError.invalidInput("more than \(1 << rowIDShift) messages share one millisecond timestamp")
+        }
+        return last + 1
+    }
+
+    /// Removes the terms of the messages selected by `whereSQL` from the index. The terms are
+    /// recomputed from the opened content under the index key that made them.
+    static func removeTerms(whereSQL: String, arguments: StatementArguments, store: ChatLogStore, _ db: Database) throws {
+        let rows = try Row.fetchCursor(
+            db, sql: "SELECT id, content, search_rowid, index_key_id FROM messages WHERE \(whereSQL) AND index_key_id IS NOT NULL",
+            arguments: arguments)
+        let delete = try db.cachedStatement(
+            sql: "INSERT INTO message_terms (message_terms, rowid, terms) VALUES ('delete', ?, ?)")
+        while let row = try rows.next() {
+            let id: String = row["id"]
+            let keyID = KeyID(rawValue: UInt32(row["index_key_id"] as Int64))
+            let content = try store.openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
+            guard let blinder = try store.blinder(keyID, db) else {
+                throw ChatLogError.integrity(IntegrityFailure(table: "messages", column: "index_key_id", rowID: id, reason: .unknownKey(keyID)))
+            }
+            try delete.execute(arguments: [row["search_rowid"] as Int64, blinder.document(for: content)])
+        }
+    }
+
+    /// Indexes messages that have no terms yet (stores written before search existed), in
+    /// batches of `batchSize`, each its own transaction. Returns how many were indexed.
+    static func indexMissing(store: ChatLogStore, batchSize: Int = 1_000) throws(ChatLogError) -> Int {
+        var total = 0
+        while true {
+            let done = try store.writeImmediate { db -> Int in
+                let rows = try Row.fetchAll(
+                    db, sql: "SELECT seq, id, created_at, content FROM messages WHERE index_key_id IS NULL LIMIT ?",
+                    arguments: [batchSize])
+                let blinder = store.activeBlinder
+                for row in rows {
+                    let id: String = row["id"]
+                    let content = try store.openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
+                    let searchRowID = try allocateRowID(createdAt: row["created_at"], db)
+                    try db.execute(
+                        sql: "UPDATE messages SET search_rowid = ?, index_key_id = ? WHERE seq = ? AND index_key_id IS NULL",
+                        arguments: [searchRowID, Int64(blinder.keyID.rawValue), row["seq"] as Int64])
+                    try db.execute(
+                        sql: "INSERT INTO message_terms (rowid, terms) VALUES (?, ?)", arguments: [searchRowID, blinder.document(for: content)])
+                }
+                return rows.count
+            }
+            total += done
+            if done < batchSize { return total }
+        }
+    }
+}
+
+extension ChatLogStore {
+    var activeBlinder: TokenBlinder { keyRing.current.activeBlinder }
+
+    /// The blinder of index key `id`, learning keys added by other processes on a miss.
+    func blinder(_ id: KeyID, _ db: Database) throws -> TokenBlinder? {
+        if let blinder = keyRing.current.blinders[id] { return blinder }
+        try keyRing.reload(db)
+        return keyRing.current.blinders[id]
+    }
+}

@@ -1,0 +1,78 @@
+import CSodium
+import Foundation
+
+/// Turns search tokens into opaque index terms: SipHash-2-4 with a 128-bit output
+/// (`crypto_shorthash_siphashx24`) under a 16-byte subkey of the index key, truncated to
+/// `bits` bits and written in lowercase base32. The FTS5 table sees only these terms.
+///
+///     sipkey = BLAKE2b-128(key: index key, message: lp("chatlog/v1/token"))
+///     term   = base32(first ⌈bits/5⌉·5 bits of SipHash128(sipkey, UTF-8 token))
+///
+/// Truncation makes distinct words share a term now and then: the search verifies every
+/// candidate after decryption, so a shared term costs a decryption, never a wrong result
+/// (docs/SECURITY.md weighs the trade).
+struct TokenBlinder: Sendable {
+    /// 40 bits: about one colliding pair in a vocabulary of a million distinct words.
+    static let defaultBits = 40
+
+    let keyID: KeyID
+    let bits: Int
+    private let sipKey: SecureBytes
+
+    init(indexKey: IndexKey, keyID: KeyID, bits: Int = defaultBits) {
+        precondition(bits % 5 == 0 && bits > 0 && bits <= 60)
+        self.keyID = keyID
+        self.bits = bits
+        let derived = SecureBytes(count: 16)
+        let message = KeyDerivation.lengthPrefixed([KeyDerivation.tokenTag])
+        indexKey.withUnsafeBytes { key in
+            message.withUnsafeBytes { input in derived.withUnsafeMutableBytes { Sodium.keyedHash(key: key, message: input, into: $0) } }
+        }
+        sipKey = derived
+    }
+
+    private static let alphabet: [UInt8] = Array("abcdefghijklmnopqrstuvwxyz234567".utf8)
+
+    func term(for token: String) -> String {
+        var token = token
+        return token.withUTF8 { Self.encode(hash($0), characters: bits / 5) }
+    }
+
+    /// The first 64 bits (big-endian) of SipHash128(sipkey, bytes).
+    func hash(_ bytes: UnsafeBufferPointer<UInt8>) -> UInt64 {
+        var output = (UInt64(0), UInt64(0))
+        withUnsafeMutableBytes(of: &output) { out in
+            sipKey.withUnsafeBytes { key in
+                _ = crypto_shorthash_siphashx24(
+                    out.baseAddress!.assumingMemoryBound(to: UInt8.self), bytes.baseAddress, UInt64(bytes.count),
+                    key.baseAddress!.assumingMemoryBound(to: UInt8.self))
+            }
+        }
+        return withUnsafeBytes(of: &output) { bytes in bytes.prefix(8).reduce(UInt64(0)) { ($0 << 8) | UInt64($1) } }
+    }
+
+    static func encode(_ high: UInt64, characters: Int) -> String {
+        String(unsafeUninitializedCapacity: characters) { buffer in
+            for index in 0..<characters {
+                buffer[index] = alphabet[Int((high >> UInt64(59 - 5 * index)) & 0x1F)]
+            }
+            return characters
+        }
+    }
+
+    /// The FTS5 document for one message: its distinct terms, space-separated.
+    func document(for text: String) -> String {
+        let characters = bits / 5
+        let mask: UInt64 = ~0 << UInt64(64 - bits)
+        var seen = Set<UInt64>()
+        var output: [UInt8] = []
+        output.reserveCapacity(256)
+        Tokenizer.scan(text) { token, _ in
+            let term = hash(token) & mask
+            guard seen.insert(term).inserted else { return }
+            if !output.isEmpty { output.append(0x20) }
+            for index in 0..<characters { output.append(Self.alphabet[Int((term >> UInt64(59 - 5 * index)) & 0x1F)]) }
+        }
+        return String(decoding: output, as: UTF8.self)
+    }
+}

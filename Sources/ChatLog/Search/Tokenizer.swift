@@ -1,0 +1,179 @@
+import Foundation
+
+/// Splits text into search tokens: words of letters, digits and combining marks, each
+/// Unicode-normalised with NFKC and lower-cased. Han characters and kana are one token each
+/// (CJK text has no spaces; phrase checking after decryption restores order). Everything else —
+/// punctuation, symbols, emoji, spaces, control characters — separates tokens.
+///
+/// The same scanner tokenizes stored content, queries and candidates under verification, so
+/// "matches" always means "the same normalised words". It works on UTF-8 bytes: ASCII words are
+/// lower-cased in a reused buffer without allocating; only words with non-ASCII characters go
+/// through NFKC.
+public enum Tokenizer {
+    /// Bumped when tokenization changes in a way that changes tokens.
+    static let version = 1
+
+    /// A token with the range of the original text it came from (for snippets).
+    public struct Token: Sendable, Hashable {
+        public let text: String
+        public let range: Range<String.Index>
+    }
+
+    public static func tokens(_ text: String) -> [String] {
+        var output: [String] = []
+        scan(text) { bytes, _ in output.append(String(decoding: bytes, as: UTF8.self)) }
+        return output
+    }
+
+    public static func tokensWithRanges(_ text: String) -> [Token] {
+        var output: [Token] = []
+        let utf8 = text.utf8
+        scan(text) { bytes, range in
+            let lower = utf8.index(utf8.startIndex, offsetBy: range.lowerBound)
+            let upper = utf8.index(lower, offsetBy: range.count)
+            output.append(Token(text: String(decoding: bytes, as: UTF8.self), range: lower..<upper))
+        }
+        return output
+    }
+
+    /// Calls `body` with each token's normalised UTF-8 bytes (valid only during the call) and
+    /// the byte range of the original text it came from.
+    static func scan(_ text: String, _ body: (UnsafeBufferPointer<UInt8>, Range<Int>) -> Void) {
+        var text = text
+        text.withUTF8 { bytes in scan(bytes, body) }
+    }
+
+    static func scan(_ bytes: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBufferPointer<UInt8>, Range<Int>) -> Void) {
+        var scratch = [UInt8](repeating: 0, count: 64)
+        var wordStart = -1
+        var ascii = true
+        var index = 0
+        let count = bytes.count
+
+        func flush(_ end: Int) {
+            guard wordStart >= 0 else { return }
+            let start = wordStart
+            wordStart = -1
+            if ascii {
+                let length = end - start
+                if scratch.count < length { scratch = [UInt8](repeating: 0, count: length) }
+                scratch.withUnsafeMutableBufferPointer { buffer in
+                    for offset in 0..<length {
+                        let byte = bytes[start + offset]
+                        buffer[offset] = (byte >= 0x41 && byte <= 0x5A) ? byte | 0x20 : byte
+                    }
+                    body(UnsafeBufferPointer(rebasing: buffer[0..<length]), start..<end)
+                }
+            } else {
+                // NFKC may turn one word into several ("½" → "1⁄2") or into ideographs: split again.
+                let word = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
+                var normalized = word.precomposedStringWithCompatibilityMapping.lowercased()
+                normalized.withUTF8 { normalizedBytes in
+                    splitNormalized(normalizedBytes) { part in body(part, start..<end) }
+                }
+            }
+        }
+
+        while index < count {
+            let byte = bytes[index]
+            if byte < 0x80 {
+                let isWord = (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+                if isWord {
+                    if wordStart < 0 {
+                        wordStart = index
+                        ascii = true
+                    }
+                } else {
+                    flush(index)
+                }
+                index += 1
+                continue
+            }
+            let (scalar, length) = decode(bytes, at: index)
+            if isIdeograph(scalar) {
+                flush(index)
+                wordStart = index
+                ascii = false
+                flush(index + length)
+            } else if isWordScalar(scalar) {
+                if wordStart < 0 { wordStart = index }
+                ascii = false
+            } else {
+                flush(index)
+            }
+            index += length
+        }
+        flush(count)
+    }
+
+    /// Splits already-normalised text into word runs and single ideographs.
+    private static func splitNormalized(_ bytes: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBufferPointer<UInt8>) -> Void) {
+        var start = -1
+        var index = 0
+        while index < bytes.count {
+            let (scalar, length) = bytes[index] < 0x80 ? (Unicode.Scalar(bytes[index]), 1) : decode(bytes, at: index)
+            if isIdeograph(scalar) {
+                if start >= 0 { body(UnsafeBufferPointer(rebasing: bytes[start..<index])) }
+                body(UnsafeBufferPointer(rebasing: bytes[index..<(index + length)]))
+                start = -1
+            } else if isWordScalar(scalar) {
+                if start < 0 { start = index }
+            } else {
+                if start >= 0 { body(UnsafeBufferPointer(rebasing: bytes[start..<index])) }
+                start = -1
+            }
+            index += length
+        }
+        if start >= 0 { body(UnsafeBufferPointer(rebasing: bytes[start..<bytes.count])) }
+    }
+
+    /// Decodes the UTF-8 sequence at `index` (Swift strings hold valid UTF-8).
+    @inline(__always)
+    private static func decode(_ bytes: UnsafeBufferPointer<UInt8>, at index: Int) -> (Unicode.Scalar, Int) {
+        let lead = UInt32(bytes[index])
+        var value: UInt32
+        var length: Int
+        if lead < 0xE0 {
+            value = lead & 0x1F
+            length = 2
+        } else if lead < 0xF0 {
+            value = lead & 0x0F
+            length = 3
+        } else {
+            value = lead & 0x07
+            length = 4
+        }
+        length = min(length, bytes.count - index)
+        for offset in 1..<max(1, length) { value = (value << 6) | (UInt32(bytes[index + offset]) & 0x3F) }
+        return (Unicode.Scalar(value) ?? "\u{FFFD}", max(1, length))
+    }
+
+    static func isWordScalar(_ scalar: Unicode.Scalar) -> Bool {
+        let value = scalar.value
+        if value < 0x80 {
+            return (value >= 0x30 && value <= 0x39) || (value >= 0x41 && value <= 0x5A) || (value >= 0x61 && value <= 0x7A)
+        }
+        let properties = scalar.properties
+        if properties.isAlphabetic { return true }
+        switch properties.generalCategory {
+        case .decimalNumber, .letterNumber, .otherNumber, .nonspacingMark, .spacingMark, .enclosingMark: return true
+        default: return false
+        }
+    }
+
+    /// Han ideographs and Japanese kana: one token per character.
+    static func isIdeograph(_ scalar: Unicode.Scalar) -> Bool {
+        switch scalar.value {
+        case 0x3040...0x30FF,  // Hiragana, Katakana
+            0x31F0...0x31FF,  // Katakana phonetic extensions
+            0x3400...0x4DBF,  // CJK Extension A
+            0x4E00...0x9FFF,  // CJK Unified Ideographs
+            0xF900...0xFAFF,  // CJK Compatibility Ideographs
+            0xFF66...0xFF9F,  // Halfwidth Katakana
+            0x20000...0x323AF:  // CJK Extensions B–H
+            return true
+        default:
+            return false
+        }
+    }
+}
