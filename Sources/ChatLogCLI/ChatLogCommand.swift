@@ -22,6 +22,6 @@ struct KeyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "key",
         abstract: "Manage the master key and the data and index keys.",
-        subcommands: [KeyGenerateCommand.self, KeyStatusCommand.self]
+        subcommands: [KeyGenerateCommand.self, KeyStatusCommand.self, KeyRotateCommand.self, KeyRewrapCommand.self, KeyRetireCommand.self]
     )
 }

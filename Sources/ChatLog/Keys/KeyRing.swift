@@ -17,19 +17,38 @@ final class KeyRing: Sendable {
         var activeBlinder: TokenBlinder { blinders[activeIndexKey.id]! }
     }
 
-    let master: MasterKey
+    private let masterKey: Mutex<MasterKey>
     private let state: Mutex<Loaded>
 
     init(master: MasterKey, db: Database) throws(ChatLogError) {
-        self.master = master
+        masterKey = Mutex(master)
         state = Mutex(try Self.load(master: master, db: db))
     }
 
+    var master: MasterKey { masterKey.withLock { $0 } }
     var current: Loaded { state.withLock { $0 } }
 
+    /// Re-reads the keys table. If the master key was changed by another process (`key rewrap`),
+    /// this process's master key no longer matches and it must be reopened with the new one.
     func reload(_ db: Database) throws(ChatLogError) {
+        let master = self.master
+        let stored: Data?
+        do {
+            stored = try Data.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = 'master_check'")
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
+        let given = master.checkValue
+        if let stored, !stored.elementsEqual(given) {
+            throw .wrongKey(expected: KeyFingerprint(checkValue: [UInt8](stored)), given: KeyFingerprint(checkValue: given))
+        }
         let loaded = try Self.load(master: master, db: db)
         state.withLock { $0 = loaded }
+    }
+
+    /// After a rewrap committed by this process.
+    func replaceMaster(_ master: MasterKey) {
+        masterKey.withLock { $0 = master }
     }
 
     /// The context a wrapped key is bound to: the keys table, its `wrapped` column, and

@@ -40,9 +40,10 @@ extension ChatLogStore {
     /// Creates a conversation and returns its id.
     @discardableResult
     public func createConversation(_ conversation: NewConversation = NewConversation()) throws(ChatLogError) -> ConversationID {
-        let prepared = try prepare(conversation)
-        try writeImmediate { db in try Self.insert(prepared, db) }
-        return prepared.id
+        try writeSealed { (keys) throws(ChatLogError) in try prepare(conversation, keys: keys) } body: { prepared, db in
+            try Self.insert(prepared, db)
+            return prepared.id
+        }
     }
 
     /// Appends one message at the end of a conversation.
@@ -54,18 +55,21 @@ extension ChatLogStore {
     /// Appends messages in order, in one transaction (all or nothing).
     @discardableResult
     public func append(_ messages: [NewMessage], to conversation: ConversationID) throws(ChatLogError) -> [MessageID] {
-        let prepared = try messages.map { (message) throws(ChatLogError) in try prepare(message) }
-        try writeImmediate { db in try Self.insert(prepared, into: conversation, db) }
-        return prepared.map(\.id)
+        try writeSealed { (keys) throws(ChatLogError) in try prepare(messages, keys: keys) } body: { prepared, db in
+            try Self.insert(prepared, into: conversation, db)
+            return prepared.map(\.id)
+        }
     }
 
     /// Logs one model call (new prompt messages, then the completion) in one transaction,
     /// creating the conversation first when asked.
     @discardableResult
     public func logExchange(_ exchange: ModelExchange) throws(ChatLogError) -> LoggedExchange {
-        let (conversation, messages) = try prepare(exchange)
-        let id = try writeImmediate { db in try Self.insert(conversation: conversation, messages: messages, target: exchange.conversation, db) }
-        return LoggedExchange(conversationID: id, messageIDs: messages.map(\.id))
+        let target = exchange.conversation
+        return try writeSealed { (keys) throws(ChatLogError) in try prepare(exchange, keys: keys) } body: { prepared, db in
+            let id = try Self.insert(conversation: prepared.0, messages: prepared.1, target: target, db)
+            return LoggedExchange(conversationID: id, messageIDs: prepared.1.map(\.id))
+        }
     }
 
     /// Deletes a conversation and all its messages. Returns false when there was none.
@@ -80,9 +84,10 @@ extension ChatLogStore {
 
     @discardableResult
     public func createConversation(_ conversation: NewConversation = NewConversation()) async throws(ChatLogError) -> ConversationID {
-        let prepared = try prepare(conversation)
-        try await writeImmediate { db in try Self.insert(prepared, db) }
-        return prepared.id
+        try await writeSealed { (keys) throws(ChatLogError) in try prepare(conversation, keys: keys) } body: { prepared, db in
+            try Self.insert(prepared, db)
+            return prepared.id
+        }
     }
 
     @discardableResult
@@ -92,17 +97,19 @@ extension ChatLogStore {
 
     @discardableResult
     public func append(_ messages: [NewMessage], to conversation: ConversationID) async throws(ChatLogError) -> [MessageID] {
-        let prepared = try messages.map { (message) throws(ChatLogError) in try prepare(message) }
-        try await writeImmediate { db in try Self.insert(prepared, into: conversation, db) }
-        return prepared.map(\.id)
+        try await writeSealed { (keys) throws(ChatLogError) in try prepare(messages, keys: keys) } body: { prepared, db in
+            try Self.insert(prepared, into: conversation, db)
+            return prepared.map(\.id)
+        }
     }
 
     @discardableResult
     public func logExchange(_ exchange: ModelExchange) async throws(ChatLogError) -> LoggedExchange {
-        let (conversation, messages) = try prepare(exchange)
         let target = exchange.conversation
-        let id = try await writeImmediate { db in try Self.insert(conversation: conversation, messages: messages, target: target, db) }
-        return LoggedExchange(conversationID: id, messageIDs: messages.map(\.id))
+        return try await writeSealed { (keys) throws(ChatLogError) in try prepare(exchange, keys: keys) } body: { prepared, db in
+            let id = try Self.insert(conversation: prepared.0, messages: prepared.1, target: target, db)
+            return LoggedExchange(conversationID: id, messageIDs: prepared.1.map(\.id))
+        }
     }
 
     @discardableResult
@@ -112,10 +119,10 @@ extension ChatLogStore {
 
     // MARK: - Preparation (validation and sealing, outside the transaction)
 
-    func prepare(_ conversation: NewConversation) throws(ChatLogError) -> PreparedConversation {
+    func prepare(_ conversation: NewConversation, keys: KeyRing.Loaded) throws(ChatLogError) -> PreparedConversation {
         let id = ConversationID.make()
-        let sealer = self.sealer
-        let index = keyRing.current.activeIndexKey
+        let sealer = sealer(keys)
+        let index = keys.activeIndexKey
         let table = "conversations"
         return PreparedConversation(
             id: id, createdAt: (conversation.createdAt ?? Date()).unixMilliseconds, keyID: sealer.keyID,
@@ -126,7 +133,11 @@ extension ChatLogStore {
             metadata: try sealer.seal(json: conversation.metadata, table: table, column: "metadata", rowID: id.rawValue))
     }
 
-    func prepare(_ message: NewMessage) throws(ChatLogError) -> PreparedMessage {
+    func prepare(_ messages: [NewMessage], keys: KeyRing.Loaded) throws(ChatLogError) -> [PreparedMessage] {
+        try messages.map { (message) throws(ChatLogError) in try prepare(message, keys: keys) }
+    }
+
+    func prepare(_ message: NewMessage, keys: KeyRing.Loaded) throws(ChatLogError) -> PreparedMessage {
         let size = message.content.utf8.count
         guard size <= Self.maximumContentBytes else {
             throw .invalidInput("message content is \(size) bytes; the limit is \(Self.maximumContentBytes >> 20) MiB")
@@ -142,8 +153,8 @@ extension ChatLogStore {
             }
         }
         let id = MessageID.make()
-        let sealer = self.sealer
-        let blinder = activeBlinder
+        let sealer = sealer(keys)
+        let blinder = keys.activeBlinder
         return PreparedMessage(
             id: id, role: message.role, createdAt: (message.createdAt ?? Date()).unixMilliseconds, model: message.model,
             promptTokens: message.promptTokens, completionTokens: message.completionTokens,
@@ -153,11 +164,11 @@ extension ChatLogStore {
             terms: blinder.document(for: message.content), indexKeyID: blinder.keyID)
     }
 
-    func prepare(_ exchange: ModelExchange) throws(ChatLogError) -> (PreparedConversation?, [PreparedMessage]) {
+    func prepare(_ exchange: ModelExchange, keys: KeyRing.Loaded) throws(ChatLogError) -> (PreparedConversation?, [PreparedMessage]) {
         var conversation: PreparedConversation?
-        if case .new(let new) = exchange.conversation { conversation = try prepare(new) }
-        var messages = try exchange.prompt.map { (message) throws(ChatLogError) in try prepare(message) }
-        messages.append(try prepare(exchange.completion))
+        if case .new(let new) = exchange.conversation { conversation = try prepare(new, keys: keys) }
+        var messages = try prepare(exchange.prompt, keys: keys)
+        messages.append(try prepare(exchange.completion, keys: keys))
         return (conversation, messages)
     }
 

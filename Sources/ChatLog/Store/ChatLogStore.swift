@@ -286,6 +286,76 @@ public final class ChatLogStore: Sendable {
         }
     }
 
+    /// Seals outside the transaction under the keys this process believes active, then writes
+    /// in one IMMEDIATE transaction that first checks those keys are still the active ones. If
+    /// another process rotated meanwhile, the key ring is reloaded and the values sealed again,
+    /// so no row is ever committed under a key that is no longer active (the rotation job's
+    /// "nothing left under an old key" stays true once it has said so).
+    func writeSealed<P, T>(
+        _ prepare: (KeyRing.Loaded) throws(ChatLogError) -> P, body: (P, Database) throws -> T
+    ) throws(ChatLogError) -> T {
+        while true {
+            let keys = keyRing.current
+            let prepared = try prepare(keys)
+            do {
+                return try pool.writeWithoutTransaction { db in
+                    var result: T?
+                    try db.inTransaction(.immediate) {
+                        guard try Self.activeKeysUnchanged(keys, db) else { throw StaleKeys() }
+                        result = try body(prepared, db)
+                        return .commit
+                    }
+                    return result!
+                }
+            } catch is StaleKeys {
+                try read { db in try self.keyRing.reload(db) }
+            } catch {
+                throw ChatLogError.wrap(error)
+            }
+        }
+    }
+
+    func writeSealed<P: Sendable, T: Sendable>(
+        _ prepare: (KeyRing.Loaded) throws(ChatLogError) -> P, body: @escaping @Sendable (P, Database) throws -> T
+    ) async throws(ChatLogError) -> T {
+        while true {
+            let keys = keyRing.current
+            let prepared = try prepare(keys)
+            do {
+                return try await pool.writeWithoutTransaction { db in
+                    var result: T?
+                    try db.inTransaction(.immediate) {
+                        guard try Self.activeKeysUnchanged(keys, db) else { throw StaleKeys() }
+                        result = try body(prepared, db)
+                        return .commit
+                    }
+                    return result!
+                }
+            } catch is StaleKeys {
+                try await read { db in try self.keyRing.reload(db) }
+            } catch {
+                throw ChatLogError.wrap(error)
+            }
+        }
+    }
+
+    /// Thrown inside a write transaction (and so rolling it back) when the keys it sealed under
+    /// are no longer active.
+    struct StaleKeys: Error {}
+
+    static func activeKeysUnchanged(_ keys: KeyRing.Loaded, _ db: Database) throws -> Bool {
+        let statement = try db.cachedStatement(sql: "SELECT kind, id FROM keys WHERE state = 'active'")
+        for row in try Row.fetchAll(statement) {
+            let id = KeyID(rawValue: UInt32(row["id"] as Int64))
+            switch row["kind"] as String {
+            case "data": if id != keys.activeDataKey.id { return false }
+            case "index": if id != keys.activeIndexKey.id { return false }
+            default: break
+            }
+        }
+        return true
+    }
+
     func read<T>(_ body: (Database) throws -> T) throws(ChatLogError) -> T {
         do { return try pool.read(body) } catch { throw ChatLogError.wrap(error) }
     }

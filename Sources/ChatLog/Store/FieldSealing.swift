@@ -28,9 +28,8 @@ struct FieldSealer {
 }
 
 extension ChatLogStore {
-    var sealer: FieldSealer {
-        let active = keyRing.current.activeDataKey
-        return FieldSealer(keyID: active.id, key: active.key, paddingBlock: options.paddingBlock)
+    func sealer(_ keys: KeyRing.Loaded) -> FieldSealer {
+        FieldSealer(keyID: keys.activeDataKey.id, key: keys.activeDataKey.key, paddingBlock: options.paddingBlock)
     }
 
     /// Opens a sealed value with exactly the key its header names (never trying keys in turn),

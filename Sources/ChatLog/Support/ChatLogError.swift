@@ -30,6 +30,12 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
     case invalidInput(String)
     /// A lock or busy database outlasted the timeout.
     case busy(String)
+    /// Another key-maintenance job (rotate, rewrap, retire) holds the store's key lock.
+    case locked(holder: Int32?, path: String)
+    /// A key cannot be retired while rows still use it.
+    case keyInUse(KeyID, rows: Int)
+    /// A key operation that does not apply (retiring the active key, an unknown key id, …).
+    case keyOperation(String)
     /// SQLite or the file system failed; the text is SQLite's message without bound values.
     case storage(String)
 
@@ -51,6 +57,10 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
         case .conversationNotFound(let id): "no conversation with id \(id)"
         case .invalidInput(let why): "invalid input: \(why)"
         case .busy(let why): "busy: \(why)"
+        case .locked(let holder, let path):
+            "another key job holds the lock \(path)" + (holder.map { " (process \($0))" } ?? "") + "; try again when it has finished"
+        case .keyInUse(let id, let rows): "key \(id) is still used by \(rows) rows; finish `chatlog key rotate` first"
+        case .keyOperation(let why): why
         case .storage(let why): "storage error: \(why)"
         }
     }
@@ -66,8 +76,8 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
         case .integrity: .integrity
         case .invalidInput, .schemaTooNew, .notAChatLogStore, .storeExists: .invalidInput
         case .storeNotFound, .conversationNotFound: .notFound
-        case .busy: .busy
-        case .storage: .other
+        case .busy, .locked: .busy
+        case .storage, .keyInUse, .keyOperation: .other
         }
     }
 

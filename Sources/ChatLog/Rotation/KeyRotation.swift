@@ -1,0 +1,366 @@
+import Foundation
+import GRDB
+import Synchronization
+
+/// How a rotation run behaves. Defaults suit a cron job: resume unfinished work, no new key.
+public struct RotationOptions: Sendable {
+    /// Make a new key active first, even if the current one is young.
+    public var newKey: Bool
+    /// Make a new key active first if the active one is older than this.
+    public var ifOlderThan: TimeInterval?
+    /// Rows per transaction.
+    public var batchSize: Int
+    /// Stop starting new batches after this long; the run then reports rows remaining.
+    public var maxDuration: TimeInterval?
+    /// Count what would be done and change nothing.
+    public var dryRun: Bool
+    /// Called after each batch (on the calling thread).
+    public var progress: (@Sendable (RotationProgress) -> Void)?
+    /// Polled before each batch; return false to stop early (cancellation).
+    public var shouldContinue: (@Sendable () -> Bool)?
+
+    public init(
+        newKey: Bool = false, ifOlderThan: TimeInterval? = nil, batchSize: Int = 500, maxDuration: TimeInterval? = nil,
+        dryRun: Bool = false, progress: (@Sendable (RotationProgress) -> Void)? = nil,
+        shouldContinue: (@Sendable () -> Bool)? = nil
+    ) {
+        self.newKey = newKey
+        self.ifOlderThan = ifOlderThan
+        self.batchSize = batchSize
+        self.maxDuration = maxDuration
+        self.dryRun = dryRun
+        self.progress = progress
+        self.shouldContinue = shouldContinue
+    }
+}
+
+public struct RotationProgress: Sendable {
+    public let kind: KeyStatus.Entry.Kind
+    public let done: Int
+    /// Rows still under other keys when the run started, minus those done (an estimate: writers
+    /// may delete rows meanwhile).
+    public let remaining: Int
+}
+
+public struct RotationReport: Sendable {
+    public let kind: KeyStatus.Entry.Kind
+    /// Whether this run made (with `dryRun`: would make) a new key active.
+    public let createsNewKey: Bool
+    /// The key made active by this run, if any.
+    public let newKeyID: KeyID?
+    public let activeKeyID: KeyID
+    /// Rows moved to the active key by this run.
+    public let rewritten: Int
+    /// Rows still under older keys when the run ended: 0 means done.
+    public let remaining: Int
+    /// Rows under each older key at the start (what a dry run reports).
+    public let rowsByKey: [KeyID: Int]
+    public let dryRun: Bool
+    public var complete: Bool { remaining == 0 }
+}
+
+extension ChatLogStore {
+    /// Data-key rotation (DESIGN §5): under the store's key lock, optionally makes a new data key
+    /// active (every process learns it before any row uses it: writers check the active key
+    /// inside their transaction), then re-seals every row still under an older data key in
+    /// batches. Each batch is one IMMEDIATE transaction whose updates are compare-and-swap on the
+    /// row's key id and ciphertext, so a concurrent change is never overwritten. "key id ≠
+    /// active" is the checkpoint: a run killed at any instant loses nothing, and the next run
+    /// continues. Ends with a truncating WAL checkpoint.
+    public func rotateDataKey(_ options: RotationOptions) throws(ChatLogError) -> RotationReport {
+        try rotate(.data, options)
+    }
+
+    /// Makes a new data key active (unless `newKey` is false) and re-seals everything under it.
+    /// Returns the number of rows rewritten.
+    @discardableResult
+    public func rotateDataKey(newKey: Bool = true, batchSize: Int = 500) throws(ChatLogError) -> Int {
+        try rotate(.data, RotationOptions(newKey: newKey, batchSize: batchSize)).rewritten
+    }
+
+    /// Index-key rotation: a new index key, then every message's blinded terms and every
+    /// subject token rebuilt under it in batches. Search stays exact meanwhile (queries use every
+    /// live index key); resumable the same way as data-key rotation.
+    public func rotateIndexKey(_ options: RotationOptions) throws(ChatLogError) -> RotationReport {
+        try rotate(.index, options)
+    }
+
+    /// Makes a new index key active (unless `newKey` is false; then only unfinished work goes on)
+    /// and rebuilds every term under it. Returns the number of rows re-indexed.
+    @discardableResult
+    public func rotateIndexKey(newKey: Bool = true, batchSize: Int = 1_000) throws(ChatLogError) -> Int {
+        try rotate(.index, RotationOptions(newKey: newKey, batchSize: batchSize)).rewritten
+    }
+
+    /// Async forms: run on a background thread, cancelled with the calling task.
+    public func rotateDataKey(_ options: RotationOptions) async throws(ChatLogError) -> RotationReport {
+        try await runDetached(.data, options)
+    }
+
+    public func rotateIndexKey(_ options: RotationOptions) async throws(ChatLogError) -> RotationReport {
+        try await runDetached(.index, options)
+    }
+
+    private func runDetached(_ kind: KeyStatus.Entry.Kind, _ options: RotationOptions) async throws(ChatLogError) -> RotationReport {
+        let cancelled = CancellationFlag()
+        var options = options
+        let outer = options.shouldContinue
+        options.shouldContinue = { !cancelled.isSet && (outer?() ?? true) }
+        let frozen = options
+        let result: Result<RotationReport, ChatLogError> = await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                DispatchQueue.global().async {
+                    continuation.resume(returning: Result { () throws(ChatLogError) in try self.rotate(kind, frozen) })
+                }
+            }
+        } onCancel: {
+            cancelled.set()
+        }
+        return try result.get()
+    }
+
+    func rotate(_ kind: KeyStatus.Entry.Kind, _ options: RotationOptions) throws(ChatLogError) -> RotationReport {
+        guard (1...100_000).contains(options.batchSize) else { throw .invalidInput("the batch size must be between 1 and 100000") }
+        let lock = try RotationLock.acquire(forDatabase: path)
+        defer { withExtendedLifetime(lock) {} }
+        let started = ContinuousClock.now
+        let deadline = options.maxDuration.map { started + .milliseconds(Int64($0 * 1000)) }
+
+        // 1. A new active key, if asked or if the active one is too old.
+        try read { db in try self.keyRing.reload(db) }
+        let keys = keyRing.current
+        let activeID = kind == .data ? keys.activeDataKey.id : keys.activeIndexKey.id
+        var wantsNewKey = options.newKey
+        if let age = options.ifOlderThan {
+            let createdAt = try read { db in
+                try Int64.fetchOne(db, sql: "SELECT created_at FROM keys WHERE id = ?", arguments: [Int64(activeID.rawValue)]) ?? 0
+            }
+            wantsNewKey = wantsNewKey || Date().timeIntervalSince(Date(unixMilliseconds: createdAt)) > age
+        }
+        let before = try rowsByKey(kind, excluding: activeID)
+        if options.dryRun {
+            // With a new key, every row (also those under the current active key) would move.
+            var rows = before
+            if wantsNewKey { rows[activeID, default: 0] += try rowsUnder(kind, key: activeID) }
+            return RotationReport(
+                kind: kind, createsNewKey: wantsNewKey, newKeyID: nil, activeKeyID: activeID, rewritten: 0,
+                remaining: rows.values.reduce(0, +), rowsByKey: rows, dryRun: true)
+        }
+        var newKeyID: KeyID?
+        if wantsNewKey {
+            newKeyID = try writeImmediate { db in
+                let id = try KeyRing.addActiveKey(kind: kind, master: self.keyRing.master, db: db)
+                try self.keyRing.reload(db)
+                return id
+            }
+        }
+        let target = newKeyID ?? activeID
+        let startRows = try rowsByKey(kind, excluding: target)
+        var remaining = startRows.values.reduce(0, +)
+
+        // 2. Batches until nothing is left, the deadline passes or the caller cancels.
+        var rewritten = 0
+        while remaining > 0 {
+            if let deadline, ContinuousClock.now >= deadline { break }
+            if let shouldContinue = options.shouldContinue, !shouldContinue() { break }
+            let done = try rotateBatch(kind, limit: options.batchSize)
+            if done.examined == 0 { remaining = 0; break }
+            rewritten += done.rewritten
+            remaining = max(0, remaining - done.examined)
+            options.progress?(RotationProgress(kind: kind, done: rewritten, remaining: remaining))
+        }
+        let left = try rowsByKey(kind, excluding: keyRing.current.activeKey(kind)).values.reduce(0, +)
+        try checkpoint()
+        return RotationReport(
+            kind: kind, createsNewKey: newKeyID != nil, newKeyID: newKeyID, activeKeyID: keyRing.current.activeKey(kind), rewritten: rewritten, remaining: left,
+            rowsByKey: startRows, dryRun: false)
+    }
+
+    /// Rows per key of `kind` other than `excluding` (what is left to rotate).
+    func rowsByKey(_ kind: KeyStatus.Entry.Kind, excluding: KeyID) throws(ChatLogError) -> [KeyID: Int] {
+        let sql =
+            kind == .data
+            ? """
+            SELECT key_id AS k, count(*) AS n FROM (
+                SELECT key_id FROM messages WHERE key_id <> ?1 UNION ALL SELECT key_id FROM conversations WHERE key_id <> ?1)
+            GROUP BY key_id
+            """
+            : """
+            SELECT k, count(*) AS n FROM (
+                SELECT index_key_id AS k FROM messages WHERE index_key_id <> ?1
+                UNION ALL SELECT subject_key_id AS k FROM conversations WHERE subject_key_id <> ?1)
+            GROUP BY k
+            """
+        return try read { db in
+            try Row.fetchAll(db, sql: sql, arguments: [Int64(excluding.rawValue)]).reduce(into: [KeyID: Int]()) {
+                $0[KeyID(rawValue: UInt32($1["k"] as Int64))] = $1["n"]
+            }
+        }
+    }
+
+    private func rowsUnder(_ kind: KeyStatus.Entry.Kind, key: KeyID) throws(ChatLogError) -> Int {
+        let sql =
+            kind == .data
+            ? "SELECT (SELECT count(*) FROM messages WHERE key_id = ?1) + (SELECT count(*) FROM conversations WHERE key_id = ?1)"
+            : "SELECT (SELECT count(*) FROM messages WHERE index_key_id = ?1) + (SELECT count(*) FROM conversations WHERE subject_key_id = ?1)"
+        return try read { db in try Int.fetchOne(db, sql: sql, arguments: [Int64(key.rawValue)]) ?? 0 }
+    }
+
+    /// One batch: read rows under older keys, re-seal them outside the write lock, then write
+    /// them back in one IMMEDIATE transaction with compare-and-swap updates.
+    private func rotateBatch(_ kind: KeyStatus.Entry.Kind, limit: Int) throws(ChatLogError) -> (examined: Int, rewritten: Int) {
+        while true {
+            let keys = keyRing.current
+            let updates = try read { db in
+                kind == .data
+                    ? try self.resealBatch(keys: keys, limit: limit, db)
+                    : try self.reblindBatch(keys: keys, limit: limit, db)
+            }
+            if updates.isEmpty { return (0, 0) }
+            do {
+                let written = try pool.writeWithoutTransaction { db in
+                    var written = 0
+                    try db.inTransaction(.immediate) {
+                        // Another process may have rotated again meanwhile: re-seal for the new key.
+                        guard try Self.activeKeysUnchanged(keys, db) else { throw StaleKeys() }
+                        for update in updates {
+                            try db.execute(sql: update.sql, arguments: update.arguments)
+                            guard db.changesCount > 0 else { continue }  // deleted or changed meanwhile
+                            written += 1
+                            for (sql, arguments) in update.followUps { try db.execute(sql: sql, arguments: arguments) }
+                        }
+                        return .commit
+                    }
+                    return written
+                }
+                return (updates.count, written)
+            } catch is StaleKeys {
+                try read { db in try self.keyRing.reload(db) }
+            } catch {
+                throw ChatLogError.wrap(error)
+            }
+        }
+    }
+
+    struct RowUpdate: Sendable {
+        let sql: String
+        let arguments: StatementArguments
+        /// Run only when the compare-and-swap update changed the row.
+        var followUps: [(String, StatementArguments)] = []
+    }
+
+    /// Re-seals messages, then conversations, still under older data keys.
+    private func resealBatch(keys: KeyRing.Loaded, limit: Int, _ db: Database) throws -> [RowUpdate] {
+        let sealer = sealer(keys)
+        let active = Int64(keys.activeDataKey.id.rawValue)
+        var updates: [RowUpdate] = []
+        for row in try Row.fetchAll(
+            db, sql: "SELECT seq, id, key_id, content, metadata FROM messages WHERE key_id <> ? LIMIT ?", arguments: [active, limit])
+        {
+            let id: String = row["id"]
+            let content = row.sealedBytes("content") ?? Data()
+            let metadata = row.sealedBytes("metadata")
+            let plainContent = try openSealed(content, FieldContext(table: "messages", column: "content", rowID: id), db: db)
+            let plainMetadata = try metadata.map { (sealed) throws(ChatLogError) in
+                try openSealed(sealed, FieldContext(table: "messages", column: "metadata", rowID: id), db: db)
+            }
+            let newContent = plainContent.withUnsafeBytes { sealer.seal($0, table: "messages", column: "content", rowID: id) }
+            let newMetadata = plainMetadata.map { bytes in bytes.withUnsafeBytes { sealer.seal($0, table: "messages", column: "metadata", rowID: id) } }
+            updates.append(
+                RowUpdate(
+                    sql: "UPDATE messages SET content = ?, metadata = ?, key_id = ? WHERE seq = ? AND key_id = ? AND content = ? AND metadata IS ?",
+                    arguments: [newContent, newMetadata, active, row["seq"] as Int64, row["key_id"] as Int64, content, metadata]))
+        }
+        if updates.count >= limit { return updates }
+        for row in try Row.fetchAll(
+            db, sql: "SELECT seq, id, key_id, title, subject, metadata FROM conversations WHERE key_id <> ? LIMIT ?",
+            arguments: [active, limit - updates.count])
+        {
+            let id: String = row["id"]
+            var values: [Data?] = []
+            var olds: [Data?] = []
+            for column in ["title", "subject", "metadata"] {
+                let old = row.sealedBytes(column)
+                olds.append(old)
+                let plain = try old.map { (sealed) throws(ChatLogError) in
+                    try openSealed(sealed, FieldContext(table: "conversations", column: column, rowID: id), db: db)
+                }
+                values.append(plain.map { bytes in bytes.withUnsafeBytes { sealer.seal($0, table: "conversations", column: column, rowID: id) } })
+            }
+            updates.append(
+                RowUpdate(
+                    sql: """
+                        UPDATE conversations SET title = ?, subject = ?, metadata = ?, key_id = ?
+                        WHERE seq = ? AND key_id = ? AND title IS ? AND subject IS ? AND metadata IS ?
+                        """,
+                    arguments: [values[0], values[1], values[2], active, row["seq"] as Int64, row["key_id"] as Int64, olds[0], olds[1], olds[2]]))
+        }
+        return updates
+    }
+
+    /// Re-blinds messages' terms and conversations' subject tokens still under older index keys.
+    private func reblindBatch(keys: KeyRing.Loaded, limit: Int, _ db: Database) throws -> [RowUpdate] {
+        let target = keys.activeBlinder
+        let active = Int64(target.keyID.rawValue)
+        var updates: [RowUpdate] = []
+        for row in try Row.fetchAll(
+            db, sql: "SELECT seq, id, content, search_rowid, index_key_id FROM messages WHERE index_key_id <> ? LIMIT ?",
+            arguments: [active, limit])
+        {
+            let id: String = row["id"]
+            let oldKey = KeyID(rawValue: UInt32(row["index_key_id"] as Int64))
+            let content = try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
+            guard let old = try blinder(oldKey, db) else {
+                throw ChatLogError.integrity(IntegrityFailure(table: "messages", column: "index_key_id", rowID: id, reason: .unknownKey(oldKey)))
+            }
+            let rowID: Int64 = row["search_rowid"]
+            var update = RowUpdate(
+                sql: "UPDATE messages SET index_key_id = ? WHERE seq = ? AND index_key_id = ?",
+                arguments: [active, row["seq"] as Int64, Int64(oldKey.rawValue)])
+            update.followUps = [
+                ("INSERT INTO message_terms (message_terms, rowid, terms) VALUES ('delete', ?, ?)", [rowID, old.document(for: content)]),
+                ("INSERT INTO message_terms (rowid, terms) VALUES (?, ?)", [rowID, target.document(for: content)]),
+            ]
+            updates.append(update)
+        }
+        if updates.count >= limit { return updates }
+        let indexKey = keys.activeIndexKey
+        for row in try Row.fetchAll(
+            db, sql: "SELECT seq, id, subject, subject_key_id FROM conversations WHERE subject_key_id <> ? LIMIT ?",
+            arguments: [active, limit - updates.count])
+        {
+            let id: String = row["id"]
+            guard let sealed = row.sealedBytes("subject") else { continue }
+            let subject = try openText(sealed, FieldContext(table: "conversations", column: "subject", rowID: id), db: db)
+            updates.append(
+                RowUpdate(
+                    sql: "UPDATE conversations SET subject_token = ?, subject_key_id = ? WHERE seq = ? AND subject_key_id = ?",
+                    arguments: [SubjectIndex.token(for: subject, key: indexKey.key), active, row["seq"] as Int64, row["subject_key_id"] as Int64]))
+        }
+        return updates
+    }
+
+    /// Rewrites the whole database file without free pages (old ciphertext in freed pages is
+    /// gone for good). Needs no other writer for its duration; waits on the busy timeout.
+    public func vacuum() throws(ChatLogError) {
+        do {
+            try pool.writeWithoutTransaction { db in try db.execute(sql: "VACUUM") }
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
+        try checkpoint()
+    }
+}
+
+extension KeyRing.Loaded {
+    func activeKey(_ kind: KeyStatus.Entry.Kind) -> KeyID {
+        kind == .data ? activeDataKey.id : activeIndexKey.id
+    }
+}
+
+/// Set once, read from another thread: the cancellation signal of an async rotation.
+final class CancellationFlag: Sendable {
+    private let flag = Mutex(false)
+    var isSet: Bool { flag.withLock { $0 } }
+    func set() { flag.withLock { $0 = true } }
+}

@@ -1,0 +1,122 @@
+import Foundation
+import GRDB
+
+extension ChatLogStore {
+    /// Master-key rotation: every data and index key is unwrapped with the current master key and
+    /// wrapped under the new one, and the check value replaced, in one IMMEDIATE transaction —
+    /// cheap (no row is touched) and atomic: interrupted at any instant, exactly one of the two
+    /// master keys opens the store. A new passphrase gets a fresh Argon2id salt. Takes the key
+    /// lock. Returns the new key's fingerprint.
+    @discardableResult
+    public func rewrapMasterKey(to newSource: MasterKeySource) throws(ChatLogError) -> KeyFingerprint {
+        let lock = try RotationLock.acquire(forDatabase: path)
+        defer { withExtendedLifetime(lock) {} }
+        let newMaster: MasterKey
+        var kdf: PassphraseKDF?
+        switch newSource.material {
+        case .key(let key):
+            newMaster = key
+        case .passphrase(let passphrase):
+            let fresh = options.passphraseKDF.withFreshSalt()
+            newMaster = try fresh.deriveMasterKey(from: passphrase)
+            kdf = fresh
+        }
+        let oldMaster = keyRing.master
+        guard !(newMaster == oldMaster) else { throw .keyOperation("the new master key is the same as the current one") }
+        try writeImmediate { db in
+            // The check value still names our key (no other process rewrapped meanwhile)?
+            let stored = try Data.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = 'master_check'")
+            guard let stored, stored.elementsEqual(oldMaster.checkValue) else {
+                throw ChatLogError.wrongKey(
+                    expected: KeyFingerprint(checkValue: [UInt8](stored ?? Data())), given: oldMaster.fingerprint)
+            }
+            for row in try Row.fetchAll(db, sql: "SELECT id, kind, wrapped FROM keys WHERE state <> 'retired'") {
+                guard let kind = KeyStatus.Entry.Kind(rawValue: row["kind"]) else { continue }
+                let id = KeyID(rawValue: UInt32(row["id"] as Int64))
+                let material = try KeyRing.unwrap(row.sealedBytes("wrapped") ?? Data(), kind: kind, id: id, master: oldMaster)
+                try db.execute(
+                    sql: "UPDATE keys SET wrapped = ? WHERE id = ?",
+                    arguments: [KeyRing.wrap(material, kind: kind, id: id, master: newMaster), Int64(id.rawValue)])
+            }
+            try Self.setMeta(db, "master_check", Data(newMaster.checkValue))
+            if let kdf {
+                try Self.setMeta(db, "key_kind", "passphrase")
+                try Self.setMeta(db, "kdf_algorithm", "argon2id13")
+                try Self.setMeta(db, "kdf_salt", Data(kdf.salt))
+                try Self.setMeta(db, "kdf_opslimit", Int64(kdf.opsLimit))
+                try Self.setMeta(db, "kdf_memlimit", Int64(kdf.memLimit))
+            } else {
+                try Self.setMeta(db, "key_kind", "key")
+                try db.execute(sql: "DELETE FROM chatlog_meta WHERE name LIKE 'kdf_%'")
+            }
+        }
+        keyRing.replaceMaster(newMaster)
+        // The old wrapped keys stay in the WAL until a checkpoint copies the new pages over them.
+        try checkpoint()
+        return newMaster.fingerprint
+    }
+
+    /// Destroys the material of a data or index key that no row uses any more (the wrapped key
+    /// is overwritten; `secure_delete` zeroes the old bytes and the WAL is checkpointed and
+    /// truncated). The key stays listed as retired. Refuses the active key and keys in use.
+    @discardableResult
+    public func retireKey(_ id: KeyID) throws(ChatLogError) -> KeyStatus.Entry {
+        let lock = try RotationLock.acquire(forDatabase: path)
+        defer { withExtendedLifetime(lock) {} }
+        try writeImmediate { db in try self.retire(id, db) }
+        try read { db in try self.keyRing.reload(db) }
+        try checkpoint()
+        guard let entry = try keyStatus().keys.first(where: { $0.id == id }) else { throw .keyOperation("no key with id \(id)") }
+        return entry
+    }
+
+    /// Retires every decrypt-only key that no row uses. Returns their ids.
+    @discardableResult
+    public func retireUnusedKeys() throws(ChatLogError) -> [KeyID] {
+        let lock = try RotationLock.acquire(forDatabase: path)
+        defer { withExtendedLifetime(lock) {} }
+        let retired = try writeImmediate { db -> [KeyID] in
+            var retired: [KeyID] = []
+            for id in try Int64.fetchAll(db, sql: "SELECT id FROM keys WHERE state = 'decrypt-only' ORDER BY id") {
+                let key = KeyID(rawValue: UInt32(id))
+                if try Self.references(key, db) == 0 {
+                    try self.retire(key, db)
+                    retired.append(key)
+                }
+            }
+            return retired
+        }
+        try read { db in try self.keyRing.reload(db) }
+        try checkpoint()
+        return retired
+    }
+
+    private func retire(_ id: KeyID, _ db: Database) throws {
+        guard let state = try String.fetchOne(db, sql: "SELECT state FROM keys WHERE id = ?", arguments: [Int64(id.rawValue)]) else {
+            throw ChatLogError.keyOperation("no key with id \(id)")
+        }
+        switch state {
+        case "active": throw ChatLogError.keyOperation("key \(id) is active; rotate to a new key before retiring it")
+        case "retired": throw ChatLogError.keyOperation("key \(id) is already retired")
+        default: break
+        }
+        let rows = try Self.references(id, db)
+        guard rows == 0 else { throw ChatLogError.keyInUse(id, rows: rows) }
+        // Overwrite the wrapped key in place before clearing it, so no page image keeps it.
+        try db.execute(
+            sql: "UPDATE keys SET wrapped = zeroblob(length(wrapped)) WHERE id = ?", arguments: [Int64(id.rawValue)])
+        try db.execute(
+            sql: "UPDATE keys SET state = 'retired', wrapped = NULL, retired_at = ? WHERE id = ?",
+            arguments: [Date().unixMilliseconds, Int64(id.rawValue)])
+    }
+
+    /// Rows whose sealed values or index entries use key `id`.
+    static func references(_ id: KeyID, _ db: Database) throws -> Int {
+        try Int.fetchOne(
+            db,
+            sql: """
+                SELECT (SELECT count(*) FROM messages WHERE key_id = ?1) + (SELECT count(*) FROM conversations WHERE key_id = ?1)
+                     + (SELECT count(*) FROM messages WHERE index_key_id = ?1) + (SELECT count(*) FROM conversations WHERE subject_key_id = ?1)
+                """, arguments: [Int64(id.rawValue)]) ?? 0
+    }
+}
