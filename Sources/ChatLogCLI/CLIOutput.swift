@@ -32,19 +32,7 @@ enum CLIOutput {
     }
 
     /// RFC 3339 in UTC with milliseconds: 2026-11-27T10:04:05.123Z.
-    static func timestamp(_ date: Date) -> String {
-        let milliseconds = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
-        var seconds = time_t(milliseconds / 1000 - (milliseconds % 1000 < 0 ? 1 : 0))
-        let fraction = ((milliseconds % 1000) + 1000) % 1000
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        func pad(_ value: Int32, _ width: Int) -> String {
-            let text = String(value)
-            return String(repeating: "0", count: max(0, width - text.count)) + text
-        }
-        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
-            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(fraction), 3))Z"
-    }
+    static func timestamp(_ date: Date) -> String { Timestamps.format(date) }
 
     /// Logged text may hold terminal escape sequences (a prompt can contain anything); shown raw,
     /// they could rewrite the operator's screen. Control characters other than newline and tab are

@@ -14,7 +14,8 @@ enum ExitCodes {
     static let keyProblem: Int32 = 77  // EX_NOPERM
 
     static let help = """
-        Exit codes: 0 success; 1 other error; 4 integrity failure (tampered or misplaced data); \
+        Exit codes: 0 success; 1 other error; 3 key rotate stopped with rows remaining (run it again); \
+        4 integrity failure (tampered or misplaced data); \
         64 usage error; 65 invalid input (bad UTF-8, bad JSON, not a chatlog store); \
         66 store or conversation not found; 75 busy or locked, try again; \
         77 wrong, missing or refused master key.

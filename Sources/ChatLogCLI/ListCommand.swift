@@ -85,13 +85,6 @@ enum TimeArgument {
         if let unit = text.last, let seconds = units[unit], let count = Double(text.dropLast()), count >= 0, count.isFinite {
             return now.addingTimeInterval(-count * seconds)
         }
-        let withTime = ISO8601DateFormatter()
-        withTime.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        if let date = withTime.date(from: text) { return date }
-        withTime.formatOptions = [.withInternetDateTime]
-        if let date = withTime.date(from: text) { return date }
-        let dateOnly = ISO8601DateFormatter()
-        dateOnly.formatOptions = [.withFullDate]
-        return dateOnly.date(from: text)
+        return Timestamps.parse(text)
     }
 }

@@ -7,6 +7,18 @@
 // appends N messages with content "<label> message <i>" (label defaults to "driver <pid>"), B per
 // transaction.
 //
+//     chatlog-test-driver append-loop --db PATH --conversation ID --stop-file PATH [--seconds S] [--label TEXT]
+//
+// appends one message at a time, content "<label> message <i>", until the stop file exists (or S
+// seconds have passed, default 120). After each commit it writes "committed <i> <message id>" on
+// stdout, unbuffered, so a test knows exactly which appends were committed even if the driver is
+// killed. Ends with "total <n>".
+//
+//     chatlog-test-driver delete --db PATH --conversations ID,ID,... [--pause-ms N]
+//
+// deletes the conversations one by one (one transaction each), writing "deleted <id> <true|false>"
+// after each.
+//
 // The master key comes from the environment (CHATLOG_MASTER_KEY and friends, through
 // ChatLogSettings), never from the command line. On success it prints the number of messages it
 // appended and exits 0; on failure it prints one line on stderr and exits non-zero.
@@ -76,15 +88,69 @@ func append(_ options: [String: String]) async throws -> Int {
     return written
 }
 
+/// One line on stdout, written at once (print() is block-buffered when stdout is a file).
+func emit(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+func openStore(_ options: [String: String]) async throws -> ChatLogStore {
+    guard let path = options["db"] else { throw UsageError(description: "--db is required") }
+    let settings = try await ChatLogSettings.load(dotEnvPath: nil)
+    return try ChatLogStore.open(at: path, key: try settings.masterKeySource())
+}
+
+func appendLoop(_ options: [String: String]) async throws -> Int {
+    guard let rawID = options["conversation"], let conversation = ConversationID(rawID) else {
+        throw UsageError(description: "--conversation must be a conversation id (UUID)")
+    }
+    guard let stopFile = options["stop-file"] else { throw UsageError(description: "--stop-file is required") }
+    let seconds = try positiveInteger(options, "seconds", default: 120)
+    let label = options["label"] ?? "driver \(ProcessInfo.processInfo.processIdentifier)"
+    let store = try await openStore(options)
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    var written = 0
+    while !FileManager.default.fileExists(atPath: stopFile), ContinuousClock.now < deadline {
+        let id = try await store.append(NewMessage(role: .user, content: "\(label) message \(written)"), to: conversation)
+        emit("committed \(written) \(id)")
+        written += 1
+    }
+    try store.close()
+    emit("total \(written)")
+    return written
+}
+
+func deleteConversations(_ options: [String: String]) async throws {
+    guard let list = options["conversations"] else { throw UsageError(description: "--conversations is required") }
+    var ids: [ConversationID] = []
+    for text in list.split(separator: ",") {
+        guard let id = ConversationID(String(text)) else { throw UsageError(description: "not a conversation id: \(text)") }
+        ids.append(id)
+    }
+    let pause = options["pause-ms"].flatMap { Int($0) } ?? 0
+    let store = try await openStore(options)
+    for id in ids {
+        let deleted = try await store.deleteConversation(id)
+        emit("deleted \(id) \(deleted)")
+        if pause > 0 { try await Task.sleep(for: .milliseconds(pause)) }
+    }
+    try store.close()
+}
+
 let arguments = CommandLine.arguments.dropFirst()
 guard let command = arguments.first else {
-    fail("usage: chatlog-test-driver append --db PATH --conversation ID --count N [--batch B] [--role ROLE] [--label TEXT]", .usage)
+    fail(
+        "usage: chatlog-test-driver append|append-loop|delete --db PATH … (see the comment at the top of main.swift)",
+        .usage)
 }
 do {
     let options = try parseOptions(arguments.dropFirst())
     switch command {
     case "append":
         print(try await append(options))
+    case "append-loop":
+        _ = try await appendLoop(options)
+    case "delete":
+        try await deleteConversations(options)
     default:
         throw UsageError(description: "unknown command \(command)")
     }

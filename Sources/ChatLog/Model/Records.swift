@@ -7,6 +7,8 @@ public enum Role: String, Sendable, Codable, CaseIterable, Hashable {
 
 /// A conversation to create. Everything but the times is sealed.
 public struct NewConversation: Sendable {
+    /// Use this id instead of a new one (imports that preserve ids); it must not exist yet.
+    public var id: ConversationID?
     public var title: String?
     /// The end user the app chatted with (sealed, and blind-indexed for equality lookups).
     public var subject: String?
@@ -14,7 +16,10 @@ public struct NewConversation: Sendable {
     /// Defaults to now.
     public var createdAt: Date?
 
-    public init(title: String? = nil, subject: String? = nil, metadata: JSONValue? = nil, createdAt: Date? = nil) {
+    public init(
+        title: String? = nil, subject: String? = nil, metadata: JSONValue? = nil, createdAt: Date? = nil, id: ConversationID? = nil
+    ) {
+        self.id = id
         self.title = title
         self.subject = subject
         self.metadata = metadata
@@ -25,6 +30,8 @@ public struct NewConversation: Sendable {
 /// A message to append. `content` and `metadata` are sealed; the rest stays plain so it can be
 /// filtered and aggregated without a key (docs/SECURITY.md).
 public struct NewMessage: Sendable {
+    /// Use this id instead of a new one (imports that preserve ids); it must not exist yet.
+    public var id: MessageID?
     public var role: Role
     public var content: String
     public var model: String?

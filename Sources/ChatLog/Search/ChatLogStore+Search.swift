@@ -19,14 +19,28 @@ extension ChatLogStore {
         _ query: String, filters: SearchFilters = SearchFilters(), limit: Int = 20, offset: Int = 0, sort: SearchSort = .relevance
     ) throws(ChatLogError) -> SearchResults {
         let plan = try SearchPlan(query: query, filters: filters, limit: limit, offset: offset, sort: sort, keys: keyRing.current)
-        return try read { db in try self.execute(plan, db) }
+        return try read { db in
+            var plan = plan
+            if try !plan.usesLiveIndexKeys(db) {
+                try self.keyRing.reload(db)
+                plan = try SearchPlan(query: query, filters: filters, limit: limit, offset: offset, sort: sort, keys: self.keyRing.current)
+            }
+            return try self.execute(plan, db)
+        }
     }
 
     public func search(
         _ query: String, filters: SearchFilters = SearchFilters(), limit: Int = 20, offset: Int = 0, sort: SearchSort = .relevance
     ) async throws(ChatLogError) -> SearchResults {
         let plan = try SearchPlan(query: query, filters: filters, limit: limit, offset: offset, sort: sort, keys: keyRing.current)
-        return try await read { db in try self.execute(plan, db) }
+        return try await read { db in
+            var plan = plan
+            if try !plan.usesLiveIndexKeys(db) {
+                try self.keyRing.reload(db)
+                plan = try SearchPlan(query: query, filters: filters, limit: limit, offset: offset, sort: sort, keys: self.keyRing.current)
+            }
+            return try self.execute(plan, db)
+        }
     }
 
     func execute(_ plan: SearchPlan, _ db: Database) throws -> SearchResults {
@@ -66,7 +80,7 @@ extension ChatLogStore {
             return SearchHit(
                 messageID: MessageID(trusted: row["id"]), conversationID: ConversationID(trusted: row["conversation_id"]),
                 role: Role(rawValue: row["role"]) ?? .user, createdAt: Date(unixMilliseconds: row["created_at"]), model: row["model"],
-                content: content, snippet: Snippets.make(content: content, matches: scan.matches.map(\.range)), score: entry.score)
+                content: content, snippet: Snippets.make(content: content, matches: matcher.positiveMatches(scan)), score: entry.score)
         }
         return SearchResults(hits: hits, examined: examined, complete: complete)
     }
@@ -112,13 +126,29 @@ struct SearchPlan: Sendable {
 
         var clauses = ["message_terms MATCH ?"]
         var arguments: StatementArguments = [match]
+        // Row ids hold created_at << 20, so only times within ±2^43 ms (years 1691–2248) have a
+        // row id; a bound outside that range keeps everything or nothing (never a wrapped shift).
+        func rowID(_ date: Date, _ name: String) throws(ChatLogError) -> Int64? {
+            let milliseconds = (date.timeIntervalSince1970 * 1000).rounded(.down)
+            guard milliseconds.isFinite else { throw .invalidInput("\(name) is not a valid date") }
+            guard abs(milliseconds) < Double(SearchIndex.millisecondsLimit) else { return nil }
+            return Int64(milliseconds) << SearchIndex.rowIDShift
+        }
         if let since = filters.since {
-            clauses.append("t.rowid >= ?")
-            arguments += [since.unixMilliseconds << SearchIndex.rowIDShift]
+            if let bound = try rowID(since, "since") {
+                clauses.append("t.rowid >= ?")
+                arguments += [bound]
+            } else if since.timeIntervalSince1970 > 0 {
+                clauses.append("0")
+            }
         }
         if let until = filters.until {
-            clauses.append("t.rowid < ?")
-            arguments += [until.unixMilliseconds << SearchIndex.rowIDShift]
+            if let bound = try rowID(until, "until") {
+                clauses.append("t.rowid < ?")
+                arguments += [bound]
+            } else if until.timeIntervalSince1970 < 0 {
+                clauses.append("0")
+            }
         }
         if let conversation = filters.conversation {
             clauses.append("c.id = ?")
@@ -149,6 +179,16 @@ struct SearchPlan: Sendable {
     }
 }
 
+extension SearchPlan {
+    /// Whether the plan's blinded terms and subject tokens cover exactly the store's live index
+    /// keys. Another process may have rotated the index key since this one loaded its keys; the
+    /// rows it moved are then under a key the plan does not know and would be missed.
+    func usesLiveIndexKeys(_ db: Database) throws -> Bool {
+        let live = try Int64.fetchSet(db, sql: "SELECT id FROM keys WHERE kind = 'index' AND state <> 'retired'")
+        return live == Set(blinders.map { Int64($0.keyID.rawValue) })
+    }
+}
+
 /// Okapi BM25 (k1 = 1.2, b = 0.75) over decrypted candidates. Document frequencies come from
 /// the index's term statistics (fts5vocab), so idf reflects the whole store, not just the
 /// candidates; a blinded-term collision can only overstate a frequency.
@@ -171,7 +211,7 @@ struct BM25 {
     func score(_ scan: QueryMatcher.Scan, matcher: QueryMatcher, averageLength: Double) -> Double {
         let length = Double(scan.tokenCount)
         var score = 0.0
-        for (token, count) in matcher.frequencies(scan).enumerated() where count > 0 {
+        for (token, count) in matcher.frequencies(scan).enumerated() where count > 0 && matcher.positive[token] {
             let tf = Double(count)
             score += idf[token] * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * length / max(1, averageLength)))
         }

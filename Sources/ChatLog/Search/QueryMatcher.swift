@@ -7,6 +7,9 @@ struct QueryMatcher: Sendable {
     /// Required clauses: each an OR of atoms (sequences of token numbers).
     let required: [[[Int]]]
     let excluded: [[Int]]
+    /// Whether each token is in a required atom (and not only in excluded ones): only those are
+    /// highlighted and ranked.
+    let positive: [Bool]
 
     init(_ query: SearchQuery) {
         var numbers: [String: Int] = [:]
@@ -20,6 +23,9 @@ struct QueryMatcher: Sendable {
         required = query.required.map { clause in clause.map { atom in atom.tokens.map(number) } }
         excluded = query.excluded.map { atom in atom.tokens.map(number) }
         self.tokens = tokens
+        var positive = [Bool](repeating: false, count: tokens.count)
+        for clause in required { for atom in clause { for token in atom { positive[token] = true } } }
+        self.positive = positive
     }
 
     /// One candidate, scanned: which query token each of its tokens is (-1: none), and where the
@@ -64,6 +70,11 @@ struct QueryMatcher: Sendable {
             if whole { return true }
         }
         return false
+    }
+
+    /// Where the words searched for (not the excluded ones) are in the text (byte ranges).
+    func positiveMatches(_ scan: Scan) -> [Range<Int>] {
+        scan.matches.compactMap { positive[Int(scan.marks[$0.position])] ? $0.range : nil }
     }
 
     /// Term frequency of each query token in the candidate.

@@ -5,9 +5,21 @@ import GRDB
 enum SearchIndex {
     /// Row ids are `created_at_ms * 2^20 + n`: FTS5 rowid order is time order.
     static let rowIDShift: Int64 = 20
+    /// created_at (Unix ms) must lie in -limit..<limit for its row id to fit in 64 bits.
+    static let millisecondsLimit: Int64 = 1 << (63 - rowIDShift)
 
     static func rowIDRange(from: Int64?, until: Int64?) -> (Int64?, Int64?) {
         (from.map { $0 << rowIDShift }, until.map { $0 << rowIDShift })
+    }
+
+    /// A creation time in Unix milliseconds, refused (instead of trapping, or wrapping the row
+    /// id's shift) when it is not a finite time within ±2^43 ms of 1970.
+    static func milliseconds(_ date: Date, _ what: String) throws(ChatLogError) -> Int64 {
+        let milliseconds = (date.timeIntervalSince1970 * 1000).rounded(.down)
+        guard milliseconds.isFinite, abs(milliseconds) < Double(millisecondsLimit) else {
+            throw .invalidInput("\(what)'s createdAt must be between the years 1691 and 2248")
+        }
+        return Int64(milliseconds)
     }
 
     /// The next free search row id for a message created at `createdAt` (Unix ms).

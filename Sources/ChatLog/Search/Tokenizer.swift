@@ -11,7 +11,9 @@ import Foundation
 /// through NFKC.
 public enum Tokenizer {
     /// Bumped when tokenization changes in a way that changes tokens.
-    static let version = 1
+    /// 2: final sigma folds to sigma; a kana or ideograph takes its combining marks (NFD kana);
+    /// a mark without a base, variation selectors and the keycap mark separate words.
+    static let version = 2
 
     /// A token with the range of the original text it came from (for snippets).
     public struct Token: Sendable, Hashable {
@@ -67,7 +69,15 @@ public enum Tokenizer {
             } else {
                 // NFKC may turn one word into several ("½" → "1⁄2") or into ideographs: split again.
                 let word = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
-                var normalized = word.precomposedStringWithCompatibilityMapping.lowercased()
+                var normalized = word.precomposedStringWithCompatibilityMapping
+                // Foundation's NFKC can leave a composition undone after a compatibility mapping
+                // (halfwidth "ｶﾞ" gives "カ" + U+3099, not "ガ"): compose again if a mark is left.
+                if normalized.unicodeScalars.contains(where: isMark) { normalized = normalized.precomposedStringWithCanonicalMapping }
+                normalized = normalized.lowercased()
+                // Case folding, not just lower-casing: "ΟΔΟΣ" lower-cases to "οδοσ", "οδος" has ς.
+                if normalized.unicodeScalars.contains("\u{3C2}") {
+                    normalized = String(String.UnicodeScalarView(normalized.unicodeScalars.map { $0 == "\u{3C2}" ? "\u{3C3}" : $0 }))
+                }
                 normalized.withUTF8 { normalizedBytes in
                     splitNormalized(normalizedBytes) { part in body(part, start..<end) }
                 }
@@ -91,13 +101,27 @@ public enum Tokenizer {
             }
             let (scalar, length) = decode(bytes, at: index)
             if isIdeograph(scalar) {
+                // One token, with the marks that follow it: NFD "か" + U+3099 is "が", halfwidth
+                // "ｶﾞ" is "ガ".
                 flush(index)
+                var end = index + length
+                while end < count, bytes[end] >= 0x80 {
+                    let (next, nextLength) = decode(bytes, at: end)
+                    guard (isMark(next) && !isSeparatorMark(next)) || next.value == 0xFF9E || next.value == 0xFF9F else { break }
+                    end += nextLength
+                }
                 wordStart = index
                 ascii = false
-                flush(index + length)
+                flush(end)
+                index = end
+                continue
+            } else if isSeparatorMark(scalar) {
+                flush(index)
             } else if isWordScalar(scalar) {
-                if wordStart < 0 { wordStart = index }
-                ascii = false
+                // A mark with no base (after a space, a symbol, an emoji) starts no word: "=" +
+                // U+0338 is "≠", a symbol.
+                if wordStart < 0 && !isMark(scalar) { wordStart = index }
+                if wordStart >= 0 { ascii = false }
             } else {
                 flush(index)
             }
@@ -116,8 +140,8 @@ public enum Tokenizer {
                 if start >= 0 { body(UnsafeBufferPointer(rebasing: bytes[start..<index])) }
                 body(UnsafeBufferPointer(rebasing: bytes[index..<(index + length)]))
                 start = -1
-            } else if isWordScalar(scalar) {
-                if start < 0 { start = index }
+            } else if isWordScalar(scalar) && !isSeparatorMark(scalar) {
+                if start < 0 && !isMark(scalar) { start = index }
             } else {
                 if start >= 0 { body(UnsafeBufferPointer(rebasing: bytes[start..<index])) }
                 start = -1
@@ -157,6 +181,23 @@ public enum Tokenizer {
         if properties.isAlphabetic { return true }
         switch properties.generalCategory {
         case .decimalNumber, .letterNumber, .otherNumber, .nonspacingMark, .spacingMark, .enclosingMark: return true
+        default: return false
+        }
+    }
+
+    static func isMark(_ scalar: Unicode.Scalar) -> Bool {
+        guard scalar.value >= 0x300 else { return false }
+        switch scalar.properties.generalCategory {
+        case .nonspacingMark, .spacingMark, .enclosingMark: return true
+        default: return false
+        }
+    }
+
+    /// Marks that only select a presentation (emoji or text style, ideographic variants) or
+    /// make a keycap emoji: they separate words instead of joining them.
+    static func isSeparatorMark(_ scalar: Unicode.Scalar) -> Bool {
+        switch scalar.value {
+        case 0xFE00...0xFE0F, 0xE0100...0xE01EF, 0x20E3: return true
         default: return false
         }
     }

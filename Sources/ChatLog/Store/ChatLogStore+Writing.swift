@@ -120,12 +120,12 @@ extension ChatLogStore {
     // MARK: - Preparation (validation and sealing, outside the transaction)
 
     func prepare(_ conversation: NewConversation, keys: KeyRing.Loaded) throws(ChatLogError) -> PreparedConversation {
-        let id = ConversationID.make()
+        let id = conversation.id ?? ConversationID.make()
         let sealer = sealer(keys)
         let index = keys.activeIndexKey
         let table = "conversations"
         return PreparedConversation(
-            id: id, createdAt: (conversation.createdAt ?? Date()).unixMilliseconds, keyID: sealer.keyID,
+            id: id, createdAt: try SearchIndex.milliseconds(conversation.createdAt ?? Date(), "a conversation"), keyID: sealer.keyID,
             title: conversation.title.map { sealer.seal($0, table: table, column: "title", rowID: id.rawValue) },
             subject: conversation.subject.map { sealer.seal($0, table: table, column: "subject", rowID: id.rawValue) },
             subjectToken: conversation.subject.map { SubjectIndex.token(for: $0, key: index.key) },
@@ -152,11 +152,11 @@ extension ChatLogStore {
                 throw .invalidInput("\(name) must be at most 256 bytes without NUL")
             }
         }
-        let id = MessageID.make()
+        let id = message.id ?? MessageID.make()
         let sealer = sealer(keys)
         let blinder = keys.activeBlinder
         return PreparedMessage(
-            id: id, role: message.role, createdAt: (message.createdAt ?? Date()).unixMilliseconds, model: message.model,
+            id: id, role: message.role, createdAt: try SearchIndex.milliseconds(message.createdAt ?? Date(), "a message"), model: message.model,
             promptTokens: message.promptTokens, completionTokens: message.completionTokens,
             latencyMilliseconds: message.latencyMilliseconds, finishReason: message.finishReason, keyID: sealer.keyID,
             content: sealer.seal(message.content, table: "messages", column: "content", rowID: id.rawValue),
