@@ -12,8 +12,9 @@ struct ChatLogCommand: AsyncParsableCommand {
             \(ExitCodes.help)
             """,
         subcommands: [
-            InitCommand.self, LogCommand.self, ListCommand.self, ShowCommand.self, SearchCommand.self, KeyCommand.self,
-            DemoCommand.self,
+            InitCommand.self, LogCommand.self, ImportCommand.self, ExportCommand.self, ListCommand.self, ShowCommand.self,
+            SearchCommand.self, StatsCommand.self, RemoveCommand.self, PruneCommand.self, VerifyCommand.self, BackupCommand.self,
+            KeyCommand.self, DemoCommand.self,
         ]
     )
 }

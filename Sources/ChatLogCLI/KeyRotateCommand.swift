@@ -55,7 +55,7 @@ struct KeyRotateCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let opened = try await StoreAccess.open(store)
-            let progress = ProgressReporter(label: index ? "index key rotation" : "data key rotation")
+            let progress = ProgressReporter(label: index ? "index key rotation" : "data key rotation", unit: "rows")
             let options = RotationOptions(
                 newKey: new, ifOlderThan: ifOlderThan.flatMap(Duration.parse), batchSize: batchSize,
                 maxDuration: maxDuration.flatMap(Duration.parse), dryRun: dryRun,
@@ -100,39 +100,3 @@ extension Duration {
     }
 }
 
-/// Progress on stderr: a bar redrawn in place on a terminal; otherwise a plain line about every
-/// 10 % (cron mail stays readable).
-final class ProgressReporter: @unchecked Sendable {
-    // @unchecked Sendable: `update` is called from the one thread that runs the rotation, one
-    // call at a time; `finish` runs after that thread is done. The lock makes the handover safe.
-    private let lock = NSLock()
-    private let label: String
-    private let isTerminal = isatty(2) == 1
-    private var lastTenth = -1
-    private var drew = false
-
-    init(label: String) { self.label = label }
-
-    func update(done: Int, remaining: Int) {
-        lock.lock()
-        defer { lock.unlock() }
-        let total = max(1, done + remaining)
-        let fraction = Double(done) / Double(total)
-        if isTerminal {
-            let width = 30
-            let filled = Int(fraction * Double(width))
-            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-            FileHandle.standardError.write(Data("\r\(label) [\(bar)] \(Int(fraction * 100))% \(done)/\(total) rows".utf8))
-            drew = true
-        } else if Int(fraction * 10) != lastTenth {
-            lastTenth = Int(fraction * 10)
-            FileHandle.standardError.write(Data("chatlog: \(label): \(done) of \(total) rows done\n".utf8))
-        }
-    }
-
-    func finish() {
-        lock.lock()
-        defer { lock.unlock() }
-        if drew { FileHandle.standardError.write(Data("\n".utf8)) }
-    }
-}

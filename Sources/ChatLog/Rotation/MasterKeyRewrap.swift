@@ -38,6 +38,9 @@ extension ChatLogStore {
                     sql: "UPDATE keys SET wrapped = ? WHERE id = ?",
                     arguments: [KeyRing.wrap(material, kind: kind, id: id, master: newMaster), Int64(id.rawValue)])
             }
+            if let importKey = try ImportKey.load(master: oldMaster, db: db) {
+                try Self.setMeta(db, ImportKey.metaName, ImportKey.wrap(importKey, master: newMaster))
+            }
             try Self.setMeta(db, "master_check", Data(newMaster.checkValue))
             if let kdf {
                 try Self.setMeta(db, "key_kind", "passphrase")

@@ -179,9 +179,13 @@ extension ChatLogStore {
     func delete(_ id: ConversationID, _ db: Database) throws -> Bool {
         guard let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM conversations WHERE id = ?", arguments: [id.rawValue])
         else { return false }
+        try delete(seq: seq, db)
+        return true
+    }
+
+    func delete(seq: Int64, _ db: Database) throws {
         try SearchIndex.removeTerms(whereSQL: "conversation_seq = ?", arguments: [seq], store: self, db)
         try db.execute(sql: "DELETE FROM conversations WHERE seq = ?", arguments: [seq])
-        return true
     }
 
     static func insert(_ conversation: PreparedConversation, _ db: Database) throws {

@@ -1,0 +1,117 @@
+import Foundation
+import GRDB
+
+/// How `stats` groups its counts.
+public enum StatsGrouping: String, Sendable, CaseIterable {
+    case model, day, role
+}
+
+public struct StatsRow: Sendable, Hashable {
+    /// The group (a model name, a UTC day `2026-11-27`, a role), or nil for the whole store.
+    public let group: String?
+    public let conversations: Int
+    public let messages: Int
+    public let promptTokens: Int
+    public let completionTokens: Int
+}
+
+extension ChatLogStore {
+    /// Counts from plain columns only: nothing is decrypted.
+    public func stats(by grouping: StatsGrouping? = nil, since: Date? = nil, until: Date? = nil) throws(ChatLogError) -> [StatsRow] {
+        var clauses = ["1"]
+        var arguments: StatementArguments = []
+        if let since {
+            clauses.append("created_at >= ?")
+            arguments += [since.unixMilliseconds]
+        }
+        if let until {
+            clauses.append("created_at < ?")
+            arguments += [until.unixMilliseconds]
+        }
+        let group: String
+        switch grouping {
+        case nil: group = "NULL"
+        case .model: group = "model"
+        case .role: group = "role"
+        case .day: group = "strftime('%Y-%m-%d', created_at / 1000, 'unixepoch')"
+        }
+        let sql = """
+            SELECT \(group) AS grp, count(DISTINCT conversation_seq) AS conversations, count(*) AS messages,
+                   coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(completion_tokens), 0) AS completion_tokens
+            FROM messages WHERE \(clauses.joined(separator: " AND "))
+            GROUP BY grp ORDER BY grp
+            """
+        let rows = try read { db in
+            try Row.fetchAll(db, sql: sql, arguments: arguments).map { row in
+                StatsRow(
+                    group: row["grp"], conversations: row["conversations"], messages: row["messages"], promptTokens: row["prompt_tokens"],
+                    completionTokens: row["completion_tokens"])
+            }
+        }
+        // The total of an empty store (or range) is a row of zeros, not no row.
+        if grouping == nil, rows.isEmpty { return [StatsRow(group: nil, conversations: 0, messages: 0, promptTokens: 0, completionTokens: 0)] }
+        return rows
+    }
+
+    /// Deletes conversations (messages, search terms, import records) and then checkpoints and
+    /// truncates the WAL, so their ciphertext is gone from the files and not only unlinked.
+    /// Returns how many existed.
+    @discardableResult
+    public func deleteConversations(_ ids: [ConversationID]) throws(ChatLogError) -> Int {
+        var deleted = 0
+        for chunk in stride(from: 0, to: ids.count, by: 100).map({ Array(ids[$0..<min(ids.count, $0 + 100)]) }) {
+            deleted += try writeImmediate { db in try chunk.reduce(0) { $0 + (try self.delete($1, db) ? 1 : 0) } }
+        }
+        try checkpoint()
+        return deleted
+    }
+
+    /// Deletes every conversation whose last activity (`updated_at`) is before `cutoff`, in
+    /// batches of 100 conversations per transaction, then checkpoints and truncates the WAL.
+    /// With `dryRun`, only counts. Returns (conversations, messages).
+    @discardableResult
+    public func prune(olderThan cutoff: Date, dryRun: Bool = false) throws(ChatLogError) -> (conversations: Int, messages: Int) {
+        let limit = cutoff.unixMilliseconds
+        if dryRun {
+            return try read { db in
+                let row = try Row.fetchOne(
+                    db,
+                    sql: """
+                        SELECT count(*) AS c, coalesce(sum((SELECT count(*) FROM messages m WHERE m.conversation_seq = c.seq)), 0) AS m
+                        FROM conversations c WHERE c.updated_at < ?
+                        """, arguments: [limit])
+                return (row?["c"] ?? 0, row?["m"] ?? 0)
+            }
+        }
+        var totals = (conversations: 0, messages: 0)
+        while true {
+            let done = try writeImmediate { db -> (Int, Int) in
+                let seqs = try Int64.fetchAll(db, sql: "SELECT seq FROM conversations WHERE updated_at < ? LIMIT 100", arguments: [limit])
+                var messages = 0
+                for seq in seqs {
+                    messages += try Int.fetchOne(db, sql: "SELECT count(*) FROM messages WHERE conversation_seq = ?", arguments: [seq]) ?? 0
+                    try self.delete(seq: seq, db)
+                }
+                return (seqs.count, messages)
+            }
+            totals.conversations += done.0
+            totals.messages += done.1
+            if done.0 < 100 { break }
+        }
+        try checkpoint()
+        return totals
+    }
+
+    /// A consistent copy of the store, taken while writers run (`VACUUM INTO`: one read
+    /// transaction), still encrypted, written to a new 0600 file (never overwrites, never follows
+    /// a link). Useless without the master key.
+    public func backup(to destination: String) throws(ChatLogError) {
+        try PrivateFiles.createEmptyPrivateFile(at: destination)
+        do {
+            try pool.unsafeRead { db in try db.execute(sql: "VACUUM INTO ?", arguments: [destination]) }
+        } catch {
+            unlink(destination)
+            throw ChatLogError.wrap(error)
+        }
+    }
+}

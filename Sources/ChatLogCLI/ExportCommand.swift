@@ -1,0 +1,102 @@
+import ArgumentParser
+import ChatLog
+import Foundation
+
+struct ExportCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export",
+        abstract: "Export conversations as OpenAI chat JSONL (with chatlog's fields), streaming, oldest first.",
+        discussion: "`chatlog export | chatlog import --format openai-jsonl -` into another store round-trips exactly. Output files are created 0600."
+    )
+
+    @OptionGroup var store: StoreOptions
+
+    @Option(name: .long, help: "Only this conversation.")
+    var conversation: String?
+    @Option(name: .long, help: "Only conversations created at or after this time (RFC 3339 date, or a duration like 30d).")
+    var since: String?
+    @Option(name: .long, help: "Only conversations created before this time.")
+    var until: String?
+    @Option(name: .long, help: "Write to this new file (mode 0600) instead of stdout.")
+    var output: String?
+    @Flag(name: .long, help: "Replace --output if it exists (never through a symbolic link).")
+    var force = false
+
+    func validate() throws {
+        if let conversation, ConversationID(conversation) == nil { throw ValidationError("--conversation must be a conversation id (a UUID).") }
+        for (name, value) in [("--since", since), ("--until", until)] {
+            if let value, TimeArgument.parse(value) == nil {
+                throw ValidationError("\(name) must be a date (2026-11-27 or RFC 3339) or a duration (30m, 12h, 7d, 4w).")
+            }
+        }
+    }
+
+    func run() async throws {
+        try await reportingErrors {
+            let opened = try await StoreAccess.open(store)
+            let sink: ExportSink = try output.map { (path) throws(ChatLogError) in try ExportSink(path: path, force: force) } ?? ExportSink()
+            let filter = ExportFilter(
+                conversation: conversation.flatMap { ConversationID($0) }, since: since.flatMap { TimeArgument.parse($0) },
+                until: until.flatMap { TimeArgument.parse($0) })
+            do {
+                let totals = try opened.exportOpenAIJSONL(filter) { try sink.write($0) }
+                try sink.close()
+                if output != nil {
+                    CLIOutput.note("exported \(totals.conversations) conversations (\(totals.messages) messages) to \(output!)")
+                }
+            } catch {
+                sink.discard()
+                throw error
+            }
+        }
+    }
+}
+
+/// Where an export goes: stdout, or a new 0600 file written through a temporary name in the same
+/// folder and renamed at the end (a failed export leaves no half file behind).
+final class ExportSink {
+    private let handle: FileHandle
+    private let temporary: String?
+    private let destination: String?
+
+    init() {
+        handle = FileHandle.standardOutput
+        temporary = nil
+        destination = nil
+    }
+
+    init(path: String, force: Bool) throws(ChatLogError) {
+        var info = stat()
+        if lstat(path, &info) == 0 {
+            if (info.st_mode & S_IFMT) == S_IFLNK { throw .invalidInput("\(path) is a symbolic link; refusing to write through it") }
+            if !force { throw .invalidInput("\(path) exists; use --force to replace it") }
+        }
+        let temporary = path + ".partial-\(getpid())"
+        try PrivateFiles.createPrivateFile(at: temporary, contents: [UInt8]())
+        guard let handle = FileHandle(forWritingAtPath: temporary) else { throw .storage("cannot open \(temporary) for writing") }
+        self.handle = handle
+        self.temporary = temporary
+        destination = path
+    }
+
+    func write(_ data: Data) throws {
+        try handle.write(contentsOf: data)
+    }
+
+    func close() throws(ChatLogError) {
+        guard let temporary, let destination else { return }
+        do {
+            try handle.synchronize()
+            try handle.close()
+        } catch {
+            throw .storage("cannot finish writing \(destination) (disk full?)")
+        }
+        guard rename(temporary, destination) == 0 else { throw .storage("cannot rename the export to \(destination)") }
+    }
+
+    func discard() {
+        guard let temporary else { return }
+        try? handle.close()
+        unlink(temporary)
+    }
+}

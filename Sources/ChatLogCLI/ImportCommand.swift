@@ -1,0 +1,67 @@
+import ArgumentParser
+import ChatLog
+import Foundation
+
+struct ImportCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "import",
+        abstract: "Import conversations from openai-jsonl, an llm logs.db, or a ChatGPT conversations.json.",
+        discussion: "Idempotent: importing the same file twice adds nothing. Bad records are reported with their line or id."
+    )
+
+    @OptionGroup var store: StoreOptions
+    @OptionGroup var output: OutputOptions
+
+    @Option(name: .long, help: "openai-jsonl, llm or chatgpt.")
+    var format: String
+    @Option(name: .long, help: "fail (default: stop at the first bad record; its batch is not written) or skip.")
+    var onError: String = "fail"
+    @Option(name: .long, help: "Conversations per transaction.")
+    var batchSize: Int = 200
+    @Argument(help: "The file to import ('-' for standard input, openai-jsonl only).")
+    var file: String
+
+    static let formats = ["openai-jsonl", "llm", "chatgpt"]
+
+    func validate() throws {
+        guard Self.formats.contains(format) else { throw ValidationError("--format must be one of: \(Self.formats.joined(separator: ", ")).") }
+        guard ImportErrorPolicy(rawValue: onError) != nil else { throw ValidationError("--on-error must be fail or skip.") }
+        guard (1...10_000).contains(batchSize) else { throw ValidationError("--batch-size must be between 1 and 10000.") }
+        if file == "-", format != "openai-jsonl" { throw ValidationError("only openai-jsonl can be read from standard input.") }
+    }
+
+    func run() async throws {
+        try await reportingErrors {
+            let path = file == "-" ? "/dev/stdin" : file
+            guard FileManager.default.fileExists(atPath: path) else { throw ChatLogError.invalidInput("no file at \(file)") }
+            let opened = try await StoreAccess.open(store)
+            let progress = ProgressReporter(label: "import", unit: "conversations")
+            let records: any Sequence<Result<ImportedConversation, ImportIssue>>
+            switch format {
+            case "llm", "chatgpt": throw ChatLogError.invalidInput("TEMPORARY: reader not wired yet")
+            default: records = try OpenAIJSONL.records(path: path)
+            }
+            let report = try opened.importConversations(
+                format: format, records: AnySequence(records), onError: ImportErrorPolicy(rawValue: onError)!, batchSize: batchSize,
+                progress: { progress.update(done: $0.conversations + $0.duplicates, remaining: nil) })
+            progress.finish()
+            for issue in report.skipped { CLIOutput.note("skipped \(issue)") }
+            if output.json {
+                struct ReportJSON: Encodable {
+                    let conversations: Int
+                    let messages: Int
+                    let duplicates: Int
+                    let skipped: [String]
+                }
+                try CLIOutput.json(
+                    ReportJSON(
+                        conversations: report.conversations, messages: report.messages, duplicates: report.duplicates,
+                        skipped: report.skipped.map(\.description)))
+            } else {
+                CLIOutput.line(
+                    "imported \(report.conversations) conversations (\(report.messages) messages); "
+                        + "\(report.duplicates) already imported; \(report.skipped.count) skipped")
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+import ArgumentParser
+import ChatLog
+
+struct VerifyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Open every sealed value and check the search index; exit 4 listing each failure.",
+        discussion: "Reads only. Each failure names table, column and row id; no content is printed."
+    )
+
+    @OptionGroup var store: StoreOptions
+    @OptionGroup var output: OutputOptions
+
+    struct IssueJSON: Encodable {
+        let table: String
+        let column: String
+        let row: String
+        let problem: String
+    }
+
+    struct ReportJSON: Encodable {
+        let ok: Bool
+        let conversations: Int
+        let messages: Int
+        let sealed_values: Int
+        let failure_count: Int
+        let failures: [IssueJSON]
+    }
+
+    func run() async throws {
+        try await reportingErrors {
+            let opened = try await StoreAccess.open(store)
+            let progress = ProgressReporter(label: "verify", unit: "messages")
+            let report = try opened.verify(progress: { progress.update(done: $0, remaining: nil) })
+            progress.finish()
+            if output.json {
+                try CLIOutput.json(
+                    ReportJSON(
+                        ok: report.ok, conversations: report.conversations, messages: report.messages, sealed_values: report.sealedValues,
+                        failure_count: report.issueCount,
+                        failures: report.issues.map { IssueJSON(table: $0.table, column: $0.column, row: $0.rowID, problem: $0.problem) }))
+            } else {
+                for issue in report.issues { CLIOutput.line("FAIL \(issue)") }
+                if report.issueCount > report.issues.count {
+                    CLIOutput.line("… and \(report.issueCount - report.issues.count) more failures")
+                }
+                CLIOutput.line(
+                    "checked \(report.conversations) conversations, \(report.messages) messages, \(report.sealedValues) sealed values: "
+                        + (report.ok ? "all well" : "\(report.issueCount) failures"))
+            }
+            if !report.ok { throw ExitCode(ExitCodes.integrityFailure) }
+        }
+    }
+}
