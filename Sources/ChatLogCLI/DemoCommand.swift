@@ -37,21 +37,49 @@ struct DemoCommand: AsyncParsableCommand {
                     role: .assistant,
                     content: "An HbA1c of 7.9% is above the usual 7% target, but only your prescriber should change a metformin dose. Please also revoke that API key: it was pasted into a chat.",
                     model: "gpt-4o-mini", promptTokens: 58, completionTokens: 41, latencyMilliseconds: 912, finishReason: "stop")))
-            CLIOutput.line("3. Logged one model exchange. Read back with the key:\n")
+            try await store.logExchange(ModelExchange(
+                conversation: .new(NewConversation(title: "Refund", subject: "customer-311")),
+                prompt: [NewMessage(role: .user, content: "I was charged twice for my March invoice, card ending 4242.")],
+                completion: NewMessage(
+                    role: .assistant, content: "Sorry about the double charge on the March invoice: I have asked billing to refund it.",
+                    model: "gpt-4o", promptTokens: 31, completionTokens: 22, latencyMilliseconds: 640, finishReason: "stop")))
+            CLIOutput.line("3. Logged two model exchanges. Read one back with the key:\n")
             TranscriptPrinter.print(try await store.transcript(conversation))
+
+            CLIOutput.line("\n4. Search the sealed text (blinded index, every hit decrypted and checked): \"march invoice\"\n")
+            for hit in try await store.search("march invoice", sort: .newest).hits {
+                CLIOutput.line("   \(hit.role.rawValue): " + SearchCommand.highlighted(
+                    hit.snippet, on: CLIOutput.stdoutIsTerminal ? "\u{1B}[1m" : "[", off: CLIOutput.stdoutIsTerminal ? "\u{1B}[0m" : "]"))
+            }
+
+            CLIOutput.line("\n5. Stats by model, from plain columns only (no key needed):\n")
+            CLIOutput.line(Table.render(
+                header: ["MODEL", "MESSAGES", "PROMPT TOKENS", "COMPLETION TOKENS"],
+                rows: try store.stats(by: .model).map {
+                    [$0.group ?? "-", String($0.messages), String($0.promptTokens), String($0.completionTokens)]
+                }))
+
+            let rotation = try await store.rotateDataKey(RotationOptions(newKey: true))
+            CLIOutput.line("\n6. Rotated the data key: key \(rotation.activeKeyID) is active, \(rotation.rewritten) rows re-encrypted, "
+                + "\(rotation.remaining) left under the old key, which can now be retired:")
+            try store.retireUnusedKeys()
+            for key in try store.keyStatus().keys {
+                CLIOutput.line("   key \(key.id)  \(key.kind.rawValue)  \(key.state.rawValue)  \(key.rowCount) rows")
+            }
             try store.checkpoint()
             try store.close()
 
-            CLIOutput.line("\n4. The same bytes as a thief sees them (database file, after checkpoint):\n")
+            CLIOutput.line("\n7. The same bytes as a thief sees them (database file, after checkpoint):\n")
             let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
-            // Sealed values start with version 1 and the 4-byte key id 1: show the page area around one.
-            let marker: [UInt8] = [0x01, 0x00, 0x00, 0x00, 0x01]
+            // Sealed values start with version 1 and the 4-byte id of the active data key: show one.
+            let active = UInt8(truncatingIfNeeded: rotation.activeKeyID.rawValue)
+            let marker: [UInt8] = [0x01, 0x00, 0x00, 0x00, active]
             let start = Self.firstIndex(of: marker, in: bytes, from: 4096) ?? 0
             CLIOutput.line(HexDump.render(bytes, from: max(0, start - 32), count: 256))
 
-            CLIOutput.line("\n5. Searching every file of the store for the sensitive words:")
+            CLIOutput.line("\n8. Searching every file of the store for the sensitive words:")
             let files = try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted()
-            for word in secrets + ["patient-4711", "Dosage question"] {
+            for word in secrets + ["patient-4711", "Dosage question", "4242"] {
                 var found: [String] = []
                 for file in files {
                     let content = [UInt8](try Data(contentsOf: folder.appendingPathComponent(file)))

@@ -167,6 +167,12 @@ public struct KeyStatus: Sendable {
 }
 
 extension Date {
-    var unixMilliseconds: Int64 { Int64((timeIntervalSince1970 * 1000).rounded(.down)) }
+    /// Saturating (a filter bound like `.distantFuture` must not trap); writes reject dates
+    /// outside the storable range before they get here.
+    var unixMilliseconds: Int64 {
+        let milliseconds = (timeIntervalSince1970 * 1000).rounded(.down)
+        guard milliseconds.isFinite else { return 0 }
+        return Int64(max(min(milliseconds, 9.0e18), -9.0e18))
+    }
     init(unixMilliseconds: Int64) { self.init(timeIntervalSince1970: Double(unixMilliseconds) / 1000) }
 }

@@ -46,43 +46,151 @@ extension ChatLogStore {
     func execute(_ plan: SearchPlan, _ db: Database) throws -> SearchResults {
         let rows = try Row.fetchCursor(db, sql: plan.sql, arguments: plan.arguments)
         let matcher = plan.matcher
-        var examined = 0
-        var verified: [(row: Row, content: String, scan: QueryMatcher.Scan)] = []
         let wanted = plan.offset + plan.limit
+        var examined = 0
         var complete = true
-        while let row = try rows.next() {
-            if plan.sort == .relevance, examined >= Self.relevanceCandidateCap {
-                complete = false
-                break
+        // Newest: the first `wanted` verified candidates are the answer (they arrive newest first).
+        // Relevance: keep only what scoring needs (term frequencies, length) for every verified
+        // candidate; the page's rows are read and opened again at the end.
+        var newest: [(id: String, content: String, scan: QueryMatcher.Scan)] = []
+        var candidates: [RankingInput] = []
+        if plan.sort == .relevance {
+            var chunk: [SealedCandidate] = []
+            while let row = try rows.next() {
+                if examined >= Self.relevanceCandidateCap {
+                    complete = false
+                    break
+                }
+                examined += 1
+                chunk.append(SealedCandidate(id: row["id"], sealed: row.sealedBytes("content") ?? Data(), searchRowID: row["search_rowid"]))
+                if chunk.count == 2_048 {
+                    candidates += try rank(chunk, matcher: matcher, db)
+                    chunk.removeAll(keepingCapacity: true)
+                }
             }
+            candidates += try rank(chunk, matcher: matcher, db)
+        }
+        while plan.sort == .newest, let row = try rows.next() {
             examined += 1
             let id: String = row["id"]
             let content = try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
             let scan = matcher.scan(content)
             guard matcher.matches(scan) else { continue }
-            verified.append((row.copy(), content, scan))
-            if plan.sort == .newest, verified.count >= wanted { break }
+            newest.append((id, content, scan))
+            if newest.count >= wanted { break }
         }
 
-        var scored: [(index: Int, score: Double?)] = verified.indices.map { ($0, nil) }
-        if plan.sort == .relevance, !verified.isEmpty {
-            let ranking = try BM25(matcher: matcher, blinders: plan.blinders, db: db)
-            let averageLength = Double(verified.reduce(0) { $0 + $1.scan.tokenCount }) / Double(verified.count)
-            scored = verified.indices.map { index in
-                (index, ranking.score(verified[index].scan, matcher: matcher, averageLength: averageLength))
+        if plan.sort == .newest {
+            let page = newest.dropFirst(plan.offset)
+            let details = try pageDetails(page.map(\.id), db)
+            let hits = page.compactMap { entry -> SearchHit? in
+                guard let row = details[entry.id] else { return nil }
+                return hit(row, content: entry.content, matches: matcher.positiveMatches(entry.scan), score: nil)
             }
-            // Highest score first; ties newest first (candidates arrived newest first).
-            scored.sort { ($0.score ?? 0, -$0.index) > ($1.score ?? 0, -$1.index) }
+            return SearchResults(hits: hits, examined: examined, complete: complete)
         }
-        let page = scored.dropFirst(plan.offset).prefix(plan.limit)
-        let hits = page.map { entry -> SearchHit in
-            let (row, content, scan) = verified[entry.index]
-            return SearchHit(
-                messageID: MessageID(trusted: row["id"]), conversationID: ConversationID(trusted: row["conversation_id"]),
-                role: Role(rawValue: row["role"]) ?? .user, createdAt: Date(unixMilliseconds: row["created_at"]), model: row["model"],
-                content: content, snippet: Snippets.make(content: content, matches: matcher.positiveMatches(scan)), score: entry.score)
+
+        guard !candidates.isEmpty else { return SearchResults(hits: [], examined: examined, complete: complete) }
+        let ranking = try BM25(matcher: matcher, blinders: plan.blinders, db: db)
+        let averageLength = Double(candidates.reduce(0) { $0 + $1.length }) / Double(candidates.count)
+        // Highest score first; ties newest first (candidates arrived newest first).
+        let order = candidates.indices.map { index in
+            (index, ranking.score(
+                frequencies: candidates[index].frequencies, positive: matcher.positive, length: candidates[index].length,
+                averageLength: averageLength))
+        }.sorted { ($0.1, -$0.0) > ($1.1, -$1.0) }
+        let page = Array(order.dropFirst(plan.offset).prefix(plan.limit))
+        let rowsByID = try Row.fetchAll(
+            db,
+            sql: """
+                SELECT m.id, c.id AS conversation_id, m.role, m.created_at, m.model, m.content, m.search_rowid
+                FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
+                WHERE m.search_rowid IN (\(page.map { _ in "?" }.joined(separator: ",")))
+                """, arguments: StatementArguments(page.map { candidates[$0.0].searchRowID })
+        ).reduce(into: [Int64: Row]()) { $0[$1["search_rowid"]] = $1 }
+        var hits: [SearchHit] = []
+        for (index, score) in page {
+            guard let row = rowsByID[candidates[index].searchRowID] else { continue }
+            let id: String = row["id"]
+            let content = try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
+            hits.append(hit(row, content: content, matches: matcher.positiveMatches(matcher.scan(content)), score: score))
         }
         return SearchResults(hits: hits, examined: examined, complete: complete)
+    }
+
+    struct SealedCandidate {
+        let id: String
+        let sealed: Data
+        let searchRowID: Int64
+    }
+
+    struct RankingInput {
+        let searchRowID: Int64
+        let frequencies: [Int]
+        let length: Int
+    }
+
+    /// Opens and checks a chunk of relevance candidates on every core: decryption and scanning
+    /// are the cost of ranking, and candidates are independent. Keys are looked up first, on
+    /// this thread (a miss may reload the key ring from the database).
+    private func rank(_ chunk: [SealedCandidate], matcher: QueryMatcher, _ db: Database) throws -> [RankingInput] {
+        guard !chunk.isEmpty else { return [] }
+        var keys: [KeyID: DataKey] = [:]
+        for candidate in chunk {
+            let failure = { (reason: IntegrityFailure.Reason) in
+                ChatLogError.integrity(IntegrityFailure(table: "messages", column: "content", rowID: candidate.id, reason: reason))
+            }
+            let keyID: KeyID
+            do { keyID = try SealedValue.keyID(of: candidate.sealed) } catch { throw failure(error.integrityReason) }
+            if keys[keyID] != nil { continue }
+            if keyRing.current.dataKeys[keyID] == nil { try keyRing.reload(db) }
+            guard let key = keyRing.current.dataKeys[keyID] else {
+                throw failure(keyRing.current.retired.contains(keyID) ? .retiredKey(keyID) : .unknownKey(keyID))
+            }
+            keys[keyID] = key
+        }
+        let results = ResultSlots<RankingInput?>(count: chunk.count)
+        let workers = min(ProcessInfo.processInfo.activeProcessorCount, 8)
+        let frozenKeys = keys
+        DispatchQueue.concurrentPerform(iterations: workers) { worker in
+            for index in stride(from: worker, to: chunk.count, by: workers) {
+                let candidate = chunk[index]
+                let context = FieldContext(table: "messages", column: "content", rowID: candidate.id)
+                do {
+                    let key = frozenKeys[try SealedValue.keyID(of: candidate.sealed)]!
+                    let plaintext = try candidate.sealed.withUnsafeBytes { (bytes) throws(SealedValue.Failure) in
+                        try SealedValue.open(bytes, key: key.storage, context: context)
+                    }
+                    let scan = plaintext.withUnsafeBufferPointer { matcher.scan(utf8: $0) }
+                    results.set(index, .success(matcher.matches(scan)
+                        ? RankingInput(searchRowID: candidate.searchRowID, frequencies: matcher.frequencies(scan), length: scan.tokenCount) : nil))
+                } catch {
+                    results.set(index, .failure(.integrity(IntegrityFailure(
+                        table: "messages", column: "content", rowID: candidate.id, reason: (error as? SealedValue.Failure)?.integrityReason ?? .authenticationFailed))))
+                }
+            }
+        }
+        return try results.values().compactMap { try $0.get() }
+    }
+
+    /// The plain columns of the messages on a page, by message id.
+    private func pageDetails(_ ids: [String], _ db: Database) throws -> [String: Row] {
+        guard !ids.isEmpty else { return [:] }
+        return try Row.fetchAll(
+            db,
+            sql: """
+                SELECT m.id, c.id AS conversation_id, m.role, m.created_at, m.model
+                FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
+                WHERE m.id IN (\(ids.map { _ in "?" }.joined(separator: ",")))
+                """, arguments: StatementArguments(ids)
+        ).reduce(into: [String: Row]()) { $0[$1["id"]] = $1 }
+    }
+
+    private func hit(_ row: Row, content: String, matches: [Range<Int>], score: Double?) -> SearchHit {
+        SearchHit(
+            messageID: MessageID(trusted: row["id"]), conversationID: ConversationID(trusted: row["conversation_id"]),
+            role: Role(rawValue: row["role"]) ?? .user, createdAt: Date(unixMilliseconds: row["created_at"]), model: row["model"],
+            content: content, snippet: Snippets.make(content: content, matches: matches), score: score)
     }
 }
 
@@ -168,10 +276,10 @@ struct SearchPlan: Sendable {
             arguments += StatementArguments(tokens)
         }
         sql = """
-            SELECT m.id, c.id AS conversation_id, m.role, m.created_at, m.model, m.content
+            SELECT m.id, m.content, m.search_rowid
             FROM message_terms t
             JOIN messages m ON m.search_rowid = t.rowid
-            JOIN conversations c ON c.seq = m.conversation_seq
+            \(filters.conversation != nil || filters.subject != nil ? "JOIN conversations c ON c.seq = m.conversation_seq" : "")
             WHERE \(clauses.joined(separator: " AND "))
             ORDER BY t.rowid DESC
             """
@@ -208,10 +316,11 @@ struct BM25 {
         }
     }
 
-    func score(_ scan: QueryMatcher.Scan, matcher: QueryMatcher, averageLength: Double) -> Double {
-        let length = Double(scan.tokenCount)
+    /// `frequencies` per query token (excluded tokens are not scored), `length` in tokens.
+    func score(frequencies: [Int], positive: [Bool], length tokenCount: Int, averageLength: Double) -> Double {
+        let length = Double(tokenCount)
         var score = 0.0
-        for (token, count) in matcher.frequencies(scan).enumerated() where count > 0 && matcher.positive[token] {
+        for (token, count) in frequencies.enumerated() where count > 0 && positive[token] {
             let tf = Double(count)
             score += idf[token] * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * length / max(1, averageLength)))
         }
@@ -250,4 +359,27 @@ enum Snippets {
         }
         return Snippet(text: text, highlights: highlights)
     }
+}
+
+/// Fixed slots that parallel workers fill, each index by exactly one worker.
+final class ResultSlots<Value>: @unchecked Sendable {
+    // @unchecked Sendable: every slot is written by exactly one worker (the one whose stride
+    // covers its index), through a raw buffer allocated once (no Swift exclusivity access to a
+    // shared array), and read only after DispatchQueue.concurrentPerform has returned, which
+    // orders all the writes before the reads.
+    private let slots: UnsafeMutableBufferPointer<Result<Value, ChatLogError>?>
+
+    init(count: Int) {
+        slots = .allocate(capacity: count)
+        slots.initialize(repeating: nil)
+    }
+
+    deinit {
+        slots.deinitialize()
+        slots.deallocate()
+    }
+
+    func set(_ index: Int, _ value: Result<Value, ChatLogError>) { slots[index] = value }
+
+    func values() -> [Result<Value, ChatLogError>] { slots.map { $0! } }
 }

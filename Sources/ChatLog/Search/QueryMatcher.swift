@@ -37,8 +37,14 @@ struct QueryMatcher: Sendable {
     }
 
     func scan(_ text: String) -> Scan {
+        var text = text
+        return text.withUTF8 { scan(utf8: $0) }
+    }
+
+    /// Scans UTF-8 bytes (authenticated plaintext: valid UTF-8 by construction).
+    func scan(utf8 text: UnsafeBufferPointer<UInt8>) -> Scan {
         var result = Scan()
-        result.marks.reserveCapacity(text.utf8.count / 5)
+        result.marks.reserveCapacity(text.count / 5)
         Tokenizer.scan(text) { bytes, range in
             var mark: Int8 = -1
             for (index, token) in tokens.enumerated() where token.count == bytes.count && token.first == bytes.first {

@@ -34,13 +34,23 @@ extension ChatLogStore {
 
     /// Conversations newest first (by creation), filtered and paginated by cursor.
     public func conversations(_ query: ConversationQuery = ConversationQuery()) throws(ChatLogError) -> ConversationPage {
-        let plan = try ConversationListPlan(query, keys: keyRing.current)
-        return try read { db in try self.conversations(plan, db) }
+        _ = try ConversationListPlan(query, keys: keyRing.current)  // validate before reading
+        return try read { db in try self.conversations(query, db) }
     }
 
     public func conversations(_ query: ConversationQuery = ConversationQuery()) async throws(ChatLogError) -> ConversationPage {
-        let plan = try ConversationListPlan(query, keys: keyRing.current)
-        return try await read { db in try self.conversations(plan, db) }
+        _ = try ConversationListPlan(query, keys: keyRing.current)
+        return try await read { db in try self.conversations(query, db) }
+    }
+
+    /// Plans inside the read: subject tokens under the index keys live in this snapshot (another
+    /// process may have rotated since this handle loaded its keys).
+    private func conversations(_ query: ConversationQuery, _ db: Database) throws -> ConversationPage {
+        if query.subject != nil {
+            let live = try Int64.fetchSet(db, sql: "SELECT id FROM keys WHERE kind = 'index' AND state <> 'retired'")
+            if live != Set(keyRing.current.indexKeys.keys.map { Int64($0.rawValue) }) { try keyRing.reload(db) }
+        }
+        return try conversations(try ConversationListPlan(query, keys: keyRing.current), db)
     }
 
     /// Key ids, states, ages and how many rows use each; the master key's fingerprint.

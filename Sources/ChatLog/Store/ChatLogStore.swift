@@ -224,6 +224,9 @@ public final class ChatLogStore: Sendable {
         configuration.prepareDatabase { db in
             // Deleted and overwritten content is zeroed in the file, not left in free pages.
             try db.execute(sql: "PRAGMA secure_delete = ON")
+            // Search opens candidates scattered over the file: map it instead of reading page by
+            // page through read(2). Address space only; the kernel shares the pages.
+            try db.execute(sql: "PRAGMA mmap_size = 4294967296")
         }
         do {
             return try DatabasePool(path: path, configuration: configuration)
