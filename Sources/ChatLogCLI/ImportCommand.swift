@@ -38,7 +38,8 @@ struct ImportCommand: AsyncParsableCommand {
             let progress = ProgressReporter(label: "import", unit: "conversations")
             let records: any Sequence<Result<ImportedConversation, ImportIssue>>
             switch format {
-            case "llm", "chatgpt": throw ChatLogError.invalidInput("TEMPORARY: reader not wired yet")
+            case "llm": records = try LLMLogs.records(path: path)
+            case "chatgpt": records = try ChatGPTExport.records(path: path)
             default: records = try OpenAIJSONL.records(path: path)
             }
             let report = try opened.importConversations(

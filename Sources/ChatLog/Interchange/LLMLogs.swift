@@ -244,8 +244,7 @@ private struct LLMLogsReader {
         for name in names {
             guard let name, known.contains(name) else {
                 throw ChatLogError.invalidInput(
-                    "unknown llm logs.db version: migration \(names.first { !known.contains($0 ?? "") }.flatMap { $0 } ?? "NULL"); "
-                        + "chatlog knows llm up to \(LLMLogs.knownVersion)")
+                    "unknown llm logs.db version: migration \(name ?? "NULL"); chatlog knows llm up to \(LLMLogs.knownVersion)")
             }
             migrations.insert(name)
         }
@@ -272,7 +271,7 @@ private struct LLMLogsReader {
         for conversation in legacy.values {
             entries.append(
                 LLMEntry(
-                    sortKey: conversation.firstMicroseconds, id: conversation.id,
+                    sortKey: ImportTimes.milliseconds(microseconds: conversation.firstMicroseconds), id: conversation.id,
                     result: .success(imported(conversation, source: "classic"))))
         }
         entries.sort { ($0.sortKey, $0.id) < ($1.sortKey, $1.id) }
@@ -367,7 +366,8 @@ private struct LLMLogsReader {
             if let problem = bad[conversationID] {
                 entries.append(
                     LLMEntry(
-                        sortKey: byConversation[conversationID]?.first?.microseconds ?? .max, id: conversationID,
+                        sortKey: byConversation[conversationID]?.first.map { ImportTimes.milliseconds(microseconds: $0.microseconds) } ?? .max,
+                        id: conversationID,
                         result: .failure(ImportIssue(location: "conversation \(conversationID)", problem: problem))))
                 continue
             }
@@ -450,7 +450,7 @@ private struct LLMLogsReader {
             } catch let issue as LLMIssue {
                 entries.append(
                     LLMEntry(
-                        sortKey: responses.first?.microseconds ?? .max, id: conversationID,
+                        sortKey: responses.first.map { ImportTimes.milliseconds(microseconds: $0.microseconds) } ?? .max, id: conversationID,
                         result: .failure(ImportIssue(location: "conversation \(conversationID)", problem: issue.problem))))
                 continue
             }
@@ -602,13 +602,14 @@ private struct LLMLogsReader {
                     guard let role = Role(rawValue: roleText) else {
                         throw LLMIssue("message \(hash) has the unknown role \"\(roleText.prefix(20))\"")
                     }
-                    var (content, metadata) = try parts.content(of: hash)
+                    let (content, partMetadata) = try parts.content(of: hash)
+                    var metadata = partMetadata
                     var message = NewMessage(role: role, content: content)
                     var microseconds: Int64?
-                    if let (turnIndex, isOutput) = owner[index] {
-                        let turn = turns[turnIndex]
+                    if let entry = owner[index] {
+                        let turn = turns[entry.turn]
                         microseconds = turn.microseconds
-                        if isOutput { message.model = turn.model }
+                        if entry.output { message.model = turn.model }
                         if hash == turn.tipHash {
                             message.promptTokens = turn.inputTokens
                             message.completionTokens = turn.outputTokens
@@ -625,17 +626,12 @@ private struct LLMLogsReader {
                         message.createdAt = ImportTimes.date(milliseconds: ImportTimes.milliseconds(microseconds: time))
                         lastTime = time
                     }
-                    content = ""
                     message.metadata = object(metadata)
                     messages.append(message)
                 }
-                let sortKey: Int64 =
-                    source == "classic+message-store"
-                    ? (legacyFirst(messages) ?? .max)
-                    : (owner.compactMap { $0 }.first.flatMap { turns[$0.turn].microseconds } ?? threadMicroseconds ?? .max)
                 entries.append(
                     LLMEntry(
-                        sortKey: sortKey, id: threadID,
+                        sortKey: messages.first?.createdAt?.unixMilliseconds ?? .max, id: threadID,
                         result: .success(
                             ImportedConversation(
                                 sourceID: sourceID,
@@ -646,14 +642,10 @@ private struct LLMLogsReader {
             } catch let issue as LLMIssue {
                 entries.append(
                     LLMEntry(
-                        sortKey: threadMicroseconds ?? .max, id: threadID,
+                        sortKey: threadMicroseconds.map(ImportTimes.milliseconds(microseconds:)) ?? .max, id: threadID,
                         result: .failure(ImportIssue(location: "thread \(threadID)", problem: issue.problem))))
             }
         }
-    }
-
-    private func legacyFirst(_ messages: [NewMessage]) -> Int64? {
-        messages.first?.createdAt.map { $0.unixMilliseconds * 1000 }
     }
 
     private func firstOwnedTime(_ owner: [(turn: Int, output: Bool)?], _ turns: [LLMTurn], from index: Int) -> Int64? {

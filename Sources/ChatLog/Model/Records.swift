@@ -174,5 +174,7 @@ extension Date {
         guard milliseconds.isFinite else { return 0 }
         return Int64(max(min(milliseconds, 9.0e18), -9.0e18))
     }
-    init(unixMilliseconds: Int64) { self.init(timeIntervalSince1970: Double(unixMilliseconds) / 1000) }
+    /// Half a millisecond in, so that rounding down (`unixMilliseconds`, `Timestamps.format`) gives
+    /// back exactly `unixMilliseconds` despite binary floating point.
+    init(unixMilliseconds: Int64) { self.init(timeIntervalSince1970: (Double(unixMilliseconds) + 0.5) / 1000) }
 }
