@@ -24,6 +24,8 @@ struct Arguments {
     var rounds = 3
     var searchAt: [Int] = [100_000]
     var queries = 30
+    var importConversations = 0
+    var exportAndRotateAt: [Int] = []
     var directory = FileManager.default.temporaryDirectory.path
 
     init() {
@@ -35,10 +37,12 @@ struct Arguments {
             case "--rounds": rounds = max(1, Int(iterator.next() ?? "") ?? rounds)
             case "--search-at": searchAt = (iterator.next() ?? "").split(separator: ",").compactMap { Int($0) }
             case "--queries": queries = Int(iterator.next() ?? "") ?? queries
+            case "--import": importConversations = Int(iterator.next() ?? "") ?? 0
+            case "--export-rotate-at": exportAndRotateAt = (iterator.next() ?? "").split(separator: ",").compactMap { Int($0) }
             case "--dir": directory = iterator.next() ?? directory
             default:
                 FileHandle.standardError.write(
-                    Data("usage: chatlog-bench [--messages N] [--single N] [--rounds N] [--search-at N,N] [--queries N] [--dir DIR]\n".utf8))
+                    Data("usage: chatlog-bench [--messages N] [--single N] [--rounds N] [--search-at N,N] [--queries N] [--import N] [--export-rotate-at N,N] [--dir DIR]\n".utf8))
                 exit(64)
             }
         }
@@ -201,6 +205,35 @@ final class PlainStore {
                     latest = createdAt
                 }
                 try db.execute(sql: "UPDATE conversations SET updated_at = max(updated_at, ?) WHERE seq = ?", arguments: [latest, seq])
+                return .commit
+            }
+        }
+    }
+
+    /// Conversations with their messages, in one transaction (the import baseline).
+    func appendConversations(_ conversations: [(title: String, messages: [NewMessage])]) throws {
+        try pool.writeWithoutTransaction { db in
+            try db.inTransaction(.immediate) {
+                for (title, messages) in conversations {
+                    let now = Int64(Date().timeIntervalSince1970 * 1000)
+                    try db.execute(
+                        sql: "INSERT INTO conversations (id, created_at, updated_at, key_id, title) VALUES (?, ?, ?, 1, ?)",
+                        arguments: [UUID().uuidString.lowercased(), now, now, title])
+                    let seq = db.lastInsertedRowID
+                    let statement = try db.cachedStatement(
+                        sql: """
+                            INSERT INTO messages (id, conversation_seq, position, role, created_at, model, prompt_tokens,
+                                completion_tokens, latency_ms, finish_reason, key_id, content, metadata)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, NULL)
+                            """)
+                    for (position, message) in messages.enumerated() {
+                        try statement.execute(arguments: [
+                            UUID().uuidString.lowercased(), seq, position, message.role.rawValue,
+                            Int64((message.createdAt ?? Date()).timeIntervalSince1970 * 1000), message.model, message.promptTokens,
+                            message.completionTokens, message.latencyMilliseconds, message.finishReason, message.content,
+                        ])
+                    }
+                }
                 return .commit
             }
         }
@@ -431,4 +464,15 @@ for size in arguments.searchAt where size > 0 {
         for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
     }
 }
-print(String(format: "peak memory (max RSS): %.0f MiB", peakMemoryMiB()))
+// MARK: Import (issue 5), export (issue 5) and rotation (issue 4).
+if arguments.importConversations > 0 {
+    try runImportScenario(conversations: arguments.importConversations, folder: folder)
+}
+for size in arguments.exportAndRotateAt where size > 0 {
+    let pair = try buildPair(messages: size, folder: folder, name: "pair-\(size)")
+    try runExportScenario(pair, messages: size)
+    try runRotationScenario(pair, messages: size)
+    try pair.store.close()
+    try pair.plain.pool.close()
+}
+print(String(format: "peak memory (max RSS, includes SQLite's memory-mapped file pages): %.0f MiB", peakMemoryMiB()))
