@@ -1,4 +1,5 @@
 import CSodium
+import Foundation
 
 /// The byte format of one sealed field (docs/FORMAT.md, version 1):
 ///
@@ -35,6 +36,18 @@ enum SealedValue {
         var id: UInt32 = 0
         for _ in 0..<4 { id = (id << 8) | UInt32(iterator.next()!) }
         return KeyID(rawValue: id)
+    }
+
+    /// The same for `Data`, without the generic collection walk (hot in search).
+    static func keyID(of sealed: Data) throws(Failure) -> KeyID {
+        let header: (count: Int, version: UInt8, id: UInt32) = sealed.withUnsafeBytes { bytes in
+            guard bytes.count >= overhead + 1 else { return (bytes.count, 0, 0) }
+            let id = (UInt32(bytes[1]) << 24) | (UInt32(bytes[2]) << 16) | (UInt32(bytes[3]) << 8) | UInt32(bytes[4])
+            return (bytes.count, bytes[0], id)
+        }
+        guard header.count >= overhead + 1 else { throw .truncated(length: header.count) }
+        guard header.version == version else { throw .unsupportedVersion(header.version) }
+        return KeyID(rawValue: header.id)
     }
 
     /// Seals `plaintext` for `context` under `key`, which the header names as `keyID`.

@@ -12,6 +12,9 @@ struct LineReader: Sequence, IteratorProtocol {
     private let maximumLineLength: Int
     private var buffer: [UInt8] = []
     private var start = 0
+    /// `buffer[start..<scanned]` holds no newline: each byte is searched once, not once per chunk
+    /// (a long line read in 1 MiB chunks would otherwise be rescanned from its start every time).
+    private var scanned = 0
     private var number = 0
     private var atEnd = false
     private var overlong: Int?
@@ -23,9 +26,10 @@ struct LineReader: Sequence, IteratorProtocol {
 
     mutating func next() -> Line? {
         while true {
-            if let newline = buffer[start...].firstIndex(of: 0x0A) {
+            if let newline = buffer[Swift.max(start, scanned)...].firstIndex(of: 0x0A) {
                 let line = Array(buffer[start..<newline])
                 start = newline + 1
+                scanned = start
                 number += 1
                 if let length = overlong {
                     overlong = nil
@@ -47,9 +51,11 @@ struct LineReader: Sequence, IteratorProtocol {
             // Compact, then read more; drop what cannot fit a line.
             buffer.removeSubrange(0..<start)
             start = 0
+            scanned = buffer.count
             if buffer.count > maximumLineLength {
                 overlong = (overlong ?? 0) + buffer.count
                 buffer.removeAll(keepingCapacity: true)
+                scanned = 0
             }
             let chunk = (try? handle.read(upToCount: 1 << 20)) ?? nil
             if let chunk, !chunk.isEmpty { buffer.append(contentsOf: chunk) } else { atEnd = true }

@@ -33,7 +33,9 @@ extension ChatLogStore {
         case nil: group = "NULL"
         case .model: group = "model"
         case .role: group = "role"
-        case .day: group = "strftime('%Y-%m-%d', created_at / 1000, 'unixepoch')"
+        // Real division: integer division truncates toward zero, which put the last second
+        // before 1970 on 1970-01-01.
+        case .day: group = "strftime('%Y-%m-%d', created_at / 1000.0, 'unixepoch')"
         }
         let sql = """
             SELECT \(group) AS grp, count(DISTINCT conversation_seq) AS conversations, count(*) AS messages,

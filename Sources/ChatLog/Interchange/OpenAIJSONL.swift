@@ -41,7 +41,8 @@ public enum OpenAIJSONL {
         let conversationCreated = try date(record["created_at"], "created_at", issue)
         var conversation = NewConversation(
             title: try string(record["title"], "title", issue), subject: try string(record["subject"], "subject", issue),
-            metadata: nonNull(record["metadata"]), createdAt: conversationCreated)
+            // Kept as given, any JSON value (an explicit null too), so that an export re-imports exactly.
+            metadata: record["metadata"], createdAt: conversationCreated)
         let conversationModel = try string(record["model"], "model", issue)
         let sourceID: String
         if let id = record["id"] {
@@ -61,11 +62,11 @@ public enum OpenAIJSONL {
             guard let role = Role(rawValue: roleText) else {
                 throw issue("\(field).role must be one of system, user, assistant, tool (found \"\(roleText.prefix(20))\")")
             }
+            // The message's own metadata is any JSON value (the library takes any, and an export
+            // writes what it holds); OpenAI's fields below are merged into it when it is an object.
+            let givenMetadata = message["metadata"]
             var metadata: [String: JSONValue] = [:]
-            if let value = nonNull(message["metadata"]) {
-                guard case .object(let fields) = value else { throw issue("\(field).metadata must be an object") }
-                metadata = fields
-            }
+            if case .object(let fields)? = givenMetadata { metadata = fields }
             let content: String
             switch message["content"] {
             case nil, .null?:
@@ -111,12 +112,29 @@ public enum OpenAIJSONL {
                 completionTokens: try count(usage["completion_tokens"], "\(field).usage.completion_tokens", issue),
                 latencyMilliseconds: try count(message["latency_ms"], "\(field).latency_ms", issue),
                 finishReason: try string(message["finish_reason"], "\(field).finish_reason", issue),
-                metadata: metadata.isEmpty ? nil : .object(metadata),
+                metadata: try mergedMetadata(givenMetadata, metadata, field: field, issue),
                 createdAt: created ?? base.addingTimeInterval(Double(index) / 1000))
             if case .string(let id)? = message["id"] { newMessage.id = MessageID(id) }
             messages.append(newMessage)
         }
         return ImportedConversation(sourceID: sourceID, conversation: conversation, messages: messages)
+    }
+
+    /// `given` (absent, or any JSON value) with OpenAI's fields and non-text parts (`extra`,
+    /// which already holds `given`'s fields when it is an object) merged in.
+    private static func mergedMetadata(
+        _ given: JSONValue?, _ extra: [String: JSONValue], field: String, _ issue: (String) -> ImportIssue
+    ) throws(ImportIssue) -> JSONValue? {
+        switch given {
+        case .object?: return .object(extra)
+        case nil: return extra.isEmpty ? nil : .object(extra)
+        case .null?: return extra.isEmpty ? .null : .object(extra)
+        case let other?:
+            guard extra.isEmpty else {
+                throw issue("\(field).metadata must be an object when the message has tool_calls, tool_call_id, name, refusal or non-text parts")
+            }
+            return other
+        }
     }
 
     private static func contentHash(_ bytes: [UInt8]) -> String {

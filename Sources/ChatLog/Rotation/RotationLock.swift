@@ -22,14 +22,28 @@ public final class RotationLock: Sendable {
             throw .storage("cannot open the lock file \(path) (\(PrivateFiles.errnoDescription()))")
         }
         guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
-            let holder = readHolder(descriptor)
+            // The holder writes its pid just after taking the lock: until then the file is empty
+            // or still names an earlier holder that died. Give it a moment (at most ~100 ms), and
+            // never name a process that does not exist.
+            var holder = readHolder(descriptor)
+            var waits = 0
+            while !isAlive(holder), waits < 50 {
+                usleep(2_000)
+                waits += 1
+                holder = readHolder(descriptor)
+            }
             close(descriptor)
-            throw .locked(holder: holder, path: path)
+            throw .locked(holder: isAlive(holder) ? holder : nil, path: path)
         }
         let text = Array("\(getpid())\n".utf8)
         _ = ftruncate(descriptor, 0)
         _ = text.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
         return RotationLock(descriptor: descriptor, path: path)
+    }
+
+    private static func isAlive(_ pid: Int32?) -> Bool {
+        guard let pid, pid > 0 else { return false }
+        return kill(pid, 0) == 0 || errno == EPERM
     }
 
     private static func readHolder(_ descriptor: Int32) -> Int32? {

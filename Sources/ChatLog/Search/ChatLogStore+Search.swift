@@ -62,7 +62,9 @@ extension ChatLogStore {
                     break
                 }
                 examined += 1
-                chunk.append(SealedCandidate(id: row["id"], sealed: row.sealedBytes("content") ?? Data(), searchRowID: row["search_rowid"]))
+                // By index (the SELECT's order: id, content, search_rowid): name lookups are
+                // case-insensitive string searches, and this loop runs once per candidate.
+                chunk.append(SealedCandidate(id: row[0], sealed: row.sealedBytes(at: 1) ?? Data(), searchRowID: row[2]))
                 if chunk.count == 2_048 {
                     candidates += try rank(chunk, matcher: matcher, db)
                     chunk.removeAll(keepingCapacity: true)

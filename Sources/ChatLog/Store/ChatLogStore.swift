@@ -241,12 +241,20 @@ public final class ChatLogStore: Sendable {
     /// to zero bytes, so old page images (including old ciphertext) no longer linger there.
     /// Waits for readers and writers of other processes up to the busy timeout.
     public func checkpoint() throws(ChatLogError) {
-        do {
-            try pool.writeWithoutTransaction { db in
-                _ = try db.checkpoint(.truncate)
+        let deadline = ContinuousClock.now + .milliseconds(Int64(options.busyTimeout * 1000))
+        while true {
+            do {
+                try pool.writeWithoutTransaction { db in
+                    _ = try db.checkpoint(.truncate)
+                }
+                return
+            } catch let error as DatabaseError where error.resultCode == .SQLITE_BUSY && ContinuousClock.now < deadline {
+                // SQLite answers SQLITE_BUSY at once, without calling the busy handler, while
+                // another connection runs a checkpoint (a writer's auto-checkpoint): wait for it.
+                Thread.sleep(forTimeInterval: 0.01)
+            } catch {
+                throw ChatLogError.wrap(error)
             }
-        } catch {
-            throw ChatLogError.wrap(error)
         }
     }
 

@@ -82,7 +82,14 @@ extension Row {
     /// error instead: text and numbers become their text bytes (as `sqlite3_column_blob` does),
     /// which then fail to open like any other damaged value.
     func sealedBytes(_ column: String) -> Data? {
-        let value: DatabaseValue = self[column]
+        Self.bytes(of: self[column])
+    }
+
+    func sealedBytes(at index: Int) -> Data? {
+        Self.bytes(of: self[index])
+    }
+
+    private static func bytes(of value: DatabaseValue) -> Data? {
         switch value.storage {
         case .null: return nil
         case .blob(let data): return data

@@ -21,11 +21,23 @@ public enum Timestamps {
             + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(fraction), 3))Z"
     }
 
-    /// RFC 3339 (with or without fractional seconds), or a bare date (UTC midnight).
+    /// RFC 3339 (with or without fractional seconds), or a bare date (UTC midnight). Fractional
+    /// seconds are kept to the millisecond, exactly (further digits are dropped).
     public static func parse(_ text: String) -> Date? {
-        let withFraction = ISO8601DateFormatter()
-        withFraction.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        if let date = withFraction.date(from: text) { return date }
+        // ISO8601DateFormatter returns "….123" as a double a hair below it, which stores and
+        // formats as ….122: parse the whole seconds with it and add the milliseconds exactly.
+        let bytes = Array(text.utf8)
+        if let dot = bytes.firstIndex(of: UInt8(ascii: ".")) {
+            var end = dot + 1
+            while end < bytes.count, bytes[end] >= 0x30, bytes[end] <= 0x39 { end += 1 }
+            guard end > dot + 1 else { return nil }
+            let whole = ISO8601DateFormatter()
+            whole.formatOptions = [.withInternetDateTime]
+            guard let seconds = whole.date(from: String(decoding: bytes[..<dot] + bytes[end...], as: UTF8.self)) else { return nil }
+            var milliseconds: Int64 = 0
+            for index in (dot + 1)..<(dot + 4) { milliseconds = milliseconds * 10 + (index < end ? Int64(bytes[index] - 0x30) : 0) }
+            return Date(unixMilliseconds: Int64(seconds.timeIntervalSince1970.rounded()) * 1000 + milliseconds)
+        }
         let plain = ISO8601DateFormatter()
         plain.formatOptions = [.withInternetDateTime]
         if let date = plain.date(from: text) { return date }
