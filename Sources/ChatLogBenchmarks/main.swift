@@ -415,7 +415,8 @@ for size in arguments.searchAt where size > 0 {
         if frequency > 0, frequency < 10_000 { rareWords.append(vocabulary[rank]) }
     }
 
-    func timeQueries(_ queries: [[String]], newest: Bool) throws -> (store: [Double], plain: [Double]) {
+    func timeQueries(_ queries: [[String]], newest: Bool) throws -> (store: [Double], plain: [Double], examined: Int) {
+        var examinedTotal = 0
         var storeTimes: [Double] = []
         var plainTimes: [Double] = []
         for words in queries {
@@ -423,7 +424,9 @@ for size in arguments.searchAt where size > 0 {
                 var storeHits: [SearchHit] = []
                 var plainHits: [PlainStore.Hit] = []
                 let storeTime = try seconds {
-                    storeHits = try store.search(words.joined(separator: " "), limit: 20, sort: newest ? .newest : .relevance).hits
+                    let results = try store.search(words.joined(separator: " "), limit: 20, sort: newest ? .newest : .relevance)
+                    storeHits = results.hits
+                    examinedTotal += results.examined
                 }
                 let plainTime = try seconds { plainHits = try plain.search(words, newest: newest) }
                 if repetition >= 2 {  // the first two warm the caches
@@ -435,12 +438,13 @@ for size in arguments.searchAt where size > 0 {
                 }
             }
         }
-        return (storeTimes, plainTimes)
+        return (storeTimes, plainTimes, examinedTotal)
     }
 
     let newestOne = try timeQueries(oneWord, newest: true)
     let newestTwo = try timeQueries(twoWords, newest: true)
     let relevance = try timeQueries(rareWords.map { [$0] }, newest: false)
+    let examinedPerQuery = Double(relevance.examined) / Double(max(1, rareWords.count * 7))
 
     print("Search at \(size) messages: store (sealed + blinded FTS5, SipHash) vs plaintext + FTS5 (unicode61, external content)")
     report("index/build (1,000 per transaction)", sealed: storeRate, plain: plainRate, unit: "msg/s", higherIsBetter: true)
@@ -455,6 +459,8 @@ for size in arguments.searchAt where size > 0 {
         higherIsBetter: false)
     report("query/relevance, <10k matches (\(rareWords.count) words): median", sealed: median(relevance.store),
         plain: median(relevance.plain), unit: "ms   ", higherIsBetter: false)
+    print(String(format: "query/relevance: %.0f candidates opened per query on average (%.1f µs each at the median time)",
+        examinedPerQuery, median(relevance.store) * 1000 / max(1, examinedPerQuery)))
     report("query/relevance, <10k matches: p95", sealed: percentile(relevance.store, 0.95), plain: percentile(relevance.plain, 0.95),
         unit: "ms   ", higherIsBetter: false)
     print()

@@ -19,6 +19,18 @@
 // deletes the conversations one by one (one transaction each), writing "deleted <id> <true|false>"
 // after each.
 //
+//     chatlog-test-driver hold-lock --db PATH
+//
+// takes the store's key lock (as `chatlog key rotate`, `rewrap` and `retire` do), writes
+// "holding <pid>" on stdout and keeps the lock until it is killed. Needs no key.
+//
+//     chatlog-test-driver measure --rusage-file PATH -- EXECUTABLE [ARGUMENT ...]
+//
+// runs EXECUTABLE with the arguments (inheriting stdin, stdout, stderr and the environment), waits
+// for it, writes "maxrss_kib <n>" (its peak resident set size, from getrusage(RUSAGE_CHILDREN): the
+// driver has no other child) to PATH, and exits with the child's exit status (128 + signal if it
+// was killed). Tests use it to bound the memory a command uses.
+//
 // The master key comes from the environment (CHATLOG_MASTER_KEY and friends, through
 // ChatLogSettings), never from the command line. On success it prints the number of messages it
 // appended and exits 0; on failure it prints one line on stderr and exits non-zero.
@@ -136,10 +148,45 @@ func deleteConversations(_ options: [String: String]) async throws {
     try store.close()
 }
 
+func holdLock(_ options: [String: String]) throws {
+    guard let path = options["db"] else { throw UsageError(description: "--db is required") }
+    let lock = try RotationLock.acquire(forDatabase: path)
+    emit("holding \(ProcessInfo.processInfo.processIdentifier)")
+    withExtendedLifetime(lock) {
+        while true { sleep(3600) }
+    }
+}
+
+func measure(_ arguments: ArraySlice<String>) throws -> Int32 {
+    guard arguments.count >= 4, arguments[arguments.startIndex] == "--rusage-file",
+        arguments[arguments.startIndex + 2] == "--"
+    else { throw UsageError(description: "usage: measure --rusage-file PATH -- EXECUTABLE [ARGUMENT ...]") }
+    let reportPath = arguments[arguments.startIndex + 1]
+    let command = arguments.dropFirst(3)
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: command.first!)
+    process.arguments = Array(command.dropFirst())
+    try process.run()
+    process.waitUntilExit()
+    var usage = rusage()
+    guard getrusage(__rusage_who_t(RUSAGE_CHILDREN.rawValue), &usage) == 0 else { throw UsageError(description: "getrusage failed (errno \(errno))") }
+    try Data("maxrss_kib \(usage.ru_maxrss)\n".utf8).write(to: URL(fileURLWithPath: reportPath))
+    return process.terminationReason == .exit ? process.terminationStatus : 128 + process.terminationStatus
+}
+
 let arguments = CommandLine.arguments.dropFirst()
+if arguments.first == "measure" {
+    do {
+        exit(try measure(arguments.dropFirst()))
+    } catch let error as UsageError {
+        fail(error.description, .usage)
+    } catch {
+        fail(String(describing: error), .failure)
+    }
+}
 guard let command = arguments.first else {
     fail(
-        "usage: chatlog-test-driver append|append-loop|delete --db PATH … (see the comment at the top of main.swift)",
+        "usage: chatlog-test-driver append|append-loop|delete|hold-lock|measure --db PATH … (see the comment at the top of main.swift)",
         .usage)
 }
 do {
@@ -151,6 +198,8 @@ do {
         _ = try await appendLoop(options)
     case "delete":
         try await deleteConversations(options)
+    case "hold-lock":
+        try holdLock(options)
     default:
         throw UsageError(description: "unknown command \(command)")
     }

@@ -10,7 +10,7 @@ import Testing
         let out = result.out
         // The transcript, read back with the key (between steps 3 and 4).
         let transcriptStart = try #require(out.range(of: "3. Logged"), "\(result)").upperBound
-        let transcriptEnd = try #require(out.range(of: "4. The same bytes"), "\(result)").lowerBound
+        let transcriptEnd = try #require(out.range(of: "4. Search"), "\(result)").lowerBound
         let transcript = out[transcriptStart..<transcriptEnd]
         for expected in ["Dosage question", "patient-4711", "metformin", "HbA1c", "user", "assistant", "gpt-4o-mini"] {
             #expect(transcript.contains(expected), "the transcript lacks \(expected): \(result)")
@@ -18,7 +18,10 @@ import Testing
         // The search of the raw files.
         let report = try #require(out.range(of: "Searching every file of the store"), "\(result)").upperBound
         let lines = out[report...].split(separator: "\n")
-        for word in ["metformin", "HbA1c", "sk-live-51Hx", "patient-4711", "Dosage question"] {
+        // Search, stats and a rotation ran.
+        #expect(out.contains("[March] [invoice]"), "\(result)")
+        #expect(out.contains("Rotated the data key") && out.contains("retired"), "\(result)")
+        for word in ["metformin", "HbA1c", "sk-live-51Hx", "patient-4711", "Dosage question", "4242"] {
             let line = lines.first { $0.trimmingCharacters(in: .whitespaces).hasPrefix(word) }
             #expect(line?.hasSuffix("not found") == true, "\(word): \(line ?? "no line")")
         }

@@ -68,9 +68,10 @@ import Testing
         let index = status.keys.filter { $0.kind == "index" && $0.state == "active" }
         #expect(data.count == 1 && index.count == 1, "\(status.keys)")
         #expect(status.keys.count == 2)
-        // Data key: every conversation row and every message row. Index key: the subjects.
+        // Data key: every conversation row and every message row. Index key: every message's
+        // search terms and the two subjects.
         #expect(data.first?.rows == 3 + 5)
-        #expect(index.first?.rows == 2)
+        #expect(index.first?.rows == 5 + 2)
         #expect(status.keys.allSatisfy { isTimestamp($0.created_at) })
         #expect(Set(status.keys.map(\.id)).count == 2)
 
