@@ -207,9 +207,10 @@ func runRotationScenario(_ pair: (store: ChatLogStore, plain: PlainStore, storeR
             last = final["seq"]
             try pair.plain.pool.writeWithoutTransaction { db in
                 try db.inTransaction(.immediate) {
+                    let update = try db.cachedStatement(
+                        sql: "UPDATE messages SET content = ?, key_id = 2 WHERE seq = ? AND key_id = ? AND content = ?")
                     for row in rows {
-                        try db.execute(
-                            sql: "UPDATE messages SET content = ?, key_id = 2 WHERE seq = ? AND key_id = ? AND content = ?",
+                        try update.execute(
                             arguments: [row["content"] as String, row["seq"] as Int64, row["key_id"] as Int64, row["content"] as String])
                         rewritten += db.changesCount
                     }

@@ -224,10 +224,11 @@ extension ChatLogStore {
                         // Another process may have rotated again meanwhile: re-seal for the new key.
                         guard try Self.activeKeysUnchanged(keys, db) else { throw StaleKeys() }
                         for update in updates {
-                            try db.execute(sql: update.sql, arguments: update.arguments)
+                            // Cached statements: a batch runs the same few statements hundreds of times.
+                            try db.cachedStatement(sql: update.sql).execute(arguments: update.arguments)
                             guard db.changesCount > 0 else { continue }  // deleted or changed meanwhile
                             written += 1
-                            for (sql, arguments) in update.followUps { try db.execute(sql: sql, arguments: arguments) }
+                            for (sql, arguments) in update.followUps { try db.cachedStatement(sql: sql).execute(arguments: arguments) }
                         }
                         return .commit
                     }
