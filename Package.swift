@@ -1,4 +1,5 @@
 // swift-tools-version: 6.2
+import Foundation
 import PackageDescription
 
 let strict: [SwiftSetting] = [
@@ -88,3 +89,31 @@ let package = Package(
         ),
     ]
 )
+
+// libFuzzer targets (Fuzz/, scripts/fuzz): only with CHATLOG_FUZZ=1, so that a normal `swift build`
+// or `swift test` never sees them. scripts/fuzz builds them with AddressSanitizer and fuzzer
+// coverage into their own scratch path; each defines LLVMFuzzerTestOneInput (libFuzzer provides
+// main, hence -parse-as-library) and uses internals through `@testable import ChatLog`.
+if ProcessInfo.processInfo.environment["CHATLOG_FUZZ"] == "1" {
+    let fuzzTargets = [
+        "FuzzSealedValue", "FuzzKeyFile", "FuzzDotEnv", "FuzzSearchQuery", "FuzzOpenAIJSONL", "FuzzChatGPT", "FuzzLLMLogs",
+    ]
+    package.targets.append(
+        .target(
+            name: "FuzzSupport", dependencies: ["ChatLog"], path: "Fuzz/FuzzSupport",
+            swiftSettings: strict))
+    for name in fuzzTargets {
+        package.targets.append(
+            .executableTarget(
+                name: name,
+                dependencies: ["ChatLog", "FuzzSupport", "CSodium", .product(name: "GRDB", package: "GRDB.swift")],
+                path: "Fuzz/\(name)",
+                swiftSettings: strict + [.unsafeFlags(["-parse-as-library"])],
+                // libFuzzer (and its main) is linked into these executables only: scripts/fuzz
+                // instruments every module with `-Xfrontend -sanitize=fuzzer` instead of
+                // `-sanitize=fuzzer`, which would also link libFuzzer's main into the
+                // EmbedMigrationsTool build tool and fail there (duplicate main).
+                linkerSettings: [.unsafeFlags(["-sanitize=fuzzer,address"])]))
+        package.products.append(.executable(name: name, targets: [name]))
+    }
+}

@@ -20,7 +20,21 @@ enum ProcessHygiene {
     /// Removes key material from the environment once it has been read, so child processes
     /// and later /proc readers do not see it.
     static func scrubEnvironment() {
-        for name in ["CHATLOG_MASTER_KEY", "CHATLOG_NEW_MASTER_KEY"] { unsetenv(name) }
+        for name in ["CHATLOG_MASTER_KEY", "CHATLOG_NEW_MASTER_KEY"] {
+            // unsetenv only drops the entry from `environ`; /proc/<pid>/environ shows the
+            // environment block the process started with, where the value stays. Zero the value
+            // there first.
+            let prefix = name + "="
+            var entry: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = environ
+            while let current = entry, let string = current.pointee {
+                if strncmp(string, prefix, prefix.utf8.count) == 0 {
+                    let value = string + prefix.utf8.count
+                    memset(value, 0, strlen(value))
+                }
+                entry = current + 1
+            }
+            unsetenv(name)
+        }
     }
 
     /// Swift's CommandLine.arguments silently repairs invalid UTF-8; check the raw bytes first.

@@ -24,6 +24,24 @@
 // takes the store's key lock (as `chatlog key rotate`, `rewrap` and `retire` do), writes
 // "holding <pid>" on stdout and keeps the lock until it is killed. Needs no key.
 //
+//     chatlog-test-driver exchange-loop --db PATH --stop-file PATH [--seconds S] [--label TEXT]
+//
+// logs model exchanges (two prompt messages and a completion, one transaction each) until the
+// stop file exists (or S seconds, default 120): even exchanges start a new conversation, odd ones
+// go to the conversation the previous one started. Contents are "<label> exchange <i> part <k>".
+// After each commit it writes "committed <i> <conversation id> <id>,<id>,<id>" unbuffered; ends
+// with "total <n>".
+//
+//     chatlog-test-driver search-loop --db PATH --words W,W,... --stop-file PATH [--seconds S]
+//         [--exclude WORD] [--exact CONVERSATION:WORD:COUNT,...]
+//
+// searches each word in turn (newest first, limit 200) until the stop file exists (or S seconds,
+// default 120), and checks every hit after decryption: its tokens contain the word (and not the
+// --exclude word, searched as "W -EXCLUDE" every other round). With --exact, also searches WORD
+// in CONVERSATION (limit 1000) and requires exactly COUNT hits (conversations nobody writes to).
+// Writes "round <n> hits <h>" after each round; exits 2 on the first mismatch ("mismatch …" on
+// stderr) and 1 on any error; ends with "searches <n> hits <h>".
+//
 //     chatlog-test-driver measure --rusage-file PATH -- EXECUTABLE [ARGUMENT ...]
 //
 // runs EXECUTABLE with the arguments (inheriting stdin, stdout, stderr and the environment), waits
@@ -148,6 +166,92 @@ func deleteConversations(_ options: [String: String]) async throws {
     try store.close()
 }
 
+func exchangeLoop(_ options: [String: String]) async throws -> Int {
+    guard let stopFile = options["stop-file"] else { throw UsageError(description: "--stop-file is required") }
+    let seconds = try positiveInteger(options, "seconds", default: 120)
+    let label = options["label"] ?? "driver \(ProcessInfo.processInfo.processIdentifier)"
+    let store = try await openStore(options)
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    var written = 0
+    var current: ConversationID?
+    while !FileManager.default.fileExists(atPath: stopFile), ContinuousClock.now < deadline {
+        let target: ModelExchange.Target =
+            written % 2 == 1 && current != nil ? .existing(current!) : .new(NewConversation(title: "\(label) conversation \(written)"))
+        let parts = (0..<3).map { "\(label) exchange \(written) part \($0)" }
+        let logged = try await store.logExchange(
+            ModelExchange(
+                conversation: target,
+                prompt: [NewMessage(role: .system, content: parts[0]), NewMessage(role: .user, content: parts[1])],
+                completion: NewMessage(role: .assistant, content: parts[2], model: "driver-model", promptTokens: 3, completionTokens: 4)))
+        current = logged.conversationID
+        emit("committed \(written) \(logged.conversationID) \(logged.messageIDs.map(\.rawValue).joined(separator: ","))")
+        written += 1
+    }
+    try store.close()
+    emit("total \(written)")
+    return written
+}
+
+struct SearchMismatch: Error, CustomStringConvertible {
+    let description: String
+}
+
+func searchLoop(_ options: [String: String]) async throws {
+    guard let stopFile = options["stop-file"] else { throw UsageError(description: "--stop-file is required") }
+    let words = (options["words"] ?? "").split(separator: ",").map { String($0) }
+    guard !words.isEmpty else { throw UsageError(description: "--words is required") }
+    let seconds = try positiveInteger(options, "seconds", default: 120)
+    let excluded = options["exclude"]
+    var exact: [(ConversationID, String, Int)] = []
+    for item in (options["exact"] ?? "").split(separator: ",") {
+        let fields = item.split(separator: ":").map(String.init)
+        guard fields.count == 3, let id = ConversationID(fields[0]), let count = Int(fields[2]) else {
+            throw UsageError(description: "--exact takes CONVERSATION:WORD:COUNT items")
+        }
+        exact.append((id, fields[1], count))
+    }
+    let store = try await openStore(options)
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    var rounds = 0
+    var searches = 0
+    var hits = 0
+    while !FileManager.default.fileExists(atPath: stopFile), ContinuousClock.now < deadline {
+        for word in words {
+            let exclude = rounds % 2 == 1 ? excluded.flatMap { $0 == word ? nil : $0 } : nil
+            let query = exclude.map { "\(word) -\($0)" } ?? word
+            let results = try await store.search(query, limit: 200, sort: .newest)
+            searches += 1
+            for hit in results.hits {
+                let tokens = Tokenizer.tokens(hit.content)
+                guard tokens.contains(word) else {
+                    throw SearchMismatch(description: "mismatch: a hit for \(query) (message \(hit.messageID)) does not contain \(word)")
+                }
+                if let exclude, tokens.contains(exclude) {
+                    throw SearchMismatch(description: "mismatch: a hit for \(query) (message \(hit.messageID)) contains \(exclude)")
+                }
+                let snippet = hit.snippet.text.replacingOccurrences(of: "…", with: "")
+                guard hit.content.contains(snippet) else {
+                    throw SearchMismatch(description: "mismatch: the snippet of message \(hit.messageID) is not part of its content")
+                }
+            }
+            hits += results.hits.count
+        }
+        for (conversation, word, count) in exact {
+            let results = try await store.search(word, filters: SearchFilters(conversation: conversation), limit: 1000, sort: .newest)
+            searches += 1
+            guard results.hits.count == count, results.hits.allSatisfy({ Tokenizer.tokens($0.content).contains(word) }) else {
+                throw SearchMismatch(
+                    description: "mismatch: \(word) in conversation \(conversation) gave \(results.hits.count) hits, expected \(count)")
+            }
+            hits += count
+        }
+        rounds += 1
+        emit("round \(rounds) hits \(hits)")
+    }
+    try store.close()
+    emit("searches \(searches) hits \(hits)")
+}
+
 func holdLock(_ options: [String: String]) throws {
     guard let path = options["db"] else { throw UsageError(description: "--db is required") }
     let lock = try RotationLock.acquire(forDatabase: path)
@@ -186,7 +290,7 @@ if arguments.first == "measure" {
 }
 guard let command = arguments.first else {
     fail(
-        "usage: chatlog-test-driver append|append-loop|delete|hold-lock|measure --db PATH … (see the comment at the top of main.swift)",
+        "usage: chatlog-test-driver append|append-loop|exchange-loop|search-loop|delete|hold-lock|measure --db PATH … (see the comment at the top of main.swift)",
         .usage)
 }
 do {
@@ -200,11 +304,18 @@ do {
         try await deleteConversations(options)
     case "hold-lock":
         try holdLock(options)
+    case "exchange-loop":
+        _ = try await exchangeLoop(options)
+    case "search-loop":
+        try await searchLoop(options)
     default:
         throw UsageError(description: "unknown command \(command)")
     }
 } catch let error as UsageError {
     fail(error.description, .usage)
+} catch let error as SearchMismatch {
+    FileHandle.standardError.write(Data("chatlog-test-driver: \(error.description)\n".utf8))
+    exit(2)
 } catch {
     fail(String(describing: error), .failure)
 }

@@ -49,8 +49,8 @@ extension ChatLogStore {
                 let rows = try Row.fetchAll(
                     db, sql: "SELECT seq, id, created_at FROM conversations WHERE \(clauses.joined(separator: " AND ")) ORDER BY created_at, seq LIMIT 100",
                     arguments: arguments)
-                if let last = rows.last { cursor = (last["created_at"], last["seq"]) }
-                return try rows.map { try self.transcript(ConversationID(trusted: $0["id"]), db) }
+                if let last = rows.last { cursor = (try last.decode(forColumn: "created_at"), try last.decode(forColumn: "seq")) }
+                return try rows.map { try self.transcript(ConversationID(trusted: try $0.decode(String.self, forColumn: "id")), db) }
             }
             if page.isEmpty { return totals }
             for transcript in page {

@@ -50,6 +50,8 @@ public enum LLMLogs {
             return try queue.read { db in try LLMLogsReader(db: db, path: path).read() }
         } catch let error as ChatLogError {
             throw error
+        } catch let issue as LLMIssue {
+            throw .invalidInput("cannot read \(path) as an llm logs.db: \(issue.problem)")
         } catch {
             throw opening(error, path: path)
         }
@@ -200,6 +202,24 @@ private struct LLMIssue: Error {
     init(_ problem: String) { self.problem = problem }
 }
 
+/// Column values as the reader takes them. GRDB's `row[column]` traps (`try!`) on a value of
+/// another type than asked for, which a damaged or hand-made logs.db can hold in any column
+/// (an integer or a non-UTF-8 blob where llm writes text): these throw an `LLMIssue` instead,
+/// which fails the conversation it is in, or else the file.
+extension Row {
+    fileprivate func text(_ column: String) throws(LLMIssue) -> String? {
+        do { return try decode(String?.self, forColumn: column) } catch {
+            throw LLMIssue("a value in column \(column) is not text")
+        }
+    }
+
+    fileprivate func integer(_ column: String) throws(LLMIssue) -> Int64? {
+        do { return try decode(Int64?.self, forColumn: column) } catch {
+            throw LLMIssue("a value in column \(column) is not an integer")
+        }
+    }
+}
+
 /// One conversation ready to emit, with what orders the result.
 private struct LLMEntry {
     let sortKey: Int64
@@ -308,7 +328,7 @@ private struct LLMLogsReader {
                 """)
         var titles: [String: String?] = [:]
         for row in try Row.fetchAll(db, sql: "SELECT id, name FROM conversations") {
-            if let id = row["id"] as String? { titles[id] = row["name"] as String? }
+            if let id = try row.text("id") { titles[id] = try row.text("name") }
         }
         let promptFragments = tables.contains("prompt_fragments") && tables.contains("fragments")
             ? try grouped(
@@ -349,16 +369,16 @@ private struct LLMLogsReader {
         var order: [String] = []
         var bad: [String: String] = [:]
         for row in rows {
-            let id: String = row["id"] ?? ""
+            let id = try row.text("id") ?? ""
             if turnIDs.contains(id) { continue }
-            let conversationID: String = row["conversation_id"] ?? "response-\(id)"
-            let text: String? = row["datetime_utc"]
+            let conversationID = try row.text("conversation_id") ?? "response-\(id)"
+            let text = try row.text("datetime_utc")
             guard let text, let microseconds = ImportTimes.microseconds(llm: text) else {
                 bad[conversationID] = bad[conversationID] ?? "response \(id) has an unreadable datetime_utc \(text.map { "\"\($0.prefix(40))\"" } ?? "NULL")"
                 continue
             }
             if byConversation[conversationID] == nil { order.append(conversationID) }
-            byConversation[conversationID, default: []].append(Response(row: row, microseconds: microseconds, rowid: row["chatlog_rowid"]))
+            byConversation[conversationID, default: []].append(Response(row: row, microseconds: microseconds, rowid: try row.integer("chatlog_rowid") ?? 0))
         }
 
         var result: [String: ClassicConversation] = [:]
@@ -377,74 +397,74 @@ private struct LLMLogsReader {
             do {
                 for response in responses {
                     let row = response.row
-                    let id: String = row["id"] ?? ""
+                    let id = try row.text("id") ?? ""
                     let created = ImportTimes.date(milliseconds: ImportTimes.milliseconds(microseconds: response.microseconds))
 
                     // System prompt, with system fragments as llm's Prompt.system joins them.
-                    var system: String? = row["system"]
+                    var system = try row.text("system")
                     let fragmentsOfSystem = systemFragments[id] ?? []
                     if !fragmentsOfSystem.isEmpty {
-                        let bits = (fragmentsOfSystem.map { ($0["content"] as String?) ?? "" } + [system ?? ""])
+                        let bits = (try fragmentsOfSystem.map { try $0.text("content") ?? "" } + [system ?? ""])
                             .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty }
                         system = bits.joined(separator: "\n\n")
                     }
                     if let system, !system.isEmpty, system != lastSystem {
                         var metadata: [String: JSONValue] = [:]
-                        if !fragmentsOfSystem.isEmpty { metadata["fragments"] = .array(fragmentsOfSystem.map { json($0["hash"] as String?) }) }
+                        if !fragmentsOfSystem.isEmpty { metadata["fragments"] = .array(try fragmentsOfSystem.map { json(try $0.text("hash")) }) }
                         messages.append(NewMessage(role: .system, content: system, metadata: object(metadata), createdAt: created))
                         lastSystem = system
                     }
 
                     let results = toolResults[id] ?? []
                     for result in results {
-                        var metadata: [String: JSONValue] = ["tool_name": json(result["name"] as String?)]
-                        if let callID = result["tool_call_id"] as String?, !callID.isEmpty { metadata["tool_call_id"] = .string(callID) }
-                        if let exception = result["exception"] as String?, !exception.isEmpty { metadata["tool_exception"] = .string(exception) }
+                        var metadata: [String: JSONValue] = ["tool_name": json(try result.text("name"))]
+                        if let callID = try result.text("tool_call_id"), !callID.isEmpty { metadata["tool_call_id"] = .string(callID) }
+                        if let exception = try result.text("exception"), !exception.isEmpty { metadata["tool_exception"] = .string(exception) }
                         messages.append(
-                            NewMessage(role: .tool, content: (result["output"] as String?) ?? "", metadata: .object(metadata), createdAt: created))
+                            NewMessage(role: .tool, content: try result.text("output") ?? "", metadata: .object(metadata), createdAt: created))
                     }
 
                     // The user prompt, with prompt fragments first (llm's Prompt.prompt).
-                    let prompt: String = row["prompt"] ?? ""
+                    let prompt = try row.text("prompt") ?? ""
                     let fragments = promptFragments[id] ?? []
-                    let userText = (fragments.map { ($0["content"] as String?) ?? "" } + (prompt.isEmpty ? [] : [prompt]))
+                    let userText = (try fragments.map { try $0.text("content") ?? "" } + (prompt.isEmpty ? [] : [prompt]))
                         .joined(separator: "\n")
                     if !userText.isEmpty || results.isEmpty {
                         var metadata: [String: JSONValue] = [:]
                         let files = attachments[id] ?? []
                         if !files.isEmpty {
                             metadata["attachments"] = .array(
-                                files.map { .object(["id": json($0["id"] as String?), "type": json($0["type"] as String?)]) })
+                                try files.map { .object(["id": json(try $0.text("id")), "type": json(try $0.text("type"))]) })
                         }
-                        if !fragments.isEmpty { metadata["fragments"] = .array(fragments.map { json($0["hash"] as String?) }) }
+                        if !fragments.isEmpty { metadata["fragments"] = .array(try fragments.map { json(try $0.text("hash")) }) }
                         messages.append(NewMessage(role: .user, content: userText, metadata: object(metadata), createdAt: created))
                     }
 
                     var metadata: [String: JSONValue] = [:]
-                    if let options = row["options_json"] as String?, let value = parsedJSON(options), value != .object([:]), value != .null {
+                    if let options = try row.text("options_json"), let value = parsedJSON(options), value != .object([:]), value != .null {
                         metadata["options"] = value
                     }
                     let calls = toolCalls[id] ?? []
                     if !calls.isEmpty {
                         metadata["tool_calls"] = .array(
-                            calls.map { call in
+                            try calls.map { call in
                                 var entry: [String: JSONValue] = [
-                                    "name": json(call["name"] as String?),
-                                    "arguments": (call["arguments"] as String?).map { parsedJSON($0) ?? .string($0) } ?? .null,
+                                    "name": json(try call.text("name")),
+                                    "arguments": try call.text("arguments").map { parsedJSON($0) ?? .string($0) } ?? .null,
                                 ]
-                                if let callID = call["tool_call_id"] as String?, !callID.isEmpty { entry["tool_call_id"] = .string(callID) }
+                                if let callID = try call.text("tool_call_id"), !callID.isEmpty { entry["tool_call_id"] = .string(callID) }
                                 return .object(entry)
                             })
                     }
-                    if let reasoning = row["reasoning"] as String?, !reasoning.isEmpty { metadata["reasoning"] = .string(reasoning) }
+                    if let reasoning = try row.text("reasoning"), !reasoning.isEmpty { metadata["reasoning"] = .string(reasoning) }
                     messages.append(
                         NewMessage(
-                            role: .assistant, content: row["response"] ?? "",
-                            model: nonEmpty(row["resolved_model"]) ?? nonEmpty(row["model"]),
+                            role: .assistant, content: try row.text("response") ?? "",
+                            model: try nonEmpty(row.text("resolved_model")) ?? nonEmpty(row.text("model")),
                             promptTokens: try count(row, "input_tokens", response: id),
                             completionTokens: try count(row, "output_tokens", response: id),
                             latencyMilliseconds: try count(row, "duration_ms", response: id),
-                            finishReason: finishReason(row["response_json"]),
+                            finishReason: finishReason(try row.text("response_json")),
                             metadata: object(metadata), createdAt: created))
                 }
             } catch let issue as LLMIssue {
@@ -465,7 +485,7 @@ private struct LLMLogsReader {
     private func grouped(_ sql: String) throws -> [String: [Row]] {
         var groups: [String: [Row]] = [:]
         for row in try Row.fetchAll(db, sql: sql) {
-            guard let key = row["key"] as String? else { continue }
+            guard let key = try row.text("key") else { continue }
             groups[key, default: []].append(row)
         }
         return groups
@@ -494,16 +514,17 @@ private struct LLMLogsReader {
                 FROM turns
                 """
         ).map { row in
-            func count(_ column: String) -> Int? {
-                guard let value = row[column] as Int64?, value >= 0 else { return nil }
+            func count(_ column: String) throws(LLMIssue) -> Int? {
+                guard let value = try row.integer(column), value >= 0 else { return nil }
                 return Int(exactly: value)
             }
             return LLMTurn(
-                rowid: row["chatlog_rowid"], id: row["id"] ?? "", threadID: row["thread_id"], parentHash: row["parent_message_hash"],
-                tipHash: row["tip_message_hash"], model: nonEmpty(row["resolved_model"]) ?? nonEmpty(row["model"]),
-                options: row["options_json"], inputTokens: count("input_tokens"), outputTokens: count("output_tokens"),
-                durationMilliseconds: count("duration_ms"), microseconds: (row["datetime_utc"] as String?).flatMap(ImportTimes.microseconds(llm:)),
-                responseJSON: row["response_json"])
+                rowid: try row.integer("chatlog_rowid") ?? 0, id: try row.text("id") ?? "", threadID: try row.text("thread_id"),
+                parentHash: try row.text("parent_message_hash"), tipHash: try row.text("tip_message_hash"),
+                model: try nonEmpty(row.text("resolved_model")) ?? nonEmpty(row.text("model")), options: try row.text("options_json"),
+                inputTokens: try count("input_tokens"), outputTokens: try count("output_tokens"),
+                durationMilliseconds: try count("duration_ms"),
+                microseconds: try row.text("datetime_utc").flatMap(ImportTimes.microseconds(llm:)), responseJSON: try row.text("response_json"))
         }.sorted { ($0.microseconds ?? .max, $0.rowid) < ($1.microseconds ?? .max, $1.rowid) }
     }
 
@@ -519,18 +540,18 @@ private struct LLMLogsReader {
             if let tip = turn.tipHash { turnsByTip[tip, default: []].append(index) }
         }
         let parts = PartReader(db: db, tables: tables)
+        // (Sort keys first: a comparator cannot throw.)
         let threads = try Row.fetchAll(db, sql: "SELECT rowid AS chatlog_rowid, id, name, tip_message_hash, datetime_utc FROM threads")
-            .sorted {
-                let left = ($0["datetime_utc"] as String?).flatMap(ImportTimes.microseconds(llm:)) ?? .max
-                let right = ($1["datetime_utc"] as String?).flatMap(ImportTimes.microseconds(llm:)) ?? .max
-                return (left, $0["chatlog_rowid"] as Int64) < (right, $1["chatlog_rowid"] as Int64)
+            .map { row in
+                (row, try row.text("datetime_utc").flatMap(ImportTimes.microseconds(llm:)) ?? .max, try row.integer("chatlog_rowid") ?? 0)
             }
+            .sorted { ($0.1, $0.2) < ($1.1, $1.2) }.map(\.0)
         let messageStatement = try db.makeStatement(sql: "SELECT parent_hash, role FROM messages WHERE hash = ?")
 
         for thread in threads {
-            guard let threadID = thread["id"] as String? else { continue }
-            guard let tip = thread["tip_message_hash"] as String? else { continue }  // nothing logged yet
-            let threadMicroseconds = (thread["datetime_utc"] as String?).flatMap(ImportTimes.microseconds(llm:))
+            guard let threadID = try thread.text("id") else { continue }
+            guard let tip = try thread.text("tip_message_hash") else { continue }  // nothing logged yet
+            let threadMicroseconds = try thread.text("datetime_utc").flatMap(ImportTimes.microseconds(llm:))
             do {
                 // The chain, root first.
                 var chain: [(hash: String, role: String)] = []
@@ -541,8 +562,8 @@ private struct LLMLogsReader {
                     guard let row = try Row.fetchOne(messageStatement, arguments: [hash]) else {
                         throw LLMIssue("message \(hash) of the chain is missing")
                     }
-                    chain.append((hash, (row["role"] as String?) ?? ""))
-                    next = row["parent_hash"]
+                    chain.append((hash, try row.text("role") ?? ""))
+                    next = try row.text("parent_hash")
                 }
                 chain.reverse()
                 var position: [String: Int] = [:]
@@ -576,7 +597,7 @@ private struct LLMLogsReader {
                 while prefix < chain.count, owner[prefix] == nil { prefix += 1 }
 
                 var messages: [NewMessage] = []
-                var title: String? = thread["name"]
+                var title = try thread.text("name")
                 var source = "message-store"
                 var sourceID = "thread:\(threadID)"
                 var start = 0
@@ -682,10 +703,10 @@ private struct PartReader {
             }
         }
         for row in rows {
-            let type: String = row["type"] ?? ""
-            let positionText = (row["position"] as Int64?).map(String.init) ?? "?"
+            let type = try row.text("type") ?? ""
+            let positionText = try row.integer("position").map(String.init) ?? "?"
             var payload: [String: JSONValue] = [:]
-            if let text = row["payload"] as String? {
+            if let text = try row.text("payload") {
                 guard case .object(let fields)? = parsedJSON(text) else {
                     throw LLMIssue("part \(positionText) of message \(hash) has a payload that is not a JSON object")
                 }
@@ -694,7 +715,7 @@ private struct PartReader {
             switch type {
             case "text", "reasoning":
                 var text: String
-                if let plain = row["text"] as String? {
+                if let plain = try row.text("text") {
                     text = plain
                 } else if let reference = payload["text_ref"] {
                     let (resolved, fragmentHashes) = try resolve(reference, hash: hash)
@@ -713,7 +734,7 @@ private struct PartReader {
                 append(
                     "tool_calls",
                     .object([
-                        "name": payload["name"] ?? json(row["tool_name"] as String?), "arguments": payload["arguments"] ?? .null,
+                        "name": try payload["name"] ?? json(row.text("tool_name")), "arguments": payload["arguments"] ?? .null,
                         "tool_call_id": payload["tool_call_id"] ?? .null,
                     ]))
             case "tool_result":
@@ -722,7 +743,7 @@ private struct PartReader {
                 case nil, .null?: break
                 case let value?: texts.append(String(decoding: (try? value.encoded()) ?? Data(), as: UTF8.self))
                 }
-                metadata["tool_name"] = payload["name"] ?? json(row["tool_name"] as String?)
+                metadata["tool_name"] = try payload["name"] ?? json(row.text("tool_name"))
                 metadata["tool_call_id"] = payload["tool_call_id"] ?? .null
                 if let exception = payload["exception"], exception != .null { metadata["tool_exception"] = exception }
             case "attachment":
@@ -736,7 +757,7 @@ private struct PartReader {
                 append("attachments", .object(["id": .string(id), "type": json(type)]))
             default:
                 var entry: [String: JSONValue] = ["type": .string(type)]
-                if let text = row["text"] as String? { entry["text"] = .string(text) }
+                if let text = try row.text("text") { entry["text"] = .string(text) }
                 if !payload.isEmpty { entry["payload"] = .object(payload) }
                 append("other_parts", .object(entry))
             }
@@ -755,8 +776,8 @@ private struct PartReader {
             } else if case .object(let fields) = piece, case .integer(let id)? = fields["fragment"], hasFragments {
                 guard let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT content, hash FROM fragments WHERE id = ?"), arguments: [id])
                 else { throw LLMIssue("message \(hash) uses fragment \(id), which is missing") }
-                text += (row["content"] as String?) ?? ""
-                hashes.append(json(row["hash"] as String?))
+                text += try row.text("content") ?? ""
+                hashes.append(json(try row.text("hash")))
             } else {
                 throw LLMIssue("message \(hash) has a text_ref piece chatlog does not understand")
             }

@@ -46,8 +46,8 @@ extension ChatLogStore {
         let rows = try read { db in
             try Row.fetchAll(db, sql: sql, arguments: arguments).map { row in
                 StatsRow(
-                    group: row["grp"], conversations: row["conversations"], messages: row["messages"], promptTokens: row["prompt_tokens"],
-                    completionTokens: row["completion_tokens"])
+                    group: row["grp"], conversations: try row.decode(forColumn: "conversations"), messages: try row.decode(forColumn: "messages"),
+                    promptTokens: try row.decode(forColumn: "prompt_tokens"), completionTokens: try row.decode(forColumn: "completion_tokens"))
             }
         }
         // The total of an empty store (or range) is a row of zeros, not no row.

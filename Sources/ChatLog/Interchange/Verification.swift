@@ -71,9 +71,9 @@ extension ChatLogStore {
         // Wrapped keys (data, index, import).
         let master = keyRing.master
         for row in try Row.fetchAll(db, sql: "SELECT id, kind, wrapped FROM keys WHERE state <> 'retired'") {
-            guard let kind = KeyStatus.Entry.Kind(rawValue: row["kind"]) else { continue }
+            guard let kind = KeyStatus.Entry.Kind(rawValue: try row.decode(String.self, forColumn: "kind")) else { continue }
             report.sealedValues += 1
-            try check { _ = try KeyRing.unwrap(row.sealedBytes("wrapped") ?? Data(), kind: kind, id: KeyID(rawValue: UInt32(row["id"] as Int64)), master: master) }
+            try check { _ = try KeyRing.unwrap(row.sealedBytes("wrapped") ?? Data(), kind: kind, id: KeyID(rawValue: UInt32(try row.decode(Int64.self, forColumn: "id"))), master: master) }
         }
         try check { _ = try ImportKey.load(master: master, db: db) }
         try keyRing.reload(db)
@@ -83,7 +83,7 @@ extension ChatLogStore {
         let conversations = try Row.fetchCursor(db, sql: "SELECT id, title, subject, subject_token, subject_key_id, metadata FROM conversations")
         while let row = try conversations.next() {
             report.conversations += 1
-            let id: String = row["id"]
+            let id: String = try row.decode(forColumn: "id")
             for column in ["title", "subject", "metadata"] {
                 guard let sealed = row.sealedBytes(column) else { continue }
                 report.sealedValues += 1
@@ -113,7 +113,7 @@ extension ChatLogStore {
         while let row = try messages.next() {
             report.messages += 1
             if report.messages % 10_000 == 0 { progress?(report.messages) }
-            let id: String = row["id"]
+            let id: String = try row.decode(forColumn: "id")
             report.sealedValues += 1
             var content: String?
             try check { content = try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db) }
@@ -144,8 +144,8 @@ extension ChatLogStore {
         var extra = 0
         let vocabulary = try Row.fetchCursor(db, sql: "SELECT term, doc FROM message_terms_vocab")
         while let row = try vocabulary.next() {
-            let term: String = row["term"]
-            let count: Int = row["doc"]
+            let term: String = try row.decode(forColumn: "term")
+            let count: Int = try row.decode(forColumn: "doc")
             if expected.removeValue(forKey: term) != count { extra += 1 }
         }
         if extra > 0 || !expected.isEmpty {

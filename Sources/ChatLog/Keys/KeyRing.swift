@@ -118,9 +118,17 @@ final class KeyRing: Sendable {
         var activeData: KeyID?
         var activeIndex: KeyID?
         for row in rows {
-            let id = KeyID(rawValue: UInt32(row["id"] as Int64))
-            let state: String = row["state"]
-            guard let kind = KeyStatus.Entry.Kind(rawValue: row["kind"]) else { continue }
+            let id: KeyID
+            let state: String
+            let kindName: String
+            do {
+                id = KeyID(rawValue: UInt32(try row.decode(Int64.self, forColumn: "id")))
+                state = try row.decode(forColumn: "state")
+                kindName = try row.decode(forColumn: "kind")
+            } catch {
+                throw ChatLogError.wrap(error)
+            }
+            guard let kind = KeyStatus.Entry.Kind(rawValue: kindName) else { continue }
             if state == "retired" {
                 retired.insert(id)
                 continue

@@ -193,7 +193,7 @@ extension ChatLogStore {
             """
         return try read { db in
             try Row.fetchAll(db, sql: sql, arguments: [Int64(excluding.rawValue)]).reduce(into: [KeyID: Int]()) {
-                $0[KeyID(rawValue: UInt32($1["k"] as Int64))] = $1["n"]
+                $0[KeyID(rawValue: UInt32(try $1.decode(Int64.self, forColumn: "k")))] = try $1.decode(Int.self, forColumn: "n")
             }
         }
     }
@@ -258,7 +258,7 @@ extension ChatLogStore {
         for row in try Row.fetchAll(
             db, sql: "SELECT seq, id, key_id, content, metadata FROM messages WHERE key_id <> ? LIMIT ?", arguments: [active, limit])
         {
-            let id: String = row["id"]
+            let id: String = try row.decode(forColumn: "id")
             let content = row.sealedBytes("content") ?? Data()
             let metadata = row.sealedBytes("metadata")
             let plainContent = try openSealed(content, FieldContext(table: "messages", column: "content", rowID: id), db: db)
@@ -270,14 +270,14 @@ extension ChatLogStore {
             updates.append(
                 RowUpdate(
                     sql: "UPDATE messages SET content = ?, metadata = ?, key_id = ? WHERE seq = ? AND key_id = ? AND content = ? AND metadata IS ?",
-                    arguments: [newContent, newMetadata, active, row["seq"] as Int64, row["key_id"] as Int64, content, metadata]))
+                    arguments: [newContent, newMetadata, active, (try row.decode(Int64.self, forColumn: "seq")), (try row.decode(Int64.self, forColumn: "key_id")), content, metadata]))
         }
         if updates.count >= limit { return updates }
         for row in try Row.fetchAll(
             db, sql: "SELECT seq, id, key_id, title, subject, metadata FROM conversations WHERE key_id <> ? LIMIT ?",
             arguments: [active, limit - updates.count])
         {
-            let id: String = row["id"]
+            let id: String = try row.decode(forColumn: "id")
             var values: [Data?] = []
             var olds: [Data?] = []
             for column in ["title", "subject", "metadata"] {
@@ -294,7 +294,7 @@ extension ChatLogStore {
                         UPDATE conversations SET title = ?, subject = ?, metadata = ?, key_id = ?
                         WHERE seq = ? AND key_id = ? AND title IS ? AND subject IS ? AND metadata IS ?
                         """,
-                    arguments: [values[0], values[1], values[2], active, row["seq"] as Int64, row["key_id"] as Int64, olds[0], olds[1], olds[2]]))
+                    arguments: [values[0], values[1], values[2], active, (try row.decode(Int64.self, forColumn: "seq")), (try row.decode(Int64.self, forColumn: "key_id")), olds[0], olds[1], olds[2]]))
         }
         return updates
     }
@@ -308,16 +308,16 @@ extension ChatLogStore {
             db, sql: "SELECT seq, id, content, search_rowid, index_key_id FROM messages WHERE index_key_id <> ? LIMIT ?",
             arguments: [active, limit])
         {
-            let id: String = row["id"]
-            let oldKey = KeyID(rawValue: UInt32(row["index_key_id"] as Int64))
+            let id: String = try row.decode(forColumn: "id")
+            let oldKey = KeyID(rawValue: UInt32(try row.decode(Int64.self, forColumn: "index_key_id")))
             let content = try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
             guard let old = try blinder(oldKey, db) else {
                 throw ChatLogError.integrity(IntegrityFailure(table: "messages", column: "index_key_id", rowID: id, reason: .unknownKey(oldKey)))
             }
-            let rowID: Int64 = row["search_rowid"]
+            let rowID: Int64 = try row.decode(forColumn: "search_rowid")
             var update = RowUpdate(
                 sql: "UPDATE messages SET index_key_id = ? WHERE seq = ? AND index_key_id = ?",
-                arguments: [active, row["seq"] as Int64, Int64(oldKey.rawValue)])
+                arguments: [active, (try row.decode(Int64.self, forColumn: "seq")), Int64(oldKey.rawValue)])
             update.followUps = [
                 ("INSERT INTO message_terms (message_terms, rowid, terms) VALUES ('delete', ?, ?)", [rowID, old.document(for: content)]),
                 ("INSERT INTO message_terms (rowid, terms) VALUES (?, ?)", [rowID, target.document(for: content)]),
@@ -330,13 +330,13 @@ extension ChatLogStore {
             db, sql: "SELECT seq, id, subject, subject_key_id FROM conversations WHERE subject_key_id <> ? LIMIT ?",
             arguments: [active, limit - updates.count])
         {
-            let id: String = row["id"]
+            let id: String = try row.decode(forColumn: "id")
             guard let sealed = row.sealedBytes("subject") else { continue }
             let subject = try openText(sealed, FieldContext(table: "conversations", column: "subject", rowID: id), db: db)
             updates.append(
                 RowUpdate(
                     sql: "UPDATE conversations SET subject_token = ?, subject_key_id = ? WHERE seq = ? AND subject_key_id = ?",
-                    arguments: [SubjectIndex.token(for: subject, key: indexKey.key), active, row["seq"] as Int64, row["subject_key_id"] as Int64]))
+                    arguments: [SubjectIndex.token(for: subject, key: indexKey.key), active, (try row.decode(Int64.self, forColumn: "seq")), (try row.decode(Int64.self, forColumn: "subject_key_id"))]))
         }
         return updates
     }

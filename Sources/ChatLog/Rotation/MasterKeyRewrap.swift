@@ -31,8 +31,8 @@ extension ChatLogStore {
                     expected: KeyFingerprint(checkValue: [UInt8](stored ?? Data())), given: oldMaster.fingerprint)
             }
             for row in try Row.fetchAll(db, sql: "SELECT id, kind, wrapped FROM keys WHERE state <> 'retired'") {
-                guard let kind = KeyStatus.Entry.Kind(rawValue: row["kind"]) else { continue }
-                let id = KeyID(rawValue: UInt32(row["id"] as Int64))
+                guard let kind = KeyStatus.Entry.Kind(rawValue: try row.decode(String.self, forColumn: "kind")) else { continue }
+                let id = KeyID(rawValue: UInt32(try row.decode(Int64.self, forColumn: "id")))
                 let material = try KeyRing.unwrap(row.sealedBytes("wrapped") ?? Data(), kind: kind, id: id, master: oldMaster)
                 try db.execute(
                     sql: "UPDATE keys SET wrapped = ? WHERE id = ?",

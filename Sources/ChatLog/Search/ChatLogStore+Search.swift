@@ -64,7 +64,7 @@ extension ChatLogStore {
                 examined += 1
                 // By index (the SELECT's order: id, content, search_rowid): name lookups are
                 // case-insensitive string searches, and this loop runs once per candidate.
-                chunk.append(SealedCandidate(id: row[0], sealed: row.sealedBytes(at: 1) ?? Data(), searchRowID: row[2]))
+                chunk.append(SealedCandidate(id: try row.decode(String.self, atIndex: 0), sealed: row.sealedBytes(at: 1) ?? Data(), searchRowID: try row.decode(Int64.self, atIndex: 2)))
                 if chunk.count == 2_048 {
                     candidates += try rank(chunk, matcher: matcher, db)
                     chunk.removeAll(keepingCapacity: true)
@@ -74,7 +74,7 @@ extension ChatLogStore {
         }
         while plan.sort == .newest, let row = try rows.next() {
             examined += 1
-            let id: String = row["id"]
+            let id: String = try row.decode(forColumn: "id")
             let content = try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
             let scan = matcher.scan(content)
             guard matcher.matches(scan) else { continue }
@@ -85,9 +85,9 @@ extension ChatLogStore {
         if plan.sort == .newest {
             let page = newest.dropFirst(plan.offset)
             let details = try pageDetails(page.map(\.id), db)
-            let hits = page.compactMap { entry -> SearchHit? in
+            let hits = try page.compactMap { entry -> SearchHit? in
                 guard let row = details[entry.id] else { return nil }
-                return hit(row, content: entry.content, matches: matcher.positiveMatches(entry.scan), score: nil)
+                return try hit(row, content: entry.content, matches: matcher.positiveMatches(entry.scan), score: nil)
             }
             return SearchResults(hits: hits, examined: examined, complete: complete)
         }
@@ -109,13 +109,13 @@ extension ChatLogStore {
                 FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
                 WHERE m.search_rowid IN (\(page.map { _ in "?" }.joined(separator: ",")))
                 """, arguments: StatementArguments(page.map { candidates[$0.0].searchRowID })
-        ).reduce(into: [Int64: Row]()) { $0[$1["search_rowid"]] = $1 }
+        ).reduce(into: [Int64: Row]()) { $0[try $1.decode(Int64.self, forColumn: "search_rowid")] = $1 }
         var hits: [SearchHit] = []
         for (index, score) in page {
             guard let row = rowsByID[candidates[index].searchRowID] else { continue }
-            let id: String = row["id"]
+            let id: String = try row.decode(forColumn: "id")
             let content = try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
-            hits.append(hit(row, content: content, matches: matcher.positiveMatches(matcher.scan(content)), score: score))
+            hits.append(try hit(row, content: content, matches: matcher.positiveMatches(matcher.scan(content)), score: score))
         }
         return SearchResults(hits: hits, examined: examined, complete: complete)
     }
@@ -185,13 +185,13 @@ extension ChatLogStore {
                 FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
                 WHERE m.id IN (\(ids.map { _ in "?" }.joined(separator: ",")))
                 """, arguments: StatementArguments(ids)
-        ).reduce(into: [String: Row]()) { $0[$1["id"]] = $1 }
+        ).reduce(into: [String: Row]()) { $0[try $1.decode(String.self, forColumn: "id")] = $1 }
     }
 
-    private func hit(_ row: Row, content: String, matches: [Range<Int>], score: Double?) -> SearchHit {
+    private func hit(_ row: Row, content: String, matches: [Range<Int>], score: Double?) throws -> SearchHit {
         SearchHit(
-            messageID: MessageID(trusted: row["id"]), conversationID: ConversationID(trusted: row["conversation_id"]),
-            role: Role(rawValue: row["role"]) ?? .user, createdAt: Date(unixMilliseconds: row["created_at"]), model: row["model"],
+            messageID: MessageID(trusted: try row.decode(String.self, forColumn: "id")), conversationID: ConversationID(trusted: try row.decode(String.self, forColumn: "conversation_id")),
+            role: Role(rawValue: try row.decode(String.self, forColumn: "role")) ?? .user, createdAt: Date(unixMilliseconds: try row.decode(Int64.self, forColumn: "created_at")), model: row["model"],
             content: content, snippet: Snippets.make(content: content, matches: matches), score: score)
     }
 }

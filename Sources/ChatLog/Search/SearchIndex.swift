@@ -44,13 +44,13 @@ enum SearchIndex {
         let delete = try db.cachedStatement(
             sql: "INSERT INTO message_terms (message_terms, rowid, terms) VALUES ('delete', ?, ?)")
         while let row = try rows.next() {
-            let id: String = row["id"]
-            let keyID = KeyID(rawValue: UInt32(row["index_key_id"] as Int64))
+            let id: String = try row.decode(forColumn: "id")
+            let keyID = KeyID(rawValue: UInt32(try row.decode(Int64.self, forColumn: "index_key_id")))
             let content = try store.openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
             guard let blinder = try store.blinder(keyID, db) else {
                 throw ChatLogError.integrity(IntegrityFailure(table: "messages", column: "index_key_id", rowID: id, reason: .unknownKey(keyID)))
             }
-            try delete.execute(arguments: [row["search_rowid"] as Int64, blinder.document(for: content)])
+            try delete.execute(arguments: [(try row.decode(Int64.self, forColumn: "search_rowid")), blinder.document(for: content)])
         }
     }
 
@@ -65,12 +65,12 @@ enum SearchIndex {
                     arguments: [batchSize])
                 let blinder = store.activeBlinder
                 for row in rows {
-                    let id: String = row["id"]
+                    let id: String = try row.decode(forColumn: "id")
                     let content = try store.openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
-                    let searchRowID = try allocateRowID(createdAt: row["created_at"], db)
+                    let searchRowID = try allocateRowID(createdAt: try row.decode(Int64.self, forColumn: "created_at"), db)
                     try db.execute(
                         sql: "UPDATE messages SET search_rowid = ?, index_key_id = ? WHERE seq = ? AND index_key_id IS NULL",
-                        arguments: [searchRowID, Int64(blinder.keyID.rawValue), row["seq"] as Int64])
+                        arguments: [searchRowID, Int64(blinder.keyID.rawValue), (try row.decode(Int64.self, forColumn: "seq"))])
                     try db.execute(
                         sql: "INSERT INTO message_terms (rowid, terms) VALUES (?, ?)", arguments: [searchRowID, blinder.document(for: content)])
                 }

@@ -65,13 +65,13 @@ extension ChatLogStore {
                         UNION ALL SELECT subject_key_id FROM conversations WHERE subject_key_id IS NOT NULL)
                     GROUP BY key_id
                     """
-            ).reduce(into: [Int64: Int]()) { $0[$1["key_id"]] = $1["n"] }
+            ).reduce(into: [Int64: Int]()) { $0[try $1.decode(Int64.self, forColumn: "key_id")] = try $1.decode(Int.self, forColumn: "n") }
             let entries = try Row.fetchAll(db, sql: "SELECT id, kind, state, created_at, retired_at FROM keys ORDER BY id").map { row in
-                let id: Int64 = row["id"]
+                let id: Int64 = try row.decode(forColumn: "id")
                 return KeyStatus.Entry(
-                    id: KeyID(rawValue: UInt32(id)), kind: KeyStatus.Entry.Kind(rawValue: row["kind"]) ?? .data,
-                    state: KeyStatus.Entry.State(rawValue: row["state"]) ?? .retired,
-                    createdAt: Date(unixMilliseconds: row["created_at"]),
+                    id: KeyID(rawValue: UInt32(id)), kind: KeyStatus.Entry.Kind(rawValue: try row.decode(String.self, forColumn: "kind")) ?? .data,
+                    state: KeyStatus.Entry.State(rawValue: try row.decode(String.self, forColumn: "state")) ?? .retired,
+                    createdAt: Date(unixMilliseconds: try row.decode(Int64.self, forColumn: "created_at")),
                     retiredAt: (row["retired_at"] as Int64?).map(Date.init(unixMilliseconds:)), rowCount: usage[id] ?? 0)
             }
             return KeyStatus(masterKeyFingerprint: keyRing.master.fingerprint, masterKeySource: masterKeyOrigin, keys: entries)
@@ -118,7 +118,7 @@ extension ChatLogStore {
         for (index, row) in rows.enumerated() {
             if index == plan.limit {
                 let last = rows[index - 1]
-                nextCursor = "\(last["created_at"] as Int64).\(last["seq"] as Int64)"
+                nextCursor = "\((try last.decode(Int64.self, forColumn: "created_at"))).\((try last.decode(Int64.self, forColumn: "seq")))"
                 break
             }
             conversations.append(try decodeConversation(row, db))
@@ -127,26 +127,26 @@ extension ChatLogStore {
     }
 
     func decodeConversation(_ row: Row, _ db: Database) throws -> Conversation {
-        let id: String = row["id"]
+        let id: String = try row.decode(forColumn: "id")
         func context(_ column: String) -> FieldContext { FieldContext(table: "conversations", column: column, rowID: id) }
         return Conversation(
-            id: ConversationID(trusted: id), createdAt: Date(unixMilliseconds: row["created_at"]),
-            updatedAt: Date(unixMilliseconds: row["updated_at"]),
+            id: ConversationID(trusted: id), createdAt: Date(unixMilliseconds: try row.decode(Int64.self, forColumn: "created_at")),
+            updatedAt: Date(unixMilliseconds: try row.decode(Int64.self, forColumn: "updated_at")),
             title: try row.sealedBytes("title").map { (data) throws(ChatLogError) in try openText(data, context("title"), db: db) },
             subject: try row.sealedBytes("subject").map { (data) throws(ChatLogError) in try openText(data, context("subject"), db: db) },
             metadata: try openJSON(row.sealedBytes("metadata"), context("metadata"), db: db),
-            messageCount: row["message_count"])
+            messageCount: try row.decode(Int.self, forColumn: "message_count"))
     }
 
     func decodeMessage(_ row: Row, _ db: Database) throws -> Message {
-        let id: String = row["id"]
-        let rawRole: String = row["role"]
+        let id: String = try row.decode(forColumn: "id")
+        let rawRole: String = try row.decode(forColumn: "role")
         guard let role = Role(rawValue: rawRole) else {
             throw ChatLogError.integrity(IntegrityFailure(table: "messages", column: "role", rowID: id, reason: .invalidUTF8))
         }
         return Message(
-            id: MessageID(trusted: id), conversationID: ConversationID(trusted: row["conversation_id"]), position: row["position"],
-            role: role, createdAt: Date(unixMilliseconds: row["created_at"]), model: row["model"],
+            id: MessageID(trusted: id), conversationID: ConversationID(trusted: try row.decode(String.self, forColumn: "conversation_id")), position: try row.decode(Int.self, forColumn: "position"),
+            role: role, createdAt: Date(unixMilliseconds: try row.decode(Int64.self, forColumn: "created_at")), model: row["model"],
             promptTokens: row["prompt_tokens"], completionTokens: row["completion_tokens"], latencyMilliseconds: row["latency_ms"],
             finishReason: row["finish_reason"],
             content: try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db),

@@ -86,6 +86,11 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
     /// message are safe to show; we keep only SQLite's message and code.
     static func wrap(_ error: any Error) -> ChatLogError {
         if let error = error as? ChatLogError { return error }
+        // GRDB's typed row access: a NULL (or unreadable value) where the schema says NOT NULL,
+        // which only a damaged file holds. Its description would show row values: not used.
+        if error is RowDecodingError {
+            return .storage("the database file is damaged: a required value is missing or unreadable (run `chatlog verify`)")
+        }
         if let error = error as? DatabaseError {
             switch error.resultCode {
             case .SQLITE_BUSY, .SQLITE_LOCKED:
