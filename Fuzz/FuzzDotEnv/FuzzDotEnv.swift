@@ -104,7 +104,8 @@ private func checkError(_ error: ChatLogError, _ secrets: [String]) {
 /// them (long enough that finding one in a message is no coincidence).
 private func secretValues(_ input: [UInt8]) -> [String] {
     var values: [String] = []
-    for line in String(decoding: input, as: UTF8.self).split(whereSeparator: \.isNewline) {
+    let text = String(decoding: input, as: UTF8.self)
+    for line in text.split(whereSeparator: \.isNewline) {
         var line = line.drop { $0 == " " || $0 == "\t" }
         if line.hasPrefix("export ") { line = line.dropFirst(7) }
         for name in ["CHATLOG_MASTER_KEY=", "CHATLOG_NEW_MASTER_KEY="] where line.hasPrefix(name) {
@@ -112,5 +113,7 @@ private func secretValues(_ input: [UInt8]) -> [String] {
             if value.count >= 16 { values.append(value) }
         }
     }
-    return values
+    // A value that also appears elsewhere in the file (say inside a key file's path, which
+    // messages do name) is not one a message could only have taken from the secret.
+    return values.filter { text.components(separatedBy: $0).count == 2 }
 }
