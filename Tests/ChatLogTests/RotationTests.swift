@@ -633,3 +633,34 @@ private func onDispatchThread<T: Sendable>(_ body: @escaping @Sendable () -> T) 
         }
     }
 }
+
+// MARK: - Batches find their rows through an index
+
+@Suite struct RotationQueryPlanTests {
+    /// Each batch looks for rows still under an older key. With `key_id <> ?` SQLite scans the
+    /// table past every row already moved, so a rotation's cost grows with the square of the
+    /// store's size; the batch queries must be answered from the key-id indexes instead.
+    @Test func batchQueriesUseTheKeyIndexes() async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try makeStore(in: directory)
+            try fill(store, conversations: 2, perConversation: 5)
+            try store.close()
+            let cases = [
+                ("messages", "key_id", "messages_by_key"),
+                ("messages", "index_key_id", "messages_by_index_key"),
+                ("conversations", "key_id", "conversations_by_key"),
+                ("conversations", "subject_key_id", "conversations_by_subject_key"),
+            ]
+            for (table, column, index) in cases {
+                let plan = try withRawDatabase(directory.databasePath) { db in
+                    try Row.fetchAll(
+                        db, sql: "EXPLAIN QUERY PLAN SELECT seq FROM \(table) WHERE \(ChatLogStore.otherThan(column)) LIMIT ?2",
+                        arguments: [1, 500]
+                    ).map { $0["detail"] as String }
+                }
+                #expect(plan.contains { $0.contains("USING") && $0.contains(index) }, "\(table).\(column): \(plan)")
+                #expect(!plan.contains { $0.hasPrefix("SCAN \(table)") && !$0.contains("INDEX") }, "\(table).\(column) scans the table: \(plan)")
+            }
+        }
+    }
+}

@@ -250,13 +250,18 @@ extension ChatLogStore {
         var followUps: [(String, StatementArguments)] = []
     }
 
+    /// "column ≠ ?1" in a form SQLite answers from the column's index (two ranges: a MULTI-INDEX
+    /// OR). `<>` is not indexable: each batch would scan the table past every row already moved,
+    /// which makes a rotation quadratic in the store's size.
+    static func otherThan(_ column: String) -> String { "(\(column) < ?1 OR \(column) > ?1)" }
+
     /// Re-seals messages, then conversations, still under older data keys.
     private func resealBatch(keys: KeyRing.Loaded, limit: Int, _ db: Database) throws -> [RowUpdate] {
         let sealer = sealer(keys)
         let active = Int64(keys.activeDataKey.id.rawValue)
         var updates: [RowUpdate] = []
         for row in try Row.fetchAll(
-            db, sql: "SELECT seq, id, key_id, content, metadata FROM messages WHERE key_id <> ? LIMIT ?", arguments: [active, limit])
+            db, sql: "SELECT seq, id, key_id, content, metadata FROM messages WHERE \(Self.otherThan("key_id")) LIMIT ?2", arguments: [active, limit])
         {
             let id: String = try row.decode(forColumn: "id")
             let content = row.sealedBytes("content") ?? Data()
@@ -274,7 +279,7 @@ extension ChatLogStore {
         }
         if updates.count >= limit { return updates }
         for row in try Row.fetchAll(
-            db, sql: "SELECT seq, id, key_id, title, subject, metadata FROM conversations WHERE key_id <> ? LIMIT ?",
+            db, sql: "SELECT seq, id, key_id, title, subject, metadata FROM conversations WHERE \(Self.otherThan("key_id")) LIMIT ?2",
             arguments: [active, limit - updates.count])
         {
             let id: String = try row.decode(forColumn: "id")
@@ -305,7 +310,7 @@ extension ChatLogStore {
         let active = Int64(target.keyID.rawValue)
         var updates: [RowUpdate] = []
         for row in try Row.fetchAll(
-            db, sql: "SELECT seq, id, content, search_rowid, index_key_id FROM messages WHERE index_key_id <> ? LIMIT ?",
+            db, sql: "SELECT seq, id, content, search_rowid, index_key_id FROM messages WHERE \(Self.otherThan("index_key_id")) LIMIT ?2",
             arguments: [active, limit])
         {
             let id: String = try row.decode(forColumn: "id")
@@ -327,7 +332,7 @@ extension ChatLogStore {
         if updates.count >= limit { return updates }
         let indexKey = keys.activeIndexKey
         for row in try Row.fetchAll(
-            db, sql: "SELECT seq, id, subject, subject_key_id FROM conversations WHERE subject_key_id <> ? LIMIT ?",
+            db, sql: "SELECT seq, id, subject, subject_key_id FROM conversations WHERE \(Self.otherThan("subject_key_id")) LIMIT ?2",
             arguments: [active, limit - updates.count])
         {
             let id: String = try row.decode(forColumn: "id")
