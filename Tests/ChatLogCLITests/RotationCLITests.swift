@@ -213,7 +213,7 @@ private func waitUntil(_ what: String, timeout: TimeInterval = 60, _ condition: 
 
 /// Sleeps on a Dispatch thread.
 private func pause(_ seconds: Double) async throws {
-    try await onDispatchThread { usleep(UInt32(max(0, seconds) * 1_000_000)) }
+    _ = try await onDispatchThread { usleep(UInt32(max(0, seconds) * 1_000_000)) }
 }
 
 private func copyStore(_ source: String, to destination: String) throws {
