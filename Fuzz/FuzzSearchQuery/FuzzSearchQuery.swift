@@ -81,6 +81,16 @@ public func fuzzInput(_ start: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
     let fast = matcher.matches(scan)
     let reference = query.matches(tokens: tokens, set: Set(tokens))
     require(fast == reference, "QueryMatcher says \(fast), SearchQuery.matches says \(reference) for \(query)")
+    // The ASCII fast path (relevance ranking) gives the same scan, or declines non-ASCII text.
+    var textCopy = text
+    if let ascii = textCopy.withUTF8({ matcher.asciiScan(utf8: $0) }) {
+        require(text.utf8.allSatisfy { $0 < 0x80 }, "asciiScan accepted non-ASCII text")
+        require(ascii.tokenCount == scan.tokenCount, "asciiScan counted \(ascii.tokenCount) tokens, scan \(scan.tokenCount)")
+        require(ascii.matches.map(\.position) == scan.matches.map(\.position) && ascii.matches.map(\.token) == scan.matches.map(\.token)
+            && ascii.matches.map(\.range) == scan.matches.map(\.range), "asciiScan and scan found different matches")
+    } else {
+        require(!text.utf8.allSatisfy { $0 < 0x80 }, "asciiScan declined ASCII text")
+    }
     let frequencies = matcher.frequencies(scan)
     require(frequencies.reduce(0, +) == scan.matches.count, "frequencies do not add up")
     let highlights = matcher.positiveMatches(scan)

@@ -37,5 +37,30 @@ public struct FieldContext: Hashable, Sendable, CustomStringConvertible {
         KeyDerivation.lengthPrefixed([KeyDerivation.fieldTag, table, column, rowID])
     }
 
+    /// The same bytes as `derivationMessage`, built in a temporary buffer (no heap allocation:
+    /// every sealed value opened derives a subkey, and search opens thousands per query).
+    func withDerivationMessage<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        let tag = KeyDerivation.fieldTag
+        let total = 16 + tag.utf8.count + table.utf8.count + column.utf8.count + rowID.utf8.count
+        return withUnsafeTemporaryAllocation(byteCount: total, alignment: 1) { buffer in
+            var offset = 0
+            func append(_ part: String) {
+                let count = part.utf8.count
+                buffer[offset] = UInt8(truncatingIfNeeded: count >> 24)
+                buffer[offset + 1] = UInt8(truncatingIfNeeded: count >> 16)
+                buffer[offset + 2] = UInt8(truncatingIfNeeded: count >> 8)
+                buffer[offset + 3] = UInt8(truncatingIfNeeded: count)
+                offset += 4
+                UnsafeMutableRawBufferPointer(rebasing: buffer[offset..<(offset + count)]).copyBytes(from: part.utf8)
+                offset += count
+            }
+            append(tag)
+            append(table)
+            append(column)
+            append(rowID)
+            return body(UnsafeRawBufferPointer(buffer))
+        }
+    }
+
     public var description: String { "\(table).\(column) of row \(rowID)" }
 }

@@ -129,11 +129,10 @@ enum SealedValue {
     private static func withSubkey(
         key: SecureBytes, context: FieldContext, _ body: (UnsafePointer<UInt8>) -> Void
     ) {
-        let message = context.derivationMessage
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { subkey in
             let raw = UnsafeMutableRawBufferPointer(subkey)
             key.withUnsafeBytes { keyBytes in
-                message.withUnsafeBytes { Sodium.keyedHash(key: keyBytes, message: $0, into: raw) }
+                context.withDerivationMessage { Sodium.keyedHash(key: keyBytes, message: $0, into: raw) }
             }
             body(UnsafePointer(subkey.baseAddress!))
             Sodium.memzero(raw)

@@ -55,7 +55,13 @@ extension ChatLogStore {
         var newest: [(id: String, content: String, scan: QueryMatcher.Scan)] = []
         var candidates: [RankingInput] = []
         if plan.sort == .relevance {
+            // Candidates are read here (this thread owns the connection) and opened and checked
+            // on other threads meanwhile, a chunk at a time: reading, decrypting and scanning
+            // overlap instead of taking turns.
+            let pipeline = RankingPipeline(matcher: matcher)
+            defer { pipeline.wait() }
             var chunk: [SealedCandidate] = []
+            chunk.reserveCapacity(RankingPipeline.chunkSize)
             while let row = try rows.next() {
                 if examined >= Self.relevanceCandidateCap {
                     complete = false
@@ -65,12 +71,13 @@ extension ChatLogStore {
                 // By index (the SELECT's order: id, content, search_rowid): name lookups are
                 // case-insensitive string searches, and this loop runs once per candidate.
                 chunk.append(SealedCandidate(id: try row.decode(String.self, atIndex: 0), sealed: row.sealedBytes(at: 1) ?? Data(), searchRowID: try row.decode(Int64.self, atIndex: 2)))
-                if chunk.count == 2_048 {
-                    candidates += try rank(chunk, matcher: matcher, db)
+                if chunk.count == RankingPipeline.chunkSize {
+                    pipeline.submit(chunk, keys: try keys(for: chunk, db))
                     chunk.removeAll(keepingCapacity: true)
                 }
             }
-            candidates += try rank(chunk, matcher: matcher, db)
+            if !chunk.isEmpty { pipeline.submit(chunk, keys: try keys(for: chunk, db)) }
+            candidates = try pipeline.results()
         }
         while plan.sort == .newest, let row = try rows.next() {
             examined += 1
@@ -120,23 +127,21 @@ extension ChatLogStore {
         return SearchResults(hits: hits, examined: examined, complete: complete)
     }
 
-    struct SealedCandidate {
+    struct SealedCandidate: Sendable {
         let id: String
         let sealed: Data
         let searchRowID: Int64
     }
 
-    struct RankingInput {
+    struct RankingInput: Sendable {
         let searchRowID: Int64
         let frequencies: [Int]
         let length: Int
     }
 
-    /// Opens and checks a chunk of relevance candidates on every core: decryption and scanning
-    /// are the cost of ranking, and candidates are independent. Keys are looked up first, on
-    /// this thread (a miss may reload the key ring from the database).
-    private func rank(_ chunk: [SealedCandidate], matcher: QueryMatcher, _ db: Database) throws -> [RankingInput] {
-        guard !chunk.isEmpty else { return [] }
+    /// The data keys a chunk of candidates needs, looked up on the connection's thread (a key
+    /// this handle does not know yet reloads the key ring from the database).
+    private func keys(for chunk: [SealedCandidate], _ db: Database) throws -> [KeyID: DataKey] {
         var keys: [KeyID: DataKey] = [:]
         for candidate in chunk {
             let failure = { (reason: IntegrityFailure.Reason) in
@@ -151,28 +156,7 @@ extension ChatLogStore {
             }
             keys[keyID] = key
         }
-        let results = ResultSlots<RankingInput?>(count: chunk.count)
-        let workers = min(ProcessInfo.processInfo.activeProcessorCount, 8)
-        let frozenKeys = keys
-        DispatchQueue.concurrentPerform(iterations: workers) { worker in
-            for index in stride(from: worker, to: chunk.count, by: workers) {
-                let candidate = chunk[index]
-                let context = FieldContext(table: "messages", column: "content", rowID: candidate.id)
-                do {
-                    let key = frozenKeys[try SealedValue.keyID(of: candidate.sealed)]!
-                    let plaintext = try candidate.sealed.withUnsafeBytes { (bytes) throws(SealedValue.Failure) in
-                        try SealedValue.open(bytes, key: key.storage, context: context)
-                    }
-                    let scan = plaintext.withUnsafeBufferPointer { matcher.scan(utf8: $0) }
-                    results.set(index, .success(matcher.matches(scan)
-                        ? RankingInput(searchRowID: candidate.searchRowID, frequencies: matcher.frequencies(scan), length: scan.tokenCount) : nil))
-                } catch {
-                    results.set(index, .failure(.integrity(IntegrityFailure(
-                        table: "messages", column: "content", rowID: candidate.id, reason: (error as? SealedValue.Failure)?.integrityReason ?? .authenticationFailed))))
-                }
-            }
-        }
-        return try results.values().compactMap { try $0.get() }
+        return keys
     }
 
     /// The plain columns of the messages on a page, by message id.
@@ -360,6 +344,73 @@ enum Snippets {
             highlights.append(lower..<upper)
         }
         return Snippet(text: text, highlights: highlights)
+    }
+}
+
+/// Opens and checks relevance candidates on worker threads while the caller keeps reading them:
+/// each submitted chunk becomes one task on a global concurrent queue, at most `inFlight` at once
+/// (bounded memory), with its own result slots; `results()` waits for all and returns the
+/// verified candidates in submission order, or the first integrity failure.
+final class RankingPipeline: @unchecked Sendable {
+    // @unchecked Sendable: `chunks` is touched only by the submitting thread; each task writes
+    // only its own ResultSlots (see there); the group's wait orders those writes before reads.
+    static let chunkSize = 512
+    private static let inFlight = 8
+    private let matcher: QueryMatcher
+    private let group = DispatchGroup()
+    private let slots = DispatchSemaphore(value: RankingPipeline.inFlight)
+    private var chunks: [ResultSlots<ChatLogStore.RankingInput?>] = []
+    private var waited = false
+
+    init(matcher: QueryMatcher) { self.matcher = matcher }
+
+    func submit(_ chunk: [ChatLogStore.SealedCandidate], keys: [KeyID: DataKey]) {
+        let results = ResultSlots<ChatLogStore.RankingInput?>(count: chunk.count)
+        chunks.append(results)
+        slots.wait()
+        let matcher = matcher
+        let slots = slots
+        DispatchQueue.global(qos: .userInitiated).async(group: group) {
+            defer { slots.signal() }
+            for index in chunk.indices { results.set(index, Self.check(chunk[index], matcher: matcher, keys: keys)) }
+        }
+    }
+
+    /// Opens one candidate and scans it: its ranking input if it matches, nil if not.
+    private static func check(
+        _ candidate: ChatLogStore.SealedCandidate, matcher: QueryMatcher, keys: [KeyID: DataKey]
+    ) -> Result<ChatLogStore.RankingInput?, ChatLogError> {
+        let context = FieldContext(table: "messages", column: "content", rowID: candidate.id)
+        do {
+            guard let key = keys[try SealedValue.keyID(of: candidate.sealed)] else { throw SealedValue.Failure.authenticationFailed }
+            let plaintext = try candidate.sealed.withUnsafeBytes { (bytes) throws(SealedValue.Failure) in
+                try SealedValue.open(bytes, key: key.storage, context: context)
+            }
+            let scan = plaintext.withUnsafeBufferPointer { matcher.asciiScan(utf8: $0) ?? matcher.scan(utf8: $0) }
+            return .success(matcher.matches(scan)
+                ? ChatLogStore.RankingInput(searchRowID: candidate.searchRowID, frequencies: matcher.frequencies(scan), length: scan.tokenCount) : nil)
+        } catch {
+            return .failure(.integrity(IntegrityFailure(
+                table: "messages", column: "content", rowID: candidate.id, reason: (error as? SealedValue.Failure)?.integrityReason ?? .authenticationFailed)))
+        }
+    }
+
+    /// Waits for every task (also when the reader stopped early with an error).
+    func wait() {
+        guard !waited else { return }
+        group.wait()
+        waited = true
+    }
+
+    func results() throws(ChatLogError) -> [ChatLogStore.RankingInput] {
+        wait()
+        var output: [ChatLogStore.RankingInput] = []
+        for chunk in chunks {
+            for value in chunk.values() {
+                if let input = try value.get() { output.append(input) }
+            }
+        }
+        return output
     }
 }
 

@@ -46,7 +46,11 @@ public enum Tokenizer {
     }
 
     static func scan(_ bytes: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBufferPointer<UInt8>, Range<Int>) -> Void) {
-        var scratch = [UInt8](repeating: 0, count: 64)
+        // Lower-cased ASCII words go here: a raw buffer, not an array (no uniqueness check or
+        // retain per word; this loop runs for every token of every search candidate).
+        var capacity = 64
+        var scratch = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
+        defer { scratch.deallocate() }
         var wordStart = -1
         var ascii = true
         var index = 0
@@ -58,14 +62,16 @@ public enum Tokenizer {
             wordStart = -1
             if ascii {
                 let length = end - start
-                if scratch.count < length { scratch = [UInt8](repeating: 0, count: length) }
-                scratch.withUnsafeMutableBufferPointer { buffer in
-                    for offset in 0..<length {
-                        let byte = bytes[start + offset]
-                        buffer[offset] = (byte >= 0x41 && byte <= 0x5A) ? byte | 0x20 : byte
-                    }
-                    body(UnsafeBufferPointer(rebasing: buffer[0..<length]), start..<end)
+                if capacity < length {
+                    scratch.deallocate()
+                    capacity = length
+                    scratch = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
                 }
+                for offset in 0..<length {
+                    let byte = bytes[start + offset]
+                    scratch[offset] = (byte >= 0x41 && byte <= 0x5A) ? byte | 0x20 : byte
+                }
+                body(UnsafeBufferPointer(start: scratch, count: length), start..<end)
             } else {
                 // NFKC may turn one word into several ("½" → "1⁄2") or into ideographs: split again.
                 let word = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
