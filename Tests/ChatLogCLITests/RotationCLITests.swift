@@ -22,25 +22,6 @@ import Testing
 
 private let rotationTestScale: Int = max(1, Int(ProcessInfo.processInfo.environment["CHATLOG_TEST_SCALE"] ?? "") ?? 1)
 
-/// SplitMix64, seeded from CHATLOG_TEST_SEED or at random.
-private struct TrialRandom: RandomNumberGenerator {
-    let seed: UInt64
-    private var state: UInt64
-
-    init() {
-        seed = ProcessInfo.processInfo.environment["CHATLOG_TEST_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 0...UInt64.max)
-        state = seed
-    }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 private func seconds(_ duration: Duration) -> Double {
     Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
 }
@@ -531,7 +512,7 @@ private struct RotationCorpus: Sendable {
         removeStore(sandbox.path("measure.db"))
         var window = fullRun
 
-        var random = TrialRandom()
+        var random = SeededRandom()
         var lost = 0, unopenable = 0, searchErrors = 0, leftBehind = 0, rewrittenAgain = 0
         var beforeNewKey = 0, midRotation = 0, afterLastBatch = 0, finishedBeforeKill = 0
         for trial in 0..<trials {
@@ -788,7 +769,7 @@ private struct RotationCorpus: Sendable {
         let db = sandbox.path("chatlog.db")
         let corpus = try RotationCorpus.build(at: db, key: key, conversations: 2, perConversation: 100)
         let driver = try testDriverURL()
-        var random = TrialRandom()
+        var random = SeededRandom()
         var refusals = 0
         var completed = 0
         for trial in 0..<trials {
@@ -845,7 +826,7 @@ private struct RotationCorpus: Sendable {
         try #require(measured.status == 0, "\(measured)")
         var window = fullRun
 
-        var random = TrialRandom()
+        var random = SeededRandom()
         var current = sandbox.key
         var stayedOld = 0, movedNew = 0, unopenable = 0, openedByBoth = 0, lost = 0
         for trial in 0..<trials {

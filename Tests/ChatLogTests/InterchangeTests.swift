@@ -24,7 +24,7 @@ import Testing
     @Test func exportThenImportRoundTrips5000ConversationsExactly() async throws {
         try await withTemporaryDirectory { directory in
             let source = try ChatLogStore.create(at: directory.file("source.db"), key: .key(.generate()), options: fastOptions)
-            var generator = InterchangeRandom(seed: 0x5EED_C4A7_1065)
+            var generator = SeededRandom(seed: 0x5EED_C4A7_1065)
             let generated = (0..<5_000).map { InterchangeCorpus.conversation($0, &generator) }
             let messageTotal = generated.reduce(0) { $0 + $1.messages.count }
             let seeded = try source.importConversations(
@@ -491,7 +491,7 @@ import Testing
     @Test func statsMatchTheDataWritten() async throws {
         try await withTemporaryDirectory { directory in
             let store = try makeStore(in: directory)
-            var generator = InterchangeRandom(seed: 42)
+            var generator = SeededRandom(seed: 42)
             let models: [String?] = [nil, "gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet"]
             let day: Int64 = 86_400_000
             // Times across a few UTC days, including both sides of midnight and one before 1970.
@@ -689,19 +689,6 @@ import Testing
 
 // MARK: - A corpus with every edge case
 
-/// Deterministic pseudo-random numbers (InterchangeRandom), so a failure can be replayed.
-private struct InterchangeRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 private enum InterchangeCorpus {
     static let texts: [String] = [
         "",
@@ -721,7 +708,7 @@ private enum InterchangeCorpus {
     static let models: [String?] = [nil, nil, "gpt-4o", "gpt-4o-mini-2024-07-18", "claude-3-5-sonnet", "llama3.1:8b", "模型"]
     static let finishReasons: [String?] = [nil, "stop", "length", "tool_calls", "content_filter"]
 
-    static func metadata(_ generator: inout InterchangeRandom) -> JSONValue? {
+    static func metadata(_ generator: inout SeededRandom) -> JSONValue? {
         // Mostly none (JSON is the slow part of a debug build); every shape below still occurs
         // hundreds of times in 5,000 conversations.
         switch generator.next() % 24 {
@@ -755,7 +742,7 @@ private enum InterchangeCorpus {
     }
 
     /// Unix milliseconds: mostly recent, with the epoch, sub-second edges and a few old dates.
-    static func time(_ generator: inout InterchangeRandom) -> Date {
+    static func time(_ generator: inout SeededRandom) -> Date {
         let edges: [Int64] = [0, 1, 999, 1_000, -1, -999, 1_719_826_202_750, 1_700_000_000_999, 4_102_444_799_999, -2_208_988_800_000]
         let milliseconds: Int64
         if generator.next() % 20 == 0 {
@@ -766,7 +753,7 @@ private enum InterchangeCorpus {
         return Date(unixMilliseconds: milliseconds)
     }
 
-    static func conversation(_ index: Int, _ generator: inout InterchangeRandom) -> ImportedConversation {
+    static func conversation(_ index: Int, _ generator: inout SeededRandom) -> ImportedConversation {
         func pick<T>(_ values: [T]) -> T { values[Int(generator.next() % UInt64(values.count))] }
         func optionalCount(_ range: UInt64) -> Int? { generator.next() % 4 == 0 ? nil : Int(generator.next() % range) }
         let titles: [String?] = [nil, "", "Conversation \(index)", "Café ☕ \(index)", "title with\nnewline and \u{0}"]
