@@ -107,10 +107,18 @@ extension ChatLogStore {
         let outer = options.shouldContinue
         options.shouldContinue = { !cancelled.isSet && (outer?() ?? true) }
         let frozen = options
+        // The worker lets go of the store before it resumes the caller, so the caller's last
+        // reference really is the last one. Held by the Dispatch block until that block is
+        // released, the store could still be alive (or being torn down on the worker thread)
+        // when `chatlog key rotate` exits right after this; LeakSanitizer then reports the Data
+        // values its cached statements still hold as leaked (it cannot follow the tagged
+        // pointers of Swift enums), and the sanitized run exits 1.
+        let handoff = StoreHandoff(self)
         let result: Result<RotationReport, ChatLogError> = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 DispatchQueue.global().async {
-                    continuation.resume(returning: Result { () throws(ChatLogError) in try self.rotate(kind, frozen) })
+                    let result = handoff.run { store throws(ChatLogError) in try store.rotate(kind, frozen) }
+                    continuation.resume(returning: result)
                 }
             }
         } onCancel: {
@@ -361,6 +369,18 @@ extension ChatLogStore {
 extension KeyRing.Loaded {
     func activeKey(_ kind: KeyStatus.Entry.Kind) -> KeyID {
         kind == .data ? activeDataKey.id : activeIndexKey.id
+    }
+}
+
+/// Holds a store for one job on another thread and lets go of it as soon as the job is done,
+/// before the job's result is handed back.
+final class StoreHandoff: Sendable {
+    private let store: Mutex<ChatLogStore?>
+    init(_ store: ChatLogStore) { self.store = Mutex(store) }
+
+    func run<T>(_ job: (ChatLogStore) throws(ChatLogError) -> T) -> Result<T, ChatLogError> {
+        guard let store = store.withLock({ $0.take() }) else { return .failure(.invalidInput("the job already ran")) }
+        return Result { () throws(ChatLogError) in try job(store) }
     }
 }
 
