@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Synchronization
 
 extension ChatLogStore {
     /// With `relevance`, at most this many candidates (the newest) are opened and ranked.
@@ -59,7 +60,7 @@ extension ChatLogStore {
             // on other threads meanwhile, a chunk at a time: reading, decrypting and scanning
             // overlap instead of taking turns.
             let pipeline = RankingPipeline(matcher: matcher)
-            defer { pipeline.wait() }
+            defer { pipeline.cancel() }
             var chunk: [SealedCandidate] = []
             chunk.reserveCapacity(RankingPipeline.chunkSize)
             while let row = try rows.next() {
@@ -347,33 +348,66 @@ enum Snippets {
     }
 }
 
-/// Opens and checks relevance candidates on worker threads while the caller keeps reading them:
-/// each submitted chunk becomes one task on a global concurrent queue, at most `inFlight` at once
-/// (bounded memory), with its own result slots; `results()` waits for all and returns the
-/// verified candidates in submission order, or the first integrity failure.
-final class RankingPipeline: @unchecked Sendable {
-    // @unchecked Sendable: `chunks` is touched only by the submitting thread; each task writes
-    // only its own ResultSlots (see there); the group's wait orders those writes before reads.
+/// Opens and checks relevance candidates on worker threads while the caller keeps reading them.
+/// Each submitted chunk is queued with its own result slots, and a task on a global concurrent
+/// queue takes the oldest queued chunk. The reading thread never just blocks on the workers: when
+/// too many chunks are queued (bounded memory) and at the end, it takes queued chunks itself, and
+/// then waits only for chunks a worker has already started — so the search finishes even when no
+/// pool thread is free (say, every pool thread is an app thread waiting on a search).
+final class RankingPipeline: Sendable {
     static let chunkSize = 512
-    private static let inFlight = 8
+    private static let maximumQueued = 8
+
+    private struct Work: Sendable {
+        let chunk: [ChatLogStore.SealedCandidate]
+        let keys: [KeyID: DataKey]
+        let results: ResultSlots<ChatLogStore.RankingInput?>
+    }
+
+    private struct State {
+        var queued: [Work] = []
+        var running = 0
+        var submitted: [ResultSlots<ChatLogStore.RankingInput?>] = []
+    }
+
     private let matcher: QueryMatcher
-    private let group = DispatchGroup()
-    private let slots = DispatchSemaphore(value: RankingPipeline.inFlight)
-    private var chunks: [ResultSlots<ChatLogStore.RankingInput?>] = []
-    private var waited = false
+    private let state = Mutex(State())
+    /// Signalled once per chunk a worker finishes.
+    private let finished = DispatchSemaphore(value: 0)
 
     init(matcher: QueryMatcher) { self.matcher = matcher }
 
     func submit(_ chunk: [ChatLogStore.SealedCandidate], keys: [KeyID: DataKey]) {
-        let results = ResultSlots<ChatLogStore.RankingInput?>(count: chunk.count)
-        chunks.append(results)
-        slots.wait()
-        let matcher = matcher
-        let slots = slots
-        DispatchQueue.global(qos: .userInitiated).async(group: group) {
-            defer { slots.signal() }
-            for index in chunk.indices { results.set(index, Self.check(chunk[index], matcher: matcher, keys: keys)) }
+        let work = Work(chunk: chunk, keys: keys, results: ResultSlots(count: chunk.count))
+        let queued = state.withLock { state in
+            state.queued.append(work)
+            state.submitted.append(work.results)
+            return state.queued.count
         }
+        if queued > Self.maximumQueued, let oldest = take(countingAsRunning: false) { process(oldest) }
+        DispatchQueue.global(qos: .userInitiated).async { [self] in
+            guard let work = take(countingAsRunning: true) else { return }
+            process(work)
+            state.withLock { $0.running -= 1 }
+            finished.signal()
+        }
+    }
+
+    private func take(countingAsRunning: Bool) -> Work? {
+        state.withLock { state in
+            guard !state.queued.isEmpty else { return nil }
+            if countingAsRunning { state.running += 1 }
+            return state.queued.removeFirst()
+        }
+    }
+
+    private func process(_ work: Work) {
+        for index in work.chunk.indices { work.results.set(index, Self.check(work.chunk[index], matcher: matcher, keys: work.keys)) }
+    }
+
+    /// Drops the chunks no worker has started (the reader failed; nobody will read the results).
+    func cancel() {
+        state.withLock { $0.queued.removeAll() }
     }
 
     /// Opens one candidate and scans it: its ranking input if it matches, nil if not.
@@ -395,17 +429,13 @@ final class RankingPipeline: @unchecked Sendable {
         }
     }
 
-    /// Waits for every task (also when the reader stopped early with an error).
-    func wait() {
-        guard !waited else { return }
-        group.wait()
-        waited = true
-    }
-
+    /// Every chunk's results, in submission order, once all are done (this thread takes the chunks
+    /// still queued); or the first integrity failure.
     func results() throws(ChatLogError) -> [ChatLogStore.RankingInput] {
-        wait()
+        while let work = take(countingAsRunning: false) { process(work) }
+        while state.withLock({ $0.running }) > 0 { finished.wait() }
         var output: [ChatLogStore.RankingInput] = []
-        for chunk in chunks {
+        for chunk in state.withLock({ $0.submitted }) {
             for value in chunk.values() {
                 if let input = try value.get() { output.append(input) }
             }
@@ -414,12 +444,13 @@ final class RankingPipeline: @unchecked Sendable {
     }
 }
 
-/// Fixed slots that parallel workers fill, each index by exactly one worker.
+/// Fixed slots that a worker fills, each index by exactly one thread.
 final class ResultSlots<Value>: @unchecked Sendable {
-    // @unchecked Sendable: every slot is written by exactly one worker (the one whose stride
-    // covers its index), through a raw buffer allocated once (no Swift exclusivity access to a
-    // shared array), and read only after DispatchQueue.concurrentPerform has returned, which
-    // orders all the writes before the reads.
+    // @unchecked Sendable: all slots of one instance are written by the one thread that took its
+    // chunk (RankingPipeline), through a raw buffer allocated once (no Swift exclusivity access to
+    // a shared array), and read only after that thread has finished: it then decrements the
+    // pipeline's running count under its mutex, and the reader sees zero under the same mutex,
+    // which orders the writes before the reads (or the reader processed the chunk itself).
     private let slots: UnsafeMutableBufferPointer<Result<Value, ChatLogError>?>
 
     init(count: Int) {
