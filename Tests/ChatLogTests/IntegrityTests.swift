@@ -210,6 +210,56 @@ import Testing
         }
     }
 
+    /// Key ids are 32-bit. A damaged key-id column holding any other number used to trap on the
+    /// conversion (the corruption suite found `chatlog verify` dying on one); now verify reports
+    /// it, and reads that need the key fail with an integrity error naming the place.
+    @Test(arguments: [Int64(-1), Int64(1) << 40, Int64.min, Int64(UInt32.max) + 1])
+    func keyIDColumnsOutsideThirtyTwoBitsAreReportedNotTrapped(value: Int64) async throws {
+        try await withTemporaryDirectory { directory in
+            let key = MasterKey.generate()
+            let store = try makeStore(in: directory, key: key)
+            let conversation = try store.createConversation(NewConversation(title: "t", subject: "s"))
+            let message = try store.append(NewMessage(role: .user, content: "find this"), to: conversation)
+            try withRawDatabaseNoForeignKeys(directory.databasePath) { db in
+                try db.execute(sql: "UPDATE messages SET index_key_id = ? WHERE id = ?", arguments: [value, message.rawValue])
+                try db.execute(sql: "UPDATE conversations SET subject_key_id = ? WHERE id = ?", arguments: [value, conversation.rawValue])
+            }
+            let report = try store.verify()
+            #expect(report.issues.contains { $0.table == "messages" && $0.column == "index_key_id" && $0.rowID == message.rawValue })
+            #expect(report.issues.contains { $0.table == "conversations" && $0.column == "subject_key_id" && $0.rowID == conversation.rawValue })
+            #expect(throws: integrity("messages", "index_key_id", message.rawValue, .invalidKeyID(value))) {
+                try store.deleteConversation(conversation)
+            }
+            #expect(throws: ChatLogError.self) { try store.rotateIndexKey(RotationOptions(newKey: true)) }
+            try store.close()
+
+            // A damaged id in the keys table itself: the store refuses to open, naming it.
+            try withRawDatabaseNoForeignKeys(directory.databasePath) { db in
+                try db.execute(sql: "UPDATE keys SET id = ? WHERE kind = 'data'", arguments: [value])
+            }
+            #expect(throws: integrity("keys", "id", String(value), .invalidKeyID(value))) {
+                try ChatLogStore.open(at: directory.databasePath, key: .key(key))
+            }
+        }
+    }
+
+    /// Plain time columns are not authenticated (SECURITY.md); a damaged one can hold any 64-bit
+    /// number. Reading and printing it must not trap.
+    @Test(arguments: [Int64.max, Int64.min, Int64.max - 1, -1])
+    func extremeTimesPrintWithoutTrapping(value: Int64) async throws {
+        try await withTemporaryDirectory { directory in
+            let fixture = try Fixture(directory)
+            try withRawDatabase(fixture.path) { db in
+                try db.execute(sql: "UPDATE messages SET created_at = ? WHERE id = ?", arguments: [value, fixture.first.rawValue])
+                try db.execute(sql: "UPDATE conversations SET created_at = ?, updated_at = ? WHERE id = ?", arguments: [value, value, fixture.conversation.rawValue])
+            }
+            let transcript = try fixture.store.transcript(fixture.conversation)
+            for message in transcript.messages { #expect(!Timestamps.format(message.createdAt).isEmpty) }
+            #expect(!Timestamps.format(transcript.conversation.createdAt).isEmpty)
+            #expect(!Timestamps.format(Date(unixMilliseconds: value)).isEmpty)
+        }
+    }
+
     @Test func valuesOfAnotherTypeFailWithoutCrashing() async throws {
         try await withTemporaryDirectory { directory in
             let fixture = try Fixture(directory)
@@ -294,4 +344,14 @@ import Testing
             }
         }
     }
+}
+
+/// A raw connection that does not enforce foreign keys: damage does not respect them.
+private func withRawDatabaseNoForeignKeys(_ path: String, _ body: (Database) throws -> Void) throws {
+    var configuration = Configuration()
+    configuration.busyMode = .timeout(10)
+    configuration.foreignKeysEnabled = false
+    let queue = try DatabaseQueue(path: path, configuration: configuration)
+    defer { try? queue.close() }
+    try queue.write(body)
 }

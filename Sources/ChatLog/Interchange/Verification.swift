@@ -73,7 +73,11 @@ extension ChatLogStore {
         for row in try Row.fetchAll(db, sql: "SELECT id, kind, wrapped FROM keys WHERE state <> 'retired'") {
             guard let kind = KeyStatus.Entry.Kind(rawValue: try row.decode(String.self, forColumn: "kind")) else { continue }
             report.sealedValues += 1
-            try check { _ = try KeyRing.unwrap(row.sealedBytes("wrapped") ?? Data(), kind: kind, id: KeyID(rawValue: UInt32(try row.decode(Int64.self, forColumn: "id"))), master: master) }
+            let stored: Int64 = try row.decode(forColumn: "id")
+            try check {
+                _ = try KeyRing.unwrap(
+                    row.sealedBytes("wrapped") ?? Data(), kind: kind, id: try KeyID.stored(stored, table: "keys", column: "id", rowID: String(stored)), master: master)
+            }
         }
         try check { _ = try ImportKey.load(master: master, db: db) }
         try keyRing.reload(db)
@@ -95,7 +99,7 @@ extension ChatLogStore {
             if let sealed = row.sealedBytes("subject"), let keyID = row["subject_key_id"] as Int64? {
                 try check {
                     let subject = try openText(sealed, FieldContext(table: "conversations", column: "subject", rowID: id), db: db)
-                    guard let key = keys.indexKeys[KeyID(rawValue: UInt32(keyID))] else {
+                    guard let raw = UInt32(exactly: keyID), let key = keys.indexKeys[KeyID(rawValue: raw)] else {
                         record("conversations", "subject_key_id", id, "names index key \(keyID), which this store does not have")
                         return
                     }
@@ -126,7 +130,7 @@ extension ChatLogStore {
                 record("messages", "index_key_id", id, "the message is not in the search index")
                 continue
             }
-            guard let blinder = keys.blinders[KeyID(rawValue: UInt32(keyID))] else {
+            guard let raw = UInt32(exactly: keyID), let blinder = keys.blinders[KeyID(rawValue: raw)] else {
                 record("messages", "index_key_id", id, "names index key \(keyID), which this store does not have")
                 continue
             }

@@ -95,7 +95,11 @@ final class KeyRing: Sendable {
     {
         let maxID = try Int64.fetchOne(db, sql: "SELECT max(id) FROM keys") ?? 0
         let sequence = try Int64.fetchOne(db, sql: "SELECT seq FROM sqlite_sequence WHERE name = 'keys'") ?? 0
-        let id = KeyID(rawValue: UInt32(max(maxID, sequence) + 1))
+        let next = max(maxID, sequence) + 1
+        guard let raw = UInt32(exactly: next) else {
+            throw ChatLogError.integrity(IntegrityFailure(table: "keys", column: "id", rowID: String(next - 1), reason: .invalidKeyID(next - 1)))
+        }
+        let id = KeyID(rawValue: raw)
         let material = SecureBytes.random(count: 32)
         try db.execute(
             sql: "UPDATE keys SET state = 'decrypt-only' WHERE kind = ? AND state = 'active'", arguments: [kind.rawValue])
@@ -122,7 +126,8 @@ final class KeyRing: Sendable {
             let state: String
             let kindName: String
             do {
-                id = KeyID(rawValue: UInt32(try row.decode(Int64.self, forColumn: "id")))
+                let stored: Int64 = try row.decode(forColumn: "id")
+                id = try KeyID.stored(stored, table: "keys", column: "id", rowID: String(stored))
                 state = try row.decode(forColumn: "state")
                 kindName = try row.decode(forColumn: "kind")
             } catch {

@@ -126,3 +126,14 @@ public struct KeyID: RawRepresentable, Hashable, Comparable, Sendable, CustomStr
     public var description: String { String(rawValue) }
     public static func < (a: KeyID, b: KeyID) -> Bool { a.rawValue < b.rawValue }
 }
+
+extension KeyID {
+    /// A key id read from a key-id column. Key ids are 32-bit; any other number there is damage,
+    /// reported as an integrity error naming the place instead of trapping on the conversion.
+    static func stored(_ value: Int64, table: String, column: String, rowID: String) throws(ChatLogError) -> KeyID {
+        guard let raw = UInt32(exactly: value) else {
+            throw .integrity(IntegrityFailure(table: table, column: column, rowID: rowID, reason: .invalidKeyID(value)))
+        }
+        return KeyID(rawValue: raw)
+    }
+}

@@ -201,7 +201,10 @@ extension ChatLogStore {
             """
         return try read { db in
             try Row.fetchAll(db, sql: sql, arguments: [Int64(excluding.rawValue)]).reduce(into: [KeyID: Int]()) {
-                $0[KeyID(rawValue: UInt32(try $1.decode(Int64.self, forColumn: "k")))] = try $1.decode(Int.self, forColumn: "n")
+                let key = try KeyID.stored(
+                    try $1.decode(Int64.self, forColumn: "k"), table: "messages or conversations",
+                    column: kind == .data ? "key_id" : "index_key_id or subject_key_id", rowID: "(one of them)")
+                $0[key] = try $1.decode(Int.self, forColumn: "n")
             }
         }
     }
@@ -322,7 +325,7 @@ extension ChatLogStore {
             arguments: [active, limit])
         {
             let id: String = try row.decode(forColumn: "id")
-            let oldKey = KeyID(rawValue: UInt32(try row.decode(Int64.self, forColumn: "index_key_id")))
+            let oldKey = try KeyID.stored(try row.decode(Int64.self, forColumn: "index_key_id"), table: "messages", column: "index_key_id", rowID: id)
             let content = try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
             guard let old = try blinder(oldKey, db) else {
                 throw ChatLogError.integrity(IntegrityFailure(table: "messages", column: "index_key_id", rowID: id, reason: .unknownKey(oldKey)))

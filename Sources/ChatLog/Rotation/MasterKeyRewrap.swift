@@ -32,7 +32,8 @@ extension ChatLogStore {
             }
             for row in try Row.fetchAll(db, sql: "SELECT id, kind, wrapped FROM keys WHERE state <> 'retired'") {
                 guard let kind = KeyStatus.Entry.Kind(rawValue: try row.decode(String.self, forColumn: "kind")) else { continue }
-                let id = KeyID(rawValue: UInt32(try row.decode(Int64.self, forColumn: "id")))
+                let stored: Int64 = try row.decode(forColumn: "id")
+                let id = try KeyID.stored(stored, table: "keys", column: "id", rowID: String(stored))
                 let material = try KeyRing.unwrap(row.sealedBytes("wrapped") ?? Data(), kind: kind, id: id, master: oldMaster)
                 try db.execute(
                     sql: "UPDATE keys SET wrapped = ? WHERE id = ?",
@@ -81,7 +82,7 @@ extension ChatLogStore {
         let retired = try writeImmediate { db -> [KeyID] in
             var retired: [KeyID] = []
             for id in try Int64.fetchAll(db, sql: "SELECT id FROM keys WHERE state = 'decrypt-only' ORDER BY id") {
-                let key = KeyID(rawValue: UInt32(id))
+                let key = try KeyID.stored(id, table: "keys", column: "id", rowID: String(id))
                 if try Self.references(key, db) == 0 {
                     try self.retire(key, db)
                     retired.append(key)

@@ -1,9 +1,9 @@
 import Foundation
 
 /// A parsed query compiled for checking decrypted candidates quickly: its distinct tokens as
-/// bytes, each atom as a sequence of token numbers. Scanning a candidate marks, for each of its
-/// tokens, which query token it is (or none) by comparing normalised bytes — exact, with no
-/// hashing that could collide.
+/// bytes, each atom as a sequence of token numbers. Scanning a candidate records each of its
+/// tokens that is a query token (position, which one, where) by comparing normalised bytes —
+/// exact, with no hashing that could collide.
 struct QueryMatcher: Sendable {
     let tokens: [[UInt8]]
     /// The same tokens end to end, and where each is in `flat` (for the scanning loop).

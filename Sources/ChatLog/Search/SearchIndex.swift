@@ -45,7 +45,7 @@ enum SearchIndex {
             sql: "INSERT INTO message_terms (message_terms, rowid, terms) VALUES ('delete', ?, ?)")
         while let row = try rows.next() {
             let id: String = try row.decode(forColumn: "id")
-            let keyID = KeyID(rawValue: UInt32(try row.decode(Int64.self, forColumn: "index_key_id")))
+            let keyID = try KeyID.stored(try row.decode(Int64.self, forColumn: "index_key_id"), table: "messages", column: "index_key_id", rowID: id)
             let content = try store.openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
             guard let blinder = try store.blinder(keyID, db) else {
                 throw ChatLogError.integrity(IntegrityFailure(table: "messages", column: "index_key_id", rowID: id, reason: .unknownKey(keyID)))

@@ -69,7 +69,7 @@ extension ChatLogStore {
             let entries = try Row.fetchAll(db, sql: "SELECT id, kind, state, created_at, retired_at FROM keys ORDER BY id").map { row in
                 let id: Int64 = try row.decode(forColumn: "id")
                 return KeyStatus.Entry(
-                    id: KeyID(rawValue: UInt32(id)), kind: KeyStatus.Entry.Kind(rawValue: try row.decode(String.self, forColumn: "kind")) ?? .data,
+                    id: try KeyID.stored(id, table: "keys", column: "id", rowID: String(id)), kind: KeyStatus.Entry.Kind(rawValue: try row.decode(String.self, forColumn: "kind")) ?? .data,
                     state: KeyStatus.Entry.State(rawValue: try row.decode(String.self, forColumn: "state")) ?? .retired,
                     createdAt: Date(unixMilliseconds: try row.decode(Int64.self, forColumn: "created_at")),
                     retiredAt: (row["retired_at"] as Int64?).map(Date.init(unixMilliseconds:)), rowCount: usage[id] ?? 0)

@@ -357,7 +357,8 @@ public final class ChatLogStore: Sendable {
     static func activeKeysUnchanged(_ keys: KeyRing.Loaded, _ db: Database) throws -> Bool {
         let statement = try db.cachedStatement(sql: "SELECT kind, id FROM keys WHERE state = 'active'")
         for row in try Row.fetchAll(statement) {
-            let id = KeyID(rawValue: UInt32(try row.decode(Int64.self, forColumn: "id")))
+            let stored: Int64 = try row.decode(forColumn: "id")
+            let id = try KeyID.stored(stored, table: "keys", column: "id", rowID: String(stored))
             switch (try row.decode(String.self, forColumn: "kind")) {
             case "data": if id != keys.activeDataKey.id { return false }
             case "index": if id != keys.activeIndexKey.id { return false }

@@ -122,6 +122,8 @@ public struct IntegrityFailure: Error, Sendable, Equatable, CustomStringConverti
         case badPadding
         case invalidUTF8
         case invalidJSON
+        /// A key-id column holds a number no key id can be (outside 0…2^32−1): damage.
+        case invalidKeyID(Int64)
     }
 
     public let table: String
@@ -148,6 +150,7 @@ public struct IntegrityFailure: Error, Sendable, Equatable, CustomStringConverti
         case .badPadding: return "\(place) has invalid padding"
         case .invalidUTF8: return "\(place) is not valid UTF-8 after opening"
         case .invalidJSON: return "\(place) is not valid JSON after opening"
+        case .invalidKeyID(let value): return "\(place) holds \(value), which is not a key id"
         }
     }
 }

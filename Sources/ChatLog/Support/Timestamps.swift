@@ -8,7 +8,8 @@ import Foundation
 /// prints and exports. Parsing also takes other offsets and no or more fractional digits.
 public enum Timestamps {
     public static func format(_ date: Date) -> String {
-        let milliseconds = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
+        // Saturating: a damaged time column can hold any 64-bit number, which must print, not trap.
+        let milliseconds = date.unixMilliseconds
         let fraction = ((milliseconds % 1000) + 1000) % 1000
         var seconds = time_t((milliseconds - fraction) / 1000)
         var parts = tm()
