@@ -1,5 +1,6 @@
 import ChatLog
 import Foundation
+import GRDB
 import Testing
 
 #if canImport(Glibc)
@@ -100,6 +101,14 @@ private func chown(recursive path: String, to uid: uid_t) throws {
             if rotate.hasExited { throw CLITestError("the rotation exited: \(rotate.errorSoFar)") }
             return (try? String(contentsOfFile: lock, encoding: .utf8)) == "\(rotate.pid)\n"
         }
+        // Keep it at work while it is inspected: hold the write lock, so that its next batch waits
+        // (its busy timeout is far longer than the checks). Rotation is too fast now to rely on
+        // 1,500 single-row batches lasting long enough.
+        var blockerConfiguration = Configuration()
+        blockerConfiguration.busyMode = .timeout(60)
+        blockerConfiguration.allowsUnsafeTransactions = true  // the transaction spans two accesses
+        let blocker = try DatabaseQueue(path: sandbox.path("chatlog.db"), configuration: blockerConfiguration)
+        try blocker.inDatabase { db in try db.execute(sql: "BEGIN IMMEDIATE") }
         let rotateStatus = String(decoding: procFile(rotate.pid, "status"), as: UTF8.self)
         #expect(rotateStatus.contains("Uid:\t\(nobody)"), "\(rotateStatus)")
         let rotateOwner = owner("/proc/\(rotate.pid)/environ")
@@ -113,6 +122,8 @@ private func chown(recursive path: String, to uid: uid_t) throws {
         let stillRunning = !rotate.hasExited
         rotate.signal(SIGKILL)
         _ = try await rotate.finish()
+        try blocker.inDatabase { db in try db.execute(sql: "ROLLBACK") }
+        try blocker.close()
         #expect(stillRunning, "the rotation was still at work during the checks")
         #expect(rotateOwner == 0, "not dumpable: its /proc files belong to root, not to uid \(String(describing: rotateOwner))")
         #expect(rotateCore == ["0", "0"], "core dumps disabled: \(rotateCore)")
