@@ -22,10 +22,6 @@ import Testing
 
 private let rotationTestScale: Int = max(1, Int(ProcessInfo.processInfo.environment["CHATLOG_TEST_SCALE"] ?? "") ?? 1)
 
-private func seconds(_ duration: Duration) -> Double {
-    Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-}
-
 /// `chatlog-test-driver`, built next to `chatlog`.
 private func testDriverURL() throws -> URL {
     let url = try ChatLogBinary.url().deletingLastPathComponent().appendingPathComponent("chatlog-test-driver")
@@ -42,174 +38,6 @@ private let spawnChangeDirectory: SpawnChangeDirectory? = dlsym(UnsafeMutableRaw
     .map { unsafeBitCast($0, to: SpawnChangeDirectory.self) }
 private let spawnCloseFrom: SpawnCloseFrom? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np")
     .map { unsafeBitCast($0, to: SpawnCloseFrom.self) }
-
-private func openDescriptors() -> [Int32] {
-    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap { Int32($0) }
-}
-
-/// A child process running in the background (to be killed, or raced against another), its
-/// stdout and stderr going to files that can be read while it runs. Started with posix_spawn and
-/// reaped here with waitpid, so the test decides when its pid is released (a signal never reaches
-/// a reaped, possibly reused pid) and the child inherits no descriptor of other tests.
-private final class ChildProcess: @unchecked Sendable {
-    // @unchecked Sendable: `pid` and the URLs are set once in init; the wait status is a Mutex.
-    let pid: pid_t
-    let label: String
-    private let outputURL: URL
-    private let errorURL: URL
-    /// The raw wait status once reaped; `.failure` if waitpid failed.
-    private let reaped = Mutex<Result<Int32, CLITestError>?>(nil)
-
-    init(_ arguments: [String], env: [String: String], cwd: URL, scratch: URL, executable: URL? = nil) throws {
-        let executable = try executable ?? ChatLogBinary.url()
-        label = "\(executable.lastPathComponent) \(arguments.joined(separator: " "))"
-        let name = UUID().uuidString
-        outputURL = scratch.appendingPathComponent("child-\(name).out")
-        errorURL = scratch.appendingPathComponent("child-\(name).err")
-        let output = open(outputURL.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        let error = open(errorURL.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        let input = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        defer {
-            for descriptor in [output, error, input] where descriptor >= 0 { close(descriptor) }
-        }
-        guard output >= 0, error >= 0, input >= 0 else { throw CLITestError("cannot open the child's output files") }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, input, 0)
-        posix_spawn_file_actions_adddup2(&actions, output, 1)
-        posix_spawn_file_actions_adddup2(&actions, error, 2)
-        // Nothing else of this process leaks into the child (other tests' pipes and sockets).
-        if let closeFrom = spawnCloseFrom {
-            _ = closeFrom(&actions, 3)
-        } else {
-            for descriptor in openDescriptors() where descriptor > 2 { posix_spawn_file_actions_addclose(&actions, descriptor) }
-        }
-        var command = [executable.path] + arguments
-        if let changeDirectory = spawnChangeDirectory {
-            _ = changeDirectory(&actions, cwd.path)
-        } else {
-            command = ["/bin/sh", "-c", "cd \"$0\" && exec \"$@\"", cwd.path] + command
-        }
-        let argv = command.map { strdup($0) } + [nil]
-        let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            for pointer in argv + envp { free(pointer) }
-        }
-        var pid: pid_t = 0
-        let status = posix_spawn(&pid, command[0], &actions, nil, argv, envp)
-        guard status == 0 else { throw CLITestError("posix_spawn \(label) failed (\(status))") }
-        self.pid = pid
-    }
-
-    /// A child still running when its test ends (a failed expectation, a thrown error) is killed
-    /// and reaped, so no rotation goes on in a deleted directory.
-    deinit {
-        reaped.withLock { state in
-            guard state == nil else { return }
-            _ = kill(pid, SIGKILL)
-            var status: Int32 = 0
-            _ = waitpid(pid, &status, 0)
-        }
-    }
-
-    /// Reaps the child if it has exited (never blocks).
-    var hasExited: Bool {
-        reaped.withLock { state in
-            if state != nil { return true }
-            var status: Int32 = 0
-            let result = waitpid(pid, &status, WNOHANG)
-            if result == pid {
-                state = .success(status)
-            } else if result < 0, errno != EINTR {
-                state = .failure(CLITestError("waitpid(\(pid)) failed: errno \(errno)"))
-            }
-            return state != nil
-        }
-    }
-
-    func signal(_ signal: Int32) {
-        // Only while it has not been reaped: a reaped pid may belong to another process by now.
-        reaped.withLock { state in
-            if state == nil { _ = kill(pid, signal) }
-        }
-    }
-
-    /// What it has written so far.
-    var outputSoFar: String { String(decoding: (try? Data(contentsOf: outputURL)) ?? Data(), as: UTF8.self) }
-    var errorSoFar: String { String(decoding: (try? Data(contentsOf: errorURL)) ?? Data(), as: UTF8.self) }
-
-    /// Waits for the exit; kills the child and fails after `timeout`. Status: the exit code, or
-    /// 128 + the signal.
-    func finish(timeout: TimeInterval = 120) async throws -> CommandResult {
-        do {
-            try await waitUntil("\(label) exits", timeout: timeout) { self.hasExited }
-        } catch {
-            signal(SIGKILL)
-            try await waitUntil("\(label) dies") { self.hasExited }
-            throw error
-        }
-        let raw = try reaped.withLock { try $0!.get() }
-        let signal = raw & 0x7f
-        let status = signal == 0 ? (raw >> 8) & 0xff : 128 + signal
-        return CommandResult(status: status, stdout: try Data(contentsOf: outputURL), stderr: try Data(contentsOf: errorURL))
-    }
-}
-
-/// Runs `body` on a Dispatch thread. Waiting and timing happen there: Swift's cooperative pool
-/// has as many threads as cores, other suites' tests keep them busy, and a sleep there could end
-/// seconds late (a kill landing after the run it was meant for, a holder finishing unobserved).
-private func onDispatchThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
-    }
-}
-
-/// Sends SIGKILL `delay` seconds after `started`, unless the child exits first. Returns how long
-/// the child ran when it exited before the kill (a whole run took that long under the current
-/// load: the caller adjusts its window of kill instants, so later kills land within a run again).
-private func kill(_ child: ChildProcess, started: ContinuousClock.Instant, after delay: Double) async throws -> Double? {
-    try await onDispatchThread {
-        let instant = started + .seconds(delay)
-        while ContinuousClock.now < instant {
-            if child.hasExited { return seconds(ContinuousClock.now - started) }
-            usleep(500)
-        }
-        child.signal(SIGKILL)
-        return nil
-    }
-}
-
-/// Polls `condition` every 2 ms on a Dispatch thread; fails after `timeout` (a bound on
-/// waiting, not an assertion on how long anything takes).
-private func waitUntil(_ what: String, timeout: TimeInterval = 60, _ condition: @escaping @Sendable () throws -> Bool) async throws {
-    try await onDispatchThread {
-        let deadline = ContinuousClock.now + .seconds(timeout)
-        while try !condition() {
-            guard ContinuousClock.now < deadline else { throw CLITestError("timed out waiting until \(what)") }
-            usleep(2_000)
-        }
-    }
-}
-
-/// Sleeps on a Dispatch thread.
-private func pause(_ seconds: Double) async throws {
-    _ = try await onDispatchThread { usleep(UInt32(max(0, seconds) * 1_000_000)) }
-}
-
-private func copyStore(_ source: String, to destination: String) throws {
-    for suffix in ["", "-wal", "-shm", ".keys.lock"] {
-        try? FileManager.default.removeItem(atPath: destination + suffix)
-    }
-    for suffix in ["", "-wal"] where FileManager.default.fileExists(atPath: source + suffix) {
-        try FileManager.default.copyItem(atPath: source + suffix, toPath: destination + suffix)
-        guard chmod(destination + suffix, 0o600) == 0 else { throw CLITestError("chmod \(destination + suffix) failed") }
-    }
-}
-
-private func removeStore(_ path: String) {
-    for suffix in ["", "-wal", "-shm", ".keys.lock"] { try? FileManager.default.removeItem(atPath: path + suffix) }
-}
 
 // MARK: - JSON of the key commands
 
@@ -456,19 +284,19 @@ private struct RotationCorpus: Sendable {
         let queried = corpus.queries.reduce(into: Set<MessageID>()) { $0.formUnion($1.expected) }
         let plain = try #require(corpus.conversations.flatMap(\.messages).first { !queried.contains($0.id) })
 
-        try copyStore(base, to: sandbox.path("lost.db"))
+        try StoreFiles.copy(base, to: sandbox.path("lost.db"))
         _ = try sandbox.sqlite("lost.db", "DELETE FROM messages WHERE id = '\(plain.id.rawValue)'")
         let lost = corpus.check(sandbox.path("lost.db"), key: key)
         #expect(!lost.clean && lost.lost >= 1, "\(lost.summary)")
 
-        try copyStore(base, to: sandbox.path("tampered.db"))
+        try StoreFiles.copy(base, to: sandbox.path("tampered.db"))
         _ = try sandbox.sqlite(
             "tampered.db",
             "UPDATE messages SET content = randomblob(length(content)) WHERE id = '\(plain.id.rawValue)'")
         let tampered = corpus.check(sandbox.path("tampered.db"), key: key)
         #expect(!tampered.clean && !tampered.opened, "\(tampered.summary)")
 
-        try copyStore(base, to: sandbox.path("unindexed.db"))
+        try StoreFiles.copy(base, to: sandbox.path("unindexed.db"))
         // The message's terms no longer lead to it.
         _ = try sandbox.sqlite("unindexed.db", "UPDATE messages SET search_rowid = search_rowid + 987654321 WHERE id = '\(kiwi.rawValue)'")
         let unindexed = corpus.check(sandbox.path("unindexed.db"), key: key)
@@ -504,12 +332,12 @@ private struct RotationCorpus: Sendable {
         let resume = ["key", "rotate", "--json"] + (index ? ["--index"] : [])
 
         // How long one whole run takes, measured once: the kill instants are spread over it.
-        try copyStore(base, to: sandbox.path("measure.db"))
+        try StoreFiles.copy(base, to: sandbox.path("measure.db"))
         let started = ContinuousClock.now
         let measured = try sandbox.chatlog(rotate + ["--db", "measure.db"])
-        let fullRun = seconds(ContinuousClock.now - started)
+        let fullRun = Hardening.seconds(ContinuousClock.now - started)
         try #require(measured.status == 0, "\(measured)")
-        removeStore(sandbox.path("measure.db"))
+        StoreFiles.remove(sandbox.path("measure.db"))
         var window = fullRun
 
         var random = SeededRandom()
@@ -518,13 +346,13 @@ private struct RotationCorpus: Sendable {
         for trial in 0..<trials {
             let name = "trial-\(trial).db"
             let path = sandbox.path(name)
-            try copyStore(base, to: path)
+            try StoreFiles.copy(base, to: path)
             let delay = Double.random(in: 0...window, using: &random)
             let launched = ContinuousClock.now
-            let child = try ChildProcess(rotate + ["--db", name], env: sandbox.environment, cwd: sandbox.directory, scratch: sandbox.root)
+            let child = try BackgroundProcess(rotate + ["--db", name], env: sandbox.environment, cwd: sandbox.directory, scratch: sandbox.root)
             // A run that ended before its kill re-measures a whole run; a killed one lets the window
             // drift back towards the first measurement.
-            if let ran = try await kill(child, started: launched, after: delay) { window = ran } else { window = min(fullRun, window * 1.02) }
+            if let ran = try await killAfter(child, started: launched, delay: delay) { window = ran } else { window = min(fullRun, window * 1.02) }
             let killed = try await child.finish()
             #expect(killed.status == 128 + SIGKILL || killed.status == 0, "trial \(trial): \(killed)")
             if killed.status == 0 { finishedBeforeKill += 1 }
@@ -563,7 +391,7 @@ private struct RotationCorpus: Sendable {
             } else {
                 Issue.record("trial \(trial): no JSON report: \(again)")
             }
-            removeStore(path)
+            StoreFiles.remove(path)
         }
         print(
             "kill during rotate (\(index ? "index key, --index" : "data key")): \(trials) trials, \(lost) messages lost, "
@@ -606,10 +434,10 @@ private struct RotationCorpus: Sendable {
         var committedTotal = 0, duringRotations = 0, lost = 0, busyFailures = 0, leftUnderOldKeys = 0, deletedTotal = 0
         for round in 0..<rounds {
             let db = sandbox.path("round-\(round).db")
-            try copyStore(base, to: db)
+            try StoreFiles.copy(base, to: db)
             let stopFile = sandbox.path("stop-\(round)")
             let appenders = try (0..<2).map { writer in
-                try ChildProcess(
+                try BackgroundProcess(
                     ["append-loop", "--db", db, "--conversation", targets[writer].rawValue, "--stop-file", stopFile, "--label",
                      "writer \(writer)", "--seconds", "600"],
                     env: sandbox.environment, cwd: sandbox.directory, scratch: sandbox.root, executable: driver)
@@ -617,11 +445,11 @@ private struct RotationCorpus: Sendable {
             let committed: @Sendable () -> [Int] = {
                 appenders.map { $0.outputSoFar.split(separator: "\n").filter { $0.hasPrefix("committed ") }.count }
             }
-            try await waitUntil("both appenders commit") {
+            try await waitFor("both appenders commit") {
                 if let gone = appenders.first(where: \.hasExited) { throw CLITestError("an appender exited early: \(gone.errorSoFar)") }
                 return committed().allSatisfy { $0 >= 3 }
             }
-            let deleter = try ChildProcess(
+            let deleter = try BackgroundProcess(
                 ["delete", "--db", db, "--conversations", victims.map(\.rawValue).joined(separator: ","), "--pause-ms", "40"],
                 env: sandbox.environment, cwd: sandbox.directory, scratch: sandbox.root, executable: driver)
 
@@ -656,7 +484,7 @@ private struct RotationCorpus: Sendable {
             }
             // Appends go on after the rotations, then the writers stop.
             let afterRotations = committed()
-            try await waitUntil("the appenders commit after the rotations") {
+            try await waitFor("the appenders commit after the rotations") {
                 zip(committed(), afterRotations).allSatisfy { $0 >= $1 + 5 } || appenders.contains(where: \.hasExited)
             }
             try Data().write(to: URL(fileURLWithPath: stopFile))
@@ -694,7 +522,7 @@ private struct RotationCorpus: Sendable {
             #expect(try store.counts().messages == corpus.messageCount + roundCommitted)
             let check = corpus.check(db, key: key)
             #expect(check.clean, "round \(round): \(check.summary)")
-            removeStore(db)
+            StoreFiles.remove(db)
         }
         #expect(lost == 0, "\(lost) committed appends are missing or different")
         let kinds = Dictionary(grouping: rotations, by: { $0 }).map { "\($0.key) ×\($0.value.count)" }.sorted().joined(separator: ", ")
@@ -721,11 +549,11 @@ private struct RotationCorpus: Sendable {
         var resumed = 0
         for trial in 0..<trials {
             let db = sandbox.path("trial-\(trial).db")
-            try copyStore(base, to: db)
+            try StoreFiles.copy(base, to: db)
             let arguments = ["key", "rotate", "--new", "--batch-size", "1", "--db", db] + (trial % 2 == 1 ? ["--index"] : [])
-            let first = try ChildProcess(arguments, env: sandbox.environment, cwd: sandbox.directory, scratch: sandbox.root)
-            let second = try ChildProcess(arguments, env: sandbox.environment, cwd: sandbox.directory, scratch: sandbox.root)
-            try await waitUntil("one of the two exits") { first.hasExited || second.hasExited }
+            let first = try BackgroundProcess(arguments, env: sandbox.environment, cwd: sandbox.directory, scratch: sandbox.root)
+            let second = try BackgroundProcess(arguments, env: sandbox.environment, cwd: sandbox.directory, scratch: sandbox.root)
+            try await waitFor("one of the two exits") { first.hasExited || second.hasExited }
             var (loser, winner) = first.hasExited ? (first, second) : (second, first)
             if winner.hasExited, try await winner.finish().status == 75 { swap(&loser, &winner) }
             // Refused at once: exit 75 naming the other run, which held the lock at that moment (a
@@ -751,7 +579,7 @@ private struct RotationCorpus: Sendable {
             if let report = try? JSONDecoder().decode(RotateReportJSON.self, from: next.stdout), report.complete, !report.new_key { resumed += 1 }
             let finished = corpus.check(db, key: key)
             #expect(finished.clean && finished.oldRows(.data) == 0 && finished.oldRows(.index) == 0, "trial \(trial): \(finished.summary)")
-            removeStore(db)
+            StoreFiles.remove(db)
         }
         #expect(resumed == trials)
         print(
@@ -773,13 +601,13 @@ private struct RotationCorpus: Sendable {
         var refusals = 0
         var completed = 0
         for trial in 0..<trials {
-            let holder = try ChildProcess(
+            let holder = try BackgroundProcess(
                 ["hold-lock", "--db", db], env: sandbox.baseEnvironment, cwd: sandbox.directory, scratch: sandbox.root, executable: driver)
-            try await waitUntil("the holder takes the lock") {
+            try await waitFor("the holder takes the lock") {
                 if holder.hasExited { throw CLITestError("the holder exited: \(holder.errorSoFar)") }
                 return holder.outputSoFar == "holding \(holder.pid)\n"
             }
-            try await pause(Double.random(in: 0...0.2, using: &random))
+            try await sleepOnDispatchThread(Double.random(in: 0...0.2, using: &random))
             let newKey = sandbox.makeKey()
             for job in [["key", "rotate", "--new"], ["key", "rotate", "--index", "--dry-run"], ["key", "rewrap"], ["key", "retire"]] {
                 let env = sandbox.environment.merging(["CHATLOG_NEW_MASTER_KEY": newKey]) { $1 }
@@ -819,10 +647,10 @@ private struct RotationCorpus: Sendable {
             sandbox.baseEnvironment.merging(["CHATLOG_MASTER_KEY": current, "CHATLOG_NEW_MASTER_KEY": new]) { $1 }
         }
         // A whole run, measured once on a copy.
-        try copyStore(db, to: sandbox.path("measure.db"))
+        try StoreFiles.copy(db, to: sandbox.path("measure.db"))
         let started = ContinuousClock.now
         let measured = try sandbox.chatlog(["key", "rewrap", "--db", "measure.db"], env: environment(current: sandbox.key, new: sandbox.makeKey()))
-        let fullRun = seconds(ContinuousClock.now - started)
+        let fullRun = Hardening.seconds(ContinuousClock.now - started)
         try #require(measured.status == 0, "\(measured)")
         var window = fullRun
 
@@ -833,11 +661,11 @@ private struct RotationCorpus: Sendable {
             let next = sandbox.makeKey()
             let delay = Double.random(in: 0...window, using: &random)
             let launched = ContinuousClock.now
-            let child = try ChildProcess(
+            let child = try BackgroundProcess(
                 ["key", "rewrap", "--db", db], env: environment(current: current, new: next), cwd: sandbox.directory, scratch: sandbox.root)
             // A run that ended before its kill re-measures a whole run; a killed one lets the window
             // drift back towards the first measurement.
-            if let ran = try await kill(child, started: launched, after: delay) { window = ran } else { window = min(fullRun, window * 1.02) }
+            if let ran = try await killAfter(child, started: launched, delay: delay) { window = ran } else { window = min(fullRun, window * 1.02) }
             let killed = try await child.finish()
             #expect(killed.status == 0 || killed.status == 128 + SIGKILL, "trial \(trial): \(killed)")
 
