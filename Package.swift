@@ -70,7 +70,7 @@ let package = Package(
         // Small executable the tests start as separate processes (multi-process writers, kills).
         .executableTarget(
             name: "ChatLogTestDriver",
-            dependencies: ["ChatLog"],
+            dependencies: ["ChatLog", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: strict
         ),
         .testTarget(

@@ -24,6 +24,11 @@
 // takes the store's key lock (as `chatlog key rotate`, `rewrap` and `retire` do), writes
 // "holding <pid>" on stdout and keeps the lock until it is killed. Needs no key.
 //
+//     chatlog-test-driver hold-read --db PATH --ready-file PATH [--seconds S]
+//
+// opens the database file with plain SQLite (no key), starts a read transaction and reads, creates
+// the ready file, and keeps the transaction (its snapshot of the WAL) for S seconds (default 3).
+//
 //     chatlog-test-driver exchange-loop --db PATH --stop-file PATH [--seconds S] [--label TEXT]
 //
 // logs model exchanges (two prompt messages and a completion, one transaction each) until the
@@ -55,6 +60,7 @@
 
 import ChatLog
 import Foundation
+import GRDB
 
 enum DriverExit: Int32 {
     case usage = 64  // EX_USAGE
@@ -261,6 +267,24 @@ func holdLock(_ options: [String: String]) throws {
     }
 }
 
+func holdRead(_ options: [String: String]) throws {
+    guard let path = options["db"], let ready = options["ready-file"] else {
+        throw UsageError(description: "--db and --ready-file are required")
+    }
+    let seconds = Double(options["seconds"] ?? "3") ?? 3
+    var configuration = Configuration()
+    configuration.readonly = true
+    configuration.busyMode = .timeout(30)
+    let queue = try DatabaseQueue(path: path, configuration: configuration)
+    try queue.read { db in
+        _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM messages")
+        _ = FileManager.default.createFile(atPath: ready, contents: nil)
+        Thread.sleep(forTimeInterval: seconds)
+    }
+    try queue.close()
+    emit("released")
+}
+
 func measure(_ arguments: ArraySlice<String>) throws -> Int32 {
     guard arguments.count >= 4, arguments[arguments.startIndex] == "--rusage-file",
         arguments[arguments.startIndex + 2] == "--"
@@ -290,7 +314,7 @@ if arguments.first == "measure" {
 }
 guard let command = arguments.first else {
     fail(
-        "usage: chatlog-test-driver append|append-loop|exchange-loop|search-loop|delete|hold-lock|measure --db PATH … (see the comment at the top of main.swift)",
+        "usage: chatlog-test-driver append|append-loop|exchange-loop|search-loop|delete|hold-lock|hold-read|measure --db PATH … (see the comment at the top of main.swift)",
         .usage)
 }
 do {
@@ -304,6 +328,8 @@ do {
         try await deleteConversations(options)
     case "hold-lock":
         try holdLock(options)
+    case "hold-read":
+        try holdRead(options)
     case "exchange-loop":
         _ = try await exchangeLoop(options)
     case "search-loop":

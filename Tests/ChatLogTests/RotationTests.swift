@@ -632,6 +632,55 @@ private func onDispatchThread<T: Sendable>(_ body: @escaping @Sendable () -> T) 
             #expect(throws: Never.self) { try store.retireUnusedKeys() }
         }
     }
+
+    /// While a reader in another process keeps a snapshot that uses the WAL, a truncating
+    /// checkpoint cannot finish; it must not hold the write lock all that time, or every writer
+    /// waits behind it until its own busy timeout and fails with SQLITE_BUSY (the ASan soak run
+    /// saw all eight writers and a rotation fail at once). A writer with a 2 s busy timeout must
+    /// commit while the checkpoint waits for a reader that stays 4 s; then the WAL is empty.
+    @Test func aCheckpointWaitingForAReaderLetsWritersThrough() async throws {
+        try await withTemporaryDirectory { directory in
+            var options = fastOptions
+            options.busyTimeout = 15
+            let store = try ChatLogStore.create(at: directory.databasePath, key: .key(MasterKey.generate()), options: options)
+            try fill(store, conversations: 2, perConversation: 50)
+            var configuration = Configuration()
+            configuration.busyMode = .timeout(2)
+            let writer = try DatabaseQueue(path: directory.databasePath, configuration: configuration)
+            defer { try? writer.close() }
+            try await writer.write { db in try db.execute(sql: "UPDATE chatlog_meta SET value = value WHERE name = 'store_id'") }
+
+            let ready = directory.file("reading")
+            let reader = try RunningProcess(
+                executable: try testDriverPath(), arguments: ["hold-read", "--db", directory.databasePath, "--ready-file", ready, "--seconds", "4"],
+                environment: [:], directory: directory.path)
+            await onDispatchThread {
+                let deadline = ContinuousClock.now + .seconds(30)
+                while !FileManager.default.fileExists(atPath: ready) && ContinuousClock.now < deadline { usleep(5_000) }
+            }
+            #expect(FileManager.default.fileExists(atPath: ready), "the reader did not start")
+
+            let checkpointResult = Mutex<Result<Void, ChatLogError>?>(nil)
+            let checkpointDone = DispatchSemaphore(value: 0)
+            DispatchQueue.global().async {
+                let result = Result { () throws(ChatLogError) in try store.checkpoint() }
+                checkpointResult.withLock { $0 = result }
+                checkpointDone.signal()
+            }
+            await onDispatchThread { Thread.sleep(forTimeInterval: 0.5) }  // the checkpoint is waiting for the reader
+            let wrote = await onDispatchThread { () -> Bool in
+                (try? writer.write { db in try db.execute(sql: "UPDATE chatlog_meta SET value = value WHERE name = 'store_id'") }) != nil
+            }
+            #expect(wrote, "a writer failed with SQLITE_BUSY behind the checkpoint")
+            let readerResult = await reader.waitAsync()
+            #expect(readerResult.status == 0, "\(readerResult.standardError)")
+            await onDispatchThread { checkpointDone.wait() }
+            let result = checkpointResult.withLock { $0 }
+            #expect(throws: Never.self) { try result?.get() }
+            let walSize = (try? FileManager.default.attributesOfItem(atPath: directory.databasePath + "-wal")[.size] as? Int) ?? 0
+            #expect(walSize == 0, "the WAL was not truncated (\(walSize) bytes)")
+        }
+    }
 }
 
 // MARK: - Batches find their rows through an index

@@ -240,23 +240,36 @@ public final class ChatLogStore: Sendable {
     /// Copies every committed page from the WAL into the database file and truncates the WAL
     /// to zero bytes, so old page images (including old ciphertext) no longer linger there.
     /// Waits for readers and writers of other processes up to the busy timeout.
+    ///
+    /// A truncating checkpoint holds the write lock while it waits for readers to leave the WAL,
+    /// so other processes' writers wait behind it. With readers coming and going without pause
+    /// (searches in several processes), one long wait would block every writer for the whole
+    /// busy timeout and make them fail with SQLITE_BUSY. So each attempt waits at most
+    /// `checkpointAttemptWait` for readers; between attempts the write lock is free for others.
     public func checkpoint() throws(ChatLogError) {
         let deadline = ContinuousClock.now + .milliseconds(Int64(options.busyTimeout * 1000))
+        let attemptMilliseconds = Int(min(options.busyTimeout, Self.checkpointAttemptWait) * 1000)
+        let busyMilliseconds = Int(options.busyTimeout * 1000)
         while true {
             do {
                 try pool.writeWithoutTransaction { db in
+                    try db.execute(sql: "PRAGMA busy_timeout = \(attemptMilliseconds)")
+                    defer { try? db.execute(sql: "PRAGMA busy_timeout = \(busyMilliseconds)") }
                     _ = try db.checkpoint(.truncate)
                 }
                 return
             } catch let error as DatabaseError where error.resultCode == .SQLITE_BUSY && ContinuousClock.now < deadline {
-                // SQLite answers SQLITE_BUSY at once, without calling the busy handler, while
-                // another connection runs a checkpoint (a writer's auto-checkpoint): wait for it.
-                Thread.sleep(forTimeInterval: 0.01)
+                // Readers still in the WAL, or another connection running a checkpoint (which
+                // answers SQLITE_BUSY at once): let others write, then try again.
+                Thread.sleep(forTimeInterval: 0.02)
             } catch {
                 throw ChatLogError.wrap(error)
             }
         }
     }
+
+    /// How long one truncating-checkpoint attempt may hold the write lock waiting for readers.
+    static let checkpointAttemptWait: TimeInterval = 0.2
 
     /// Closes the store's connections (also done on release).
     public func close() throws(ChatLogError) {
