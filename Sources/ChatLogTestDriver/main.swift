@@ -271,7 +271,7 @@ func holdRead(_ options: [String: String]) throws {
     guard let path = options["db"], let ready = options["ready-file"] else {
         throw UsageError(description: "--db and --ready-file are required")
     }
-    let seconds = Double(options["seconds"] ?? "3") ?? 3
+    let seconds = try positiveInteger(options, "seconds", default: 3)
     var configuration = Configuration()
     configuration.readonly = true
     configuration.busyMode = .timeout(30)
@@ -279,7 +279,7 @@ func holdRead(_ options: [String: String]) throws {
     try queue.read { db in
         _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM messages")
         _ = FileManager.default.createFile(atPath: ready, contents: nil)
-        Thread.sleep(forTimeInterval: seconds)
+        Thread.sleep(forTimeInterval: Double(seconds))
     }
     try queue.close()
     emit("released")

@@ -18,27 +18,6 @@ import Testing
 // run). CHATLOG_TEST_SEED replays a run's random kill instants (the seed is printed). Each kill
 // suite prints one line with its trial count and outcome.
 
-// MARK: - Scale, randomness, child processes
-
-private let rotationTestScale: Int = max(1, Int(ProcessInfo.processInfo.environment["CHATLOG_TEST_SCALE"] ?? "") ?? 1)
-
-/// `chatlog-test-driver`, built next to `chatlog`.
-private func testDriverURL() throws -> URL {
-    let url = try ChatLogBinary.url().deletingLastPathComponent().appendingPathComponent("chatlog-test-driver")
-    guard FileManager.default.isExecutableFile(atPath: url.path) else {
-        throw CLITestError("chatlog-test-driver not found at \(url.path); run `swift build --build-tests`")
-    }
-    return url
-}
-
-// glibc's posix_spawn extensions (2.29, 2.34), which Swift's Glibc module does not export.
-private typealias SpawnChangeDirectory = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32
-private typealias SpawnCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-private let spawnChangeDirectory: SpawnChangeDirectory? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addchdir_np")
-    .map { unsafeBitCast($0, to: SpawnChangeDirectory.self) }
-private let spawnCloseFrom: SpawnCloseFrom? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np")
-    .map { unsafeBitCast($0, to: SpawnCloseFrom.self) }
-
 // MARK: - JSON of the key commands
 
 private struct RotateReportJSON: Decodable {
@@ -311,11 +290,11 @@ private struct RotationCorpus: Sendable {
 
 @Suite(.serialized) struct RotationKillTests {
     @Test func killingADataKeyRotationLosesNothing() async throws {
-        try await killTrials(index: false, trials: 30 * rotationTestScale)
+        try await killTrials(index: false, trials: 30 * Hardening.scale)
     }
 
     @Test func killingAnIndexKeyRotationLosesNothing() async throws {
-        try await killTrials(index: true, trials: 20 * rotationTestScale)
+        try await killTrials(index: true, trials: 20 * Hardening.scale)
     }
 
     /// Per trial: a copy of a 3,006-row store, `key rotate --new --batch-size 25` killed after a
@@ -412,7 +391,7 @@ private struct RotationCorpus: Sendable {
     /// Rounds: 2 at CI scale, each with a data-key and an index-key rotation, through the CLI and
     /// through the library in this process.
     @Test func appendersAndADeleterInOtherProcessesLoseNothingAndNothingStaysUnderAnOldKey() async throws {
-        let rounds = 2 * rotationTestScale
+        let rounds = 2 * Hardening.scale
         let sandbox = try Sandbox()
         let key = try MasterKey(base64: sandbox.key)
         let base = sandbox.path("base.db")
@@ -428,7 +407,7 @@ private struct RotationCorpus: Sendable {
         for writer in 0..<2 { targets.append(try await setup.createConversation(NewConversation(title: "writer \(writer)"))) }
         try setup.checkpoint()
         try setup.close()
-        let driver = try testDriverURL()
+        let driver = try Hardening.driverURL()
 
         var rotations: [String] = []
         var committedTotal = 0, duringRotations = 0, lost = 0, busyFailures = 0, leftUnderOldKeys = 0, deletedTotal = 0
@@ -539,7 +518,7 @@ private struct RotationCorpus: Sendable {
 
 @Suite struct RotationLockTests {
     @Test func twoRotationsStartedTogetherOneRunsTheOtherExits75NamingTheHolder() async throws {
-        let trials = 3 * rotationTestScale
+        let trials = 3 * Hardening.scale
         let sandbox = try Sandbox()
         let key = try MasterKey(base64: sandbox.key)
         let base = sandbox.path("base.db")
@@ -591,12 +570,12 @@ private struct RotationCorpus: Sendable {
     /// job exits 75 naming it meanwhile, and once it is SIGKILLed (no chance to unlock) the next
     /// rotation runs.
     @Test func aKilledHolderReleasesTheLockAndEveryKeyJobNamesItMeanwhile() async throws {
-        let trials = 3 * rotationTestScale
+        let trials = 3 * Hardening.scale
         let sandbox = try Sandbox()
         let key = try MasterKey(base64: sandbox.key)
         let db = sandbox.path("chatlog.db")
         let corpus = try RotationCorpus.build(at: db, key: key, conversations: 2, perConversation: 100)
-        let driver = try testDriverURL()
+        let driver = try Hardening.driverURL()
         var random = SeededRandom()
         var refusals = 0
         var completed = 0
@@ -638,7 +617,7 @@ private struct RotationCorpus: Sendable {
 
 @Suite struct RewrapKillTests {
     @Test func killingARewrapLeavesExactlyOneMasterKeyThatOpensEverything() async throws {
-        let trials = 20 * rotationTestScale
+        let trials = 20 * Hardening.scale
         let sandbox = try Sandbox()
         let db = sandbox.path("chatlog.db")
         let corpus = try RotationCorpus.build(at: db, key: try MasterKey(base64: sandbox.key), conversations: 4, perConversation: 50)

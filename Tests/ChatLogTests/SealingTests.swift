@@ -100,6 +100,17 @@ import Testing
         }
     }
 
+    /// The subkey message is built without allocating; it must be exactly the documented encoding.
+    @Test func fieldDerivationMessageIsTheLengthPrefixedEncoding() {
+        for context in [
+            FieldContext(table: "messages", column: "content", rowID: "01a21b83-c24c-78fa-b417-0047058769cb"),
+            FieldContext(table: "", column: "é", rowID: String(repeating: "x", count: 300)),
+        ] {
+            let built = context.withDerivationMessage { [UInt8]($0) }
+            #expect(built == KeyDerivation.lengthPrefixed([KeyDerivation.fieldTag, context.table, context.column, context.rowID]))
+        }
+    }
+
     @Test func lengthPrefixedLayout() {
         #expect(KeyDerivation.lengthPrefixed(["ab", ""]) == [0, 0, 0, 2, 0x61, 0x62, 0, 0, 0, 0])
         #expect(KeyDerivation.lengthPrefixed(["a", "bc"]) != KeyDerivation.lengthPrefixed(["ab", "c"]))

@@ -32,13 +32,10 @@ public struct FieldContext: Hashable, Sendable, CustomStringConvertible {
         self.rowID = rowID
     }
 
-    /// The BLAKE2b message that derives this field's subkey.
-    var derivationMessage: [UInt8] {
-        KeyDerivation.lengthPrefixed([KeyDerivation.fieldTag, table, column, rowID])
-    }
-
-    /// The same bytes as `derivationMessage`, built in a temporary buffer (no heap allocation:
-    /// every sealed value opened derives a subkey, and search opens thousands per query).
+    /// Lends `body` the BLAKE2b message that derives this field's subkey,
+    /// `KeyDerivation.lengthPrefixed([fieldTag, table, column, rowID])`, built in a temporary
+    /// buffer (no heap allocation: every sealed value opened derives a subkey, and search opens
+    /// thousands per query).
     func withDerivationMessage<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
         let tag = KeyDerivation.fieldTag
         let total = 16 + tag.utf8.count + table.utf8.count + column.utf8.count + rowID.utf8.count
