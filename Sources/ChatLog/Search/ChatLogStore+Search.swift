@@ -87,20 +87,21 @@ extension ChatLogStore {
             let scan = matcher.scan(content)
             guard matcher.matches(scan) else { continue }
             newest.append((id, content, scan))
-            if newest.count >= wanted { break }
+            // One match past the page tells whether there are more.
+            if newest.count > wanted { break }
         }
 
         if plan.sort == .newest {
-            let page = newest.dropFirst(plan.offset)
+            let page = newest.dropFirst(plan.offset).prefix(plan.limit)
             let details = try pageDetails(page.map(\.id), db)
             let hits = try page.compactMap { entry -> SearchHit? in
                 guard let row = details[entry.id] else { return nil }
                 return try hit(row, content: entry.content, matches: matcher.positiveMatches(entry.scan), score: nil)
             }
-            return SearchResults(hits: hits, examined: examined, complete: complete)
+            return SearchResults(hits: hits, examined: examined, complete: complete, matched: nil, more: newest.count > wanted)
         }
 
-        guard !candidates.isEmpty else { return SearchResults(hits: [], examined: examined, complete: complete) }
+        guard !candidates.isEmpty else { return SearchResults(hits: [], examined: examined, complete: complete, matched: 0, more: false) }
         let ranking = try BM25(matcher: matcher, blinders: plan.blinders, db: db)
         let averageLength = Double(candidates.reduce(0) { $0 + $1.length }) / Double(candidates.count)
         // Highest score first; ties newest first (candidates arrived newest first).
@@ -125,7 +126,8 @@ extension ChatLogStore {
             let content = try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
             hits.append(try hit(row, content: content, matches: matcher.positiveMatches(matcher.scan(content)), score: score))
         }
-        return SearchResults(hits: hits, examined: examined, complete: complete)
+        return SearchResults(
+            hits: hits, examined: examined, complete: complete, matched: candidates.count, more: candidates.count > plan.offset + plan.limit)
     }
 
     struct SealedCandidate: Sendable {
@@ -316,6 +318,10 @@ struct BM25 {
 }
 
 /// About 160 characters around the first match, with the matched words as highlight ranges.
+/// The window starts and ends on word boundaries as the search tokenizer sees them (so in every
+/// script: a Polish or Greek word is never cut, CJK characters are words of their own, a
+/// character with its combining marks stays whole), and leading or trailing spaces and
+/// punctuation are left out.
 enum Snippets {
     static let radius = 80
 
@@ -324,14 +330,17 @@ enum Snippets {
         let utf8 = content.utf8
         func index(_ offset: Int) -> String.Index { utf8.index(utf8.startIndex, offsetBy: offset) }
         guard let first = matches.first else {
-            let text = String(content.prefix(2 * radius))
-            return Snippet(text: text + (text.count < content.count ? "…" : ""), highlights: [])
+            let limit = content.index(content.startIndex, offsetBy: 2 * radius, limitedBy: content.endIndex) ?? content.endIndex
+            let end = wordEnd(in: content, before: limit, notBefore: content.startIndex)
+            return Snippet(text: String(content[..<end]) + (content[end...].contains { !$0.isWhitespace } ? "…" : ""), highlights: [])
         }
         let firstIndex = index(first.lowerBound)
-        let start = content.index(firstIndex, offsetBy: -radius / 2, limitedBy: content.startIndex) ?? content.startIndex
-        let end = content.index(start, offsetBy: 2 * radius, limitedBy: content.endIndex) ?? content.endIndex
-        let prefix = start > content.startIndex ? "…" : ""
-        let suffix = end < content.endIndex ? "…" : ""
+        let roughStart = content.index(firstIndex, offsetBy: -radius / 2, limitedBy: content.startIndex) ?? content.startIndex
+        let start = wordStart(in: content, after: roughStart, notAfter: firstIndex)
+        let roughEnd = content.index(start, offsetBy: 2 * radius, limitedBy: content.endIndex) ?? content.endIndex
+        let end = wordEnd(in: content, before: roughEnd, notBefore: index(first.upperBound))
+        let prefix = content[..<start].contains { !$0.isWhitespace } ? "…" : ""
+        let suffix = content[end...].contains { !$0.isWhitespace } ? "…" : ""
         let text = prefix + String(content[start..<end]) + suffix
         let startOffset = utf8.distance(from: utf8.startIndex, to: start)
         let endOffset = utf8.distance(from: utf8.startIndex, to: end)
@@ -345,6 +354,36 @@ enum Snippets {
             highlights.append(lower..<upper)
         }
         return Snippet(text: text, highlights: highlights)
+    }
+
+    /// `index` moved forward past the rest of a word it cuts, then past spaces and punctuation,
+    /// never beyond `limit` (the first match).
+    static func wordStart(in content: String, after index: String.Index, notAfter limit: String.Index) -> String.Index {
+        var index = index
+        while index < limit, cutsWord(content, at: index) { index = content.index(after: index) }
+        while index < limit, index < content.endIndex, content[index].isWhitespace || content[index].isPunctuation {
+            index = content.index(after: index)
+        }
+        return index
+    }
+
+    /// `index` moved back to the start of a word it cuts, then before trailing spaces, never
+    /// before `limit` (the end of the first match).
+    static func wordEnd(in content: String, before index: String.Index, notBefore limit: String.Index) -> String.Index {
+        var index = index
+        while index > limit, index < content.endIndex, cutsWord(content, at: index) { index = content.index(before: index) }
+        while index > limit, index > content.startIndex, content[content.index(before: index)].isWhitespace {
+            index = content.index(before: index)
+        }
+        return index
+    }
+
+    /// Whether the characters either side of `index` belong to one search token.
+    static func cutsWord(_ content: String, at index: String.Index) -> Bool {
+        guard index > content.startIndex, index < content.endIndex else { return false }
+        let pair = String(content[content.index(before: index)..<content.index(after: index)])
+        let middle = pair.index(after: pair.startIndex)
+        return Tokenizer.tokensWithRanges(pair).contains { $0.range.lowerBound < middle && $0.range.upperBound > middle }
     }
 }
 

@@ -55,4 +55,9 @@ public struct SearchResults: Sendable {
     /// False when the work cap stopped the search before every candidate was checked (only
     /// with `relevance`: the ranking then covers the newest `examined` candidates).
     public let complete: Bool
+    /// Verified matches in all (of the `examined` candidates): known with `relevance`, which
+    /// checks every candidate; nil with `newest`, which stops after the page.
+    public let matched: Int?
+    /// Whether more matches follow this page (ask again with `offset` + `limit`).
+    public let more: Bool
 }
