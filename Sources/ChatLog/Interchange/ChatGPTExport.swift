@@ -46,13 +46,17 @@ public enum ChatGPTExport {
         var location = "conversation #\(index + 1)"
         func issue(_ problem: String) -> ImportIssue { ImportIssue(location: location, problem: problem) }
         guard case .object(let record) = item else { throw issue("expected a JSON object, found \(kind(item))") }
-        let id: String
+        // Some export converters write no conversation id: the import key is then derived from
+        // the content (see `contentKey`).
+        let id: String?
         switch (record["id"], record["conversation_id"]) {
         case (.string(let text)?, _) where !text.isEmpty, (_, .string(let text)?) where !text.isEmpty:
             id = text
             location = "conversation \(text)"
+        case (nil, nil), (.null?, nil), (nil, .null?), (.null?, .null?):
+            id = nil
         default:
-            throw issue("no \"id\" or \"conversation_id\"")
+            throw issue("\"id\" and \"conversation_id\" must be non-empty strings")
         }
         let title: String?
         switch record["title"] {
@@ -180,15 +184,39 @@ public enum ChatGPTExport {
                     createdAt: time.map(ImportTimes.date(milliseconds:))))
         }
 
-        var conversationMetadata: [String: JSONValue] = ["chatgpt_id": .string(id)]
+        var conversationMetadata: [String: JSONValue] = [:]
+        if let id { conversationMetadata["chatgpt_id"] = .string(id) }
         if let updated { conversationMetadata["chatgpt_updated_at"] = .string(Timestamps.format(ImportTimes.date(milliseconds: updated))) }
         if case .string(let gizmo)? = record["gizmo_id"], !gizmo.isEmpty { conversationMetadata["chatgpt_gizmo_id"] = .string(gizmo) }
         return ImportedConversation(
-            sourceID: "chatgpt:\(id)",
+            sourceID: id.map { "chatgpt:\($0)" } ?? contentKey(title: title, created: created, messages: messages),
             conversation: NewConversation(
                 title: title, metadata: .object(conversationMetadata),
                 createdAt: (created ?? messages.first?.createdAt?.unixMilliseconds).map(ImportTimes.date(milliseconds:))),
             messages: messages)
+    }
+
+    /// The import key of a conversation without an id: a hash of its title, its `create_time`
+    /// and the visible branch's messages (role, text, time), each length-prefixed. Importing the
+    /// same file again finds the same keys (idempotent); a conversation that changed since (a
+    /// message more, a new title) counts as a new one. Node ids are left out: converters make
+    /// them up anew on each run.
+    static func contentKey(title: String?, created: Int64?, messages: [NewMessage]) -> String {
+        var bytes: [UInt8] = []
+        func field(_ text: String?) {
+            guard let text else { return bytes.append(0) }
+            bytes.append(1)
+            withUnsafeBytes(of: UInt64(text.utf8.count).littleEndian) { bytes.append(contentsOf: $0) }
+            bytes.append(contentsOf: text.utf8)
+        }
+        field(title)
+        field(created.map { String($0) })
+        for message in messages {
+            field(message.role.rawValue)
+            field(message.content)
+            field(message.createdAt.map { String($0.unixMilliseconds) })
+        }
+        return "chatgpt-content:" + OpenAIJSONL.contentHash(bytes)
     }
 
     /// Without `current_node`: the leaf whose message is newest.

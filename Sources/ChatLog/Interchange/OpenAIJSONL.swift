@@ -137,7 +137,7 @@ public enum OpenAIJSONL {
         }
     }
 
-    private static func contentHash(_ bytes: [UInt8]) -> String {
+    static func contentHash(_ bytes: [UInt8]) -> String {
         // Unkeyed, never stored: only fed to the keyed import hash.
         var output = [UInt8](repeating: 0, count: 32)
         let key = [UInt8](repeating: 0, count: 32)
