@@ -11,7 +11,7 @@ struct ExportCommand: AsyncParsableCommand {
 
     @OptionGroup var store: StoreOptions
 
-    @Option(name: .long, help: "Only this conversation.")
+    @Option(name: .long, help: "Only this conversation (its id, or a unique prefix of at least 8 characters).")
     var conversation: String?
     @Option(name: .long, help: "Only conversations created at or after this time (RFC 3339 date, or a duration like 30d).")
     var since: String?
@@ -23,7 +23,7 @@ struct ExportCommand: AsyncParsableCommand {
     var force = false
 
     func validate() throws {
-        if let conversation, ConversationID(conversation) == nil { throw ValidationError("--conversation must be a conversation id (a UUID).") }
+        if let conversation { try ConversationArgument.validate(conversation, "--conversation") }
         for (name, value) in [("--since", since), ("--until", until)] {
             if let value, TimeArgument.parse(value) == nil {
                 throw ValidationError("\(name) must be a date (2026-11-27 or RFC 3339) or a duration (30m, 12h, 7d, 4w).")
@@ -34,9 +34,11 @@ struct ExportCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let opened = try await StoreAccess.open(store)
+            let conversationID: ConversationID?
+            if let conversation { conversationID = try await ConversationArgument.resolve(conversation, in: opened) } else { conversationID = nil }
             let sink: ExportSink = try output.map { (path) throws(ChatLogError) in try ExportSink(path: path, force: force) } ?? ExportSink()
             let filter = ExportFilter(
-                conversation: conversation.flatMap { ConversationID($0) }, since: since.flatMap { TimeArgument.parse($0) },
+                conversation: conversationID, since: since.flatMap { TimeArgument.parse($0) },
                 until: until.flatMap { TimeArgument.parse($0) })
             do {
                 let totals = try opened.exportOpenAIJSONL(filter) { try sink.write($0) }

@@ -12,14 +12,14 @@ struct LogCommand: AsyncParsableCommand {
     @OptionGroup var store: StoreOptions
     @OptionGroup var output: OutputOptions
 
-    @Option(name: .long, help: "Append to this conversation (its id).")
+    @Option(name: .long, help: "Append to this conversation (its id, or a unique prefix of at least 8 characters).")
     var conversation: String?
     @Option(name: .long, help: "Title of the new conversation.")
     var title: String?
     @Option(name: .long, help: "Subject (end user) of the new conversation.")
     var subject: String?
-    @Option(name: .long, help: "Who wrote the message: user, assistant, system or tool.")
-    var role: String = "user"
+    @Option(name: .long, help: "Who wrote the message.")
+    var role: Role = .user
     @Option(name: .long, help: "Model name.")
     var model: String?
     @Option(name: .long, help: "Prompt token count.")
@@ -35,12 +35,7 @@ struct LogCommand: AsyncParsableCommand {
         if conversation != nil, title != nil || subject != nil {
             throw ValidationError("--title and --subject describe a new conversation; they cannot go with --conversation.")
         }
-        if let conversation, ConversationID(conversation) == nil {
-            throw ValidationError("--conversation must be a conversation id (a UUID).")
-        }
-        if Role(rawValue: role) == nil {
-            throw ValidationError("--role must be one of: user, assistant, system, tool.")
-        }
+        if let conversation { try ConversationArgument.validate(conversation, "--conversation") }
         for (name, value) in [("--prompt-tokens", promptTokens), ("--completion-tokens", completionTokens)] {
             if let value, value < 0 { throw ValidationError("\(name) must not be negative.") }
         }
@@ -50,11 +45,11 @@ struct LogCommand: AsyncParsableCommand {
         try await reportingErrors {
             var message: NewMessage
             if let text {
-                message = NewMessage(role: Role(rawValue: role)!, content: text)
+                message = NewMessage(role: role, content: text)
             } else {
                 if CLIOutput.stdinIsTerminal { CLIOutput.note("reading the message from stdin; end it with Ctrl-D") }
                 let bytes = FileHandle.standardInput.readDataToEndOfFile()
-                message = try NewMessage(role: Role(rawValue: role)!, utf8Content: bytes)
+                message = try NewMessage(role: role, utf8Content: bytes)
             }
             message.model = model
             message.promptTokens = promptTokens
@@ -69,7 +64,7 @@ struct LogCommand: AsyncParsableCommand {
             let conversationID: ConversationID
             let messageID: MessageID
             if let conversation {
-                conversationID = ConversationID(conversation)!
+                conversationID = try await ConversationArgument.resolve(conversation, in: opened)
                 messageID = try await opened.append(message, to: conversationID)
             } else {
                 let logged = try await opened.logExchange(

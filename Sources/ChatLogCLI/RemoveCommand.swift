@@ -10,18 +10,20 @@ struct RemoveCommand: AsyncParsableCommand {
     @OptionGroup var store: StoreOptions
     @OptionGroup var output: OutputOptions
 
-    @Argument(help: "Conversation ids.")
+    @Argument(help: "Conversation ids (or unique prefixes of at least 8 characters).")
     var ids: [String]
 
     func validate() throws {
         guard !ids.isEmpty else { throw ValidationError("give at least one conversation id.") }
-        for id in ids where ConversationID(id) == nil { throw ValidationError("'\(id)' is not a conversation id (a UUID).") }
+        for id in ids { try ConversationArgument.validate(id, "'\(id)'") }
     }
 
     func run() async throws {
         try await reportingErrors {
             let opened = try await StoreAccess.open(store)
-            let deleted = try opened.deleteConversations(ids.compactMap { ConversationID($0) })
+            var resolved: [ConversationID] = []
+            for id in ids { resolved.append(try await ConversationArgument.resolve(id, in: opened)) }
+            let deleted = try opened.deleteConversations(resolved)
             if output.json {
                 try CLIOutput.json(["deleted": deleted, "not_found": ids.count - deleted])
             } else {

@@ -8,19 +8,22 @@ struct SearchCommand: AsyncParsableCommand {
         abstract: "Search message content: words (all must match), \"phrases\", -excluded, a OR b.",
         discussion: """
             Words are matched after Unicode normalisation (NFKC) and lower-casing; Chinese and Japanese characters \
-            match one by one, in order. Every result is decrypted and checked against the query before it is shown.
+            match one by one, in order. Only uppercase OR joins alternatives: a lowercase "or" is a word like any \
+            other. Accents are not folded: "réfund" does not find "refund" (see README.md). Every result is \
+            decrypted and checked against the query before it is shown.
             """
     )
 
     @OptionGroup var store: StoreOptions
     @OptionGroup var output: OutputOptions
+    @OptionGroup var display: DisplayOptions
 
     @Argument(help: "The query.")
     var query: String
-    @Option(name: .long, help: "Only this conversation (its id).")
+    @Option(name: .long, help: "Only this conversation (its id, or a unique prefix of at least 8 characters).")
     var conversation: String?
-    @Option(name: .long, help: "Only messages of this role: user, assistant, system or tool.")
-    var role: String?
+    @Option(name: .long, help: "Only messages of this role.")
+    var role: Role?
     @Option(name: .long, help: "Only messages of this model.")
     var model: String?
     @Option(name: .long, help: "Only messages at or after this time (RFC 3339 date, or a duration like 7d).")
@@ -29,17 +32,15 @@ struct SearchCommand: AsyncParsableCommand {
     var until: String?
     @Option(name: .long, help: "Only conversations with this subject (exact).")
     var subject: String?
-    @Option(name: .long, help: "How many hits to show (1–1000).")
+    @Option(name: [.customShort("n"), .long], help: "How many hits to show (1–1000).")
     var limit: Int = 20
-    @Option(name: .long, help: "Skip this many hits first.")
+    @Option(name: .long, help: "Skip this many hits first (the next page starts at --offset plus --limit).")
     var offset: Int = 0
     @Option(name: .long, help: "relevance (BM25, default) or newest.")
-    var sort: String = "relevance"
+    var sort: SearchSort = .relevance
 
     func validate() throws {
-        if let conversation, ConversationID(conversation) == nil { throw ValidationError("--conversation must be a conversation id (a UUID).") }
-        if let role, Role(rawValue: role) == nil { throw ValidationError("--role must be one of: user, assistant, system, tool.") }
-        if SearchSort(rawValue: sort) == nil { throw ValidationError("--sort must be relevance or newest.") }
+        if let conversation { try ConversationArgument.validate(conversation, "--conversation") }
         guard (1...1_000).contains(limit) else { throw ValidationError("--limit must be between 1 and 1000.") }
         guard (0...100_000).contains(offset) else { throw ValidationError("--offset must be between 0 and 100000.") }
         for (name, value) in [("--since", since), ("--until", until)] {
@@ -54,42 +55,64 @@ struct SearchCommand: AsyncParsableCommand {
         let conversation_id: String
         let role: String
         let created_at: String
-        let model: String?
+        @JSONNullable var model: String?
         let snippet: String
         let content: String
-        let score: Double?
+        @JSONNullable var score: Double?
+    }
+
+    /// What follows the hits in `--json`: how many matched, whether more follow, where the next
+    /// page starts.
+    struct PageJSON: Encodable {
+        @JSONNullable var matched: Int?
+        let more: Bool
+        @JSONNullable var next_offset: Int?
+        let complete: Bool
     }
 
     func run() async throws {
         try await reportingErrors {
             let opened = try await StoreAccess.open(store)
+            let conversationID: ConversationID?
+            if let conversation { conversationID = try await ConversationArgument.resolve(conversation, in: opened) } else { conversationID = nil }
             let filters = SearchFilters(
-                conversation: conversation.flatMap { ConversationID($0) }, role: role.flatMap { Role(rawValue: $0) }, model: model,
+                conversation: conversationID, role: role, model: model,
                 since: since.flatMap { TimeArgument.parse($0) }, until: until.flatMap { TimeArgument.parse($0) }, subject: subject)
-            let results = try await opened.search(query, filters: filters, limit: limit, offset: offset, sort: SearchSort(rawValue: sort)!)
+            let results = try await opened.search(query, filters: filters, limit: limit, offset: offset, sort: sort)
+            let nextOffset = results.more ? offset + limit : nil
             if output.json {
-                try CLIOutput.json(results.hits.map {
+                let writer = JSONListWriter(field: "hits")
+                try writer.append(results.hits.map {
                     HitJSON(
                         message_id: $0.messageID.rawValue, conversation_id: $0.conversationID.rawValue, role: $0.role.rawValue,
                         created_at: CLIOutput.timestamp($0.createdAt), model: $0.model, snippet: $0.snippet.text, content: $0.content,
                         score: $0.score)
                 })
+                try writer.finish(PageJSON(matched: results.matched, more: results.more, next_offset: nextOffset, complete: results.complete))
             } else if results.hits.isEmpty {
-                CLIOutput.line("no matches")
+                CLIOutput.line(offset > 0 && results.matched.map { $0 > 0 } == true ? "no matches after \(offset)" : "no matches")
             } else {
-                for hit in results.hits {
-                    let bold = CLIOutput.stdoutIsTerminal ? "\u{1B}[1m" : ""
-                    let dim = CLIOutput.stdoutIsTerminal ? "\u{1B}[2m" : ""
-                    let reset = CLIOutput.stdoutIsTerminal ? "\u{1B}[0m" : ""
-                    CLIOutput.line("\(dim)\(CLIOutput.timestamp(hit.createdAt))  \(hit.role.rawValue)"
-                        + (hit.model.map { "  \(CLIOutput.terminalSafe($0))" } ?? "")
-                        + "  conversation \(hit.conversationID)  message \(hit.messageID)\(reset)")
-                    CLIOutput.line("  " + Self.highlighted(hit.snippet, on: bold, off: reset).replacingOccurrences(of: "\n", with: " "))
-                }
+                try await printHits(results, in: opened)
+                let shown = "\(offset + 1)–\(offset + results.hits.count)"
+                let total = results.matched.map { "\($0) match\($0 == 1 ? "" : "es")" } ?? (results.more ? "more matches" : "\(offset + results.hits.count) matches")
+                CLIOutput.line("\n\(total); showing \(shown)" + (nextOffset.map { "; more: --offset \($0)" } ?? ""))
             }
             if !results.complete {
                 CLIOutput.note("ranked the newest \(results.examined) candidates only; add words or filters to narrow the search")
             }
+        }
+    }
+
+    private func printHits(_ results: SearchResults, in store: ChatLogStore) async throws {
+        let style = display.style
+        let short = try await ShortIDMap(
+            store: store, conversations: results.hits.map(\.conversationID.rawValue), messages: results.hits.map(\.messageID.rawValue))
+        for hit in results.hits {
+            let header = "\(CLIOutput.timestamp(hit.createdAt))  \(hit.role.rawValue)"
+                + (hit.model.map { "  \(CLIOutput.terminalSafe($0))" } ?? "")
+                + "  conversation \(short.conversation(hit.conversationID))  message \(short.message(hit.messageID))"
+            CLIOutput.line(style.dim + style.fit(header) + style.reset)
+            for line in style.wrap(hit.snippet.text, highlights: hit.snippet.highlights, indent: "  ") { CLIOutput.line(line) }
         }
     }
 
@@ -106,3 +129,6 @@ struct SearchCommand: AsyncParsableCommand {
         return output + CLIOutput.terminalSafe(String(snippet.text[cursor...]))
     }
 }
+
+extension Role: ExpressibleByArgument {}
+extension SearchSort: ExpressibleByArgument {}

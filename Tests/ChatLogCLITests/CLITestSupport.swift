@@ -249,7 +249,7 @@ final class Sandbox {
     func list(_ arguments: [String] = [], sourceLocation: SourceLocation = #_sourceLocation) throws -> [ConversationSummaryJSON] {
         let result = try chatlog(["list", "--json"] + arguments, sourceLocation: sourceLocation)
         guard result.status == 0 else { throw CLITestError("chatlog list failed: \(result)") }
-        return try JSONDecoder().decode([ConversationSummaryJSON].self, from: result.stdout)
+        return try JSONDecoder().decode(ListPageJSON.self, from: result.stdout).conversations
     }
 
     func show(_ id: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> TranscriptJSON {
@@ -336,6 +336,20 @@ func jsonObject(_ data: Data) throws -> [String: Any] {
         throw CLITestError("not a JSON object: \(String(decoding: data, as: UTF8.self))")
     }
     return object
+}
+
+/// The elements of a `list --json` (`field` "conversations") or `search --json` ("hits") page.
+func jsonPage(_ data: Data, _ field: String) throws -> [[String: Any]] {
+    guard let elements = try jsonObject(data)[field] as? [[String: Any]] else {
+        throw CLITestError("no array \(field) in \(String(decoding: data, as: UTF8.self))")
+    }
+    return elements
+}
+
+/// `list --json`: the conversations of one page and the cursor of the next.
+struct ListPageJSON: Decodable {
+    let conversations: [ConversationSummaryJSON]
+    let next_cursor: String?
 }
 
 func jsonArray(_ data: Data) throws -> [[String: Any]] {

@@ -230,7 +230,7 @@ private enum Damage: String, CaseIterable {
                 checkMetadata(message["metadata"])
             }
         case "search":
-            guard let hits = try? jsonArray(result.stdout) else { return ["unparsable JSON"] }
+            guard let hits = try? jsonPage(result.stdout, "hits") else { return ["unparsable JSON"] }
             for hit in hits {
                 let content = hit["content"] as? String ?? ""
                 if !text.contents.contains(content) { unknown.append(content) }
@@ -238,7 +238,7 @@ private enum Damage: String, CaseIterable {
                 if !content.contains(snippet) { unknown.append("snippet \(snippet)") }
             }
         case "list":
-            guard let rows = try? jsonArray(result.stdout) else { return ["unparsable JSON"] }
+            guard let rows = try? jsonPage(result.stdout, "conversations") else { return ["unparsable JSON"] }
             for row in rows {
                 if let title = row["title"] as? String, !text.titles.contains(title) { unknown.append("title \(title)") }
                 if let subject = row["subject"] as? String, !text.subjects.contains(subject) { unknown.append("subject \(subject)") }

@@ -575,7 +575,7 @@ import Testing
     static func searchCount(_ sandbox: Sandbox, _ query: String) throws -> Int {
         let result = try sandbox.chatlog(["search", query, "--json"])
         guard result.status == 0 else { throw CLITestError("search failed: \(result)") }
-        return try jsonArray(result.stdout).count
+        return try jsonPage(result.stdout, "hits").count
     }
 
     /// The sealed values (raw bytes, read with the sqlite3 shell) of the conversations and their messages.

@@ -760,7 +760,7 @@ private struct RotationCorpus: Sendable {
         #expect(vacuumed.status == 0, "\(vacuumed)")
         let search = try sandbox.chatlog(["search", "kiwi", "--json", "--limit", "1000"])
         #expect(search.status == 0, "\(search)")
-        let hits = try jsonArray(search.stdout).compactMap { $0["message_id"] as? String }
+        let hits = try jsonPage(search.stdout, "hits").compactMap { $0["message_id"] as? String }
         let expected = try #require(corpus.queries.first { $0.text == "kiwi" }).expected
         #expect(Set(hits) == Set(expected.map(\.rawValue)))
     }

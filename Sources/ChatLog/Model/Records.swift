@@ -128,14 +128,19 @@ public struct ConversationQuery: Sendable {
     public var since: Date?
     public var until: Date?
     public var subject: String?
+    /// Only conversations with at least one message of this model (a plain column).
+    public var model: String?
     public var limit: Int
     /// From a previous page's `nextCursor`.
     public var cursor: String?
 
-    public init(since: Date? = nil, until: Date? = nil, subject: String? = nil, limit: Int = 50, cursor: String? = nil) {
+    public init(
+        since: Date? = nil, until: Date? = nil, subject: String? = nil, model: String? = nil, limit: Int = 50, cursor: String? = nil
+    ) {
         self.since = since
         self.until = until
         self.subject = subject
+        self.model = model
         self.limit = limit
         self.cursor = cursor
     }

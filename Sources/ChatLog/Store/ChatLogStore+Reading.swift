@@ -178,6 +178,10 @@ struct ConversationListPlan: Sendable {
             clauses.append("c.subject_token IN (\(tokens.map { _ in "?" }.joined(separator: ",")))")
             arguments += StatementArguments(tokens)
         }
+        if let model = query.model {
+            clauses.append("EXISTS (SELECT 1 FROM messages m WHERE m.conversation_seq = c.seq AND m.model = ?)")
+            arguments += [model]
+        }
         if let cursor = query.cursor {
             let parts = cursor.split(separator: ".")
             guard parts.count == 2, let createdAt = Int64(parts[0]), let seq = Int64(parts[1]) else {
