@@ -42,9 +42,11 @@ struct ImportCommand: AsyncParsableCommand {
             case "chatgpt": records = try ChatGPTExport.records(path: path)
             default: records = try OpenAIJSONL.records(path: path)
             }
+            // The total for the bar: the readers that load everything know it; a JSONL file's is its lines.
+            let total = (records as? any Collection)?.count ?? (file == "-" ? nil : ProgressReporter.nonEmptyLines(path))
             let report = try opened.importConversations(
                 format: format, records: AnySequence(records), onError: ImportErrorPolicy(rawValue: onError)!, batchSize: batchSize,
-                progress: { progress.update(done: $0.conversations + $0.duplicates, remaining: nil) })
+                progress: { progress.update(done: $0.conversations + $0.duplicates + $0.skipped.count, total: total) })
             progress.finish()
             for issue in report.skipped { CLIOutput.note("skipped \(issue)") }
             if output.json {

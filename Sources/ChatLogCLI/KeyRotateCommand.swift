@@ -52,10 +52,21 @@ struct KeyRotateCommand: AsyncParsableCommand {
         let rows_by_key: [String: Int]
     }
 
+    /// What a run does, said before its progress bar.
+    var plan: String {
+        let kind = index ? "index" : "data"
+        let what = index ? "search terms and subject tokens" : "sealed values"
+        var steps = new ? "make a new \(kind) key active, then " : (ifOlderThan.map { "make a new \(kind) key active if the active one is older than \($0), then " } ?? "")
+        steps += "re-\(index ? "blind" : "seal") the \(what) still under older \(kind) keys, \(batchSize) rows per transaction"
+        if let maxDuration { steps += ", starting no batch after \(maxDuration)" }
+        return "key rotate: will \(steps); safe to interrupt (the next run resumes)"
+    }
+
     func run() async throws {
         try await reportingErrors {
             let opened = try await StoreAccess.open(store)
             let progress = ProgressReporter(label: index ? "index key rotation" : "data key rotation", unit: "rows")
+            if !dryRun { CLIOutput.note(plan) }
             let options = RotationOptions(
                 newKey: new, ifOlderThan: ifOlderThan.flatMap(Duration.parse), batchSize: batchSize,
                 maxDuration: maxDuration.flatMap(Duration.parse), dryRun: dryRun,

@@ -1,53 +1,99 @@
 import Foundation
 
-/// Progress on stderr: a bar (or a running count when the total is unknown) redrawn in place on
-/// a terminal; otherwise a plain line about every 10 % or every 10,000 items, so that cron mail
-/// stays readable.
+/// Progress on stderr. On a terminal: a bar with the total (or a running count when the total is
+/// unknown) redrawn in place. Otherwise (cron, systemd, a pipe): a plain line every few seconds
+/// and one at the end, so a log shows the job moving without filling up.
 final class ProgressReporter: @unchecked Sendable {
     // @unchecked Sendable: all state is behind `lock`; updates come from the thread running the
     // job, `finish` after it.
     private let lock = NSLock()
     private let label: String
     private let unit: String
-    private let isTerminal = isatty(2) == 1
-    private var lastStep = -1
+    private let isTerminal: Bool
+    /// Seconds between plain lines; `CHATLOG_PROGRESS_SECONDS` overrides the default of 5.
+    private let interval: TimeInterval
+    private var lastLine: Date?
+    private var last: (done: Int, total: Int?)?
     private var drew = false
 
-    init(label: String, unit: String) {
+    /// Seconds between plain progress lines when stderr is not a terminal.
+    static let defaultInterval: TimeInterval = 5
+
+    init(label: String, unit: String, environment: [String: String] = ProcessInfo.processInfo.environment) {
         self.label = label
         self.unit = unit
+        isTerminal = isatty(2) == 1 && environment["TERM"] != "dumb"
+        interval = environment["CHATLOG_PROGRESS_SECONDS"].flatMap(TimeInterval.init).map { max(0, $0) } ?? Self.defaultInterval
     }
 
+    /// `remaining` nil: the total is not known.
     func update(done: Int, remaining: Int?) {
+        update(done: done, total: remaining.map { done + $0 })
+    }
+
+    func update(done: Int, total: Int?) {
         lock.lock()
         defer { lock.unlock() }
-        guard let remaining else {
-            if isTerminal {
-                FileHandle.standardError.write(Data("\r\(label): \(done) \(unit)".utf8))
-                drew = true
-            } else if done / 10_000 != lastStep {
-                lastStep = done / 10_000
-                FileHandle.standardError.write(Data("chatlog: \(label): \(done) \(unit)\n".utf8))
-            }
+        last = (done, total)
+        if isTerminal {
+            FileHandle.standardError.write(Data(("\r" + Self.bar(label: label, unit: unit, done: done, total: total) + "\u{1B}[K").utf8))
+            drew = true
             return
         }
-        let total = max(1, done + remaining)
-        let fraction = Double(done) / Double(total)
-        if isTerminal {
-            let width = 30
-            let filled = Int(fraction * Double(width))
-            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-            FileHandle.standardError.write(Data("\r\(label) [\(bar)] \(Int(fraction * 100))% \(done)/\(total) \(unit)".utf8))
-            drew = true
-        } else if Int(fraction * 10) != lastStep {
-            lastStep = Int(fraction * 10)
-            FileHandle.standardError.write(Data("chatlog: \(label): \(done) of \(total) \(unit) done\n".utf8))
+        let now = Date()
+        if let lastLine, now.timeIntervalSince(lastLine) < interval { return }
+        if lastLine == nil, interval > 0 {
+            // The first line after one interval, not at once: short jobs print only their last line.
+            lastLine = now
+            return
         }
+        lastLine = now
+        FileHandle.standardError.write(Data("chatlog: \(Self.plain(label: label, unit: unit, done: done, total: total))\n".utf8))
     }
 
+    /// Ends the bar's line on a terminal; elsewhere prints where the job ended.
     func finish() {
         lock.lock()
         defer { lock.unlock() }
-        if drew { FileHandle.standardError.write(Data("\n".utf8)) }
+        if drew {
+            FileHandle.standardError.write(Data("\n".utf8))
+        } else if let last, !isTerminal {
+            FileHandle.standardError.write(Data("chatlog: \(Self.plain(label: label, unit: unit, done: last.done, total: last.total))\n".utf8))
+        }
+    }
+
+    /// Lines holding something other than spaces in the file at `path` (an import's total
+    /// records), read in chunks; nil when it cannot be read.
+    static func nonEmptyLines(_ path: String) -> Int? {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? handle.close() }
+        var count = 0
+        var content = false
+        while let chunk = try? handle.read(upToCount: 1 << 20), !chunk.isEmpty {
+            for byte in chunk {
+                if byte == 0x0A {
+                    if content { count += 1 }
+                    content = false
+                } else if byte != 0x20, byte != 0x09, byte != 0x0D {
+                    content = true
+                }
+            }
+        }
+        return count + (content ? 1 : 0)
+    }
+
+    static func bar(label: String, unit: String, done: Int, total: Int?) -> String {
+        guard let total else { return "\(label): \(done) \(unit)" }
+        let fraction = min(1, Double(done) / Double(max(1, total)))
+        let width = 30
+        let filled = Int(fraction * Double(width))
+        let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+        return "\(label) [\(bar)] \(Int(fraction * 100))% \(done)/\(total) \(unit)"
+    }
+
+    static func plain(label: String, unit: String, done: Int, total: Int?) -> String {
+        guard let total else { return "\(label): \(done) \(unit)" }
+        let percent = total > 0 ? min(100, done * 100 / total) : 100
+        return "\(label): \(done) of \(total) \(unit) (\(percent)%)"
     }
 }

@@ -31,7 +31,8 @@ struct VerifyCommand: AsyncParsableCommand {
         try await reportingErrors {
             let opened = try await StoreAccess.open(store)
             let progress = ProgressReporter(label: "verify", unit: "messages")
-            let report = try opened.verify(progress: { progress.update(done: $0, remaining: nil) })
+            let total = try opened.counts().messages
+            let report = try opened.verify(progress: { progress.update(done: $0, total: total) })
             progress.finish()
             if output.json {
                 try CLIOutput.json(

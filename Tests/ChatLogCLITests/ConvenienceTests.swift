@@ -240,3 +240,35 @@ private func displayWidth(_ text: String) -> Int {
         #expect(human.out.contains(path) && human.out.contains("2 conversations, 2 messages"), "\(human)")
     }
 }
+
+@Suite struct ProgressLineTests {
+    @Test func importPrintsPlainLinesWithATotalWhenNotATerminal() throws {
+        let ids = (0..<6).map { String(format: "8888%04x-0000-7000-8000-000000000000", $0) }
+        let sandbox = try sandboxWithIDs([])
+        let lines = ids.map { #"{"id": "\#($0)", "messages": [{"role": "user", "content": "hello"}]}"# }
+        try sandbox.write(lines.joined(separator: "\n") + "\n\n", to: "six.jsonl", mode: 0o600)
+        // Every update printed (no wait between lines), each with the total.
+        let eager = try sandbox.chatlog(
+            ["import", "--format", "openai-jsonl", "--batch-size", "2", "six.jsonl"],
+            env: sandbox.environment.merging(["CHATLOG_PROGRESS_SECONDS": "0"]) { $1 })
+        #expect(eager.status == 0, "\(eager)")
+        let progress = eager.err.split(separator: "\n").filter { $0.hasPrefix("chatlog: import: ") }
+        #expect(progress.first == "chatlog: import: 2 of 6 conversations (33%)", "\(eager)")
+        #expect(progress.last == "chatlog: import: 6 of 6 conversations (100%)", "\(eager)")
+        #expect(progress.count >= 3, "\(eager)")
+        // With the default interval a short job prints only where it ended.
+        let quiet = try sandbox.chatlog(["import", "--format", "openai-jsonl", "--batch-size", "2", "six.jsonl"])
+        #expect(quiet.err.split(separator: "\n").filter { $0.hasPrefix("chatlog: import: ") } == ["chatlog: import: 6 of 6 conversations (100%)"], "\(quiet)")
+    }
+
+    @Test func keyRotateSaysWhatItWillDoFirst() throws {
+        let sandbox = try Sandbox()
+        try sandbox.initStore()
+        _ = try sandbox.log(["--text", "something"])
+        let result = try sandbox.chatlog(["key", "rotate", "--new", "--batch-size", "100"])
+        #expect(result.status == 0, "\(result)")
+        let first = result.err.split(separator: "\n").first.map(String.init) ?? ""
+        #expect(first.hasPrefix("chatlog: key rotate: will make a new data key active, then re-seal"), "\(result)")
+        #expect(first.contains("100 rows per transaction"), "\(result)")
+    }
+}
