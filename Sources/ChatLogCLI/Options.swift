@@ -25,7 +25,7 @@ enum StoreAccess {
 
     static func keySource(_ settings: ChatLogSettings, confirmPassphrase: Bool = false) throws(ChatLogError) -> MasterKeySource {
         let prompt: (@Sendable () throws(ChatLogError) -> Passphrase)? =
-            CLIOutput.stdinIsTerminal
+            TerminalPrompt.isAvailable
             ? { @Sendable () throws(ChatLogError) -> Passphrase in try TerminalPrompt.passphrase(confirm: confirmPassphrase) } : nil
         let source = try settings.masterKeySource(prompt: prompt)
         ProcessHygiene.scrubEnvironment()
@@ -37,6 +37,22 @@ enum StoreAccess {
         let path = options.path(settings)
         // A missing store is reported before asking for a key or passphrase.
         if !ChatLogStore.exists(at: path) { throw .storeNotFound(path: path) }
-        return try ChatLogStore.open(at: path, key: try keySource(settings))
+        var attempt = 1
+        while true {
+            let source = try keySource(settings)
+            do throws(ChatLogError) {
+                return try ChatLogStore.open(at: path, key: source)
+            } catch {
+                // A passphrase (prompted or from a file) that derives another key is a wrong
+                // passphrase; at the prompt, two more tries.
+                guard case .wrongKey(let expected, let given) = error, source.origin.hasPrefix("passphrase") else { throw error }
+                if source.origin == "passphrase prompt", attempt < TerminalPrompt.tries {
+                    TerminalPrompt.say("wrong passphrase, try again")
+                    attempt += 1
+                    continue
+                }
+                throw .passphrase("wrong passphrase (\(source.origin)): this store expects key \(expected), the passphrase gives \(given)")
+            }
+        }
     }
 }

@@ -272,3 +272,76 @@ private func displayWidth(_ text: String) -> Int {
         #expect(first.contains("100 rows per transaction"), "\(result)")
     }
 }
+
+/// Runs `command` with a pseudo-terminal as its controlling terminal (util-linux `script`),
+/// typing the next of `answers` each time a passphrase prompt appears. Returns the exit status
+/// and everything the terminal showed.
+private func runOnTerminal(_ command: String, answers: [String], env: [String: String], cwd: URL) throws -> (status: Int32, screen: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/script")
+    process.arguments = ["-q", "-e", "-f", "-c", command, "/dev/null"]
+    process.environment = env
+    process.currentDirectoryURL = cwd
+    let input = Pipe()
+    let output = Pipe()
+    process.standardInput = input
+    process.standardOutput = output
+    process.standardError = output
+    try process.run()
+    let watchdog = DispatchWorkItem { process.terminate() }
+    DispatchQueue.global().asyncAfter(deadline: .now() + 180, execute: watchdog)
+    defer { watchdog.cancel() }
+    var screen = Data()
+    var answered = 0
+    while true {
+        let chunk = output.fileHandleForReading.availableData
+        if chunk.isEmpty { break }
+        screen.append(chunk)
+        let prompts = String(decoding: screen, as: UTF8.self).components(separatedBy: "Passphrase").count - 1
+        while answered < prompts, answered < answers.count {
+            input.fileHandleForWriting.write(Data((answers[answered] + "\n").utf8))
+            answered += 1
+        }
+    }
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: screen, as: UTF8.self))
+}
+
+@Suite struct PassphrasePromptTests {
+    /// A store made with CHATLOG_PASSPHRASE_FILE; the environment for commands without any key.
+    private func passphraseStore() throws -> (Sandbox, [String: String]) {
+        let sandbox = try Sandbox()
+        try sandbox.write("right passphrase\n", to: "passphrase", mode: 0o600)
+        let created = try sandbox.chatlog(
+            ["init"], env: sandbox.baseEnvironment.merging(["CHATLOG_PASSPHRASE_FILE": sandbox.path("passphrase")]) { $1 })
+        guard created.status == 0 else { throw CLITestError("init failed: \(created)") }
+        return (sandbox, sandbox.baseEnvironment.merging(["TERM": "dumb"]) { $1 })
+    }
+
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script")))
+    func promptsOnTheTerminalWhenStdinIsAPipeWithThreeTries() throws {
+        let (sandbox, env) = try passphraseStore()
+        let binary = try ChatLogBinary.url().path
+        let good = try runOnTerminal(
+            "true | \(binary) list", answers: ["short", "wrong passphrase", "right passphrase"], env: env, cwd: sandbox.directory)
+        #expect(good.status == 0, "\(good.screen)")
+        #expect(good.screen.contains("Passphrase (at least 8 bytes): "), "\(good.screen)")
+        #expect(good.screen.contains("too short") && good.screen.contains("wrong passphrase, try again"), "\(good.screen)")
+        #expect(good.screen.contains("no conversations"), "\(good.screen)")
+        #expect(!good.screen.contains("right passphrase"), "the passphrase is not echoed: \(good.screen)")
+
+        let bad = try runOnTerminal(
+            "true | \(binary) list", answers: ["wrong one 1", "wrong one 2", "wrong one 3"], env: env, cwd: sandbox.directory)
+        #expect(bad.status == 77, "\(bad.screen)")
+        #expect(bad.screen.contains("chatlog: error: passphrase: wrong passphrase (passphrase prompt)"), "\(bad.screen)")
+        #expect(bad.screen.components(separatedBy: "Passphrase").count - 1 == 3, "\(bad.screen)")
+    }
+
+    @Test func aWrongPassphraseFileSaysWrongPassphrase() throws {
+        let (sandbox, env) = try passphraseStore()
+        try sandbox.write("not the passphrase\n", to: "other", mode: 0o600)
+        let result = try sandbox.chatlog(["list"], env: env.merging(["CHATLOG_PASSPHRASE_FILE": sandbox.path("other")]) { $1 })
+        #expect(result.status == 77, "\(result)")
+        #expect(result.err.contains("wrong passphrase (passphrase file") && !result.err.contains("wrong master key"), "\(result)")
+    }
+}
