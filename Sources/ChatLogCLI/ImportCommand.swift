@@ -13,21 +13,17 @@ struct ImportCommand: AsyncParsableCommand {
     @OptionGroup var output: OutputOptions
 
     @Option(name: .long, help: "openai-jsonl, llm or chatgpt.")
-    var format: String
+    var format: ImportFormat
     @Option(name: .long, help: "fail (default: stop at the first bad record; its batch is not written) or skip.")
-    var onError: String = "fail"
+    var onError: ImportErrorPolicy = .fail
     @Option(name: .long, help: "Conversations per transaction.")
     var batchSize: Int = 200
     @Argument(help: "The file to import ('-' for standard input, openai-jsonl only).")
     var file: String
 
-    static let formats = ["openai-jsonl", "llm", "chatgpt"]
-
     func validate() throws {
-        guard Self.formats.contains(format) else { throw ValidationError("--format must be one of: \(Self.formats.joined(separator: ", ")).") }
-        guard ImportErrorPolicy(rawValue: onError) != nil else { throw ValidationError("--on-error must be fail or skip.") }
         guard (1...10_000).contains(batchSize) else { throw ValidationError("--batch-size must be between 1 and 10000.") }
-        if file == "-", format != "openai-jsonl" { throw ValidationError("only openai-jsonl can be read from standard input.") }
+        if file == "-", format != .openAIJSONL { throw ValidationError("only openai-jsonl can be read from standard input.") }
     }
 
     func run() async throws {
@@ -38,14 +34,14 @@ struct ImportCommand: AsyncParsableCommand {
             let progress = ProgressReporter(label: "import", unit: "conversations")
             let records: any Sequence<Result<ImportedConversation, ImportIssue>>
             switch format {
-            case "llm": records = try LLMLogs.records(path: path)
-            case "chatgpt": records = try ChatGPTExport.records(path: path)
-            default: records = try OpenAIJSONL.records(path: path)
+            case .llm: records = try LLMLogs.records(path: path)
+            case .chatGPT: records = try ChatGPTExport.records(path: path)
+            case .openAIJSONL: records = try OpenAIJSONL.records(path: path)
             }
             // The total for the bar: the readers that load everything know it; a JSONL file's is its lines.
             let total = (records as? any Collection)?.count ?? (file == "-" ? nil : ProgressReporter.nonEmptyLines(path))
             let report = try opened.importConversations(
-                format: format, records: AnySequence(records), onError: ImportErrorPolicy(rawValue: onError)!, batchSize: batchSize,
+                format: format.rawValue, records: AnySequence(records), onError: onError, batchSize: batchSize,
                 progress: { progress.update(done: $0.conversations + $0.duplicates + $0.skipped.count, total: total) })
             progress.finish()
             for issue in report.skipped { CLIOutput.note("skipped \(issue)") }
@@ -68,3 +64,12 @@ struct ImportCommand: AsyncParsableCommand {
         }
     }
 }
+
+/// `--format` of `import`; the raw values are part of each import's idempotency key.
+enum ImportFormat: String, CaseIterable, ExpressibleByArgument {
+    case openAIJSONL = "openai-jsonl"
+    case llm
+    case chatGPT = "chatgpt"
+}
+
+extension ImportErrorPolicy: ExpressibleByArgument {}

@@ -11,14 +11,13 @@ struct StatsCommand: AsyncParsableCommand {
     @OptionGroup var output: OutputOptions
 
     @Option(name: .long, help: "Group by model, day or role.")
-    var by: String?
+    var by: StatsGrouping?
     @Option(name: .long, help: "Only messages at or after this time (RFC 3339 date, or a duration like 7d).")
     var since: String?
     @Option(name: .long, help: "Only messages before this time.")
     var until: String?
 
     func validate() throws {
-        if let by, StatsGrouping(rawValue: by) == nil { throw ValidationError("--by must be model, day or role.") }
         for (name, value) in [("--since", since), ("--until", until)] {
             if let value, TimeArgument.parse(value) == nil {
                 throw ValidationError("\(name) must be a date (2026-11-27 or RFC 3339) or a duration (30m, 12h, 7d, 4w).")
@@ -38,7 +37,7 @@ struct StatsCommand: AsyncParsableCommand {
         try await reportingErrors {
             let opened = try await StoreAccess.open(store)
             let rows = try opened.stats(
-                by: by.flatMap { StatsGrouping(rawValue: $0) }, since: since.flatMap { TimeArgument.parse($0) },
+                by: by, since: since.flatMap { TimeArgument.parse($0) },
                 until: until.flatMap { TimeArgument.parse($0) })
             if output.json {
                 try CLIOutput.json(rows.map {
@@ -48,7 +47,7 @@ struct StatsCommand: AsyncParsableCommand {
                 return
             }
             CLIOutput.line(Table.render(
-                header: [by?.uppercased() ?? "ALL", "CONVERSATIONS", "MESSAGES", "PROMPT TOKENS", "COMPLETION TOKENS"],
+                header: [by?.rawValue.uppercased() ?? "ALL", "CONVERSATIONS", "MESSAGES", "PROMPT TOKENS", "COMPLETION TOKENS"],
                 rows: rows.map {
                     [CLIOutput.terminalSafe($0.group ?? (by == nil ? "all" : "-")), String($0.conversations), String($0.messages),
                         String($0.promptTokens), String($0.completionTokens)]
@@ -56,3 +55,5 @@ struct StatsCommand: AsyncParsableCommand {
         }
     }
 }
+
+extension StatsGrouping: ExpressibleByArgument {}

@@ -345,3 +345,41 @@ private func runOnTerminal(_ command: String, answers: [String], env: [String: S
         #expect(result.err.contains("wrong passphrase (passphrase file") && !result.err.contains("wrong master key"), "\(result)")
     }
 }
+
+@Suite struct CompletionAndHelpTests {
+    @Test(arguments: ["bash", "zsh", "fish"])
+    func completionScriptsOfferTheValuesOfEnumeratedOptions(shell: String) throws {
+        let sandbox = try Sandbox()
+        let result = try sandbox.chatlog(["--generate-completion-script", shell])
+        #expect(result.status == 0, "\(result)")
+        for values in [["relevance", "newest"], ["model", "day", "role"], ["openai-jsonl", "llm", "chatgpt"],
+            ["system", "user", "assistant", "tool"], ["auto", "always", "never"], ["fail", "skip"]]
+        {
+            // How each shell's script lists an option's values.
+            let quoted = values.map { "'\($0)'" }
+            let listed = [
+                "bash": quoted.joined(separator: "$'\\n'"), "zsh": "(" + quoted.joined(separator: " ") + ")",
+                "fish": "'" + values.joined(separator: " ") + "'",
+            ][shell]!
+            #expect(result.out.contains(listed), "\(shell): \(listed) missing")
+        }
+    }
+
+    @Test func searchHelpSaysLowercaseOrIsAWordAndAccentsAreNotFolded() throws {
+        let sandbox = try Sandbox()
+        let help = collapsingWhitespace(try sandbox.chatlog(["search", "--help"]).out)
+        #expect(help.contains("a lowercase \"or\" is a word"), "\(help)")
+        #expect(help.contains("\"réfund\" does not find \"refund\""), "\(help)")
+    }
+
+    @Test func enumeratedOptionsRefuseOtherValues() throws {
+        let sandbox = try Sandbox()
+        try sandbox.initStore()
+        for arguments in [["stats", "--by", "week"], ["import", "--format", "csv", "x"], ["search", "x", "--sort", "oldest"],
+            ["log", "--role", "robot", "--text", "x"], ["import", "--format", "llm", "--on-error", "ignore", "x"]]
+        {
+            let result = try sandbox.chatlog(arguments)
+            #expect(result.status == 64, "\(arguments): \(result)")
+        }
+    }
+}
