@@ -337,6 +337,18 @@ private func runOnTerminal(_ command: String, answers: [String], env: [String: S
         #expect(bad.screen.components(separatedBy: "Passphrase").count - 1 == 3, "\(bad.screen)")
     }
 
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script")))
+    func showWithoutAnIDOnATerminalShowsTheLatest() throws {
+        let sandbox = try Sandbox()
+        try sandbox.initStore()
+        _ = try sandbox.log(["--title", "older one", "--text", "one"])
+        _ = try sandbox.log(["--title", "newest one", "--text", "two"])
+        let shown = try runOnTerminal(
+            "\(try ChatLogBinary.url().path) show", answers: [], env: sandbox.environment.merging(["TERM": "dumb"]) { $1 },
+            cwd: sandbox.directory)
+        #expect(shown.status == 0 && shown.screen.contains("newest one") && !shown.screen.contains("older one"), "\(shown.screen)")
+    }
+
     @Test func aWrongPassphraseFileSaysWrongPassphrase() throws {
         let (sandbox, env) = try passphraseStore()
         try sandbox.write("not the passphrase\n", to: "other", mode: 0o600)

@@ -218,6 +218,11 @@ private enum Damage: String, CaseIterable {
             let lines = result.out.split(separator: "\n", omittingEmptySubsequences: false)
             if let title = lines.first, title != "(untitled)", !text.titles.contains(String(title)) { unknown.append("title \(title)") }
             for line in lines where line.hasPrefix("  ") {
+                // A message's metadata is shown as "  metadata {…}" under its text.
+                if line.hasPrefix("  metadata "), let object = try? JSONSerialization.jsonObject(with: Data(line.dropFirst(11).utf8)) {
+                    checkMetadata(object)
+                    continue
+                }
                 if !text.contents.contains(String(line.dropFirst(2))) { unknown.append(String(line)) }
             }
         case "show":
