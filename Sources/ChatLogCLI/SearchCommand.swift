@@ -94,7 +94,10 @@ struct SearchCommand: AsyncParsableCommand {
             } else {
                 try await printHits(results, in: opened)
                 let shown = "\(offset + 1)–\(offset + results.hits.count)"
-                let total = results.matched.map { "\($0) match\($0 == 1 ? "" : "es")" } ?? (results.more ? "more matches" : "\(offset + results.hits.count) matches")
+                let seen = offset + results.hits.count
+                let total =
+                    results.matched.map { "\($0) match\($0 == 1 ? "" : "es")" }
+                    ?? (results.more ? "at least \(seen + 1) matches" : "\(seen) match\(seen == 1 ? "" : "es")")
                 CLIOutput.line("\n\(total); showing \(shown)" + (nextOffset.map { "; more: --offset \($0)" } ?? ""))
             }
             if !results.complete {
