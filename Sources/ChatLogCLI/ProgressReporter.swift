@@ -51,8 +51,13 @@ final class ProgressReporter: @unchecked Sendable {
         FileHandle.standardError.write(Data("chatlog: \(Self.plain(label: label, unit: unit, done: done, total: total))\n".utf8))
     }
 
-    /// Ends the bar's line on a terminal; elsewhere prints where the job ended.
-    func finish() {
+    /// Ends the bar's line on a terminal; elsewhere prints where the job ended. `done`: the final
+    /// count, when the job reports progress only now and then.
+    func finish(done: Int? = nil) {
+        lock.lock()
+        let previous = last
+        lock.unlock()
+        if let done, let previous, previous.done != done { update(done: done, total: previous.total) }
         lock.lock()
         defer { lock.unlock() }
         if drew {

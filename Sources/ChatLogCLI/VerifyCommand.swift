@@ -33,7 +33,7 @@ struct VerifyCommand: AsyncParsableCommand {
             let progress = ProgressReporter(label: "verify", unit: "messages")
             let total = try opened.counts().messages
             let report = try opened.verify(progress: { progress.update(done: $0, total: total) })
-            progress.finish()
+            progress.finish(done: report.messages)
             if output.json {
                 try CLIOutput.json(
                     ReportJSON(
