@@ -395,3 +395,25 @@ private func runOnTerminal(_ command: String, answers: [String], env: [String: S
         }
     }
 }
+
+@Suite struct ChatGPTWithoutIDsCLITests {
+    @Test func aConverterExportWithoutIDsImportsOnce() throws {
+        let sandbox = try Sandbox()
+        try sandbox.initStore()
+        let data = try Data(contentsOf: URL(fileURLWithPath: InterchangeCLITests.fixture("chatgpt/conversations.json")))
+        var items = try #require(try JSONSerialization.jsonObject(with: data) as? [[String: Any]])
+        for index in items.indices {
+            items[index]["id"] = nil
+            items[index]["conversation_id"] = nil
+            if index == 0 { items[index]["current_node"] = nil }
+        }
+        try sandbox.write(
+            String(decoding: try JSONSerialization.data(withJSONObject: items), as: UTF8.self), to: "conversations.json", mode: 0o600)
+        let first = try sandbox.chatlog(["import", "--format", "chatgpt", "conversations.json", "--json"])
+        #expect(first.status == 0, "\(first)")
+        #expect(try jsonObject(first.stdout)["conversations"] as? Int == items.count, "\(first)")
+        let second = try sandbox.chatlog(["import", "--format", "chatgpt", "conversations.json", "--json"])
+        #expect(try jsonObject(second.stdout)["conversations"] as? Int == 0, "\(second)")
+        #expect(try jsonObject(second.stdout)["duplicates"] as? Int == items.count, "\(second)")
+    }
+}
