@@ -261,6 +261,18 @@ private func displayWidth(_ text: String) -> Int {
         #expect(quiet.err.split(separator: "\n").filter { $0.hasPrefix("chatlog: import: ") } == ["chatlog: import: 6 of 6 conversations (100%)"], "\(quiet)")
     }
 
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script")))
+    func importShowsABarWithTheTotalOnATerminal() throws {
+        let sandbox = try sandboxWithIDs([])
+        let lines = (0..<6).map { #"{"messages": [{"role": "user", "content": "hello \#($0)"}]}"# }
+        try sandbox.write(lines.joined(separator: "\n") + "\n", to: "six.jsonl", mode: 0o600)
+        let shown = try runOnTerminal(
+            "\(try ChatLogBinary.url().path) import --format openai-jsonl --batch-size 2 six.jsonl", answers: [],
+            env: sandbox.environment.merging(["TERM": "xterm"]) { $1 }, cwd: sandbox.directory)
+        #expect(shown.status == 0, "\(shown.screen)")
+        #expect(shown.screen.contains("import [###") && shown.screen.contains("] 100% 6/6 conversations"), "\(shown.screen)")
+    }
+
     @Test func keyRotateSaysWhatItWillDoFirst() throws {
         let sandbox = try Sandbox()
         try sandbox.initStore()
