@@ -111,9 +111,10 @@ struct SearchCommand: AsyncParsableCommand {
         let short = try await ShortIDMap(
             store: store, conversations: results.hits.map(\.conversationID.rawValue), messages: results.hits.map(\.messageID.rawValue))
         for hit in results.hits {
-            let header = "\(CLIOutput.timestamp(hit.createdAt))  \(hit.role.rawValue)"
-                + (hit.model.map { "  \(CLIOutput.terminalSafe($0))" } ?? "")
-                + "  conversation \(short.conversation(hit.conversationID))  message \(short.message(hit.messageID))"
+            // Ids first: a narrow terminal cuts the time, not the ids.
+            let header = "conversation \(short.conversation(hit.conversationID))  message \(short.message(hit.messageID))"
+                + "  \(hit.role.rawValue)" + (hit.model.map { "  \(CLIOutput.terminalSafe($0))" } ?? "")
+                + "  \(CLIOutput.timestamp(hit.createdAt))"
             CLIOutput.line(style.dim + style.fit(header) + style.reset)
             for line in style.wrap(hit.snippet.text, highlights: hit.snippet.highlights, indent: "  ") { CLIOutput.line(line) }
         }

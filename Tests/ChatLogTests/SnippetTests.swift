@@ -39,8 +39,12 @@ import Testing
     @Test func theIssueExamplesStartOnAWord() throws {
         let polish = "Cześć, jak analizować dane w python przy użyciu pandas"
         let hit = Snippets.make(content: polish, matches: [polish.utf8.count - 6..<polish.utf8.count])
-        // The rough window starts inside "jak": it moves to the next word instead.
-        #expect(hit.text == "…analizować dane w python przy użyciu pandas")
+        // A message shorter than the window is shown whole.
+        #expect(hit.text == polish)
+        // A longer one: the rough window starts inside "jak" and moves to the next word.
+        let longer = polish + " " + String(repeating: "i dalej tekst ", count: 12)
+        let window = Snippets.make(content: longer, matches: [polish.utf8.count - 6..<polish.utf8.count])
+        #expect(window.text.hasPrefix("…analizować dane"), "\(window.text.debugDescription)")
         let numbers = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen"
         let content = "Żółć gęślą jaźń zażółć: " + numbers + " needle " + numbers + " " + numbers
         try checkBoundaries(content, needle: "needle", "Polish prefix")

@@ -336,9 +336,18 @@ enum Snippets {
         }
         let firstIndex = index(first.lowerBound)
         let roughStart = content.index(firstIndex, offsetBy: -radius / 2, limitedBy: content.startIndex) ?? content.startIndex
-        let start = wordStart(in: content, after: roughStart, notAfter: firstIndex)
+        var start = wordStart(in: content, after: roughStart, notAfter: firstIndex)
         let roughEnd = content.index(start, offsetBy: 2 * radius, limitedBy: content.endIndex) ?? content.endIndex
         let end = wordEnd(in: content, before: roughEnd, notBefore: index(first.upperBound))
+        // A window that reached the end gives what it did not use to the text before it (a short
+        // message is shown whole).
+        if end == content.endIndex, start > content.startIndex {
+            let unused = 2 * radius - content.distance(from: start, to: end)
+            if unused > 0 {
+                let earlier = content.index(start, offsetBy: -unused, limitedBy: content.startIndex) ?? content.startIndex
+                start = wordStart(in: content, after: earlier, notAfter: start)
+            }
+        }
         let prefix = content[..<start].contains { !$0.isWhitespace } ? "…" : ""
         let suffix = content[end...].contains { !$0.isWhitespace } ? "…" : ""
         let text = prefix + String(content[start..<end]) + suffix
