@@ -113,7 +113,7 @@ struct SearchCommand: AsyncParsableCommand {
         for hit in results.hits {
             // Ids first: a narrow terminal cuts the time, not the ids.
             let header = "conversation \(short.conversation(hit.conversationID))  message \(short.message(hit.messageID))"
-                + "  \(hit.role.rawValue)" + (hit.model.map { "  \(CLIOutput.terminalSafe($0))" } ?? "")
+                + "  \(hit.role.rawValue)" + (hit.model.map { "  \(CLIOutput.terminalSafeField($0))" } ?? "")
                 + "  \(CLIOutput.timestamp(hit.createdAt))"
             CLIOutput.line(style.dim + style.fit(header) + style.reset)
             for line in style.wrap(hit.snippet.text, highlights: hit.snippet.highlights, indent: "  ") { CLIOutput.line(line) }

@@ -99,17 +99,17 @@ enum TranscriptPrinter {
         let (bold, dim, reset) = (style.bold, style.dim, style.reset)
         CLIOutput.line("\(bold)\(CLIOutput.terminalSafe(conversation.title ?? "(untitled)"))\(reset)")
         CLIOutput.line("\(dim)id \(conversation.id)  created \(CLIOutput.timestamp(conversation.createdAt))"
-            + (conversation.subject.map { "  subject \(CLIOutput.terminalSafe($0))" } ?? "")
+            + (conversation.subject.map { "  subject \(CLIOutput.terminalSafeField($0))" } ?? "")
             + "  \(transcript.messages.count) messages\(reset)")
         if let metadata = conversation.metadata { CLIOutput.line("\(dim)metadata \(CLIOutput.terminalSafe(compact(metadata)))\(reset)") }
         for message in transcript.messages {
             var details: [String] = []
-            if let model = message.model { details.append(CLIOutput.terminalSafe(model)) }
+            if let model = message.model { details.append(CLIOutput.terminalSafeField(model)) }
             if message.promptTokens != nil || message.completionTokens != nil {
                 details.append("\(message.promptTokens ?? 0)+\(message.completionTokens ?? 0) tokens")
             }
             if let latency = message.latencyMilliseconds { details.append("\(latency) ms") }
-            if let reason = message.finishReason { details.append(CLIOutput.terminalSafe(reason)) }
+            if let reason = message.finishReason { details.append(CLIOutput.terminalSafeField(reason)) }
             CLIOutput.line()
             CLIOutput.line("\(bold)\(message.role.rawValue)\(reset) \(dim)\(CLIOutput.timestamp(message.createdAt))"
                 + (details.isEmpty ? "" : "  " + details.joined(separator: ", ")) + reset)
@@ -128,10 +128,10 @@ enum TranscriptPrinter {
         CLIOutput.line("# \(CLIOutput.terminalSafe(conversation.title ?? "(untitled)"))")
         CLIOutput.line()
         CLIOutput.line("id: `\(conversation.id)`, created \(CLIOutput.timestamp(conversation.createdAt))"
-            + (conversation.subject.map { ", subject: \(CLIOutput.terminalSafe($0))" } ?? ""))
+            + (conversation.subject.map { ", subject: \(CLIOutput.terminalSafeField($0))" } ?? ""))
         for message in transcript.messages {
             CLIOutput.line()
-            CLIOutput.line("## \(message.role.rawValue)" + (message.model.map { " (\(CLIOutput.terminalSafe($0)))" } ?? ""))
+            CLIOutput.line("## \(message.role.rawValue)" + (message.model.map { " (\(CLIOutput.terminalSafeField($0)))" } ?? ""))
             CLIOutput.line()
             CLIOutput.line("*\(CLIOutput.timestamp(message.createdAt))*")
             if !message.content.isEmpty {

@@ -49,7 +49,7 @@ struct StatsCommand: AsyncParsableCommand {
             CLIOutput.line(Table.render(
                 header: [by?.rawValue.uppercased() ?? "ALL", "CONVERSATIONS", "MESSAGES", "PROMPT TOKENS", "COMPLETION TOKENS"],
                 rows: rows.map {
-                    [CLIOutput.terminalSafe($0.group ?? (by == nil ? "all" : "-")), String($0.conversations), String($0.messages),
+                    [CLIOutput.terminalSafeField($0.group ?? (by == nil ? "all" : "-")), String($0.conversations), String($0.messages),
                         String($0.promptTokens), String($0.completionTokens)]
                 }))
         }

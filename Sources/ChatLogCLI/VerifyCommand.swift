@@ -41,7 +41,7 @@ struct VerifyCommand: AsyncParsableCommand {
                         failure_count: report.issueCount,
                         failures: report.issues.map { IssueJSON(table: $0.table, column: $0.column, row: $0.rowID, problem: $0.problem) }))
             } else {
-                for issue in report.issues { CLIOutput.line("FAIL \(issue)") }
+                for issue in report.issues { CLIOutput.line("FAIL " + CLIOutput.terminalSafeField(issue.description)) }
                 if report.issueCount > report.issues.count {
                     CLIOutput.line("… and \(report.issueCount - report.issues.count) more failures")
                 }

@@ -50,7 +50,10 @@ extension ChatLogStore {
                     db, sql: "SELECT seq, id, created_at FROM conversations WHERE \(clauses.joined(separator: " AND ")) ORDER BY created_at, seq LIMIT 100",
                     arguments: arguments)
                 if let last = rows.last { cursor = (try last.decode(forColumn: "created_at"), try last.decode(forColumn: "seq")) }
-                return try rows.map { try self.transcript(ConversationID(trusted: try $0.decode(String.self, forColumn: "id")), db) }
+                return try rows.map {
+                    try self.transcript(
+                        ConversationID.stored($0.storedText("id"), table: "conversations", column: "id", seq: try $0.decode(forColumn: "seq")), db)
+                }
             }
             if page.isEmpty { return totals }
             for transcript in page {

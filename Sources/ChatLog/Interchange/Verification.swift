@@ -84,10 +84,11 @@ extension ChatLogStore {
         let keys = keyRing.current
 
         // Conversations: sealed fields and subject tokens.
-        let conversations = try Row.fetchCursor(db, sql: "SELECT id, title, subject, subject_token, subject_key_id, metadata FROM conversations")
+        let conversations = try Row.fetchCursor(db, sql: "SELECT seq, id, title, subject, subject_token, subject_key_id, metadata FROM conversations")
         while let row = try conversations.next() {
             report.conversations += 1
             let id: String = try row.decode(forColumn: "id")
+            try check { _ = try ConversationID.stored(row.storedText("id"), table: "conversations", column: "id", seq: try row.decode(forColumn: "seq")) }
             for column in ["title", "subject", "metadata"] {
                 guard let sealed = row.sealedBytes(column) else { continue }
                 report.sealedValues += 1
@@ -112,12 +113,13 @@ extension ChatLogStore {
 
         // Messages: sealed fields, and their terms in the index.
         var expected: [String: Int] = [:]
-        let messages = try Row.fetchCursor(db, sql: "SELECT id, content, metadata, search_rowid, index_key_id FROM messages ORDER BY seq")
+        let messages = try Row.fetchCursor(db, sql: "SELECT seq, id, content, metadata, search_rowid, index_key_id FROM messages ORDER BY seq")
         let present = try db.cachedStatement(sql: "SELECT 1 FROM message_terms WHERE message_terms MATCH ? AND rowid = ?")
         while let row = try messages.next() {
             report.messages += 1
             if report.messages % 10_000 == 0 { progress?(report.messages) }
             let id: String = try row.decode(forColumn: "id")
+            try check { _ = try MessageID.stored(row.storedText("id"), table: "messages", column: "id", seq: try row.decode(forColumn: "seq")) }
             report.sealedValues += 1
             var content: String?
             try check { content = try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db) }

@@ -49,6 +49,10 @@ public struct ConversationID: Hashable, Sendable, Codable, CustomStringConvertib
     }
     init(trusted: String) { rawValue = trusted }
     static func make() -> ConversationID { ConversationID(trusted: UUIDv7.make()) }
+    /// An id read from the store (see ``StoredID``).
+    static func stored(_ value: String?, table: String, column: String, seq: Int64) throws(ChatLogError) -> ConversationID {
+        ConversationID(trusted: try StoredID.check(value, table: table, column: column, seq: seq))
+    }
     public var description: String { rawValue }
     public init(from decoder: any Decoder) throws {
         let text = try decoder.singleValueContainer().decode(String.self)
@@ -72,6 +76,10 @@ public struct MessageID: Hashable, Sendable, Codable, CustomStringConvertible, L
     }
     init(trusted: String) { rawValue = trusted }
     static func make() -> MessageID { MessageID(trusted: UUIDv7.make()) }
+    /// An id read from the store (see ``StoredID``).
+    static func stored(_ value: String?, table: String, column: String, seq: Int64) throws(ChatLogError) -> MessageID {
+        MessageID(trusted: try StoredID.check(value, table: table, column: column, seq: seq))
+    }
     public var description: String { rawValue }
     public init(from decoder: any Decoder) throws {
         let text = try decoder.singleValueContainer().decode(String.self)
@@ -83,5 +91,17 @@ public struct MessageID: Hashable, Sendable, Codable, CustomStringConvertible, L
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()
         try container.encode(rawValue)
+    }
+}
+
+/// Ids read back from the file. chatlog only ever writes canonical UUIDs, so anything else was
+/// planted or damaged: it is an integrity failure that names the table, column and the row's
+/// internal `seq` — never the value, which could hold terminal escape sequences.
+enum StoredID {
+    static func check(_ value: String?, table: String, column: String, seq: Int64) throws(ChatLogError) -> String {
+        guard let value, UUIDv7.normalize(value) != nil else {
+            throw .integrity(IntegrityFailure(table: table, column: column, rowID: "seq \(seq)", reason: .invalidID))
+        }
+        return value
     }
 }

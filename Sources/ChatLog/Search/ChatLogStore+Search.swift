@@ -114,7 +114,7 @@ extension ChatLogStore {
         let rowsByID = try Row.fetchAll(
             db,
             sql: """
-                SELECT m.id, c.id AS conversation_id, m.role, m.created_at, m.model, m.content, m.search_rowid
+                SELECT m.seq, m.id, c.seq AS conversation_seq, c.id AS conversation_id, m.role, m.created_at, m.model, m.content, m.search_rowid
                 FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
                 WHERE m.search_rowid IN (\(page.map { _ in "?" }.joined(separator: ",")))
                 """, arguments: StatementArguments(page.map { candidates[$0.0].searchRowID })
@@ -168,7 +168,7 @@ extension ChatLogStore {
         return try Row.fetchAll(
             db,
             sql: """
-                SELECT m.id, c.id AS conversation_id, m.role, m.created_at, m.model
+                SELECT m.seq, m.id, c.seq AS conversation_seq, c.id AS conversation_id, m.role, m.created_at, m.model
                 FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
                 WHERE m.id IN (\(ids.map { _ in "?" }.joined(separator: ",")))
                 """, arguments: StatementArguments(ids)
@@ -177,7 +177,9 @@ extension ChatLogStore {
 
     private func hit(_ row: Row, content: String, matches: [Range<Int>], score: Double?) throws -> SearchHit {
         SearchHit(
-            messageID: MessageID(trusted: try row.decode(String.self, forColumn: "id")), conversationID: ConversationID(trusted: try row.decode(String.self, forColumn: "conversation_id")),
+            messageID: try MessageID.stored(row.storedText("id"), table: "messages", column: "id", seq: try row.decode(forColumn: "seq")),
+            conversationID: try ConversationID.stored(
+                row.storedText("conversation_id"), table: "conversations", column: "id", seq: try row.decode(forColumn: "conversation_seq")),
             role: Role(rawValue: try row.decode(String.self, forColumn: "role")) ?? .user, createdAt: Date(unixMilliseconds: try row.decode(Int64.self, forColumn: "created_at")), model: row["model"],
             content: content, snippet: Snippets.make(content: content, matches: matches), score: score)
     }

@@ -8,7 +8,7 @@ extension ChatLogStore {
         """
 
     private static let messageColumns = """
-        m.id, c.id AS conversation_id, m.position, m.role, m.created_at, m.model, m.prompt_tokens, m.completion_tokens,
+        m.seq, m.id, c.seq AS conversation_seq, c.id AS conversation_id, m.position, m.role, m.created_at, m.model, m.prompt_tokens, m.completion_tokens,
         m.latency_ms, m.finish_reason, m.content, m.metadata
         """
 
@@ -127,7 +127,7 @@ extension ChatLogStore {
     }
 
     func decodeConversation(_ row: Row, _ db: Database) throws -> Conversation {
-        let id: String = try row.decode(forColumn: "id")
+        let id = try ConversationID.stored(row.storedText("id"), table: "conversations", column: "id", seq: try row.decode(forColumn: "seq")).rawValue
         func context(_ column: String) -> FieldContext { FieldContext(table: "conversations", column: column, rowID: id) }
         return Conversation(
             id: ConversationID(trusted: id), createdAt: Date(unixMilliseconds: try row.decode(Int64.self, forColumn: "created_at")),
@@ -139,13 +139,15 @@ extension ChatLogStore {
     }
 
     func decodeMessage(_ row: Row, _ db: Database) throws -> Message {
-        let id: String = try row.decode(forColumn: "id")
+        let id = try MessageID.stored(row.storedText("id"), table: "messages", column: "id", seq: try row.decode(forColumn: "seq")).rawValue
+        let conversationID = try ConversationID.stored(
+            row.storedText("conversation_id"), table: "conversations", column: "id", seq: try row.decode(forColumn: "conversation_seq"))
         let rawRole: String = try row.decode(forColumn: "role")
         guard let role = Role(rawValue: rawRole) else {
             throw ChatLogError.integrity(IntegrityFailure(table: "messages", column: "role", rowID: id, reason: .invalidUTF8))
         }
         return Message(
-            id: MessageID(trusted: id), conversationID: ConversationID(trusted: try row.decode(String.self, forColumn: "conversation_id")), position: try row.decode(Int.self, forColumn: "position"),
+            id: MessageID(trusted: id), conversationID: conversationID, position: try row.decode(Int.self, forColumn: "position"),
             role: role, createdAt: Date(unixMilliseconds: try row.decode(Int64.self, forColumn: "created_at")), model: row["model"],
             promptTokens: row["prompt_tokens"], completionTokens: row["completion_tokens"], latencyMilliseconds: row["latency_ms"],
             finishReason: row["finish_reason"],

@@ -89,6 +89,14 @@ extension Row {
         Self.bytes(of: self[index])
     }
 
+    /// A column's value if it is stored as text, else nil (no trap on a value of another type);
+    /// for ids, which ``StoredID`` then checks.
+    func storedText(_ column: String) -> String? {
+        let value: DatabaseValue = self[column]
+        if case .string(let text) = value.storage { return text }
+        return nil
+    }
+
     private static func bytes(of value: DatabaseValue) -> Data? {
         switch value.storage {
         case .null: return nil

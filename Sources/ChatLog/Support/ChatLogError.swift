@@ -124,6 +124,8 @@ public struct IntegrityFailure: Error, Sendable, Equatable, CustomStringConverti
         case invalidJSON
         /// A key-id column holds a number no key id can be (outside 0…2^32−1): damage.
         case invalidKeyID(Int64)
+        /// An id column holds something other than a UUID (its value is not repeated).
+        case invalidID
     }
 
     public let table: String
@@ -151,6 +153,7 @@ public struct IntegrityFailure: Error, Sendable, Equatable, CustomStringConverti
         case .invalidUTF8: return "\(place) is not valid UTF-8 after opening"
         case .invalidJSON: return "\(place) is not valid JSON after opening"
         case .invalidKeyID(let value): return "\(place) holds \(value), which is not a key id"
+        case .invalidID: return "\(place) is not a UUID"
         }
     }
 }
