@@ -11,15 +11,62 @@ import Foundation
 /// content, with line breaks escaped too: one diagnostic is always one line.
 enum CLIOutput {
     static func error(_ message: String) {
-        FileHandle.standardError.write(Data("chatlog: error: \(terminalSafeField(message))\n".utf8))
+        standardError("chatlog: error: \(terminalSafeField(message))\n")
     }
 
     static func note(_ message: String) {
-        FileHandle.standardError.write(Data("chatlog: \(terminalSafeField(message))\n".utf8))
+        standardError("chatlog: \(terminalSafeField(message))\n")
     }
 
     static func line(_ text: String = "") {
-        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+        standardOutput(Data((text + "\n").utf8))
+    }
+
+    // MARK: - Writing
+    //
+    // Foundation's `FileHandle.write(_:)` traps (`try!`) when the write fails: `chatlog list >
+    // /dev/full` died with exit 132 and a backtrace. Every byte the CLI prints goes through
+    // write(2) here instead. SIGPIPE is ignored from the start (`ignoreBrokenPipeSignal`), so a
+    // reader that went away shows up as EPIPE at a known place.
+
+    /// Called once at start-up, before anything is written.
+    static func ignoreBrokenPipeSignal() {
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    /// Writes all of `data` to stdout. A closed pipe (`chatlog export | head -1`) ends the process
+    /// the way it ends `cat` or `git`: quietly, by SIGPIPE (status 141 in a shell). Any other
+    /// failure (a full disk, /dev/full, an I/O error) is one line on stderr and exit 1.
+    static func standardOutput(_ data: Data) {
+        let failure = data.withUnsafeBytes { writeAll(1, $0) }
+        guard failure != 0 else { return }
+        if failure == EPIPE {
+            signal(SIGPIPE, SIG_DFL)
+            raise(SIGPIPE)
+            _exit(128 + SIGPIPE)
+        }
+        error("cannot write to standard output (\(String(cString: strerror(failure))))")
+        exit(ExitCodes.failure)
+    }
+
+    /// Writes to stderr; a failure there has nowhere to be reported and is ignored.
+    static func standardError(_ text: String) {
+        _ = Data(text.utf8).withUnsafeBytes { writeAll(2, $0) }
+    }
+
+    /// write(2) until everything is written; 0, or the errno of the failure.
+    private static func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32 {
+        var written = 0
+        while written < bytes.count {
+            let count = write(descriptor, bytes.baseAddress! + written, bytes.count - written)
+            if count < 0 {
+                if errno == EINTR { continue }
+                return errno
+            }
+            if count == 0 { return EIO }
+            written += count
+        }
+        return 0
     }
 
     static var stdoutIsTerminal: Bool { isatty(1) == 1 }
@@ -29,9 +76,9 @@ enum CLIOutput {
     static func json(_ value: some Encodable) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        let data = try encoder.encode(value)
-        FileHandle.standardOutput.write(data)
-        FileHandle.standardOutput.write(Data("\n".utf8))
+        var data = try encoder.encode(value)
+        data.append(0x0A)
+        standardOutput(data)
     }
 
     /// RFC 3339 in UTC with milliseconds: 2026-11-27T10:04:05.123Z.

@@ -5,6 +5,7 @@ import ArgumentParser
 enum Entry {
     static func main() async {
         ProcessHygiene.apply()
+        CLIOutput.ignoreBrokenPipeSignal()
         if let message = ProcessHygiene.invalidUTF8Argument() {
             CLIOutput.error(message)
             ProcessHygiene.exit(ExitCodes.invalidInput)

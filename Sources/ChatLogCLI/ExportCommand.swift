@@ -57,12 +57,14 @@ struct ExportCommand: AsyncParsableCommand {
 /// Where an export goes: stdout, or a new 0600 file written through a temporary name in the same
 /// folder and renamed at the end (a failed export leaves no half file behind).
 final class ExportSink {
-    private let handle: FileHandle
+    /// nil: stdout, written through `CLIOutput.standardOutput` (a closed pipe or a full disk ends
+    /// the process there, see CLIOutput).
+    private let handle: FileHandle?
     private let temporary: String?
     private let destination: String?
 
     init() {
-        handle = FileHandle.standardOutput
+        handle = nil
         temporary = nil
         destination = nil
     }
@@ -82,11 +84,12 @@ final class ExportSink {
     }
 
     func write(_ data: Data) throws {
+        guard let handle else { return CLIOutput.standardOutput(data) }
         try handle.write(contentsOf: data)
     }
 
     func close() throws(ChatLogError) {
-        guard let temporary, let destination else { return }
+        guard let handle, let temporary, let destination else { return }
         do {
             try handle.synchronize()
             try handle.close()
@@ -98,7 +101,7 @@ final class ExportSink {
 
     func discard() {
         guard let temporary else { return }
-        try? handle.close()
+        try? handle?.close()
         unlink(temporary)
     }
 }

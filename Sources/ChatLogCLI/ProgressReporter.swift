@@ -36,7 +36,7 @@ final class ProgressReporter: @unchecked Sendable {
         defer { lock.unlock() }
         last = (done, total)
         if isTerminal {
-            FileHandle.standardError.write(Data(("\r" + Self.bar(label: label, unit: unit, done: done, total: total) + "\u{1B}[K").utf8))
+            CLIOutput.standardError("\r" + Self.bar(label: label, unit: unit, done: done, total: total) + "\u{1B}[K")
             drew = true
             return
         }
@@ -48,7 +48,7 @@ final class ProgressReporter: @unchecked Sendable {
             return
         }
         lastLine = now
-        FileHandle.standardError.write(Data("chatlog: \(Self.plain(label: label, unit: unit, done: done, total: total))\n".utf8))
+        CLIOutput.standardError("chatlog: \(Self.plain(label: label, unit: unit, done: done, total: total))\n")
     }
 
     /// Ends the bar's line on a terminal; elsewhere prints where the job ended. `done`: the final
@@ -61,9 +61,9 @@ final class ProgressReporter: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if drew {
-            FileHandle.standardError.write(Data("\n".utf8))
+            CLIOutput.standardError("\n")
         } else if let last, !isTerminal {
-            FileHandle.standardError.write(Data("chatlog: \(Self.plain(label: label, unit: unit, done: last.done, total: last.total))\n".utf8))
+            CLIOutput.standardError("chatlog: \(Self.plain(label: label, unit: unit, done: last.done, total: last.total))\n")
         }
     }
 
