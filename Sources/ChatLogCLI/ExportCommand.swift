@@ -36,7 +36,7 @@ struct ExportCommand: AsyncParsableCommand {
             let opened = try await StoreAccess.open(store)
             let conversationID: ConversationID?
             if let conversation { conversationID = try await ConversationArgument.resolve(conversation, in: opened) } else { conversationID = nil }
-            let sink: ExportSink = try output.map { (path) throws(ChatLogError) in try ExportSink(path: path, force: force) } ?? ExportSink()
+            let sink: ExportSink = try output.map { (path) throws(ChatLogError) in try ExportSink(path: path, force: force, store: opened.path) } ?? ExportSink()
             let filter = ExportFilter(
                 conversation: conversationID, since: since.flatMap { TimeArgument.parse($0) },
                 until: until.flatMap { TimeArgument.parse($0) })
@@ -69,14 +69,15 @@ final class ExportSink {
         destination = nil
     }
 
-    init(path: String, force: Bool) throws(ChatLogError) {
+    /// `store`: the store's path; a file written beside it takes its owner when run as root.
+    init(path: String, force: Bool, store: String) throws(ChatLogError) {
         var info = stat()
         if lstat(path, &info) == 0 {
             if (info.st_mode & S_IFMT) == S_IFLNK { throw .invalidInput("\(path) is a symbolic link; refusing to write through it") }
             if !force { throw .invalidInput("\(path) exists; use --force to replace it") }
         }
         let temporary = path + ".partial-\(getpid())"
-        try PrivateFiles.createPrivateFile(at: temporary, contents: [UInt8]())
+        try PrivateFiles.createPrivateFile(at: temporary, contents: [UInt8](), nextToStore: store)
         guard let handle = FileHandle(forWritingAtPath: temporary) else { throw .storage("cannot open \(temporary) for writing") }
         self.handle = handle
         self.temporary = temporary

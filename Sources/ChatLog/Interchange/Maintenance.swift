@@ -108,7 +108,7 @@ extension ChatLogStore {
     /// transaction), still encrypted, written to a new 0600 file (never overwrites, never follows
     /// a link). Useless without the master key.
     public func backup(to destination: String) throws(ChatLogError) {
-        try PrivateFiles.createEmptyPrivateFile(at: destination)
+        try PrivateFiles.createEmptyPrivateFile(at: destination, nextToStore: path)
         do {
             try pool.unsafeRead { db in try db.execute(sql: "VACUUM INTO ?", arguments: [destination]) }
         } catch {

@@ -19,7 +19,12 @@ public final class RotationLock: Sendable {
         let path = databasePath + ".keys.lock"
         let descriptor = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else {
-            throw .storage("cannot open the lock file \(path) (\(PrivateFiles.errnoDescription()))")
+            throw .storage("cannot open the lock file \(path) (\(PrivateFiles.errnoDescription())\(PrivateFiles.ownerNote(path)))")
+        }
+        // Run as root on a store of another user: the lock file is the store owner's (docs/OPERATIONS.md).
+        do { try PrivateFiles.adoptStoreOwner(descriptor, path: path, store: databasePath) } catch {
+            close(descriptor)
+            throw error
         }
         guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
             // The holder writes its pid just after taking the lock: until then the file is empty

@@ -65,11 +65,21 @@ public enum PrivateFiles {
     }
 
     /// Creates `path` with mode 0600 and writes `bytes`; refuses to overwrite or follow a link.
-    public static func createPrivateFile(at path: String, contents bytes: some Collection<UInt8>) throws(ChatLogError) {
+    /// With `store`, a file created next to that store takes its owner when run as root (see
+    /// ``storeOwner(forNewFile:nextTo:)``), before anything is written.
+    public static func createPrivateFile(
+        at path: String, contents bytes: some Collection<UInt8>, nextToStore store: String? = nil
+    ) throws(ChatLogError) {
         let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else {
             if errno == EEXIST { throw .invalidInput("\(path) already exists; refusing to overwrite it") }
             throw .storage("cannot create \(path) (\(errnoDescription()))")
+        }
+        if let store, let owner = storeOwner(forNewFile: path, nextTo: store), fchown(descriptor, owner.uid, owner.gid) != 0 {
+            let failure = errnoDescription()
+            close(descriptor)
+            unlink(path)
+            throw .storage("cannot give \(path) the owner of the store (\(failure))")
         }
         var ok = true
         Array(bytes).withUnsafeBytes { raw in
@@ -90,10 +100,60 @@ public enum PrivateFiles {
         }
     }
 
-    /// Creates an empty 0600 file for a new store. SQLite gives the -wal and -shm files it
-    /// creates later the same permissions as the database file.
-    static func createEmptyPrivateFile(at path: String) throws(ChatLogError) {
-        try createPrivateFile(at: path, contents: [UInt8]())
+    /// Creates an empty 0600 file for a new store (or a backup of `store`). SQLite gives the
+    /// -wal and -shm files it creates later the same permissions as the database file, and the
+    /// same owner when it runs as root.
+    static func createEmptyPrivateFile(at path: String, nextToStore store: String? = nil) throws(ChatLogError) {
+        try createPrivateFile(at: path, contents: [UInt8](), nextToStore: store)
+    }
+
+    /// The owner and group of a file.
+    public struct Owner: Sendable, Equatable {
+        public let uid: uid_t
+        public let gid: gid_t
+    }
+
+    /// The owner that a file chatlog creates at `path` must have: the store file's, when this
+    /// process runs as root, the store belongs to another user and `path` is in the store's
+    /// directory (the key lock, the -wal and -shm files, a backup or export written beside the
+    /// store). A key job run once as root (`chatlog key rotate` from root's crontab) would
+    /// otherwise leave root-owned files that every later job of the service user fails to open.
+    /// nil otherwise: files belong to whoever creates them.
+    public static func storeOwner(forNewFile path: String, nextTo store: String) -> Owner? {
+        guard geteuid() == 0 else { return nil }
+        var storeInfo = stat()
+        guard stat(store, &storeInfo) == 0, storeInfo.st_uid != 0 else { return nil }
+        var directory = stat()
+        var storeDirectory = stat()
+        guard stat(parentDirectory(path), &directory) == 0, stat(parentDirectory(store), &storeDirectory) == 0,
+            directory.st_dev == storeDirectory.st_dev, directory.st_ino == storeDirectory.st_ino
+        else { return nil }
+        return Owner(uid: storeInfo.st_uid, gid: storeInfo.st_gid)
+    }
+
+    /// Gives an open file next to `store` the store's owner when ``storeOwner(forNewFile:nextTo:)``
+    /// says so and it has another one (also repairing a file an older chatlog left root-owned).
+    static func adoptStoreOwner(_ descriptor: Int32, path: String, store: String) throws(ChatLogError) {
+        guard let owner = storeOwner(forNewFile: path, nextTo: store) else { return }
+        var info = stat()
+        guard fstat(descriptor, &info) == 0 else { throw .storage("cannot stat \(path) (\(errnoDescription()))") }
+        if info.st_uid == owner.uid, info.st_gid == owner.gid { return }
+        guard fchown(descriptor, owner.uid, owner.gid) == 0 else {
+            throw .storage("cannot give \(path) the owner of the store (\(errnoDescription()))")
+        }
+    }
+
+    /// The directory part of a path ("." for a bare name).
+    static func parentDirectory(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+
+    /// "owned by uid N" for an error message about a file this user cannot open, or "".
+    static func ownerNote(_ path: String) -> String {
+        var info = stat()
+        guard stat(path, &info) == 0, info.st_uid != geteuid() else { return "" }
+        return "; it is owned by uid \(info.st_uid), not by you (uid \(geteuid()))"
     }
 
     /// Sets mode 0600 on a file the user owns; refuses a file owned by someone else.
