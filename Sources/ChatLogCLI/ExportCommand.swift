@@ -33,7 +33,7 @@ struct ExportCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let opened = try await StoreAccess.open(store)
+            let opened = try await StoreAccess.openForReading(store)
             let conversationID: ConversationID?
             if let conversation { conversationID = try await ConversationArgument.resolve(conversation, in: opened) } else { conversationID = nil }
             let sink: ExportSink = try output.map { (path) throws(ChatLogError) in try ExportSink(path: path, force: force, store: opened.path) } ?? ExportSink()

@@ -27,7 +27,7 @@ struct KeyStatusCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let opened = try await StoreAccess.open(store)
+            let opened = try await StoreAccess.openForReading(store)
             let status = try opened.keyStatus()
             if output.json {
                 try CLIOutput.json(

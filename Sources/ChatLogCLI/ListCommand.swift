@@ -52,7 +52,7 @@ struct ListCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let opened = try await StoreAccess.open(store)
+            let opened = try await StoreAccess.openForReading(store)
             var query = ConversationQuery(
                 since: since.flatMap { TimeArgument.parse($0) }, until: until.flatMap { TimeArgument.parse($0) }, subject: subject,
                 model: model, limit: limit == 0 ? Self.streamingPage : limit, cursor: cursor)

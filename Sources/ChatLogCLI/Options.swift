@@ -1,5 +1,6 @@
 import ArgumentParser
 import ChatLog
+import Foundation
 
 /// `--db`, shared by every command that opens a store.
 struct StoreOptions: ParsableArguments {
@@ -32,16 +33,18 @@ enum StoreAccess {
         return source
     }
 
-    static func open(_ options: StoreOptions) async throws(ChatLogError) -> ChatLogStore {
+    static func open(_ options: StoreOptions, readOnly: Bool = false) async throws(ChatLogError) -> ChatLogStore {
         let settings = try await settings()
         let path = options.path(settings)
         // A missing store is reported before asking for a key or passphrase.
         if !ChatLogStore.exists(at: path) { throw .storeNotFound(path: path) }
+        var storeOptions = ChatLogStore.Options()
+        storeOptions.readOnly = readOnly && !ChatLogStore.isWritable(at: path)
         var attempt = 1
         while true {
             let source = try keySource(settings)
             do throws(ChatLogError) {
-                return try ChatLogStore.open(at: path, key: source)
+                return try ChatLogStore.open(at: path, key: source, options: storeOptions)
             } catch {
                 // A passphrase (prompted or from a file) that derives another key is a wrong
                 // passphrase; at the prompt, two more tries.
@@ -54,5 +57,15 @@ enum StoreAccess {
                 throw .passphrase("wrong passphrase (\(source.origin)): this store expects key \(expected), the passphrase gives \(given)")
             }
         }
+    }
+
+    /// For commands that only read (list, show, search, verify, export, stats, key status): a
+    /// store this user cannot write (a 0444 file, a read-only directory or mount, a restored
+    /// backup) is opened read-only and leaves no `-wal`/`-shm` behind. A writable store is opened
+    /// as usual: a read-only SQLite connection cannot remove the `-wal` and `-shm` it creates in
+    /// a writable directory (the last read-write connection does, on close), and a store written
+    /// by an older chatlog is upgraded on the way.
+    static func openForReading(_ options: StoreOptions) async throws(ChatLogError) -> ChatLogStore {
+        try await open(options, readOnly: true)
     }
 }

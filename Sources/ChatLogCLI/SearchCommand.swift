@@ -72,7 +72,7 @@ struct SearchCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let opened = try await StoreAccess.open(store)
+            let opened = try await StoreAccess.openForReading(store)
             let conversationID: ConversationID?
             if let conversation { conversationID = try await ConversationArgument.resolve(conversation, in: opened) } else { conversationID = nil }
             let filters = SearchFilters(

@@ -31,7 +31,7 @@ struct ShowCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let opened = try await StoreAccess.open(store)
+            let opened = try await StoreAccess.openForReading(store)
             let conversationID: ConversationID
             if let id {
                 conversationID = try await ConversationArgument.resolve(id, in: opened)

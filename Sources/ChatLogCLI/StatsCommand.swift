@@ -35,7 +35,7 @@ struct StatsCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let opened = try await StoreAccess.open(store)
+            let opened = try await StoreAccess.openForReading(store)
             let rows = try opened.stats(
                 by: by, since: since.flatMap { TimeArgument.parse($0) },
                 until: until.flatMap { TimeArgument.parse($0) })

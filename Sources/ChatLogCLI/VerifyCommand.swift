@@ -29,7 +29,7 @@ struct VerifyCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let opened = try await StoreAccess.open(store)
+            let opened = try await StoreAccess.openForReading(store)
             let progress = ProgressReporter(label: "verify", unit: "messages")
             let total = try opened.counts().messages
             let report = try opened.verify(progress: { progress.update(done: $0, total: total) })

@@ -31,7 +31,9 @@ extension ChatLogStore {
     /// one read snapshot).
     public func verify(progress: (@Sendable (Int) -> Void)? = nil) throws(ChatLogError) -> VerificationReport {
         var report = try read { db in try self.verify(db, progress: progress) }
-        // FTS5's own structure check is an INSERT command, so it runs in a (brief) write transaction.
+        // FTS5's own structure check is an INSERT command, so it runs in a (brief) write
+        // transaction: not on a store opened read-only (every term is still checked above).
+        if options.readOnly { return report }
         do {
             try pool.writeWithoutTransaction { db in
                 try db.execute(sql: "INSERT INTO message_terms (message_terms, rank) VALUES ('integrity-check', 0)")

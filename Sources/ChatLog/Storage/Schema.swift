@@ -36,6 +36,22 @@ enum Schema {
         return identifiers.compactMap { Int($0.prefix(4)) }.max() ?? 0
     }
 
+    /// For a read-only open: the file must be at exactly this binary's schema (an upgrade writes).
+    static func requireCurrent(_ reader: DatabasePool, path: String) throws(ChatLogError) {
+        let applied: (superseded: Bool, version: Int)
+        do {
+            let migrator = self.migrator
+            applied = try reader.read { db in (try migrator.hasBeenSuperseded(db), try appliedVersion(db)) }
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
+        if applied.superseded { throw .schemaTooNew(found: applied.version, supported: latestVersion) }
+        if applied.version < latestVersion {
+            throw .invalidInput(
+                "\(path) has schema version \(applied.version) and needs an upgrade to \(latestVersion), which a read-only open cannot do; run a chatlog command that writes on it once with write access")
+        }
+    }
+
     /// Refuses a file migrated by a newer chatlog, then applies what is missing.
     static func migrate(_ writer: DatabasePool) throws(ChatLogError) {
         do {

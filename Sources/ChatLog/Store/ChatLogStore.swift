@@ -26,11 +26,18 @@ public final class ChatLogStore: Sendable {
         public var paddingBlock: Int
         /// Argon2id limits used when a store is created from a passphrase.
         public var passphraseKDF: PassphraseKDF
+        /// Open without ever writing (`SQLITE_OPEN_READONLY`): for readers of a 0444 file, a
+        /// read-only directory or mount, a backup. When the file has no `-wal` and this process
+        /// cannot write the file or its directory, it is opened `immutable=1`, so SQLite creates
+        /// no `-wal` or `-shm` either. Writes throw; a store whose schema needs an upgrade is
+        /// refused.
+        public var readOnly: Bool
 
-        public init(busyTimeout: TimeInterval = 30, paddingBlock: Int = 32, passphraseKDF: PassphraseKDF = .moderate) {
+        public init(busyTimeout: TimeInterval = 30, paddingBlock: Int = 32, passphraseKDF: PassphraseKDF = .moderate, readOnly: Bool = false) {
             self.busyTimeout = busyTimeout
             self.paddingBlock = paddingBlock
             self.passphraseKDF = passphraseKDF
+            self.readOnly = readOnly
         }
     }
 
@@ -116,7 +123,7 @@ public final class ChatLogStore: Sendable {
             throw .notAChatLogStore(path: path, reason: "it was never fully initialised; run `chatlog init` on it")
         }
         let pool = try openPool(path, options: options)
-        try Schema.migrate(pool)
+        if options.readOnly { try Schema.requireCurrent(pool, path: path) } else { try Schema.migrate(pool) }
         let master: MasterKey
         do {
             master = try pool.read { db in try deriveMaster(db, source: source) }
@@ -143,7 +150,7 @@ public final class ChatLogStore: Sendable {
         let unindexed = try store.read { db in
             try Row.fetchOne(db, sql: "SELECT 1 FROM messages WHERE index_key_id IS NULL LIMIT 1") != nil
         }
-        if unindexed { _ = try SearchIndex.indexMissing(store: store) }
+        if unindexed, !options.readOnly { _ = try SearchIndex.indexMissing(store: store) }
         return store
     }
 
@@ -182,17 +189,44 @@ public final class ChatLogStore: Sendable {
             arguments: [name, value])
     }
 
+    /// Whether this process can write the store file and its directory (where SQLite creates the
+    /// `-wal` and `-shm` files). When not, open it with ``Options/readOnly``.
+    public static func isWritable(at path: String) -> Bool {
+        access(path, W_OK) == 0 && access(PrivateFiles.parentDirectory(path), W_OK) == 0
+    }
+
+    /// What SQLite is given to open `path`: the path, or for a read-only open of a file that has
+    /// no `-wal` and that this process cannot write (nor its directory), a `file:` URI with
+    /// `immutable=1`. Without it SQLite would need to create `-shm` (and fail in a read-only
+    /// directory, or leave it behind). Nobody can be writing such a file through this path, so
+    /// nothing is missed by not locking it.
+    static func sqlitePath(_ path: String, readOnly: Bool) -> String {
+        guard readOnly, !PrivateFiles.fileExists(path + "-wal"), !isWritable(at: path) else { return path }
+        var encoded = "file:"
+        for byte in path.utf8 {
+            switch byte {
+            case UInt8(ascii: "%"), UInt8(ascii: "?"), UInt8(ascii: "#"): encoded += String(format: "%%%02X", byte)
+            default: encoded.unicodeScalars.append(Unicode.Scalar(byte))
+            }
+        }
+        return encoded + "?immutable=1"
+    }
+
+    private static var readOnlyProbeConfiguration: Configuration {
+        var configuration = Configuration()
+        configuration.readonly = true
+        configuration.busyMode = .timeout(5)
+        return configuration
+    }
+
     private enum ProbeResult { case empty, uninitialized, initialized }
 
     /// Looks at a file read-only before chatlog touches it, so that opening a foreign SQLite
     /// database (or a random file) changes nothing in it.
     private static func probe(_ path: String) throws(ChatLogError) -> ProbeResult {
         if PrivateFiles.fileSize(path) == 0 { return .empty }
-        var configuration = Configuration()
-        configuration.readonly = true
-        configuration.busyMode = .timeout(5)
         do {
-            let queue = try DatabaseQueue(path: path, configuration: configuration)
+            let queue = try DatabaseQueue(path: sqlitePath(path, readOnly: true), configuration: readOnlyProbeConfiguration)
             defer { try? queue.close() }
             return try queue.read { db in
                 let tables = try String.fetchSet(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -218,6 +252,7 @@ public final class ChatLogStore: Sendable {
         }
         guard options.busyTimeout >= 0 else { throw .invalidInput("the busy timeout must not be negative") }
         var configuration = Configuration()
+        configuration.readonly = options.readOnly
         configuration.busyMode = .timeout(options.busyTimeout)
         configuration.foreignKeysEnabled = true
         configuration.label = "chatlog"
@@ -229,7 +264,7 @@ public final class ChatLogStore: Sendable {
             try db.execute(sql: "PRAGMA mmap_size = 4294967296")
         }
         do {
-            return try DatabasePool(path: path, configuration: configuration)
+            return try DatabasePool(path: sqlitePath(path, readOnly: options.readOnly), configuration: configuration)
         } catch let error as DatabaseError where error.resultCode == .SQLITE_NOTADB {
             throw .notAChatLogStore(path: path, reason: "it is not a SQLite database")
         } catch {
