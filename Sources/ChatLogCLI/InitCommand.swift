@@ -10,26 +10,36 @@ struct InitCommand: AsyncParsableCommand {
     @OptionGroup var store: StoreOptions
     @OptionGroup var output: OutputOptions
 
+    struct ReportJSON: Encodable {
+        let path: String
+        let created: Bool
+        let master_key_fingerprint: String
+    }
+
     func run() async throws {
         try await reportingErrors {
             let settings = try await StoreAccess.settings()
             let path = store.path(settings)
             let source = try StoreAccess.keySource(settings, confirmPassphrase: true)
+            let created: Bool
+            let opened: ChatLogStore
             do {
-                let created = try ChatLogStore.create(at: path, key: source)
-                let fingerprint = try created.keyStatus().masterKeyFingerprint
-                try created.close()
-                if output.json {
-                    try CLIOutput.json(["path": path, "created": "true", "master_key_fingerprint": fingerprint.description])
-                } else {
-                    CLIOutput.line("created chatlog store \(path) (master key \(fingerprint), from \(source.origin))")
-                }
+                opened = try ChatLogStore.create(at: path, key: source)
+                created = true
             } catch ChatLogError.storeExists {
-                if output.json {
-                    try CLIOutput.json(["path": path, "created": "false"])
-                } else {
-                    CLIOutput.line("a chatlog store already exists at \(path); nothing changed")
-                }
+                // The key is checked on an existing store too: a job that runs `init` before its
+                // work must not learn "nothing changed" (exit 0) with a key that opens nothing.
+                opened = try ChatLogStore.open(at: path, key: source)
+                created = false
+            }
+            let fingerprint = try opened.keyStatus().masterKeyFingerprint
+            try opened.close()
+            if output.json {
+                try CLIOutput.json(ReportJSON(path: path, created: created, master_key_fingerprint: fingerprint.description))
+            } else if created {
+                CLIOutput.line("created chatlog store \(path) (master key \(fingerprint), from \(source.origin))")
+            } else {
+                CLIOutput.line("a chatlog store already exists at \(path) and opens with master key \(fingerprint); nothing changed")
             }
         }
     }
