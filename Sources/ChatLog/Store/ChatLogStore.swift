@@ -66,6 +66,7 @@ public final class ChatLogStore: Sendable {
     public static func create(at path: String, key source: MasterKeySource, options: Options = Options()) throws(ChatLogError)
         -> ChatLogStore
     {
+        if PrivateFiles.isDirectory(path) { throw .storeIsADirectory(path: path) }
         if let size = PrivateFiles.fileSize(path) {
             if size > 0, try probe(path) == .initialized { throw .storeExists(path: path) }
             // A file made beforehand (touch, an interrupted init) gets the mode chatlog would give
@@ -117,6 +118,7 @@ public final class ChatLogStore: Sendable {
         -> ChatLogStore
     {
         guard PrivateFiles.fileExists(path) else { throw .storeNotFound(path: path) }
+        if PrivateFiles.isDirectory(path) { throw .storeIsADirectory(path: path) }
         switch try probe(path) {
         case .initialized: break
         case .empty, .uninitialized:

@@ -23,6 +23,8 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
 
     // Store and input
     case storeNotFound(path: String)
+    /// The store path names a directory (`--db /var/lib/app` instead of `/var/lib/app/chat.db`).
+    case storeIsADirectory(path: String)
     case storeExists(path: String)
     case notAChatLogStore(path: String, reason: String)
     case schemaTooNew(found: Int, supported: Int)
@@ -50,6 +52,7 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
         case .passphrase(let why): "passphrase: \(why)"
         case .integrity(let failure): "integrity failure: \(failure)"
         case .storeNotFound(let path): "no chatlog store at \(path) (create one with `chatlog init`)"
+        case .storeIsADirectory(let path): "\(path) is a directory; give the path of the store file in it (e.g. \(path)/chatlog.db)"
         case .storeExists(let path): "a chatlog store already exists at \(path)"
         case .notAChatLogStore(let path, let reason): "\(path) is not a chatlog store: \(reason)"
         case .schemaTooNew(let found, let supported):
@@ -75,7 +78,7 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
         case .missingKey, .invalidKey, .placeholderKey, .wrongKey, .keyFileRejected, .passphrase: .key
         case .integrity: .integrity
         case .invalidInput, .schemaTooNew, .notAChatLogStore, .storeExists: .invalidInput
-        case .storeNotFound, .conversationNotFound: .notFound
+        case .storeNotFound, .storeIsADirectory, .conversationNotFound: .notFound
         case .busy, .locked: .busy
         case .storage, .keyInUse, .keyOperation: .other
         }
