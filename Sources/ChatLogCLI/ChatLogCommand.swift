@@ -1,4 +1,5 @@
 import ArgumentParser
+import ChatLog
 
 struct ChatLogCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -11,6 +12,7 @@ struct ChatLogCommand: AsyncParsableCommand {
 
             \(ExitCodes.help)
             """,
+        version: "chatlog \(ChatLogVersion.current) (store schema \(ChatLogVersion.schema))",
         subcommands: [
             InitCommand.self, LogCommand.self, ImportCommand.self, ExportCommand.self, ListCommand.self, ShowCommand.self,
             SearchCommand.self, StatsCommand.self, RemoveCommand.self, PruneCommand.self, VerifyCommand.self, BackupCommand.self,

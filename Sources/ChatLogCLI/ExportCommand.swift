@@ -23,6 +23,7 @@ struct ExportCommand: AsyncParsableCommand {
     var force = false
 
     func validate() throws {
+        if force, output == nil { throw ValidationError("--force only applies to --output (stdout is never replaced).") }
         if let conversation { try ConversationArgument.validate(conversation, "--conversation") }
         for (name, value) in [("--since", since), ("--until", until)] {
             if let value, TimeArgument.parse(value) == nil {

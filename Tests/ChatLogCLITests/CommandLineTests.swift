@@ -20,4 +20,58 @@ import Testing
         }
         #expect(try FileManager.default.contentsOfDirectory(atPath: sandbox.path("stores")).isEmpty)
     }
+
+    @Test(arguments: [
+        (["list", "--limit", "-1"], "--limit must be between 1 and 10000"),
+        (["search", "x", "--limit", "-5"], "--limit must be between 1 and 1000"),
+        (["list", "--limit"], "Missing value for '--limit <limit>'"),
+        (["frobnicate"], "Unexpected argument 'frobnicate'"),
+        (["show"], "Missing expected argument '<id>'"),
+        (["list", "--bogus"], "Unknown option '--bogus'"),
+        (["list", "--db", "a.db", "--db", "b.db"], "--db is given more than once"),
+        (["log", "--text", "a", "--text=b"], "--text is given more than once"),
+        (["--db", "a.db", "list", "--db", "b.db"], "--db is given more than once"),
+        (["export", "--force"], "--force only applies to --output"),
+    ])
+    func usageErrorsAreOneLineAndExit64(arguments: [String], message: String) throws {
+        let sandbox = try Sandbox()
+        let result = try sandbox.chatlog(arguments)
+        #expect(result.status == 64, "\(result)")
+        #expect(result.stdout.isEmpty, "\(result)")
+        let lines = result.err.split(separator: "\n")
+        #expect(lines.count == 1, "not one line: \(result)")
+        #expect(result.err.hasPrefix("chatlog: error: \(message)"), "\(result)")
+        #expect(!result.err.contains("Usage") && !result.err.contains("USAGE") && !result.err.contains("Help:"), "\(result)")
+        #expect(!sandbox.exists("a.db") && !sandbox.exists("b.db"))
+    }
+
+    @Test func helpStaysCompleteAndVersionIsOneLine() throws {
+        let sandbox = try Sandbox()
+        for arguments in [["--help"], ["list", "--help"], ["help", "key", "rotate"]] {
+            let result = try sandbox.chatlog(arguments, env: sandbox.baseEnvironment)
+            #expect(result.status == 0, "\(arguments): \(result)")
+            #expect(result.out.contains("USAGE:") && result.out.contains("OPTIONS:"), "\(arguments): \(result)")
+            #expect(result.stderr.isEmpty)
+        }
+        let version = try sandbox.chatlog(["--version"], env: sandbox.baseEnvironment)
+        #expect(version.status == 0, "\(version)")
+        #expect(version.out.wholeMatch(of: /chatlog [0-9]+\.[0-9]+\.[0-9]+ \(store schema [0-9]+\)\n/) != nil, "\(version)")
+    }
+
+    @Test func dbIsAcceptedBeforeTheSubcommand() throws {
+        let sandbox = try Sandbox()
+        try sandbox.initStore(db: "x.db")
+        let logged = try sandbox.log(["--db", "x.db", "--text", "dash and more"])
+        for arguments in [["--db", "x.db", "list", "--json"], ["--db=x.db", "key", "status", "--json"], ["--db", "x.db", "show", logged.conversation_id]] {
+            let result = try sandbox.chatlog(arguments)
+            #expect(result.status == 0, "\(arguments): \(result)")
+        }
+        let list = try sandbox.chatlog(["--db", "x.db", "list", "--json"])
+        #expect(try jsonArray(list.stdout).first?["id"] as? String == logged.conversation_id)
+        // A query after `--` stays a query.
+        let search = try sandbox.chatlog(["--db", "x.db", "search", "--json", "--", "-nothing dash"])
+        #expect(search.status == 0, "\(search)")
+        #expect(try jsonArray(search.stdout).count == 1, "\(search)")
+        #expect(!sandbox.exists("chatlog.db"), "the default store was created")
+    }
 }
