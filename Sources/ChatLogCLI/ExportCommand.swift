@@ -21,6 +21,8 @@ struct ExportCommand: AsyncParsableCommand {
     var output: String?
     @Flag(name: .long, help: "Replace --output if it exists (never through a symbolic link).")
     var force = false
+    @Flag(name: .long, help: "Leave out conversations with a value that does not open, list them on stderr, exit 4 at the end.")
+    var skipDamaged = false
 
     func validate() throws {
         if force, output == nil { throw ValidationError("--force only applies to --output (stdout is never replaced).") }
@@ -41,16 +43,33 @@ struct ExportCommand: AsyncParsableCommand {
             let filter = ExportFilter(
                 conversation: conversationID, since: since.flatMap { TimeArgument.parse($0) },
                 until: until.flatMap { TimeArgument.parse($0) })
+            var skipped: [IntegrityFailure] = []
+            let totals: (conversations: Int, messages: Int)
             do {
-                let totals = try opened.exportOpenAIJSONL(filter) { try sink.write($0) }
+                totals = try opened.exportOpenAIJSONL(
+                    filter, skippingDamaged: skipDamaged ? { skipped.append($0) } : nil, write: { try sink.write($0) })
                 try sink.close()
-                if output != nil {
-                    CLIOutput.note("exported \(totals.conversations) conversations (\(totals.messages) messages) to \(output!)")
-                }
+            } catch ChatLogError.integrity(let failure) {
+                sink.discard()
+                // Say how far it got: what a script already received on stdout, or that the
+                // output file was not written.
+                CLIOutput.error(ChatLogError.integrity(failure).description)
+                CLIOutput.note(
+                    "export stopped at a damaged conversation after \(sink.conversations) conversations"
+                        + (output.map { "; nothing was written to \($0)" } ?? " written to stdout")
+                        + "; --skip-damaged exports the others")
+                throw ExitCode(ExitCodes.integrityFailure)
             } catch {
                 sink.discard()
                 throw error
             }
+            for failure in skipped { CLIOutput.note("skipped a damaged conversation: \(failure)") }
+            if output != nil || !skipped.isEmpty {
+                CLIOutput.note(
+                    "exported \(totals.conversations) conversations (\(totals.messages) messages)" + (output.map { " to \($0)" } ?? "")
+                        + (skipped.isEmpty ? "" : "; skipped \(skipped.count) damaged conversations"))
+            }
+            if !skipped.isEmpty { throw ExitCode(ExitCodes.integrityFailure) }
         }
     }
 }
@@ -85,9 +104,12 @@ final class ExportSink {
         destination = path
     }
 
+    /// Conversations (lines) written so far.
+    private(set) var conversations = 0
+
     func write(_ data: Data) throws {
-        guard let handle else { return CLIOutput.standardOutput(data) }
-        try handle.write(contentsOf: data)
+        if let handle { try handle.write(contentsOf: data) } else { CLIOutput.standardOutput(data) }
+        conversations += 1
     }
 
     func close() throws(ChatLogError) {

@@ -18,16 +18,22 @@ extension ChatLogStore {
     /// Streams conversations, oldest first, as OpenAI chat JSONL with chatlog's extras (one line
     /// per conversation, written through `write`). Reads 100 conversations per read transaction,
     /// so memory stays flat however large the store. Returns (conversations, messages) written.
+    ///
+    /// A conversation with a value that does not open (or a damaged id) stops the export with
+    /// its integrity error, unless `skippingDamaged` is given: then that conversation is left out,
+    /// reported to `skippingDamaged` (table, column, row of the first failure), and the export
+    /// goes on with the next one.
     @discardableResult
-    public func exportOpenAIJSONL(_ filter: ExportFilter = ExportFilter(), write: (Data) throws -> Void) throws(ChatLogError)
-        -> (conversations: Int, messages: Int)
-    {
+    public func exportOpenAIJSONL(
+        _ filter: ExportFilter = ExportFilter(), skippingDamaged: ((IntegrityFailure) -> Void)? = nil, write: (Data) throws -> Void
+    ) throws(ChatLogError) -> (conversations: Int, messages: Int) {
+        let skipsDamaged = skippingDamaged != nil
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         var cursor: (createdAt: Int64, seq: Int64)? = nil
         var totals = (conversations: 0, messages: 0)
         while true {
-            let page: [Transcript] = try read { db in
+            let (rowCount, page, damaged, stop): (Int, [Transcript], [IntegrityFailure], IntegrityFailure?) = try read { db in
                 var clauses = ["1"]
                 var arguments: StatementArguments = []
                 if let id = filter.conversation {
@@ -50,12 +56,23 @@ extension ChatLogStore {
                     db, sql: "SELECT seq, id, created_at FROM conversations WHERE \(clauses.joined(separator: " AND ")) ORDER BY created_at, seq LIMIT 100",
                     arguments: arguments)
                 if let last = rows.last { cursor = (try last.decode(forColumn: "created_at"), try last.decode(forColumn: "seq")) }
-                return try rows.map {
-                    try self.transcript(
-                        ConversationID.stored($0.storedText("id"), table: "conversations", column: "id", seq: try $0.decode(forColumn: "seq")), db)
+                var transcripts: [Transcript] = []
+                var damaged: [IntegrityFailure] = []
+                for row in rows {
+                    do {
+                        let id = try ConversationID.stored(
+                            row.storedText("id"), table: "conversations", column: "id", seq: try row.decode(forColumn: "seq"))
+                        transcripts.append(try self.transcript(id, db))
+                    } catch ChatLogError.integrity(let failure) {
+                        // Without skipping, the conversations before it are still written.
+                        guard skipsDamaged else { return (rows.count, transcripts, damaged, failure) }
+                        damaged.append(failure)
+                    }
                 }
+                return (rows.count, transcripts, damaged, nil)
             }
-            if page.isEmpty { return totals }
+            if rowCount == 0 { return totals }
+            for failure in damaged { skippingDamaged?(failure) }
             for transcript in page {
                 var line: Data
                 do {
@@ -68,6 +85,7 @@ extension ChatLogStore {
                 totals.conversations += 1
                 totals.messages += transcript.messages.count
             }
+            if let stop { throw .integrity(stop) }
             if filter.conversation != nil { return totals }
         }
     }
