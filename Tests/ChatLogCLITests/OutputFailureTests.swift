@@ -56,10 +56,15 @@ import Testing
 
     @Test func aClosedPipeEndsQuietlyBySIGPIPEForEveryCommand() throws {
         let sandbox = try Sandbox()
-        for arguments in try prepare(sandbox) + [["backup", "b.db"]] {
-            let result = try runWithClosedStdout(arguments, sandbox: sandbox)
-            #expect(result.status == 128 + SIGPIPE, "\(arguments): \(result)")
-            #expect(diagnostics(result).isEmpty, "\(arguments): \(result)")
+        // Also when started with SIGPIPE ignored (a parent that ignores it passes that on: some
+        // daemons, shells with `trap '' PIPE`): writes then fail with EPIPE, which trapped before.
+        let commands = try prepare(sandbox)
+        for ignoringSIGPIPE in [false, true] {
+            for arguments in commands + [["backup", "b\(ignoringSIGPIPE).db"]] {
+                let result = try runWithClosedStdout(arguments, sandbox: sandbox, ignoringSIGPIPE: ignoringSIGPIPE)
+                #expect(result.status == 128 + SIGPIPE, "\(arguments), SIGPIPE ignored: \(ignoringSIGPIPE): \(result)")
+                #expect(diagnostics(result).isEmpty, "\(arguments), SIGPIPE ignored: \(ignoringSIGPIPE): \(result)")
+            }
         }
     }
 
@@ -81,15 +86,20 @@ import Testing
 
     /// Runs chatlog with stdout on a pipe whose reading end is already closed: every write fails
     /// with EPIPE, whatever the timing.
-    private func runWithClosedStdout(_ arguments: [String], sandbox: Sandbox) throws -> CommandResult {
+    private func runWithClosedStdout(_ arguments: [String], sandbox: Sandbox, ignoringSIGPIPE: Bool) throws -> CommandResult {
         let pipe = Pipe()
         try pipe.fileHandleForReading.close()
         let errorURL = sandbox.root.appendingPathComponent("tmp/stderr-\(UUID().uuidString)")
         try Data().write(to: errorURL)
         let error = try FileHandle(forWritingTo: errorURL)
         let process = Process()
-        process.executableURL = try ChatLogBinary.url()
-        process.arguments = arguments
+        if ignoringSIGPIPE {
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", "trap '' PIPE; exec \"$0\" \"$@\"", try ChatLogBinary.url().path] + arguments
+        } else {
+            process.executableURL = try ChatLogBinary.url()
+            process.arguments = arguments
+        }
         process.environment = sandbox.environment
         process.currentDirectoryURL = sandbox.directory
         process.standardInput = FileHandle.nullDevice
