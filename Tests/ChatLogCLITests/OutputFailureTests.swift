@@ -31,9 +31,10 @@ import Testing
         return commands
     }
 
-    /// stderr lines other than progress lines (`chatlog: import: 1 conversations`).
+    /// stderr lines other than progress and notes (`chatlog: import: 1 conversations`): errors,
+    /// and anything that is not chatlog's (a trap's message and backtrace).
     private func diagnostics(_ result: CommandResult) -> [String] {
-        result.err.split(separator: "\n").map(String.init).filter { !$0.hasPrefix("chatlog: import: ") }
+        result.err.split(separator: "\n").map(String.init).filter { $0.hasPrefix("chatlog: error: ") || !$0.hasPrefix("chatlog: ") }
     }
 
     private func quoted(_ arguments: [String]) -> String {

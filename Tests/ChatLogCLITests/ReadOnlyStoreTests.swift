@@ -69,7 +69,7 @@ import Testing
             #expect(left.isEmpty, "\(arguments) left \(left)")
         }
         let search = try chatlogAsUser(sandbox, ["search", "lighthouse", "--json"], db: store.db)
-        #expect(try jsonArray(search.stdout).count == 2, "\(search)")
+        #expect((try jsonObject(search.stdout)["hits"] as? [Any])?.count == 2, "\(search)")
         let verify = try chatlogAsUser(sandbox, ["verify"], db: store.db)
         #expect(verify.out.contains("all well"), "\(verify)")
         let export = try chatlogAsUser(sandbox, ["export"], db: store.db)
