@@ -92,23 +92,38 @@ private func chown(recursive path: String, to uid: uid_t) throws {
         _ = try await control.finish()
         #expect(controlOwner == nobody, "the method: a dumpable process's /proc files belong to its user")
 
-        // 1. key rotate, once it has opened the store and taken the key lock.
-        let rotate = try BackgroundProcess(
-            asNobody([chatlog, "key", "rotate", "--new", "--batch-size", "1", "--db", "chatlog.db"]), env: sandbox.environment,
-            cwd: sandbox.directory, scratch: sandbox.root, executable: setpriv)
+        // 1. key rotate, once it has opened the store and taken the key lock. Keep it at work while
+        // it is inspected: hold the write lock, so that its next batch waits (its busy timeout is far
+        // longer than the checks). On a loaded machine the 1,500 single-row batches can all commit
+        // between the lock file appearing and the blocker's BEGIN: such a run finished cleanly, so
+        // start another (each `--new` makes one more key) rather than inspect a process that is gone.
         let lock = sandbox.path("chatlog.db.keys.lock")
-        try await waitFor("the rotation takes the key lock") {
-            if rotate.hasExited { throw CLITestError("the rotation exited: \(rotate.errorSoFar)") }
-            return (try? String(contentsOfFile: lock, encoding: .utf8)) == "\(rotate.pid)\n"
-        }
-        // Keep it at work while it is inspected: hold the write lock, so that its next batch waits
-        // (its busy timeout is far longer than the checks). Rotation is too fast now to rely on
-        // 1,500 single-row batches lasting long enough.
         var blockerConfiguration = Configuration()
         blockerConfiguration.busyMode = .timeout(60)
         blockerConfiguration.allowsUnsafeTransactions = true  // the transaction spans two accesses
         let blocker = try DatabaseQueue(path: sandbox.path("chatlog.db"), configuration: blockerConfiguration)
-        try blocker.inDatabase { db in try db.execute(sql: "BEGIN IMMEDIATE") }
+        var attempt = 0
+        var rotate: BackgroundProcess
+        while true {
+            attempt += 1
+            rotate = try BackgroundProcess(
+                asNobody([chatlog, "key", "rotate", "--new", "--batch-size", "1", "--db", "chatlog.db"]), env: sandbox.environment,
+                cwd: sandbox.directory, scratch: sandbox.root, executable: setpriv)
+            let running = rotate
+            try await waitFor("the rotation takes the key lock") {
+                if running.hasExited { throw CLITestError("the rotation exited: \(running.errorSoFar)") }
+                return (try? String(contentsOfFile: lock, encoding: .utf8)) == "\(running.pid)\n"
+            }
+            try blocker.inDatabase { db in try db.execute(sql: "BEGIN IMMEDIATE") }
+            guard rotate.hasExited else { break }
+            let finished = try await rotate.finish()
+            try blocker.inDatabase { db in try db.execute(sql: "ROLLBACK") }
+            #expect(finished.status == 0, "the rotation failed: \(finished.err)")
+            guard finished.status == 0, attempt < 5 else {
+                Issue.record("the rotation finished before it could be inspected, \(attempt) times")
+                return
+            }
+        }
         let rotateStatus = String(decoding: procFile(rotate.pid, "status"), as: UTF8.self)
         #expect(rotateStatus.contains("Uid:\t\(nobody)"), "\(rotateStatus)")
         let rotateOwner = owner("/proc/\(rotate.pid)/environ")
