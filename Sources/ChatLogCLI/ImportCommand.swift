@@ -18,6 +18,8 @@ struct ImportCommand: AsyncParsableCommand {
     var onError: ImportErrorPolicy = .fail
     @Option(name: .long, help: "Conversations per transaction.")
     var batchSize: Int = 200
+    @Option(name: .long, help: RedactMode.help)
+    var redact: RedactMode = .none
     @Argument(help: "The file to import ('-' for standard input, openai-jsonl only).")
     var file: String
 
@@ -40,8 +42,10 @@ struct ImportCommand: AsyncParsableCommand {
             }
             // The total for the bar: the readers that load everything know it; a JSONL file's is its lines.
             let total = (records as? any Collection)?.count ?? (file == "-" ? nil : ProgressReporter.nonEmptyLines(path))
+            var redacted = AnySequence(records)
+            if let redactor = redact.redactor { redacted = AnySequence(redacted.lazy.map { $0.map { redactor.redact($0) } }) }
             let report = try opened.importConversations(
-                format: format.rawValue, records: AnySequence(records), onError: onError, batchSize: batchSize,
+                format: format.rawValue, records: redacted, onError: onError, batchSize: batchSize,
                 progress: { progress.update(done: $0.conversations + $0.duplicates + $0.skipped.count, total: total) })
             progress.finish()
             for issue in report.skipped { CLIOutput.note("skipped \(issue)") }

@@ -30,6 +30,8 @@ struct LogCommand: AsyncParsableCommand {
     var metadata: String?
     @Option(name: .long, help: "Message content (else read from stdin).")
     var text: String?
+    @Option(name: .long, help: RedactMode.help)
+    var redact: RedactMode = .none
 
     func validate() throws {
         if conversation != nil, title != nil || subject != nil {
@@ -60,6 +62,7 @@ struct LogCommand: AsyncParsableCommand {
                 }
                 message.metadata = value
             }
+            if let redactor = redact.redactor { message = redactor.redact(message) }
             let opened = try await StoreAccess.open(store)
             let conversationID: ConversationID
             let messageID: MessageID

@@ -138,6 +138,7 @@ extension ChatLogStore {
     }
 
     func prepare(_ message: NewMessage, keys: KeyRing.Loaded) throws(ChatLogError) -> PreparedMessage {
+        let message = options.redactor.map { $0.redact(message) } ?? message
         let size = message.content.utf8.count
         guard size <= Self.maximumContentBytes else {
             throw .invalidInput("message content is \(size) bytes; the limit is \(Self.maximumContentBytes >> 20) MiB")

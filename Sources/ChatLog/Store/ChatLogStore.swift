@@ -32,12 +32,20 @@ public final class ChatLogStore: Sendable {
         /// no `-wal` or `-shm` either. Writes throw; a store whose schema needs an upgrade is
         /// refused.
         public var readOnly: Bool
+        /// When set, every message written (append, logExchange, import) has its secrets
+        /// replaced before sealing and indexing; the kinds and counts go in its sealed metadata
+        /// under ``SecretRedactor/metadataKey``. Off by default.
+        public var redactor: SecretRedactor?
 
-        public init(busyTimeout: TimeInterval = 30, paddingBlock: Int = 32, passphraseKDF: PassphraseKDF = .moderate, readOnly: Bool = false) {
+        public init(
+            busyTimeout: TimeInterval = 30, paddingBlock: Int = 32, passphraseKDF: PassphraseKDF = .moderate, readOnly: Bool = false,
+            redactor: SecretRedactor? = nil
+        ) {
             self.busyTimeout = busyTimeout
             self.paddingBlock = paddingBlock
             self.passphraseKDF = passphraseKDF
             self.readOnly = readOnly
+            self.redactor = redactor
         }
     }
 
