@@ -57,6 +57,8 @@ enum FakeSecrets {
             ("<script src=\"https://maps.googleapis.com/maps/api/js?key=\(F.google)\"></script>",
              "<script src=\"https://maps.googleapis.com/maps/api/js?key=[REDACTED:google_api_key]\"></script>", .googleAPIKey),
             ("Authorization: Bearer \(F.jwt)\n", "Authorization: Bearer [REDACTED:jwt]\n", .jwt),
+            ("curl -H 'Authorization: Bearer ya29.a0AfH6SMBx3kQ-9zR_tUv8wXy' https://www.googleapis.com/drive/v3/files",
+             "curl -H 'Authorization: Bearer [REDACTED:bearer_token]' https://www.googleapis.com/drive/v3/files", .bearerToken),
             ("here is my key:\n\n\(F.pem)\n\nwhy does ssh refuse it?", "here is my key:\n\n[REDACTED:private_key]\n\nwhy does ssh refuse it?", .privateKey),
         ]
         for (text, expected, kind) in cases { check(text, expected, [kind: 1]) }
@@ -131,6 +133,7 @@ enum FakeSecrets {
             "password: ******** and token=xxxxxxxx",
             "PWD=/home/user OLDPWD=/tmp",
             "printf(\"password: %s\", pw); let msg = \"token=\\(token)\"",
+            "The Bearer scheme is described in RFC 6750; send Bearer <token> or Bearer $TOKEN.",
         ]
         for text in texts {
             let result = redactor.redact(text)
@@ -170,6 +173,34 @@ enum FakeSecrets {
         }
     }
 
+    /// Random mixes of secrets, near-misses, punctuation and non-ASCII text: no secret survives,
+    /// everything else is kept in order, and a second pass changes nothing.
+    @Test func randomMixesKeepEverythingButTheSecrets() {
+        typealias F = FakeSecrets
+        let secrets = [F.openAIProject, F.anthropic, F.github, F.gitlab, F.slack, F.stripe, F.google, F.jwt, F.pem, F.awsID]
+        let fillers = ["hello", "sk-", "AKIA", "eyJ", "password", "=", ":", "\"", "'", " ", "\n", "-----", "é", "中文", "🔑", "://", "@", "x_", ".", "\u{0}"]
+        var random = SeededRandom(seed: 13)
+        for _ in 0..<300 {
+            var pieces: [String] = []
+            var planted: [String] = []
+            for _ in 0..<random.below(12) {
+                if random.chance(20) {
+                    let secret = random.pick(secrets)
+                    planted.append(secret)
+                    pieces.append(" \(secret) ")
+                } else {
+                    pieces.append(random.pick(fillers))
+                }
+            }
+            let text = pieces.joined()
+            let once = redactor.redact(text)
+            for secret in planted { #expect(!once.text.contains(secret), "\(secret.prefix(8))… survived in \(text.debugDescription)") }
+            if !planted.isEmpty { #expect(once.total > 0) }
+            #expect(redactor.redact(once.text).text == once.text)
+            if planted.isEmpty && once.total == 0 { #expect(once.text == text) }
+        }
+    }
+
     @Test func onlyTheChosenKinds() {
         let only = SecretRedactor(kinds: [.jwt])
         let result = only.redact("\(FakeSecrets.openAIProject) \(FakeSecrets.jwt)")
@@ -186,7 +217,7 @@ enum FakeSecrets {
             repeated("\"token\": "), repeated("://a:"), repeated("https://u:p"), repeated("-----BEGIN "),
             "-----BEGIN PRIVATE KEY-----" + repeated("-----BEGIN PRIVATE KEY-----"), repeated("eyJ."), repeated("eyJhbGciOiJub25lIn0."),
             repeated("\(FakeSecrets.awsID) "), repeated("AKIA"), repeated("hooks.slack.com/services/"), repeated("x_"),
-            repeated("ghp_a1"), repeated("é"), repeated("sk-a1b2c3d4e5f6g7h8i9j0 "),
+            repeated("ghp_a1"), repeated("é"), repeated("sk-a1b2c3d4e5f6g7h8i9j0 "), repeated("Bearer "), repeated("Bearer a1-"),
         ]
         for input in inputs {
             let result = redactor.redact(input)

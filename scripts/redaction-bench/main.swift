@@ -42,18 +42,26 @@ for text in texts {
         rest = rest.dropFirst(piece.count)
     }
 }
+// The machine is shared: CPU time of this thread (what the redactor costs) and wall time (what it took).
+func now(_ clock: clockid_t) -> Double {
+    var time = timespec()
+    clock_gettime(clock, &time)
+    return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+}
 var best = Double.infinity
+var bestWall = Double.infinity
 for _ in 0..<3 {
-    let start = DispatchTime.now().uptimeNanoseconds
+    let start = now(CLOCK_THREAD_CPUTIME_ID)
+    let startWall = now(CLOCK_MONOTONIC)
     var total = 0
     for piece in pieces { total &+= redactor.redact(piece).total }
-    let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-    best = min(best, seconds)
+    best = min(best, now(CLOCK_THREAD_CPUTIME_ID) - start)
+    bestWall = min(bestWall, now(CLOCK_MONOTONIC) - startWall)
     precondition(total >= 0)
 }
 let megabytes = Double(bytes) / 1_048_576
 print(String(format: "corpus: %d files, %.1f MiB; %d pieces of <= 4 KiB", texts.count, megabytes, pieces.count))
-print(String(format: "throughput: %.0f MiB/s (best of 3)", megabytes / best))
+print(String(format: "throughput: %.0f MiB/s of CPU time, %.0f MiB/s wall (best of 3)", megabytes / best, megabytes / bestWall))
 let total = counts.values.reduce(0, +)
 print(String(format: "redactions: %d (%.2f per MiB)", total, Double(total) / megabytes))
 for (kind, count) in counts.sorted(by: { $0.value > $1.value }) { print("  \(kind.rawValue): \(count)") }

@@ -18,6 +18,7 @@ public enum SecretKind: String, CaseIterable, Sendable, Hashable, Codable, Compa
     case token
     case apiKey = "api_key"
     case urlPassword = "url_password"
+    case bearerToken = "bearer_token"
 
     public static func < (lhs: SecretKind, rhs: SecretKind) -> Bool { lhs.rawValue < rhs.rawValue }
 }
@@ -105,7 +106,7 @@ private enum ByteClass {
         for byte in "_-".utf8 { table[Int(byte)] |= word | identifier }
         table[Int(UInt8(ascii: "."))] |= identifier
         for byte in "+/".utf8 { table[Int(byte)] |= base64 }
-        for byte in "sregAxh-=:".utf8 { table[Int(byte)] |= trigger }
+        for byte in "sregAxhB-=:".utf8 { table[Int(byte)] |= trigger }
         // White space, controls, quotes, separators of lists, URL queries and markup.
         for byte in 0...0x20 { table[byte] |= valueEnd }
         table[0x7F] |= valueEnd
@@ -233,6 +234,8 @@ private struct Scanner {
             }
         case UInt8(ascii: "e"):
             if matches("eyJ", at: index) { return jwt(at: index) }
+        case UInt8(ascii: "B"):
+            if matches("Bearer ", at: index) { return bearerToken(at: index + 7) }
         default: break
         }
         return nil
@@ -265,6 +268,30 @@ private struct Scanner {
         guard end - start >= (prefixed ? 40 : 32), end - index < Self.maximumToken, !has(end, ByteClass.word), isRandomLooking(start, end)
         else { return nil }
         return SecretMatch(start: index, end: end, kind: .openAIKey)
+    }
+
+    /// `Bearer ` and an opaque token (RFC 6750 characters) of at least 20 characters mixing letters
+    /// and digits. A token of a known format after it is reported as that kind.
+    func bearerToken(at start: Int) -> SecretMatch? {
+        // (`Bearer Bearer …` must not recurse: a token of a known format never starts with `B`.)
+        guard start < count, !isRedaction(at: start), bytes[start] == UInt8(ascii: "B") || token(at: start) == nil else { return nil }
+        var end = start
+        var digits = false
+        var letters = false
+        while end < count, end - start < Self.maximumToken {
+            let byte = bytes[end]
+            if byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") {
+                digits = true
+            } else if classes[Int(byte)] & ByteClass.alnum != 0 {
+                letters = true
+            } else if !"-._~+/".utf8.contains(byte) {
+                break
+            }
+            end += 1
+        }
+        while end < count, bytes[end] == UInt8(ascii: "=") { end += 1 }
+        guard end - start >= 20, digits, letters else { return nil }
+        return SecretMatch(start: start, end: end, kind: .bearerToken)
     }
 
     /// `AKIA` or `ASIA` and 16 upper-case letters or digits.
