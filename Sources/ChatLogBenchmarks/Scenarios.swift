@@ -27,6 +27,11 @@ final class AnonymousMemory: @unchecked Sendable {
 let anonymousMemory = AnonymousMemory()
 
 /// Writes `conversations` conversations of four messages as OpenAI JSONL; returns the path.
+/// Times in the baselines (and the generated import file) go through Foundation's own RFC 3339 style,
+/// as a plaintext Swift app would write them, never through chatlog's `Timestamps`: the baselines
+/// share none of chatlog's parsing or formatting helpers (docs/PERFORMANCE.md).
+let baselineTimeStyle = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+
 func writeImportFile(conversations: Int, in folder: URL) throws -> String {
     let path = folder.appendingPathComponent("import.jsonl").path
     _ = FileManager.default.createFile(atPath: path, contents: nil)
@@ -40,7 +45,7 @@ func writeImportFile(conversations: Int, in folder: URL) throws -> String {
             "messages": messages.map { message -> [String: Any] in
                 var object: [String: Any] = ["role": message.role.rawValue, "content": message.content]
                 if let model = message.model { object["model"] = model }
-                if let created = message.createdAt { object["created_at"] = Timestamps.format(created) }
+                if let created = message.createdAt { object["created_at"] = created.formatted(baselineTimeStyle) }
                 if message.promptTokens != nil {
                     object["usage"] = ["prompt_tokens": message.promptTokens!, "completion_tokens": message.completionTokens!]
                 }
@@ -98,7 +103,7 @@ func runImportScenario(conversations: Int, folder: URL) throws {
                             return NewMessage(
                                 role: Role(rawValue: message["role"] as? String ?? "user") ?? .user, content: message["content"] as? String ?? "",
                                 model: message["model"] as? String, promptTokens: usage?["prompt_tokens"], completionTokens: usage?["completion_tokens"],
-                                createdAt: (message["created_at"] as? String).flatMap(Timestamps.parse))
+                                createdAt: (message["created_at"] as? String).flatMap { try? baselineTimeStyle.parse($0) })
                         }))
                 if pending.count == 200 { try flush() }
             }
@@ -169,11 +174,11 @@ func runExportScenario(_ pair: (store: ChatLogStore, plain: PlainStore, storeRat
                         arguments: [conversation["seq"] as Int64])
                     return Line(
                         id: conversation["id"], title: conversation["title"],
-                        created_at: Timestamps.format(Date(timeIntervalSince1970: Double(conversation["created_at"] as Int64) / 1000)),
+                        created_at: Date(timeIntervalSince1970: Double(conversation["created_at"] as Int64) / 1000).formatted(baselineTimeStyle),
                         messages: messages.map {
                             Line.Message(
                                 id: $0["id"], role: $0["role"], content: $0["content"],
-                                created_at: Timestamps.format(Date(timeIntervalSince1970: Double($0["created_at"] as Int64) / 1000)), model: $0["model"])
+                                created_at: Date(timeIntervalSince1970: Double($0["created_at"] as Int64) / 1000).formatted(baselineTimeStyle), model: $0["model"])
                         })
                 }
             }

@@ -28,10 +28,7 @@ public enum OpenAIJSONL {
     static func parse(_ bytes: [UInt8], location: String) throws(ImportIssue) -> ImportedConversation {
         func issue(_ problem: String) -> ImportIssue { ImportIssue(location: location, problem: problem) }
         guard String(validating: bytes, as: UTF8.self) != nil else { throw issue("not valid UTF-8") }
-        let value: JSONValue
-        do {
-            value = try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
-        } catch {
+        guard let value = bytes.withUnsafeBufferPointer({ JSONValue.parse(validUTF8: $0) }) else {
             throw issue("not valid JSON (truncated or malformed)")
         }
         guard case .object(let record) = value else { throw issue("expected a JSON object with \"messages\"") }
