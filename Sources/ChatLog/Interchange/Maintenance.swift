@@ -16,8 +16,22 @@ public struct StatsRow: Sendable, Hashable {
 }
 
 extension ChatLogStore {
+    /// The whole store's counts, kept by triggers (migration 0007, docs/FORMAT.md).
+    static let totalsSQL = "SELECT messages, conversations, prompt_tokens, completion_tokens FROM message_totals WHERE id = 1"
+    /// Rows using each key, kept by triggers (migration 0007).
+    static let keyUsageSQL = "SELECT key_id, row_count FROM key_usage"
+
     /// Counts from plain columns only: nothing is decrypted.
     public func stats(by grouping: StatsGrouping? = nil, since: Date? = nil, until: Date? = nil) throws(ChatLogError) -> [StatsRow] {
+        if grouping == nil, since == nil, until == nil {
+            // The whole store: the counters migration 0007's triggers keep (no scan).
+            return try read { db in
+                guard let row = try Row.fetchOne(db, sql: Self.totalsSQL) else { throw ChatLogError.storage("table message_totals has no row") }
+                return [StatsRow(
+                    group: nil, conversations: try row.decode(forColumn: "conversations"), messages: try row.decode(forColumn: "messages"),
+                    promptTokens: try row.decode(forColumn: "prompt_tokens"), completionTokens: try row.decode(forColumn: "completion_tokens"))]
+            }
+        }
         var clauses = ["1"]
         var arguments: StatementArguments = []
         if let since {

@@ -56,16 +56,10 @@ extension ChatLogStore {
     /// Key ids, states, ages and how many rows use each; the master key's fingerprint.
     public func keyStatus() throws(ChatLogError) -> KeyStatus {
         try read { db in
-            let usage = try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT key_id, count(*) AS n FROM (
-                        SELECT key_id FROM messages UNION ALL SELECT key_id FROM conversations
-                        UNION ALL SELECT index_key_id AS key_id FROM messages WHERE index_key_id IS NOT NULL
-                        UNION ALL SELECT subject_key_id FROM conversations WHERE subject_key_id IS NOT NULL)
-                    GROUP BY key_id
-                    """
-            ).reduce(into: [Int64: Int]()) { $0[try $1.decode(Int64.self, forColumn: "key_id")] = try $1.decode(Int.self, forColumn: "n") }
+            // Counters kept by triggers (migration 0007): no scan of the tables.
+            let usage = try Row.fetchAll(db, sql: Self.keyUsageSQL).reduce(into: [Int64: Int]()) {
+                $0[try $1.decode(Int64.self, forColumn: "key_id")] = try $1.decode(Int.self, forColumn: "row_count")
+            }
             let entries = try Row.fetchAll(db, sql: "SELECT id, kind, state, created_at, retired_at FROM keys ORDER BY id").map { row in
                 let id: Int64 = try row.decode(forColumn: "id")
                 return KeyStatus.Entry(
