@@ -76,11 +76,10 @@ extension ChatLogStore {
             for transcript in page {
                 var line: Data
                 do {
-                    line = try encoder.encode(ExportRecord(transcript))
+                    line = try ExportRecord(transcript).jsonLine(metadataEncoder: encoder)
                 } catch {
                     throw .invalidInput("conversation \(transcript.conversation.id) cannot be encoded as JSON")
                 }
-                line.append(0x0A)
                 do { try write(line) } catch { throw .storage("cannot write the export (\(error))") }
                 totals.conversations += 1
                 totals.messages += transcript.messages.count
@@ -139,5 +138,122 @@ struct ExportRecord: Encodable {
                 latency_ms: message.latencyMilliseconds, finish_reason: message.finishReason, metadata: message.metadata,
                 tool_calls: fields["tool_calls"], tool_call_id: fields["tool_call_id"], name: fields["name"])
         }
+    }
+}
+
+extension ExportRecord {
+    /// The record as `JSONEncoder` with `[.sortedKeys, .withoutEscapingSlashes]` writes it, and a
+    /// newline, without the `Codable` machinery for the record itself (it was most of an export's
+    /// JSON time; `ExportWriterTests` compares the bytes). Metadata values still go through
+    /// `metadataEncoder`, so their key order and number forms are JSONEncoder's own.
+    func jsonLine(metadataEncoder: JSONEncoder) throws -> Data {
+        var out = JSONBytes()
+        out.bytes.reserveCapacity(messages.reduce(256) { $0 + $1.content.utf8.count + 160 })
+        out.open()
+        out.field("created_at", created_at)
+        out.field("id", id)
+        out.key("messages")
+        out.append(UInt8(ascii: "["))
+        for (index, message) in messages.enumerated() {
+            if index > 0 { out.append(UInt8(ascii: ",")) }
+            out.open()
+            out.field("content", message.content)
+            out.field("created_at", message.created_at)
+            if let value = message.finish_reason { out.field("finish_reason", value) }
+            out.field("id", message.id)
+            if let value = message.latency_ms { out.field("latency_ms", value) }
+            if let value = message.metadata { try out.field("metadata", value, metadataEncoder) }
+            if let value = message.model { out.field("model", value) }
+            if let value = message.name { try out.field("name", value, metadataEncoder) }
+            out.field("role", message.role)
+            if let value = message.tool_call_id { try out.field("tool_call_id", value, metadataEncoder) }
+            if let value = message.tool_calls { try out.field("tool_calls", value, metadataEncoder) }
+            if let usage = message.usage {
+                out.key("usage")
+                out.open()
+                if let value = usage.completion_tokens { out.field("completion_tokens", value) }
+                if let value = usage.prompt_tokens { out.field("prompt_tokens", value) }
+                out.close()
+            }
+            out.close()
+        }
+        out.append(UInt8(ascii: "]"))
+        out.first = false
+        if let metadata { try out.field("metadata", metadata, metadataEncoder) }
+        if let subject { out.field("subject", subject) }
+        if let title { out.field("title", title) }
+        out.close()
+        out.append(0x0A)
+        return Data(out.bytes)
+    }
+}
+
+/// A JSON object written field by field, strings escaped as `JSONEncoder` escapes them.
+private struct JSONBytes {
+    var bytes: [UInt8] = []
+    var first = true
+
+    mutating func append(_ byte: UInt8) { bytes.append(byte) }
+
+    mutating func open() {
+        bytes.append(UInt8(ascii: "{"))
+        first = true
+    }
+
+    mutating func close() {
+        bytes.append(UInt8(ascii: "}"))
+        first = false
+    }
+
+    mutating func key(_ name: StaticString) {
+        if !first { bytes.append(UInt8(ascii: ",")) }
+        first = false
+        bytes.append(UInt8(ascii: "\""))
+        bytes.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+        bytes.append(UInt8(ascii: "\""))
+        bytes.append(UInt8(ascii: ":"))
+    }
+
+    mutating func field(_ name: StaticString, _ value: String) {
+        key(name)
+        string(value)
+    }
+
+    mutating func field(_ name: StaticString, _ value: Int) {
+        key(name)
+        bytes.append(contentsOf: String(value).utf8)
+    }
+
+    mutating func field(_ name: StaticString, _ value: JSONValue, _ encoder: JSONEncoder) throws {
+        key(name)
+        bytes.append(contentsOf: try encoder.encode(value))
+    }
+
+    mutating func string(_ text: String) {
+        bytes.append(UInt8(ascii: "\""))
+        var text = text
+        text.withUTF8 { utf8 in
+            var start = 0
+            for index in 0..<utf8.count {
+                let byte = utf8[index]
+                guard byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") else { continue }
+                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[start..<index]))
+                start = index + 1
+                bytes.append(UInt8(ascii: "\\"))
+                switch byte {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"): bytes.append(byte)
+                case 0x08: bytes.append(UInt8(ascii: "b"))
+                case 0x09: bytes.append(UInt8(ascii: "t"))
+                case 0x0A: bytes.append(UInt8(ascii: "n"))
+                case 0x0C: bytes.append(UInt8(ascii: "f"))
+                case 0x0D: bytes.append(UInt8(ascii: "r"))
+                default:
+                    let hex = Array("0123456789abcdef".utf8)
+                    bytes.append(contentsOf: [UInt8(ascii: "u"), 0x30, 0x30, hex[Int(byte >> 4)], hex[Int(byte & 0x0F)]])
+                }
+            }
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[start...]))
+        }
+        bytes.append(UInt8(ascii: "\""))
     }
 }
