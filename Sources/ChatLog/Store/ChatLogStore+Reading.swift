@@ -7,6 +7,8 @@ extension ChatLogStore {
         (SELECT count(*) FROM messages m WHERE m.conversation_seq = c.seq) AS message_count
         """
 
+    /// Read by position in `decodeMessage` (a lookup by name hashes a lower-cased copy of the
+    /// name for every column of every row: a tenth of an export's time).
     private static let messageColumns = """
         m.seq, m.id, c.seq AS conversation_seq, c.id AS conversation_id, m.position, m.role, m.created_at, m.model, m.prompt_tokens, m.completion_tokens,
         m.latency_ms, m.finish_reason, m.content, m.metadata
@@ -84,7 +86,7 @@ extension ChatLogStore {
 
     func conversation(_ id: ConversationID, _ db: Database) throws -> Conversation {
         guard let row = try Row.fetchOne(
-            db, sql: "SELECT \(Self.conversationColumns) FROM conversations c WHERE c.id = ?", arguments: [id.rawValue])
+            db.cachedStatement(sql: "SELECT \(Self.conversationColumns) FROM conversations c WHERE c.id = ?"), arguments: [id.rawValue])
         else { throw ChatLogError.conversationNotFound(id.rawValue) }
         return try decodeConversation(row, db)
     }
@@ -92,11 +94,11 @@ extension ChatLogStore {
     func transcript(_ id: ConversationID, _ db: Database) throws -> Transcript {
         let conversation = try self.conversation(id, db)
         let rows = try Row.fetchCursor(
-            db,
-            sql: """
-                SELECT \(Self.messageColumns) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
-                WHERE c.id = ? ORDER BY m.position
-                """, arguments: [id.rawValue])
+            db.cachedStatement(
+                sql: """
+                    SELECT \(Self.messageColumns) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
+                    WHERE c.id = ? ORDER BY m.position
+                    """), arguments: [id.rawValue])
         var messages: [Message] = []
         while let row = try rows.next() { messages.append(try decodeMessage(row, db)) }
         return Transcript(conversation: conversation, messages: messages)
@@ -133,20 +135,20 @@ extension ChatLogStore {
     }
 
     func decodeMessage(_ row: Row, _ db: Database) throws -> Message {
-        let id = try MessageID.stored(row.storedText("id"), table: "messages", column: "id", seq: try row.decode(forColumn: "seq")).rawValue
+        // Positions in `messageColumns`.
+        let id = try MessageID.stored(row.storedText(at: 1), table: "messages", column: "id", seq: try row.decode(atIndex: 0)).rawValue
         let conversationID = try ConversationID.stored(
-            row.storedText("conversation_id"), table: "conversations", column: "id", seq: try row.decode(forColumn: "conversation_seq"))
-        let rawRole: String = try row.decode(forColumn: "role")
+            row.storedText(at: 3), table: "conversations", column: "id", seq: try row.decode(atIndex: 2))
+        let rawRole: String = try row.decode(atIndex: 5)
         guard let role = Role(rawValue: rawRole) else {
             throw ChatLogError.integrity(IntegrityFailure(table: "messages", column: "role", rowID: id, reason: .invalidUTF8))
         }
         return Message(
-            id: MessageID(trusted: id), conversationID: conversationID, position: try row.decode(Int.self, forColumn: "position"),
-            role: role, createdAt: Date(unixMilliseconds: try row.decode(Int64.self, forColumn: "created_at")), model: row["model"],
-            promptTokens: row["prompt_tokens"], completionTokens: row["completion_tokens"], latencyMilliseconds: row["latency_ms"],
-            finishReason: row["finish_reason"],
-            content: try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db),
-            metadata: try openJSON(row.sealedBytes("metadata"), FieldContext(table: "messages", column: "metadata", rowID: id), db: db))
+            id: MessageID(trusted: id), conversationID: conversationID, position: try row.decode(Int.self, atIndex: 4),
+            role: role, createdAt: Date(unixMilliseconds: try row.decode(Int64.self, atIndex: 6)),
+            model: row[7], promptTokens: row[8], completionTokens: row[9], latencyMilliseconds: row[10], finishReason: row[11],
+            content: try openText(row.sealedBytes(at: 12) ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db),
+            metadata: try openJSON(row.sealedBytes(at: 13), FieldContext(table: "messages", column: "metadata", rowID: id), db: db))
     }
 }
 

@@ -97,6 +97,12 @@ extension Row {
         return nil
     }
 
+    func storedText(at index: Int) -> String? {
+        let value: DatabaseValue = self[index]
+        if case .string(let text) = value.storage { return text }
+        return nil
+    }
+
     private static func bytes(of value: DatabaseValue) -> Data? {
         switch value.storage {
         case .null: return nil
