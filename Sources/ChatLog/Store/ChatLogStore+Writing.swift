@@ -190,6 +190,10 @@ extension ChatLogStore {
     }
 
     static func insert(_ conversation: PreparedConversation, _ db: Database) throws {
+        // Counters of migration 0007 (deletes and key changes are counted by its triggers); first,
+        // so that `lastInsertedRowID` stays the conversation's for the callers.
+        try countKeyUse(Int64(conversation.keyID.rawValue), 1, db)
+        if let subjectKey = conversation.subjectKeyID { try countKeyUse(Int64(subjectKey.rawValue), 1, db) }
         try db.execute(
             sql: """
                 INSERT INTO conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)
@@ -200,6 +204,12 @@ extension ChatLogStore {
                 conversation.title, conversation.subject, conversation.subjectToken,
                 conversation.subjectKeyID.map { Int64($0.rawValue) }, conversation.metadata,
             ])
+    }
+
+    static func countKeyUse(_ keyID: Int64, _ rows: Int64, _ db: Database) throws {
+        try db.cachedStatement(
+            sql: "INSERT INTO key_usage (key_id, row_count) VALUES (?, ?) ON CONFLICT (key_id) DO UPDATE SET row_count = row_count + excluded.row_count"
+        ).execute(arguments: [keyID, rows])
     }
 
     static func insert(_ messages: [PreparedMessage], into conversation: ConversationID, _ db: Database) throws {
@@ -219,6 +229,9 @@ extension ChatLogStore {
                 """)
         let index = try db.cachedStatement(sql: "INSERT INTO message_terms (rowid, terms) VALUES (?, ?)")
         var latest: Int64 = 0
+        let firstPosition = position
+        var tokens: (prompt: Int64, completion: Int64) = (0, 0)
+        var keyUse: [Int64: Int64] = [:]
         for message in messages {
             let searchRowID = try SearchIndex.allocateRowID(createdAt: message.createdAt, db)
             try statement.execute(arguments: [
@@ -229,6 +242,20 @@ extension ChatLogStore {
             try index.execute(arguments: [searchRowID, message.terms])
             position += 1
             latest = max(latest, message.createdAt)
+            tokens.prompt += Int64(message.promptTokens ?? 0)
+            tokens.completion += Int64(message.completionTokens ?? 0)
+            keyUse[Int64(message.keyID.rawValue), default: 0] += 1
+            keyUse[Int64(message.indexKeyID.rawValue), default: 0] += 1
+        }
+        // Counters of migration 0007, once per call (deletes and key changes are counted by its triggers).
+        if !messages.isEmpty {
+            try db.cachedStatement(
+                sql: """
+                    UPDATE message_totals SET messages = messages + ?, conversations = conversations + ?,
+                        prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ? WHERE id = 1
+                    """
+            ).execute(arguments: [messages.count, firstPosition == 0 ? 1 : 0, tokens.prompt, tokens.completion])
+            for (keyID, rows) in keyUse { try countKeyUse(keyID, rows, db) }
         }
         try db.execute(sql: "UPDATE conversations SET updated_at = max(updated_at, ?) WHERE seq = ?", arguments: [latest, seq])
     }
