@@ -31,6 +31,7 @@ struct VerifyCommand: AsyncParsableCommand {
         let messages: Int
         let sealed_values: Int
         let failure_count: Int
+        let unmerged_deletions: Bool
         let failures: [IssueJSON]
         let repairs: [IssueJSON]?
     }
@@ -49,13 +50,18 @@ struct VerifyCommand: AsyncParsableCommand {
                 try CLIOutput.json(
                     ReportJSON(
                         ok: report.ok, conversations: report.conversations, messages: report.messages, sealed_values: report.sealedValues,
-                        failure_count: report.issueCount,
+                        failure_count: report.issueCount, unmerged_deletions: report.unmergedDeletions,
                         failures: report.issues.map { IssueJSON(table: $0.table, column: $0.column, row: $0.rowID, problem: $0.problem) },
                         repairs: repair ? repairs.map { IssueJSON(table: $0.table, column: $0.column, row: $0.rowID, problem: $0.action) } : nil))
             } else {
                 for issue in report.issues { CLIOutput.line("FAIL " + CLIOutput.terminalSafeField(issue.description)) }
                 if report.issueCount > report.issues.count {
                     CLIOutput.line("… and \(report.issueCount - report.issues.count) more failures")
+                }
+                if report.unmergedDeletions {
+                    CLIOutput.line(
+                        "NOTE message_terms.(segments): deleted terms are still in the search index's segments, not merged away yet "
+                            + "(`chatlog verify --repair` merges them)")
                 }
                 CLIOutput.line(
                     "checked \(report.conversations) conversations, \(report.messages) messages, \(report.sealedValues) sealed values: "
