@@ -155,15 +155,13 @@ extension ChatLogStore {
                 unverifiable.insert(searchRowID)
                 continue
             }
-            ledger.expect(blinder.document(for: content), rowID: searchRowID)
+            ledger.expect(content, blinder: blinder, rowID: searchRowID)
         }
 
         // The index, streamed once in term order: every (term, row id) pair it holds.
-        let instance = try Row.fetchCursor(db, sql: "SELECT term, doc FROM message_terms_instance")
-        while let row = try instance.next() {
-            let rowID = try row.decode(Int64.self, atIndex: 1)
-            if unverifiable.contains(rowID) { continue }
-            try row.withUnsafeData(atIndex: 0) { term in ledger.found(term ?? Data(), rowID: rowID) }
+        try SearchIndex.forEachIndexedPair(db) { term, rowID in
+            if !unverifiable.isEmpty, unverifiable.contains(rowID) { return }
+            ledger.found(term, rowID: rowID)
         }
         let differing = ledger.differingBuckets
         if !differing.isEmpty {
@@ -181,8 +179,10 @@ extension ChatLogStore {
 /// Sums of keyed hashes of (term, row id) pairs in buckets by row id: recomputed pairs add, pairs
 /// read from the index subtract, so a bucket whose balance is not zero holds a difference. The
 /// hash key is random per run (no crafted index can cancel out a difference it cannot predict).
+/// Terms are compared as values (`TokenBlinder.decode`), not as text.
 struct IndexLedger {
     static let bucketBits = 16
+    static let characters = TokenBlinder.defaultBits / 5
     private(set) var balance = [UInt64](repeating: 0, count: 1 << bucketBits)
     let seed: UInt64
 
@@ -195,39 +195,24 @@ struct IndexLedger {
         return z ^ (z >> 31)
     }
 
-    func bucket(_ rowID: Int64) -> Int { Int(Self.mix(UInt64(bitPattern: rowID) ^ seed) >> UInt64(64 - Self.bucketBits)) }
+    func rowKey(_ rowID: Int64) -> UInt64 { Self.mix(UInt64(bitPattern: rowID) ^ seed) }
+    func bucket(_ rowID: Int64) -> Int { Int(rowKey(rowID) >> UInt64(64 - Self.bucketBits)) }
+    func pair(_ term: UInt64, _ rowKey: UInt64) -> UInt64 { Self.mix(term ^ rowKey) }
 
-    func hash(_ term: UnsafeRawBufferPointer, rowID: Int64) -> UInt64 {
-        var h = Self.mix(seed ^ UInt64(bitPattern: rowID)) ^ UInt64(term.count)
-        var index = 0
-        while index < term.count {
-            var chunk: UInt64 = 0
-            for offset in 0..<min(8, term.count - index) { chunk |= UInt64(term[index + offset]) << UInt64(8 * offset) }
-            h = Self.mix(h ^ chunk)
-            index += 8
-        }
-        return Self.mix(h ^ seed)
-    }
-
-    /// Adds the terms of one message's FTS5 document (space-separated).
-    mutating func expect(_ document: String, rowID: Int64) {
-        var document = document
-        let slot = bucket(rowID)
+    /// Adds the distinct terms of one message's content.
+    mutating func expect(_ content: String, blinder: TokenBlinder, rowID: Int64) {
+        let key = rowKey(rowID)
         var sum: UInt64 = 0
-        document.withUTF8 { bytes in
-            let raw = UnsafeRawBufferPointer(bytes)
-            var start = 0
-            for index in 0...raw.count where index == raw.count || raw[index] == 0x20 {
-                if index > start { sum &+= hash(UnsafeRawBufferPointer(rebasing: raw[start..<index]), rowID: rowID) }
-                start = index + 1
-            }
-        }
-        balance[slot] &+= sum
+        blinder.forEachDistinctTerm(in: content) { sum &+= pair($0, key) }
+        balance[Int(key >> UInt64(64 - Self.bucketBits))] &+= sum
     }
 
-    mutating func found(_ term: Data, rowID: Int64) {
-        let value = term.withUnsafeBytes { hash($0, rowID: rowID) }
-        balance[bucket(rowID)] &-= value
+    /// Subtracts one pair read from the index. Text no blinder makes gets a value no blinder
+    /// makes (the lowest bit set), so it always shows as a difference.
+    mutating func found(_ term: UnsafeRawBufferPointer, rowID: Int64) {
+        let key = rowKey(rowID)
+        let value = TokenBlinder.decode(term, characters: Self.characters) ?? (term.reduce(Self.mix(UInt64(term.count))) { Self.mix($0 ^ UInt64($1)) } | 1)
+        balance[Int(key >> UInt64(64 - Self.bucketBits))] &-= pair(value, key)
     }
 
     var differingBuckets: Set<Int> { Set(balance.indices.filter { balance[$0] != 0 }) }
@@ -244,11 +229,9 @@ extension ChatLogStore {
         var misindexed: [String] = []
         let detailed = Set(differing.sorted().prefix(Self.maximumDetailedBuckets))
         var indexed: [Int64: Set<String>] = [:]
-        let instance = try Row.fetchCursor(db, sql: "SELECT term, doc FROM message_terms_instance")
-        while let row = try instance.next() {
-            let rowID = try row.decode(Int64.self, atIndex: 1)
-            guard !unverifiable.contains(rowID), detailed.contains(ledger.bucket(rowID)) else { continue }
-            indexed[rowID, default: []].insert(try row.decode(String.self, atIndex: 0))
+        try SearchIndex.forEachIndexedPair(db) { term, rowID in
+            guard !unverifiable.contains(rowID), detailed.contains(ledger.bucket(rowID)) else { return }
+            indexed[rowID, default: []].insert(String(decoding: term, as: UTF8.self))
         }
         let messages = try Row.fetchCursor(
             db, sql: "SELECT id, content, search_rowid, index_key_id FROM messages WHERE search_rowid IS NOT NULL AND index_key_id IS NOT NULL ORDER BY search_rowid")

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import GRDBSQLite
 
 /// Maintenance of the blinded-term index (table `message_terms`, contentless FTS5).
 enum SearchIndex {
@@ -80,13 +81,34 @@ enum SearchIndex {
     /// over all of it). Rows the index does not hold are absent from the result.
     static func indexedTerms(of rowIDs: Set<Int64>, _ db: Database) throws -> [Int64: [String]] {
         var terms: [Int64: [String]] = [:]
-        let pairs = try Row.fetchCursor(db, sql: "SELECT term, doc FROM message_terms_instance")
-        while let row = try pairs.next() {
-            let rowID = try row.decode(Int64.self, atIndex: 1)
-            guard rowIDs.contains(rowID) else { continue }
-            terms[rowID, default: []].append(try row.decode(String.self, atIndex: 0))
+        try forEachIndexedPair(db) { term, rowID in
+            guard rowIDs.contains(rowID) else { return }
+            terms[rowID, default: []].append(String(decoding: term, as: UTF8.self))
         }
         return terms
+    }
+
+    /// Every (term, row id) pair of the index's live rows (`message_terms_instance`), in term
+    /// order, straight from SQLite: at 1M messages there are over 100 million pairs, too many
+    /// to wrap each in a GRDB row. `term` is valid only during the call.
+    static func forEachIndexedPair(_ db: Database, _ body: (UnsafeRawBufferPointer, Int64) throws -> Void) throws {
+        var statement: OpaquePointer?
+        let prepared = sqlite3_prepare_v2(db.sqliteConnection, "SELECT term, doc FROM message_terms_instance", -1, &statement, nil)
+        defer { sqlite3_finalize(statement) }
+        guard prepared == SQLITE_OK else { throw stepError(prepared, db) }
+        while true {
+            let step = sqlite3_step(statement)
+            if step == SQLITE_DONE { return }
+            guard step == SQLITE_ROW else { throw stepError(step, db) }
+            let rowID = sqlite3_column_int64(statement, 1)
+            let text = sqlite3_column_text(statement, 0)
+            let count = Int(sqlite3_column_bytes(statement, 0))
+            try body(UnsafeRawBufferPointer(start: text, count: text == nil ? 0 : count), rowID)
+        }
+    }
+
+    private static func stepError(_ code: Int32, _ db: Database) -> DatabaseError {
+        DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(db.sqliteConnection)))
     }
 
     // MARK: - Scrubbing (docs/SECURITY.md, "Search index")

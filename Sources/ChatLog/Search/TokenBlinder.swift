@@ -63,16 +63,41 @@ struct TokenBlinder: Sendable {
     /// The FTS5 document for one message: its distinct terms, space-separated.
     func document(for text: String) -> String {
         let characters = bits / 5
-        let mask: UInt64 = ~0 << UInt64(64 - bits)
-        var seen = Set<UInt64>()
         var output: [UInt8] = []
         output.reserveCapacity(256)
-        Tokenizer.scan(text) { token, _ in
-            let term = hash(token) & mask
-            guard seen.insert(term).inserted else { return }
+        forEachDistinctTerm(in: text) { term in
             if !output.isEmpty { output.append(0x20) }
             for index in 0..<characters { output.append(Self.alphabet[Int((term >> UInt64(59 - 5 * index)) & 0x1F)]) }
         }
         return String(decoding: output, as: UTF8.self)
+    }
+
+    /// Each distinct term of `text` once, as its value: the hash's top `bits` bits (lower bits
+    /// zero), what `decode` gives back for the term's text.
+    func forEachDistinctTerm(in text: String, _ body: (UInt64) -> Void) {
+        let mask: UInt64 = ~0 << UInt64(64 - bits)
+        var seen = Set<UInt64>()
+        Tokenizer.scan(text) { token, _ in
+            let term = hash(token) & mask
+            if seen.insert(term).inserted { body(term) }
+        }
+    }
+
+    /// The value of a term's text (`characters` lowercase base32 digits), or nil for any other
+    /// text (a term no blinder makes).
+    static func decode(_ text: UnsafeRawBufferPointer, characters: Int) -> UInt64? {
+        guard text.count == characters, characters <= 12 else { return nil }
+        var value: UInt64 = 0
+        for index in 0..<characters {
+            let byte = text[index]
+            let digit: UInt8
+            switch byte {
+            case 0x61...0x7A: digit = byte - 0x61
+            case 0x32...0x37: digit = byte - 0x32 + 26
+            default: return nil
+            }
+            value |= UInt64(digit) << UInt64(59 - 5 * index)
+        }
+        return value
     }
 }
