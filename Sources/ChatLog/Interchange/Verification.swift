@@ -184,6 +184,7 @@ struct IndexLedger {
     static let bucketBits = 16
     static let characters = TokenBlinder.defaultBits / 5
     private(set) var balance = [UInt64](repeating: 0, count: 1 << bucketBits)
+    private var seen = TermSet()
     let seed: UInt64
 
     init(seed: UInt64 = UInt64.random(in: .min ... .max)) { self.seed = seed }
@@ -203,7 +204,7 @@ struct IndexLedger {
     mutating func expect(_ content: String, blinder: TokenBlinder, rowID: Int64) {
         let key = rowKey(rowID)
         var sum: UInt64 = 0
-        blinder.forEachDistinctTerm(in: content) { sum &+= pair($0, key) }
+        blinder.forEachDistinctTerm(in: content, seen: &seen) { sum &+= Self.mix($0 ^ key) }
         balance[Int(key >> UInt64(64 - Self.bucketBits))] &+= sum
     }
 
