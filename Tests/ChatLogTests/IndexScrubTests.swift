@@ -215,6 +215,29 @@ import Testing
     }
 }
 
+extension StreamedVerifyTests {
+    @Test func aMessageUnderARetiredIndexKeyIsReportedAndRepaired() async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try makeStore(in: directory)
+            let conversation = try store.createConversation(NewConversation(title: "t"))
+            let id = try store.append(NewMessage(role: .user, content: "ordinary words about kayaks"), to: conversation)
+            let oldKey = store.activeBlinder.keyID
+            _ = try store.rotateIndexKey(RotationOptions(newKey: true))
+            _ = try store.retireKey(oldKey)
+            // Tampering (or a bug) points the message back at the retired key.
+            try store.writeImmediate { db in
+                try db.execute(sql: "UPDATE messages SET index_key_id = ? WHERE id = ?", arguments: [Int64(oldKey.rawValue), id.rawValue])
+            }
+            let report = try store.verify()
+            #expect(report.issues.contains { $0.rowID == id.rawValue && $0.column == "index_key_id" && $0.problem.contains("stale") }, "\(report.issues)")
+            let actions = try store.repair()
+            #expect(actions.contains { $0.rowID == id.rawValue && $0.action.contains("indexed again") }, "\(actions)")
+            #expect(try store.verify().ok)
+            #expect(try store.search("kayaks", limit: 5).hits.map(\.messageID) == [id])
+        }
+    }
+}
+
 @Suite struct TermSetTests {
     @Test func behavesLikeASetAcrossGrowthAndEmptying() {
         var random = SystemRandomNumberGenerator()

@@ -19,7 +19,8 @@ extension ChatLogStore {
     /// - an optional sealed value that cannot be opened (a message's metadata, a conversation's
     ///   title, subject or metadata) is cleared (with the subject, its search token);
     /// - index entries of rows that no message has are removed, and a message whose indexed terms
-    ///   differ from its content is indexed again under the active index key;
+    ///   differ from its content, or that is indexed under a retired or missing index key, is
+    ///   indexed again under the active index key;
     /// - deleted terms still in the index's segments are merged away.
     /// Then checkpoints and truncates the WAL. Damaged keys are not repaired (nothing can open
     /// what they sealed). Returns what it did; run `verify` afterwards.
@@ -42,7 +43,22 @@ extension ChatLogStore {
             }
             if cleared { actions.append(RepairAction(table: value.table, column: value.column, rowID: value.rowID, action: "cannot be opened: value cleared")) }
         }
-        // 2. The index, against what verify finds (a few rounds: verify details a bounded number
+        // 2. Messages indexed under an index key the store no longer has (retired or missing):
+        //    their terms are stale; index them again under the active key.
+        let orphaned = try read { db in
+            try String.fetchAll(
+                db,
+                sql: """
+                    SELECT id FROM messages WHERE index_key_id IS NOT NULL
+                    AND index_key_id NOT IN (SELECT id FROM keys WHERE kind = 'index' AND state <> 'retired')
+                    """)
+        }
+        if !orphaned.isEmpty {
+            var report = VerificationReport()
+            report.misindexedMessages = orphaned
+            actions += try writeImmediate { db in try self.reindex(report, db) }
+        }
+        // 3. The index, against what verify finds (a few rounds: verify details a bounded number
         //    of differing rows per run).
         for _ in 0..<8 {
             let report = try read { db in try self.verify(db, progress: nil) }
