@@ -15,9 +15,15 @@ struct PruneCommand: AsyncParsableCommand {
     var olderThan: String
     @Flag(name: .long, help: "Only count what would be deleted.")
     var dryRun = false
+    @Flag(name: .long, help: "Allow --older-than below one day (deletes conversations active today).")
+    var force = false
 
     func validate() throws {
-        if Duration.parse(olderThan) == nil { throw ValidationError("--older-than must be a duration such as 12h, 30d or 52w.") }
+        guard let age = Duration.parse(olderThan) else { throw ValidationError("--older-than must be a duration such as 12h, 30d or 52w.") }
+        // A slip such as 0d or 1h deletes (nearly) the whole store: say so unless confirmed.
+        if age < 86_400, !force, !dryRun {
+            throw ValidationError("--older-than \(olderThan) is below one day and deletes conversations active today; add --force to do it.")
+        }
     }
 
     func run() async throws {

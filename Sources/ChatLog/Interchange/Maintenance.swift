@@ -69,8 +69,9 @@ extension ChatLogStore {
         return rows
     }
 
-    /// Deletes conversations (messages, search terms, import records) and then checkpoints and
-    /// truncates the WAL, so their ciphertext is gone from the files and not only unlinked.
+    /// Deletes conversations (messages, search terms, import records), merges the search index so
+    /// no segment keeps their terms or row ids, and then checkpoints and truncates the WAL, so
+    /// their ciphertext and terms are gone from the files and not only unlinked.
     /// Returns how many existed.
     @discardableResult
     public func deleteConversations(_ ids: [ConversationID]) throws(ChatLogError) -> Int {
@@ -78,12 +79,36 @@ extension ChatLogStore {
         for chunk in stride(from: 0, to: ids.count, by: 100).map({ Array(ids[$0..<min(ids.count, $0 + 100)]) }) {
             deleted += try writeImmediate { db in try chunk.reduce(0) { $0 + (try self.delete($1, db) ? 1 : 0) } }
         }
+        try scrubSearchIndexIfPending()
+        try checkpoint()
+        return deleted
+    }
+
+    /// Deletes single messages (their search terms too) and then merges the search index and
+    /// checkpoints and truncates the WAL, like `deleteConversations`. Nothing is opened that
+    /// needs to be intact: a message whose sealed values are damaged is deleted all the same
+    /// (the way to get rid of rows `verify` reports). The conversation stays, with a gap in its
+    /// positions. Returns how many existed.
+    @discardableResult
+    public func deleteMessages(_ ids: [MessageID]) throws(ChatLogError) -> Int {
+        var deleted = 0
+        for chunk in stride(from: 0, to: ids.count, by: 100).map({ Array(ids[$0..<min(ids.count, $0 + 100)]) }) {
+            deleted += try writeImmediate { db in
+                try chunk.reduce(0) { count, id in
+                    try SearchIndex.removeTerms(whereSQL: "id = ?", arguments: [id.rawValue], store: self, db)
+                    try db.execute(sql: "DELETE FROM messages WHERE id = ?", arguments: [id.rawValue])
+                    return count + db.changesCount
+                }
+            }
+        }
+        try scrubSearchIndexIfPending()
         try checkpoint()
         return deleted
     }
 
     /// Deletes every conversation whose last activity (`updated_at`) is before `cutoff`, in
-    /// batches of 100 conversations per transaction, then checkpoints and truncates the WAL.
+    /// batches of 100 conversations per transaction, then merges the search index (one merge for
+    /// the whole run) and checkpoints and truncates the WAL.
     /// With `dryRun`, only counts. Returns (conversations, messages).
     @discardableResult
     public func prune(olderThan cutoff: Date, dryRun: Bool = false) throws(ChatLogError) -> (conversations: Int, messages: Int) {
@@ -114,6 +139,7 @@ extension ChatLogStore {
             totals.messages += done.1
             if done.0 < 100 { break }
         }
+        try scrubSearchIndexIfPending()
         try checkpoint()
         return totals
     }

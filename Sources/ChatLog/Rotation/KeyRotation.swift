@@ -178,6 +178,9 @@ extension ChatLogStore {
             options.progress?(RotationProgress(kind: kind, done: rewritten, remaining: remaining))
         }
         let left = try rowsByKey(kind, excluding: keyRing.current.activeKey(kind)).values.reduce(0, +)
+        // Every row is under the active index key: merge the index so that no term made under an
+        // older key is left in any segment (this also finishes a scrub an earlier run left pending).
+        if kind == .index, left == 0 { try scrubSearchIndexIfPending() }
         try checkpoint()
         return RotationReport(
             kind: kind, createsNewKey: newKeyID != nil, newKeyID: newKeyID, activeKeyID: keyRing.current.activeKey(kind), rewritten: rewritten, remaining: left,
@@ -241,6 +244,8 @@ extension ChatLogStore {
                             written += 1
                             for (sql, arguments) in update.followUps { try db.cachedStatement(sql: sql).execute(arguments: arguments) }
                         }
+                        // Re-blinding deleted old-key terms: they stay in the index's segments until merged away.
+                        if kind == .index, written > 0 { try SearchIndex.markScrubPending(db) }
                         return .commit
                     }
                     return written

@@ -106,6 +106,13 @@ extension ChatLogStore {
         }
         let rows = try Self.references(id, db)
         guard rows == 0 else { throw ChatLogError.keyInUse(id, rows: rows) }
+        if try SearchIndex.scrubPending(db),
+            try String.fetchOne(db, sql: "SELECT kind FROM keys WHERE id = ?", arguments: [Int64(id.rawValue)]) == "index"
+        {
+            // Deleted terms (perhaps made under this key) are still in the index's segments.
+            throw ChatLogError.keyOperation(
+                "the search index still holds deleted terms that may be under key \(id); run `chatlog key rotate --index` to merge them away first")
+        }
         // Overwrite the wrapped key in place before clearing it, so no page image keeps it.
         try db.execute(
             sql: "UPDATE keys SET wrapped = zeroblob(length(wrapped)) WHERE id = ?", arguments: [Int64(id.rawValue)])

@@ -72,12 +72,13 @@ extension ChatLogStore {
         }
     }
 
-    /// Deletes a conversation and all its messages. Returns false when there was none.
+    /// Deletes a conversation and all its messages, and merges the search index in the same
+    /// transaction so that no segment keeps their terms. Returns false when there was none.
     /// `secure_delete` zeroes the freed content in the database file; the WAL keeps old pages
-    /// until the next checkpoint.
+    /// until the next checkpoint (`deleteConversations` also checkpoints).
     @discardableResult
     public func deleteConversation(_ id: ConversationID) throws(ChatLogError) -> Bool {
-        try writeImmediate { db in try self.delete(id, db) }
+        try writeImmediate { db in try self.deleteAndScrub(id, db) }
     }
 
     // MARK: - Async forms (run on GRDB's writer queue; never block the cooperative pool)
@@ -114,7 +115,7 @@ extension ChatLogStore {
 
     @discardableResult
     public func deleteConversation(_ id: ConversationID) async throws(ChatLogError) -> Bool {
-        try await writeImmediate { db in try self.delete(id, db) }
+        try await writeImmediate { db in try self.deleteAndScrub(id, db) }
     }
 
     // MARK: - Preparation (validation and sealing, outside the transaction)
@@ -181,6 +182,12 @@ extension ChatLogStore {
         guard let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM conversations WHERE id = ?", arguments: [id.rawValue])
         else { return false }
         try delete(seq: seq, db)
+        return true
+    }
+
+    func deleteAndScrub(_ id: ConversationID, _ db: Database) throws -> Bool {
+        guard try delete(id, db) else { return false }
+        if try SearchIndex.scrubPending(db) { try SearchIndex.scrub(db) }
         return true
     }
 

@@ -1,0 +1,139 @@
+import Foundation
+import GRDB
+
+/// One thing `repair` did, naming the row (never its content).
+public struct RepairAction: Sendable, Hashable, CustomStringConvertible {
+    public let table: String
+    public let column: String
+    public let rowID: String
+    public let action: String
+
+    public var description: String { "\(table).\(column) of row \(rowID): \(action)" }
+}
+
+extension ChatLogStore {
+    /// Gets rid of what `verify` reports as damaged, so that a nightly job can go on
+    /// (docs/OPERATIONS.md, "Damaged rows"):
+    /// - a message whose content cannot be opened is deleted (its search terms are read from the
+    ///   index and removed);
+    /// - an optional sealed value that cannot be opened (a message's metadata, a conversation's
+    ///   title, subject or metadata) is cleared (with the subject, its search token);
+    /// - index entries of rows that no message has are removed, and a message whose indexed terms
+    ///   differ from its content, or that is indexed under a retired or missing index key, is
+    ///   indexed again under the active index key;
+    /// - deleted terms still in the index's segments are merged away.
+    /// Then checkpoints and truncates the WAL. Damaged keys are not repaired (nothing can open
+    /// what they sealed). Returns what it did; run `verify` afterwards.
+    public func repair() throws(ChatLogError) -> [RepairAction] {
+        var actions: [RepairAction] = []
+        // 1. Damaged sealed values, found by opening each one (one read pass).
+        let damaged = try read { db in try self.damagedValues(db) }
+        let doomed = damaged.filter { $0.table == "messages" && $0.column == "content" }.compactMap { MessageID($0.rowID) }
+        if !doomed.isEmpty {
+            _ = try deleteMessages(doomed)
+            actions += doomed.map { RepairAction(table: "messages", column: "content", rowID: $0.rawValue, action: "cannot be opened: message deleted") }
+        }
+        for value in damaged where !(value.table == "messages" && value.column == "content") {
+            let cleared = try writeImmediate { db -> Bool in
+                let extra = value.column == "subject" ? ", subject_token = NULL, subject_key_id = NULL" : ""
+                try db.execute(
+                    sql: "UPDATE \(value.table) SET \(value.column) = NULL\(extra) WHERE id = ? AND \(value.column) IS ?",
+                    arguments: [value.rowID, value.sealed])
+                return db.changesCount > 0
+            }
+            if cleared { actions.append(RepairAction(table: value.table, column: value.column, rowID: value.rowID, action: "cannot be opened: value cleared")) }
+        }
+        // 2. Messages indexed under an index key the store no longer has (retired or missing):
+        //    their terms are stale; index them again under the active key.
+        let orphaned = try read { db in
+            try String.fetchAll(
+                db,
+                sql: """
+                    SELECT id FROM messages WHERE index_key_id IS NOT NULL
+                    AND index_key_id NOT IN (SELECT id FROM keys WHERE kind = 'index' AND state <> 'retired')
+                    """)
+        }
+        if !orphaned.isEmpty {
+            var report = VerificationReport()
+            report.misindexedMessages = orphaned
+            actions += try writeImmediate { db in try self.reindex(report, db) }
+        }
+        // 3. The index, against what verify finds (a few rounds: verify details a bounded number
+        //    of differing rows per run).
+        for _ in 0..<8 {
+            let report = try read { db in try self.verify(db, progress: nil) }
+            if report.staleSearchRows.isEmpty && report.misindexedMessages.isEmpty { break }
+            actions += try writeImmediate { db in try self.reindex(report, db) }
+        }
+        _ = try SearchIndex.indexMissing(store: self)
+        if try scrubSearchIndexIfPending() {
+            actions.append(RepairAction(table: "message_terms", column: "(segments)", rowID: "-", action: "deleted terms merged away"))
+        }
+        try checkpoint()
+        return actions
+    }
+
+    struct DamagedValue {
+        let table: String
+        let column: String
+        let rowID: String
+        let sealed: Data?
+    }
+
+    private func damagedValues(_ db: Database) throws -> [DamagedValue] {
+        var damaged: [DamagedValue] = []
+        func probe(_ table: String, _ column: String, _ id: String, _ sealed: Data?, json: Bool) {
+            guard let sealed else { return }
+            let context = FieldContext(table: table, column: column, rowID: id)
+            do {
+                if json { _ = try openJSON(sealed, context, db: db) } else { _ = try openText(sealed, context, db: db) }
+            } catch ChatLogError.integrity {
+                damaged.append(DamagedValue(table: table, column: column, rowID: id, sealed: sealed))
+            } catch {
+                return  // not damage (an I/O error, say): left for verify to report
+            }
+        }
+        let conversations = try Row.fetchCursor(db, sql: "SELECT id, title, subject, metadata FROM conversations")
+        while let row = try conversations.next() {
+            let id: String = try row.decode(forColumn: "id")
+            for column in ["title", "subject", "metadata"] { probe("conversations", column, id, row.sealedBytes(column), json: column == "metadata") }
+        }
+        let messages = try Row.fetchCursor(db, sql: "SELECT id, content, metadata FROM messages")
+        while let row = try messages.next() {
+            let id: String = try row.decode(forColumn: "id")
+            probe("messages", "content", id, row.sealedBytes("content") ?? Data(), json: false)
+            probe("messages", "metadata", id, row.sealedBytes("metadata"), json: true)
+        }
+        return damaged
+    }
+
+    /// Removes the index entries of rows no message has, and indexes misindexed messages again.
+    private func reindex(_ report: VerificationReport, _ db: Database) throws -> [RepairAction] {
+        var actions: [RepairAction] = []
+        let delete = try db.cachedStatement(sql: "INSERT INTO message_terms (message_terms, rowid, terms) VALUES ('delete', ?, ?)")
+        var rows = Set(report.staleSearchRows)
+        var messages: [Int64: (seq: Int64, id: String, content: Data)] = [:]
+        for id in report.misindexedMessages {
+            guard let row = try Row.fetchOne(db, sql: "SELECT seq, search_rowid, content FROM messages WHERE id = ?", arguments: [id]),
+                let rowID = row["search_rowid"] as Int64?
+            else { continue }
+            rows.insert(rowID)
+            messages[rowID] = (try row.decode(forColumn: "seq"), id, row.sealedBytes("content") ?? Data())
+        }
+        for (rowID, terms) in try SearchIndex.indexedTerms(of: rows, db) {
+            try delete.execute(arguments: [rowID, terms.joined(separator: " ")])
+            if messages[rowID] == nil {
+                actions.append(RepairAction(table: "message_terms", column: "terms", rowID: "search row \(rowID)", action: "stale entries of a deleted row removed"))
+            }
+        }
+        try SearchIndex.markScrubPending(db)
+        let blinder = activeBlinder
+        for (rowID, message) in messages {
+            let content = try openText(message.content, FieldContext(table: "messages", column: "content", rowID: message.id), db: db)
+            try db.execute(sql: "INSERT INTO message_terms (rowid, terms) VALUES (?, ?)", arguments: [rowID, blinder.document(for: content)])
+            try db.execute(sql: "UPDATE messages SET index_key_id = ? WHERE seq = ?", arguments: [Int64(blinder.keyID.rawValue), message.seq])
+            actions.append(RepairAction(table: "message_terms", column: "terms", rowID: message.id, action: "indexed again under index key \(blinder.keyID)"))
+        }
+        return actions
+    }
+}
