@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import Testing
 
 @testable import ChatLog
@@ -196,16 +197,24 @@ import Testing
             #expect(try await reopened.conversation(id).title == "from a passphrase")
             try reopened.close()
 
-            // Another passphrase: the wrong key, named by fingerprint.
+            // Another passphrase: "wrong passphrase", naming the store's key but never the
+            // fingerprint of the key the wrong passphrase derives (an offline guessing oracle).
+            let wrong = try Passphrase("incorrect horse battery")
             let error = #expect(throws: ChatLogError.self) {
-                try ChatLogStore.open(at: directory.databasePath, key: .passphrase(try Passphrase("incorrect horse battery")))
+                try ChatLogStore.open(at: directory.databasePath, key: .passphrase(wrong))
             }
-            guard case .wrongKey(let expected, let given)? = error else {
-                Issue.record("expected wrongKey, got \(String(describing: error))")
+            guard case .wrongPassphrase(let expected, _)? = error else {
+                Issue.record("expected wrongPassphrase, got \(String(describing: error))")
                 return
             }
             #expect(expected == fingerprint)
-            #expect(given != fingerprint)
+            let queue = try DatabaseQueue(path: directory.databasePath)
+            let kdf = try await queue.read { db in try PassphraseKDF.stored(db) }
+            try queue.close()
+            let derived = try #require(kdf).deriveMasterKey(from: wrong)
+            let text = String(describing: error)
+            #expect(!text.contains(derived.fingerprint.description))
+            #expect(text.contains("wrong passphrase"))
         }
     }
 

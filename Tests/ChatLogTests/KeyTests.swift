@@ -88,7 +88,7 @@ import Testing
             let store = try makeStore(in: directory, key: right)
             try store.createConversation(NewConversation(title: "t"))
             try store.close()
-            #expect(throws: ChatLogError.wrongKey(expected: right.fingerprint, given: wrong.fingerprint)) {
+            #expect(throws: ChatLogError.wrongKey(expected: right.fingerprint, given: wrong.fingerprint, source: "given by the application")) {
                 try ChatLogStore.open(at: directory.databasePath, key: .key(wrong))
             }
             // The right key still opens it afterwards: the failed open changed nothing.
@@ -100,7 +100,7 @@ import Testing
     @Test func wrongKeyMessageCarriesFingerprintsOnly() {
         let right = TestKey()
         let wrong = TestKey()
-        let text = ChatLogError.wrongKey(expected: right.key.fingerprint, given: wrong.key.fingerprint).description
+        let text = ChatLogError.wrongKey(expected: right.key.fingerprint, given: wrong.key.fingerprint, source: "CHATLOG_MASTER_KEY").description
         #expect(text.contains(right.key.fingerprint.description))
         #expect(text.contains(wrong.key.fingerprint.description))
         for test in [right, wrong] {

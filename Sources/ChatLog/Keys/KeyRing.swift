@@ -17,38 +17,69 @@ final class KeyRing: Sendable {
         var activeBlinder: TokenBlinder { blinders[activeIndexKey.id]! }
     }
 
-    private let masterKey: Mutex<MasterKey>
+    /// Where a master key came from, for error messages: its origin, and whether it was derived
+    /// from a passphrase (then no fingerprint of it is ever shown).
+    struct Origin: Sendable {
+        let description: String
+        let isPassphrase: Bool
+
+        init(_ source: MasterKeySource) {
+            description = source.origin
+            if case .passphrase = source.material { isPassphrase = true } else { isPassphrase = false }
+        }
+
+        /// The error for a master key whose check value is not the stored one.
+        func mismatch(stored: Data?, given: MasterKey) -> ChatLogError {
+            let expected = KeyFingerprint(checkValue: [UInt8](stored ?? Data()))
+            return isPassphrase
+                ? .wrongPassphrase(expected: expected, source: description)
+                : .wrongKey(expected: expected, given: given.fingerprint, source: description)
+        }
+    }
+
+    private let masterKey: Mutex<(key: MasterKey, origin: Origin)>
     private let state: Mutex<Loaded>
 
-    init(master: MasterKey, db: Database) throws(ChatLogError) {
-        masterKey = Mutex(master)
+    init(master: MasterKey, origin: Origin, db: Database) throws(ChatLogError) {
+        masterKey = Mutex((master, origin))
         state = Mutex(try Self.load(master: master, db: db))
     }
 
-    var master: MasterKey { masterKey.withLock { $0 } }
+    var master: MasterKey { masterKey.withLock { $0.key } }
+    var origin: Origin { masterKey.withLock { $0.origin } }
     var current: Loaded { state.withLock { $0 } }
+
+    /// Inside a write transaction: throws unless the stored check value still names this
+    /// process's master key. Every write that wraps key material, or seals under keys unwrapped
+    /// with the master key, runs it, so a `key rewrap` committed by another process meanwhile
+    /// makes the write fail (wrong key, exit 77) instead of wrapping a key under the old master.
+    func checkMaster(_ db: Database) throws {
+        let (master, origin) = masterKey.withLock { ($0.key, $0.origin) }
+        let stored = try Data.fetchOne(db.cachedStatement(sql: "SELECT value FROM chatlog_meta WHERE name = 'master_check'"))
+        guard let stored, Self.matches(stored, master) else { throw origin.mismatch(stored: stored, given: master) }
+    }
+
+    static func matches(_ stored: Data, _ master: MasterKey) -> Bool {
+        let given = master.checkValue
+        return stored.withUnsafeBytes { a in given.withUnsafeBytes { b in Sodium.constantTimeEqual(a, b) } }
+    }
 
     /// Re-reads the keys table. If the master key was changed by another process (`key rewrap`),
     /// this process's master key no longer matches and it must be reopened with the new one.
     func reload(_ db: Database) throws(ChatLogError) {
         let master = self.master
-        let stored: Data?
         do {
-            stored = try Data.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = 'master_check'")
+            try checkMaster(db)
         } catch {
             throw ChatLogError.wrap(error)
-        }
-        let given = master.checkValue
-        if let stored, !stored.elementsEqual(given) {
-            throw .wrongKey(expected: KeyFingerprint(checkValue: [UInt8](stored)), given: KeyFingerprint(checkValue: given))
         }
         let loaded = try Self.load(master: master, db: db)
         state.withLock { $0 = loaded }
     }
 
     /// After a rewrap committed by this process.
-    func replaceMaster(_ master: MasterKey) {
-        masterKey.withLock { $0 = master }
+    func replaceMaster(_ master: MasterKey, origin: Origin) {
+        masterKey.withLock { $0 = (master, origin) }
     }
 
     /// The context a wrapped key is bound to: the keys table, its `wrapped` column, and

@@ -233,7 +233,7 @@ extension ChatLogStore {
                     var written = 0
                     try db.inTransaction(.immediate) {
                         // Another process may have rotated again meanwhile: re-seal for the new key.
-                        guard try Self.activeKeysUnchanged(keys, db) else { throw StaleKeys() }
+                        try self.checkKeysForWrite(keys, db)
                         for update in updates {
                             // Cached statements: a batch runs the same few statements hundreds of times.
                             try db.cachedStatement(sql: update.sql).execute(arguments: update.arguments)

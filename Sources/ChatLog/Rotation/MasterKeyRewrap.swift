@@ -17,6 +17,9 @@ extension ChatLogStore {
         case .key(let key):
             newMaster = key
         case .passphrase(let passphrase):
+            if let (name, reason) = options.passphraseKDF.limitsProblem {
+                throw .invalidInput("the passphrase KDF's \(name) \(reason)")
+            }
             let fresh = options.passphraseKDF.withFreshSalt()
             newMaster = try fresh.deriveMasterKey(from: passphrase)
             kdf = fresh
@@ -24,12 +27,8 @@ extension ChatLogStore {
         let oldMaster = keyRing.master
         guard !(newMaster == oldMaster) else { throw .keyOperation("the new master key is the same as the current one") }
         try writeImmediate { db in
-            // The check value still names our key (no other process rewrapped meanwhile)?
-            let stored = try Data.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = 'master_check'")
-            guard let stored, stored.elementsEqual(oldMaster.checkValue) else {
-                throw ChatLogError.wrongKey(
-                    expected: KeyFingerprint(checkValue: [UInt8](stored ?? Data())), given: oldMaster.fingerprint)
-            }
+            // writeImmediate checked that the check value still names our key (no other process
+            // rewrapped meanwhile).
             for row in try Row.fetchAll(db, sql: "SELECT id, kind, wrapped FROM keys WHERE state <> 'retired'") {
                 guard let kind = KeyStatus.Entry.Kind(rawValue: try row.decode(String.self, forColumn: "kind")) else { continue }
                 let stored: Int64 = try row.decode(forColumn: "id")
@@ -54,7 +53,7 @@ extension ChatLogStore {
                 try db.execute(sql: "DELETE FROM chatlog_meta WHERE name LIKE 'kdf_%'")
             }
         }
-        keyRing.replaceMaster(newMaster)
+        keyRing.replaceMaster(newMaster, origin: KeyRing.Origin(newSource))
         // The old wrapped keys stay in the WAL until a checkpoint copies the new pages over them.
         try checkpoint()
         return newMaster.fingerprint

@@ -10,8 +10,11 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
     case invalidKey(String)
     /// A placeholder key (all zeros, the README example, …) was refused.
     case placeholderKey(String)
-    /// The key opens nothing in this store.
-    case wrongKey(expected: KeyFingerprint, given: KeyFingerprint)
+    /// The key opens nothing in this store. `source` says where the key came from.
+    case wrongKey(expected: KeyFingerprint, given: KeyFingerprint, source: String)
+    /// The passphrase does not derive this store's master key. No fingerprint of the derived key
+    /// is shown: it would let whoever reads the message test guesses offline.
+    case wrongPassphrase(expected: KeyFingerprint, source: String)
     /// `CHATLOG_MASTER_KEY_FILE` (or a similar file) was refused before reading it.
     case keyFileRejected(path: String, reason: String)
     /// The passphrase could not be read or derived.
@@ -46,8 +49,10 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
         case .missingKey(let how): "no master key: \(how)"
         case .invalidKey(let why): "invalid master key: \(why)"
         case .placeholderKey(let which): "refusing \(which) as master key: generate a real one with `chatlog key generate`"
-        case .wrongKey(let expected, let given):
-            "wrong master key: this store expects key \(expected), the key given is \(given)"
+        case .wrongKey(let expected, let given, let source):
+            "wrong master key from \(source): this store expects key \(expected), the key given is \(given)"
+        case .wrongPassphrase(let expected, let source):
+            "wrong passphrase from \(source): it does not derive this store's master key \(expected)"
         case .keyFileRejected(let path, let reason): "refusing key file \(path): \(reason)"
         case .passphrase(let why): "passphrase: \(why)"
         case .integrity(let failure): "integrity failure: \(failure)"
@@ -75,7 +80,7 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
 
     public var category: Category {
         switch self {
-        case .missingKey, .invalidKey, .placeholderKey, .wrongKey, .keyFileRejected, .passphrase: .key
+        case .missingKey, .invalidKey, .placeholderKey, .wrongKey, .wrongPassphrase, .keyFileRejected, .passphrase: .key
         case .integrity: .integrity
         case .invalidInput, .schemaTooNew, .notAChatLogStore, .storeExists: .invalidInput
         case .storeNotFound, .storeIsADirectory, .conversationNotFound: .notFound
@@ -129,6 +134,9 @@ public struct IntegrityFailure: Error, Sendable, Equatable, CustomStringConverti
         case invalidKeyID(Int64)
         /// An id column holds something other than a UUID (its value is not repeated).
         case invalidID
+        /// A plain value that is outside what chatlog writes there (the text says how, never
+        /// the value itself when it could be user data).
+        case invalidValue(String)
     }
 
     public let table: String
@@ -157,6 +165,7 @@ public struct IntegrityFailure: Error, Sendable, Equatable, CustomStringConverti
         case .invalidJSON: return "\(place) is not valid JSON after opening"
         case .invalidKeyID(let value): return "\(place) holds \(value), which is not a key id"
         case .invalidID: return "\(place) is not a UUID"
+        case .invalidValue(let why): return "\(place) \(why)"
         }
     }
 }
