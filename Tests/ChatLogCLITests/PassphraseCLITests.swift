@@ -49,3 +49,43 @@ import Testing
         #expect(fingerprints == [expected], "\(result)")
     }
 }
+
+/// A store holding a schema object chatlog did not create, or a key row changed without the
+/// master key, is refused with exit 4 naming it.
+@Suite struct KeyTableCLITests {
+    @Test func aPlantedTriggerIsRefusedNamingIt() throws {
+        let sandbox = try Sandbox()
+        try sandbox.initStore()
+        _ = try sandbox.log(["--text", "under key 1"])
+        try sandbox.sqlite(
+            "chatlog.db",
+            "CREATE TRIGGER repin AFTER INSERT ON keys WHEN NEW.kind = 'data' BEGIN "
+                + "UPDATE keys SET state = 'decrypt-only' WHERE id = NEW.id; UPDATE keys SET state = 'active' WHERE id = 1; END")
+        for arguments in [["list"], ["key", "rotate", "--new"], ["verify"]] {
+            let result = try sandbox.chatlog(arguments)
+            #expect(result.status == 4, "\(arguments): \(result)")
+            #expect(result.err.contains("repin"), "\(result)")
+        }
+        #expect(try sandbox.sqlite("chatlog.db", "SELECT count(*) FROM keys") == "2", "the rotation made a key")
+    }
+
+    @Test func reactivatingARetiredKeyExits4() throws {
+        let sandbox = try Sandbox()
+        try sandbox.initStore()
+        _ = try sandbox.log(["--text", "moves to key 3"])
+        #expect(try sandbox.chatlog(["key", "rotate", "--new"]).status == 0)
+        let wrapped = try sandbox.sqlite("chatlog.db", "SELECT hex(wrapped) FROM keys WHERE id = 1")
+        #expect(try sandbox.chatlog(["key", "retire", "--key", "1"]).status == 0)
+        // The review's attack: the retired key's wrapped blob restored and marked active.
+        try sandbox.sqlite(
+            "chatlog.db",
+            "UPDATE keys SET state = 'decrypt-only' WHERE id = 3; "
+                + "UPDATE keys SET state = 'active', wrapped = x'\(wrapped)', retired_at = NULL WHERE id = 1")
+        for arguments in [["log", "--text", "must not be sealed under key 1"], ["verify"], ["key", "status"]] {
+            let result = try sandbox.chatlog(arguments)
+            #expect(result.status == 4, "\(arguments): \(result)")
+            #expect(result.err.contains("keys"), "\(result)")
+        }
+        #expect(try sandbox.sqlite("chatlog.db", "SELECT count(*) FROM messages WHERE key_id = 1") == "0")
+    }
+}

@@ -159,6 +159,14 @@ extension ChatLogStore {
             newKeyID = try writeImmediate { db in
                 let id = try KeyRing.addActiveKey(kind: kind, master: self.keyRing.master, db: db)
                 try self.keyRing.reload(db)
+                // The key just made must be the active one before anything is re-sealed or
+                // reported (a planted trigger could have re-pinned an older key).
+                guard self.keyRing.current.activeKey(kind) == id else {
+                    throw ChatLogError.integrity(
+                        IntegrityFailure(
+                            table: "keys", column: "state", rowID: "\(kind.rawValue):\(id)",
+                            reason: .invalidValue("is not active right after it was made active")))
+                }
                 return id
             }
         }

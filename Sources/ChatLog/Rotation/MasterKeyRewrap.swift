@@ -29,6 +29,7 @@ extension ChatLogStore {
         try writeImmediate { db in
             // writeImmediate checked that the check value still names our key (no other process
             // rewrapped meanwhile).
+            try KeyRing.verifyRows(master: oldMaster, db: db)
             for row in try Row.fetchAll(db, sql: "SELECT id, kind, wrapped FROM keys WHERE state <> 'retired'") {
                 guard let kind = KeyStatus.Entry.Kind(rawValue: try row.decode(String.self, forColumn: "kind")) else { continue }
                 let stored: Int64 = try row.decode(forColumn: "id")
@@ -41,7 +42,8 @@ extension ChatLogStore {
             if let importKey = try ImportKey.load(master: oldMaster, db: db) {
                 try Self.setMeta(db, ImportKey.metaName, ImportKey.wrap(importKey, master: newMaster))
             }
-            try Self.setMeta(db, "master_check", Data(newMaster.checkValue))
+            try KeyRowAuthentication.sealAll(master: newMaster, db: db)
+            try KeyRowAuthentication.storeCheckValue(newMaster, db: db)
             if let kdf {
                 try Self.setMeta(db, "key_kind", "passphrase")
                 try Self.setMeta(db, "kdf_algorithm", "argon2id13")
@@ -105,12 +107,15 @@ extension ChatLogStore {
         }
         let rows = try Self.references(id, db)
         guard rows == 0 else { throw ChatLogError.keyInUse(id, rows: rows) }
+        let master = keyRing.master
+        try KeyRing.verifyRows(master: master, db: db)
         // Overwrite the wrapped key in place before clearing it, so no page image keeps it.
         try db.execute(
             sql: "UPDATE keys SET wrapped = zeroblob(length(wrapped)) WHERE id = ?", arguments: [Int64(id.rawValue)])
         try db.execute(
             sql: "UPDATE keys SET state = 'retired', wrapped = NULL, retired_at = ? WHERE id = ?",
             arguments: [Date().unixMilliseconds, Int64(id.rawValue)])
+        try KeyRowAuthentication.seal([Int64(id.rawValue)], master: master, db: db)
     }
 
     /// Rows whose sealed values or index entries use key `id`.

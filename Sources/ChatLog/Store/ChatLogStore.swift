@@ -1,3 +1,4 @@
+import CSQLiteConfig
 import Foundation
 import GRDB
 
@@ -111,7 +112,7 @@ public final class ChatLogStore: Sendable {
                     }
                     try setMeta(db, "store_id", UUIDv7.make())
                     try setMeta(db, "created_at", Date().unixMilliseconds)
-                    try setMeta(db, "master_check", Data(master.checkValue))
+                    try KeyRowAuthentication.storeCheckValue(master, db: db)
                     try KeyRing.addActiveKey(kind: .data, master: master, db: db)
                     try KeyRing.addActiveKey(kind: .index, master: master, db: db)
                     return .commit
@@ -139,6 +140,7 @@ public final class ChatLogStore: Sendable {
         if options.readOnly { try Schema.requireCurrent(pool, path: path) } else { try Schema.migrate(pool) }
         let master: MasterKey
         do {
+            try pool.read { db in try Schema.refuseUnknownObjects(db) }
             master = try pool.read { db in try deriveMaster(db, source: source) }
         } catch {
             throw ChatLogError.wrap(error)
@@ -151,6 +153,7 @@ public final class ChatLogStore: Sendable {
     ) throws(ChatLogError) -> ChatLogStore {
         let keyRing: KeyRing
         do {
+            try KeyRowAuthentication.convertIfNeeded(pool, master: master)
             keyRing = try pool.read { db in try KeyRing(master: master, origin: KeyRing.Origin(source), db: db) }
         } catch {
             if case .notAChatLogStore(_, let reason) = error as? ChatLogError {
@@ -184,7 +187,9 @@ public final class ChatLogStore: Sendable {
         guard let stored = try Data.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = 'master_check'") else {
             throw ChatLogError.notAChatLogStore(path: "", reason: "it has no master-key check value")
         }
-        guard KeyRing.matches(stored, master) else { throw KeyRing.Origin(source).mismatch(stored: stored, given: master) }
+        guard KeyRing.matches(stored, master) else {
+            throw KeyRing.Origin(source).mismatch(expected: try KeyRowAuthentication.expectedFingerprint(db), given: master)
+        }
         return master
     }
 
@@ -262,6 +267,13 @@ public final class ChatLogStore: Sendable {
         configuration.foreignKeysEnabled = true
         configuration.label = "chatlog"
         configuration.prepareDatabase { db in
+            // The schema is not trusted (docs/SECURITY.md, "The schema"): no SQL function with side
+            // effects runs from a trigger or view, and defensive mode forbids writable_schema and
+            // direct writes to the search index's shadow tables.
+            try db.execute(sql: "PRAGMA trusted_schema = OFF")
+            guard chatlog_sqlite_enable_defensive(UnsafeMutableRawPointer(db.sqliteConnection)) == 1 else {
+                throw ChatLogError.storage("SQLite refused defensive mode (SQLITE_DBCONFIG_DEFENSIVE)")
+            }
             // Deleted and overwritten content is zeroed in the file, not left in free pages.
             try db.execute(sql: "PRAGMA secure_delete = ON")
             // Search opens candidates scattered over the file: map it instead of reading page by
