@@ -89,3 +89,47 @@ import Testing
         #expect(try sandbox.sqlite("chatlog.db", "SELECT count(*) FROM messages WHERE key_id = 1") == "0")
     }
 }
+
+/// Where the key comes from: a source in the environment wins over `./.env`, every key error
+/// names the source it used, and a `.env` others could change may not redirect `CHATLOG_DB`.
+@Suite struct KeySourceCLITests {
+    @Test func environmentKeyFileWinsOverAStrayDotEnvAndErrorsNameTheSource() throws {
+        let sandbox = try Sandbox()
+        try sandbox.initStore()
+        try sandbox.write(sandbox.key + "\n", to: "master.key", mode: 0o600)
+        // A stray .env in the working directory (a cron job in $HOME) holding another key.
+        try sandbox.write("CHATLOG_MASTER_KEY=\(sandbox.makeKey())\n", to: ".env", mode: 0o600)
+        let env = sandbox.baseEnvironment.merging(["CHATLOG_MASTER_KEY_FILE": sandbox.path("master.key")]) { $1 }
+        let listed = try sandbox.chatlog(["list"], env: env)
+        #expect(listed.status == 0, "the key file from the environment must win: \(listed)")
+
+        // Without the environment's key file, the .env key is used, and the error says so.
+        let wrong = try sandbox.chatlog(["list"], env: sandbox.baseEnvironment)
+        #expect(wrong.status == 77, "\(wrong)")
+        #expect(wrong.err.contains("CHATLOG_MASTER_KEY (.env in "), "\(wrong)")
+        #expect(wrong.err.contains(sandbox.directory.path) || wrong.err.contains(sandbox.directory.resolvingSymlinksInPath().path), "\(wrong)")
+
+        // A wrong key file is named with its path.
+        try sandbox.write(sandbox.makeKey() + "\n", to: "other.key", mode: 0o600)
+        let fileEnv = sandbox.baseEnvironment.merging(["CHATLOG_MASTER_KEY_FILE": sandbox.path("other.key")]) { $1 }
+        let wrongFile = try sandbox.chatlog(["list"], env: fileEnv)
+        #expect(wrongFile.status == 77, "\(wrongFile)")
+        #expect(wrongFile.err.contains("CHATLOG_MASTER_KEY_FILE \(sandbox.path("other.key"))"), "\(wrongFile)")
+    }
+
+    @Test func aLooseDotEnvCannotRedirectTheDatabase() throws {
+        let sandbox = try Sandbox()
+        try sandbox.initStore()
+        try sandbox.initStore(db: "elsewhere.db")
+        try sandbox.write("CHATLOG_DB=elsewhere.db\n", to: ".env", mode: 0o644)
+        let result = try sandbox.chatlog(["log", "--text", "must not go elsewhere"])
+        #expect(result.status != 0, "\(result)")
+        #expect(result.err.contains("CHATLOG_DB"), "\(result)")
+        #expect(try sandbox.sqlite("elsewhere.db", "SELECT count(*) FROM messages") == "0")
+        // --db or the environment's CHATLOG_DB still work; a 0600 .env may set it.
+        #expect(try sandbox.chatlog(["list", "--db", "chatlog.db"]).status == 0)
+        #expect(chmod(sandbox.path(".env"), 0o600) == 0)
+        #expect(try sandbox.chatlog(["log", "--text", "now it may"]).status == 0)
+        #expect(try sandbox.sqlite("elsewhere.db", "SELECT count(*) FROM messages") == "1")
+    }
+}

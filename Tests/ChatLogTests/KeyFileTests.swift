@@ -132,7 +132,7 @@ import Testing
             try writeFile(path, text: test.base64 + "\n", mode: mode)
             let source = try await source(.keyFile, path: path)
             #expect(try key(of: source) == test.key)
-            #expect(source.origin == "key file \(path)")
+            #expect(source.origin == "CHATLOG_MASTER_KEY_FILE \(path)")
             // And it opens a store made with that key.
             let store = try ChatLogStore.create(at: directory.databasePath, key: source)
             #expect(try store.keyStatus().masterKeyFingerprint == test.key.fingerprint)
@@ -153,7 +153,7 @@ import Testing
             let path = directory.file("zero.key")
             try writeFile(path, [UInt8](repeating: 0, count: 32), mode: 0o600)
             let settings = try await ChatLogSettings.load(processEnvironment: ["CHATLOG_MASTER_KEY_FILE": path], dotEnvPath: nil)
-            #expect(throws: ChatLogError.placeholderKey("the all-zero key")) { try settings.masterKeySource() }
+            #expect(throws: ChatLogError.placeholderKey("the all-zero key from CHATLOG_MASTER_KEY_FILE \(path)")) { try settings.masterKeySource() }
         }
     }
 
@@ -182,7 +182,7 @@ import Testing
             let path = directory.file("passphrase")
             try writeFile(path, text: "correct horse battery staple\nignored second line\n", mode: mode)
             let source = try await source(.passphraseFile, path: path)
-            #expect(source.origin == "passphrase file \(path)")
+            #expect(source.origin == "CHATLOG_PASSPHRASE_FILE \(path)")
             let store = try ChatLogStore.create(at: directory.databasePath, key: source, options: fastOptions)
             let id = try await store.createConversation(NewConversation(title: "from a passphrase"))
             let fingerprint = try store.keyStatus().masterKeyFingerprint

@@ -20,6 +20,42 @@ public struct Passphrase: RedactedSecret, Sendable {
         storage = bytes.withUnsafeBytes { SecureBytes(copying: $0) }
     }
 
+    /// Reads a passphrase straight into libsodium memory (a prompt's keystrokes): `fill` writes at
+    /// most `buffer.count` bytes into the buffer and returns how many it wrote. No `String` or
+    /// array on the Swift heap ever holds the passphrase. It must be valid UTF-8.
+    public static func reading(
+        maxLength: Int = 4096, _ fill: (UnsafeMutableRawBufferPointer) throws(ChatLogError) -> Int
+    ) throws(ChatLogError) -> Passphrase {
+        let buffer = SecureBytes(count: maxLength)
+        let filled = buffer.withUnsafeMutableBytes { bytes in Result { () throws(ChatLogError) in try fill(bytes) } }
+        let length = try filled.get()
+        guard (0...maxLength).contains(length), length >= Self.minimumLength else {
+            throw .passphrase("a passphrase needs at least \(Self.minimumLength) bytes")
+        }
+        let valid = buffer.withUnsafeBytes { bytes in
+            var iterator = bytes.prefix(length).makeIterator()
+            var decoder = UTF8()
+            while true {
+                switch decoder.decode(&iterator) {
+                case .scalarValue: continue
+                case .emptyInput: return true
+                case .error: return false
+                }
+            }
+        }
+        guard valid else { throw .passphrase("the passphrase is not valid UTF-8") }
+        return Passphrase(storage: buffer.prefix(length))
+    }
+
+    private init(storage: SecureBytes) {
+        self.storage = storage
+    }
+
+    /// Whether two passphrases are the same bytes (constant time), e.g. a prompt's confirmation.
+    public func constantTimeEquals(_ other: Passphrase) -> Bool {
+        storage.constantTimeEquals(other.storage)
+    }
+
     /// A passphrase file's content: everything up to the first newline.
     init(fileContents: SecureBytes) throws(ChatLogError) {
         let length = fileContents.withUnsafeBytes { bytes in

@@ -52,7 +52,7 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
         case .wrongKey(let expected, let given, let source):
             "wrong master key from \(source): this store expects key \(expected), the key given is \(given)"
         case .wrongPassphrase(let expected, let source):
-            "wrong passphrase from \(source): it does not derive this store's master key \(expected)"
+            "wrong passphrase (\(source)): it does not derive this store's master key \(expected)"
         case .keyFileRejected(let path, let reason): "refusing key file \(path): \(reason)"
         case .passphrase(let why): "passphrase: \(why)"
         case .integrity(let failure): "integrity failure: \(failure)"
