@@ -133,3 +133,58 @@ import Testing
         #expect(try sandbox.sqlite("elsewhere.db", "SELECT count(*) FROM messages") == "1")
     }
 }
+
+/// `key rotate` with a damaged row: the rest moves, the row is named, exit 4 with the counts.
+@Suite struct DamagedRotationCLITests {
+    @Test(arguments: [["key", "rotate", "--new"], ["key", "rotate", "--index", "--new"]])
+    func rotationSkipsTheDamagedRowNamesItAndExits4(_ arguments: [String]) throws {
+        let sandbox = try Sandbox()
+        try sandbox.initStore()
+        for index in 0..<3 { _ = try sandbox.log(["--text", "message \(index)"]) }
+        let ids = try sandbox.sqlite("chatlog.db", "SELECT id FROM messages ORDER BY seq").split(separator: "\n").map(String.init)
+        try sandbox.sqlite(
+            "chatlog.db", "UPDATE messages SET content = (SELECT content FROM messages WHERE id = '\(ids[0])') WHERE id = '\(ids[2])'")
+        let result = try sandbox.chatlog(arguments + ["--json"])
+        #expect(result.status == 4, "\(result)")
+        #expect(result.err.contains("messages.content of row \(ids[2])"), "\(result)")
+        #expect(result.err.contains("skipped 1 damaged rows"), "\(result)")
+        let report = try jsonObject(result.stdout)
+        let damaged = try #require(report["damaged"] as? [[String: String]])
+        #expect(damaged == [["table": "messages", "column": "content", "row": ids[2]]])
+        // Every other message moved to the new key.
+        let column = arguments.contains("--index") ? "index_key_id" : "key_id"
+        let moved = try sandbox.sqlite("chatlog.db", "SELECT count(*) FROM messages WHERE \(column) = 3")
+        #expect(moved == "2", "\(result)")
+    }
+}
+
+/// `key retire` and `key rewrap` refusals exit with the README's codes, not 1 ("storage error").
+@Suite struct KeyJobExitCodeTests {
+    @Test func retireAndRewrapRefusalsUseTheDocumentedCodes() throws {
+        let sandbox = try Sandbox()
+        try sandbox.initStore()
+        _ = try sandbox.log(["--text", "under key 1"])
+        let cases: [(arguments: [String], env: [String: String]?, status: Int32, text: String)] = [
+            (["key", "retire", "--key", "1"], nil, 65, "key 1 is active"),
+            (["key", "retire", "--key", "99"], nil, 66, "no key with id 99"),
+            (["key", "rewrap"], sandbox.environment.merging(["CHATLOG_NEW_MASTER_KEY": sandbox.key]) { $1 }, 64, "same as the current one"),
+        ]
+        for (arguments, env, status, text) in cases {
+            let result = try sandbox.chatlog(arguments, env: env)
+            #expect(result.status == status, "\(arguments): \(result)")
+            #expect(result.err.contains(text), "\(result)")
+            #expect(!result.err.contains("storage error"), "\(result)")
+        }
+        // Key 1 in use: a new key made active, nothing moved (--max-duration 0s).
+        let partial = try sandbox.chatlog(["key", "rotate", "--new", "--max-duration", "0s"])
+        #expect(partial.status == 3, "\(partial)")
+        let inUse = try sandbox.chatlog(["key", "retire", "--key", "1"])
+        #expect(inUse.status == 65, "\(inUse)")
+        #expect(inUse.err.contains("still used by"), "\(inUse)")
+        #expect(try sandbox.chatlog(["key", "rotate"]).status == 0)
+        #expect(try sandbox.chatlog(["key", "retire", "--key", "1"]).status == 0)
+        let again = try sandbox.chatlog(["key", "retire", "--key", "1"])
+        #expect(again.status == 65, "\(again)")
+        #expect(again.err.contains("already retired"), "\(again)")
+    }
+}

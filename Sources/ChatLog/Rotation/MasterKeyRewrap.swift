@@ -25,7 +25,7 @@ extension ChatLogStore {
             kdf = fresh
         }
         let oldMaster = keyRing.master
-        guard !(newMaster == oldMaster) else { throw .keyOperation("the new master key is the same as the current one") }
+        guard !(newMaster == oldMaster) else { throw .sameMasterKey }
         try writeImmediate { db in
             // writeImmediate checked that the check value still names our key (no other process
             // rewrapped meanwhile).
@@ -71,7 +71,7 @@ extension ChatLogStore {
         try writeImmediate { db in try self.retire(id, db) }
         try read { db in try self.keyRing.reload(db) }
         try checkpoint()
-        guard let entry = try keyStatus().keys.first(where: { $0.id == id }) else { throw .keyOperation("no key with id \(id)") }
+        guard let entry = try keyStatus().keys.first(where: { $0.id == id }) else { throw .keyNotFound(id) }
         return entry
     }
 
@@ -98,11 +98,11 @@ extension ChatLogStore {
 
     private func retire(_ id: KeyID, _ db: Database) throws {
         guard let state = try String.fetchOne(db, sql: "SELECT state FROM keys WHERE id = ?", arguments: [Int64(id.rawValue)]) else {
-            throw ChatLogError.keyOperation("no key with id \(id)")
+            throw ChatLogError.keyNotFound(id)
         }
         switch state {
-        case "active": throw ChatLogError.keyOperation("key \(id) is active; rotate to a new key before retiring it")
-        case "retired": throw ChatLogError.keyOperation("key \(id) is already retired")
+        case "active": throw ChatLogError.keyIsActive(id)
+        case "retired": throw ChatLogError.keyAlreadyRetired(id)
         default: break
         }
         let rows = try Self.references(id, db)

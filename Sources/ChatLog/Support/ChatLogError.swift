@@ -39,6 +39,14 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
     case locked(holder: Int32?, path: String)
     /// A key cannot be retired while rows still use it.
     case keyInUse(KeyID, rows: Int)
+    /// No data or index key has this id.
+    case keyNotFound(KeyID)
+    /// The active key cannot be retired.
+    case keyIsActive(KeyID)
+    /// The key was retired before.
+    case keyAlreadyRetired(KeyID)
+    /// `key rewrap` was given the current master key as the new one.
+    case sameMasterKey
     /// A key operation that does not apply (retiring the active key, an unknown key id, …).
     case keyOperation(String)
     /// SQLite or the file system failed; the text is SQLite's message without bound values.
@@ -68,6 +76,10 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
         case .locked(let holder, let path):
             "another key job holds the lock \(path)" + (holder.map { " (process \($0))" } ?? "") + "; try again when it has finished"
         case .keyInUse(let id, let rows): "key \(id) is still used by \(rows) rows; finish `chatlog key rotate` first"
+        case .keyNotFound(let id): "no key with id \(id) (see `chatlog key status`)"
+        case .keyIsActive(let id): "key \(id) is active; rotate to a new key before retiring it"
+        case .keyAlreadyRetired(let id): "key \(id) is already retired"
+        case .sameMasterKey: "the new master key is the same as the current one; set CHATLOG_NEW_MASTER_KEY (or _FILE) to a new key"
         case .keyOperation(let why): why
         case .storage(let why): "storage error: \(why)"
         }
@@ -75,17 +87,18 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
 
     /// Broad classes for callers that map errors to exit codes or HTTP statuses.
     public enum Category: Sendable {
-        case key, integrity, invalidInput, notFound, busy, other
+        case key, integrity, invalidInput, notFound, busy, usage, other
     }
 
     public var category: Category {
         switch self {
         case .missingKey, .invalidKey, .placeholderKey, .wrongKey, .wrongPassphrase, .keyFileRejected, .passphrase: .key
         case .integrity: .integrity
-        case .invalidInput, .schemaTooNew, .notAChatLogStore, .storeExists: .invalidInput
-        case .storeNotFound, .storeIsADirectory, .conversationNotFound: .notFound
+        case .invalidInput, .schemaTooNew, .notAChatLogStore, .storeExists, .keyInUse, .keyIsActive, .keyAlreadyRetired: .invalidInput
+        case .storeNotFound, .storeIsADirectory, .conversationNotFound, .keyNotFound: .notFound
         case .busy, .locked: .busy
-        case .storage, .keyInUse, .keyOperation: .other
+        case .sameMasterKey: .usage
+        case .storage, .keyOperation: .other
         }
     }
 
