@@ -70,6 +70,28 @@ import Testing
         try expectHealthy(sandbox, key: m2)
     }
 
+    /// The race above needs an import that reads a FIFO; the progress total must not consume it
+    /// (counting the lines of a FIFO read the whole input, and the import then imported nothing).
+    @Test func importFromAFIFOImportsItsInput() async throws {
+        let sandbox = try Sandbox()
+        try sandbox.initStore()
+        let fifo = sandbox.path("input.fifo")
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let importer = try BackgroundProcess(
+            ["import", "--json", "--format", "openai-jsonl", "input.fifo"], env: sandbox.environment, cwd: sandbox.directory,
+            scratch: sandbox.root)
+        let line = Data((#"{"id":"fifo","messages":[{"role":"user","content":"through a fifo"}]}"# + "\n").utf8)
+        try await offCooperativePool {
+            let descriptor = open(fifo, O_WRONLY | O_CLOEXEC)
+            guard descriptor >= 0 else { throw CLITestError("cannot open the FIFO") }
+            _ = line.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+            close(descriptor)
+        }
+        let result = try await importer.finish()
+        #expect(result.status == 0, "\(result)")
+        #expect(try jsonObject(result.stdout)["conversations"] as? Int == 1, "\(result)")
+    }
+
     /// `log`, `key rotate` and `key retire` in a process that opened the store before the rewrap
     /// (chatlog-test-driver after-open: open, wait, then write).
     @Test(arguments: ["log", "rotate", "retire"])

@@ -30,7 +30,7 @@ public struct Passphrase: RedactedSecret, Sendable {
         let filled = buffer.withUnsafeMutableBytes { bytes in Result { () throws(ChatLogError) in try fill(bytes) } }
         let length = try filled.get()
         guard (0...maxLength).contains(length), length >= Self.minimumLength else {
-            throw .passphrase("a passphrase needs at least \(Self.minimumLength) bytes")
+            throw .passphrase("too short: a passphrase needs at least \(Self.minimumLength) bytes")
         }
         let valid = buffer.withUnsafeBytes { bytes in
             var iterator = bytes.prefix(length).makeIterator()
