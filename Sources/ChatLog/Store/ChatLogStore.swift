@@ -153,7 +153,8 @@ public final class ChatLogStore: Sendable {
     ) throws(ChatLogError) -> ChatLogStore {
         let keyRing: KeyRing
         do {
-            try KeyRowAuthentication.convertIfNeeded(pool, master: master)
+            // A read-only open reads a store from an earlier schema unconverted (docs/FORMAT.md §3.1).
+            if !options.readOnly { try KeyRowAuthentication.convertIfNeeded(pool, master: master) }
             keyRing = try pool.read { db in try KeyRing(master: master, origin: KeyRing.Origin(source), db: db) }
         } catch {
             if case .notAChatLogStore(_, let reason) = error as? ChatLogError {
