@@ -42,12 +42,15 @@ let package = Package(
             name: "ChatLog",
             dependencies: [
                 "CSodium",
+                "CSQLiteConfig",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Configuration", package: "swift-configuration"),
             ],
             swiftSettings: strict,
             plugins: ["EmbedMigrations"]
         ),
+        // sqlite3_db_config (variadic, so it needs C): SQLite's defensive mode on every connection.
+        .target(name: "CSQLiteConfig", linkerSettings: [.linkedLibrary("sqlite3")]),
         // prctl/setrlimit for the CLI's process hygiene (prctl is variadic, so it needs C).
         .target(name: "CProcessHygiene"),
         .executableTarget(

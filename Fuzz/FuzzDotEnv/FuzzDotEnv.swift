@@ -73,7 +73,11 @@ public func fuzzInput(_ start: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
         for text in printed {
             for secret in secrets { require(!text.contains(secret), "the settings print a secret: \(text)") }
         }
-        _ = settings.databasePath
+        do {
+            _ = try settings.databasePath
+        } catch {
+            checkError(error, secrets)
+        }
         // (Not an array of typed-throws closures: that crashes swift-frontend 6.3.1 in IRGen.)
         for newKey in [false, true] {
             do {

@@ -16,8 +16,8 @@ enum ExitCodes {
     static let help = """
         Exit codes: 0 success; 1 other error; 3 key rotate stopped with rows remaining (run it again); \
         4 integrity failure (tampered or misplaced data); \
-        64 usage error; 65 invalid input (bad UTF-8, bad JSON, not a chatlog store); \
-        66 store or conversation not found; 75 busy or locked, try again; \
+        64 usage error (also key rewrap to the same key); 65 invalid input (bad UTF-8, bad JSON, not a chatlog store, \
+        retiring an active, retired or still used key); 66 store, conversation or key not found; 75 busy or locked, try again; \
         77 wrong, missing or refused master key.
         """
 
@@ -28,6 +28,7 @@ enum ExitCodes {
         case .invalidInput: invalidInput
         case .notFound: notFound
         case .busy: busy
+        case .usage: usage
         case .other: failure
         }
     }

@@ -41,7 +41,10 @@ struct ImportCommand: AsyncParsableCommand {
             case .openAIJSONL: records = try OpenAIJSONL.records(path: path)
             }
             // The total for the bar: the readers that load everything know it; a JSONL file's is its lines.
-            let total = (records as? any Collection)?.count ?? (file == "-" ? nil : ProgressReporter.nonEmptyLines(path))
+            // Only a regular file can be read twice: counting a FIFO's or a pipe's lines (`<(…)`) would
+            // consume the input the import is about to read.
+            let regular = (try? FileManager.default.attributesOfItem(atPath: path)[.type] as? FileAttributeType) == .typeRegular
+            let total = (records as? any Collection)?.count ?? (file == "-" || !regular ? nil : ProgressReporter.nonEmptyLines(path))
             var redacted = AnySequence(records)
             if let redactor = redact.redactor { redacted = AnySequence(redacted.lazy.map { $0.map { redactor.redact($0) } }) }
             let report = try opened.importConversations(

@@ -19,7 +19,7 @@ struct InitCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let settings = try await StoreAccess.settings()
-            let path = store.path(settings)
+            let path = try store.path(settings)
             let source = try StoreAccess.keySource(settings, confirmPassphrase: true)
             let created: Bool
             let opened: ChatLogStore

@@ -50,6 +50,13 @@ struct KeyRotateCommand: AsyncParsableCommand {
         let remaining: Int
         let complete: Bool
         let rows_by_key: [String: Int]
+        let damaged: [DamagedJSON]
+    }
+
+    struct DamagedJSON: Encodable {
+        let table: String
+        let column: String
+        let row: String
     }
 
     /// What a run does, said before its progress bar.
@@ -80,7 +87,8 @@ struct KeyRotateCommand: AsyncParsableCommand {
                         kind: report.kind.rawValue, dry_run: report.dryRun, new_key: report.createsNewKey,
                         new_key_id: report.newKeyID?.rawValue, active_key_id: report.activeKeyID.rawValue, rewritten: report.rewritten,
                         remaining: report.remaining, complete: report.complete,
-                        rows_by_key: Dictionary(uniqueKeysWithValues: report.rowsByKey.map { (String($0.key.rawValue), $0.value) })))
+                        rows_by_key: Dictionary(uniqueKeysWithValues: report.rowsByKey.map { (String($0.key.rawValue), $0.value) }),
+                        damaged: report.damaged.map { DamagedJSON(table: $0.table, column: $0.column, row: $0.rowID) }))
             } else if report.dryRun {
                 CLIOutput.line(
                     report.createsNewKey
@@ -95,6 +103,15 @@ struct KeyRotateCommand: AsyncParsableCommand {
                 CLIOutput.line(
                     "moved \(report.rewritten) rows to key \(report.activeKeyID); "
                         + (report.complete ? "none remain under older keys" : "\(report.remaining) remain (run again)"))
+            }
+            // Damaged rows were skipped (each stays under its old key): name each, then exit 4
+            // with the counts once the rest is done.
+            for failure in report.damaged { CLIOutput.error("skipped damaged row: integrity failure: \(failure)") }
+            if !report.damaged.isEmpty {
+                CLIOutput.error(
+                    "moved \(report.rewritten) rows; skipped \(report.damaged.count) damaged rows (left under their old keys); "
+                        + "\(report.remaining) others remain")
+                throw ExitCode(ExitCodes.integrityFailure)
             }
             if !report.complete, !report.dryRun { throw ExitCode(ExitCodes.rotationIncomplete) }
         }

@@ -7,8 +7,9 @@ struct StoreOptions: ParsableArguments {
     @Option(name: .long, help: "Database file (default: $CHATLOG_DB, else ./chatlog.db).")
     var db: String?
 
-    func path(_ settings: ChatLogSettings) -> String {
-        db ?? settings.databasePath ?? "chatlog.db"
+    func path(_ settings: ChatLogSettings) throws(ChatLogError) -> String {
+        if let db { return db }
+        return try settings.databasePath ?? "chatlog.db"
     }
 }
 
@@ -35,7 +36,7 @@ enum StoreAccess {
 
     static func open(_ options: StoreOptions, readOnly: Bool = false) async throws(ChatLogError) -> ChatLogStore {
         let settings = try await settings()
-        let path = options.path(settings)
+        let path = try options.path(settings)
         // A missing store is reported before asking for a key or passphrase.
         if !ChatLogStore.exists(at: path) { throw .storeNotFound(path: path) }
         var storeOptions = ChatLogStore.Options()
@@ -48,13 +49,13 @@ enum StoreAccess {
             } catch {
                 // A passphrase (prompted or from a file) that derives another key is a wrong
                 // passphrase; at the prompt, two more tries.
-                guard case .wrongKey(let expected, let given) = error, source.origin.hasPrefix("passphrase") else { throw error }
-                if source.origin == "passphrase prompt", attempt < TerminalPrompt.tries {
-                    TerminalPrompt.say("wrong passphrase, try again")
-                    attempt += 1
-                    continue
+                // (The library says "wrong passphrase", never with the derived key's fingerprint.)
+                guard case .wrongPassphrase = error, source.origin == "passphrase prompt", attempt < TerminalPrompt.tries else {
+                    throw error
                 }
-                throw .passphrase("wrong passphrase (\(source.origin)): this store expects key \(expected), the passphrase gives \(given)")
+                TerminalPrompt.say("wrong passphrase, try again")
+                attempt += 1
+                continue
             }
         }
     }

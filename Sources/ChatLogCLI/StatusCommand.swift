@@ -29,7 +29,7 @@ struct StatusCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let settings = try await StoreAccess.settings()
-            let path = store.path(settings)
+            let path = try store.path(settings)
             let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
             let opened = try await StoreAccess.open(store)
             let fingerprint = try opened.keyStatus().masterKeyFingerprint

@@ -22,18 +22,17 @@ enum TerminalPrompt {
 
     static func passphrase(confirm: Bool) throws(ChatLogError) -> Passphrase {
         for attempt in 1...tries {
-            let first = try read(
+            let answer = try read(
                 prompt: attempt == 1 ? "Passphrase (at least \(Passphrase.minimumLength) bytes): " : "Passphrase: ")
-            let passphrase: Passphrase
-            do {
-                passphrase = try Passphrase(first)
-            } catch {
-                say("too short: at least \(Passphrase.minimumLength) bytes")
+            guard case .success(let passphrase) = answer else {
+                if case .failure(.passphrase(let why)) = answer { say(why) }
                 continue
             }
-            if confirm, try read(prompt: "Repeat passphrase: ") != first {
-                say("the two passphrases differ")
-                continue
+            if confirm {
+                guard case .success(let second) = try read(prompt: "Repeat passphrase: "), passphrase.constantTimeEquals(second) else {
+                    say("the two passphrases differ")
+                    continue
+                }
             }
             return passphrase
         }
@@ -48,7 +47,10 @@ enum TerminalPrompt {
         _ = (text + "\n").withCString { write(tty, $0, strlen($0)) }
     }
 
-    private static func read(prompt: String) throws(ChatLogError) -> String {
+    /// Reads one line into libsodium memory (Passphrase.reading): no String holds the passphrase.
+    /// Throws when there is no terminal; a line that is no passphrase (too short, not UTF-8) is
+    /// returned as a failure, so the caller can ask again.
+    private static func read(prompt: String) throws(ChatLogError) -> Result<Passphrase, ChatLogError> {
         let tty = open("/dev/tty", O_RDWR | O_CLOEXEC)
         guard tty >= 0 else { throw .passphrase("no terminal to ask on; set CHATLOG_PASSPHRASE_FILE") }
         defer { close(tty) }
@@ -66,16 +68,17 @@ enum TerminalPrompt {
             if haveTermios { _ = tcsetattr(tty, TCSAFLUSH, &saved) }
             _ = "\n".withCString { write(tty, $0, 1) }
         }
-        var bytes: [UInt8] = []
-        var byte: UInt8 = 0
-        while Glibc.read(tty, &byte, 1) == 1, byte != 0x0A, byte != 0x0D {
-            bytes.append(byte)
-            if bytes.count > 4096 { break }
+        return Result { () throws(ChatLogError) in
+            try Passphrase.reading { buffer in
+                var count = 0
+                var byte: UInt8 = 0
+                while count < buffer.count, Glibc.read(tty, &byte, 1) == 1, byte != 0x0A, byte != 0x0D {
+                    buffer[count] = byte
+                    count += 1
+                }
+                byte = 0
+                return count
+            }
         }
-        defer { bytes.withUnsafeMutableBytes { buffer in if let base = buffer.baseAddress { memset(base, 0, buffer.count) } } }
-        guard let text = String(validating: bytes, as: UTF8.self) else {
-            throw .passphrase("the passphrase is not valid UTF-8")
-        }
-        return text
     }
 }

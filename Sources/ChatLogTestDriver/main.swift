@@ -54,6 +54,14 @@
 // driver has no other child) to PATH, and exits with the child's exit status (128 + signal if it
 // was killed). Tests use it to bound the memory a command uses.
 //
+//     chatlog-test-driver after-open --db PATH --ready-file PATH --go-file PATH --then log|rotate|retire [--key ID]
+//
+// opens the store with the key from the environment, creates the ready file, waits (at most 60 s)
+// until the go file exists, then does one write with the master key it opened with: `log` logs a
+// message in a new conversation, `rotate` makes a new data key active and re-seals, `retire`
+// retires key ID. Prints "done" on success. Tests use it to run a write after another process
+// changed the master key (`chatlog key rewrap`) between the open and the write.
+//
 // The master key comes from the environment (CHATLOG_MASTER_KEY and friends, through
 // ChatLogSettings), never from the command line. On success it prints the number of messages it
 // appended and exits 0; on failure it prints one line on stderr and exits non-zero.
@@ -133,6 +141,33 @@ func openStore(_ options: [String: String]) async throws -> ChatLogStore {
     guard let path = options["db"] else { throw UsageError(description: "--db is required") }
     let settings = try await ChatLogSettings.load(dotEnvPath: nil)
     return try ChatLogStore.open(at: path, key: try settings.masterKeySource())
+}
+
+func afterOpen(_ options: [String: String]) async throws {
+    guard let ready = options["ready-file"], let go = options["go-file"], let then = options["then"] else {
+        throw UsageError(description: "--ready-file, --go-file and --then are required")
+    }
+    let store = try await openStore(options)
+    _ = FileManager.default.createFile(atPath: ready, contents: nil)
+    let deadline = Date().addingTimeInterval(60)
+    while !FileManager.default.fileExists(atPath: go) {
+        guard Date() < deadline else { throw UsageError(description: "the go file never appeared") }
+        usleep(20_000)
+    }
+    switch then {
+    case "log":
+        _ = try await store.logExchange(
+            ModelExchange(conversation: .new(NewConversation(title: "after open")), prompt: [], completion: NewMessage(role: .user, content: "after open")))
+    case "rotate":
+        _ = try await store.rotateDataKey(RotationOptions(newKey: true))
+    case "retire":
+        let id = try positiveInteger(options, "key")
+        _ = try store.retireKey(KeyID(rawValue: UInt32(id)))
+    default:
+        throw UsageError(description: "--then must be log, rotate or retire")
+    }
+    try store.close()
+    emit("done")
 }
 
 func appendLoop(_ options: [String: String]) async throws -> Int {
@@ -314,7 +349,7 @@ if arguments.first == "measure" {
 }
 guard let command = arguments.first else {
     fail(
-        "usage: chatlog-test-driver append|append-loop|exchange-loop|search-loop|delete|hold-lock|hold-read|measure --db PATH … (see the comment at the top of main.swift)",
+        "usage: chatlog-test-driver append|append-loop|exchange-loop|search-loop|delete|hold-lock|hold-read|after-open|measure --db PATH … (see the comment at the top of main.swift)",
         .usage)
 }
 do {
@@ -334,6 +369,8 @@ do {
         _ = try await exchangeLoop(options)
     case "search-loop":
         try await searchLoop(options)
+    case "after-open":
+        try await afterOpen(options)
     default:
         throw UsageError(description: "unknown command \(command)")
     }

@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import Testing
 
 @testable import ChatLog
@@ -113,8 +114,20 @@ struct FormatVectorTests {
     func masterCheck(_ vector: FormatVectors.MasterCheck) throws {
         let master = try MasterKey(storage: secureBytes(vector.masterKeyHex))
         #expect(toHex(master.checkValue) == vector.checkValueHex)
+        #expect(toHex(master.checkValueV2) == vector.checkValueV2Hex)
         #expect(master.fingerprint.description == vector.fingerprint)
         #expect(KeyFingerprint(checkValue: try fromHex(vector.checkValueHex)).description == vector.fingerprint)
+    }
+
+    @Test("key-row MAC", arguments: try FormatVectors.load().keyRows)
+    func keyRowMAC(_ vector: FormatVectors.KeyRowVector) throws {
+        let master = try MasterKey(storage: secureBytes(vector.masterKeyHex))
+        let row = Row([
+            "id": vector.id, "kind": vector.kind, "state": vector.state, "created_at": vector.createdAt,
+            "retired_at": vector.retiredAt, "wrapped": try vector.wrappedHex.map { Data(try fromHex($0)) }, "mac": nil as Data?,
+        ])
+        let keyRow = try KeyRowAuthentication.KeyRow(row)
+        #expect(toHex(keyRow.mac(master)) == vector.macHex)
     }
 
     @Test("subject blind index", arguments: try FormatVectors.load().subjectIndex)
@@ -147,6 +160,7 @@ struct FormatVectorTests {
         #expect(plaintexts.contains { $0.count > SealedValue.defaultPaddingBlock })
         #expect(plaintexts.contains { $0.contains { $0 >= 0x80 } })
         #expect(!vectors.wrappedKeys.isEmpty && !vectors.masterCheck.isEmpty)
+        #expect(vectors.keyRows.contains { $0.wrappedHex == nil } && vectors.keyRows.contains { $0.wrappedHex != nil })
     }
 
     // MARK: - Helpers
@@ -168,6 +182,7 @@ struct FormatVectors: Decodable, Sendable {
     let sealed: [Sealed]
     let wrappedKeys: [WrappedKey]
     let masterCheck: [MasterCheck]
+    let keyRows: [KeyRowVector]
     let subjectIndex: [Subject]
     let passphraseKDF: [PassphraseKDFVector]
 
@@ -175,6 +190,7 @@ struct FormatVectors: Decodable, Sendable {
         case version, sealed
         case wrappedKeys = "wrapped_keys"
         case masterCheck = "master_check"
+        case keyRows = "key_rows"
         case subjectIndex = "subject_index"
         case passphraseKDF = "passphrase_kdf"
     }
@@ -238,12 +254,37 @@ struct FormatVectors: Decodable, Sendable {
         let name: String
         let masterKeyHex: String
         let checkValueHex: String
+        let checkValueV2Hex: String
         let fingerprint: String
 
         enum CodingKeys: String, CodingKey {
             case name, fingerprint
             case masterKeyHex = "master_key_hex"
             case checkValueHex = "check_value_hex"
+            case checkValueV2Hex = "check_value_v2_hex"
+        }
+
+        var testDescription: String { name }
+    }
+
+    struct KeyRowVector: Decodable, Sendable, CustomTestStringConvertible {
+        let name: String
+        let masterKeyHex: String
+        let id: Int64
+        let kind: String
+        let state: String
+        let createdAt: Int64
+        let retiredAt: Int64?
+        let wrappedHex: String?
+        let macHex: String
+
+        enum CodingKeys: String, CodingKey {
+            case name, id, kind, state
+            case masterKeyHex = "master_key_hex"
+            case createdAt = "created_at"
+            case retiredAt = "retired_at"
+            case wrappedHex = "wrapped_hex"
+            case macHex = "mac_hex"
         }
 
         var testDescription: String { name }

@@ -298,7 +298,8 @@ import Testing
             try withRawDatabase(directory.databasePath) { db in
                 try db.execute(sql: "UPDATE keys SET wrapped = 7 WHERE kind = 'data'")
             }
-            #expect(throws: integrity("keys", "wrapped", "data:1", .truncated(length: 1))) {
+            // The key row's MAC (docs/FORMAT.md, "Key-row MAC") covers `wrapped`: it fails first.
+            #expect(throws: integrity("keys", "mac", "data:1", .authenticationFailed)) {
                 try ChatLogStore.open(at: directory.databasePath, key: .key(key))
             }
         }
@@ -321,7 +322,7 @@ import Testing
             try withRawDatabase(directory.databasePath) { db in
                 try db.execute(sql: "UPDATE keys SET wrapped = (SELECT wrapped FROM keys WHERE kind = 'index') WHERE kind = 'data'")
             }
-            #expect(throws: integrity("keys", "wrapped", "data:1", .authenticationFailed)) {
+            #expect(throws: integrity("keys", "mac", "data:1", .authenticationFailed)) {
                 try ChatLogStore.open(at: directory.databasePath, key: .key(key))
             }
         }
@@ -339,7 +340,7 @@ import Testing
             try withRawDatabase(directory.databasePath) { db in
                 try db.execute(sql: "UPDATE keys SET wrapped = ? WHERE kind = 'index'", arguments: [Data(tampered)])
             }
-            #expect(throws: integrity("keys", "wrapped", "index:2", .authenticationFailed)) {
+            #expect(throws: integrity("keys", "mac", "index:2", .authenticationFailed)) {
                 try ChatLogStore.open(at: directory.databasePath, key: .key(key))
             }
         }

@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import Testing
 
 @testable import ChatLog
@@ -131,7 +132,7 @@ import Testing
             try writeFile(path, text: test.base64 + "\n", mode: mode)
             let source = try await source(.keyFile, path: path)
             #expect(try key(of: source) == test.key)
-            #expect(source.origin == "key file \(path)")
+            #expect(source.origin == "CHATLOG_MASTER_KEY_FILE \(path)")
             // And it opens a store made with that key.
             let store = try ChatLogStore.create(at: directory.databasePath, key: source)
             #expect(try store.keyStatus().masterKeyFingerprint == test.key.fingerprint)
@@ -152,7 +153,7 @@ import Testing
             let path = directory.file("zero.key")
             try writeFile(path, [UInt8](repeating: 0, count: 32), mode: 0o600)
             let settings = try await ChatLogSettings.load(processEnvironment: ["CHATLOG_MASTER_KEY_FILE": path], dotEnvPath: nil)
-            #expect(throws: ChatLogError.placeholderKey("the all-zero key")) { try settings.masterKeySource() }
+            #expect(throws: ChatLogError.placeholderKey("the all-zero key from CHATLOG_MASTER_KEY_FILE \(path)")) { try settings.masterKeySource() }
         }
     }
 
@@ -181,7 +182,7 @@ import Testing
             let path = directory.file("passphrase")
             try writeFile(path, text: "correct horse battery staple\nignored second line\n", mode: mode)
             let source = try await source(.passphraseFile, path: path)
-            #expect(source.origin == "passphrase file \(path)")
+            #expect(source.origin == "CHATLOG_PASSPHRASE_FILE \(path)")
             let store = try ChatLogStore.create(at: directory.databasePath, key: source, options: fastOptions)
             let id = try await store.createConversation(NewConversation(title: "from a passphrase"))
             let fingerprint = try store.keyStatus().masterKeyFingerprint
@@ -196,16 +197,24 @@ import Testing
             #expect(try await reopened.conversation(id).title == "from a passphrase")
             try reopened.close()
 
-            // Another passphrase: the wrong key, named by fingerprint.
+            // Another passphrase: "wrong passphrase", naming the store's key but never the
+            // fingerprint of the key the wrong passphrase derives (an offline guessing oracle).
+            let wrong = try Passphrase("incorrect horse battery")
             let error = #expect(throws: ChatLogError.self) {
-                try ChatLogStore.open(at: directory.databasePath, key: .passphrase(try Passphrase("incorrect horse battery")))
+                try ChatLogStore.open(at: directory.databasePath, key: .passphrase(wrong))
             }
-            guard case .wrongKey(let expected, let given)? = error else {
-                Issue.record("expected wrongKey, got \(String(describing: error))")
+            guard case .wrongPassphrase(let expected, _)? = error else {
+                Issue.record("expected wrongPassphrase, got \(String(describing: error))")
                 return
             }
             #expect(expected == fingerprint)
-            #expect(given != fingerprint)
+            let queue = try DatabaseQueue(path: directory.databasePath)
+            let kdf = try await queue.read { db in try PassphraseKDF.stored(db) }
+            try queue.close()
+            let derived = try #require(kdf).deriveMasterKey(from: wrong)
+            let text = String(describing: error)
+            #expect(!text.contains(derived.fingerprint.description))
+            #expect(text.contains("wrong passphrase"))
         }
     }
 

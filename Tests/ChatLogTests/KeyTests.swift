@@ -88,7 +88,7 @@ import Testing
             let store = try makeStore(in: directory, key: right)
             try store.createConversation(NewConversation(title: "t"))
             try store.close()
-            #expect(throws: ChatLogError.wrongKey(expected: right.fingerprint, given: wrong.fingerprint)) {
+            #expect(throws: ChatLogError.wrongKey(expected: right.fingerprint, given: wrong.fingerprint, source: "given by the application")) {
                 try ChatLogStore.open(at: directory.databasePath, key: .key(wrong))
             }
             // The right key still opens it afterwards: the failed open changed nothing.
@@ -100,7 +100,7 @@ import Testing
     @Test func wrongKeyMessageCarriesFingerprintsOnly() {
         let right = TestKey()
         let wrong = TestKey()
-        let text = ChatLogError.wrongKey(expected: right.key.fingerprint, given: wrong.key.fingerprint).description
+        let text = ChatLogError.wrongKey(expected: right.key.fingerprint, given: wrong.key.fingerprint, source: "CHATLOG_MASTER_KEY").description
         #expect(text.contains(right.key.fingerprint.description))
         #expect(text.contains(wrong.key.fingerprint.description))
         for test in [right, wrong] {
@@ -153,7 +153,9 @@ import Testing
         }
         let placeholder = try await ChatLogSettings.load(
             processEnvironment: ["CHATLOG_MASTER_KEY": MasterKey.readmeExampleBase64], dotEnvPath: nil)
-        #expect(throws: ChatLogError.placeholderKey("the README's example key")) { try placeholder.masterKeySource() }
+        #expect(throws: ChatLogError.placeholderKey("the README's example key from CHATLOG_MASTER_KEY (environment)")) {
+            try placeholder.masterKeySource()
+        }
     }
 
     @Test func keyFromDotEnvFile() async throws {
@@ -164,8 +166,8 @@ import Testing
             let settings = try await ChatLogSettings.load(processEnvironment: [:], dotEnvPath: path)
             let source = try settings.masterKeySource()
             #expect(try key(of: source) == test.key)
-            #expect(source.origin.contains(path))
-            #expect(settings.databasePath == "/var/lib/chat.db")
+            #expect(source.origin == "CHATLOG_MASTER_KEY (.env in \(URL(fileURLWithPath: directory.path).standardizedFileURL.path))")
+            #expect(try settings.databasePath == "/var/lib/chat.db")
         }
     }
 
@@ -180,7 +182,7 @@ import Testing
             let source = try settings.masterKeySource()
             #expect(try key(of: source) == fromEnvironment.key)
             #expect(source.origin == "CHATLOG_MASTER_KEY (environment)")
-            #expect(settings.databasePath == "from-env.db")
+            #expect(try settings.databasePath == "from-env.db")
         }
     }
 
@@ -195,20 +197,44 @@ import Testing
                 Issue.record("expected keyFileRejected, got \(String(describing: error))")
                 return
             }
-            #expect(rejected == path)
+            #expect(rejected == ".env in \(URL(fileURLWithPath: directory.path).standardizedFileURL.path)")
             #expect(reason.contains("0644"))
             #expect(error?.description.contains(test.base64) == false)
         }
     }
 
-    @Test func worldReadableDotEnvWithoutTheKeyIsFine() async throws {
+    /// A `.env` others can write must not redirect a command to another database.
+    @Test func dotEnvThatIsNot0600MayNotSetTheDatabase() async throws {
         try await withTemporaryDirectory { directory in
             let test = TestKey()
             let path = directory.file(".env")
             try writeFile(path, text: "CHATLOG_DB=chat.db\n", mode: 0o644)
             let settings = try await ChatLogSettings.load(processEnvironment: ["CHATLOG_MASTER_KEY": test.base64], dotEnvPath: path)
-            #expect(settings.databasePath == "chat.db")
+            let error = #expect(throws: ChatLogError.self) { try settings.databasePath }
+            #expect(error?.description.contains("CHATLOG_DB") == true)
+            #expect(error?.description.contains("0644") == true)
             #expect(try key(of: settings.masterKeySource()) == test.key)
+            // The environment's CHATLOG_DB is used without looking at the loose .env.
+            let overridden = try await ChatLogSettings.load(
+                processEnvironment: ["CHATLOG_MASTER_KEY": test.base64, "CHATLOG_DB": "mine.db"], dotEnvPath: path)
+            #expect(try overridden.databasePath == "mine.db")
+        }
+    }
+
+    /// Any key source in the environment wins over every source in `.env` (a cron job in $HOME
+    /// with a stray `.env` holding another key uses its CHATLOG_MASTER_KEY_FILE).
+    @Test(arguments: ["CHATLOG_MASTER_KEY_FILE", "CHATLOG_PASSPHRASE_FILE"])
+    func anEnvironmentKeyFileWinsOverAKeyInDotEnv(_ variable: String) async throws {
+        try await withTemporaryDirectory { directory in
+            let stray = TestKey()
+            try writeFile(directory.file(".env"), text: "CHATLOG_MASTER_KEY=\(stray.base64)\n", mode: 0o600)
+            let file = directory.file("secret")
+            let wanted = TestKey()
+            try writeFile(file, text: variable == "CHATLOG_MASTER_KEY_FILE" ? wanted.base64 + "\n" : "correct horse battery\n", mode: 0o600)
+            let settings = try await ChatLogSettings.load(processEnvironment: [variable: file], dotEnvPath: directory.file(".env"))
+            let source = try settings.masterKeySource()
+            #expect(source.origin == "\(variable) \(file)")
+            if variable == "CHATLOG_MASTER_KEY_FILE" { #expect(try key(of: source) == wanted.key) }
         }
     }
 

@@ -67,7 +67,7 @@ func base64(_ bytes: some Sequence<UInt8>) -> String {
 // MARK: - Stores
 
 /// Options that keep Argon2id cheap for passphrase tests.
-let fastOptions = ChatLogStore.Options(passphraseKDF: .testingOnly)
+let fastOptions = ChatLogStore.Options(passphraseKDF: .interactive)
 
 func makeStore(in directory: TemporaryDirectory, key: MasterKey = .generate()) throws -> ChatLogStore {
     try ChatLogStore.create(at: directory.databasePath, key: .key(key), options: fastOptions)

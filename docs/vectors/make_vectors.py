@@ -30,6 +30,8 @@ DEFAULT_PADDING_BLOCK = 32
 
 FIELD_TAG = "chatlog/v1/field"
 MASTER_CHECK_TAG = "chatlog/v1/master-check"
+MASTER_CHECK_V2_TAG = "chatlog/v2/master-check"
+KEY_ROW_TAG = "chatlog/v1/key-row"
 SUBJECT_TAG = "chatlog/v1/subject"
 
 
@@ -85,6 +87,21 @@ def open_sealed(key: bytes, table: str, column: str, row_id: str, sealed: bytes)
 
 def check_value(master_key: bytes) -> bytes:
     return hashlib.blake2b(MASTER_CHECK_TAG.encode(), key=master_key, digest_size=32).digest()
+
+
+def check_value_v2(master_key: bytes) -> bytes:
+    return hashlib.blake2b(MASTER_CHECK_V2_TAG.encode(), key=master_key, digest_size=32).digest()
+
+
+def lp_bytes(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def key_row_mac(master_key: bytes, key_id: int, kind: str, state: str, created_at: int,
+                retired_at, wrapped) -> bytes:
+    message = (lp(KEY_ROW_TAG) + lp(str(key_id)) + lp(kind) + lp(state) + lp(str(created_at))
+               + lp("" if retired_at is None else str(retired_at)) + lp_bytes(wrapped or b""))
+    return hashlib.blake2b(message, key=master_key, digest_size=32).digest()
 
 
 def fingerprint(check: bytes) -> str:
@@ -216,7 +233,21 @@ def build() -> dict:
 
     check = check_value(MASTER_KEY)
     master_check = [dict(name="master-check", master_key_hex=MASTER_KEY.hex(),
-                         check_value_hex=check.hex(), fingerprint=fingerprint(check))]
+                         check_value_hex=check.hex(), check_value_v2_hex=check_value_v2(MASTER_KEY).hex(),
+                         fingerprint=fingerprint(check))]
+
+    key_row_vectors = []
+    first = wrapped_vectors[0]
+    for name, state, retired_at, wrapped in [
+        ("key-row-active", "active", None, bytes.fromhex(first["sealed_hex"])),
+        ("key-row-retired", "retired", 1767225600000, None),
+    ]:
+        key_row_vectors.append(dict(
+            name=name, master_key_hex=MASTER_KEY.hex(), id=first["id"], kind=first["kind"], state=state,
+            created_at=1764547200000, retired_at=retired_at,
+            wrapped_hex=None if wrapped is None else wrapped.hex(),
+            mac_hex=key_row_mac(MASTER_KEY, first["id"], first["kind"], state, 1764547200000, retired_at, wrapped).hex(),
+        ))
 
     subject_vectors = []
     for case in SUBJECT_CASES:
@@ -250,6 +281,7 @@ def build() -> dict:
         "sealed": sealed_vectors,
         "wrapped_keys": wrapped_vectors,
         "master_check": master_check,
+        "key_rows": key_row_vectors,
         "subject_index": subject_vectors,
         "passphrase_kdf": passphrase_vectors,
     }

@@ -3,6 +3,8 @@
 enum KeyDerivation {
     static let fieldTag = "chatlog/v1/field"
     static let masterCheckTag = "chatlog/v1/master-check"
+    /// The check value of a store whose key rows are authenticated (schema 6 on).
+    static let masterCheckV2Tag = "chatlog/v2/master-check"
     static let subjectTag = "chatlog/v1/subject"
     static let tokenTag = "chatlog/v1/token"
 
@@ -16,6 +18,12 @@ enum KeyDerivation {
             output.append(contentsOf: part.utf8)
         }
         return output
+    }
+
+    /// `u32be(len(bytes)) ‖ bytes`.
+    static func lengthPrefixed(bytes: [UInt8]) -> [UInt8] {
+        let count = UInt32(bytes.count)
+        return [UInt8(count >> 24), UInt8((count >> 16) & 0xFF), UInt8((count >> 8) & 0xFF), UInt8(count & 0xFF)] + bytes
     }
 }
 

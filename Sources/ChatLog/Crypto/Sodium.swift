@@ -51,20 +51,27 @@ enum Sodium {
     /// Base64 (standard alphabet, with padding) decoding that never copies the secret into a
     /// Swift `[UInt8]`: the result lands straight in `SecureBytes`.
     static func decodeBase64Key(_ text: Substring, expectedLength: Int) -> SecureBytes? {
-        ensureInitialized()
-        let trimmed = text.utf8.drop(while: { $0 == 0x20 || $0 == 0x09 })
-        var utf8 = Array(trimmed)
+        var utf8 = Array(text.utf8)
         defer { utf8.withUnsafeMutableBytes { memzero($0) } }
-        while let last = utf8.last, last == 0x20 || last == 0x09 || last == 0x0A || last == 0x0D { utf8.removeLast() }
+        return utf8.withUnsafeBytes { decodeBase64Key(bytes: $0, expectedLength: expectedLength) }
+    }
+
+    /// Decodes base64 straight from `bytes` (a key file's content in libsodium memory) into
+    /// libsodium memory: leading spaces and tabs and trailing whitespace are skipped by index, so
+    /// no copy of the key's text is made on the Swift heap.
+    static func decodeBase64Key(bytes: UnsafeRawBufferPointer, expectedLength: Int) -> SecureBytes? {
+        ensureInitialized()
+        var start = 0
+        var end = bytes.count
+        while start < end, bytes[start] == 0x20 || bytes[start] == 0x09 { start += 1 }
+        while end > start, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[end - 1]) { end -= 1 }
         let output = SecureBytes(count: expectedLength + 3)
         var written = 0
-        let status = utf8.withUnsafeBytes { input in
-            output.withUnsafeMutableBytes { out in
-                sodium_base642bin(
-                    out.baseAddress!.assumingMemoryBound(to: UInt8.self), out.count,
-                    input.baseAddress?.assumingMemoryBound(to: CChar.self), input.count,
-                    nil, &written, nil, Int32(sodium_base64_VARIANT_ORIGINAL))
-            }
+        let status = output.withUnsafeMutableBytes { out in
+            sodium_base642bin(
+                out.baseAddress!.assumingMemoryBound(to: UInt8.self), out.count,
+                bytes.baseAddress.map { ($0 + start).assumingMemoryBound(to: CChar.self) }, end - start,
+                nil, &written, nil, Int32(sodium_base64_VARIANT_ORIGINAL))
         }
         guard status == 0, written == expectedLength else { return nil }
         return output.prefix(expectedLength)

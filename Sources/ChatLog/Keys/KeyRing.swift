@@ -17,38 +17,71 @@ final class KeyRing: Sendable {
         var activeBlinder: TokenBlinder { blinders[activeIndexKey.id]! }
     }
 
-    private let masterKey: Mutex<MasterKey>
+    /// Where a master key came from, for error messages: its origin, and whether it was derived
+    /// from a passphrase (then no fingerprint of it is ever shown).
+    struct Origin: Sendable {
+        let description: String
+        let isPassphrase: Bool
+
+        init(_ source: MasterKeySource) {
+            description = source.origin
+            if case .passphrase = source.material { isPassphrase = true } else { isPassphrase = false }
+        }
+
+        /// The error for a master key whose check value is not the stored one.
+        func mismatch(expected: KeyFingerprint, given: MasterKey) -> ChatLogError {
+            isPassphrase
+                ? .wrongPassphrase(expected: expected, source: description)
+                : .wrongKey(expected: expected, given: given.fingerprint, source: description)
+        }
+    }
+
+    private let masterKey: Mutex<(key: MasterKey, origin: Origin)>
     private let state: Mutex<Loaded>
 
-    init(master: MasterKey, db: Database) throws(ChatLogError) {
-        masterKey = Mutex(master)
+    init(master: MasterKey, origin: Origin, db: Database) throws(ChatLogError) {
+        masterKey = Mutex((master, origin))
         state = Mutex(try Self.load(master: master, db: db))
     }
 
-    var master: MasterKey { masterKey.withLock { $0 } }
+    var master: MasterKey { masterKey.withLock { $0.key } }
+    var origin: Origin { masterKey.withLock { $0.origin } }
     var current: Loaded { state.withLock { $0 } }
+
+    /// Inside a write transaction: throws unless the stored check value still names this
+    /// process's master key. Every write that wraps key material, or seals under keys unwrapped
+    /// with the master key, runs it, so a `key rewrap` committed by another process meanwhile
+    /// makes the write fail (wrong key, exit 77) instead of wrapping a key under the old master.
+    func checkMaster(_ db: Database) throws {
+        let (master, origin) = masterKey.withLock { ($0.key, $0.origin) }
+        let stored = try Data.fetchOne(db.cachedStatement(sql: "SELECT value FROM chatlog_meta WHERE name = 'master_check'"))
+        guard let stored, Self.matches(stored, master) else {
+            throw origin.mismatch(expected: try KeyRowAuthentication.expectedFingerprint(db), given: master)
+        }
+    }
+
+    /// Whether `stored` is this key's check value: v2 (key rows authenticated) or, for a store
+    /// not yet converted, v1.
+    static func matches(_ stored: Data, _ master: MasterKey) -> Bool {
+        KeyRowAuthentication.equal(stored, master.checkValueV2) || KeyRowAuthentication.equal(stored, master.checkValue)
+    }
 
     /// Re-reads the keys table. If the master key was changed by another process (`key rewrap`),
     /// this process's master key no longer matches and it must be reopened with the new one.
     func reload(_ db: Database) throws(ChatLogError) {
         let master = self.master
-        let stored: Data?
         do {
-            stored = try Data.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = 'master_check'")
+            try checkMaster(db)
         } catch {
             throw ChatLogError.wrap(error)
-        }
-        let given = master.checkValue
-        if let stored, !stored.elementsEqual(given) {
-            throw .wrongKey(expected: KeyFingerprint(checkValue: [UInt8](stored)), given: KeyFingerprint(checkValue: given))
         }
         let loaded = try Self.load(master: master, db: db)
         state.withLock { $0 = loaded }
     }
 
     /// After a rewrap committed by this process.
-    func replaceMaster(_ master: MasterKey) {
-        masterKey.withLock { $0 = master }
+    func replaceMaster(_ master: MasterKey, origin: Origin) {
+        masterKey.withLock { $0 = (master, origin) }
     }
 
     /// The context a wrapped key is bound to: the keys table, its `wrapped` column, and
@@ -93,6 +126,7 @@ final class KeyRing: Sendable {
     static func addActiveKey(kind: KeyStatus.Entry.Kind, master: MasterKey, db: Database, now: Date = Date())
         throws -> KeyID
     {
+        try verifyRows(master: master, db: db)
         let maxID = try Int64.fetchOne(db, sql: "SELECT max(id) FROM keys") ?? 0
         let sequence = try Int64.fetchOne(db, sql: "SELECT seq FROM sqlite_sequence WHERE name = 'keys'") ?? 0
         let next = max(maxID, sequence) + 1
@@ -101,44 +135,50 @@ final class KeyRing: Sendable {
         }
         let id = KeyID(rawValue: raw)
         let material = SecureBytes.random(count: 32)
+        let demoted = try Int64.fetchAll(db, sql: "SELECT id FROM keys WHERE kind = ? AND state = 'active'", arguments: [kind.rawValue])
         try db.execute(
             sql: "UPDATE keys SET state = 'decrypt-only' WHERE kind = ? AND state = 'active'", arguments: [kind.rawValue])
         try db.execute(
             sql: "INSERT INTO keys (id, kind, state, created_at, wrapped) VALUES (?, ?, 'active', ?, ?)",
             arguments: [Int64(id.rawValue), kind.rawValue, now.unixMilliseconds, wrap(material, kind: kind, id: id, master: master)])
+        try KeyRowAuthentication.seal(demoted + [Int64(id.rawValue)], master: master, db: db)
         return id
     }
 
+    /// Inside a write transaction that changes key rows: the rows as they are now are authentic
+    /// (so the change does not re-MAC a row someone altered since this process loaded them).
+    static func verifyRows(master: MasterKey, db: Database) throws {
+        guard try KeyRowAuthentication.isAuthenticated(db, master: master) else { return }
+        let rows = try Row.fetchAll(db, sql: KeyRowAuthentication.selectRows).map(KeyRowAuthentication.KeyRow.init)
+        try KeyRowAuthentication.verify(rows, master: master)
+    }
+
     private static func load(master: MasterKey, db: Database) throws(ChatLogError) -> Loaded {
-        let rows: [Row]
+        let rows: [KeyRowAuthentication.KeyRow]
+        let authenticated: Bool
         do {
-            rows = try Row.fetchAll(db, sql: "SELECT id, kind, state, wrapped FROM keys ORDER BY id")
+            rows = try Row.fetchAll(db, sql: KeyRowAuthentication.selectRows + " ORDER BY id").map(KeyRowAuthentication.KeyRow.init)
+            authenticated = try KeyRowAuthentication.isAuthenticated(db, master: master)
         } catch {
             throw ChatLogError.wrap(error)
         }
+        // Ids first: a number no key id can be is reported as such, not as a bad MAC.
+        for row in rows { _ = try KeyID.stored(row.id, table: "keys", column: "id", rowID: String(row.id)) }
+        if authenticated { try KeyRowAuthentication.verify(rows, master: master) }
         var dataKeys: [KeyID: DataKey] = [:]
         var indexKeys: [KeyID: IndexKey] = [:]
         var retired: Set<KeyID> = []
         var activeData: KeyID?
         var activeIndex: KeyID?
         for row in rows {
-            let id: KeyID
-            let state: String
-            let kindName: String
-            do {
-                let stored: Int64 = try row.decode(forColumn: "id")
-                id = try KeyID.stored(stored, table: "keys", column: "id", rowID: String(stored))
-                state = try row.decode(forColumn: "state")
-                kindName = try row.decode(forColumn: "kind")
-            } catch {
-                throw ChatLogError.wrap(error)
-            }
-            guard let kind = KeyStatus.Entry.Kind(rawValue: kindName) else { continue }
+            let id = try KeyID.stored(row.id, table: "keys", column: "id", rowID: String(row.id))
+            let state = row.state
+            guard let kind = KeyStatus.Entry.Kind(rawValue: row.kind) else { continue }
             if state == "retired" {
                 retired.insert(id)
                 continue
             }
-            guard let wrapped = row.sealedBytes("wrapped") else {
+            guard let wrapped = row.wrapped else {
                 throw .integrity(IntegrityFailure(table: "keys", column: "wrapped", rowID: "\(kind.rawValue):\(id)", reason: .truncated(length: 0)))
             }
             let material = try unwrap(wrapped, kind: kind, id: id, master: master)

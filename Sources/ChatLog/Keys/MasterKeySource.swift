@@ -2,6 +2,10 @@ import Configuration
 import Foundation
 import SystemPackage
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// Where the master key comes from: the key itself, or a passphrase that Argon2id turns into it
 /// with the salt stored in the database.
 public struct MasterKeySource: Sendable {
@@ -27,9 +31,10 @@ public struct MasterKeySource: Sendable {
 /// environment wins), through apple/swift-configuration. Secret values are marked secret there,
 /// so the library's own debug output redacts them.
 ///
-/// Master key, first match wins (DESIGN §4): `CHATLOG_MASTER_KEY` (base64),
-/// `CHATLOG_MASTER_KEY_FILE`, `CHATLOG_PASSPHRASE_FILE`, then an interactive prompt when one is
-/// given. Never a command-line value.
+/// Master key: a source named in the environment (`CHATLOG_MASTER_KEY` (base64),
+/// `CHATLOG_MASTER_KEY_FILE`, `CHATLOG_PASSPHRASE_FILE`, in that order) wins over any source in
+/// `.env` (same order), then an interactive prompt when one is given. Never a command-line value.
+/// Every key error names the source it came from (docs/SECURITY.md, "Master key sources").
 public struct ChatLogSettings: Sendable {
     public static let masterKeyVariable = "CHATLOG_MASTER_KEY"
     public static let masterKeyFileVariable = "CHATLOG_MASTER_KEY_FILE"
@@ -39,6 +44,8 @@ public struct ChatLogSettings: Sendable {
     private let environment: ConfigReader
     private let dotEnv: ConfigReader?
     private let dotEnvPath: String?
+    /// ".env in /absolute/dir", for messages.
+    private let dotEnvPlace: String
 
     /// Reads `processEnvironment` and, when present, the `.env` file at `dotEnvPath`.
     public static func load(
@@ -58,23 +65,52 @@ public struct ChatLogSettings: Sendable {
                 throw .invalidInput("cannot read \(dotEnvPath)")
             }
         }
-        return ChatLogSettings(environment: environment, dotEnv: dotEnv, dotEnvPath: dotEnvPath)
+        var place = dotEnvPath ?? ".env"
+        if let dotEnvPath {
+            let absolute = dotEnvPath.hasPrefix("/") ? dotEnvPath : FileManager.default.currentDirectoryPath + "/" + dotEnvPath
+            let directory = URL(fileURLWithPath: absolute).standardizedFileURL.deletingLastPathComponent().path
+            place = URL(fileURLWithPath: absolute).lastPathComponent == ".env" ? ".env in \(directory)" : absolute
+        }
+        return ChatLogSettings(environment: environment, dotEnv: dotEnv, dotEnvPath: dotEnvPath, dotEnvPlace: place)
     }
 
-    /// Looks a variable up: the environment first, then `.env`. Returns the value and where it was.
-    private func lookup(_ variable: String, secret: Bool = false) -> (value: String, origin: String)? {
+    private func value(_ reader: ConfigReader, _ variable: String, secret: Bool = false) -> String? {
         let key = ConfigKey(variable.lowercased().replacingOccurrences(of: "_", with: "."))
-        if let value = environment.string(forKey: key, isSecret: secret), !value.isEmpty {
-            return (value, "\(variable) (environment)")
+        guard let value = reader.string(forKey: key, isSecret: secret), !value.isEmpty else { return nil }
+        return value
+    }
+
+    /// The readers to look in, in order, with where each is for messages (nil: the environment).
+    private var places: [(reader: ConfigReader, dotEnv: Bool)] {
+        [(environment, false)] + (dotEnv.map { [($0, true)] } ?? [])
+    }
+
+    /// `.env` may set the key or the database only if nobody else can read or change it: owned
+    /// by this user, mode 0600 or stricter. Returns why not, or nil.
+    private func looseDotEnv(lets why: String) -> String? {
+        guard let dotEnvPath else { return nil }
+        var info = stat()
+        guard stat(dotEnvPath, &info) == 0 else { return nil }
+        let mode = info.st_mode & 0o777
+        if mode & 0o077 != 0 {
+            return "its mode \(PrivateFiles.octal(mode)) lets other users \(why); run `chmod 600 \(dotEnvPath)`"
         }
-        if let dotEnv, let value = dotEnv.string(forKey: key, isSecret: secret), !value.isEmpty {
-            return (value, "\(variable) (\(dotEnvPath ?? ".env"))")
-        }
+        if info.st_uid != geteuid() { return "it is owned by uid \(info.st_uid), not by you (uid \(geteuid()))" }
         return nil
     }
 
-    /// `CHATLOG_DB`, if set.
-    public var databasePath: String? { lookup(Self.databaseVariable)?.value }
+    /// `CHATLOG_DB`, if set: the environment first, then `.env` — and a `.env` that other users
+    /// could read or change may not redirect a command to another database.
+    public var databasePath: String? {
+        get throws(ChatLogError) {
+            if let path = value(environment, Self.databaseVariable) { return path }
+            guard let dotEnv, let path = value(dotEnv, Self.databaseVariable) else { return nil }
+            if let reason = looseDotEnv(lets: "change it") {
+                throw .invalidInput("refusing \(Self.databaseVariable) from \(dotEnvPlace): \(reason)")
+            }
+            return path
+        }
+    }
 
     /// Finds the master key. `prompt` is asked only when no variable names a key or passphrase;
     /// pass nil (the default) for unattended use, so a missing key fails instead of hanging.
@@ -98,23 +134,26 @@ public struct ChatLogSettings: Sendable {
         variable: String, fileVariable: String, passphraseFileVariable: String,
         prompt: (@Sendable () throws(ChatLogError) -> Passphrase)?
     ) throws(ChatLogError) -> MasterKeySource {
-        if let (value, origin) = lookup(variable, secret: true) {
-            if origin.hasSuffix("(\(dotEnvPath ?? ".env"))"), let dotEnvPath, let mode = PrivateFiles.mode(of: dotEnvPath),
-                mode & 0o077 != 0
-            {
-                throw .keyFileRejected(
-                    path: dotEnvPath,
-                    reason: "it holds \(variable) and its mode \(PrivateFiles.octal(mode)) lets other users read it; run `chmod 600 \(dotEnvPath)`")
+        for (reader, isDotEnv) in places {
+            let suffix = isDotEnv ? " (\(dotEnvPlace))" : ""
+            if let base64 = value(reader, variable, secret: true) {
+                if isDotEnv, let reason = looseDotEnv(lets: "read it") {
+                    throw .keyFileRejected(path: dotEnvPlace, reason: "it holds \(variable) and \(reason)")
+                }
+                let origin = "\(variable)" + (isDotEnv ? suffix : " (environment)")
+                return .key(try Self.naming(origin) { () throws(ChatLogError) in try MasterKey(base64: base64) }, origin: origin)
             }
-            return .key(try MasterKey(base64: value), origin: origin)
-        }
-        if let (path, _) = lookup(fileVariable) {
-            let contents = try PrivateFiles.readSecretFile(at: path)
-            return .key(try MasterKey(keyFileContents: contents, path: path), origin: "key file \(path)")
-        }
-        if let (path, _) = lookup(passphraseFileVariable) {
-            let contents = try PrivateFiles.readSecretFile(at: path)
-            return .passphrase(try Passphrase(fileContents: contents), origin: "passphrase file \(path)")
+            if let path = value(reader, fileVariable) {
+                let origin = "\(fileVariable) \(path)" + suffix
+                let contents = try PrivateFiles.readSecretFile(at: path)
+                return .key(
+                    try Self.naming(origin) { () throws(ChatLogError) in try MasterKey(keyFileContents: contents, path: path) }, origin: origin)
+            }
+            if let path = value(reader, passphraseFileVariable) {
+                let origin = "\(passphraseFileVariable) \(path)" + suffix
+                let contents = try PrivateFiles.readSecretFile(at: path)
+                return .passphrase(try Self.naming(origin) { () throws(ChatLogError) in try Passphrase(fileContents: contents) }, origin: origin)
+            }
         }
         if let prompt {
             return .passphrase(try prompt(), origin: "passphrase prompt")
@@ -122,6 +161,20 @@ public struct ChatLogSettings: Sendable {
         throw .missingKey(
             "set \(variable) to a base64 key (make one with `chatlog key generate`), in the environment or in ./.env, "
                 + "or set \(fileVariable) to a 0600 file holding it, or \(passphraseFileVariable) to a 0600 passphrase file")
+    }
+
+    /// Runs `body` and adds `origin` to the key errors it throws, so each names its source.
+    private static func naming<T>(_ origin: String, _ body: () throws(ChatLogError) -> T) throws(ChatLogError) -> T {
+        do {
+            return try body()
+        } catch {
+            switch error {
+            case .invalidKey(let why): throw .invalidKey("\(why) (from \(origin))")
+            case .placeholderKey(let which): throw .placeholderKey("\(which) from \(origin)")
+            case .passphrase(let why): throw .passphrase("\(why) (from \(origin))")
+            default: throw error
+            }
+        }
     }
 }
 
@@ -136,10 +189,8 @@ extension ChatLogSettings: CustomStringConvertible, CustomDebugStringConvertible
 extension MasterKey {
     /// A key file holds the key in base64 (one line), or its 32 raw bytes.
     init(keyFileContents contents: SecureBytes, path: String) throws(ChatLogError) {
-        let decoded: SecureBytes? = contents.withUnsafeBytes { bytes in
-            let text = String(decoding: bytes, as: UTF8.self)
-            return Sodium.decodeBase64Key(Substring(text), expectedLength: MasterKey.byteCount)
-        }
+        // Decoded from the file's bytes in place: no String (which cannot be wiped) holds the key.
+        let decoded = contents.withUnsafeBytes { Sodium.decodeBase64Key(bytes: $0, expectedLength: MasterKey.byteCount) }
         if let decoded {
             try self.init(storage: decoded)
         } else if contents.count == MasterKey.byteCount {

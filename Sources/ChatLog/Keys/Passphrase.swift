@@ -1,4 +1,5 @@
 import CSodium
+import GRDB
 
 /// A passphrase from which the master key is derived with Argon2id. Held in libsodium memory;
 /// never printed.
@@ -17,6 +18,42 @@ public struct Passphrase: RedactedSecret, Sendable {
             throw .passphrase("a passphrase needs at least \(Self.minimumLength) bytes")
         }
         storage = bytes.withUnsafeBytes { SecureBytes(copying: $0) }
+    }
+
+    /// Reads a passphrase straight into libsodium memory (a prompt's keystrokes): `fill` writes at
+    /// most `buffer.count` bytes into the buffer and returns how many it wrote. No `String` or
+    /// array on the Swift heap ever holds the passphrase. It must be valid UTF-8.
+    public static func reading(
+        maxLength: Int = 4096, _ fill: (UnsafeMutableRawBufferPointer) throws(ChatLogError) -> Int
+    ) throws(ChatLogError) -> Passphrase {
+        let buffer = SecureBytes(count: maxLength)
+        let filled = buffer.withUnsafeMutableBytes { bytes in Result { () throws(ChatLogError) in try fill(bytes) } }
+        let length = try filled.get()
+        guard (0...maxLength).contains(length), length >= Self.minimumLength else {
+            throw .passphrase("too short: a passphrase needs at least \(Self.minimumLength) bytes")
+        }
+        let valid = buffer.withUnsafeBytes { bytes in
+            var iterator = bytes.prefix(length).makeIterator()
+            var decoder = UTF8()
+            while true {
+                switch decoder.decode(&iterator) {
+                case .scalarValue: continue
+                case .emptyInput: return true
+                case .error: return false
+                }
+            }
+        }
+        guard valid else { throw .passphrase("the passphrase is not valid UTF-8") }
+        return Passphrase(storage: buffer.prefix(length))
+    }
+
+    private init(storage: SecureBytes) {
+        self.storage = storage
+    }
+
+    /// Whether two passphrases are the same bytes (constant time), e.g. a prompt's confirmation.
+    public func constantTimeEquals(_ other: Passphrase) -> Bool {
+        storage.constantTimeEquals(other.storage)
     }
 
     /// A passphrase file's content: everything up to the first newline.
@@ -44,9 +81,60 @@ public struct PassphraseKDF: Sendable, Equatable {
     /// libsodium's INTERACTIVE limits (2 passes, 64 MiB).
     public static let interactive = PassphraseKDF(
         opsLimit: UInt64(crypto_pwhash_OPSLIMIT_INTERACTIVE), memLimit: Int(crypto_pwhash_MEMLIMIT_INTERACTIVE), salt: [])
-    /// The lowest limits libsodium accepts. For tests only.
-    public static let testingOnly = PassphraseKDF(
-        opsLimit: UInt64(crypto_pwhash_OPSLIMIT_MIN), memLimit: Int(crypto_pwhash_MEMLIMIT_MIN), salt: [])
+
+    /// The limits a store may name (docs/SECURITY.md, "Passphrase limits"): no weaker than
+    /// libsodium's INTERACTIVE (2 passes, 64 MiB), at most 32 passes and 4 GiB. The limits live in
+    /// the file beside the salt, so anyone who can write the file could otherwise lower them (a
+    /// cheap derivation is a fast offline guessing oracle) or raise them past what a machine can
+    /// run (a hang, or a trap on a negative number). Values outside are refused before deriving.
+    public static let acceptedOpsLimits: ClosedRange<UInt64> = UInt64(crypto_pwhash_OPSLIMIT_INTERACTIVE)...32
+    public static let acceptedMemLimits: ClosedRange<Int> = Int(crypto_pwhash_MEMLIMIT_INTERACTIVE)...(4 << 30)
+
+    /// Whether these limits are inside the accepted range; the reason when not.
+    var limitsProblem: (name: String, reason: String)? {
+        if !Self.acceptedOpsLimits.contains(opsLimit) {
+            return ("kdf_opslimit", "is \(opsLimit), outside the accepted \(Self.acceptedOpsLimits.lowerBound)…\(Self.acceptedOpsLimits.upperBound) passes")
+        }
+        if !Self.acceptedMemLimits.contains(memLimit) {
+            return ("kdf_memlimit", "is \(memLimit) bytes, outside the accepted \(Self.acceptedMemLimits.lowerBound >> 20) MiB…\(Self.acceptedMemLimits.upperBound >> 30) GiB")
+        }
+        return nil
+    }
+
+    /// The parameters stored in `chatlog_meta`, checked before anything is derived: each must be
+    /// there with its documented SQLite type (INTEGER limits, a 16-byte BLOB salt, the algorithm
+    /// name) and the limits inside the accepted range. Anything else is an integrity failure
+    /// naming the row. Returns nil when the store has no passphrase parameters at all.
+    static func stored(_ db: Database) throws -> PassphraseKDF? {
+        var values: [String: DatabaseValue] = [:]
+        for row in try Row.fetchAll(db, sql: "SELECT name, value FROM chatlog_meta WHERE name LIKE 'kdf\\_%' ESCAPE '\\'") {
+            values[try row.decode(String.self, forColumn: "name")] = row["value"] as DatabaseValue
+        }
+        if values.isEmpty { return nil }
+        func invalid(_ name: String, _ reason: String) -> ChatLogError {
+            .integrity(IntegrityFailure(table: "chatlog_meta", column: "value", rowID: name, reason: .invalidValue(reason)))
+        }
+        func integer(_ name: String) throws(ChatLogError) -> Int64 {
+            guard case .int64(let value)? = values[name]?.storage else {
+                throw invalid(name, values[name] == nil ? "is missing" : "is not an INTEGER")
+            }
+            return value
+        }
+        guard case .string("argon2id13")? = values["kdf_algorithm"]?.storage else {
+            throw invalid("kdf_algorithm", "is not 'argon2id13'")
+        }
+        guard case .blob(let salt)? = values["kdf_salt"]?.storage, salt.count == Int(crypto_pwhash_SALTBYTES) else {
+            throw invalid("kdf_salt", "is not a \(crypto_pwhash_SALTBYTES)-byte BLOB")
+        }
+        let ops = try integer("kdf_opslimit")
+        let mem = try integer("kdf_memlimit")
+        guard let opsLimit = UInt64(exactly: ops), Self.acceptedOpsLimits.contains(opsLimit) else {
+            throw invalid("kdf_opslimit", "is \(ops), outside the accepted \(Self.acceptedOpsLimits.lowerBound)…\(Self.acceptedOpsLimits.upperBound) passes")
+        }
+        let kdf = PassphraseKDF(opsLimit: opsLimit, memLimit: Int(clamping: mem), salt: [UInt8](salt))
+        if let (name, reason) = kdf.limitsProblem { throw invalid(name, reason) }
+        return kdf
+    }
 
     func withFreshSalt() -> PassphraseKDF {
         var copy = self

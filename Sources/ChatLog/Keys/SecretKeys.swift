@@ -70,9 +70,16 @@ public struct MasterKey: RedactedSecret, Sendable, Equatable {
 
     /// The value stored in the database to recognise this key: keyed BLAKE2b-256 of a fixed
     /// domain tag. It reveals nothing about the key.
-    var checkValue: [UInt8] {
+    var checkValue: [UInt8] { check(tag: KeyDerivation.masterCheckTag) }
+
+    /// The check value stored by a store whose key rows are authenticated (docs/FORMAT.md): the
+    /// same construction under another tag, so the v1 value (and the fingerprint, its first 8
+    /// bytes) cannot be computed from it without the key.
+    var checkValueV2: [UInt8] { check(tag: KeyDerivation.masterCheckV2Tag) }
+
+    private func check(tag text: String) -> [UInt8] {
         var output = [UInt8](repeating: 0, count: 32)
-        let tag = Array(KeyDerivation.masterCheckTag.utf8)
+        let tag = Array(text.utf8)
         storage.withUnsafeBytes { key in
             tag.withUnsafeBytes { message in
                 output.withUnsafeMutableBytes { Sodium.keyedHash(key: key, message: message, into: $0) }

@@ -51,8 +51,11 @@ public struct RotationReport: Sendable {
     public let activeKeyID: KeyID
     /// Rows moved to the active key by this run.
     public let rewritten: Int
-    /// Rows still under older keys when the run ended: 0 means done.
+    /// Rows still under older keys when the run ended, not counting `damaged`: 0 means done.
     public let remaining: Int
+    /// Rows skipped because a sealed value did not open (table, column, row id and why); they
+    /// stay under their old key. Each is reported, the rest of the rows are rotated.
+    public let damaged: [IntegrityFailure]
     /// Rows under each older key at the start (what a dry run reports).
     public let rowsByKey: [KeyID: Int]
     public let dryRun: Bool
@@ -152,13 +155,21 @@ extension ChatLogStore {
             if wantsNewKey { rows[activeID, default: 0] += try rowsUnder(kind, key: activeID) }
             return RotationReport(
                 kind: kind, createsNewKey: wantsNewKey, newKeyID: nil, activeKeyID: activeID, rewritten: 0,
-                remaining: rows.values.reduce(0, +), rowsByKey: rows, dryRun: true)
+                remaining: rows.values.reduce(0, +), damaged: [], rowsByKey: rows, dryRun: true)
         }
         var newKeyID: KeyID?
         if wantsNewKey {
             newKeyID = try writeImmediate { db in
                 let id = try KeyRing.addActiveKey(kind: kind, master: self.keyRing.master, db: db)
                 try self.keyRing.reload(db)
+                // The key just made must be the active one before anything is re-sealed or
+                // reported (a planted trigger could have re-pinned an older key).
+                guard self.keyRing.current.activeKey(kind) == id else {
+                    throw ChatLogError.integrity(
+                        IntegrityFailure(
+                            table: "keys", column: "state", rowID: "\(kind.rawValue):\(id)",
+                            reason: .invalidValue("is not active right after it was made active")))
+                }
                 return id
             }
         }
@@ -168,10 +179,11 @@ extension ChatLogStore {
 
         // 2. Batches until nothing is left, the deadline passes or the caller cancels.
         var rewritten = 0
+        var skipped = SkippedRows()
         while remaining > 0 {
             if let deadline, ContinuousClock.now >= deadline { break }
             if let shouldContinue = options.shouldContinue, !shouldContinue() { break }
-            let done = try rotateBatch(kind, limit: options.batchSize)
+            let done = try rotateBatch(kind, limit: options.batchSize, skipping: &skipped)
             if done.examined == 0 { remaining = 0; break }
             rewritten += done.rewritten
             remaining = max(0, remaining - done.examined)
@@ -183,8 +195,8 @@ extension ChatLogStore {
         if kind == .index, left == 0 { try scrubSearchIndexIfPending() }
         try checkpoint()
         return RotationReport(
-            kind: kind, createsNewKey: newKeyID != nil, newKeyID: newKeyID, activeKeyID: keyRing.current.activeKey(kind), rewritten: rewritten, remaining: left,
-            rowsByKey: startRows, dryRun: false)
+            kind: kind, createsNewKey: newKeyID != nil, newKeyID: newKeyID, activeKeyID: keyRing.current.activeKey(kind), rewritten: rewritten,
+            remaining: max(0, left - skipped.failures.count), damaged: skipped.failures, rowsByKey: startRows, dryRun: false)
     }
 
     /// Rows per key of `kind` other than `excluding` (what is left to rotate).
@@ -222,21 +234,29 @@ extension ChatLogStore {
 
     /// One batch: read rows under older keys, re-seal them outside the write lock, then write
     /// them back in one IMMEDIATE transaction with compare-and-swap updates.
-    private func rotateBatch(_ kind: KeyStatus.Entry.Kind, limit: Int) throws(ChatLogError) -> (examined: Int, rewritten: Int) {
+    private func rotateBatch(_ kind: KeyStatus.Entry.Kind, limit: Int, skipping skipped: inout SkippedRows) throws(ChatLogError)
+        -> (examined: Int, rewritten: Int)
+    {
         while true {
             let keys = keyRing.current
-            let updates = try read { db in
-                kind == .data
-                    ? try self.resealBatch(keys: keys, limit: limit, db)
-                    : try self.reblindBatch(keys: keys, limit: limit, db)
+            let known = skipped
+            let (updates, damaged) = try read { db in
+                var batch = known
+                let updates =
+                    kind == .data
+                    ? try self.resealBatch(keys: keys, limit: limit, skipping: &batch, db)
+                    : try self.reblindBatch(keys: keys, limit: limit, skipping: &batch, db)
+                return (updates, batch)
             }
-            if updates.isEmpty { return (0, 0) }
+            let newlyDamaged = damaged.failures.count - skipped.failures.count
+            skipped = damaged
+            if updates.isEmpty { return (newlyDamaged, 0) }
             do {
                 let written = try pool.writeWithoutTransaction { db in
                     var written = 0
                     try db.inTransaction(.immediate) {
                         // Another process may have rotated again meanwhile: re-seal for the new key.
-                        guard try Self.activeKeysUnchanged(keys, db) else { throw StaleKeys() }
+                        try self.checkKeysForWrite(keys, db)
                         for update in updates {
                             // Cached statements: a batch runs the same few statements hundreds of times.
                             try db.cachedStatement(sql: update.sql).execute(arguments: update.arguments)
@@ -250,11 +270,33 @@ extension ChatLogStore {
                     }
                     return written
                 }
-                return (updates.count, written)
+                return (updates.count + newlyDamaged, written)
             } catch is StaleKeys {
                 try read { db in try self.keyRing.reload(db) }
             } catch {
                 throw ChatLogError.wrap(error)
+            }
+        }
+    }
+
+    /// Rows a rotation run skipped because a sealed value did not open: excluded from its later
+    /// batches (by seq), and reported.
+    struct SkippedRows: Sendable {
+        var messages: [Int64] = []
+        var conversations: [Int64] = []
+        var failures: [IntegrityFailure] = []
+
+        /// A JSON array of the seqs, for `seq NOT IN (SELECT value FROM json_each(?))`.
+        static func json(_ seqs: [Int64]) -> String { "[" + seqs.map(String.init).joined(separator: ",") + "]" }
+
+        /// Runs `body` for one row; an integrity failure records the row as damaged and returns nil.
+        mutating func attempt<T>(table: String, seq: Int64, _ body: () throws -> T) throws -> T? {
+            do {
+                return try body()
+            } catch ChatLogError.integrity(let failure) {
+                if table == "messages" { messages.append(seq) } else { conversations.append(seq) }
+                failures.append(failure)
+                return nil
             }
         }
     }
@@ -272,20 +314,29 @@ extension ChatLogStore {
     static func otherThan(_ column: String) -> String { "(\(column) < ?1 OR \(column) > ?1)" }
 
     /// Re-seals messages, then conversations, still under older data keys.
-    private func resealBatch(keys: KeyRing.Loaded, limit: Int, _ db: Database) throws -> [RowUpdate] {
+    private func resealBatch(keys: KeyRing.Loaded, limit: Int, skipping skipped: inout SkippedRows, _ db: Database) throws -> [RowUpdate] {
         let sealer = sealer(keys)
         let active = Int64(keys.activeDataKey.id.rawValue)
         var updates: [RowUpdate] = []
         for row in try Row.fetchAll(
-            db, sql: "SELECT seq, id, key_id, content, metadata FROM messages WHERE \(Self.otherThan("key_id")) LIMIT ?2", arguments: [active, limit])
+            db,
+            sql: """
+                SELECT seq, id, key_id, content, metadata FROM messages
+                WHERE \(Self.otherThan("key_id")) AND seq NOT IN (SELECT value FROM json_each(?3)) LIMIT ?2
+                """,
+            arguments: [active, limit, SkippedRows.json(skipped.messages)])
         {
             let id: String = try row.decode(forColumn: "id")
             let content = row.sealedBytes("content") ?? Data()
             let metadata = row.sealedBytes("metadata")
-            let plainContent = try openSealed(content, FieldContext(table: "messages", column: "content", rowID: id), db: db)
-            let plainMetadata = try metadata.map { (sealed) throws(ChatLogError) in
-                try openSealed(sealed, FieldContext(table: "messages", column: "metadata", rowID: id), db: db)
+            let opened = try skipped.attempt(table: "messages", seq: try row.decode(Int64.self, forColumn: "seq")) {
+                let plainContent = try openSealed(content, FieldContext(table: "messages", column: "content", rowID: id), db: db)
+                let plainMetadata = try metadata.map { (sealed) throws(ChatLogError) in
+                    try openSealed(sealed, FieldContext(table: "messages", column: "metadata", rowID: id), db: db)
+                }
+                return (plainContent, plainMetadata)
             }
+            guard let (plainContent, plainMetadata) = opened else { continue }
             let newContent = plainContent.withUnsafeBytes { sealer.seal($0, table: "messages", column: "content", rowID: id) }
             let newMetadata = plainMetadata.map { bytes in bytes.withUnsafeBytes { sealer.seal($0, table: "messages", column: "metadata", rowID: id) } }
             updates.append(
@@ -295,19 +346,26 @@ extension ChatLogStore {
         }
         if updates.count >= limit { return updates }
         for row in try Row.fetchAll(
-            db, sql: "SELECT seq, id, key_id, title, subject, metadata FROM conversations WHERE \(Self.otherThan("key_id")) LIMIT ?2",
-            arguments: [active, limit - updates.count])
+            db,
+            sql: """
+                SELECT seq, id, key_id, title, subject, metadata FROM conversations
+                WHERE \(Self.otherThan("key_id")) AND seq NOT IN (SELECT value FROM json_each(?3)) LIMIT ?2
+                """,
+            arguments: [active, limit - updates.count, SkippedRows.json(skipped.conversations)])
         {
             let id: String = try row.decode(forColumn: "id")
-            var values: [Data?] = []
-            var olds: [Data?] = []
-            for column in ["title", "subject", "metadata"] {
-                let old = row.sealedBytes(column)
-                olds.append(old)
-                let plain = try old.map { (sealed) throws(ChatLogError) in
-                    try openSealed(sealed, FieldContext(table: "conversations", column: column, rowID: id), db: db)
+            let columns = ["title", "subject", "metadata"]
+            let olds = columns.map { row.sealedBytes($0) }
+            let opened = try skipped.attempt(table: "conversations", seq: try row.decode(Int64.self, forColumn: "seq")) {
+                try zip(columns, olds).map { column, old in
+                    try old.map { (sealed) throws(ChatLogError) in
+                        try openSealed(sealed, FieldContext(table: "conversations", column: column, rowID: id), db: db)
+                    }
                 }
-                values.append(plain.map { bytes in bytes.withUnsafeBytes { sealer.seal($0, table: "conversations", column: column, rowID: id) } })
+            }
+            guard let plains = opened else { continue }
+            let values = zip(columns, plains).map { column, plain in
+                plain.map { bytes in bytes.withUnsafeBytes { sealer.seal($0, table: "conversations", column: column, rowID: id) } }
             }
             updates.append(
                 RowUpdate(
@@ -321,17 +379,24 @@ extension ChatLogStore {
     }
 
     /// Re-blinds messages' terms and conversations' subject tokens still under older index keys.
-    private func reblindBatch(keys: KeyRing.Loaded, limit: Int, _ db: Database) throws -> [RowUpdate] {
+    private func reblindBatch(keys: KeyRing.Loaded, limit: Int, skipping skipped: inout SkippedRows, _ db: Database) throws -> [RowUpdate] {
         let target = keys.activeBlinder
         let active = Int64(target.keyID.rawValue)
         var updates: [RowUpdate] = []
         for row in try Row.fetchAll(
-            db, sql: "SELECT seq, id, content, search_rowid, index_key_id FROM messages WHERE \(Self.otherThan("index_key_id")) LIMIT ?2",
-            arguments: [active, limit])
+            db,
+            sql: """
+                SELECT seq, id, content, search_rowid, index_key_id FROM messages
+                WHERE \(Self.otherThan("index_key_id")) AND seq NOT IN (SELECT value FROM json_each(?3)) LIMIT ?2
+                """,
+            arguments: [active, limit, SkippedRows.json(skipped.messages)])
         {
             let id: String = try row.decode(forColumn: "id")
             let oldKey = try KeyID.stored(try row.decode(Int64.self, forColumn: "index_key_id"), table: "messages", column: "index_key_id", rowID: id)
-            let content = try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
+            let opened = try skipped.attempt(table: "messages", seq: try row.decode(Int64.self, forColumn: "seq")) {
+                try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
+            }
+            guard let content = opened else { continue }
             guard let old = try blinder(oldKey, db) else {
                 throw ChatLogError.integrity(IntegrityFailure(table: "messages", column: "index_key_id", rowID: id, reason: .unknownKey(oldKey)))
             }
@@ -348,12 +413,19 @@ extension ChatLogStore {
         if updates.count >= limit { return updates }
         let indexKey = keys.activeIndexKey
         for row in try Row.fetchAll(
-            db, sql: "SELECT seq, id, subject, subject_key_id FROM conversations WHERE \(Self.otherThan("subject_key_id")) LIMIT ?2",
-            arguments: [active, limit - updates.count])
+            db,
+            sql: """
+                SELECT seq, id, subject, subject_key_id FROM conversations
+                WHERE \(Self.otherThan("subject_key_id")) AND seq NOT IN (SELECT value FROM json_each(?3)) LIMIT ?2
+                """,
+            arguments: [active, limit - updates.count, SkippedRows.json(skipped.conversations)])
         {
             let id: String = try row.decode(forColumn: "id")
             guard let sealed = row.sealedBytes("subject") else { continue }
-            let subject = try openText(sealed, FieldContext(table: "conversations", column: "subject", rowID: id), db: db)
+            let opened = try skipped.attempt(table: "conversations", seq: try row.decode(Int64.self, forColumn: "seq")) {
+                try openText(sealed, FieldContext(table: "conversations", column: "subject", rowID: id), db: db)
+            }
+            guard let subject = opened else { continue }
             updates.append(
                 RowUpdate(
                     sql: "UPDATE conversations SET subject_token = ?, subject_key_id = ? WHERE seq = ? AND subject_key_id = ?",

@@ -17,19 +17,19 @@ extension ChatLogStore {
         case .key(let key):
             newMaster = key
         case .passphrase(let passphrase):
+            if let (name, reason) = options.passphraseKDF.limitsProblem {
+                throw .invalidInput("the passphrase KDF's \(name) \(reason)")
+            }
             let fresh = options.passphraseKDF.withFreshSalt()
             newMaster = try fresh.deriveMasterKey(from: passphrase)
             kdf = fresh
         }
         let oldMaster = keyRing.master
-        guard !(newMaster == oldMaster) else { throw .keyOperation("the new master key is the same as the current one") }
+        guard !(newMaster == oldMaster) else { throw .sameMasterKey }
         try writeImmediate { db in
-            // The check value still names our key (no other process rewrapped meanwhile)?
-            let stored = try Data.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = 'master_check'")
-            guard let stored, stored.elementsEqual(oldMaster.checkValue) else {
-                throw ChatLogError.wrongKey(
-                    expected: KeyFingerprint(checkValue: [UInt8](stored ?? Data())), given: oldMaster.fingerprint)
-            }
+            // writeImmediate checked that the check value still names our key (no other process
+            // rewrapped meanwhile).
+            try KeyRing.verifyRows(master: oldMaster, db: db)
             for row in try Row.fetchAll(db, sql: "SELECT id, kind, wrapped FROM keys WHERE state <> 'retired'") {
                 guard let kind = KeyStatus.Entry.Kind(rawValue: try row.decode(String.self, forColumn: "kind")) else { continue }
                 let stored: Int64 = try row.decode(forColumn: "id")
@@ -42,7 +42,8 @@ extension ChatLogStore {
             if let importKey = try ImportKey.load(master: oldMaster, db: db) {
                 try Self.setMeta(db, ImportKey.metaName, ImportKey.wrap(importKey, master: newMaster))
             }
-            try Self.setMeta(db, "master_check", Data(newMaster.checkValue))
+            try KeyRowAuthentication.sealAll(master: newMaster, db: db)
+            try KeyRowAuthentication.storeCheckValue(newMaster, db: db)
             if let kdf {
                 try Self.setMeta(db, "key_kind", "passphrase")
                 try Self.setMeta(db, "kdf_algorithm", "argon2id13")
@@ -54,7 +55,7 @@ extension ChatLogStore {
                 try db.execute(sql: "DELETE FROM chatlog_meta WHERE name LIKE 'kdf_%'")
             }
         }
-        keyRing.replaceMaster(newMaster)
+        keyRing.replaceMaster(newMaster, origin: KeyRing.Origin(newSource))
         // The old wrapped keys stay in the WAL until a checkpoint copies the new pages over them.
         try checkpoint()
         return newMaster.fingerprint
@@ -70,7 +71,7 @@ extension ChatLogStore {
         try writeImmediate { db in try self.retire(id, db) }
         try read { db in try self.keyRing.reload(db) }
         try checkpoint()
-        guard let entry = try keyStatus().keys.first(where: { $0.id == id }) else { throw .keyOperation("no key with id \(id)") }
+        guard let entry = try keyStatus().keys.first(where: { $0.id == id }) else { throw .keyNotFound(id) }
         return entry
     }
 
@@ -97,15 +98,17 @@ extension ChatLogStore {
 
     private func retire(_ id: KeyID, _ db: Database) throws {
         guard let state = try String.fetchOne(db, sql: "SELECT state FROM keys WHERE id = ?", arguments: [Int64(id.rawValue)]) else {
-            throw ChatLogError.keyOperation("no key with id \(id)")
+            throw ChatLogError.keyNotFound(id)
         }
         switch state {
-        case "active": throw ChatLogError.keyOperation("key \(id) is active; rotate to a new key before retiring it")
-        case "retired": throw ChatLogError.keyOperation("key \(id) is already retired")
+        case "active": throw ChatLogError.keyIsActive(id)
+        case "retired": throw ChatLogError.keyAlreadyRetired(id)
         default: break
         }
         let rows = try Self.references(id, db)
         guard rows == 0 else { throw ChatLogError.keyInUse(id, rows: rows) }
+        let master = keyRing.master
+        try KeyRing.verifyRows(master: master, db: db)
         if try SearchIndex.scrubPending(db),
             try String.fetchOne(db, sql: "SELECT kind FROM keys WHERE id = ?", arguments: [Int64(id.rawValue)]) == "index"
         {
@@ -119,6 +122,7 @@ extension ChatLogStore {
         try db.execute(
             sql: "UPDATE keys SET state = 'retired', wrapped = NULL, retired_at = ? WHERE id = ?",
             arguments: [Date().unixMilliseconds, Int64(id.rawValue)])
+        try KeyRowAuthentication.seal([Int64(id.rawValue)], master: master, db: db)
     }
 
     /// Rows whose sealed values or index entries use key `id`.

@@ -67,4 +67,56 @@ enum Schema {
             throw ChatLogError.wrap(error)
         }
     }
+
+    /// One schema object as `sqlite_master` lists it.
+    struct SchemaObject: Hashable, Sendable {
+        let type: String
+        let name: String
+        let table: String
+        let sql: String?
+    }
+
+    /// The schema chatlog's migrations create: the embedded migrations applied to an in-memory
+    /// database once per process. Deriving it (instead of a hand-kept list) lets every migration,
+    /// whoever adds it, define what is allowed.
+    static let expectedObjects: Result<Set<SchemaObject>, ChatLogError> = {
+        do {
+            let queue = try DatabaseQueue()
+            try migrator.migrate(queue)
+            return .success(try queue.read(objects))
+        } catch {
+            return .failure(ChatLogError.wrap(error))
+        }
+    }()
+
+    static func objects(_ db: Database) throws -> Set<SchemaObject> {
+        Set(
+            try Row.fetchAll(db, sql: "SELECT type, name, tbl_name, sql FROM main.sqlite_master").map { row in
+                SchemaObject(type: row["type"], name: row["name"], table: row["tbl_name"], sql: row["sql"])
+            })
+    }
+
+    /// Refuses a store holding a trigger, view, table or index that chatlog's migrations did not
+    /// create, or one whose definition differs (a planted `AFTER INSERT ON keys` trigger could
+    /// re-pin an old key). An integrity failure naming the object; checked at every open, after
+    /// migrating, before anything is read with the key.
+    static func refuseUnknownObjects(_ db: Database) throws {
+        let expected = try expectedObjects.get()
+        let found = try objects(db)
+        let expectedNames = Dictionary(expected.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        for object in found.subtracting(expected).sorted(by: { $0.name < $1.name }) {
+            let reason =
+                expectedNames[object.name] == nil
+                ? "was not created by chatlog's migrations (remove it, or restore a backup)"
+                : "differs from the definition chatlog's migrations create (restore a backup)"
+            throw ChatLogError.integrity(
+                IntegrityFailure(table: "sqlite_master", column: object.type, rowID: object.name, reason: .invalidValue(reason)))
+        }
+        for object in expected.subtracting(found).sorted(by: { $0.name < $1.name }) where !found.contains(where: { $0.name == object.name }) {
+            throw ChatLogError.integrity(
+                IntegrityFailure(
+                    table: "sqlite_master", column: object.type, rowID: object.name,
+                    reason: .invalidValue("is missing: chatlog's migrations create it (restore a backup)")))
+        }
+    }
 }

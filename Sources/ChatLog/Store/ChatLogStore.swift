@@ -1,3 +1,4 @@
+import CSQLiteConfig
 import Foundation
 import GRDB
 
@@ -75,6 +76,9 @@ public final class ChatLogStore: Sendable {
         -> ChatLogStore
     {
         if PrivateFiles.isDirectory(path) { throw .storeIsADirectory(path: path) }
+        if case .passphrase = source.material, let (name, reason) = options.passphraseKDF.limitsProblem {
+            throw .invalidInput("the passphrase KDF's \(name) \(reason)")
+        }
         if let size = PrivateFiles.fileSize(path) {
             if size > 0, try probe(path) == .initialized { throw .storeExists(path: path) }
             // A file made beforehand (touch, an interrupted init) gets the mode chatlog would give
@@ -108,7 +112,7 @@ public final class ChatLogStore: Sendable {
                     }
                     try setMeta(db, "store_id", UUIDv7.make())
                     try setMeta(db, "created_at", Date().unixMilliseconds)
-                    try setMeta(db, "master_check", Data(master.checkValue))
+                    try KeyRowAuthentication.storeCheckValue(master, db: db)
                     try KeyRing.addActiveKey(kind: .data, master: master, db: db)
                     try KeyRing.addActiveKey(kind: .index, master: master, db: db)
                     return .commit
@@ -136,6 +140,7 @@ public final class ChatLogStore: Sendable {
         if options.readOnly { try Schema.requireCurrent(pool, path: path) } else { try Schema.migrate(pool) }
         let master: MasterKey
         do {
+            try pool.read { db in try Schema.refuseUnknownObjects(db) }
             master = try pool.read { db in try deriveMaster(db, source: source) }
         } catch {
             throw ChatLogError.wrap(error)
@@ -148,7 +153,9 @@ public final class ChatLogStore: Sendable {
     ) throws(ChatLogError) -> ChatLogStore {
         let keyRing: KeyRing
         do {
-            keyRing = try pool.read { db in try KeyRing(master: master, db: db) }
+            // A read-only open reads a store from an earlier schema unconverted (docs/FORMAT.md §3.1).
+            if !options.readOnly { try KeyRowAuthentication.convertIfNeeded(pool, master: master) }
+            keyRing = try pool.read { db in try KeyRing(master: master, origin: KeyRing.Origin(source), db: db) }
         } catch {
             if case .notAChatLogStore(_, let reason) = error as? ChatLogError {
                 throw .notAChatLogStore(path: path, reason: reason)
@@ -172,23 +179,17 @@ public final class ChatLogStore: Sendable {
         case .key(let key):
             master = key
         case .passphrase(let passphrase):
-            guard let salt = try Data.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = 'kdf_salt'"),
-                let ops = try Int64.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = 'kdf_opslimit'"),
-                let mem = try Int64.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = 'kdf_memlimit'")
-            else {
+            // The stored limits are checked before anything is derived (docs/SECURITY.md).
+            guard let kdf = try PassphraseKDF.stored(db) else {
                 throw ChatLogError.passphrase("this store was created with a master key, not a passphrase; set CHATLOG_MASTER_KEY or CHATLOG_MASTER_KEY_FILE")
             }
-            let kdf = PassphraseKDF(opsLimit: UInt64(ops), memLimit: Int(mem), salt: [UInt8](salt))
             master = try kdf.deriveMasterKey(from: passphrase)
         }
         guard let stored = try Data.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = 'master_check'") else {
             throw ChatLogError.notAChatLogStore(path: "", reason: "it has no master-key check value")
         }
-        let given = master.checkValue
-        let matches = stored.withUnsafeBytes { a in given.withUnsafeBytes { b in Sodium.constantTimeEqual(a, b) } }
-        guard matches else {
-            throw ChatLogError.wrongKey(
-                expected: KeyFingerprint(checkValue: [UInt8](stored)), given: KeyFingerprint(checkValue: given))
+        guard KeyRing.matches(stored, master) else {
+            throw KeyRing.Origin(source).mismatch(expected: try KeyRowAuthentication.expectedFingerprint(db), given: master)
         }
         return master
     }
@@ -267,6 +268,13 @@ public final class ChatLogStore: Sendable {
         configuration.foreignKeysEnabled = true
         configuration.label = "chatlog"
         configuration.prepareDatabase { db in
+            // The schema is not trusted (docs/SECURITY.md, "The schema"): no SQL function with side
+            // effects runs from a trigger or view, and defensive mode forbids writable_schema and
+            // direct writes to the search index's shadow tables.
+            try db.execute(sql: "PRAGMA trusted_schema = OFF")
+            guard chatlog_sqlite_enable_defensive(UnsafeMutableRawPointer(db.sqliteConnection)) == 1 else {
+                throw ChatLogError.storage("SQLite refused defensive mode (SQLITE_DBCONFIG_DEFENSIVE)")
+            }
             // Deleted and overwritten content is zeroed in the file, not left in free pages.
             try db.execute(sql: "PRAGMA secure_delete = ON")
             // Search opens candidates scattered over the file: map it instead of reading page by
@@ -324,12 +332,16 @@ public final class ChatLogStore: Sendable {
     // MARK: - Transactions
 
     /// Runs `body` in one `BEGIN IMMEDIATE` transaction: the write lock is taken up front, so a
-    /// concurrent writer waits on the busy timeout instead of failing half-way.
+    /// concurrent writer waits on the busy timeout instead of failing half-way. The transaction
+    /// first checks that the stored check value still names this process's master key (another
+    /// process may have run `key rewrap` since this store was opened): no write of a process
+    /// holding a replaced master key commits.
     func writeImmediate<T>(_ body: (Database) throws -> T) throws(ChatLogError) -> T {
         do {
             return try pool.writeWithoutTransaction { db in
                 var result: T?
                 try db.inTransaction(.immediate) {
+                    try keyRing.checkMaster(db)
                     result = try body(db)
                     return .commit
                 }
@@ -345,6 +357,7 @@ public final class ChatLogStore: Sendable {
             return try await pool.writeWithoutTransaction { db in
                 var result: T?
                 try db.inTransaction(.immediate) {
+                    try self.keyRing.checkMaster(db)
                     result = try body(db)
                     return .commit
                 }
@@ -370,7 +383,7 @@ public final class ChatLogStore: Sendable {
                 return try pool.writeWithoutTransaction { db in
                     var result: T?
                     try db.inTransaction(.immediate) {
-                        guard try Self.activeKeysUnchanged(keys, db) else { throw StaleKeys() }
+                        try self.checkKeysForWrite(keys, db)
                         result = try body(prepared, db)
                         return .commit
                     }
@@ -394,7 +407,7 @@ public final class ChatLogStore: Sendable {
                 return try await pool.writeWithoutTransaction { db in
                     var result: T?
                     try db.inTransaction(.immediate) {
-                        guard try Self.activeKeysUnchanged(keys, db) else { throw StaleKeys() }
+                        try self.checkKeysForWrite(keys, db)
                         result = try body(prepared, db)
                         return .commit
                     }
@@ -411,6 +424,14 @@ public final class ChatLogStore: Sendable {
     /// Thrown inside a write transaction (and so rolling it back) when the keys it sealed under
     /// are no longer active.
     struct StaleKeys: Error {}
+
+    /// Inside a write transaction that seals under `keys`: the master key still matches the
+    /// stored check value (else wrong key: another process ran `key rewrap`), and `keys` are still
+    /// the active ones (else ``StaleKeys``: seal again under the new keys).
+    func checkKeysForWrite(_ keys: KeyRing.Loaded, _ db: Database) throws {
+        try keyRing.checkMaster(db)
+        guard try Self.activeKeysUnchanged(keys, db) else { throw StaleKeys() }
+    }
 
     static func activeKeysUnchanged(_ keys: KeyRing.Loaded, _ db: Database) throws -> Bool {
         let statement = try db.cachedStatement(sql: "SELECT kind, id FROM keys WHERE state = 'active'")

@@ -10,8 +10,11 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
     case invalidKey(String)
     /// A placeholder key (all zeros, the README example, …) was refused.
     case placeholderKey(String)
-    /// The key opens nothing in this store.
-    case wrongKey(expected: KeyFingerprint, given: KeyFingerprint)
+    /// The key opens nothing in this store. `source` says where the key came from.
+    case wrongKey(expected: KeyFingerprint, given: KeyFingerprint, source: String)
+    /// The passphrase does not derive this store's master key. No fingerprint of the derived key
+    /// is shown: it would let whoever reads the message test guesses offline.
+    case wrongPassphrase(expected: KeyFingerprint, source: String)
     /// `CHATLOG_MASTER_KEY_FILE` (or a similar file) was refused before reading it.
     case keyFileRejected(path: String, reason: String)
     /// The passphrase could not be read or derived.
@@ -36,6 +39,14 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
     case locked(holder: Int32?, path: String)
     /// A key cannot be retired while rows still use it.
     case keyInUse(KeyID, rows: Int)
+    /// No data or index key has this id.
+    case keyNotFound(KeyID)
+    /// The active key cannot be retired.
+    case keyIsActive(KeyID)
+    /// The key was retired before.
+    case keyAlreadyRetired(KeyID)
+    /// `key rewrap` was given the current master key as the new one.
+    case sameMasterKey
     /// A key operation that does not apply (retiring the active key, an unknown key id, …).
     case keyOperation(String)
     /// SQLite or the file system failed; the text is SQLite's message without bound values.
@@ -46,8 +57,10 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
         case .missingKey(let how): "no master key: \(how)"
         case .invalidKey(let why): "invalid master key: \(why)"
         case .placeholderKey(let which): "refusing \(which) as master key: generate a real one with `chatlog key generate`"
-        case .wrongKey(let expected, let given):
-            "wrong master key: this store expects key \(expected), the key given is \(given)"
+        case .wrongKey(let expected, let given, let source):
+            "wrong master key from \(source): this store expects key \(expected), the key given is \(given)"
+        case .wrongPassphrase(let expected, let source):
+            "wrong passphrase (\(source)): it does not derive this store's master key \(expected)"
         case .keyFileRejected(let path, let reason): "refusing key file \(path): \(reason)"
         case .passphrase(let why): "passphrase: \(why)"
         case .integrity(let failure): "integrity failure: \(failure)"
@@ -63,6 +76,10 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
         case .locked(let holder, let path):
             "another key job holds the lock \(path)" + (holder.map { " (process \($0))" } ?? "") + "; try again when it has finished"
         case .keyInUse(let id, let rows): "key \(id) is still used by \(rows) rows; finish `chatlog key rotate` first"
+        case .keyNotFound(let id): "no key with id \(id) (see `chatlog key status`)"
+        case .keyIsActive(let id): "key \(id) is active; rotate to a new key before retiring it"
+        case .keyAlreadyRetired(let id): "key \(id) is already retired"
+        case .sameMasterKey: "the new master key is the same as the current one; set CHATLOG_NEW_MASTER_KEY (or _FILE) to a new key"
         case .keyOperation(let why): why
         case .storage(let why): "storage error: \(why)"
         }
@@ -70,17 +87,18 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
 
     /// Broad classes for callers that map errors to exit codes or HTTP statuses.
     public enum Category: Sendable {
-        case key, integrity, invalidInput, notFound, busy, other
+        case key, integrity, invalidInput, notFound, busy, usage, other
     }
 
     public var category: Category {
         switch self {
-        case .missingKey, .invalidKey, .placeholderKey, .wrongKey, .keyFileRejected, .passphrase: .key
+        case .missingKey, .invalidKey, .placeholderKey, .wrongKey, .wrongPassphrase, .keyFileRejected, .passphrase: .key
         case .integrity: .integrity
-        case .invalidInput, .schemaTooNew, .notAChatLogStore, .storeExists: .invalidInput
-        case .storeNotFound, .storeIsADirectory, .conversationNotFound: .notFound
+        case .invalidInput, .schemaTooNew, .notAChatLogStore, .storeExists, .keyInUse, .keyIsActive, .keyAlreadyRetired: .invalidInput
+        case .storeNotFound, .storeIsADirectory, .conversationNotFound, .keyNotFound: .notFound
         case .busy, .locked: .busy
-        case .storage, .keyInUse, .keyOperation: .other
+        case .sameMasterKey: .usage
+        case .storage, .keyOperation: .other
         }
     }
 
@@ -129,6 +147,9 @@ public struct IntegrityFailure: Error, Sendable, Equatable, CustomStringConverti
         case invalidKeyID(Int64)
         /// An id column holds something other than a UUID (its value is not repeated).
         case invalidID
+        /// A plain value that is outside what chatlog writes there (the text says how, never
+        /// the value itself when it could be user data).
+        case invalidValue(String)
     }
 
     public let table: String
@@ -157,6 +178,7 @@ public struct IntegrityFailure: Error, Sendable, Equatable, CustomStringConverti
         case .invalidJSON: return "\(place) is not valid JSON after opening"
         case .invalidKeyID(let value): return "\(place) holds \(value), which is not a key id"
         case .invalidID: return "\(place) is not a UUID"
+        case .invalidValue(let why): return "\(place) \(why)"
         }
     }
 }
