@@ -41,7 +41,7 @@ import Testing
         let help = collapsingWhitespace(result.out)
         for entry in [
             "0 success", "1 other error", "4 integrity failure", "64 usage error", "65 invalid input",
-            "66 store or conversation not found", "75 busy", "77 wrong, missing or refused master key",
+            "66 store, conversation or key not found", "75 busy", "77 wrong, missing or refused master key",
         ] {
             #expect(help.contains(entry), "help lacks “\(entry)”: \(result.out)")
         }

@@ -29,6 +29,8 @@ import Testing
             Self.packageRoot.appendingPathComponent("Sources/CSodium/module.modulemap"),
             scratch.appendingPathComponent("checkouts/GRDB.swift/Sources/GRDBSQLite/module.modulemap"),
             scratch.appendingPathComponent("checkouts/swift-system/Sources/CSystem/include/module.modulemap"),
+            // SwiftPM writes the module map of a C target with an include/ folder into the build folder.
+            products.appendingPathComponent("CSQLiteConfig.build/module.modulemap"),
         ]
         for map in moduleMaps where !FileManager.default.fileExists(atPath: map.path) {
             Issue.record("module map not found: \(map.path)")
