@@ -1,5 +1,5 @@
 // chatlog-test-driver: a small executable the test suite starts as separate processes, so that
-// tests can exercise several writers on one file at once (DESIGN §7: every write BEGIN IMMEDIATE
+// tests can exercise several writers on one file at once (docs/ARCHITECTURE.md §7: every write BEGIN IMMEDIATE
 // with a busy timeout, so concurrent processes queue instead of failing).
 //
 //     chatlog-test-driver append --db PATH --conversation ID --count N [--batch B] [--role ROLE] [--label TEXT]

@@ -9,7 +9,7 @@ import Testing
     import Musl
 #endif
 
-// Process-level tests of key rotation (DESIGN §5, docs/OPERATIONS.md): `chatlog key rotate`,
+// Process-level tests of key rotation (docs/ARCHITECTURE.md §5, docs/OPERATIONS.md): `chatlog key rotate`,
 // `rewrap` and `retire` killed at random instants, racing each other, and running while other
 // processes append and delete. Stores are built and checked through the library; the rotations
 // run as the built `chatlog` binary, the writers as `chatlog-test-driver`.

@@ -3,7 +3,7 @@ import Testing
 
 @testable import ChatLog
 
-/// DB, WAL and SHM files are private to their owner (DESIGN §7).
+/// DB, WAL and SHM files are private to their owner (docs/ARCHITECTURE.md §7).
 @Suite struct FileModeTests {
     @Test func storeFilesAre0600() async throws {
         try await withTemporaryDirectory { directory in

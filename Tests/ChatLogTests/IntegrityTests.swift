@@ -4,7 +4,7 @@ import Testing
 
 @testable import ChatLog
 
-/// Tampering with the file (DESIGN §3): a sealed value that was moved, altered, truncated or names
+/// Tampering with the file (docs/ARCHITECTURE.md §3): a sealed value that was moved, altered, truncated or names
 /// an unknown key fails with `ChatLogError.integrity` naming table, column and row — never wrong
 /// plaintext, never a crash.
 @Suite struct IntegrityTests {

@@ -11,7 +11,7 @@ import Testing
 #endif
 
 /// `CHATLOG_MASTER_KEY_FILE` and `CHATLOG_PASSPHRASE_FILE`: refused like ssh refuses a loose
-/// private key (DESIGN §4), each refusal with its own reason.
+/// private key (docs/ARCHITECTURE.md §4), each refusal with its own reason.
 @Suite struct KeyFileTests {
     enum Variable: String, CaseIterable, Sendable, CustomTestStringConvertible {
         case keyFile = "CHATLOG_MASTER_KEY_FILE"

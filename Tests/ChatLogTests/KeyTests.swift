@@ -4,7 +4,7 @@ import Testing
 @testable import ChatLog
 
 /// Master keys: parsing, placeholders, fingerprints, the wrong key, and where settings find a key
-/// (DESIGN §4).
+/// (docs/ARCHITECTURE.md §4).
 @Suite struct KeyTests {
     // MARK: - Parsing
 

@@ -12,7 +12,7 @@ import Testing
     import Musl
 #endif
 
-// Library-level tests of key rotation (DESIGN §5): progress and cancellation, --max-duration
+// Library-level tests of key rotation (docs/ARCHITECTURE.md §5): progress and cancellation, --max-duration
 // and dry runs, stale store instances that must re-seal, retiring keys, and what the files keep.
 // The process-level tests (kills, concurrent processes, the lock, exit codes) are in
 // Tests/ChatLogCLITests/RotationCLITests.swift.

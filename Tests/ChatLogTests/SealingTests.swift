@@ -3,7 +3,7 @@ import Testing
 
 @testable import ChatLog
 
-/// The sealed-value primitive on its own (DESIGN §3): layout, padding, context binding, failures.
+/// The sealed-value primitive on its own (docs/ARCHITECTURE.md §3): layout, padding, context binding, failures.
 @Suite struct SealingTests {
     let key = SecureBytes.random(count: 32)
     let context = FieldContext(table: "messages", column: "content", rowID: "0190d5a4-0000-7000-8000-000000000001")

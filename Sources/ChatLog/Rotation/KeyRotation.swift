@@ -63,7 +63,7 @@ public struct RotationReport: Sendable {
 }
 
 extension ChatLogStore {
-    /// Data-key rotation (DESIGN §5): under the store's key lock, optionally makes a new data key
+    /// Data-key rotation (docs/ARCHITECTURE.md §5): under the store's key lock, optionally makes a new data key
     /// active (every process learns it before any row uses it: writers check the active key
     /// inside their transaction), then re-seals every row still under an older data key in
     /// batches. Each batch is one IMMEDIATE transaction whose updates are compare-and-swap on the
