@@ -127,4 +127,20 @@ import Testing
             }
         }
     }
+
+    // MARK: - Key files: base64 with a byte outside the alphabet
+
+    /// libsodium's base64 decoder took a byte ≥ 0x80 in the middle of a key file's base64 for a
+    /// valid character, so 44 base64 characters with 0xFC among them became a key (FuzzKeyFile).
+    @Test func aKeyFileWithAByteOutsideTheBase64AlphabetIsRefused() throws {
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: Self.path("FuzzKeyFile", "base64-with-high-byte.key")))
+        #expect(bytes.contains(0xFC) && bytes.count != MasterKey.byteCount)
+        let contents = bytes.withUnsafeBytes { SecureBytes(copying: $0) }
+        #expect(throws: ChatLogError.self) { try MasterKey(keyFileContents: contents, path: "key") }
+        // The same text with a base64 character in place of the stray byte is a key: only the byte is refused.
+        let clean = Data(bytes.map { $0 == 0xFC ? UInt8(ascii: "A") : $0 })
+        let cleanContents = clean.withUnsafeBytes { SecureBytes(copying: $0) }
+        #expect(throws: Never.self) { try MasterKey(keyFileContents: cleanContents, path: "key") }
+        #expect(throws: ChatLogError.self) { try MasterKey(base64: String(decoding: bytes, as: UTF8.self)) }
+    }
 }

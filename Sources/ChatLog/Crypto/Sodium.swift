@@ -65,6 +65,17 @@ enum Sodium {
         var end = bytes.count
         while start < end, bytes[start] == 0x20 || bytes[start] == 0x09 { start += 1 }
         while end > start, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[end - 1]) { end -= 1 }
+        // libsodium 1.0.18's decoder takes some bytes ≥ 0x80 for base64 characters (the fuzzer
+        // found "…d4\u{FC}Xp…" decoding to a key): only the standard alphabet and padding pass.
+        for index in start..<end {
+            switch bytes[index] {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                UInt8(ascii: "+"), UInt8(ascii: "/"), UInt8(ascii: "="):
+                continue
+            default:
+                return nil
+            }
+        }
         let output = SecureBytes(count: expectedLength + 3)
         var written = 0
         let status = output.withUnsafeMutableBytes { out in
