@@ -46,7 +46,10 @@ enum CLIOutput {
             _exit(128 + SIGPIPE)
         }
         error("cannot write to standard output (\(String(cString: strerror(failure))))")
-        exit(ExitCodes.failure)
+        // _exit, not exit: nothing is buffered (every byte goes through write(2)), SQLite needs no
+        // close to stay consistent, and exit's handlers would run while this thread still holds
+        // the unwritten output (LeakSanitizer reported it as leaked).
+        _exit(ExitCodes.failure)
     }
 
     /// Writes to stderr; a failure there has nowhere to be reported and is ignored.
