@@ -149,7 +149,9 @@ func afterOpen(_ options: [String: String]) async throws {
     }
     let store = try await openStore(options)
     _ = FileManager.default.createFile(atPath: ready, contents: nil)
-    let deadline = Date().addingTimeInterval(60)
+    // Generous: the test runs a whole `key rewrap` process before it writes the go file, and a
+    // sanitized run of the full suite on two cores took longer than a minute for that.
+    let deadline = Date().addingTimeInterval(600)
     while !FileManager.default.fileExists(atPath: go) {
         guard Date() < deadline else { throw UsageError(description: "the go file never appeared") }
         usleep(20_000)
