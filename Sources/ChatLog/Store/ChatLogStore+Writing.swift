@@ -76,6 +76,9 @@ extension ChatLogStore {
     /// transaction so that no segment keeps their terms. Returns false when there was none.
     /// `secure_delete` zeroes the freed content in the database file; the WAL keeps old pages
     /// until the next checkpoint (`deleteConversations` also checkpoints).
+    /// The merge rewrites the whole index while holding the write lock (about 15 s at 1,000,000
+    /// messages: docs/ARCHITECTURE.md §10): delete many conversations with one
+    /// `deleteConversations(_:)` call, which merges once.
     @discardableResult
     public func deleteConversation(_ id: ConversationID) throws(ChatLogError) -> Bool {
         try writeImmediate { db in try self.deleteAndScrub(id, db) }
