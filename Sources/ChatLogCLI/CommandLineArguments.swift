@@ -40,7 +40,8 @@ enum CommandLineArguments {
                 break
             }
             if let name = optionName(argument) {
-                if !seen.insert(name).inserted {
+                let canonical = aliases[name] ?? name
+                if !repeatable.contains(canonical), !seen.insert(canonical).inserted {
                     throw UsageError(message: "\(name) is given more than once; give it once")
                 }
                 if !argument.contains("="), index + 1 < arguments.count, isNegativeNumber(arguments[index + 1]) {
@@ -54,6 +55,11 @@ enum CommandLineArguments {
         }
         return result
     }
+
+    /// Options that take a list (`rm --message A --message B`).
+    static let repeatable: Set<String> = ["--message"]
+    /// Short spellings of long options, so that `-n 5 --limit 50` counts as given twice.
+    static let aliases: [String: String] = ["-n": "--limit"]
 
     /// `--name` of `--name` or `--name=value`; `-n` of `-n`; nil for anything else (values,
     /// negative numbers, `-`).

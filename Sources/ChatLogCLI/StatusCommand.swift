@@ -31,7 +31,7 @@ struct StatusCommand: AsyncParsableCommand {
             let settings = try await StoreAccess.settings()
             let path = try store.path(settings)
             let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
-            let opened = try await StoreAccess.open(store)
+            let opened = try await StoreAccess.openForReading(store)
             let fingerprint = try opened.keyStatus().masterKeyFingerprint
             let counts = try opened.counts()
             func size(_ file: String) -> Int? {

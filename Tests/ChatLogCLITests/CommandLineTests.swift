@@ -32,6 +32,7 @@ import Testing
         (["log", "--text", "a", "--text=b"], "--text is given more than once"),
         (["--db", "a.db", "list", "--db", "b.db"], "--db is given more than once"),
         (["export", "--force"], "--force only applies to --output"),
+        (["list", "-n", "5", "--limit", "50"], "--limit is given more than once"),
     ])
     func usageErrorsAreOneLineAndExit64(arguments: [String], message: String) throws {
         let sandbox = try Sandbox()
@@ -43,6 +44,17 @@ import Testing
         #expect(result.err.hasPrefix("chatlog: error: \(message)"), "\(result)")
         #expect(!result.err.contains("Usage") && !result.err.contains("USAGE") && !result.err.contains("Help:"), "\(result)")
         #expect(!sandbox.exists("a.db") && !sandbox.exists("b.db"))
+    }
+
+    /// `rm --message` takes a list: giving it twice is not a repeated option.
+    @Test func aListOptionMayBeGivenMoreThanOnce() throws {
+        let sandbox = try Sandbox()
+        try sandbox.initStore()
+        let result = try sandbox.chatlog([
+            "rm", "--message", "01a24877-a708-7a24-a2d5-992e3f83d236", "--message", "01a24877-a708-7a24-a2d5-992e3f83d237",
+        ])
+        #expect(result.status == 66, "two unknown messages are not found, not a usage error: \(result)")
+        #expect(!result.err.contains("more than once"), "\(result)")
     }
 
     @Test func helpStaysCompleteAndVersionIsOneLine() throws {

@@ -256,8 +256,11 @@ private func displayWidth(_ text: String) -> Int {
         #expect(progress.first == "chatlog: import: 2 of 6 conversations (33%)", "\(eager)")
         #expect(progress.last == "chatlog: import: 6 of 6 conversations (100%)", "\(eager)")
         #expect(progress.count >= 3, "\(eager)")
-        // With the default interval a short job prints only where it ended.
-        let quiet = try sandbox.chatlog(["import", "--format", "openai-jsonl", "--batch-size", "2", "six.jsonl"])
+        // With an interval longer than the job, it prints only where it ended (set explicitly: with
+        // the default 5 s a loaded machine could print one more line).
+        let quiet = try sandbox.chatlog(
+            ["import", "--format", "openai-jsonl", "--batch-size", "2", "six.jsonl"],
+            env: sandbox.environment.merging(["CHATLOG_PROGRESS_SECONDS": "3600"]) { $1 })
         #expect(quiet.err.split(separator: "\n").filter { $0.hasPrefix("chatlog: import: ") } == ["chatlog: import: 6 of 6 conversations (100%)"], "\(quiet)")
     }
 
