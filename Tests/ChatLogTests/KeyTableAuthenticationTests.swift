@@ -104,6 +104,20 @@ import Testing
         }
     }
 
+    /// SQLite's own planner statistics (`ANALYZE`, `PRAGMA optimize`) are not planted objects.
+    @Test func plannerStatisticsDoNotMakeTheStoreRefused() async throws {
+        try await withTemporaryDirectory { directory in
+            let key = MasterKey.generate()
+            try makeStore(in: directory, key: key).close()
+            try withRawDatabase(directory.databasePath) { db in try db.execute(sql: "ANALYZE") }
+            let tables = try withRawDatabase(directory.databasePath) { db in
+                try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE name LIKE 'sqlite_stat%'")
+            }
+            #expect(!tables.isEmpty, "ANALYZE made no statistics table")
+            try ChatLogStore.open(at: directory.databasePath, key: .key(key)).close()
+        }
+    }
+
     @Test func aChangedIndexDefinitionIsRefused() async throws {
         try await withTemporaryDirectory { directory in
             let key = MasterKey.generate()

@@ -89,9 +89,11 @@ enum Schema {
         }
     }()
 
+    /// `sqlite_stat1`…`sqlite_stat4` are SQLite's own planner statistics (an operator's `ANALYZE`
+    /// or `PRAGMA optimize` makes them); they hold no data and change no behaviour but plans.
     static func objects(_ db: Database) throws -> Set<SchemaObject> {
         Set(
-            try Row.fetchAll(db, sql: "SELECT type, name, tbl_name, sql FROM main.sqlite_master").map { row in
+            try Row.fetchAll(db, sql: "SELECT type, name, tbl_name, sql FROM main.sqlite_master WHERE name NOT LIKE 'sqlite\\_stat%' ESCAPE '\\'").map { row in
                 SchemaObject(type: row["type"], name: row["name"], table: row["tbl_name"], sql: row["sql"])
             })
     }
