@@ -119,6 +119,8 @@ import Testing
             let (doomed, _) = try Self.fill(store)
             let terms = Self.secretTerms(store)
             let rowIDs = try Self.searchRowIDs(store, conversation: doomed)
+            #expect(!terms.isEmpty && !rowIDs.isEmpty)
+            #expect(try !Self.evidence(store, path: directory.databasePath, terms: terms, rowIDs: rowIDs).clean, "the probe sees them before")
             #expect(try await store.deleteConversation(doomed))
             try store.checkpoint()
             let after = try Self.evidence(store, path: directory.databasePath, terms: terms, rowIDs: rowIDs)
@@ -136,6 +138,8 @@ import Testing
             try store.append(NewMessage(role: .user, content: "ordinary words about kayaks"), to: fresh)
             let terms = Self.secretTerms(store)
             let rowIDs = try Self.searchRowIDs(store, conversation: doomed)
+            #expect(!terms.isEmpty && !rowIDs.isEmpty)
+            #expect(try !Self.evidence(store, path: directory.databasePath, terms: terms, rowIDs: rowIDs).clean, "the probe sees them before")
 
             let pruned = try store.prune(olderThan: Date(timeIntervalSinceNow: -30 * 86_400))
             #expect(pruned.conversations == 1 && pruned.messages == 1)
@@ -152,6 +156,7 @@ import Testing
             let oldKey = store.activeBlinder.keyID
             // Every term made under the old key, the kept messages' too.
             let oldTerms = Self.terms(store, "\(Self.secretWords) ordinary words about kayaks and rivers more noted")
+            #expect(try !Self.evidence(store, path: directory.databasePath, terms: oldTerms, rowIDs: []).clean, "the probe sees them before")
             #expect(try store.deleteConversations([doomed]) == 1)
 
             let report = try store.rotateIndexKey(RotationOptions(newKey: true, batchSize: 1))
