@@ -19,8 +19,8 @@ enum ProcessHygiene {
 
     /// Removes key material from the environment once it has been read, so child processes
     /// and later /proc readers do not see it.
-    static func scrubEnvironment() {
-        for name in ["CHATLOG_MASTER_KEY", "CHATLOG_NEW_MASTER_KEY"] {
+    static func scrubEnvironment(_ names: [String] = ["CHATLOG_MASTER_KEY", "CHATLOG_NEW_MASTER_KEY"]) {
+        for name in names {
             // unsetenv only drops the entry from `environ`; /proc/<pid>/environ shows the
             // environment block the process started with, where the value stays. Zero the value
             // there first.
