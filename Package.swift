@@ -123,6 +123,7 @@ let package = Package(
             name: "ChatLogServerTests",
             dependencies: [
                 "ChatLog", "ChatLogServer",
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

@@ -19,6 +19,8 @@ struct CapturedCompletion: Sendable {
     var reasoningTokens: Int?
     /// The upstream's error object (an HTTP error body, an Anthropic `error` event, a failed response).
     var error: JSONValue?
+    /// Responses API output items other than messages and function calls (type and id).
+    var otherItems: [JSONValue] = []
     /// Choices beyond the first (`n` > 1), as logged JSON.
     var otherChoices: [JSONValue] = []
 
@@ -164,6 +166,7 @@ struct CompletionCapture {
         var refusal: String?
         var calls: [JSONValue] = []
         var reasoning: String?
+        var otherItems: [JSONValue] = []
         for item in json["output"]?.array ?? [] {
             switch item["type"]?.string {
             case "message":
@@ -182,7 +185,9 @@ struct CompletionCapture {
                 let summary = (item["summary"]?.array ?? []).compactMap { $0["text"]?.string }.joined(separator: "\n")
                 if !summary.isEmpty { reasoning = (reasoning.map { $0 + "\n" } ?? "") + summary }
             default:
-                if let type = item["type"]?.string { calls.append(.object(["type": .string(type), "id": item["id"] ?? .null])) }
+                // Built-in tools (web search, file search, …): recorded, but not part of the
+                // message a client sends back, so kept out of the threading digest.
+                if let type = item["type"]?.string { otherItems.append(.object(["type": .string(type), "id": item["id"] ?? .null])) }
             }
         }
         if json["output"] != nil {
@@ -190,6 +195,7 @@ struct CompletionCapture {
             result.refusal = refusal
             result.toolCalls = calls
             result.reasoning = reasoning
+            result.otherItems = otherItems
         }
         readOpenAIUsage(json["usage"])
     }

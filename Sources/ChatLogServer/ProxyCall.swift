@@ -249,8 +249,11 @@ struct ProxyCall: Sendable {
         var firstToken: ContinuousClock.Instant?
         var outcome = Outcome.complete
         let durable = configuration.durable
-        // --durable: bytes held back until the exchange is committed (from the last byte of the
-        // final event on, or the last byte of a JSON body).
+        // Bytes held back until the exchange is queued (--durable: committed): from the last byte
+        // of the final event on, or the last byte of a JSON body. So a client that sends its next
+        // call as soon as it has this answer finds this exchange (threading), and with --durable
+        // never has an answer that was not logged. The upstream's end follows at once, so this
+        // adds no measurable delay.
         var held = ByteBuffer()
         var holding = false
         var streamOffset = 0
@@ -273,7 +276,7 @@ struct ProxyCall: Sendable {
                 out = filter.filter(chunk, events: events)
                 usageFilter = filter
             }
-            if durable {
+            do {
                 if holding {
                     held.writeImmutableBuffer(out)
                     out = ByteBuffer()
@@ -304,7 +307,7 @@ struct ProxyCall: Sendable {
             }
         }
         if outcome == .complete, let remainder = usageFilter?.remainder, remainder.readableBytes > 0 {
-            if durable { held.writeImmutableBuffer(remainder) } else { try? await writer.write(remainder) }
+            held.writeImmutableBuffer(remainder)
         }
         if outcome == .complete, streaming, !capture.sawTerminalEvent, status < 400 {
             // The upstream closed the stream without its final event: cut off.
@@ -325,8 +328,9 @@ struct ProxyCall: Sendable {
         accessLog(status: status, outcome: outcome.rawValue, conversation: context.thread.conversation, upstreamRequestID: requestID)
         switch outcome {
         case .complete:
-            guard committed else {
-                // --durable: the call was not logged, so it is not answered in full.
+            guard committed || !durable else {
+                // --durable: the call was not logged, so it is not answered in full. (Without
+                // --durable, a full queue drops the record and the answer goes out all the same.)
                 throw ProxyAbort()
             }
             if held.readableBytes > 0 { try await writer.write(held) }
@@ -364,6 +368,7 @@ struct ProxyCall: Sendable {
         metadata.set("error", completion.error)
         if let firstToken { metadata["ttft_ms"] = .integer(Int64(Self.milliseconds(started.duration(to: firstToken)))) }
         if !completion.toolCalls.isEmpty { metadata["tool_calls"] = .array(completion.toolCalls) }
+        if !completion.otherItems.isEmpty { metadata["output_items"] = .array(completion.otherItems) }
         if !completion.otherChoices.isEmpty { metadata["other_choices"] = .array(completion.otherChoices) }
         if truncated { metadata["truncated"] = .bool(true) }
         if context.stripUsage { metadata["usage_requested_by_proxy"] = .bool(true) }

@@ -57,7 +57,7 @@ struct CapturedRequest: Sendable {
             }
             switch json["input"] {
             case .string(let text)?: messages.append(Self.captured(.user, text, metadata: nil, ids: []))
-            case .array(let items)?: messages += items.compactMap(Self.responsesItem)
+            case .array(let items)?: messages += Self.mergingAssistantRuns(items.compactMap(Self.responsesItem))
             default: break
             }
         case .anthropicMessages:
@@ -148,13 +148,13 @@ struct CapturedRequest: Sendable {
 
     // MARK: OpenAI Responses API input items
 
-    static func responsesItem(_ item: JSONValue) -> CapturedMessage? {
+    static func responsesItem(_ item: JSONValue) -> (CapturedMessage, [String])? {
         let type = item["type"]?.string ?? "message"
         switch type {
         case "message":
             guard let role = role(item["role"]?.string) else { return nil }
             let (text, other) = partsText(item["content"])
-            return captured(role, text, metadata: other.isEmpty ? nil : .object(["content_parts": .array(other)]), ids: [])
+            return (captured(role, text, metadata: other.isEmpty ? nil : .object(["content_parts": .array(other)]), ids: []), [])
         case "function_call", "custom_tool_call":
             let id = item["call_id"]?.string
             var call: [String: JSONValue] = [:]
@@ -162,17 +162,49 @@ struct CapturedRequest: Sendable {
             call.set("type", type)
             call.set("name", item["name"]?.string)
             call.set("arguments", item["arguments"]?.string ?? item["input"]?.string)
-            return captured(.assistant, "", metadata: .object(["tool_calls": .array([.object(call)])]), ids: id.map { [$0] } ?? [])
+            let ids = id.map { [$0] } ?? []
+            return (captured(.assistant, "", metadata: .object(["tool_calls": .array([.object(call)])]), ids: ids), ids)
         case "function_call_output", "custom_tool_call_output":
             let id = item["call_id"]?.string
             let output = item["output"]?.string ?? partsText(item["output"]).text
             var metadata: [String: JSONValue] = [:]
             metadata.set("tool_call_id", id)
-            return captured(.tool, output, metadata: .object(metadata), ids: id.map { [$0] } ?? [])
+            let ids = id.map { [$0] } ?? []
+            return (captured(.tool, output, metadata: .object(metadata), ids: ids), ids)
         default:
             // Reasoning items, item references, …: kept out of the text and the digest.
             return nil
         }
+    }
+
+    /// A response's output items (its message and its function calls) come back as separate
+    /// input items; they are one assistant message, as the completion was logged.
+    static func mergingAssistantRuns(_ items: [(CapturedMessage, [String])]) -> [CapturedMessage] {
+        var result: [CapturedMessage] = []
+        var run: (text: String, calls: [JSONValue], ids: [String], other: [JSONValue])?
+        func flush() {
+            guard let current = run else { return }
+            var metadata: [String: JSONValue] = [:]
+            if !current.calls.isEmpty { metadata["tool_calls"] = .array(current.calls) }
+            if !current.other.isEmpty { metadata["content_parts"] = .array(current.other) }
+            result.append(captured(.assistant, current.text, metadata: metadata.isEmpty ? nil : .object(metadata), ids: current.ids))
+            run = nil
+        }
+        for (item, ids) in items {
+            guard item.message.role == .assistant else {
+                flush()
+                result.append(item)
+                continue
+            }
+            var current = run ?? ("", [], [], [])
+            current.text += item.message.content
+            current.calls += item.message.metadata?["tool_calls"]?.array ?? []
+            current.other += item.message.metadata?["content_parts"]?.array ?? []
+            current.ids += ids
+            run = current
+        }
+        flush()
+        return result
     }
 
     // MARK: Anthropic messages

@@ -282,3 +282,43 @@ func chunks(_ text: String, at cuts: [Int]) -> [[UInt8]] {
         #expect(UsageInjection.inject(Array("[1]".utf8)) == nil)
     }
 }
+
+/// Threading rests on a completion and the same message sent back having one canonical form.
+@Suite struct CanonicalFormTests {
+    func completion(_ api: ProxyAPI, _ body: String) -> CapturedCompletion {
+        var capture = CompletionCapture(api: api, streaming: false, captureLimit: 1 << 20)
+        capture.feed(Array(body.utf8))
+        return capture.finish()
+    }
+
+    @Test func responsesOutputItemsSentBackAsInputMatchTheCompletion() {
+        let reply = completion(
+            .responses,
+            #"{"id":"r","status":"completed","output":[{"type":"reasoning","id":"rs","summary":[]},{"type":"message","role":"assistant","content":[{"type":"output_text","text":"Checking."}]},{"type":"function_call","call_id":"fc_1","name":"f","arguments":"{}"},{"type":"web_search_call","id":"ws_1"}]}"#)
+        let next = CapturedRequest(
+            api: .responses,
+            body: Array(
+                #"{"input":[{"role":"user","content":"q"},{"type":"reasoning","id":"rs","summary":[]},{"type":"message","role":"assistant","content":[{"type":"output_text","text":"Checking."}]},{"type":"function_call","call_id":"fc_1","name":"f","arguments":"{}"},{"type":"function_call_output","call_id":"fc_1","output":"done"}]}"#
+                    .utf8))
+        #expect(next.messages.map(\.message.role) == [.user, .assistant, .tool])
+        #expect(next.messages[1].canonical == reply.canonical)
+    }
+
+    @Test func chatAndAnthropicRepliesSentBackMatchTheCompletion() {
+        let chat = completion(
+            .chatCompletions,
+            #"{"choices":[{"index":0,"message":{"role":"assistant","content":null,"refusal":"No.","tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{}"}}]}}]}"#)
+        let chatNext = CapturedRequest(
+            api: .chatCompletions,
+            body: Array(#"{"messages":[{"role":"assistant","content":null,"refusal":"No.","tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{}"}}]}]}"#.utf8))
+        #expect(chatNext.messages[0].canonical == chat.canonical)
+        let anthropic = completion(
+            .anthropicMessages,
+            #"{"id":"m","content":[{"type":"thinking","thinking":"hmm","signature":"s"},{"type":"text","text":"A"},{"type":"text","text":"B"},{"type":"tool_use","id":"tu_1","name":"g","input":{"x":1}}],"stop_reason":"tool_use"}"#)
+        let anthropicNext = CapturedRequest(
+            api: .anthropicMessages,
+            body: Array(#"{"messages":[{"role":"assistant","content":[{"type":"thinking","thinking":"hmm","signature":"s"},{"type":"text","text":"A"},{"type":"text","text":"B"},{"type":"tool_use","id":"tu_1","name":"g","input":{"x":1}}]}]}"#.utf8))
+        #expect(anthropicNext.messages[0].canonical == anthropic.canonical)
+        #expect(anthropic.reasoning == "hmm")
+    }
+}

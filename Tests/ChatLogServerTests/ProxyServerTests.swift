@@ -238,4 +238,56 @@ import Testing
             #expect(try await fixture.get("/other").status == 404)
         }
     }
+
+    static let slowEvents = (0..<20).map { "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"w\($0) \"}}]}\n\n" }
+        + ["data: [DONE]\n\n"]
+
+    func finishReasons(_ store: ChatLogStore) async throws -> [String?] {
+        var reasons: [String?] = []
+        for conversation in try await store.conversations(ConversationQuery(limit: 50)).conversations {
+            reasons.append(try await lastMessages(store, conversation.id).last?.finishReason)
+        }
+        return reasons
+    }
+
+    @Test func aClientThatHangsUpMidStreamIsLoggedWithThePartialAnswer() async throws {
+        try await ProxyFixture.with { fixture in
+            fixture.upstream.enqueue(.sse(Self.slowEvents, pause: .milliseconds(50)))
+            let client = fixture.client
+            let url = fixture.base + "/v1/chat/completions"
+            let reading = Task {
+                var request = HTTPClientRequest(url: url)
+                request.method = .POST
+                request.body = .bytes(ByteBuffer(string: Self.chatRequest(#"{"role":"user","content":"long"}"#, extra: #","stream":true"#)))
+                let response = try await client.execute(request, timeout: .seconds(30))
+                for try await _ in response.body { return }
+            }
+            try await reading.value
+            try await fixture.waitForMessages(2)
+            let id = try #require(try await fixture.store.conversations(ConversationQuery(limit: 1)).conversations.first?.id)
+            let reply = try await lastMessages(fixture.store, id)[1]
+            #expect(reply.finishReason == "client_disconnected")
+            #expect(reply.content.hasPrefix("w0 ") && !reply.content.contains("w19"))
+        }
+    }
+
+    @Test func aStalledUpstreamAndAnOverlongCallAreLoggedAsTimeouts() async throws {
+        try await ProxyFixture.with({
+            $0.idleTimeout = .milliseconds(500)
+            $0.requestTimeout = .seconds(1)
+        }) { fixture in
+            // Stalls longer than the idle timeout before its first event.
+            fixture.upstream.enqueue(.sse(Self.slowEvents, pause: .seconds(2)))
+            // Keeps sending, but takes longer than the request timeout in all.
+            fixture.upstream.enqueue(.sse(Self.slowEvents, pause: .milliseconds(200)))
+            for _ in 0..<2 {
+                await #expect(throws: (any Error).self) {
+                    let response = try await fixture.post("/v1/chat/completions", Self.chatRequest(#"{"role":"user","content":"slow"}"#, extra: #","stream":true"#))
+                    if !response.body.hasSuffix("[DONE]\n\n") { throw CancellationError() }
+                }
+            }
+            try await fixture.waitForMessages(4)
+            #expect(try await finishReasons(fixture.store) == ["timeout", "timeout"])
+        }
+    }
 }

@@ -116,4 +116,18 @@ import Testing
             #expect(listed.map(\.name) == ["billing-app"] && listed[0].revokedAt != nil)
         }
     }
+
+    @Test func aTokenInUseMovesToTheActiveIndexKeyAndSurvivesRetiringTheOldOne() async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try makeStore(in: directory)
+            let token = try await store.createProxyToken(name: "app")
+            let old = try await store.read { db in try Int64.fetchOne(db, sql: "SELECT index_key_id FROM proxy_tokens") }
+            _ = try store.rotateIndexKey()
+            #expect(try await store.proxyTokenName(token) == "app")
+            let moved = try await store.read { db in try Int64.fetchOne(db, sql: "SELECT index_key_id FROM proxy_tokens") }
+            #expect(moved != old)
+            #expect(try store.retireUnusedKeys().map { Int64($0.rawValue) }.contains(old ?? -1))
+            #expect(try await store.proxyTokenName(token) == "app")
+        }
+    }
 }

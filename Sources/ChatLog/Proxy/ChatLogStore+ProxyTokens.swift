@@ -61,17 +61,31 @@ extension ChatLogStore {
     }
 
     /// The name of the valid (not revoked) token `token`, or nil. Checked under every index key
-    /// the store holds, so a key rotation does not invalidate tokens until the old key is retired.
+    /// the store holds; a token found under an older index key is re-hashed under the active one,
+    /// so tokens in use survive an index-key rotation and the old key's retirement.
     public func proxyTokenName(_ token: String) async throws(ChatLogError) -> String? {
         guard token.hasPrefix(Self.proxyTokenPrefix), token.utf8.count < 200 else { return nil }
         let keys = keyRing.current
         let hashes = keys.indexKeys.values.map { Self.proxyTokenHash(token, key: $0) }
-        return try await read { db in
-            try String.fetchOne(
+        let found = try await read { db in
+            try Row.fetchOne(
                 db,
-                sql: "SELECT name FROM proxy_tokens WHERE revoked_at IS NULL AND token_hash IN (\(hashes.map { _ in "?" }.joined(separator: ",")))",
-                arguments: StatementArguments(hashes))
+                sql: "SELECT name, index_key_id FROM proxy_tokens WHERE revoked_at IS NULL AND token_hash IN (\(hashes.map { _ in "?" }.joined(separator: ",")))",
+                arguments: StatementArguments(hashes)
+            ).map { (name: $0["name"] as String, keyID: $0["index_key_id"] as Int64) }
         }
+        guard let found else { return nil }
+        let active = keys.activeIndexKey
+        if found.keyID != Int64(active.id.rawValue) {
+            let hash = Self.proxyTokenHash(token, key: active.key)
+            let keyID = Int64(active.id.rawValue)
+            try await writeImmediate { db in
+                try db.execute(
+                    sql: "UPDATE proxy_tokens SET token_hash = ?, index_key_id = ? WHERE name = ? AND revoked_at IS NULL",
+                    arguments: [hash, keyID, found.name])
+            }
+        }
+        return found.name
     }
 
     static func proxyTokenHash(_ token: String, key: IndexKey) -> Data {
