@@ -1,6 +1,12 @@
 import Foundation
 import Testing
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
 // docs/PROXY.md's client snippets, run as written against `chatlog serve` and the fake upstream: the
 // Python ones with the official SDKs (OPENAI_BASE_URL / ANTHROPIC_BASE_URL and the keys from the
 // environment, as the doc says), the curl ones with the documented address replaced by the server's.
@@ -68,5 +74,59 @@ struct ProxyDocsTests {
         #expect(result.out.contains(#""text":"Echo: Say hello""#), "the Anthropic message: \(result)")
         try await world.finish()
         #expect(try world.sandbox.list().count == 2)
+    }
+
+    @Test("the systemd unit passes systemd-analyze verify, and its ExecStart and Environment lines serve and drain")
+    func systemdUnit() async throws {
+        let sandbox = try Sandbox()
+        let chatlog = try ChatLogBinary.url().path
+        let unit = try Self.documentedBlock("proxy-systemd").replacingOccurrences(of: "/usr/local/bin/chatlog", with: chatlog)
+        let file = sandbox.url("chatlog-serve.service")
+        try Data((unit + "\n").utf8).write(to: file)
+        let verify = try run(
+            ["verify", file.path], env: sandbox.baseEnvironment, stdin: nil, cwd: sandbox.directory,
+            executable: try ProxyHarness.tool("systemd-analyze"), timeout: 60)
+        // Unknown keys are only warnings (exit 0): stderr must be empty too.
+        #expect(verify.status == 0 && verify.err.isEmpty && verify.out.isEmpty, "\(verify)")
+
+        var settings: [(String, String)] = []
+        for line in unit.split(separator: "\n") where !line.hasPrefix("#") {
+            guard let equals = line.firstIndex(of: "=") else { continue }
+            settings.append((String(line[..<equals]), String(line[line.index(after: equals)...])))
+        }
+        func values(_ name: String) -> [String] { settings.filter { $0.0 == name }.map(\.1) }
+        #expect(values("UMask") == ["0077"] && values("NoNewPrivileges") == ["yes"] && values("ProtectSystem") == ["strict"])
+        #expect(values("KillSignal") == ["SIGTERM"])
+        // LoadCredential=master.key:… → %d/master.key; the store and the key live in the sandbox.
+        let credentials = sandbox.root.appendingPathComponent("credentials")
+        try FileManager.default.createDirectory(at: credentials, withIntermediateDirectories: true)
+        let keyFile = credentials.appendingPathComponent("master.key")
+        try Data(sandbox.key.utf8).write(to: keyFile)
+        #expect(chmod(keyFile.path, 0o400) == 0)
+        var environment = sandbox.baseEnvironment
+        for assignment in values("Environment") {
+            let parts = assignment.replacingOccurrences(of: "%d", with: credentials.path).split(separator: "=", maxSplits: 1).map(String.init)
+            environment[parts[0]] = parts[1].replacingOccurrences(of: "/var/lib/app", with: sandbox.directory.path)
+        }
+        #expect(environment["CHATLOG_DB"] == sandbox.path("chat.db"))
+        let initialized = try run(["init"], env: environment, stdin: nil, cwd: sandbox.directory)
+        #expect(initialized.status == 0, "\(initialized)")
+        // ExecStart, on a free port instead of 8080.
+        var command = try #require(values("ExecStart").first).split(separator: " ").map(String.init)
+        #expect(command.first == chatlog)
+        command.removeFirst()
+        let listen = try #require(command.firstIndex(of: "--listen"))
+        command[listen + 1] = "127.0.0.1:0"
+        let server = try BackgroundProcess(command, env: environment, cwd: sandbox.directory, scratch: sandbox.root.appendingPathComponent("tmp"))
+        try await waitFor("the service listens", timeout: 60) {
+            if server.hasExited { throw CLITestError("chatlog serve exited: \(server.errorSoFar)") }
+            return server.outputSoFar.contains("listening on http://127.0.0.1:")
+        }
+        let port = try #require(server.outputSoFar.firstMatch(of: /127\.0\.0\.1:([0-9]+)/).flatMap { Int($0.1) })
+        let health = try curlExchange("http://127.0.0.1:\(port)/healthz", method: "GET", sandbox: sandbox)
+        #expect(health.status == 200, "\(health)")
+        server.signal(SIGTERM)
+        let stopped = try await server.finish(timeout: TimeInterval(Int(values("TimeoutStopSec").first ?? "60") ?? 60))
+        #expect(stopped.status == 0, "\(stopped)")
     }
 }
