@@ -110,6 +110,7 @@ struct ServeCommand: AsyncParsableCommand {
             // Transport rules before asking for a key or opening the store.
             try configuration.validate()
             let opened = try await StoreAccess.open(store)
+            ProcessHygiene.raiseOpenFileLimit()
 
             LoggingSystem.bootstrap { label in
                 var handler = StreamLogHandler.standardError(label: label)

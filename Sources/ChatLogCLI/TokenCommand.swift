@@ -49,10 +49,7 @@ struct TokenListCommand: AsyncParsableCommand {
             if output.json {
                 try CLIOutput.json(
                     tokens.map { token in
-                        [
-                            "name": token.name, "created_at": Timestamps.format(token.createdAt),
-                            "revoked_at": token.revokedAt.map { Timestamps.format($0) } ?? "",
-                        ]
+                        TokenJSON(name: token.name, createdAt: Timestamps.format(token.createdAt), revokedAt: token.revokedAt.map { Timestamps.format($0) })
                     })
             } else {
                 for token in tokens {
@@ -61,6 +58,25 @@ struct TokenListCommand: AsyncParsableCommand {
                 }
             }
         }
+    }
+}
+
+/// `token list --json`: `revoked_at` is `null` for a valid token.
+struct TokenJSON: Encodable {
+    let name: String
+    let createdAt: String
+    @JSONNullable var revokedAt: String?
+
+    init(name: String, createdAt: String, revokedAt: String?) {
+        self.name = name
+        self.createdAt = createdAt
+        self.revokedAt = revokedAt
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name
+        case createdAt = "created_at"
+        case revokedAt = "revoked_at"
     }
 }
 

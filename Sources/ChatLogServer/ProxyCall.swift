@@ -2,7 +2,6 @@ import AsyncHTTPClient
 import ChatLog
 import Foundation
 import HTTPTypes
-import Hummingbird
 import HummingbirdCore
 import Logging
 import NIOCore
@@ -16,20 +15,24 @@ struct ProxyCall: Sendable {
     let api: ProxyAPI?
     let provider: Provider
     let request: Request
+    /// The client's connection: its closing cancels the upstream call.
+    let channel: any Channel
     let started = ContinuousClock.now
 
-    init(state: ProxyState, api: ProxyAPI, request: Request) {
+    init(state: ProxyState, api: ProxyAPI, request: Request, channel: any Channel) {
         self.state = state
         self.api = api
         self.provider = api.provider
         self.request = request
+        self.channel = channel
     }
 
-    init(state: ProxyState, api: ProxyAPI?, provider: Provider, request: Request) {
+    init(state: ProxyState, api: ProxyAPI?, provider: Provider, request: Request, channel: any Channel) {
         self.state = state
         self.api = api
         self.provider = provider
         self.request = request
+        self.channel = channel
     }
 
     var route: String { api.map { "/v1/" + ($0 == .chatCompletions ? "chat/completions" : $0.rawValue) } ?? "passthrough" }
@@ -134,11 +137,27 @@ struct ProxyCall: Sendable {
             api: api, captured: captured, thread: thread, scope: scope, subject: subject, app: app, started: started,
             stripUsage: stripUsage)
 
-        let upstream: HTTPClientResponse
+        let reader = UpstreamReader(
+            client: state.client, request: upstreamRequest, deadline: .now() + .init(state.configuration.idleTimeout))
+        guard state.connections.register(reader, on: channel) else {
+            reader.cancel()
+            await record(context, status: 499, requestID: nil, completion: CapturedCompletion(), finishReason: "client_disconnected", firstToken: nil, streaming: false)
+            return fail(.init(code: 499), "client closed the connection")
+        }
+        let head: (status: HTTPResponseStatus, headers: HTTPHeaders)
         do {
-            upstream = try await state.client.execute(upstreamRequest, deadline: .now() + .init(state.configuration.idleTimeout))
+            var iterator = reader.parts.makeAsyncIterator()
+            guard case .head(let status, let headers)? = try await iterator.next() else { throw CancellationError() }
+            head = (status, headers)
         } catch {
-            let timedOut = "\(error)".contains("eadline") || "\(error)".contains("imeout")
+            state.connections.unregister(reader, on: channel)
+            if reader.wasCancelled {
+                await record(
+                    context, status: 499, requestID: nil, completion: CapturedCompletion(), finishReason: "client_disconnected", firstToken: nil,
+                    streaming: false)
+                return fail(.init(code: 499), "client closed the connection")
+            }
+            let timedOut = Self.isTimeout(error)
             state.metrics.recordUpstreamError()
             let reason = timedOut ? "timeout" : "upstream_unreachable"
             await record(context, status: 502, requestID: nil, completion: CapturedCompletion(), finishReason: reason, firstToken: nil, streaming: false)
@@ -148,7 +167,7 @@ struct ProxyCall: Sendable {
 
         var fields = HTTPFields()
         var contentLength: Int?
-        for (name, value) in upstream.headers {
+        for (name, value) in head.headers {
             let lower = name.lowercased()
             if Self.hopByHop.contains(lower) { continue }
             if lower == "content-length" {
@@ -157,22 +176,31 @@ struct ProxyCall: Sendable {
             }
             if let fieldName = HTTPField.Name(name) { fields.append(HTTPField(name: fieldName, value: value)) }
         }
-        let streaming = (upstream.headers.first(name: "content-type") ?? "").lowercased().hasPrefix("text/event-stream")
+        let streaming = (head.headers.first(name: "content-type") ?? "").lowercased().hasPrefix("text/event-stream")
         if streaming {
             fields[HTTPField.Name("X-Accel-Buffering")!] = "no"
             // The usage chunk the client did not ask for is removed: the length changes.
             if stripUsage { contentLength = nil }
-        } else if stripUsage {
-            contentLength = contentLength ?? nil
         }
         fields[ProxyResponder.conversationHeader] = thread.conversation.rawValue
-        let requestID = upstream.headers.first(name: provider == .openAI ? "x-request-id" : "request-id")
-        let status = Int(upstream.status.code)
+        let requestID = head.headers.first(name: provider == .openAI ? "x-request-id" : "request-id")
+        let status = Int(head.status.code)
         let call = self
+        let channel = self.channel
         let responseBody = ResponseBody(contentLength: contentLength) { writer in
-            try await call.relay(upstream, into: &writer, context: context, status: status, requestID: requestID, streaming: streaming)
+            defer {
+                reader.cancel()
+                call.state.connections.unregister(reader, on: channel)
+            }
+            try await call.relay(reader, into: &writer, context: context, status: status, requestID: requestID, streaming: streaming)
         }
         return Response(status: HTTPResponse.Status(code: status), headers: fields, body: responseBody)
+    }
+
+    /// AsyncHTTPClient's timeouts: no byte for `--idle-timeout`, or the head's deadline.
+    static func isTimeout(_ error: any Error) -> Bool {
+        guard let error = error as? HTTPClientError else { return false }
+        return error == .readTimeout || error == .deadlineExceeded || error == .connectTimeout || error == .writeTimeout
     }
 
     /// The token the client presented in place of an API key: `Authorization: Bearer …` or `x-api-key`.
@@ -240,7 +268,7 @@ struct ProxyCall: Sendable {
     }
 
     func relay(
-        _ upstream: HTTPClientResponse, into writer: inout any ResponseBodyWriter, context: CallContext, status: Int, requestID: String?,
+        _ reader: UpstreamReader, into writer: inout any ResponseBodyWriter, context: CallContext, status: Int, requestID: String?,
         streaming: Bool
     ) async throws {
         let configuration = state.configuration
@@ -257,16 +285,16 @@ struct ProxyCall: Sendable {
         var held = ByteBuffer()
         var holding = false
         var streamOffset = 0
-        var iterator = upstream.body.makeAsyncIterator()
+        var iterator = reader.parts.makeAsyncIterator()
         while true {
-            let next: ByteBuffer?
+            let next: UpstreamPart?
             do {
                 next = try await iterator.next()
             } catch {
-                outcome = "\(error)".lowercased().contains("timeout") || "\(error)".contains("deadline") ? .timeout : .upstreamDisconnected
+                outcome = reader.wasCancelled ? .clientDisconnected : Self.isTimeout(error) ? .timeout : .upstreamDisconnected
                 break
             }
-            guard let chunk = next else { break }
+            guard case .body(let chunk)? = next else { break }
             let chunkStart = streamOffset
             streamOffset += chunk.readableBytes
             let events = capture.feed(chunk.readableBytesView)
@@ -302,6 +330,7 @@ struct ProxyCall: Sendable {
             if out.readableBytes > 0 {
                 do { try await writer.write(out) } catch {
                     outcome = .clientDisconnected
+                    reader.cancel()
                     break
                 }
             }
@@ -309,11 +338,12 @@ struct ProxyCall: Sendable {
         if outcome == .complete, let remainder = usageFilter?.remainder, remainder.readableBytes > 0 {
             held.writeImmutableBuffer(remainder)
         }
-        if outcome == .complete, streaming, !capture.sawTerminalEvent, status < 400 {
-            // The upstream closed the stream without its final event: cut off.
+        let completion = capture.finish()
+        if outcome == .complete, streaming, !capture.sawTerminalEvent, completion.finishReason == nil, status < 400 {
+            // The upstream closed the stream before its final event and before any finish
+            // reason (some OpenAI-compatible servers end without `[DONE]`): cut off.
             outcome = .upstreamDisconnected
         }
-        let completion = capture.finish()
         var finishReason: String?
         switch outcome {
         case .complete: finishReason = completion.finishReason ?? (status >= 400 ? "upstream_error" : nil)

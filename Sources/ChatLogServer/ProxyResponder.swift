@@ -2,7 +2,6 @@ import AsyncHTTPClient
 import ChatLog
 import Foundation
 import HTTPTypes
-import Hummingbird
 import HummingbirdCore
 import Logging
 import NIOCore
@@ -17,6 +16,7 @@ final class ProxyState: Sendable {
     let metrics: ProxyMetrics
     let logger: Logger
     let redactor: SecretRedactor?
+    let connections = ConnectionWatch()
 
     init(configuration: ProxyConfiguration, store: ChatLogStore, client: HTTPClient, recorder: Recorder, metrics: ProxyMetrics, logger: Logger) {
         self.configuration = configuration
@@ -42,14 +42,15 @@ final class ProxyState: Sendable {
 }
 
 /// Routes: the three logged APIs, other `/v1/*` passed through unlogged, `/healthz`, `/metrics`.
-struct ProxyResponder: HTTPResponder {
-    typealias Context = BasicRequestContext
+/// Run by HummingbirdCore's server directly (not Hummingbird's `Application`, which replaces the
+/// upstream's `Date` header with its own).
+struct ProxyResponder: Sendable {
     let state: ProxyState
 
     static let conversationHeader = HTTPField.Name("X-Chatlog-Conversation")!
     static let subjectHeader = HTTPField.Name("X-Chatlog-Subject")!
 
-    func respond(to request: Request, context: Context) async throws -> Response {
+    func respond(to request: Request, channel: any Channel) async -> Response {
         let path = request.uri.path
         switch (request.method, path) {
         case (.get, "/healthz"): return health()
@@ -57,16 +58,16 @@ struct ProxyResponder: HTTPResponder {
             return Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                 body: .init(byteBuffer: ByteBuffer(string: state.metrics.prometheusText())))
-        case (.post, "/v1/chat/completions"): return await ProxyCall(state: state, api: .chatCompletions, request: request).run()
-        case (.post, "/v1/responses"): return await ProxyCall(state: state, api: .responses, request: request).run()
-        case (.post, "/v1/messages"): return await ProxyCall(state: state, api: .anthropicMessages, request: request).run()
+        case (.post, "/v1/chat/completions"): return await ProxyCall(state: state, api: .chatCompletions, request: request, channel: channel).run()
+        case (.post, "/v1/responses"): return await ProxyCall(state: state, api: .responses, request: request, channel: channel).run()
+        case (.post, "/v1/messages"): return await ProxyCall(state: state, api: .anthropicMessages, request: request, channel: channel).run()
         default:
             guard path.hasPrefix("/v1/") else {
                 return ProxyCall.errorResponse(status: .notFound, "no such route; the proxy serves /v1/* (OpenAI and Anthropic APIs), /healthz and /metrics")
             }
             // Anthropic clients always send `anthropic-version` (and usually `x-api-key`).
             let anthropic = request.headers[HTTPField.Name("anthropic-version")!] != nil || request.headers[HTTPField.Name("x-api-key")!] != nil
-            return await ProxyCall(state: state, api: nil, provider: anthropic ? .anthropic : .openAI, request: request).run()
+            return await ProxyCall(state: state, api: nil, provider: anthropic ? .anthropic : .openAI, request: request, channel: channel).run()
         }
     }
 

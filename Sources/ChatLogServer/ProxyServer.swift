@@ -2,11 +2,11 @@ import AsyncHTTPClient
 import ChatLog
 import Foundation
 import HTTPTypes
-import Hummingbird
 import HummingbirdCore
 import HummingbirdTLS
 import Logging
 import NIOCore
+import NIOPosix
 import NIOSSL
 import ServiceLifecycle
 import UnixSignals
@@ -56,6 +56,7 @@ public struct ProxyServer: Sendable {
         let responder = ProxyResponder(
             state: ProxyState(configuration: configuration, store: store, client: client, recorder: recorder, metrics: metrics, logger: logger))
 
+        let watch = responder.state.connections
         let server: HTTPServerBuilder
         if let certificate = configuration.tlsCertificateFile, let key = configuration.tlsKeyFile {
             let chain: [NIOSSLCertificate]
@@ -67,27 +68,31 @@ public struct ProxyServer: Sendable {
                 throw ChatLogError.invalidInput("cannot read the TLS certificate or key (--tls-cert, --tls-key)")
             }
             server = try .tls(
-                .http1(),
+                .http1(configuration: .init(additionalChannelHandlers: [HangUpHandler(watch: watch)])),
                 tlsConfiguration: .makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(privateKey)))
         } else {
-            server = .http1()
+            server = .http1(configuration: .init(additionalChannelHandlers: [HangUpHandler(watch: watch)]))
         }
         let host = configuration.host
-        let app = Application(
-            responder: responder, server: server,
-            configuration: ApplicationConfiguration(address: .hostname(host, port: configuration.port), serverName: nil, backlog: 1024),
+        let listening = onListening
+        let httpServer = try server.buildServer(
+            configuration: ServerConfiguration(address: .hostname(host, port: configuration.port), serverName: nil, backlog: 1024),
+            eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger,
+            responder: { (request, responseWriter: consuming ResponseWriter, channel) in
+                let response = await responder.respond(to: request, channel: channel)
+                try await responseWriter.write(response: response.head, body: response.body)
+            },
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? 0
-                onListening("\(host.contains(":") ? "[\(host)]" : host):\(port)")
-            },
-            logger: logger)
+                listening("\(host.contains(":") ? "[\(host)]" : host):\(port)")
+            })
         // Shut down in reverse order: the HTTP server first (its in-flight calls finish and are
         // queued), then the recorder (drains), then the upstream client.
         var groupConfiguration = ServiceGroupConfiguration(
             services: [
                 .init(service: HTTPClientService(client: client)),
                 .init(service: RecorderService(recorder: recorder)),
-                .init(service: app),
+                .init(service: httpServer),
             ],
             gracefulShutdownSignals: signals,
             logger: logger)

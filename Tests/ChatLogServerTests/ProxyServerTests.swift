@@ -290,4 +290,47 @@ import Testing
             #expect(try await finishReasons(fixture.store) == ["timeout", "timeout"])
         }
     }
+
+    @Test func aBodyOverTheLimitIsRefusedAndNotForwarded() async throws {
+        try await ProxyFixture.with({ $0.maxRequestBodyBytes = 1_000 }) { fixture in
+            let big = Self.chatRequest(#"{"role":"user","content":""# + String(repeating: "x", count: 2_000) + #""}"#)
+            let response = try await fixture.post("/v1/chat/completions", big)
+            #expect(response.status == 413 && response.body.contains("chatlog_proxy_error") && !response.body.contains("xxxx"))
+            #expect(fixture.upstream.requests.isEmpty)
+        }
+    }
+
+    @Test func theUpstreamsDateAndOtherHeadersReachTheClientUnchanged() async throws {
+        try await ProxyFixture.with { fixture in
+            var reply = FakeReply.json(Self.chatBody)
+            reply.headers += [("date", "Sat, 06 Dec 2025 00:03:19 GMT"), ("set-cookie", "a=1"), ("set-cookie", "b=2"), ("openai-processing-ms", "12")]
+            fixture.upstream.enqueue(reply)
+            let response = try await fixture.post("/v1/chat/completions", Self.chatRequest(#"{"role":"user","content":"q"}"#))
+            #expect(response.headers["date"] == ["Sat, 06 Dec 2025 00:03:19 GMT"])
+            #expect(response.headers["set-cookie"] == ["a=1", "b=2"] && response.headers.first(name: "openai-processing-ms") == "12")
+        }
+    }
+
+    @Test func aClientThatHangsUpWhileTheUpstreamIsSilentCancelsTheUpstreamCall() async throws {
+        try await ProxyFixture.with { fixture in
+            var reply = FakeReply.sse(Self.slowEvents)
+            reply.stall = .seconds(8)
+            fixture.upstream.enqueue(reply)
+            let client = fixture.client
+            let url = fixture.base + "/v1/chat/completions"
+            let reading = Task {
+                var request = HTTPClientRequest(url: url)
+                request.method = .POST
+                request.body = .bytes(ByteBuffer(string: Self.chatRequest(#"{"role":"user","content":"think"}"#, extra: #","stream":true"#)))
+                let response = try await client.execute(request, timeout: .seconds(60))
+                for try await _ in response.body { return }
+            }
+            try await reading.value
+            // Logged long before the upstream would speak again (8 s).
+            try await fixture.waitForMessages(2)
+            let id = try #require(try await fixture.store.conversations(ConversationQuery(limit: 1)).conversations.first?.id)
+            let reply2 = try await lastMessages(fixture.store, id)[1]
+            #expect(reply2.finishReason == "client_disconnected" && reply2.content == "w0 ")
+        }
+    }
 }

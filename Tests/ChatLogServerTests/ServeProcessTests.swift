@@ -97,7 +97,7 @@ enum ServeProcess {
             let events = (0..<10).map { "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"w\($0) \"}}]}\n\n" } + ["data: [DONE]\n\n"]
             for _ in 0..<calls { upstream.enqueue(.sse(events, pause: .milliseconds(50))) }
             let group = ServiceGroup(
-                configuration: .init(services: [upstream.application()], logger: Logger(label: "t", factory: { _ in SwiftLogNoOpLogHandler() })))
+                configuration: .init(services: [try upstream.service()], logger: Logger(label: "t", factory: { _ in SwiftLogNoOpLogHandler() })))
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await group.run() }
                 while upstream.port.withLock({ $0 }) == 0 { try await Task.sleep(for: .milliseconds(5)) }

@@ -2,9 +2,10 @@ import AsyncHTTPClient
 import ChatLog
 import Foundation
 import HTTPTypes
-import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOCore
+import NIOPosix
 import NIOHTTP1
 import ServiceLifecycle
 import Synchronization
@@ -23,6 +24,8 @@ struct FakeReply: Sendable {
     var headers: [(String, String)] = [("content-type", "application/json")]
     var parts: [String] = []
     var pause: Duration = .zero
+    /// Silence after the first part (a model thinking).
+    var stall: Duration = .zero
     var cutAfter: Int?
 
     static func json(_ body: String, status: Int = 200, requestID: String = "req_test") -> FakeReply {
@@ -51,31 +54,34 @@ final class FakeUpstream: Sendable {
     func enqueue(_ reply: FakeReply) { replies.withLock { $0.append(reply) } }
     var requests: [Received] { received.withLock { $0 } }
 
-    func application() -> some ApplicationProtocol {
-        let router = Router()
-        router.post("**") { request, _ -> Response in
-            let body = try await request.body.collect(upTo: 1 << 24)
-            var headers: [String: String] = [:]
-            for field in request.headers { headers[field.name.canonicalName] = field.value }
-            self.received.withLock { $0.append(Received(path: request.uri.path, headers: headers, body: String(buffer: body))) }
-            let reply = self.replies.withLock { $0.isEmpty ? FakeReply.json("{}") : $0.removeFirst() }
-            var fields = HTTPFields()
-            for (name, value) in reply.headers { fields.append(HTTPField(name: HTTPField.Name(name)!, value: value)) }
-            return Response(
-                status: .init(code: reply.status), headers: fields,
-                body: ResponseBody { writer in
-                    for (index, part) in reply.parts.enumerated() {
-                        if reply.pause > .zero { try await Task.sleep(for: reply.pause) }
-                        if let cut = reply.cutAfter, index >= cut { throw CancellationError() }
-                        try await writer.write(ByteBuffer(string: part))
-                    }
-                    try await writer.finish(nil)
-                })
-        }
-        return Application(
-            router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-            onServerRunning: { channel in self.port.withLock { $0 = channel.localAddress?.port ?? 0 } },
-            logger: Logger(label: "fake-upstream", factory: { _ in SwiftLogNoOpLogHandler() }))
+    /// The fake upstream as a service (HummingbirdCore's server directly, so that the headers it
+    /// sends, `Date` included, are exactly the reply's).
+    func service() throws -> any Service {
+        try HTTPServerBuilder.http1().buildServer(
+            configuration: ServerConfiguration(address: .hostname("127.0.0.1", port: 0)), eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
+            logger: Logger(label: "fake-upstream", factory: { _ in SwiftLogNoOpLogHandler() }),
+            responder: { (request, responseWriter: consuming ResponseWriter, _) in
+                let body = try await request.body.collect(upTo: 1 << 24)
+                var headers: [String: String] = [:]
+                for field in request.headers { headers[field.name.canonicalName] = field.value }
+                self.received.withLock { $0.append(Received(path: request.uri.path, headers: headers, body: String(buffer: body))) }
+                let reply = self.replies.withLock { $0.isEmpty ? FakeReply.json("{}") : $0.removeFirst() }
+                var fields = HTTPFields()
+                for (name, value) in reply.headers { fields.append(HTTPField(name: HTTPField.Name(name)!, value: value)) }
+                let response = Response(
+                    status: .init(code: reply.status), headers: fields,
+                    body: ResponseBody { writer in
+                        for (index, part) in reply.parts.enumerated() {
+                            if reply.pause > .zero { try await Task.sleep(for: reply.pause) }
+                            if index == 1, reply.stall > .zero { try await Task.sleep(for: reply.stall) }
+                            if let cut = reply.cutAfter, index >= cut { throw CancellationError() }
+                            try await writer.write(ByteBuffer(string: part))
+                        }
+                        try await writer.finish(nil)
+                    })
+                try await responseWriter.write(response: response.head, body: response.body)
+            },
+            onServerRunning: { channel in self.port.withLock { $0 = channel.localAddress?.port ?? 0 } })
     }
 }
 
@@ -121,7 +127,7 @@ struct ProxyFixture: Sendable {
             let store = try ChatLogStore.create(at: directory + "/chat.db", key: .key(.generate()))
             let upstream = FakeUpstream()
             let upstreamGroup = ServiceGroup(
-                configuration: .init(services: [upstream.application()], logger: Logger(label: "t", factory: { _ in SwiftLogNoOpLogHandler() })))
+                configuration: .init(services: [try upstream.service()], logger: Logger(label: "t", factory: { _ in SwiftLogNoOpLogHandler() })))
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await upstreamGroup.run() }
                 while upstream.port.withLock({ $0 }) == 0 { try await Task.sleep(for: .milliseconds(5)) }
