@@ -8,12 +8,13 @@
  *   `detail=none` FTS5 table; 1,000 messages per transaction, WAL, synchronous NORMAL (what GRDB sets for chatlog and the
  *   baselines), secure_delete.
  *   With --row it also inserts the sealed content into a table with chatlog's message columns and
- *   secondary indexes (what a real store has to write besides the index).
+ *   secondary indexes (what a real store has to write besides the index). With --tuned the FTS5 table
+ *   gets the settings of chatlog's migration 0008 (automerge 8, hashsize 8 MiB; FTS5's defaults: 4, 1 MiB).
  *
  * Input: the corpus file `chatlog-bench --write-corpus FILE` writes (each message: a 4-byte
  * little-endian length, then its UTF-8 bytes). Built and run by scripts/bench-logging.
  *
- *   bench-logging-anchor CORPUS DB [--row] [PER_TRANSACTION]   prints: messages wall_s cpu_s msg/s
+ *   bench-logging-anchor CORPUS DB [--row] [--tuned] [PER_TRANSACTION]   prints: messages wall_s cpu_s msg/s
  *   (PER_TRANSACTION: messages per transaction, default 1,000)
  */
 #include <sodium.h>
@@ -68,13 +69,14 @@ static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz234567";
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: bench-logging-anchor CORPUS DB [--row] [PER_TRANSACTION]\n");
+        fprintf(stderr, "usage: bench-logging-anchor CORPUS DB [--row] [--tuned] [PER_TRANSACTION]\n");
         return 64;
     }
-    int with_row = 0;
+    int with_row = 0, tuned = 0;
     long per_transaction = 1000;
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "--row") == 0) with_row = 1;
+        else if (strcmp(argv[i], "--tuned") == 0) tuned = 1;
         else per_transaction = atol(argv[i]);
     }
     if (per_transaction < 1) die("PER_TRANSACTION must be at least 1", NULL);
@@ -93,6 +95,10 @@ int main(int argc, char **argv) {
     if (sqlite3_open(argv[2], &db) != SQLITE_OK) die("open", db);
     exec(db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA secure_delete = ON;");
     exec(db, "CREATE VIRTUAL TABLE message_terms USING fts5 (terms, content = '', columnsize = 0, detail = none, tokenize = 'ascii')");
+    if (tuned) {
+        exec(db, "INSERT INTO message_terms (message_terms, rank) VALUES ('automerge', 8);"
+                 "INSERT INTO message_terms (message_terms, rank) VALUES ('hashsize', 8388608);");
+    }
     if (with_row) {
         exec(db, "CREATE TABLE messages (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, conversation_seq INTEGER NOT NULL,"
                  " position INTEGER NOT NULL, role TEXT NOT NULL, created_at INTEGER NOT NULL, key_id INTEGER NOT NULL,"
