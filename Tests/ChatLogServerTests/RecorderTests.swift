@@ -84,4 +84,24 @@ import Testing
             await recorder.drain()
         }
     }
+
+    @Test func durableSubmitsWaitForRoomInAFullQueueInsteadOfDropping() async throws {
+        try await withServerTemporaryDirectory { directory in
+            let store = try ChatLogStore.create(at: directory + "/chat.db", key: .key(.generate()))
+            let metrics = ProxyMetrics(queueCapacity: 1)
+            let recorder = Recorder(store: store, capacity: 1, batchSize: 1, metrics: metrics, logger: Self.quiet)
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                for index in 0..<4 { group.addTask { await recorder.submitAndWait(record("d\(index)")) } }
+                try await Task.sleep(for: .milliseconds(100))
+                // Nothing drains yet: one queued, three waiting, none dropped.
+                #expect(metrics.health.queueDepth == 1 && metrics.health.dropped == 0)
+                recorder.start()
+                var results: [Bool] = []
+                for try await result in group { results.append(result) }
+                #expect(results == [true, true, true, true])
+            }
+            await recorder.drain()
+            #expect(try store.counts().messages == 4 && metrics.health.dropped == 0)
+        }
+    }
 }
