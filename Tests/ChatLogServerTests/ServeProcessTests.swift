@@ -120,13 +120,18 @@ enum ServeProcess {
                                 #expect(body.hasSuffix("data: [DONE]\n\n"), "an in-flight call was cut at shutdown")
                                 answered.add()
                             } catch {
+                                print("ServeProcessTests: call \(index) failed without an answer: \(error)")
                                 refused.add()
                             }
                         }
                     }
                     // SIGTERM once every call has reached the upstream (all in flight).
-                    for _ in 0..<12000 where upstream.requests.count < calls { try await Task.sleep(for: .milliseconds(10)) }
-                    #expect(upstream.requests.count == calls)
+                    // (On a machine loaded by the whole parallel suite a few connections can fail before
+                    // the proxy reads them; those count as refused, not as accepted.)
+                    for _ in 0..<12000 where upstream.requests.count + refused.count < calls {
+                        try await Task.sleep(for: .milliseconds(10))
+                    }
+                    #expect(upstream.requests.count + refused.count == calls)
                     kill(serve.process.processIdentifier, SIGTERM)
                     try await requests.waitForAll()
                 }
@@ -142,6 +147,7 @@ enum ServeProcess {
                 #expect(try store.counts() == (conversations: answered.count, messages: 2 * answered.count))
 
                 // A restart on the same store serves and logs on.
+                upstream.removeReplies()
                 upstream.enqueue(.json(#"{"id":"x","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"again"},"finish_reason":"stop"}]}"#))
                 let again = try await ServeProcess.start(directory, key: key, upstreamPort: upstreamPort)
                 var request = HTTPClientRequest(url: "http://127.0.0.1:\(again.port)/v1/chat/completions")

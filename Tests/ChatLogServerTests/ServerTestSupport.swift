@@ -52,6 +52,7 @@ final class FakeUpstream: Sendable {
     let port = Mutex(0)
 
     func enqueue(_ reply: FakeReply) { replies.withLock { $0.append(reply) } }
+    func removeReplies() { replies.withLock { $0.removeAll() } }
     var requests: [Received] { received.withLock { $0 } }
 
     /// The fake upstream as a service (HummingbirdCore's server directly, so that the headers it
