@@ -43,6 +43,19 @@ struct ProxyCall: Sendable {
     ]
     static let notForwarded: Set<String> = hopByHop.union(["host", "content-length", "x-chatlog-conversation", "x-chatlog-subject"])
 
+    /// The header names a message's `Connection` field lists: hop-by-hop too, so not forwarded
+    /// (RFC 9110 §7.6.1), lowercased.
+    static func nominatedByConnection(_ values: some Sequence<String>) -> Set<String> {
+        var names = Set<String>()
+        for value in values {
+            for token in value.split(separator: ",") {
+                let name = token.trimmingCharacters(in: .whitespaces).lowercased()
+                if !name.isEmpty { names.insert(name) }
+            }
+        }
+        return names
+    }
+
     func run() async -> Response {
         state.metrics.callStarted()
         let response = await proxy()
@@ -75,7 +88,8 @@ struct ProxyCall: Sendable {
 
         // Headers upstream: the client's, minus hop-by-hop ones and the proxy's own.
         var headers = HTTPHeaders()
-        for field in request.headers where !Self.notForwarded.contains(field.name.canonicalName) {
+        let nominated = Self.nominatedByConnection(request.headers[values: .connection])
+        for field in request.headers where !Self.notForwarded.contains(field.name.canonicalName) && !nominated.contains(field.name.canonicalName) {
             if api != nil, field.name.canonicalName == "accept-encoding" { continue }
             headers.add(name: field.name.rawName, value: field.value)
         }
@@ -187,14 +201,16 @@ struct ProxyCall: Sendable {
         return Response(status: HTTPResponse.Status(code: status), headers: fields, body: responseBody)
     }
 
-    /// The upstream's response headers as the client gets them: all but the hop-by-hop ones, in
-    /// order, repeated ones (`set-cookie`) kept; `Content-Length` apart (the body carries it).
+    /// The upstream's response headers as the client gets them: all but the hop-by-hop ones (and
+    /// those its `Connection` field lists), in order, repeated ones (`set-cookie`) kept;
+    /// `Content-Length` apart (the body carries it).
     static func clientHeaders(_ headers: HTTPHeaders) -> (HTTPFields, contentLength: Int?) {
         var fields = HTTPFields()
         var contentLength: Int?
+        let nominated = nominatedByConnection(headers["connection"])
         for (name, value) in headers {
             let lower = name.lowercased()
-            if hopByHop.contains(lower) { continue }
+            if hopByHop.contains(lower) || nominated.contains(lower) { continue }
             if lower == "content-length" {
                 contentLength = Int(value)
                 continue

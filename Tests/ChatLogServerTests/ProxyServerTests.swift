@@ -326,6 +326,22 @@ import Testing
         }
     }
 
+    /// RFC 9110 §7.6.1: headers a `Connection` field lists are for this hop only, both ways.
+    @Test func headersTheConnectionFieldListsStopAtTheProxy() async throws {
+        try await ProxyFixture.with { fixture in
+            var reply = FakeReply.json(Self.chatBody)
+            reply.headers += [("connection", "X-Upstream-Hop"), ("x-upstream-hop", "v"), ("x-upstream-kept", "w")]
+            fixture.upstream.enqueue(reply)
+            let response = try await fixture.post(
+                "/v1/chat/completions", Self.chatRequest(#"{"role":"user","content":"q"}"#),
+                headers: [("connection", "keep-alive, X-Hop-One ,x-hop-two"), ("x-hop-one", "1"), ("X-Hop-Two", "2"), ("x-kept", "3")])
+            #expect(response.status == 200)
+            let sent = try #require(fixture.upstream.requests.first)
+            #expect(sent.headers["x-hop-one"] == nil && sent.headers["x-hop-two"] == nil && sent.headers["x-kept"] == "3")
+            #expect(response.headers["x-upstream-hop"].isEmpty && response.headers.first(name: "x-upstream-kept") == "w")
+        }
+    }
+
     @Test func aClientThatHangsUpWhileTheUpstreamIsSilentCancelsTheUpstreamCall() async throws {
         try await ProxyFixture.with { fixture in
             var reply = FakeReply.sse(Self.slowEvents)
