@@ -130,4 +130,32 @@ import Testing
             #expect(try await store.proxyTokenName(token) == "app")
         }
     }
+
+    @Test func anIndexKeyStillCheckingAnUnusedTokenIsNotRetiredAndDeadThreadsGo() async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try makeStore(in: directory)
+            let idle = try await store.createProxyToken(name: "idle-app")
+            let busy = try await store.createProxyToken(name: "busy-app")
+            let old = try #require(try await store.read { db in try Int64.fetchOne(db, sql: "SELECT index_key_id FROM proxy_tokens LIMIT 1") })
+            let oldKey = KeyID(rawValue: UInt32(old))
+            let conversation = try await store.createConversation(NewConversation(title: "threaded"))
+            try await store.writeImmediate { db in
+                let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM conversations WHERE id = ?", arguments: [conversation.rawValue]) ?? -1
+                try db.execute(
+                    sql: "INSERT INTO proxy_threads (digest, conversation_seq, index_key_id, created_at) VALUES (?, ?, ?, 0)",
+                    arguments: [Data(repeating: 7, count: 32), seq, old])
+            }
+            _ = try store.rotateIndexKey()
+            #expect(try await store.proxyTokenName(busy) == "busy-app")
+            // idle-app's hash is still under the old key: retiring it would lock that app out.
+            #expect(try store.retireUnusedKeys().isEmpty)
+            #expect(throws: ChatLogError.keyChecksProxyTokens(oldKey, names: ["idle-app"])) { try store.retireKey(oldKey) }
+            #expect(try await store.proxyTokenName(idle) == "idle-app")
+            // Used once, it moved: now the key goes, and with it the thread digests made under it.
+            #expect(try store.retireUnusedKeys() == [oldKey])
+            #expect(try await store.proxyTokenName(idle) == "idle-app")
+            #expect(try await store.proxyTokenName(busy) == "busy-app")
+            #expect(try await store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM proxy_threads") } == 0)
+        }
+    }
 }

@@ -75,7 +75,8 @@ extension ChatLogStore {
         return entry
     }
 
-    /// Retires every decrypt-only key that no row uses. Returns their ids.
+    /// Retires every decrypt-only key that no row uses and no unmoved proxy token needs. Returns
+    /// their ids.
     @discardableResult
     public func retireUnusedKeys() throws(ChatLogError) -> [KeyID] {
         let lock = try RotationLock.acquire(forDatabase: path)
@@ -84,7 +85,7 @@ extension ChatLogStore {
             var retired: [KeyID] = []
             for id in try Int64.fetchAll(db, sql: "SELECT id FROM keys WHERE state = 'decrypt-only' ORDER BY id") {
                 let key = try KeyID.stored(id, table: "keys", column: "id", rowID: String(id))
-                if try Self.references(key, db) == 0 {
+                if try Self.references(key, db) == 0, try Self.proxyTokensChecked(by: key, db).isEmpty {
                     try self.retire(key, db)
                     retired.append(key)
                 }
@@ -107,6 +108,8 @@ extension ChatLogStore {
         }
         let rows = try Self.references(id, db)
         guard rows == 0 else { throw ChatLogError.keyInUse(id, rows: rows) }
+        let tokens = try Self.proxyTokensChecked(by: id, db)
+        guard tokens.isEmpty else { throw ChatLogError.keyChecksProxyTokens(id, names: tokens) }
         let master = keyRing.master
         try KeyRing.verifyRows(master: master, db: db)
         if try SearchIndex.scrubPending(db),
@@ -123,6 +126,16 @@ extension ChatLogStore {
             sql: "UPDATE keys SET state = 'retired', wrapped = NULL, retired_at = ? WHERE id = ?",
             arguments: [Date().unixMilliseconds, Int64(id.rawValue)])
         try KeyRowAuthentication.seal([Int64(id.rawValue)], master: master, db: db)
+        // Thread digests under the destroyed key can never match again (threads that went on
+        // after the rotation have digests under the newer key).
+        try db.execute(sql: "DELETE FROM proxy_threads WHERE index_key_id = ?", arguments: [Int64(id.rawValue)])
+    }
+
+    /// Names of the valid proxy tokens whose hash is under index key `id` (not presented since
+    /// the index key changed: a presented token moves to the active key).
+    static func proxyTokensChecked(by id: KeyID, _ db: Database) throws -> [String] {
+        try String.fetchAll(
+            db, sql: "SELECT name FROM proxy_tokens WHERE index_key_id = ? AND revoked_at IS NULL ORDER BY name", arguments: [Int64(id.rawValue)])
     }
 
     /// Rows whose sealed values or index entries use key `id`.

@@ -39,6 +39,9 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
     case locked(holder: Int32?, path: String)
     /// A key cannot be retired while rows still use it.
     case keyInUse(KeyID, rows: Int)
+    /// An index key still checks proxy tokens that were not presented since it was replaced:
+    /// retiring it would lock their apps out.
+    case keyChecksProxyTokens(KeyID, names: [String])
     /// No data or index key has this id.
     case keyNotFound(KeyID)
     /// The active key cannot be retired.
@@ -76,6 +79,9 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
         case .locked(let holder, let path):
             "another key job holds the lock \(path)" + (holder.map { " (process \($0))" } ?? "") + "; try again when it has finished"
         case .keyInUse(let id, let rows): "key \(id) is still used by \(rows) rows; finish `chatlog key rotate` first"
+        case .keyChecksProxyTokens(let id, let names):
+            "key \(id) still checks \(names.count) proxy token\(names.count == 1 ? "" : "s") not used since the index key changed (\(names.prefix(5).map(Self.quotedName).joined(separator: ", "))\(names.count > 5 ? ", …" : "")): "
+                + "retiring it would lock their apps out; make one call with each through `chatlog serve` (it moves the token to the active key) or revoke it (`chatlog token revoke NAME`), then retire"
         case .keyNotFound(let id): "no key with id \(id) (see `chatlog key status`)"
         case .keyIsActive(let id): "key \(id) is active; rotate to a new key before retiring it"
         case .keyAlreadyRetired(let id): "key \(id) is already retired"
@@ -94,7 +100,7 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .missingKey, .invalidKey, .placeholderKey, .wrongKey, .wrongPassphrase, .keyFileRejected, .passphrase: .key
         case .integrity: .integrity
-        case .invalidInput, .schemaTooNew, .notAChatLogStore, .storeExists, .keyInUse, .keyIsActive, .keyAlreadyRetired: .invalidInput
+        case .invalidInput, .schemaTooNew, .notAChatLogStore, .storeExists, .keyInUse, .keyChecksProxyTokens, .keyIsActive, .keyAlreadyRetired: .invalidInput
         case .storeNotFound, .storeIsADirectory, .conversationNotFound, .keyNotFound: .notFound
         case .busy, .locked: .busy
         case .sameMasterKey: .usage
@@ -105,6 +111,12 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
     /// Wraps GRDB's errors. `DatabaseError.description` leaves bound values out unless
     /// `publicStatementArguments` is set (chatlog never sets it), so the SQL and SQLite's
     /// message are safe to show; we keep only SQLite's message and code.
+    /// A token name as an error shows it: printable ASCII only (the name is read from the file,
+    /// which someone may have changed), quoted.
+    static func quotedName(_ name: String) -> String {
+        "'" + String(String.UnicodeScalarView(name.unicodeScalars.prefix(64).map { $0.value >= 0x20 && $0.value < 0x7F && $0 != "'" ? $0 : "?" })) + "'"
+    }
+
     static func wrap(_ error: any Error) -> ChatLogError {
         if let error = error as? ChatLogError { return error }
         // GRDB's typed row access: a NULL (or unreadable value) where the schema says NOT NULL,
