@@ -1,0 +1,238 @@
+import Foundation
+import GRDB
+import Testing
+
+@testable import ChatLog
+@testable import ChatLogPostgres
+
+/// The PostgreSQL side of the storage seam against a real server: the same sealed bytes as
+/// SQLite, the write guard, gap-free positions with concurrent writers, the key-job lock.
+@Suite("PostgreSQL storage")
+struct PostgresStorageTests {
+    @Test("rows sealed by the core and rows copied from a SQLite file come back byte-identical and open with the store's keys")
+    func sealedBytesRoundTrip() async throws {
+        try await withSQLiteStore { store in
+            try await withPostgresStorage { storage, _, _ in
+                let (meta, keys) = try storedMetaAndKeys(store)
+                try await storage.initialize(meta: meta, keys: keys)
+                #expect(try await storage.isInitialized())
+                #expect(try await storage.keyRows() == keys)
+                for (name, value) in meta { #expect(try await storage.meta(name) == value) }
+
+                // 1. Sealed by the core for this backend (the write path through the seam).
+                let exchange = ModelExchange(
+                    conversation: .new(NewConversation(title: "Zażółć gęślą jaźń", subject: "user-42", metadata: .object(["k": .string("v")]))),
+                    prompt: [NewMessage(role: .user, content: "My card was charged twice", metadata: .object(["x": .integer(1)]))],
+                    completion: NewMessage(
+                        role: .assistant, content: "Sorry about that", model: "gpt-4o", promptTokens: 12, completionTokens: 40,
+                        latencyMilliseconds: 850, finishReason: "stop"))
+                let (preparedConversation, preparedMessages) = try store.prepare(exchange, keys: store.keyRing.current)
+                let conversation = try #require(preparedConversation)
+                let conversationRow = SealedConversationRow(conversation)
+                let messageRows = preparedMessages.map { SealedMessageRow($0, conversationID: conversation.id) }
+                #expect(messageRows.allSatisfy { !$0.terms.isEmpty })
+                let positions = try await storage.insert(
+                    conversation: conversationRow, messages: messageRows, into: conversation.id.rawValue, guard: writeGuard(store))
+                #expect(positions == [0, 1])
+                #expect(try await storage.conversation(id: conversation.id.rawValue) == conversationRow)
+                let stored = try await storage.messages(ofConversation: conversation.id.rawValue)
+                #expect(stored.count == 2)
+                for (index, (row, original)) in zip(stored, messageRows).enumerated() {
+                    var expected = original
+                    expected.position = Int64(index)
+                    expected.terms = []
+                    #expect(row == expected)
+                }
+                #expect(try openText(store, stored[0].content, table: "messages", column: "content", rowID: stored[0].id) == "My card was charged twice")
+                #expect(
+                    try openText(store, try #require(conversationRow.title), table: "conversations", column: "title", rowID: conversation.id.rawValue)
+                        == "Zażółć gęślą jaźń")
+
+                // 2. Written by the SQLite backend, moved verbatim (nothing opened on the way).
+                let logged = try await store.logExchange(
+                    ModelExchange(
+                        conversation: .new(NewConversation(title: "from sqlite")),
+                        prompt: [NewMessage(role: .system, content: "be brief"), NewMessage(role: .user, content: "ünïcödé and NUL \u{0}!")],
+                        completion: NewMessage(role: .assistant, content: "")))
+                let copied = try await store.read { db -> (SealedConversationRow, [SealedMessageRow]) in
+                    let c = try #require(try Row.fetchOne(db, sql: "SELECT * FROM conversations WHERE id = ?", arguments: [logged.conversationID.rawValue]))
+                    let conversation = SealedConversationRow(
+                        id: c["id"], createdAt: c["created_at"], updatedAt: c["updated_at"], keyID: c["key_id"], title: c["title"], subject: c["subject"],
+                        subjectToken: c["subject_token"], subjectKeyID: c["subject_key_id"], metadata: c["metadata"])
+                    let messages = try Row.fetchAll(db, sql: "SELECT * FROM messages WHERE conversation_seq = ? ORDER BY position", arguments: [c["seq"] as Int64]).map { m in
+                        SealedMessageRow(
+                            id: m["id"], conversationID: logged.conversationID.rawValue, position: m["position"], role: m["role"], createdAt: m["created_at"],
+                            model: m["model"], promptTokens: m["prompt_tokens"], completionTokens: m["completion_tokens"], latencyMilliseconds: m["latency_ms"],
+                            finishReason: m["finish_reason"], keyID: m["key_id"], content: m["content"], metadata: m["metadata"], indexKeyID: m["index_key_id"],
+                            terms: [])
+                    }
+                    return (conversation, messages)
+                }
+                _ = try await storage.insert(conversation: copied.0, messages: copied.1, into: copied.0.id, guard: writeGuard(store))
+                let back = try await storage.messages(ofConversation: copied.0.id)
+                #expect(back == copied.1)
+                let texts = try back.map { try openText(store, $0.content, table: "messages", column: "content", rowID: $0.id) }
+                #expect(texts == ["be brief", "ünïcödé and NUL \u{0}!", ""])
+                #expect(try await storage.counts() == StorageCounts(conversations: 2, messages: 5))
+            }
+        }
+    }
+
+    @Test("a second initialize is refused and changes nothing")
+    func initializeOnce() async throws {
+        try await withSQLiteStore { store in
+            try await withPostgresStorage { storage, _, _ in
+                let (meta, keys) = try storedMetaAndKeys(store)
+                try await storage.initialize(meta: meta, keys: keys)
+                await #expect(throws: ChatLogError.storeExists(path: storage.location)) {
+                    try await storage.initialize(meta: ["store_id": .text("other")], keys: [])
+                }
+                #expect(try await storage.meta("store_id") == meta["store_id"])
+            }
+        }
+    }
+
+    @Test("the write guard: a changed master check value or active key refuses the write, and nothing is written")
+    func writeGuardRefuses() async throws {
+        try await withSQLiteStore { store in
+            try await withPostgresStorage { storage, server, database in
+                let (meta, keys) = try storedMetaAndKeys(store)
+                try await storage.initialize(meta: meta, keys: keys)
+                let prepared = try store.prepare(NewConversation(title: "t"), keys: store.keyRing.current)
+                let row = SealedConversationRow(prepared)
+                let message = SealedMessageRow(
+                    try store.prepare(NewMessage(role: .user, content: "hello"), keys: store.keyRing.current), conversationID: prepared.id)
+
+                var stale = writeGuard(store)
+                stale.activeDataKeyID += 1
+                await #expect(throws: StorageConflict.staleKeys) {
+                    try await storage.insert(conversation: row, messages: [message], into: row.id, guard: stale)
+                }
+                var rewrapped = writeGuard(store)
+                rewrapped.acceptedCheckValues = [Data(repeating: 7, count: 32)]
+                await #expect(throws: StorageConflict.masterKeyChanged) {
+                    try await storage.insert(conversation: row, messages: [message], into: row.id, guard: rewrapped)
+                }
+                #expect(try await storage.counts() == StorageCounts(conversations: 0, messages: 0))
+                #expect(try server.psql("SELECT count(*) FROM message_terms", database: database) == "0")
+
+                // Another process rotated: the active data key row changed under the writer.
+                let active = try #require(keys.first { $0.kind == "data" && $0.state == "active" })
+                try server.psql("UPDATE keys SET state = 'decrypt-only' WHERE id = \(active.id)", database: database)
+                await #expect(throws: StorageConflict.staleKeys) {
+                    try await storage.insert(conversation: row, messages: [message], into: row.id, guard: writeGuard(store))
+                }
+                try server.psql("UPDATE keys SET state = 'active' WHERE id = \(active.id)", database: database)
+                _ = try await storage.insert(conversation: row, messages: [message], into: row.id, guard: writeGuard(store))
+                #expect(try await storage.counts() == StorageCounts(conversations: 1, messages: 1))
+                await #expect(throws: ChatLogError.conversationNotFound("no-such-conversation")) {
+                    try await storage.insert(conversation: nil, messages: [message], into: "no-such-conversation", guard: writeGuard(store))
+                }
+            }
+        }
+    }
+
+    @Test("concurrent writers on separate connection pools: every message once, positions gap-free")
+    func concurrentWritersGapFree() async throws {
+        try await withSQLiteStore { store in
+            try await withPostgresStorage { storage, server, database in
+                let (meta, keys) = try storedMetaAndKeys(store)
+                try await storage.initialize(meta: meta, keys: keys)
+                let prepared = try store.prepare(NewConversation(title: "shared"), keys: store.keyRing.current)
+                _ = try await storage.insert(conversation: SealedConversationRow(prepared), messages: [], into: prepared.id.rawValue, guard: writeGuard(store))
+                let writers = 6
+                let perWriter = 40
+                let rows = try (0..<(writers * perWriter)).map { index in
+                    SealedMessageRow(
+                        try store.prepare(NewMessage(role: .user, content: "message \(index)"), keys: store.keyRing.current), conversationID: prepared.id)
+                }
+                let url = server.url(database: database)
+                let guardValue = writeGuard(store)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for writer in 0..<writers {
+                        let mine = Array(rows[(writer * perWriter)..<((writer + 1) * perWriter)])
+                        group.addTask {
+                            let own = try await PostgresStorage.connect(try PostgresLocation(url: url, environment: [:], home: nil), maximumConnections: 2)
+                            defer { Task { await own.close() } }
+                            for row in mine {
+                                _ = try await own.insert(conversation: nil, messages: [row], into: prepared.id.rawValue, guard: guardValue)
+                            }
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                let stored = try await storage.messages(ofConversation: prepared.id.rawValue)
+                #expect(stored.count == writers * perWriter)
+                #expect(stored.map(\.position) == (0..<Int64(writers * perWriter)).map { $0 })
+                #expect(Set(stored.map(\.id)) == Set(rows.map(\.id)))
+                #expect(try server.psql("SELECT count(DISTINCT message_seq) FROM message_terms", database: database) == String(writers * perWriter))
+            }
+        }
+    }
+
+    @Test("the key-job lock: a second job fails at once naming the holder; released when the job ends")
+    func keyJobLock() async throws {
+        try await withPostgresStorage { storage, server, database in
+            let other = try await PostgresStorage.connect(try PostgresLocation(url: server.url(database: database), environment: [:], home: nil))
+            defer { Task { await other.close() } }
+            let (entered, enter) = AsyncStream<Void>.makeStream()
+            let (released, release) = AsyncStream<Void>.makeStream()
+            let holder = Task {
+                try await storage.withKeyJobLock { () throws(ChatLogError) in
+                    enter.yield()
+                    for await _ in released { break }
+                    return 1
+                }
+            }
+            for await _ in entered { break }
+            var refused: ChatLogError?
+            do throws(ChatLogError) {
+                _ = try await other.withKeyJobLock { () throws(ChatLogError) in 2 }
+            } catch {
+                refused = error
+            }
+            guard case .locked(_, let path)? = refused else {
+                Issue.record("expected a lock error, got \(String(describing: refused))")
+                release.yield()
+                _ = try await holder.value
+                return
+            }
+            #expect(path.contains("advisory lock"))
+            #expect(path.contains("chatlog pid \(getpid())"))
+            #expect(refused?.category == .busy)
+            release.yield()
+            #expect(try await holder.value == 1)
+            #expect(try await other.withKeyJobLock { () throws(ChatLogError) in 3 } == 3)
+        }
+    }
+
+    @Test("deleting conversations removes their messages and every search term")
+    func deleteLeavesNoTerms() async throws {
+        try await withSQLiteStore { store in
+            try await withPostgresStorage { storage, server, database in
+                let (meta, keys) = try storedMetaAndKeys(store)
+                try await storage.initialize(meta: meta, keys: keys)
+                var ids: [String] = []
+                for index in 0..<4 {
+                    let (conversation, messages) = try store.prepare(
+                        ModelExchange(
+                            conversation: .new(NewConversation(title: "c\(index)")), prompt: [NewMessage(role: .user, content: "alpha beta \(index)")],
+                            completion: NewMessage(role: .assistant, content: "gamma delta")), keys: store.keyRing.current)
+                    let row = SealedConversationRow(try #require(conversation))
+                    _ = try await storage.insert(
+                        conversation: row, messages: messages.map { SealedMessageRow($0, conversationID: conversation!.id) }, into: row.id,
+                        guard: writeGuard(store))
+                    ids.append(row.id)
+                }
+                let before = Int(try server.psql("SELECT count(*) FROM message_terms", database: database))!
+                #expect(before > 0)
+                #expect(try await storage.deleteConversations([ids[0], ids[2], "missing"]) == 2)
+                #expect(try await storage.counts() == StorageCounts(conversations: 2, messages: 4))
+                let orphans = try server.psql(
+                    "SELECT count(*) FROM message_terms t WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.seq = t.message_seq)", database: database)
+                #expect(orphans == "0")
+                #expect(Int(try server.psql("SELECT count(*) FROM message_terms", database: database))! == before / 2)
+            }
+        }
+    }
+}

@@ -1,0 +1,306 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
+// A throwaway PostgreSQL cluster for the PostgreSQL suites (docs/TESTING.md, "PostgreSQL"):
+// `initdb` into a new temporary folder, a server listening only on a Unix socket in that folder
+// (no TCP port, so parallel test runs and a system cluster on 5432 never meet), trust
+// authentication for its own socket, durability off (a test cluster is thrown away). Run as
+// root (CI on a fresh Debian machine), the cluster belongs to an unprivileged user — PostgreSQL
+// refuses to run as root — and every server command runs as that user through `runuser`.
+//
+// One cluster per test process, started by the first test that asks for it. It is stopped when
+// the process exits (an `atexit` handler), and a watchdog process started with it stops it and
+// removes the folder within a second if the test process dies any other way (a crash, SIGKILL):
+// no stray postgres processes, whatever the tests did.
+
+// glibc's posix_spawn extensions (2.29, 2.34), which Swift's Glibc module does not export.
+private typealias SpawnChangeDirectory = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32
+private typealias SpawnCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+private let spawnChangeDirectory: SpawnChangeDirectory? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addchdir_np")
+    .map { unsafeBitCast($0, to: SpawnChangeDirectory.self) }
+private let spawnCloseFrom: SpawnCloseFrom? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np")
+    .map { unsafeBitCast($0, to: SpawnCloseFrom.self) }
+
+struct PostgresTestServerError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The result of a helper program run to completion.
+struct ToolResult: Sendable {
+    let status: Int32
+    let output: String
+
+    var succeeded: Bool { status == 0 }
+}
+
+final class PostgresTestServer: Sendable {
+    /// The cluster's folder (data directory `data/`, socket, log `server.log`).
+    let directory: String
+    /// Where the server's binaries are (initdb, pg_ctl, postgres).
+    let binaries: String
+    /// The unprivileged user the cluster runs as when the tests run as root; nil otherwise.
+    let runAs: String?
+    /// The database superuser created by initdb.
+    let superuser = "chatlog"
+    let port = 5432
+
+    var dataDirectory: String { directory + "/data" }
+    /// The folder holding the server's socket (`host` for libpq, `unixSocketPath` minus the name).
+    var socketDirectory: String { directory }
+    var socketPath: String { "\(directory)/.s.PGSQL.\(port)" }
+    var logPath: String { directory + "/server.log" }
+
+    /// The shared cluster of this test process, started on first use.
+    static func shared() throws -> PostgresTestServer { try started.get() }
+
+    private static let started: Result<PostgresTestServer, PostgresTestServerError> = {
+        do {
+            let server = try PostgresTestServer.start()
+            running = server
+            atexit { PostgresTestServer.running?.stop() }
+            return .success(server)
+        } catch let error as PostgresTestServerError {
+            return .failure(error)
+        } catch {
+            return .failure(PostgresTestServerError("\(error)"))
+        }
+    }()
+
+    /// For the `atexit` handler (a C function pointer cannot capture). Set once, before the
+    /// handler is registered.
+    nonisolated(unsafe) private static var running: PostgresTestServer?
+
+    private init(directory: String, binaries: String, runAs: String?) {
+        self.directory = directory
+        self.binaries = binaries
+        self.runAs = runAs
+    }
+
+    /// Starts a new cluster in a new temporary folder, stopped by a watchdog once the process
+    /// `watching` (default: this one) has ended.
+    static func start(watching watched: pid_t = getpid()) throws -> PostgresTestServer {
+        let binaries = try findBinaries()
+        let runAs = geteuid() == 0 ? try unprivilegedUser() : nil
+        var template = Array("/tmp/chatlog-pg-XXXXXX".utf8CString)
+        guard let created = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw PostgresTestServerError("mkdtemp failed (errno \(errno))")
+        }
+        let directory = String(cString: created)
+        let server = PostgresTestServer(directory: directory, binaries: binaries, runAs: runAs)
+        do {
+            if let runAs {
+                guard let user = getpwnam(runAs) else { throw PostgresTestServerError("no user \(runAs)") }
+                guard chown(directory, user.pointee.pw_uid, user.pointee.pw_gid) == 0 else {
+                    throw PostgresTestServerError("chown \(directory) to \(runAs) failed (errno \(errno))")
+                }
+            }
+            try server.initialize()
+            try server.startServer(watching: watched)
+        } catch {
+            server.stop()
+            throw error
+        }
+        return server
+    }
+
+    private func initialize() throws {
+        let result = try runServerTool(
+            "initdb",
+            ["-D", dataDirectory, "-U", superuser, "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"])
+        guard result.succeeded else { throw PostgresTestServerError("initdb failed (exit \(result.status)): \(result.output)") }
+    }
+
+    private func startServer(watching watched: pid_t) throws {
+        // The watchdog first: it outlives a test process that dies before the atexit handler
+        // runs. It polls the test process and stops the cluster once that is gone.
+        try startWatchdog(watching: watched)
+        let options = [
+            "-c listen_addresses=''",
+            "-k \(socketDirectory)",
+            "-p \(port)",
+            "-c fsync=off",
+            "-c synchronous_commit=off",
+            "-c full_page_writes=off",
+            "-c max_connections=200",
+            "-c shared_buffers=64MB",
+        ].joined(separator: " ")
+        let result = try runServerTool("pg_ctl", ["start", "-D", dataDirectory, "-l", logPath, "-w", "-t", "60", "-o", options])
+        guard result.succeeded else {
+            let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+            throw PostgresTestServerError("pg_ctl start failed (exit \(result.status)): \(result.output)\n\(log)")
+        }
+    }
+
+    /// A detached shell (its own session, so a signal to the test's process group does not reach
+    /// it) that waits for this process to end, then stops the server and removes the folder.
+    private func startWatchdog(watching watched: pid_t) throws {
+        let pgCtl = commandLine("pg_ctl", ["stop", "-D", dataDirectory, "-m", "immediate", "-w", "-t", "30"])
+            .map(Self.shellQuoted).joined(separator: " ")
+        let script = """
+            while kill -0 \(watched) 2>/dev/null; do sleep 1; done
+            if [ -f \(Self.shellQuoted(dataDirectory + "/postmaster.pid")) ]; then \(pgCtl) >/dev/null 2>&1; fi
+            rm -rf \(Self.shellQuoted(directory))
+            """
+        // Its own session (POSIX_SPAWN_SETSID): a signal to the test's process group does not reach it.
+        _ = try Self.spawn("/bin/sh", ["-c", script], output: "/dev/null", newSession: true)
+    }
+
+    /// Stops the server at once (no checkpoint: the cluster is thrown away) and removes its folder.
+    func stop() {
+        if FileManager.default.fileExists(atPath: dataDirectory + "/postmaster.pid") {
+            _ = try? runServerTool("pg_ctl", ["stop", "-D", dataDirectory, "-m", "immediate", "-w", "-t", "30"])
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// The PID of the running postmaster (first line of postmaster.pid), or nil.
+    var postmasterPID: pid_t? {
+        guard let text = try? String(contentsOfFile: dataDirectory + "/postmaster.pid", encoding: .utf8),
+            let line = text.split(separator: "\n").first
+        else { return nil }
+        return pid_t(line.trimmingCharacters(in: .whitespaces))
+    }
+
+    // MARK: - Databases
+
+    /// A new empty database with a unique name; dropped (with its connections) after `body`.
+    func withDatabase<R>(_ body: (String) async throws -> R) async throws -> R {
+        let name = "t_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
+        try psql("CREATE DATABASE \(name)")
+        do {
+            let result = try await body(name)
+            _ = try? psql("DROP DATABASE \(name) WITH (FORCE)")
+            return result
+        } catch {
+            _ = try? psql("DROP DATABASE \(name) WITH (FORCE)")
+            throw error
+        }
+    }
+
+    /// A `postgresql://` URL for `database` over this cluster's socket (libpq's `host=` for a
+    /// socket folder).
+    func url(database: String, user: String? = nil) -> String {
+        "postgresql://\(user ?? superuser)@/\(database)?host=\(socketDirectory)"
+    }
+
+    /// Runs SQL through `psql` as the superuser (database `postgres` unless given); throws with
+    /// psql's message when it fails. Returns psql's unaligned, tuples-only output.
+    @discardableResult
+    func psql(_ sql: String, database: String = "postgres") throws -> String {
+        let result = try Self.run(
+            binaries + "/psql",
+            ["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", socketDirectory, "-p", String(port), "-U", superuser, "-d", database, "-c", sql])
+        guard result.succeeded else { throw PostgresTestServerError("psql failed (exit \(result.status)): \(result.output)") }
+        return result.output.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    // MARK: - Running tools
+
+    /// `tool` from the server's binaries with `arguments`, as the cluster's user.
+    private func commandLine(_ tool: String, _ arguments: [String]) -> [String] {
+        let command = [binaries + "/" + tool] + arguments
+        guard let runAs else { return command }
+        return ["/usr/sbin/runuser", "-u", runAs, "--"] + command
+    }
+
+    private func runServerTool(_ tool: String, _ arguments: [String]) throws -> ToolResult {
+        let command = commandLine(tool, arguments)
+        // The cluster's user must be able to enter the working directory.
+        return try Self.run(command[0], Array(command.dropFirst()), workingDirectory: directory)
+    }
+
+    /// Runs a program to completion; stdout and stderr together in `output`. posix_spawn and
+    /// waitpid rather than Foundation's Process, whose exit monitoring was seen never to report
+    /// children that had exited (zombies left, waitUntilExit hanging) when started from here.
+    static func run(_ executable: String, _ arguments: [String], workingDirectory: String = "/") throws -> ToolResult {
+        let outputPath = "/tmp/chatlog-pg-tool-\(UUID().uuidString)"
+        defer { unlink(outputPath) }
+        let pid = try spawn(executable, arguments, output: outputPath, workingDirectory: workingDirectory)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 {
+            guard errno == EINTR else { throw PostgresTestServerError("waitpid(\(pid)) failed (errno \(errno))") }
+        }
+        let exitCode = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+        let output = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
+        return ToolResult(status: exitCode, output: output)
+    }
+
+    /// Starts `executable` with stdin from /dev/null, stdout and stderr to the file `output`, no
+    /// other descriptor of this process, and the environment without PG… variables.
+    static func spawn(
+        _ executable: String, _ arguments: [String], output: String, workingDirectory: String = "/", newSession: Bool = false
+    ) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        if let closeFrom = spawnCloseFrom { _ = closeFrom(&actions, 3) }
+        var command = [executable] + arguments
+        if let changeDirectory = spawnChangeDirectory {
+            _ = changeDirectory(&actions, workingDirectory)
+        } else {
+            command = ["/bin/sh", "-c", "cd \"$0\" && exec \"$@\"", workingDirectory] + command
+        }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        if newSession { posix_spawnattr_setflags(&attributes, Int16(0x80)) }  // POSIX_SPAWN_SETSID (glibc)
+        var environment = ProcessInfo.processInfo.environment
+        for name in environment.keys where name.hasPrefix("PG") { environment[name] = nil }
+        environment["LC_ALL"] = "C"
+        let argv = command.map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { for pointer in argv + envp { free(pointer) } }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, command[0], &actions, &attributes, argv, envp)
+        guard result == 0 else { throw PostgresTestServerError("cannot start \(command[0]) (error \(result))") }
+        return pid
+    }
+
+    static func shellQuoted(_ text: String) -> String {
+        "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }
+
+    /// The folder holding initdb, pg_ctl and postgres: `CHATLOG_PG_BINDIR`, else the newest
+    /// Debian `/usr/lib/postgresql/N/bin`, else the folder of `initdb` on PATH.
+    static func findBinaries() throws -> String {
+        let fileManager = FileManager.default
+        if let explicit = ProcessInfo.processInfo.environment["CHATLOG_PG_BINDIR"], !explicit.isEmpty {
+            guard fileManager.isExecutableFile(atPath: explicit + "/initdb") else {
+                throw PostgresTestServerError("CHATLOG_PG_BINDIR=\(explicit) holds no initdb")
+            }
+            return explicit
+        }
+        let debian = "/usr/lib/postgresql"
+        let versions = ((try? fileManager.contentsOfDirectory(atPath: debian)) ?? []).compactMap(Int.init).sorted(by: >)
+        for version in versions where fileManager.isExecutableFile(atPath: "\(debian)/\(version)/bin/initdb") {
+            return "\(debian)/\(version)/bin"
+        }
+        for folder in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") {
+            let candidate = URL(fileURLWithPath: String(folder)).appendingPathComponent("initdb").resolvingSymlinksInPath()
+            if fileManager.isExecutableFile(atPath: candidate.path) { return candidate.deletingLastPathComponent().path }
+        }
+        throw PostgresTestServerError(
+            "no PostgreSQL server found (initdb): run the tests through scripts/with-deps, which installs Debian's postgresql, or set CHATLOG_PG_BINDIR")
+    }
+
+    /// Run as root, the cluster needs an unprivileged owner: `CHATLOG_PG_USER`, else Debian's
+    /// `postgres` (created by the postgresql package), else `nobody`.
+    static func unprivilegedUser() throws -> String {
+        var candidates = ["postgres", "nobody"]
+        if let explicit = ProcessInfo.processInfo.environment["CHATLOG_PG_USER"], !explicit.isEmpty { candidates = [explicit] }
+        for name in candidates {
+            if let entry = getpwnam(name), entry.pointee.pw_uid != 0 { return name }
+        }
+        throw PostgresTestServerError("running as root and no unprivileged user to own the test cluster (tried \(candidates.joined(separator: ", ")))")
+    }
+}
