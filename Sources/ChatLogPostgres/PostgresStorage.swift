@@ -379,7 +379,10 @@ package final class PostgresStorage: ChatLogStorage {
         guard data == writeGuard.activeDataKeyID, index == writeGuard.activeIndexKeyID else { throw StorageConflict.staleKeys }
     }
 
-    package func deleteConversations(_ ids: [String]) async throws(ChatLogError) -> Int {
+    /// The terms go with their messages (`ON DELETE CASCADE`): `terms` is never called.
+    package func deleteConversations(_ ids: [String], terms: @escaping @Sendable (SealedMessageRow) -> [UInt64]?) async throws(ChatLogError)
+        -> Int
+    {
         guard !ids.isEmpty else { return 0 }
         let logger = logger
         return try await transactionMapped { connection in

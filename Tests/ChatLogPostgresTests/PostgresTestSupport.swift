@@ -89,3 +89,93 @@ struct SplitMix64: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+// MARK: - Both backends from one source
+
+/// The backends the shared storage suites run against (`@Test(arguments: Backend.allCases)`).
+enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case sqlite, postgres
+    var testDescription: String { rawValue }
+}
+
+/// A migrated, empty store of one backend, with what a test needs beside the seam: raw SQL for
+/// checks (the same SQL on both where the tables agree), a second independent handle, and the
+/// number of (term, message) pairs its search index holds.
+struct StorageHarness: Sendable {
+    let backend: Backend
+    let storage: any ChatLogStorage
+    /// SQLite: the file; PostgreSQL: the URL.
+    let location: String
+    let server: PostgresTestServer?
+    let database: String?
+
+    /// Runs SQL outside chatlog (another process would) and returns the first column of the
+    /// first row as text ("" for none).
+    @discardableResult
+    func sql(_ text: String) throws -> String {
+        switch backend {
+        case .postgres: return try server!.psql(text, database: database!)
+        case .sqlite:
+            var configuration = Configuration()
+            configuration.busyMode = .timeout(10)
+            let queue = try DatabaseQueue(path: location, configuration: configuration)
+            defer { try? queue.close() }
+            return try queue.write { db in
+                guard let row = try Row.fetchOne(db, sql: text) else { return "" }
+                let value: DatabaseValue = row[0]
+                return value.isNull ? "" : value.description.trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+            }
+        }
+    }
+
+    /// Another handle on the same store, as another process would open it.
+    func reopen() async throws -> any ChatLogStorage {
+        switch backend {
+        case .sqlite: return try SQLiteStorage.open(path: location)
+        case .postgres: return try await PostgresStorage.connect(try PostgresLocation(url: location, environment: [:], home: nil), maximumConnections: 2)
+        }
+    }
+
+    /// (term, message) pairs in the search index, and those of messages that no longer exist.
+    func termPairs() throws -> (all: Int, orphaned: Int) {
+        switch backend {
+        case .postgres:
+            return (
+                Int(try sql("SELECT count(*) FROM message_terms"))!,
+                Int(try sql("SELECT count(*) FROM message_terms t WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.seq = t.message_seq)"))!
+            )
+        case .sqlite:
+            return (
+                Int(try sql("SELECT count(*) FROM message_terms_instance"))!,
+                Int(try sql("SELECT count(*) FROM message_terms_instance WHERE doc NOT IN (SELECT search_rowid FROM messages)"))!
+            )
+        }
+    }
+}
+
+/// A new, migrated store of `backend`, closed (and for PostgreSQL dropped) after `body`.
+func withStorage<R>(_ backend: Backend, _ body: (StorageHarness) async throws -> R) async throws -> R {
+    switch backend {
+    case .postgres:
+        return try await withPostgresStorage { storage, server, database in
+            try await body(StorageHarness(backend: .postgres, storage: storage, location: server.url(database: database), server: server, database: database))
+        }
+    case .sqlite:
+        var template = Array((NSTemporaryDirectory() + "/chatlog-storage-XXXXXX").utf8CString)
+        guard let created = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw PostgresTestServerError("mkdtemp failed")
+        }
+        let directory = String(cString: created)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let storage = try SQLiteStorage.open(path: directory + "/store.db")
+        do {
+            try await storage.migrate()
+            let result = try await body(StorageHarness(backend: .sqlite, storage: storage, location: storage.path, server: nil, database: nil))
+            await storage.close()
+            return result
+        } catch {
+            await storage.close()
+            throw error
+        }
+    }
+}

@@ -209,8 +209,12 @@ package protocol ChatLogStorage: Sendable {
     func messages(ofConversation id: String) async throws(ChatLogError) -> [SealedMessageRow]
 
     /// Deletes the conversations, their messages and every search term of those messages, in one
-    /// transaction. Returns how many conversations existed.
-    func deleteConversations(_ ids: [String]) async throws(ChatLogError) -> Int
+    /// transaction. Returns how many conversations existed. `terms` gives a message's blinded
+    /// terms when the backend's index needs them to forget it — SQLite's contentless FTS5 does;
+    /// PostgreSQL's term table does not and never calls it. The core answers by opening and
+    /// re-blinding the content (the key stays on the core's side); nil when it cannot (damaged, or
+    /// its index key is gone), and then the backend finds the terms in its index itself.
+    func deleteConversations(_ ids: [String], terms: @escaping @Sendable (SealedMessageRow) -> [UInt64]?) async throws(ChatLogError) -> Int
 
     /// Up to `limit` messages holding, for every element of `required`, at least one of its
     /// terms (an element lists a word's term under each live index key), newest first (by

@@ -5,14 +5,16 @@ import Testing
 @testable import ChatLog
 @testable import ChatLogPostgres
 
-/// The PostgreSQL side of the storage seam against a real server: the same sealed bytes as
-/// SQLite, the write guard, gap-free positions with concurrent writers, the key-job lock.
-@Suite("PostgreSQL storage")
-struct PostgresStorageTests {
-    @Test("rows sealed by the core and rows copied from a SQLite file come back byte-identical and open with the store's keys")
-    func sealedBytesRoundTrip() async throws {
+/// The storage seam, one source for both backends (SQLite, and PostgreSQL on a real server): the
+/// same sealed bytes, the write guard, gap-free positions with concurrent writers, the key-job
+/// lock, deletes that leave no search term.
+@Suite("Storage backends")
+struct StorageBackendTests {
+    @Test("rows sealed by the core and rows copied from a SQLite file come back byte-identical and open with the store's keys", arguments: Backend.allCases)
+    func sealedBytesRoundTrip(backend: Backend) async throws {
         try await withSQLiteStore { store in
-            try await withPostgresStorage { storage, _, _ in
+            try await withStorage(backend) { harness in
+                let storage = harness.storage
                 let (meta, keys) = try storedMetaAndKeys(store)
                 try await storage.initialize(meta: meta, keys: keys)
                 #expect(try await storage.isInitialized())
@@ -34,7 +36,10 @@ struct PostgresStorageTests {
                 let positions = try await storage.insert(
                     conversation: conversationRow, messages: messageRows, into: conversation.id.rawValue, guard: writeGuard(store))
                 #expect(positions == [0, 1])
-                #expect(try await storage.conversation(id: conversation.id.rawValue) == conversationRow)
+                // A conversation's updated_at follows its newest message.
+                var expectedConversation = conversationRow
+                expectedConversation.updatedAt = max(conversationRow.createdAt, messageRows.map(\.createdAt).max()!)
+                #expect(try await storage.conversation(id: conversation.id.rawValue) == expectedConversation)
                 let stored = try await storage.messages(ofConversation: conversation.id.rawValue)
                 #expect(stored.count == 2)
                 for (index, (row, original)) in zip(stored, messageRows).enumerated() {
@@ -78,10 +83,11 @@ struct PostgresStorageTests {
         }
     }
 
-    @Test("a second initialize is refused and changes nothing")
-    func initializeOnce() async throws {
+    @Test("a second initialize is refused and changes nothing", arguments: Backend.allCases)
+    func initializeOnce(backend: Backend) async throws {
         try await withSQLiteStore { store in
-            try await withPostgresStorage { storage, _, _ in
+            try await withStorage(backend) { harness in
+                let storage = harness.storage
                 let (meta, keys) = try storedMetaAndKeys(store)
                 try await storage.initialize(meta: meta, keys: keys)
                 await #expect(throws: ChatLogError.storeExists(path: storage.location)) {
@@ -92,10 +98,11 @@ struct PostgresStorageTests {
         }
     }
 
-    @Test("the write guard: a changed master check value or active key refuses the write, and nothing is written")
-    func writeGuardRefuses() async throws {
+    @Test("the write guard: a changed master check value or active key refuses the write, and nothing is written", arguments: Backend.allCases)
+    func writeGuardRefuses(backend: Backend) async throws {
         try await withSQLiteStore { store in
-            try await withPostgresStorage { storage, server, database in
+            try await withStorage(backend) { harness in
+                let storage = harness.storage
                 let (meta, keys) = try storedMetaAndKeys(store)
                 try await storage.initialize(meta: meta, keys: keys)
                 let prepared = try store.prepare(NewConversation(title: "t"), keys: store.keyRing.current)
@@ -114,15 +121,15 @@ struct PostgresStorageTests {
                     try await storage.insert(conversation: row, messages: [message], into: row.id, guard: rewrapped)
                 }
                 #expect(try await storage.counts() == StorageCounts(conversations: 0, messages: 0))
-                #expect(try server.psql("SELECT count(*) FROM message_terms", database: database) == "0")
+                #expect(try harness.termPairs().all == 0)
 
                 // Another process rotated: the active data key row changed under the writer.
                 let active = try #require(keys.first { $0.kind == "data" && $0.state == "active" })
-                try server.psql("UPDATE keys SET state = 'decrypt-only' WHERE id = \(active.id)", database: database)
+                try harness.sql("UPDATE keys SET state = 'decrypt-only' WHERE id = \(active.id)")
                 await #expect(throws: StorageConflict.staleKeys) {
                     try await storage.insert(conversation: row, messages: [message], into: row.id, guard: writeGuard(store))
                 }
-                try server.psql("UPDATE keys SET state = 'active' WHERE id = \(active.id)", database: database)
+                try harness.sql("UPDATE keys SET state = 'active' WHERE id = \(active.id)")
                 _ = try await storage.insert(conversation: row, messages: [message], into: row.id, guard: writeGuard(store))
                 #expect(try await storage.counts() == StorageCounts(conversations: 1, messages: 1))
                 await #expect(throws: ChatLogError.conversationNotFound("no-such-conversation")) {
@@ -132,10 +139,11 @@ struct PostgresStorageTests {
         }
     }
 
-    @Test("concurrent writers on separate connection pools: every message once, positions gap-free")
-    func concurrentWritersGapFree() async throws {
+    @Test("concurrent writers on separate handles: every message once, positions gap-free", arguments: Backend.allCases)
+    func concurrentWritersGapFree(backend: Backend) async throws {
         try await withSQLiteStore { store in
-            try await withPostgresStorage { storage, server, database in
+            try await withStorage(backend) { harness in
+                let storage = harness.storage
                 let (meta, keys) = try storedMetaAndKeys(store)
                 try await storage.initialize(meta: meta, keys: keys)
                 let prepared = try store.prepare(NewConversation(title: "shared"), keys: store.keyRing.current)
@@ -146,17 +154,21 @@ struct PostgresStorageTests {
                     SealedMessageRow(
                         try store.prepare(NewMessage(role: .user, content: "message \(index)"), keys: store.keyRing.current), conversationID: prepared.id)
                 }
-                let url = server.url(database: database)
                 let guardValue = writeGuard(store)
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     for writer in 0..<writers {
                         let mine = Array(rows[(writer * perWriter)..<((writer + 1) * perWriter)])
                         group.addTask {
-                            let own = try await PostgresStorage.connect(try PostgresLocation(url: url, environment: [:], home: nil), maximumConnections: 2)
-                            defer { Task { await own.close() } }
-                            for row in mine {
-                                _ = try await own.insert(conversation: nil, messages: [row], into: prepared.id.rawValue, guard: guardValue)
+                            let own = try await harness.reopen()
+                            do {
+                                for row in mine {
+                                    _ = try await own.insert(conversation: nil, messages: [row], into: prepared.id.rawValue, guard: guardValue)
+                                }
+                            } catch {
+                                await own.close()
+                                throw error
                             }
+                            await own.close()
                         }
                     }
                     try await group.waitForAll()
@@ -165,15 +177,17 @@ struct PostgresStorageTests {
                 #expect(stored.count == writers * perWriter)
                 #expect(stored.map(\.position) == (0..<Int64(writers * perWriter)).map { $0 })
                 #expect(Set(stored.map(\.id)) == Set(rows.map(\.id)))
-                #expect(try server.psql("SELECT count(DISTINCT message_seq) FROM message_terms", database: database) == String(writers * perWriter))
+                #expect(try harness.sql("SELECT count(*) FROM messages") == String(writers * perWriter))
+                #expect(try harness.termPairs().orphaned == 0)
             }
         }
     }
 
-    @Test("the key-job lock: a second job fails at once naming the holder; released when the job ends")
-    func keyJobLock() async throws {
-        try await withPostgresStorage { storage, server, database in
-            let other = try await PostgresStorage.connect(try PostgresLocation(url: server.url(database: database), environment: [:], home: nil))
+    @Test("the key-job lock: a second job fails at once naming the holder; released when the job ends", arguments: Backend.allCases)
+    func keyJobLock(backend: Backend) async throws {
+        try await withStorage(backend) { harness in
+            let storage = harness.storage
+            let other = try await harness.reopen()
             defer { Task { await other.close() } }
             let (entered, enter) = AsyncStream<Void>.makeStream()
             let (released, release) = AsyncStream<Void>.makeStream()
@@ -191,14 +205,20 @@ struct PostgresStorageTests {
             } catch {
                 refused = error
             }
-            guard case .locked(_, let path)? = refused else {
+            guard case .locked(let holderPID, let path)? = refused else {
                 Issue.record("expected a lock error, got \(String(describing: refused))")
                 release.yield()
                 _ = try await holder.value
                 return
             }
-            #expect(path.contains("advisory lock"))
-            #expect(path.contains("chatlog pid \(getpid())"))
+            switch backend {
+            case .postgres:
+                #expect(path.contains("advisory lock"))
+                #expect(path.contains("chatlog pid \(getpid())"))
+            case .sqlite:
+                #expect(path == harness.location + ".keys.lock")
+                #expect(holderPID == getpid())
+            }
             #expect(refused?.category == .busy)
             release.yield()
             #expect(try await holder.value == 1)
@@ -206,32 +226,38 @@ struct PostgresStorageTests {
         }
     }
 
-    @Test("deleting conversations removes their messages and every search term")
-    func deleteLeavesNoTerms() async throws {
+    @Test("deleting conversations removes their messages and every search term, also of messages the core cannot re-blind", arguments: Backend.allCases)
+    func deleteLeavesNoTerms(backend: Backend) async throws {
         try await withSQLiteStore { store in
-            try await withPostgresStorage { storage, server, database in
+            try await withStorage(backend) { harness in
+                let storage = harness.storage
                 let (meta, keys) = try storedMetaAndKeys(store)
                 try await storage.initialize(meta: meta, keys: keys)
                 var ids: [String] = []
+                var termsByMessage: [String: [UInt64]] = [:]
                 for index in 0..<4 {
                     let (conversation, messages) = try store.prepare(
                         ModelExchange(
                             conversation: .new(NewConversation(title: "c\(index)")), prompt: [NewMessage(role: .user, content: "alpha beta \(index)")],
                             completion: NewMessage(role: .assistant, content: "gamma delta")), keys: store.keyRing.current)
                     let row = SealedConversationRow(try #require(conversation))
-                    _ = try await storage.insert(
-                        conversation: row, messages: messages.map { SealedMessageRow($0, conversationID: conversation!.id) }, into: row.id,
-                        guard: writeGuard(store))
+                    let messageRows = messages.map { SealedMessageRow($0, conversationID: conversation!.id) }
+                    for message in messageRows { termsByMessage[message.id] = message.terms }
+                    _ = try await storage.insert(conversation: row, messages: messageRows, into: row.id, guard: writeGuard(store))
                     ids.append(row.id)
                 }
-                let before = Int(try server.psql("SELECT count(*) FROM message_terms", database: database))!
-                #expect(before > 0)
-                #expect(try await storage.deleteConversations([ids[0], ids[2], "missing"]) == 2)
+                let before = try harness.termPairs().all
+                #expect(before == termsByMessage.values.reduce(0) { $0 + $1.count })
+                // The core re-blinds what it can open; the assistant messages stand for ones it cannot.
+                let known = termsByMessage
+                let deleted = try await storage.deleteConversations([ids[0], ids[2], "missing"]) { message in
+                    message.role == "assistant" ? nil : known[message.id]
+                }
+                #expect(deleted == 2)
                 #expect(try await storage.counts() == StorageCounts(conversations: 2, messages: 4))
-                let orphans = try server.psql(
-                    "SELECT count(*) FROM message_terms t WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.seq = t.message_seq)", database: database)
-                #expect(orphans == "0")
-                #expect(Int(try server.psql("SELECT count(*) FROM message_terms", database: database))! == before / 2)
+                let after = try harness.termPairs()
+                #expect(after.orphaned == 0)
+                #expect(after.all == before / 2)
             }
         }
     }

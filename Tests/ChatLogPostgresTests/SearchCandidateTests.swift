@@ -4,14 +4,16 @@ import Testing
 @testable import ChatLog
 @testable import ChatLogPostgres
 
-/// Search candidates from the PostgreSQL term table against a reference that keeps the same term
-/// sets in memory: every page of every query, newest first, equals the reference exactly.
-@Suite("PostgreSQL search candidates")
-struct PostgresSearchTests {
-    @Test("random term sets and queries: candidates and document frequencies equal the in-memory reference", arguments: [UInt64(14), 15])
-    func candidatesEqualReference(seed: UInt64) async throws {
+/// Search candidates of both backends (SQLite's FTS5, PostgreSQL's term table) against a reference
+/// that keeps the same term sets in memory: every page of every query, newest first, equals the
+/// reference exactly.
+@Suite("Search candidates")
+struct SearchCandidateTests {
+    @Test("random term sets and queries: candidates and document frequencies equal the in-memory reference", arguments: Backend.allCases, [UInt64(14), 15])
+    func candidatesEqualReference(backend: Backend, seed: UInt64) async throws {
         try await withSQLiteStore { store in
-            try await withPostgresStorage { storage, _, _ in
+            try await withStorage(backend) { harness in
+                let storage = harness.storage
                 let (meta, keys) = try storedMetaAndKeys(store)
                 try await storage.initialize(meta: meta, keys: keys)
                 var random = SplitMix64(seed: seed)
