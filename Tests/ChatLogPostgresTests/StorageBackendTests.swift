@@ -2,6 +2,10 @@ import Foundation
 import GRDB
 import Testing
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 @testable import ChatLog
 @testable import ChatLogPostgres
 
@@ -259,6 +263,56 @@ struct StorageBackendTests {
                 #expect(after.orphaned == 0)
                 #expect(after.all == before / 2)
             }
+        }
+    }
+}
+
+/// The key-job lock of PostgreSQL lives in the holder's server session: when the holding process
+/// dies (SIGKILL, no cleanup), the server ends the session and the lock is free.
+@Suite("PostgreSQL key-job lock and dead holders")
+struct PostgresLockKillTests {
+    @Test("a holder killed with SIGKILL: refused while it lives (named), free once it is dead")
+    func lockFreedWhenHolderDies() async throws {
+        try await withPostgresStorage { storage, server, database in
+            // Another process takes the same advisory lock chatlog's key jobs take, then waits with
+            // its session idle (as a chatlog job's lock session is), in its own process group.
+            let holder = try PostgresTestServer.spawn(
+                server.binaries + "/psql",
+                [
+                    "-X", "-q", "-h", server.socketDirectory, "-U", server.superuser, "-d", database, "-c",
+                    "SELECT pg_advisory_lock(\(PostgresStorage.lockClass), \(PostgresStorage.keyJobLock))", "-c", "\\! exec sleep 600",
+                ], output: "/dev/null", newSession: true)
+            defer {
+                kill(-holder, SIGKILL)
+                var status: Int32 = 0
+                _ = waitpid(holder, &status, 0)
+            }
+            let held = waitUntil {
+                (try? server.psql(
+                    """
+                    SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = \(PostgresStorage.keyJobLock)
+                    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    """, database: database)) == "1"
+            }
+            try #require(held)
+            var refused: ChatLogError?
+            do throws(ChatLogError) { _ = try await storage.withKeyJobLock { () throws(ChatLogError) in 1 } } catch { refused = error }
+            guard case .locked(_, let path)? = refused else {
+                Issue.record("expected a lock error, got \(String(describing: refused))")
+                return
+            }
+            #expect(path.contains("held by psql from local socket"), "\(path)")
+            kill(-holder, SIGKILL)
+            var status: Int32 = 0
+            _ = waitpid(holder, &status, 0)
+            // The server notices the closed connection and ends the session (bounded wait, not asserted).
+            var acquired: Int?
+            for _ in 0..<200 where acquired == nil {
+                do throws(ChatLogError) { acquired = try await storage.withKeyJobLock { () throws(ChatLogError) in 2 } } catch {
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+            }
+            #expect(acquired == 2)
         }
     }
 }
