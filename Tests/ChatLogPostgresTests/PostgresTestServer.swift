@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -49,7 +50,18 @@ final class PostgresTestServer: Sendable {
     let runAs: String?
     /// The database superuser created by initdb.
     let superuser = "chatlog"
-    let port = 5432
+    /// The port of the socket name, and of TCP when ``tls`` is set.
+    let port: Int
+    /// For a TLS cluster: it also listens on 127.0.0.1:``port``, requires TLS and a SCRAM password
+    /// there, with a certificate for DNS name `localhost` only, signed by ``caPath``.
+    let tls: Bool
+    /// A role with a password, for password and TLS tests (TCP only; the socket trusts everyone).
+    let passwordUser = "app"
+    let password = "correct horse battery staple"
+
+    var caPath: String { directory + "/certs/ca.crt" }
+    /// A CA that signed nothing of this server's.
+    var otherCAPath: String { directory + "/certs/other-ca.crt" }
 
     var dataDirectory: String { directory + "/data" }
     /// The folder holding the server's socket (`host` for libpq, `unixSocketPath` minus the name).
@@ -63,8 +75,7 @@ final class PostgresTestServer: Sendable {
     private static let started: Result<PostgresTestServer, PostgresTestServerError> = {
         do {
             let server = try PostgresTestServer.start()
-            running = server
-            atexit { PostgresTestServer.running?.stop() }
+            stopAtExit(server)
             return .success(server)
         } catch let error as PostgresTestServerError {
             return .failure(error)
@@ -73,19 +84,32 @@ final class PostgresTestServer: Sendable {
         }
     }()
 
-    /// For the `atexit` handler (a C function pointer cannot capture). Set once, before the
-    /// handler is registered.
-    nonisolated(unsafe) private static var running: PostgresTestServer?
+    /// Clusters to stop when the process exits (an `atexit` handler cannot capture).
+    private static let toStop = Mutex<[PostgresTestServer]>([])
+    private static let exitHandler: Void = { atexit { PostgresTestServer.stopAll() } }()
 
-    private init(directory: String, binaries: String, runAs: String?) {
+    static func stopAtExit(_ server: PostgresTestServer) {
+        _ = exitHandler
+        toStop.withLock { servers in
+            if !servers.contains(where: { $0 === server }) { servers.append(server) }
+        }
+    }
+
+    private static func stopAll() {
+        for server in toStop.withLock({ $0 }) { server.stop() }
+    }
+
+    private init(directory: String, binaries: String, runAs: String?, port: Int, tls: Bool) {
         self.directory = directory
         self.binaries = binaries
         self.runAs = runAs
+        self.port = port
+        self.tls = tls
     }
 
     /// Starts a new cluster in a new temporary folder, stopped by a watchdog once the process
     /// `watching` (default: this one) has ended.
-    static func start(watching watched: pid_t = getpid()) throws -> PostgresTestServer {
+    static func start(watching watched: pid_t = getpid(), tls: Bool = false) throws -> PostgresTestServer {
         let binaries = try findBinaries()
         let runAs = geteuid() == 0 ? try unprivilegedUser() : nil
         var template = Array("/tmp/chatlog-pg-XXXXXX".utf8CString)
@@ -93,7 +117,7 @@ final class PostgresTestServer: Sendable {
             throw PostgresTestServerError("mkdtemp failed (errno \(errno))")
         }
         let directory = String(cString: created)
-        let server = PostgresTestServer(directory: directory, binaries: binaries, runAs: runAs)
+        let server = PostgresTestServer(directory: directory, binaries: binaries, runAs: runAs, port: tls ? try freePort() : 5432, tls: tls)
         do {
             if let runAs {
                 guard let user = getpwnam(runAs) else { throw PostgresTestServerError("no user \(runAs)") }
@@ -102,7 +126,12 @@ final class PostgresTestServer: Sendable {
                 }
             }
             try server.initialize()
+            if tls { try server.prepareTLS() }
             try server.startServer(watching: watched)
+            if tls {
+                try server.psql("CREATE ROLE \(server.passwordUser) LOGIN PASSWORD '\(server.password)'")
+                try server.psql("GRANT ALL ON SCHEMA public TO \(server.passwordUser)")
+            }
         } catch {
             server.stop()
             throw error
@@ -121,8 +150,8 @@ final class PostgresTestServer: Sendable {
         // The watchdog first: it outlives a test process that dies before the atexit handler
         // runs. It polls the test process and stops the cluster once that is gone.
         try startWatchdog(watching: watched)
-        let options = [
-            "-c listen_addresses=''",
+        var options = [
+            tls ? "-c listen_addresses=127.0.0.1" : "-c listen_addresses=''",
             "-k \(socketDirectory)",
             "-p \(port)",
             "-c fsync=off",
@@ -130,12 +159,58 @@ final class PostgresTestServer: Sendable {
             "-c full_page_writes=off",
             "-c max_connections=200",
             "-c shared_buffers=64MB",
-        ].joined(separator: " ")
-        let result = try runServerTool("pg_ctl", ["start", "-D", dataDirectory, "-l", logPath, "-w", "-t", "60", "-o", options])
+        ]
+        if tls {
+            options += [
+                "-c ssl=on", "-c ssl_cert_file=\(directory)/certs/server.crt", "-c ssl_key_file=\(directory)/certs/server.key",
+                "-c password_encryption=scram-sha-256",
+            ]
+        }
+        let optionText = options.joined(separator: " ")
+        let result = try runServerTool("pg_ctl", ["start", "-D", dataDirectory, "-l", logPath, "-w", "-t", "60", "-o", optionText])
         guard result.succeeded else {
             let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
             throw PostgresTestServerError("pg_ctl start failed (exit \(result.status)): \(result.output)\n\(log)")
         }
+    }
+
+    /// A CA, a server certificate for DNS name `localhost` (not 127.0.0.1) signed by it, another CA,
+    /// and pg_hba.conf: the socket trusted, TCP only with TLS and a SCRAM password.
+    private func prepareTLS() throws {
+        let certs = directory + "/certs"
+        let script = """
+            set -e
+            mkdir -p '\(certs)' && cd '\(certs)'
+            key="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+            openssl req -x509 $key -keyout ca.key -out ca.crt -days 2 -subj '/CN=chatlog test CA' 2>/dev/null
+            openssl req -x509 $key -keyout other-ca.key -out other-ca.crt -days 2 -subj '/CN=another CA' 2>/dev/null
+            openssl req $key -keyout server.key -out server.csr -subj '/CN=localhost' 2>/dev/null
+            printf 'subjectAltName=DNS:localhost\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > server.ext
+            openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile server.ext 2>/dev/null
+            chmod 0600 server.key
+            chmod 0755 .
+            chmod 0644 ca.crt other-ca.crt server.crt
+            \(runAs.map { "chown -R \($0) ." } ?? "")
+            printf 'local all all trust\\nhostssl all all 127.0.0.1/32 scram-sha-256\\nhostnossl all all 127.0.0.1/32 reject\\n' > '\(dataDirectory)/pg_hba.conf'
+            """
+        let result = try Self.run("/bin/sh", ["-c", script])
+        guard result.succeeded else { throw PostgresTestServerError("making the test certificates failed: \(result.output)") }
+    }
+
+    /// A TCP port nobody listens on now (the kernel's choice for port 0).
+    static func freePort() throws -> Int {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw PostgresTestServerError("socket failed") }
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard bound == 0 else { throw PostgresTestServerError("bind failed") }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) } }
+        return Int(UInt16(bigEndian: address.sin_port))
     }
 
     /// A detached shell (its own session, so a signal to the test's process group does not reach
