@@ -37,8 +37,11 @@ enum PostgresErrors {
             case "55P03", "40P01", "40001":
                 return .busy("PostgreSQL at \(location): \(message) (SQLSTATE \(state)); try again")
             case "57P01", "57P02", "57P03":
-                return .storage("the PostgreSQL server at \(location) is shutting down or restarting (SQLSTATE \(state)); nothing was written by the failed command")
-            case "53300": return .busy("the PostgreSQL server at \(location) has no free connection slots (too many clients)")
+                return .storage(
+                    "the PostgreSQL server at \(location) ended the session (SQLSTATE \(state): shutdown, restart or an administrator's command); nothing was written by the failed command")
+            case "25P02":
+                return .storage("PostgreSQL at \(location): a statement of the transaction failed, so nothing of it was written")
+            case "53300": return .busy("PostgreSQL at \(location) has no connection slot left: \(message); try again or raise the limit")
             default: return .storage("PostgreSQL at \(location): \(message) (SQLSTATE \(state))")
             }
         case .sslUnsupported:

@@ -14,7 +14,7 @@ enum PostgresSchema {
         let logger = storage.logger
         let applied: Int = try await storage.transactionMapped { connection in
             try await lock(connection, logger)
-            try await connection.query(
+            try await connection.run(
                 """
                 CREATE TABLE IF NOT EXISTS chatlog_migrations (
                     version    INTEGER PRIMARY KEY,
@@ -32,9 +32,9 @@ enum PostgresSchema {
                 guard try await appliedVersion(connection, logger) < migration.version else { return }
                 // The extended query protocol runs one statement at a time.
                 for statement in statements(migration.sql) {
-                    try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                    try await connection.run(PostgresQuery(unsafeSQL: statement), logger: logger)
                 }
-                try await connection.query(
+                try await connection.run(
                     "INSERT INTO chatlog_migrations (version, name) VALUES (\(Int32(migration.version)), \(migration.name))", logger: logger)
             }
         }
@@ -127,7 +127,7 @@ enum PostgresSchema {
     }
 
     static func lock(_ connection: PostgresConnection, _ logger: Logger) async throws {
-        try await connection.query(
+        try await connection.run(
             "SELECT pg_advisory_xact_lock(\(PostgresStorage.lockClass), \(PostgresStorage.migrationLock))", logger: logger)
     }
 

@@ -137,20 +137,27 @@ package final class PostgresStorage: ChatLogStorage {
 
     // MARK: - Running statements
 
-    /// Runs `body` in one transaction (READ COMMITTED); errors become ``ChatLogError``s, except a
-    /// ``StorageConflict``, which the caller handles.
+    /// Runs `body` in one transaction (READ COMMITTED) on one leased connection; errors become
+    /// ``ChatLogError``s, except a ``StorageConflict``, which the caller handles.
+    ///
+    /// Not postgres-nio's `withTransaction`: PostgreSQL answers `COMMIT` of a transaction that a
+    /// failed statement aborted with a successful "ROLLBACK", so an error that went unseen would be
+    /// reported as a commit. Every statement's rows are read to the end (`run`, the decode
+    /// loops), and before `COMMIT` one more statement asks: in an aborted transaction it fails.
     func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         do {
-            return try await client.withTransaction(logger: logger) { connection in try await body(connection) }
-        } catch let error as PostgresTransactionError {
-            if let closure = error.closureError {
-                if let conflict = closure as? StorageConflict { throw conflict }
-                throw PostgresErrors.map(closure, location: postgresLocation)
+            return try await client.withConnection { connection in
+                try await connection.run("BEGIN", logger: logger)
+                do {
+                    let value = try await body(connection)
+                    try await connection.run("SELECT 1", logger: logger)
+                    try await connection.run("COMMIT", logger: logger)
+                    return value
+                } catch {
+                    try? await connection.run("ROLLBACK", logger: logger)
+                    throw error
+                }
             }
-            if let begin = error.beginError { throw PostgresErrors.map(begin, location: postgresLocation) }
-            if let commit = error.commitError { throw PostgresErrors.map(commit, location: postgresLocation) }
-            if let rollback = error.rollbackError { throw PostgresErrors.map(rollback, location: postgresLocation) }
-            throw ChatLogError.storage("PostgreSQL at \(postgresLocation): the transaction failed")
         } catch let error as StorageConflict {
             throw error
         } catch {
@@ -189,7 +196,7 @@ package final class PostgresStorage: ChatLogStorage {
         let location = location
         try await transactionMapped { connection in
             // One initializer at a time: the second waits, then finds the check value.
-            try await connection.query("LOCK TABLE chatlog_meta IN EXCLUSIVE MODE", logger: self.logger)
+            try await connection.run("LOCK TABLE chatlog_meta IN EXCLUSIVE MODE", logger: self.logger)
             let existing = try await connection.query("SELECT 1 FROM chatlog_meta WHERE name = 'master_check'", logger: self.logger)
             for try await _ in existing { throw ChatLogError.storeExists(path: location) }
             for (name, value) in meta.sorted(by: { $0.key < $1.key }) { try await Self.setMeta(name, value, connection, self.logger) }
@@ -206,7 +213,7 @@ package final class PostgresStorage: ChatLogStorage {
         case .text(let value): text = value
         case .blob(let value): blob = value
         }
-        try await connection.query(
+        try await connection.run(
             """
             INSERT INTO chatlog_meta (name, integer_value, text_value, blob_value) VALUES (\(name), \(integer), \(text), \(blob))
             ON CONFLICT (name) DO UPDATE SET integer_value = excluded.integer_value, text_value = excluded.text_value,
@@ -215,7 +222,7 @@ package final class PostgresStorage: ChatLogStorage {
     }
 
     static func insertKey(_ key: StoredKeyRow, _ connection: PostgresConnection, _ logger: Logger) async throws {
-        try await connection.query(
+        try await connection.run(
             """
             INSERT INTO keys (id, kind, state, created_at, retired_at, wrapped, mac)
             VALUES (\(key.id), \(key.kind), \(key.state), \(key.createdAt), \(key.retiredAt), \(key.wrapped), \(key.mac))
@@ -260,7 +267,7 @@ package final class PostgresStorage: ChatLogStorage {
                 // A holder whose host dies (no FIN) is noticed by TCP keepalive, not after Linux's
                 // default two hours: the lock comes free about a minute later. (No effect on a
                 // Unix socket, where the kernel reports a dead peer at once.)
-                try await connection.query(
+                try await connection.run(
                     "SELECT set_config('tcp_keepalives_idle', '30', false), set_config('tcp_keepalives_interval', '10', false), set_config('tcp_keepalives_count', '3', false)",
                     logger: logger)
                 let taken = try await connection.query(
@@ -275,7 +282,7 @@ package final class PostgresStorage: ChatLogStorage {
                 }
                 let result: Result<T, ChatLogError>
                 do throws(ChatLogError) { result = .success(try await body()) } catch { result = .failure(error) }
-                try await connection.query("SELECT pg_advisory_unlock(\(Self.lockClass), \(Self.keyJobLock))", logger: logger)
+                try await connection.run("SELECT pg_advisory_unlock(\(Self.lockClass), \(Self.keyJobLock))", logger: logger)
                 return result
             }
         } catch {
@@ -351,7 +358,7 @@ package final class PostgresStorage: ChatLogStorage {
                 for try await value in inserted.decode(Int64.self) { messageSeq = value }
                 if !message.terms.isEmpty {
                     let terms = message.terms.map { Int64(bitPattern: $0) }
-                    try await connection.query(
+                    try await connection.run(
                         """
                         INSERT INTO message_terms (message_seq, term, created_at)
                         SELECT \(messageSeq), term, \(message.createdAt) FROM unnest(\(terms)::bigint[]) AS t (term)
@@ -362,7 +369,7 @@ package final class PostgresStorage: ChatLogStorage {
                 position += 1
                 latest = max(latest, message.createdAt)
             }
-            try await connection.query(
+            try await connection.run(
                 "UPDATE conversations SET updated_at = greatest(updated_at, \(latest)) WHERE seq = \(seq)", logger: logger)
             return positions
         }
@@ -532,5 +539,14 @@ package final class PostgresStorage: ChatLogStorage {
             }
             return StorageCounts(conversations: 0, messages: 0)
         }
+    }
+}
+
+extension PostgresConnection {
+    /// Runs a statement and reads its rows to the end, so that an error the server sends after
+    /// the row description (a statement timeout, a cancel) is thrown here, not lost.
+    func run(_ query: PostgresQuery, logger: Logger) async throws {
+        let rows = try await self.query(query, logger: logger)
+        for try await _ in rows {}
     }
 }

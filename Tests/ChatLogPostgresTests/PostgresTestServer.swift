@@ -69,20 +69,33 @@ final class PostgresTestServer: Sendable {
     var socketPath: String { "\(directory)/.s.PGSQL.\(port)" }
     var logPath: String { directory + "/server.log" }
 
-    /// The shared cluster of this test process, started on first use.
-    static func shared() throws -> PostgresTestServer { try started.get() }
-
-    private static let started: Result<PostgresTestServer, PostgresTestServerError> = {
-        do {
-            let server = try PostgresTestServer.start()
-            stopAtExit(server)
-            return .success(server)
-        } catch let error as PostgresTestServerError {
-            return .failure(error)
-        } catch {
-            return .failure(PostgresTestServerError("\(error)"))
+    /// The shared cluster of this test process, started on first use by whichever test comes first;
+    /// the others wait for that start without holding a thread.
+    static func shared() async throws -> PostgresTestServer {
+        let task = sharedStart.withLock { state in
+            if let state { return state }
+            let task = Task { try await startOffPool() }
+            state = task
+            return task
         }
-    }()
+        let server = try await task.value
+        stopAtExit(server)
+        return server
+    }
+
+    private static let sharedStart = Mutex<Task<PostgresTestServer, any Error>?>(nil)
+
+    /// ``start(watching:tls:)`` on a thread of its own: initdb and pg_ctl block for seconds, and
+    /// blocking the cooperative pool (two threads on a two-core machine) while other tests wait
+    /// for this start hung the whole run.
+    static func startOffPool(tls: Bool = false) async throws -> PostgresTestServer {
+        let watched = getpid()
+        return try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                continuation.resume(with: Result { try PostgresTestServer.start(watching: watched, tls: tls) })
+            }
+        }
+    }
 
     /// Clusters to stop when the process exits (an `atexit` handler cannot capture).
     private static let toStop = Mutex<[PostgresTestServer]>([])

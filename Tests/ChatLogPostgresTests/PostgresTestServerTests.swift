@@ -7,52 +7,54 @@ import Testing
     import Musl
 #endif
 
-/// The throwaway cluster itself: it answers, it does not run as root, and it goes away — when
-/// stopped, and when the process it watches dies without stopping it.
-@Suite("PostgreSQL test cluster")
-struct PostgresTestServerTests {
-    @Test("the shared cluster answers on its own socket, as an unprivileged user when run as root")
-    func sharedClusterAnswers() throws {
-        let server = try PostgresTestServer.shared()
-        #expect(try server.psql("SELECT 1") == "1")
-        #expect(FileManager.default.fileExists(atPath: server.socketPath))
-        #expect(try server.psql("SHOW listen_addresses") == "")
-        let pid = try #require(server.postmasterPID)
-        let owner = try processOwner(pid)
-        if geteuid() == 0 { #expect(owner != 0) } else { #expect(owner == geteuid()) }
-    }
-
-    @Test("each test gets its own database, dropped afterwards")
-    func databasePerTest() async throws {
-        let server = try PostgresTestServer.shared()
-        let name = try await server.withDatabase { name in
-            try server.psql("CREATE TABLE probe (x int); INSERT INTO probe VALUES (7)", database: name)
-            #expect(try server.psql("SELECT x FROM probe", database: name) == "7")
-            return name
+extension PostgreSQLSuites {
+    /// The throwaway cluster itself: it answers, it does not run as root, and it goes away — when
+    /// stopped, and when the process it watches dies without stopping it.
+    @Suite("PostgreSQL test cluster")
+    struct PostgresTestServerTests {
+        @Test("the shared cluster answers on its own socket, as an unprivileged user when run as root")
+        func sharedClusterAnswers() async throws {
+            let server = try await PostgresTestServer.shared()
+            #expect(try server.psql("SELECT 1") == "1")
+            #expect(FileManager.default.fileExists(atPath: server.socketPath))
+            #expect(try server.psql("SHOW listen_addresses") == "")
+            let pid = try #require(server.postmasterPID)
+            let owner = try processOwner(pid)
+            if geteuid() == 0 { #expect(owner != 0) } else { #expect(owner == geteuid()) }
         }
-        #expect(try server.psql("SELECT count(*) FROM pg_database WHERE datname = '\(name)'") == "0")
-    }
 
-    @Test("stop() ends the server and removes its folder")
-    func stopEndsServer() throws {
-        let server = try PostgresTestServer.start()
-        let pid = try #require(server.postmasterPID)
-        #expect(isAlive(pid))
-        server.stop()
-        #expect(!FileManager.default.fileExists(atPath: server.directory))
-        #expect(waitUntil { !isAlive(pid) })
-    }
+        @Test("each test gets its own database, dropped afterwards")
+        func databasePerTest() async throws {
+            let server = try await PostgresTestServer.shared()
+            let name = try await server.withDatabase { name in
+                try server.psql("CREATE TABLE probe (x int); INSERT INTO probe VALUES (7)", database: name)
+                #expect(try server.psql("SELECT x FROM probe", database: name) == "7")
+                return name
+            }
+            #expect(try server.psql("SELECT count(*) FROM pg_database WHERE datname = '\(name)'") == "0")
+        }
 
-    @Test("the watchdog stops the server when the watched process is killed")
-    func watchdogStopsServer() throws {
-        let watched = try PostgresTestServer.spawn("/bin/sleep", ["600"], output: "/dev/null")
-        let server = try PostgresTestServer.start(watching: watched)
-        let pid = try #require(server.postmasterPID)
-        #expect(try server.psql("SELECT 1") == "1")
-        kill(watched, SIGKILL)
-        var status: Int32 = 0
-        _ = waitpid(watched, &status, 0)
-        #expect(waitUntil { !isAlive(pid) && !FileManager.default.fileExists(atPath: server.directory) })
+        @Test("stop() ends the server and removes its folder")
+        func stopEndsServer() async throws {
+            let server = try PostgresTestServer.start()
+            let pid = try #require(server.postmasterPID)
+            #expect(isAlive(pid))
+            server.stop()
+            #expect(!FileManager.default.fileExists(atPath: server.directory))
+            #expect(try await waitUntil { !isAlive(pid) })
+        }
+
+        @Test("the watchdog stops the server when the watched process is killed")
+        func watchdogStopsServer() async throws {
+            let watched = try PostgresTestServer.spawn("/bin/sleep", ["600"], output: "/dev/null")
+            let server = try PostgresTestServer.start(watching: watched)
+            let pid = try #require(server.postmasterPID)
+            #expect(try server.psql("SELECT 1") == "1")
+            kill(watched, SIGKILL)
+            var status: Int32 = 0
+            _ = waitpid(watched, &status, 0)
+            #expect(try await waitUntil { !isAlive(pid) && !FileManager.default.fileExists(atPath: server.directory) })
+        }
     }
 }
 
@@ -73,12 +75,14 @@ func isAlive(_ pid: pid_t) -> Bool {
     return false
 }
 
-/// Polls `condition` every 50 ms for up to `seconds` (a bound on waiting, not a time asserted).
-func waitUntil(seconds: Double = 30, _ condition: () throws -> Bool) rethrows -> Bool {
+/// Polls `condition` every 50 ms for up to `seconds` (a bound on waiting, not a time asserted),
+/// sleeping without holding a thread: what it waits for may need the cooperative pool (two
+/// threads on a two-core machine), which a blocking wait would starve.
+func waitUntil(seconds: Double = 30, _ condition: () throws -> Bool) async throws -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {
         if try condition() { return true }
-        usleep(50_000)
+        try await Task.sleep(for: .milliseconds(50))
     }
     return try condition()
 }
