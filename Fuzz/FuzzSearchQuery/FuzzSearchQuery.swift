@@ -93,6 +93,12 @@ public func fuzzInput(_ start: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
     }
     let frequencies = matcher.frequencies(scan)
     require(frequencies.reduce(0, +) == scan.matches.count, "frequencies do not add up")
+    // Ranking's counting path agrees with the scan, or declines (phrases, non-ASCII text).
+    if let counts = textCopy.withUTF8({ matcher.rankingCounts(utf8: $0) }) {
+        require(text.utf8.allSatisfy { $0 < 0x80 }, "rankingCounts accepted non-ASCII text")
+        require(counts.matches == fast && counts.frequencies == frequencies && counts.length == scan.tokenCount,
+            "rankingCounts and scan disagree")
+    }
     let highlights = matcher.positiveMatches(scan)
     let snippet = Snippets.make(content: text, matches: highlights)
     for range in snippet.highlights { _ = snippet.text[range] }

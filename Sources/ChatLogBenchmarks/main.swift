@@ -13,6 +13,10 @@
 //   index/build      at each --search-at size: 1,000 per transaction, store (sealed + blinded
 //                    FTS5) vs plain + FTS5
 //   query/newest     one- and two-word queries, top 20 newest, with decryption and snippets
+//   logging          with --logging N: N messages 1,000 per transaction into the store (sealed +
+//                    blinded FTS5) and into plain + FTS5, alternating over --rounds, then --single
+//                    one per transaction into each; --write-corpus FILE writes those N messages for
+//                    the C anchor (scripts/bench-logging)
 //   query/relevance  top 20 by BM25 for words spread on a log scale over 100–10,000 matching
 //                    messages, and for words with 5,000–10,000 matches (the most work in range)
 import ChatLog
@@ -28,6 +32,10 @@ struct Arguments {
     var importConversations = 0
     var exportAndRotateAt: [Int] = []
     var directory = FileManager.default.temporaryDirectory.path
+    var logging = 0
+    var corpusPath: String?
+    /// With `--only store` or `--only plain`, the logging scenario runs that side alone (for profiles).
+    var only: String?
 
     init() {
         var iterator = CommandLine.arguments.dropFirst().makeIterator()
@@ -41,9 +49,12 @@ struct Arguments {
             case "--import": importConversations = Int(iterator.next() ?? "") ?? 0
             case "--export-rotate-at": exportAndRotateAt = (iterator.next() ?? "").split(separator: ",").compactMap { Int($0) }
             case "--dir": directory = iterator.next() ?? directory
+            case "--logging": logging = Int(iterator.next() ?? "") ?? 0
+            case "--write-corpus": corpusPath = iterator.next()
+            case "--only": only = iterator.next()
             default:
                 FileHandle.standardError.write(
-                    Data("usage: chatlog-bench [--messages N] [--single N] [--rounds N] [--search-at N,N] [--queries N] [--import N] [--export-rotate-at N,N] [--dir DIR]\n".utf8))
+                    Data("usage: chatlog-bench [--messages N] [--single N] [--rounds N] [--search-at N,N] [--queries N] [--import N] [--export-rotate-at N,N] [--logging N] [--write-corpus FILE] [--only store|plain] [--dir DIR]\n".utf8))
                 exit(64)
             }
         }
@@ -308,15 +319,29 @@ func build(count: Int, createConversation: (Int) throws -> Void, append: ([NewMe
     var corpus = Corpus(seed: 1)
     var total = 0.0
     var index = 0
+    lastBuildCPUSeconds = 0
     while index < count {
         let batch = corpus.messages(min(1_000, count - index), start: base.addingTimeInterval(Double(index) * 0.06))
+        let cpuBefore = processCPUSeconds()
         total += try seconds {
             try createConversation(index)
             try append(batch)
         }
+        lastBuildCPUSeconds += processCPUSeconds() - cpuBefore
         index += batch.count
     }
     return Double(count) / total
+}
+
+/// The process's CPU time (user + system, all threads) spent in the timed parts of the last `build`:
+/// what the work costs, which other processes' load disturbs much less than wall time.
+nonisolated(unsafe) var lastBuildCPUSeconds = 0.0
+
+func processCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(Int32(RUSAGE_SELF.rawValue), &usage)
+    return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec)
+        + Double(usage.ru_stime.tv_usec) / 1e6
 }
 
 print("chatlog-bench: \(ProcessInfo.processInfo.processorCount) cores; rates are medians over \(arguments.rounds) rounds")
@@ -371,6 +396,92 @@ if arguments.messages > 0 {
     print()
 }
 
+// MARK: Library logging with the index (issue 12): the store against plaintext + FTS5, and the
+// corpus for the C anchor.
+if let corpusPath = arguments.corpusPath, arguments.logging > 0 {
+    var corpus = Corpus(seed: 1)
+    var bytes = Data()
+    var index = 0
+    while index < arguments.logging {
+        for message in corpus.messages(min(1_000, arguments.logging - index), start: base.addingTimeInterval(Double(index) * 0.06)) {
+            let length = UInt32(message.content.utf8.count)
+            bytes.append(contentsOf: [UInt8(length & 0xFF), UInt8((length >> 8) & 0xFF), UInt8((length >> 16) & 0xFF), UInt8(length >> 24)])
+            bytes.append(contentsOf: message.content.utf8)
+            index += 1
+        }
+    }
+    try bytes.write(to: URL(fileURLWithPath: corpusPath))
+}
+/// For A/B runs of the index's FTS5 settings in one binary: CHATLOG_BENCH_FTS5="automerge=4,hashsize=1048576"
+/// sets them on a new store through a side connection (FTS5 reloads its configuration when it changes).
+func overrideIndexSettings(_ path: String) throws {
+    guard let settings = ProcessInfo.processInfo.environment["CHATLOG_BENCH_FTS5"], !settings.isEmpty else { return }
+    let queue = try DatabaseQueue(path: path)
+    try queue.write { db in
+        for setting in settings.split(separator: ",") {
+            let parts = setting.split(separator: "=")
+            guard parts.count == 2, let value = Int(parts[1]) else { continue }
+            try db.execute(sql: "INSERT INTO message_terms (message_terms, rank) VALUES (?, ?)", arguments: [String(parts[0]), value])
+        }
+    }
+    try queue.close()
+    FileHandle.standardError.write(Data("FTS5 settings overridden: \(settings)\n".utf8))
+}
+
+if arguments.logging > 0 {
+    var buildRates: (store: [Double], plain: [Double]) = ([], [])
+    var cpuRates: (store: [Double], plain: [Double]) = ([], [])
+    var singleRates: (store: [Double], plain: [Double]) = ([], [])
+    var singles = Corpus(seed: 3)
+    let singleMessages = singles.messages(max(1, arguments.single), start: base.addingTimeInterval(2e7))
+    for round in 1...arguments.rounds {
+        for kind in round % 2 == 1 ? ["store", "plain"] : ["plain", "store"] where arguments.only == nil || arguments.only == kind {
+            let path = folder.appendingPathComponent("logging-\(kind)-\(round).db").path
+            if kind == "plain" {
+                let plain = try PlainStore(path: path, fullText: true)
+                var conversations: [String] = []
+                buildRates.plain.append(
+                    try build(
+                        count: arguments.logging, createConversation: { _ in conversations.append(try plain.createConversation(title: "c")) },
+                        append: { try plain.append($0, to: conversations.last!) }))
+                cpuRates.plain.append(Double(arguments.logging) / lastBuildCPUSeconds)
+                let time = try seconds {
+                    for (index, message) in singleMessages.enumerated() { try plain.append([message], to: conversations[index % conversations.count]) }
+                }
+                singleRates.plain.append(Double(singleMessages.count) / time)
+                try plain.pool.close()
+            } else {
+                let store = try ChatLogStore.create(at: path, key: .key(MasterKey.generate(), origin: "benchmark"))
+                try overrideIndexSettings(path)
+                var conversations: [ConversationID] = []
+                buildRates.store.append(
+                    try build(
+                        count: arguments.logging,
+                        createConversation: { _ in conversations.append(try store.createConversation(NewConversation(title: "c"))) },
+                        append: { try store.append($0, to: conversations.last!) }))
+                cpuRates.store.append(Double(arguments.logging) / lastBuildCPUSeconds)
+                let time = try seconds {
+                    for (index, message) in singleMessages.enumerated() { try store.append(message, to: conversations[index % conversations.count]) }
+                }
+                singleRates.store.append(Double(singleMessages.count) / time)
+                try store.close()
+            }
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+        }
+        FileHandle.standardError.write(Data("logging (indexed) round \(round)/\(arguments.rounds) done\n".utf8))
+    }
+    print("Logging with the index: store (sealed + blinded FTS5) vs plaintext + FTS5 (unicode61, external content, triggers)")
+    print("log+index rates per round (msg/s): store " + buildRates.store.map { String(format: "%.0f", $0) }.joined(separator: ", ")
+        + "; plain " + buildRates.plain.map { String(format: "%.0f", $0) }.joined(separator: ", "))
+    report("log+index/batch-1000 (\(arguments.logging) messages)", sealed: median(buildRates.store), plain: median(buildRates.plain),
+        unit: "msg/s", higherIsBetter: true)
+    report("log+index/batch-1000, per CPU second", sealed: median(cpuRates.store), plain: median(cpuRates.plain),
+        unit: "msg/s", higherIsBetter: true)
+    report("log+index/single (\(singleMessages.count) into that store)", sealed: median(singleRates.store), plain: median(singleRates.plain),
+        unit: "msg/s", higherIsBetter: true)
+    print()
+}
+
 // MARK: Search (issue 3): the store against plaintext + FTS5.
 for size in arguments.searchAt where size > 0 {
     let plainPath = folder.appendingPathComponent("search-plain-\(size).db").path
@@ -381,6 +492,7 @@ for size in arguments.searchAt where size > 0 {
         count: size, createConversation: { _ in plainConversations.append(try plain.createConversation(title: "c")) },
         append: { try plain.append($0, to: plainConversations.last!) })
     let store = try ChatLogStore.create(at: storePath, key: .key(MasterKey.generate(), origin: "benchmark"))
+    try overrideIndexSettings(storePath)
     var storeConversations: [ConversationID] = []
     let storeRate = try build(
         count: size, createConversation: { _ in storeConversations.append(try store.createConversation(NewConversation(title: "c"))) },

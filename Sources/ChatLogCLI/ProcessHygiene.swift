@@ -19,8 +19,8 @@ enum ProcessHygiene {
 
     /// Removes key material from the environment once it has been read, so child processes
     /// and later /proc readers do not see it.
-    static func scrubEnvironment() {
-        for name in ["CHATLOG_MASTER_KEY", "CHATLOG_NEW_MASTER_KEY"] {
+    static func scrubEnvironment(_ names: [String] = ["CHATLOG_MASTER_KEY", "CHATLOG_NEW_MASTER_KEY"]) {
+        for name in names {
             // unsetenv only drops the entry from `environ`; /proc/<pid>/environ shows the
             // environment block the process started with, where the value stays. Zero the value
             // there first.
@@ -50,4 +50,19 @@ enum ProcessHygiene {
     }
 
     static func exit(_ code: Int32) -> Never { Glibc.exit(code) }
+
+    /// Raises the soft limit on open files to the hard limit (`chatlog serve`: each call in flight
+    /// holds a client and an upstream connection; the usual soft limit of 1,024 would cap it near
+    /// 500). Returns the limit now in force.
+    @discardableResult
+    static func raiseOpenFileLimit() -> UInt64 {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &raised) == 0 { return UInt64(raised.rlim_cur) }
+        }
+        return UInt64(limit.rlim_cur)
+    }
 }

@@ -81,4 +81,65 @@ import Testing
         }
         #expect(trials > 2_500)
     }
+
+    /// Ranking's counting path (`rankingCounts`: no positions, no per-match allocation) gives the
+    /// scan's verdict, frequencies and token count, and declines phrases and non-ASCII text.
+    private func expectSameCounts(_ query: String, _ text: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let parsed = try SearchQuery(parsing: query)
+        let matcher = QueryMatcher(parsed)
+        var copy = text
+        let counts = copy.withUTF8 { matcher.rankingCounts(utf8: $0) }
+        let scan = matcher.scan(text)
+        let hasPhrase = matcher.required.contains { $0.contains { $0.count > 1 } } || matcher.excluded.contains { $0.count > 1 }
+        guard !hasPhrase, !text.isEmpty, text.utf8.allSatisfy({ $0 < 0x80 }) else {
+            #expect(counts == nil, "rankingCounts accepted \(query.debugDescription) on \(text.debugDescription)", sourceLocation: sourceLocation)
+            return
+        }
+        guard let counts else {
+            Issue.record("rankingCounts declined \(query.debugDescription) on \(text.debugDescription)", sourceLocation: sourceLocation)
+            return
+        }
+        #expect(counts.matches == matcher.matches(scan), "verdict for \(query.debugDescription) in \(text.debugDescription)", sourceLocation: sourceLocation)
+        #expect(counts.frequencies == matcher.frequencies(scan), "frequencies for \(query.debugDescription) in \(text.debugDescription)", sourceLocation: sourceLocation)
+        #expect(counts.length == scan.tokenCount, "length for \(query.debugDescription) in \(text.debugDescription)", sourceLocation: sourceLocation)
+    }
+
+    @Test func rankingCountsAgreeWithTheScan() throws {
+        try expectSameCounts("refund", "Refund REFUND refund, refunds prefund refund")
+        try expectSameCounts("i", "I think i said: I/O is fine, i.e. iii I")
+        try expectSameCounts("a1 -b2", "a1b2 a1 b2 A1,B2")
+        try expectSameCounts("a OR b -c", "b a b a c")
+        try expectSameCounts("\"charged twice\"", "I was charged twice")  // a phrase: declined
+        try expectSameCounts("cafe", "naïve cafe")  // non-ASCII text: declined
+        try expectSameCounts("café tea", "cafe tea")  // a non-ASCII query word never occurs in ASCII text
+        try expectSameCounts("x", "")
+        // Words longer than a 16-byte block, and matches at every offset of the blocks.
+        try expectSameCounts("abcdefghijklmnopqrstu", String(repeating: "abcdefghijklmnopqrstu ", count: 5) + "xabcdefghijklmnopqrstu")
+        for padding in 0..<40 {
+            try expectSameCounts("ab", String(repeating: " ", count: padding) + "ab AB aB abab ab")
+        }
+        var random = SeededRandom(seed: 0x5C0_7E)
+        let words = ["a", "b", "ab", "ba", "abc", "A", "B", "AB", "x1", "1", "10", "Ab", "aB", "bab", "abcabcabcabcabcabc"]
+        let separators = [" ", "  ", ",", ".", "-", "_", "'", "\n", "\t", "\u{0}", "/", "@", "[", "`", "{", "~", "", "é"]
+        var trials = 0
+        for _ in 0..<3_000 {
+            var text = random.chance(20) ? random.pick(separators) : ""
+            for _ in 0..<random.below(40) { text += random.pick(words) + random.pick(separators) }
+            let lowered = words.map { $0.lowercased() }
+            var parts: [String] = []
+            for index in 0..<(1 + random.below(3)) {
+                let word = random.pick(lowered)
+                switch random.below(6) {
+                case 0 where index > 0: parts.append("-" + word)
+                case 1: parts.append("\"\(word) \(random.pick(lowered))\"")
+                case 2 where index > 0: parts.append("OR \(word)")
+                default: parts.append(word)
+                }
+            }
+            guard (try? SearchQuery(parsing: parts.joined(separator: " "))) != nil else { continue }
+            try expectSameCounts(parts.joined(separator: " "), text)
+            trials += 1
+        }
+        #expect(trials > 2_500)
+    }
 }

@@ -112,6 +112,18 @@ public struct ChatLogSettings: Sendable {
         }
     }
 
+    /// A secret setting other than the master key (`chatlog serve`'s `OPENAI_API_KEY`,
+    /// `ANTHROPIC_API_KEY`): the environment first, then `.env`, which must then be private to
+    /// this user as for the master key. Nil when unset or empty.
+    public func secret(_ variable: String) throws(ChatLogError) -> String? {
+        if let value = value(environment, variable, secret: true) { return value }
+        guard let dotEnv, let value = value(dotEnv, variable, secret: true) else { return nil }
+        if let reason = looseDotEnv(lets: "read it") {
+            throw .keyFileRejected(path: dotEnvPlace, reason: "it holds \(variable) and \(reason)")
+        }
+        return value
+    }
+
     /// Finds the master key. `prompt` is asked only when no variable names a key or passphrase;
     /// pass nil (the default) for unattended use, so a missing key fails instead of hanging.
     public func masterKeySource(prompt: (@Sendable () throws(ChatLogError) -> Passphrase)? = nil) throws(ChatLogError)

@@ -470,6 +470,10 @@ final class RankingPipeline: Sendable {
             let plaintext = try candidate.sealed.withUnsafeBytes { (bytes) throws(SealedValue.Failure) in
                 try SealedValue.open(bytes, key: key.storage, context: context)
             }
+            if let counts = plaintext.withUnsafeBufferPointer({ matcher.rankingCounts(utf8: $0) }) {
+                return .success(counts.matches
+                    ? ChatLogStore.RankingInput(searchRowID: candidate.searchRowID, frequencies: counts.frequencies, length: counts.length) : nil)
+            }
             let scan = plaintext.withUnsafeBufferPointer { matcher.asciiScan(utf8: $0) ?? matcher.scan(utf8: $0) }
             return .success(matcher.matches(scan)
                 ? ChatLogStore.RankingInput(searchRowID: candidate.searchRowID, frequencies: matcher.frequencies(scan), length: scan.tokenCount) : nil)

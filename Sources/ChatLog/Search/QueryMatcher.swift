@@ -15,6 +15,9 @@ struct QueryMatcher: Sendable {
     /// Whether each token is in a required atom (and not only in excluded ones): only those are
     /// highlighted and ranked.
     let positive: [Bool]
+    /// Whether every atom is one token (no phrase): then whether a candidate matches depends
+    /// only on which tokens occur in it, and ranking needs no positions (`rankingCounts`).
+    private let atomsAreSingleTokens: Bool
 
     init(_ query: SearchQuery) {
         var numbers: [String: Int] = [:]
@@ -37,6 +40,7 @@ struct QueryMatcher: Sendable {
         var positive = [Bool](repeating: false, count: tokens.count)
         for clause in required { for atom in clause { for token in atom { positive[token] = true } } }
         self.positive = positive
+        atomsAreSingleTokens = required.allSatisfy { $0.allSatisfy { $0.count == 1 } } && excluded.allSatisfy { $0.count == 1 }
     }
 
     /// One candidate, scanned: how many tokens it has, and each token that is a query token —
@@ -138,9 +142,10 @@ struct QueryMatcher: Sendable {
                     while start + 17 <= count && start + 15 <= lastStart {
                         let here = raw.loadUnaligned(fromByteOffset: start, as: SIMD16<UInt8>.self)
                         let next = raw.loadUnaligned(fromByteOffset: start + 1, as: SIMD16<UInt8>.self)
-                        let hits = ((here .== first) .| (here .== firstUpper)) .& ((next .== second) .| (next .== secondUpper))
-                        if any(hits) {
-                            for lane in 0..<16 where hits[lane] { check(start + lane) }
+                        var hits = Self.bitmask(((here .== first) .| (here .== firstUpper)) .& ((next .== second) .| (next .== secondUpper)))
+                        while hits != 0 {
+                            check(start + hits.trailingZeroBitCount)
+                            hits &= hits &- 1
                         }
                         start += 16
                     }
@@ -148,9 +153,10 @@ struct QueryMatcher: Sendable {
                     let first = SIMD16<UInt8>(repeating: word[0]), firstUpper = SIMD16<UInt8>(repeating: Self.upper(word[0]))
                     while start + 16 <= count && start + 15 <= lastStart {
                         let here = raw.loadUnaligned(fromByteOffset: start, as: SIMD16<UInt8>.self)
-                        let hits = (here .== first) .| (here .== firstUpper)
-                        if any(hits) {
-                            for lane in 0..<16 where hits[lane] { check(start + lane) }
+                        var hits = Self.bitmask((here .== first) .| (here .== firstUpper))
+                        while hits != 0 {
+                            check(start + hits.trailingZeroBitCount)
+                            hits &= hits &- 1
                         }
                         start += 16
                     }
@@ -180,6 +186,84 @@ struct QueryMatcher: Sendable {
         guard high & 0x8080_8080_8080_8080 == 0 else { return nil }
         result.tokenCount = words
         return result
+    }
+
+    /// Bit i set when lane i of `mask` is true (a lane-by-lane `mask[i]` loop cost more than the
+    /// comparisons themselves in the relevance profile).
+    @inline(__always)
+    private static func bitmask(_ mask: SIMDMask<SIMD16<Int8>>) -> UInt32 {
+        let weights = SIMD16<UInt8>(1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128)
+        let bits = unsafeBitCast(mask, to: SIMD16<UInt8>.self) & weights
+        return UInt32(bits.lowHalf.wrappedSum()) | UInt32(bits.highHalf.wrappedSum()) << 8
+    }
+
+    /// What relevance ranking needs of one candidate — whether it matches, each query token's
+    /// frequency, its token count — without positions or ranges: the same values as
+    /// `matches`/`frequencies`/`tokenCount` of `asciiScan`, found with no per-match allocation.
+    /// Nil when the text is not pure ASCII or the query has a phrase (then `asciiScan` or `scan`).
+    func rankingCounts(utf8 text: UnsafeBufferPointer<UInt8>) -> (matches: Bool, frequencies: [Int], length: Int)? {
+        guard atomsAreSingleTokens, let base = text.baseAddress, !text.isEmpty else { return nil }
+        let count = text.count
+        var high: UInt64 = 0
+        let length = Self.wordStarts(base, from: 0, to: count, high: &high)
+        guard high & 0x8080_8080_8080_8080 == 0 else { return nil }
+        var frequencies = [Int](repeating: 0, count: bounds.count)
+        flat.withUnsafeBufferPointer { flat in
+            guard let flat = flat.baseAddress else { return }
+            for (token, bound) in bounds.enumerated() where bound.length > 0 && bound.length <= count && flat[bound.start] < 0x80 {
+                frequencies[token] = Self.occurrences(of: flat + bound.start, length: bound.length, in: base, count: count)
+            }
+        }
+        let occurs = { (atom: [Int]) in frequencies[atom[0]] > 0 }
+        let matches = required.allSatisfy { $0.contains(where: occurs) } && !excluded.contains(where: occurs)
+        return (matches, frequencies, length)
+    }
+
+    /// Whole-word, ASCII-case-insensitive occurrences of `word` (lower-case ASCII) in ASCII text.
+    private static func occurrences(of word: UnsafePointer<UInt8>, length: Int, in base: UnsafePointer<UInt8>, count: Int) -> Int {
+        var total = 0
+        @inline(__always) func check(_ start: Int) {
+            guard start == 0 || !isWordByte(base[start - 1]), start + length == count || !isWordByte(base[start + length]) else { return }
+            var offset = 0
+            while offset < length {
+                let byte = base[start + offset]
+                if ((byte >= 0x41 && byte <= 0x5A) ? byte | 0x20 : byte) != word[offset] { return }
+                offset += 1
+            }
+            total += 1
+        }
+        let raw = UnsafeRawPointer(base)
+        let lastStart = count - length
+        var start = 0
+        let first = SIMD16<UInt8>(repeating: word[0]), firstUpper = SIMD16<UInt8>(repeating: upper(word[0]))
+        if length >= 2 {
+            let second = SIMD16<UInt8>(repeating: word[1]), secondUpper = SIMD16<UInt8>(repeating: upper(word[1]))
+            while start + 17 <= count && start + 15 <= lastStart {
+                let here = raw.loadUnaligned(fromByteOffset: start, as: SIMD16<UInt8>.self)
+                let next = raw.loadUnaligned(fromByteOffset: start + 1, as: SIMD16<UInt8>.self)
+                var hits = bitmask(((here .== first) .| (here .== firstUpper)) .& ((next .== second) .| (next .== secondUpper)))
+                while hits != 0 {
+                    check(start + hits.trailingZeroBitCount)
+                    hits &= hits &- 1
+                }
+                start += 16
+            }
+        } else {
+            while start + 16 <= count && start + 15 <= lastStart {
+                let here = raw.loadUnaligned(fromByteOffset: start, as: SIMD16<UInt8>.self)
+                var hits = bitmask((here .== first) .| (here .== firstUpper))
+                while hits != 0 {
+                    check(start + hits.trailingZeroBitCount)
+                    hits &= hits &- 1
+                }
+                start += 16
+            }
+        }
+        while start <= lastStart {
+            check(start)
+            start += 1
+        }
+        return total
     }
 
     /// The upper-case form of an ASCII lower-case letter; any other byte itself.

@@ -204,11 +204,12 @@ extension ChatLogStore {
         // so that `lastInsertedRowID` stays the conversation's for the callers.
         try countKeyUse(Int64(conversation.keyID.rawValue), 1, db)
         if let subjectKey = conversation.subjectKeyID { try countKeyUse(Int64(subjectKey.rawValue), 1, db) }
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """,
+                """
+        ).execute(
             arguments: [
                 conversation.id.rawValue, conversation.createdAt, conversation.createdAt, Int64(conversation.keyID.rawValue),
                 conversation.title, conversation.subject, conversation.subjectToken,
@@ -223,14 +224,18 @@ extension ChatLogStore {
     }
 
     static func insert(_ messages: [PreparedMessage], into conversation: ConversationID, _ db: Database) throws {
-        guard let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM conversations WHERE id = ?", arguments: [conversation.rawValue])
+        // Cached statements here and below: a proxy logs one exchange per transaction, and compiling
+        // the same SQL (and GRDB's authorizer pass over it) on every call cost ~10 % of such a write.
+        guard
+            let seq = try Int64.fetchOne(
+                db.cachedStatement(sql: "SELECT seq FROM conversations WHERE id = ?"), arguments: [conversation.rawValue])
         else { throw ChatLogError.conversationNotFound(conversation.rawValue) }
         try insert(messages, conversationSeq: seq, db)
     }
 
     static func insert(_ messages: [PreparedMessage], conversationSeq seq: Int64, _ db: Database) throws {
         var position = try Int64.fetchOne(
-            db, sql: "SELECT coalesce(max(position) + 1, 0) FROM messages WHERE conversation_seq = ?", arguments: [seq]) ?? 0
+            db.cachedStatement(sql: "SELECT coalesce(max(position) + 1, 0) FROM messages WHERE conversation_seq = ?"), arguments: [seq]) ?? 0
         let statement = try db.cachedStatement(
             sql: """
                 INSERT INTO messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens,
@@ -267,7 +272,7 @@ extension ChatLogStore {
             ).execute(arguments: [messages.count, firstPosition == 0 ? 1 : 0, tokens.prompt, tokens.completion])
             for (keyID, rows) in keyUse { try countKeyUse(keyID, rows, db) }
         }
-        try db.execute(sql: "UPDATE conversations SET updated_at = max(updated_at, ?) WHERE seq = ?", arguments: [latest, seq])
+        try db.cachedStatement(sql: "UPDATE conversations SET updated_at = max(updated_at, ?) WHERE seq = ?").execute(arguments: [latest, seq])
     }
 
     static func insert(

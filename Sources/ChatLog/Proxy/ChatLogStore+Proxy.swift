@@ -1,0 +1,221 @@
+import Foundation
+import GRDB
+
+/// Keyed digests for conversation threading (the logging proxy, docs/ARCHITECTURE.md §10): one
+/// chain per index key the store holds, so that a conversation logged before an index key
+/// rotation is still found until the old key is retired. New digests are written under the
+/// active key only.
+public struct ThreadDigests: Sendable {
+    /// Per index key: the digest of each prefix of the sequence (`[i]` covers items `0...i`).
+    let chains: [(keyID: KeyID, digests: [Data])]
+    let activeKeyID: KeyID
+
+    /// How many items the sequence had.
+    public var count: Int { chains.first?.digests.count ?? 0 }
+
+    /// Every digest (under every key) of the prefixes of these lengths, with its length.
+    public func candidates(lengths: [Int]) -> [(Data, Int)] {
+        chains.flatMap { chain in
+            lengths.compactMap { length in length >= 1 && length <= chain.digests.count ? (chain.digests[length - 1], length) : nil }
+        }
+    }
+
+    /// The digest under the active key of the first `length` items (length ≥ 1), to record.
+    public func active(length: Int) -> ThreadDigest? {
+        guard length >= 1, let chain = chains.first(where: { $0.keyID == activeKeyID }), length <= chain.digests.count else {
+            return nil
+        }
+        return ThreadDigest(digest: chain.digests[length - 1], indexKeyID: activeKeyID)
+    }
+}
+
+/// One digest to record, pointing at a conversation.
+public struct ThreadDigest: Sendable, Hashable {
+    let digest: Data
+    let indexKeyID: KeyID
+    /// The digest's bytes, for in-memory maps of digests not yet committed (never stored elsewhere).
+    public var bytes: Data { digest }
+}
+
+/// Threading state kept as the chain is extended: lets a caller add items (the completion) to a
+/// digest chain without recomputing the prefix.
+public struct ThreadChainer: Sendable {
+    let keys: [(KeyID, IndexKey)]
+    let activeKeyID: KeyID
+
+    static let tag = "chatlog/v1/proxy-thread"
+    static let responseTag = "chatlog/v1/proxy-response"
+
+    /// Digests of every prefix of `items` in `scope` (the app and subject, so that two apps or two
+    /// users who send the same words are not threaded together).
+    public func chain(scope: String, items: [String]) -> ThreadDigests {
+        ThreadDigests(
+            chains: keys.map { id, key in
+                var digests: [Data] = []
+                digests.reserveCapacity(items.count)
+                var previous = Self.hash(key, KeyDerivation.lengthPrefixed([Self.tag, scope]))
+                for item in items {
+                    var message = Array(previous)
+                    message += KeyDerivation.lengthPrefixed([item])
+                    previous = Self.hash(key, message)
+                    digests.append(previous)
+                }
+                return (id, digests)
+            }, activeKeyID: activeKeyID)
+    }
+
+    /// The chain extended by more items (e.g. the completion), under the same keys.
+    public func extend(_ digests: ThreadDigests, scope: String, with items: [String]) -> ThreadDigests {
+        ThreadDigests(
+            chains: keys.map { id, key in
+                var chain = digests.chains.first(where: { $0.keyID == id })?.digests ?? []
+                var previous = chain.last ?? Self.hash(key, KeyDerivation.lengthPrefixed([Self.tag, scope]))
+                for item in items {
+                    var message = Array(previous)
+                    message += KeyDerivation.lengthPrefixed([item])
+                    previous = Self.hash(key, message)
+                    chain.append(previous)
+                }
+                return (id, chain)
+            }, activeKeyID: activeKeyID)
+    }
+
+    /// Digests of a Responses API response id (`previous_response_id`), one per index key.
+    public func response(_ id: String) -> ThreadDigests {
+        ThreadDigests(
+            chains: keys.map { keyID, key in (keyID, [Self.hash(key, KeyDerivation.lengthPrefixed([Self.responseTag, id]))]) },
+            activeKeyID: activeKeyID)
+    }
+
+    static func hash(_ key: IndexKey, _ message: [UInt8]) -> Data {
+        var output = Data(count: 32)
+        key.withUnsafeBytes { keyBytes in
+            message.withUnsafeBytes { messageBytes in
+                output.withUnsafeMutableBytes { Sodium.keyedHash(key: keyBytes, message: messageBytes, into: $0) }
+            }
+        }
+        return output
+    }
+}
+
+/// One exchange logged by the proxy: the messages and where they go. The conversation is
+/// created with `conversation`'s fields (and id) when it does not exist, and appended to when
+/// it does; the digests then point at it.
+public struct ProxyRecord: Sendable {
+    public var conversation: NewConversation
+    public var messages: [NewMessage]
+    public var digests: [ThreadDigest]
+
+    /// `conversation.id` must be set (the proxy tells the client the id before logging).
+    public init(conversation: NewConversation, messages: [NewMessage], digests: [ThreadDigest]) {
+        self.conversation = conversation
+        self.messages = messages
+        self.digests = digests
+    }
+}
+
+extension ChatLogStore {
+    /// The current index keys, for computing thread digests outside any transaction.
+    public func threadChainer() -> ThreadChainer {
+        let keys = keyRing.current
+        let ordered = keys.indexKeys.sorted { $0.key > $1.key }.filter { !keys.retired.contains($0.key) }
+        return ThreadChainer(keys: ordered.map { ($0.key, $0.value) }, activeKeyID: keys.activeIndexKey.id)
+    }
+
+    /// The longest prefix of a chain that a logged exchange recorded: its length and conversation.
+    /// Only prefixes of the given lengths are looked for, when given.
+    public func findThread(_ digests: ThreadDigests, lengths: [Int]? = nil) async throws(ChatLogError)
+        -> (length: Int, conversation: ConversationID)?
+    {
+        let candidates = digests.candidates(lengths: lengths ?? Array(1...max(1, digests.count)))
+        guard !candidates.isEmpty else { return nil }
+        let lengths = Dictionary(candidates, uniquingKeysWith: max)
+        return try await read { db in
+            var best: (length: Int, conversation: ConversationID)?
+            // In slices, well under SQLite's limit on bound parameters.
+            let all = Array(lengths.keys)
+            for start in stride(from: 0, to: all.count, by: 500) {
+                let slice = Array(all[start..<min(start + 500, all.count)])
+                let rows = try Row.fetchAll(
+                    db,
+                    sql: """
+                        SELECT t.digest, c.id FROM proxy_threads t JOIN conversations c ON c.seq = t.conversation_seq
+                        WHERE t.digest IN (\(slice.map { _ in "?" }.joined(separator: ",")))
+                        """, arguments: StatementArguments(slice))
+                for row in rows {
+                    let digest: Data = row[0]
+                    guard let length = lengths[digest], let id = ConversationID(row[1] as String) else { continue }
+                    if length > (best?.length ?? 0) { best = (length, id) }
+                }
+            }
+            return best
+        }
+    }
+
+    /// Whether a conversation with this id exists.
+    public func conversationExists(_ id: ConversationID) async throws(ChatLogError) -> Bool {
+        try await read { db in try Bool.fetchOne(db, sql: "SELECT 1 FROM conversations WHERE id = ?", arguments: [id.rawValue]) ?? false }
+    }
+
+    /// Logs many proxy exchanges in one transaction (group commit). A record that cannot be
+    /// prepared (too large, bad values) fails alone; the others are still written. Returns one
+    /// result per record, in order.
+    public func logProxyRecords(_ records: [ProxyRecord]) throws(ChatLogError) -> [Result<LoggedExchange, ChatLogError>] {
+        try writeSealed { (keys) throws(ChatLogError) in
+            records.map { record -> Result<(PreparedConversation, [PreparedMessage], [ThreadDigest]), ChatLogError> in
+                do throws(ChatLogError) {
+                    guard record.conversation.id != nil else { throw .invalidInput("a proxy record needs a conversation id") }
+                    return .success((try prepare(record.conversation, keys: keys), try prepare(record.messages, keys: keys), record.digests))
+                } catch {
+                    return .failure(error)
+                }
+            }
+        } body: { prepared, db in
+            try prepared.map { entry -> Result<LoggedExchange, ChatLogError> in
+                switch entry {
+                case .failure(let error): return .failure(error)
+                case .success(let (conversation, messages, digests)):
+                    return .success(try Self.insertProxyRecord(conversation, messages, digests, db))
+                }
+            }
+        }
+    }
+
+    static func insertProxyRecord(
+        _ conversation: PreparedConversation, _ messages: [PreparedMessage], _ digests: [ThreadDigest], _ db: Database
+    ) throws -> LoggedExchange {
+        var seq = try Int64.fetchOne(
+            db.cachedStatement(sql: "SELECT seq FROM conversations WHERE id = ?"), arguments: [conversation.id.rawValue])
+        if seq == nil {
+            try insert(conversation, db)
+            seq = db.lastInsertedRowID
+        }
+        guard let seq else { throw ChatLogError.conversationNotFound(conversation.id.rawValue) }
+        try insert(messages, conversationSeq: seq, db)
+        let now = Date().unixMilliseconds
+        let statement = try db.cachedStatement(
+            sql: "INSERT OR REPLACE INTO proxy_threads (digest, conversation_seq, index_key_id, created_at) VALUES (?, ?, ?, ?)")
+        for digest in digests {
+            try statement.execute(arguments: [digest.digest, seq, Int64(digest.indexKeyID.rawValue), now])
+        }
+        return LoggedExchange(conversationID: conversation.id, messageIDs: messages.map(\.id))
+    }
+}
+
+extension ConversationID {
+    /// A new, time-ordered conversation id (for callers that must name a conversation before it
+    /// is written, like the proxy's `X-Chatlog-Conversation` response header).
+    public static func generate() -> ConversationID { make() }
+}
+
+extension JSONValue {
+    /// Parses JSON text (RFC 8259, as `JSONDecoder` reads it); nil when it is not valid JSON.
+    public static func parse(bytes: UnsafeRawBufferPointer) -> JSONValue? {
+        parse(bytes.bindMemory(to: UInt8.self))
+    }
+
+    /// Canonical JSON text (sorted keys); nil for a non-finite number.
+    public func canonicalJSON() -> Data? {
+        try? encoded()
+    }
+}

@@ -1,0 +1,76 @@
+import ChatLog
+import Foundation
+
+/// Everything `chatlog serve` is told (docs/PROXY.md lists the flags).
+public struct ProxyConfiguration: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 8080
+    public var openAIUpstream = "https://api.openai.com/v1"
+    public var anthropicUpstream = "https://api.anthropic.com"
+    /// PEM file of CA certificates to verify upstreams against, instead of the system roots.
+    public var upstreamCAFile: String?
+    public var tlsCertificateFile: String?
+    public var tlsKeyFile: String?
+    /// Listening on a non-loopback address without TLS, explicitly allowed.
+    public var insecureListen = false
+    /// Hold each call's final event until its exchange is committed.
+    public var durable = false
+    /// Redact secrets from what is logged (never from what is forwarded).
+    public var redactSecrets = true
+    /// Ask OpenAI chat streams for usage when the client did not, and strip it again.
+    public var injectStreamUsage = true
+    public var maxRequestBodyBytes = 32 << 20
+    /// Response bytes kept for logging a non-streaming body (the client always gets all of them).
+    public var maxCaptureBytes = 32 << 20
+    public var connectTimeout: Duration = .seconds(10)
+    /// Longest wait for the upstream's next byte (response head included).
+    public var idleTimeout: Duration = .seconds(300)
+    /// Longest a call may take from request to last byte; long generations are not cut at 60 s.
+    public var requestTimeout: Duration = .seconds(1800)
+    /// How long SIGTERM waits for in-flight calls before cancelling them.
+    public var shutdownTimeout: Duration = .seconds(30)
+    public var queueCapacity = 10_000
+    public var batchSize = 512
+    public var upstreamConnections = 1024
+    /// Server-held upstream keys: when set, clients must present a proxy token instead.
+    public var openAIKey: String?
+    public var anthropicKey: String?
+
+    public init() {}
+
+    /// Checks the transport rules (https upstreams except loopback, TLS for non-loopback listening).
+    public func validate() throws(ChatLogError) {
+        for (name, url) in [("--openai-upstream", openAIUpstream), ("--anthropic-upstream", anthropicUpstream)] {
+            guard let parsed = URL(string: url), let scheme = parsed.scheme?.lowercased(), let host = parsed.host, !host.isEmpty,
+                parsed.query == nil, parsed.fragment == nil, parsed.user == nil
+            else {
+                throw .invalidInput("\(name) must be an absolute http(s) URL without query, fragment or credentials")
+            }
+            switch scheme {
+            case "https": break
+            case "http":
+                guard Self.isLoopback(host) else {
+                    throw .invalidInput("\(name) uses plain http to a non-loopback host; upstreams must be https (http only for localhost)")
+                }
+            default: throw .invalidInput("\(name) must be an http(s) URL")
+            }
+        }
+        if (tlsCertificateFile == nil) != (tlsKeyFile == nil) { throw .invalidInput("--tls-cert and --tls-key go together") }
+        if tlsCertificateFile == nil, !insecureListen, !Self.isLoopback(host) {
+            throw .invalidInput(
+                "listening on \(host) (not loopback) needs --tls-cert and --tls-key, or --insecure-listen to accept plain HTTP from the network")
+        }
+        if let upstreamCAFile, !FileManager.default.isReadableFile(atPath: upstreamCAFile) {
+            throw .invalidInput("cannot read the --upstream-ca file \(upstreamCAFile)")
+        }
+        guard (0...65535).contains(port) else { throw .invalidInput("the port must be between 0 and 65535") }
+        guard maxRequestBodyBytes > 0, queueCapacity > 0, batchSize > 0, upstreamConnections > 0 else {
+            throw .invalidInput("limits must be positive")
+        }
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        let bare = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+        return bare == "localhost" || bare == "::1" || bare.hasPrefix("127.") || bare.lowercased().hasSuffix(".localhost")
+    }
+}

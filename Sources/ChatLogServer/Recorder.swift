@@ -1,0 +1,223 @@
+import ChatLog
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// Writes logged exchanges off the response path: a bounded queue drained by one thread that
+/// commits many records per transaction (group commit). A full queue drops the record (counted,
+/// logged, never blocking a response) unless the caller waits (`--durable`). A failing store is
+/// retried with backoff; both show in `/metrics` and `/healthz`.
+final class Recorder: @unchecked Sendable {
+    struct Pending {
+        var record: ProxyRecord
+        var completion: CheckedContinuation<Bool, Never>?
+    }
+
+    let store: ChatLogStore
+    let capacity: Int
+    let batchSize: Int
+    let metrics: ProxyMetrics
+    let logger: Logger
+    private let condition = NSCondition()
+    // Guarded by `condition`:
+    private var queue: [Pending] = []
+    private var head = 0
+    private var closing = false
+    private var finished = false
+    private var drainWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Thread digests and new conversations submitted but not yet committed, so that the next
+    /// call of a conversation finds it even before its previous exchange is written.
+    private var pendingDigests: [Data: (conversation: ConversationID, length: Int)] = [:]
+    private var pendingConversations: [ConversationID: Int] = [:]
+    private var thread: Thread?
+
+    init(store: ChatLogStore, capacity: Int, batchSize: Int, metrics: ProxyMetrics, logger: Logger) {
+        self.store = store
+        self.capacity = capacity
+        self.batchSize = batchSize
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    func start() {
+        let thread = Thread { [self] in run() }
+        thread.name = "chatlog-recorder"
+        self.thread = thread
+        thread.start()
+    }
+
+    var depth: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return queue.count - head
+    }
+
+    /// Queues a record; false (and counted as dropped) when the queue is full or closed.
+    @discardableResult
+    func submit(_ record: ProxyRecord) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return enqueue(Pending(record: record, completion: nil))
+    }
+
+    /// Queues a record and waits until it is committed (true) or failed (false). Waits for room
+    /// when the queue is full instead of dropping.
+    func submitAndWait(_ record: ProxyRecord) async -> Bool {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            condition.lock()
+            while queue.count - head >= capacity, !closing { condition.wait() }
+            if !enqueue(Pending(record: record, completion: continuation)) {
+                condition.unlock()
+                continuation.resume(returning: false)
+                return
+            }
+            condition.unlock()
+        }
+    }
+
+    /// Under the lock.
+    private func enqueue(_ pending: Pending) -> Bool {
+        guard !finished, queue.count - head < capacity else {
+            metrics.recordDropped()
+            logger.warning("exchange not logged: the recorder queue is full", metadata: ["queue_capacity": "\(capacity)"])
+            return false
+        }
+        queue.append(pending)
+        if let id = pending.record.conversation.id {
+            pendingConversations[id, default: 0] += 1
+            for (index, digest) in pending.record.digests.enumerated() {
+                pendingDigests[digest.bytes] = (id, index)
+            }
+        }
+        metrics.setQueueDepth(queue.count - head)
+        condition.signal()
+        return true
+    }
+
+    /// The longest prefix among `candidates` (digest → prefix length) that a record still in the
+    /// queue will write.
+    func pendingThread(_ candidates: [(Data, Int)]) -> (length: Int, conversation: ConversationID)? {
+        condition.lock()
+        defer { condition.unlock() }
+        var best: (length: Int, conversation: ConversationID)?
+        for (digest, length) in candidates {
+            if let hit = pendingDigests[digest], length > (best?.length ?? 0) { best = (length, hit.conversation) }
+        }
+        return best
+    }
+
+    func isPendingConversation(_ id: ConversationID) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return pendingConversations[id] != nil
+    }
+
+    /// Stops accepting (after what is queued) and waits until everything queued is written.
+    func drain() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            condition.lock()
+            closing = true
+            if finished {
+                condition.unlock()
+                continuation.resume()
+                return
+            }
+            drainWaiters.append(continuation)
+            condition.broadcast()
+            condition.unlock()
+        }
+    }
+
+    // MARK: The writer thread
+
+    private func run() {
+        var failures = 0
+        while true {
+            condition.lock()
+            while queue.count - head == 0, !closing { condition.wait() }
+            if queue.count - head == 0, closing {
+                finished = true
+                let waiters = drainWaiters
+                drainWaiters = []
+                condition.broadcast()
+                condition.unlock()
+                for waiter in waiters { waiter.resume() }
+                return
+            }
+            let end = min(queue.count, head + batchSize)
+            let batch = Array(queue[head..<end])
+            let isClosing = closing
+            condition.unlock()
+
+            let outcome: [Result<LoggedExchange, ChatLogError>]
+            do {
+                outcome = try store.logProxyRecords(batch.map(\.record))
+            } catch {
+                failures += 1
+                metrics.recordStoreFailure()
+                logger.error(
+                    "store write failed; retrying", metadata: ["error": "\(error.description)", "records": "\(batch.count)", "attempt": "\(failures)"])
+                // Closing: a few more tries, then the records are reported lost.
+                if isClosing && failures >= 5 {
+                    finish(batch, committed: Array(repeating: false, count: batch.count), count: batch.count)
+                    logger.critical("exchanges lost at shutdown: the store kept failing", metadata: ["records": "\(batch.count)"])
+                    failures = 0
+                    continue
+                }
+                Thread.sleep(forTimeInterval: min(5, 0.05 * Double(1 << min(failures, 7))))
+                continue
+            }
+            if failures > 0 { logger.notice("store writes recovered", metadata: ["attempts": "\(failures)"]) }
+            failures = 0
+            metrics.storeRecovered()
+            var committed: [Bool] = []
+            for result in outcome {
+                switch result {
+                case .success: committed.append(true)
+                case .failure(let error):
+                    committed.append(false)
+                    metrics.recordRejected()
+                    logger.error("exchange not logged: the store refused it", metadata: ["error": "\(error.description)"])
+                }
+            }
+            metrics.recordCommitted(committed.filter { $0 }.count, batch: true)
+            finish(batch, committed: committed, count: batch.count)
+        }
+    }
+
+    private func finish(_ batch: [Pending], committed: [Bool], count: Int) {
+        condition.lock()
+        head += count
+        if head > 4096, head * 2 > queue.count {
+            queue.removeFirst(head)
+            head = 0
+        }
+        for pending in batch {
+            guard let id = pending.record.conversation.id else { continue }
+            if let remaining = pendingConversations[id], remaining > 1 {
+                pendingConversations[id] = remaining - 1
+            } else {
+                pendingConversations[id] = nil
+            }
+            for digest in pending.record.digests where pendingDigests[digest.bytes]?.conversation == id {
+                pendingDigests[digest.bytes] = nil
+            }
+        }
+        metrics.setQueueDepth(queue.count - head)
+        condition.broadcast()
+        condition.unlock()
+        for (pending, ok) in zip(batch, committed) { pending.completion?.resume(returning: ok) }
+    }
+}
+
+/// Runs the recorder inside the service group: on graceful shutdown (after the HTTP server has
+/// stopped and its in-flight calls finished) it drains the queue, then returns.
+struct RecorderService: Service {
+    let recorder: Recorder
+
+    func run() async throws {
+        recorder.start()
+        try? await gracefulShutdown()
+        await recorder.drain()
+    }
+}

@@ -1,0 +1,43 @@
+import ChatLog
+import Testing
+
+@testable import ChatLogServer
+
+/// The transport rules `chatlog serve` enforces before it starts.
+@Suite struct ProxyConfigurationTests {
+    func configuration(_ adjust: (inout ProxyConfiguration) -> Void) -> ProxyConfiguration {
+        var configuration = ProxyConfiguration()
+        adjust(&configuration)
+        return configuration
+    }
+
+    @Test func upstreamsMustBeHTTPSExceptOnLoopback() throws {
+        try configuration { _ in }.validate()
+        for url in ["http://127.0.0.1:11434/v1", "http://localhost:8000/v1", "http://[::1]:9/v1", "https://api.example.com/v1"] {
+            try configuration { $0.openAIUpstream = url }.validate()
+        }
+        for url in ["http://api.openai.com/v1", "http://10.0.0.5/v1", "ftp://x/", "https://user:pw@api.example.com", "not a url", "https://x/v1?q=1"] {
+            #expect(throws: ChatLogError.self, "\(url)") { try configuration { $0.openAIUpstream = url }.validate() }
+            #expect(throws: ChatLogError.self, "\(url)") { try configuration { $0.anthropicUpstream = url }.validate() }
+        }
+    }
+
+    @Test func listeningBeyondLoopbackNeedsTLSOrAnExplicitFlag() throws {
+        #expect(throws: ChatLogError.self) { try configuration { $0.host = "0.0.0.0" }.validate() }
+        try configuration {
+            $0.host = "0.0.0.0"
+            $0.insecureListen = true
+        }.validate()
+        #expect(throws: ChatLogError.self) { try configuration { $0.tlsCertificateFile = "/etc/hostname" }.validate() }
+        try configuration { $0.host = "::1" }.validate()
+    }
+
+    @Test func errorsNameTheFlagAndNoValueOfASecret() {
+        do {
+            try configuration { $0.openAIUpstream = "http://secret-host.example/v1?key=sk-abc" }.validate()
+            Issue.record("accepted")
+        } catch {
+            #expect(error.description.contains("--openai-upstream") && !error.description.contains("sk-abc"))
+        }
+    }
+}

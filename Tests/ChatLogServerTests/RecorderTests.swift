@@ -1,0 +1,87 @@
+import ChatLog
+import Foundation
+import GRDB
+import Logging
+import Testing
+
+@testable import ChatLogServer
+
+/// The recorder on its own: bounded queue, group commit, a failing store, drain.
+@Suite struct RecorderTests {
+    static let quiet = Logger(label: "recorder", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    func record(_ text: String, conversation: ConversationID = .generate()) -> ProxyRecord {
+        var new = NewConversation()
+        new.id = conversation
+        return ProxyRecord(conversation: new, messages: [NewMessage(role: .user, content: text)], digests: [])
+    }
+
+    @Test func aFullQueueDropsCountsAndNeverBlocks() async throws {
+        try await withServerTemporaryDirectory { directory in
+            let store = try ChatLogStore.create(at: directory + "/chat.db", key: .key(.generate()))
+            let metrics = ProxyMetrics(queueCapacity: 3)
+            let recorder = Recorder(store: store, capacity: 3, batchSize: 10, metrics: metrics, logger: Self.quiet)
+            // Not started yet: nothing drains, so the fourth and fifth do not fit.
+            let accepted = (0..<5).map { recorder.submit(record("m\($0)")) }
+            #expect(accepted == [true, true, true, false, false])
+            #expect(metrics.health.dropped == 2 && metrics.health.queueDepth == 3 && !metrics.health.healthy)
+            #expect(metrics.prometheusText().contains("chatlog_proxy_dropped_total 2"))
+            recorder.start()
+            await recorder.drain()
+            #expect(try store.counts().messages == 3)
+            #expect(metrics.health.committed == 3 && metrics.health.queueDepth == 0)
+        }
+    }
+
+    @Test func manyRecordsGoInFewTransactions() async throws {
+        try await withServerTemporaryDirectory { directory in
+            let store = try ChatLogStore.create(at: directory + "/chat.db", key: .key(.generate()))
+            let metrics = ProxyMetrics(queueCapacity: 10_000)
+            let recorder = Recorder(store: store, capacity: 10_000, batchSize: 512, metrics: metrics, logger: Self.quiet)
+            for index in 0..<2_000 { #expect(recorder.submit(record("m\(index)"))) }
+            recorder.start()
+            await recorder.drain()
+            #expect(try store.counts().messages == 2_000)
+            // 2,000 queued before the writer started: at most ⌈2000/512⌉ = 4 transactions.
+            let commits = metrics.prometheusText().split(separator: "\n").first { $0.hasPrefix("chatlog_proxy_commits_total ") }
+            #expect(commits == "chatlog_proxy_commits_total 4")
+        }
+    }
+
+    @Test func aFailingStoreIsVisibleAndNothingQueuedIsLost() async throws {
+        try await withServerTemporaryDirectory { directory in
+            let path = directory + "/chat.db"
+            let store = try ChatLogStore.create(at: path, key: .key(.generate()))
+            // Another connection makes every insert into messages fail until the trigger goes.
+            let saboteur = try DatabaseQueue(path: path)
+            try await saboteur.write { db in
+                try db.execute(sql: "CREATE TRIGGER fail_inserts BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+            }
+            let metrics = ProxyMetrics(queueCapacity: 100)
+            let recorder = Recorder(store: store, capacity: 100, batchSize: 10, metrics: metrics, logger: Self.quiet)
+            recorder.start()
+            for index in 0..<5 { #expect(recorder.submit(record("m\(index)"))) }
+            for _ in 0..<500 where metrics.health.storeFailures < 2 { try await Task.sleep(for: .milliseconds(10)) }
+            let failing = metrics.health
+            #expect(failing.storeFailing && !failing.healthy && failing.storeFailures >= 2)
+            #expect(metrics.prometheusText().contains("chatlog_proxy_store_failing 1"))
+            try await saboteur.write { db in try db.execute(sql: "DROP TRIGGER fail_inserts") }
+            await recorder.drain()
+            #expect(try store.counts().messages == 5)
+            #expect(metrics.health.healthy && !metrics.health.storeFailing)
+        }
+    }
+
+    @Test func durableSubmitWaitsForTheCommit() async throws {
+        try await withServerTemporaryDirectory { directory in
+            let store = try ChatLogStore.create(at: directory + "/chat.db", key: .key(.generate()))
+            let recorder = Recorder(store: store, capacity: 10, batchSize: 10, metrics: ProxyMetrics(queueCapacity: 10), logger: Self.quiet)
+            recorder.start()
+            for turn in 1...3 {
+                #expect(await recorder.submitAndWait(record("m\(turn)")))
+                #expect(try store.counts().messages == turn)
+            }
+            await recorder.drain()
+        }
+    }
+}
