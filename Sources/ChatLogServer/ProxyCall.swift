@@ -165,17 +165,7 @@ struct ProxyCall: Sendable {
             return fail(.badGateway, timedOut ? "the upstream did not answer in time" : "the upstream could not be reached")
         }
 
-        var fields = HTTPFields()
-        var contentLength: Int?
-        for (name, value) in head.headers {
-            let lower = name.lowercased()
-            if Self.hopByHop.contains(lower) { continue }
-            if lower == "content-length" {
-                contentLength = Int(value)
-                continue
-            }
-            if let fieldName = HTTPField.Name(name) { fields.append(HTTPField(name: fieldName, value: value)) }
-        }
+        var (fields, contentLength) = Self.clientHeaders(head.headers)
         let streaming = (head.headers.first(name: "content-type") ?? "").lowercased().hasPrefix("text/event-stream")
         if streaming {
             fields[HTTPField.Name("X-Accel-Buffering")!] = "no"
@@ -195,6 +185,23 @@ struct ProxyCall: Sendable {
             try await call.relay(reader, into: &writer, context: context, status: status, requestID: requestID, streaming: streaming)
         }
         return Response(status: HTTPResponse.Status(code: status), headers: fields, body: responseBody)
+    }
+
+    /// The upstream's response headers as the client gets them: all but the hop-by-hop ones, in
+    /// order, repeated ones (`set-cookie`) kept; `Content-Length` apart (the body carries it).
+    static func clientHeaders(_ headers: HTTPHeaders) -> (HTTPFields, contentLength: Int?) {
+        var fields = HTTPFields()
+        var contentLength: Int?
+        for (name, value) in headers {
+            let lower = name.lowercased()
+            if hopByHop.contains(lower) { continue }
+            if lower == "content-length" {
+                contentLength = Int(value)
+                continue
+            }
+            if let fieldName = HTTPField.Name(name) { fields.append(HTTPField(name: fieldName, value: value)) }
+        }
+        return (fields, contentLength)
     }
 
     /// AsyncHTTPClient's timeouts: no byte for `--idle-timeout`, or the head's deadline.
@@ -226,17 +233,7 @@ struct ProxyCall: Sendable {
             state.metrics.recordUpstreamError()
             return fail(.badGateway, "the upstream could not be reached")
         }
-        var fields = HTTPFields()
-        var contentLength: Int?
-        for (name, value) in upstream.headers {
-            let lower = name.lowercased()
-            if Self.hopByHop.contains(lower) { continue }
-            if lower == "content-length" {
-                contentLength = Int(value)
-                continue
-            }
-            if let fieldName = HTTPField.Name(name) { fields.append(HTTPField(name: fieldName, value: value)) }
-        }
+        let (fields, contentLength) = Self.clientHeaders(upstream.headers)
         let status = Int(upstream.status.code)
         let metrics = state.metrics
         let route = self.route

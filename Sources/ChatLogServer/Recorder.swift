@@ -25,6 +25,8 @@ final class Recorder: @unchecked Sendable {
     private var closing = false
     private var finished = false
     private var drainWaiters: [CheckedContinuation<Void, Never>] = []
+    /// `--durable` records waiting for room in a full queue.
+    private var roomWaiters: [Pending] = []
     /// Thread digests and new conversations submitted but not yet committed, so that the next
     /// call of a conversation finds it even before its previous exchange is written.
     private var pendingDigests: [Data: (conversation: ConversationID, length: Int)] = [:]
@@ -60,12 +62,16 @@ final class Recorder: @unchecked Sendable {
         return enqueue(Pending(record: record, completion: nil))
     }
 
-    /// Queues a record and waits until it is committed (true) or failed (false). Waits for room
-    /// when the queue is full instead of dropping.
+    /// Queues a record and waits until it is committed (true) or failed (false). When the queue is
+    /// full it waits for room (suspended, not blocking a thread) instead of dropping.
     func submitAndWait(_ record: ProxyRecord) async -> Bool {
         await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
             condition.lock()
-            while queue.count - head >= capacity, !closing { condition.wait() }
+            if queue.count - head >= capacity, !finished {
+                roomWaiters.append(Pending(record: record, completion: continuation))
+                condition.unlock()
+                return
+            }
             if !enqueue(Pending(record: record, completion: continuation)) {
                 condition.unlock()
                 continuation.resume(returning: false)
@@ -191,6 +197,9 @@ final class Recorder: @unchecked Sendable {
         if head > 4096, head * 2 > queue.count {
             queue.removeFirst(head)
             head = 0
+        }
+        while !roomWaiters.isEmpty, queue.count - head < capacity {
+            _ = enqueue(roomWaiters.removeFirst())
         }
         for pending in batch {
             guard let id = pending.record.conversation.id else { continue }

@@ -8,7 +8,7 @@ import Testing
 
 /// The proxy in process, in front of a fake upstream: bytes through unchanged, what is logged,
 /// threading, tokens, failures, health and metrics.
-@Suite struct ProxyServerTests {
+@Suite(.serialized) struct ProxyServerTests {
     static let chatBody = """
         {
           "id": "chatcmpl-abc",
@@ -259,7 +259,7 @@ import Testing
                 var request = HTTPClientRequest(url: url)
                 request.method = .POST
                 request.body = .bytes(ByteBuffer(string: Self.chatRequest(#"{"role":"user","content":"long"}"#, extra: #","stream":true"#)))
-                let response = try await client.execute(request, timeout: .seconds(30))
+                let response = try await client.execute(request, timeout: .seconds(120))
                 for try await _ in response.body { return }
             }
             try await reading.value
@@ -322,7 +322,7 @@ import Testing
                 var request = HTTPClientRequest(url: url)
                 request.method = .POST
                 request.body = .bytes(ByteBuffer(string: Self.chatRequest(#"{"role":"user","content":"think"}"#, extra: #","stream":true"#)))
-                let response = try await client.execute(request, timeout: .seconds(60))
+                let response = try await client.execute(request, timeout: .seconds(120))
                 for try await _ in response.body { return }
             }
             try await reading.value

@@ -53,7 +53,11 @@ import Testing
             let path = directory + "/chat.db"
             let store = try ChatLogStore.create(at: path, key: .key(.generate()))
             // Another connection makes every insert into messages fail until the trigger goes.
-            let saboteur = try DatabaseQueue(path: path)
+            // The recorder retries its failing batch all the time, so the saboteur waits for the lock
+            // (a loaded machine showed "database is locked" without a busy timeout).
+            var configuration = Configuration()
+            configuration.busyMode = .timeout(60)
+            let saboteur = try DatabaseQueue(path: path, configuration: configuration)
             try await saboteur.write { db in
                 try db.execute(sql: "CREATE TRIGGER fail_inserts BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
             }
@@ -61,7 +65,7 @@ import Testing
             let recorder = Recorder(store: store, capacity: 100, batchSize: 10, metrics: metrics, logger: Self.quiet)
             recorder.start()
             for index in 0..<5 { #expect(recorder.submit(record("m\(index)"))) }
-            for _ in 0..<500 where metrics.health.storeFailures < 2 { try await Task.sleep(for: .milliseconds(10)) }
+            for _ in 0..<6000 where metrics.health.storeFailures < 2 { try await Task.sleep(for: .milliseconds(10)) }
             let failing = metrics.health
             #expect(failing.storeFailing && !failing.healthy && failing.storeFailures >= 2)
             #expect(metrics.prometheusText().contains("chatlog_proxy_store_failing 1"))
@@ -82,6 +86,26 @@ import Testing
                 #expect(try store.counts().messages == turn)
             }
             await recorder.drain()
+        }
+    }
+
+    @Test func durableSubmitsWaitForRoomInAFullQueueInsteadOfDropping() async throws {
+        try await withServerTemporaryDirectory { directory in
+            let store = try ChatLogStore.create(at: directory + "/chat.db", key: .key(.generate()))
+            let metrics = ProxyMetrics(queueCapacity: 1)
+            let recorder = Recorder(store: store, capacity: 1, batchSize: 1, metrics: metrics, logger: Self.quiet)
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                for index in 0..<4 { group.addTask { await recorder.submitAndWait(record("d\(index)")) } }
+                try await Task.sleep(for: .milliseconds(100))
+                // Nothing drains yet: one queued, three waiting, none dropped.
+                #expect(metrics.health.queueDepth == 1 && metrics.health.dropped == 0)
+                recorder.start()
+                var results: [Bool] = []
+                for try await result in group { results.append(result) }
+                #expect(results == [true, true, true, true])
+            }
+            await recorder.drain()
+            #expect(try store.counts().messages == 4 && metrics.health.dropped == 0)
         }
     }
 }

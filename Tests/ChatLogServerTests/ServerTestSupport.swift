@@ -52,6 +52,7 @@ final class FakeUpstream: Sendable {
     let port = Mutex(0)
 
     func enqueue(_ reply: FakeReply) { replies.withLock { $0.append(reply) } }
+    func removeReplies() { replies.withLock { $0.removeAll() } }
     var requests: [Received] { received.withLock { $0 } }
 
     /// The fake upstream as a service (HummingbirdCore's server directly, so that the headers it
@@ -93,7 +94,8 @@ struct ProxyFixture: Sendable {
     let proxyPort: Int
     let client: HTTPClient
 
-    var base: String { "http://127.0.0.1:\(proxyPort)" }
+    var base: String { "\(scheme)://127.0.0.1:\(proxyPort)" }
+    var scheme = "http"
 
     func post(_ path: String, _ body: String, headers: [(String, String)] = []) async throws -> (status: Int, headers: HTTPHeaders, body: String) {
         var request = HTTPClientRequest(url: base + path)
@@ -101,19 +103,20 @@ struct ProxyFixture: Sendable {
         request.headers.add(name: "content-type", value: "application/json")
         for (name, value) in headers { request.headers.add(name: name, value: value) }
         request.body = .bytes(ByteBuffer(string: body))
-        let response = try await client.execute(request, timeout: .seconds(30))
+        let response = try await client.execute(request, timeout: .seconds(120))
         let bytes = try await response.body.collect(upTo: 1 << 24)
         return (Int(response.status.code), response.headers, String(buffer: bytes))
     }
 
     func get(_ path: String) async throws -> (status: Int, body: String) {
-        let response = try await client.execute(HTTPClientRequest(url: base + path), timeout: .seconds(30))
+        let response = try await client.execute(HTTPClientRequest(url: base + path), timeout: .seconds(120))
         return (Int(response.status.code), String(buffer: try await response.body.collect(upTo: 1 << 20)))
     }
 
     /// Waits until the store holds `messages` messages (the recorder writes off the response path).
     func waitForMessages(_ messages: Int) async throws {
-        for _ in 0..<400 {
+        // Generous: the whole test suite runs in parallel on two cores.
+        for _ in 0..<3000 {
             if try store.counts().messages >= messages { return }
             try await Task.sleep(for: .milliseconds(10))
         }
@@ -121,7 +124,8 @@ struct ProxyFixture: Sendable {
     }
 
     static func with(
-        _ adjust: (inout ProxyConfiguration) -> Void = { _ in }, _ body: (ProxyFixture) async throws -> Void
+        _ adjust: (inout ProxyConfiguration) -> Void = { _ in }, client clientConfiguration: HTTPClient.Configuration = .init(),
+        _ body: (ProxyFixture) async throws -> Void
     ) async throws {
         try await withServerTemporaryDirectory { directory in
             let store = try ChatLogStore.create(at: directory + "/chat.db", key: .key(.generate()))
@@ -145,9 +149,12 @@ struct ProxyFixture: Sendable {
                 }
                 tasks.addTask { try await proxy.run() }
                 while bound.withLock({ $0 }) == 0 { try await Task.sleep(for: .milliseconds(5)) }
-                let client = HTTPClient(eventLoopGroupProvider: .singleton)
+                let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
                 do {
-                    try await body(ProxyFixture(upstream: upstream, store: store, proxyPort: bound.withLock { $0 }, client: client))
+                    try await body(
+                        ProxyFixture(
+                            upstream: upstream, store: store, proxyPort: bound.withLock { $0 }, client: client,
+                            scheme: configuration.tlsCertificateFile == nil ? "http" : "https"))
                 } catch {
                     try? await client.shutdown()
                     await proxy.triggerGracefulShutdown()

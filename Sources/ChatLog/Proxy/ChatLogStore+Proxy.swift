@@ -49,19 +49,7 @@ public struct ThreadChainer: Sendable {
     /// Digests of every prefix of `items` in `scope` (the app and subject, so that two apps or two
     /// users who send the same words are not threaded together).
     public func chain(scope: String, items: [String]) -> ThreadDigests {
-        ThreadDigests(
-            chains: keys.map { id, key in
-                var digests: [Data] = []
-                digests.reserveCapacity(items.count)
-                var previous = Self.hash(key, KeyDerivation.lengthPrefixed([Self.tag, scope]))
-                for item in items {
-                    var message = Array(previous)
-                    message += KeyDerivation.lengthPrefixed([item])
-                    previous = Self.hash(key, message)
-                    digests.append(previous)
-                }
-                return (id, digests)
-            }, activeKeyID: activeKeyID)
+        extend(ThreadDigests(chains: [], activeKeyID: activeKeyID), scope: scope, with: items)
     }
 
     /// The chain extended by more items (e.g. the completion), under the same keys.
@@ -69,6 +57,7 @@ public struct ThreadChainer: Sendable {
         ThreadDigests(
             chains: keys.map { id, key in
                 var chain = digests.chains.first(where: { $0.keyID == id })?.digests ?? []
+                chain.reserveCapacity(chain.count + items.count)
                 var previous = chain.last ?? Self.hash(key, KeyDerivation.lengthPrefixed([Self.tag, scope]))
                 for item in items {
                     var message = Array(previous)
