@@ -446,7 +446,11 @@ struct ProxyCall: Sendable {
             "duration_ms": "\(Self.milliseconds(started.duration(to: .now)))",
         ]
         if let conversation { metadata["conversation"] = "\(conversation.rawValue)" }
-        if let upstreamRequestID { metadata["upstream_request_id"] = "\(upstreamRequestID.prefix(128))" }
+        if let upstreamRequestID {
+            // The upstream chooses this header: keep visible ASCII only, so it cannot forge log lines.
+            let printable = upstreamRequestID.unicodeScalars.filter { $0.value > 0x20 && $0.value < 0x7F }
+            metadata["upstream_request_id"] = "\(String(String.UnicodeScalarView(printable.prefix(128))))"
+        }
         state.logger.info("call", metadata: metadata)
     }
 }

@@ -74,3 +74,34 @@ public struct ProxyConfiguration: Sendable {
         return bare == "localhost" || bare == "::1" || bare.hasPrefix("127.") || bare.lowercased().hasSuffix(".localhost")
     }
 }
+
+/// `print`, `String(describing:)`, `String(reflecting:)` and `dump` show whether server-held keys are
+/// set, never the keys (they are plain Strings: the environment gives them as text).
+extension ProxyConfiguration: CustomReflectable {
+    public var customMirror: Mirror {
+        let hidden = "<redacted>"
+        var children: [(String?, Any)] = Mirror(reflecting: PlainFields(self)).children.map { ($0.label, $0.value) }
+        children.append(("openAIKey", openAIKey == nil ? "nil" : hidden))
+        children.append(("anthropicKey", anthropicKey == nil ? "nil" : hidden))
+        return Mirror(self, children: children, displayStyle: .struct)
+    }
+
+    /// The configuration without its keys, reflected field by field.
+    private struct PlainFields {
+        let host: String, port: Int, openAIUpstream: String, anthropicUpstream: String
+        let upstreamCAFile: String?, tlsCertificateFile: String?, tlsKeyFile: String?
+        let insecureListen: Bool, durable: Bool, redactSecrets: Bool, injectStreamUsage: Bool
+        let maxRequestBodyBytes: Int, maxCaptureBytes: Int
+        let connectTimeout: Duration, idleTimeout: Duration, requestTimeout: Duration, shutdownTimeout: Duration
+        let queueCapacity: Int, batchSize: Int, upstreamConnections: Int
+
+        init(_ c: ProxyConfiguration) {
+            (host, port, openAIUpstream, anthropicUpstream) = (c.host, c.port, c.openAIUpstream, c.anthropicUpstream)
+            (upstreamCAFile, tlsCertificateFile, tlsKeyFile) = (c.upstreamCAFile, c.tlsCertificateFile, c.tlsKeyFile)
+            (insecureListen, durable, redactSecrets, injectStreamUsage) = (c.insecureListen, c.durable, c.redactSecrets, c.injectStreamUsage)
+            (maxRequestBodyBytes, maxCaptureBytes) = (c.maxRequestBodyBytes, c.maxCaptureBytes)
+            (connectTimeout, idleTimeout, requestTimeout, shutdownTimeout) = (c.connectTimeout, c.idleTimeout, c.requestTimeout, c.shutdownTimeout)
+            (queueCapacity, batchSize, upstreamConnections) = (c.queueCapacity, c.batchSize, c.upstreamConnections)
+        }
+    }
+}

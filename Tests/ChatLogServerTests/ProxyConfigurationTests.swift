@@ -40,4 +40,15 @@ import Testing
             #expect(error.description.contains("--openai-upstream") && !error.description.contains("sk-abc"))
         }
     }
+
+    @Test func printingOrDumpingTheConfigurationNeverShowsAServerHeldKey() {
+        let keys = ["sk-proj-held-key-0123456789abcdefghij", "sk-ant-api03-held-key-0123456789abcdef"]
+        let held = configuration { $0.openAIKey = keys[0]; $0.anthropicKey = keys[1]; $0.port = 4321 }
+        var dumped = ""
+        dump(held, to: &dumped)
+        for text in [String(describing: held), String(reflecting: held), "\(held)", dumped] {
+            #expect(!keys.contains { text.contains($0) })
+            #expect(text.contains("<redacted>") && text.contains("4321"))
+        }
+    }
 }

@@ -28,6 +28,21 @@ import Testing
         try await store.transcript(id).messages
     }
 
+    @Test func anUpstreamRequestIDCannotForgeTheAccessLog() async throws {
+        let log = CapturedLog()
+        try await ProxyFixture.with(logger: log.logger) { fixture in
+            // obs-text is legal in a header value: a hostile upstream can send bidi controls.
+            fixture.upstream.enqueue(.json(Self.chatBody, requestID: "req_\u{202E}evil\u{202C}_1"))
+            let response = try await fixture.post("/v1/chat/completions", Self.chatRequest(#"{"role":"user","content":"hi"}"#))
+            #expect(response.status == 200 && response.body == Self.chatBody)
+            try await fixture.waitForMessages(2)
+        }
+        let calls = log.lines.withLock { $0 }.filter { $0.hasPrefix("call ") }
+        #expect(calls.count == 1)
+        #expect(calls.allSatisfy { $0.contains("upstream_request_id=req_evil_1") })
+        #expect(calls.allSatisfy { line in line.unicodeScalars.allSatisfy { $0.value >= 0x20 && $0.value < 0x7F } })
+    }
+
     @Test func nonStreamingChatPassesThroughAndIsLogged() async throws {
         try await ProxyFixture.with { fixture in
             fixture.upstream.enqueue(.json(Self.chatBody))

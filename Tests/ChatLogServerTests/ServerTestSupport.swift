@@ -125,6 +125,7 @@ struct ProxyFixture: Sendable {
 
     static func with(
         _ adjust: (inout ProxyConfiguration) -> Void = { _ in }, client clientConfiguration: HTTPClient.Configuration = .init(),
+        logger: Logger = Logger(label: "proxy", factory: { _ in SwiftLogNoOpLogHandler() }),
         _ body: (ProxyFixture) async throws -> Void
     ) async throws {
         try await withServerTemporaryDirectory { directory in
@@ -143,7 +144,7 @@ struct ProxyFixture: Sendable {
                 adjust(&configuration)
                 let bound = Mutex(0)
                 let proxy = try ProxyServer(
-                    configuration: configuration, store: store, logger: Logger(label: "proxy", factory: { _ in SwiftLogNoOpLogHandler() })
+                    configuration: configuration, store: store, logger: logger
                 ).serviceGroup { address in
                     bound.withLock { $0 = Int(address.split(separator: ":").last!)! }
                 }
@@ -178,4 +179,30 @@ func withServerTemporaryDirectory<R>(_ body: (String) async throws -> R) async t
     let path = String(cString: created)
     defer { try? FileManager.default.removeItem(atPath: path) }
     return try await body(path)
+}
+
+/// Keeps every log line the proxy writes (message and metadata), for tests of what reaches the log.
+final class CapturedLog: Sendable {
+    let lines = Mutex<[String]>([])
+
+    var logger: Logger {
+        var logger = Logger(label: "proxy", factory: { _ in Handler(log: self) })
+        logger.logLevel = .trace
+        return logger
+    }
+
+    struct Handler: LogHandler {
+        let log: CapturedLog
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(event: LogEvent) {
+            let all = metadata.merging(event.metadata ?? [:]) { $1 }
+            let text = "\(event.message) " + all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            log.lines.withLock { $0.append(text) }
+        }
+    }
 }
