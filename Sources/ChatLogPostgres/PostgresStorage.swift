@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOSSL
 import PostgresNIO
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -154,7 +155,13 @@ package final class PostgresStorage: ChatLogStorage {
                     try await connection.run("COMMIT", logger: logger)
                     return value
                 } catch {
-                    try? await connection.run("ROLLBACK", logger: logger)
+                    // A session that ended (the server closed it, or sent FATAL: restart,
+                    // pg_terminate_backend) has already rolled the transaction back. Sending
+                    // ROLLBACK on a connection that is closing was seen to hang forever in
+                    // postgres-nio 1.33 (the statement is never answered nor failed).
+                    if !Self.sessionEnded(by: error, on: connection) {
+                        await Self.rollback(connection, logger: logger)
+                    }
                     throw error
                 }
             }
@@ -162,6 +169,49 @@ package final class PostgresStorage: ChatLogStorage {
             throw error
         } catch {
             throw PostgresErrors.map(error, location: postgresLocation)
+        }
+    }
+
+    /// Whether `error` ended the session that ran the transaction: then the server has rolled
+    /// it back and the connection takes no more statements.
+    static func sessionEnded(by error: any Error, on connection: PostgresConnection) -> Bool {
+        if connection.isClosed { return true }
+        guard let error = error as? PSQLError else { return false }
+        switch error.code {
+        case .serverClosedConnection, .uncleanShutdown, .connectionError, .clientClosedConnection:
+            return true
+        case .server:
+            let severity = error.serverInfo?[.severity]
+            return severity == "FATAL" || severity == "PANIC"
+        default:
+            return false
+        }
+    }
+
+    /// How long a ROLLBACK may take before the connection is given up.
+    static let rollbackTimeout: Duration = .seconds(10)
+
+    /// ROLLBACK, bounded: should the server or the driver never answer, the connection is closed
+    /// after ``rollbackTimeout`` (the server rolls back a transaction whose session ends) and the
+    /// caller goes on with its error instead of waiting forever.
+    static func rollback(_ connection: PostgresConnection, logger: Logger) async {
+        let once = ResumeOnce()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            // Unstructured on purpose: a statement the driver never answers must not hold the caller.
+            let timer = Task {
+                try? await Task.sleep(for: rollbackTimeout)
+                if !Task.isCancelled, once.claim() {
+                    try? await connection.close()
+                    continuation.resume()
+                }
+            }
+            Task {
+                _ = try? await connection.run("ROLLBACK", logger: logger)
+                if once.claim() {
+                    timer.cancel()
+                    continuation.resume()
+                }
+            }
         }
     }
 
@@ -548,5 +598,17 @@ extension PostgresConnection {
     func run(_ query: PostgresQuery, logger: Logger) async throws {
         let rows = try await self.query(query, logger: logger)
         for try await _ in rows {}
+    }
+}
+
+/// True for the first caller of ``claim()`` only: which of two racing tasks resumes a continuation.
+private final class ResumeOnce: Sendable {
+    private let claimed = Mutex(false)
+
+    func claim() -> Bool {
+        claimed.withLock { done in
+            defer { done = true }
+            return !done
+        }
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -85,4 +86,38 @@ func waitUntil(seconds: Double = 30, _ condition: () throws -> Bool) async throw
         try await Task.sleep(for: .milliseconds(50))
     }
     return try condition()
+}
+
+/// `body`'s result, or a thrown error once `seconds` have passed, so that a hang fails the test
+/// instead of stopping the whole run (the body keeps running, unstructured, if it never returns).
+func finishing<T: Sendable>(within seconds: Double, _ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    let once = FirstOnly()
+    return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+        let timer = Task {
+            try? await Task.sleep(for: .seconds(seconds))
+            if !Task.isCancelled, once.claim() {
+                continuation.resume(throwing: PostgresTestServerError("\(what) did not finish within \(Int(seconds)) s (hung)"))
+            }
+        }
+        Task {
+            let result: Result<T, any Error>
+            do { result = .success(try await body()) } catch { result = .failure(error) }
+            if once.claim() {
+                timer.cancel()
+                continuation.resume(with: result)
+            }
+        }
+    }
+}
+
+/// True for the first caller of ``claim()`` only.
+final class FirstOnly: Sendable {
+    private let claimed = Mutex(false)
+
+    func claim() -> Bool {
+        claimed.withLock { done in
+            defer { done = true }
+            return !done
+        }
+    }
 }

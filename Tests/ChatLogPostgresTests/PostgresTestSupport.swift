@@ -180,8 +180,6 @@ func withStorage<R>(_ backend: Backend, _ body: (StorageHarness) async throws ->
     }
 }
 
-/// Every PostgreSQL suite is nested here and runs one test at a time. Run in parallel, the TLS
-/// test (its own cluster on TCP with TLS) and the other suites' connections hung the whole test
-/// process (every task suspended, NIO idle; not understood yet: docs/TESTING.md). Serialised,
-/// the suites take about a minute instead of about 15 s.
-@Suite(.serialized) enum PostgreSQLSuites {}
+/// Every PostgreSQL suite is nested here (one name to filter or skip them by); they run in
+/// parallel. A hang that once made them run one at a time was the driver's (docs/TESTING.md).
+@Suite enum PostgreSQLSuites {}
