@@ -11,6 +11,9 @@ let package = Package(
     name: "chatlog",
     products: [
         .library(name: "ChatLog", targets: ["ChatLog"]),
+        // The PostgreSQL backend: its own library, so that apps storing in SQLite do not build
+        // postgres-nio (docs/ARCHITECTURE.md §10).
+        .library(name: "ChatLogPostgres", targets: ["ChatLogPostgres"]),
         .executable(name: "chatlog", targets: ["ChatLogCLI"]),
         .executable(name: "chatlog-bench", targets: ["ChatLogBenchmarks"]),
         .executable(name: "chatlog-test-driver", targets: ["ChatLogTestDriver"]),
@@ -19,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift", exact: "7.10.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
         // The logging proxy (`chatlog serve`, target ChatLogServer) only; ChatLog does not depend on them.
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
@@ -54,6 +58,18 @@ let package = Package(
                 "CSQLiteConfig",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Configuration", package: "swift-configuration"),
+            ],
+            swiftSettings: strict,
+            plugins: ["EmbedMigrations"]
+        ),
+        // The PostgreSQL backend behind the storage seam (Storage/): sealed rows only, never a key.
+        // Its schema is migrations/postgres/NNNN_name.sql, embedded by the same plugin.
+        .target(
+            name: "ChatLogPostgres",
+            dependencies: [
+                "ChatLog",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict,
             plugins: ["EmbedMigrations"]
@@ -112,6 +128,18 @@ let package = Package(
             dependencies: [
                 "ChatLog",
                 "CSodium",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            swiftSettings: strict
+        ),
+        // Runs against a throwaway PostgreSQL cluster the tests start themselves
+        // (PostgresTestServer.swift; scripts/with-deps installs the server).
+        .testTarget(
+            name: "ChatLogPostgresTests",
+            dependencies: [
+                "ChatLog",
+                "ChatLogPostgres",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
             swiftSettings: strict

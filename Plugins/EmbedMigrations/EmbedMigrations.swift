@@ -3,11 +3,18 @@ import PackagePlugin
 
 /// Compiles every `migrations/NNNN_name.sql` file at the package root into the target, as a Swift
 /// array of (version, name, sql). The schema then lives in the binary: a `chatlog` copied to another
-/// machine needs no resource bundle beside it.
+/// machine needs no resource bundle beside it. The PostgreSQL backend's target gets
+/// `migrations/postgres/NNNN_name.sql` instead (the top-level folder stays the source of truth for
+/// both backends' schemas).
 @main
 struct EmbedMigrations: BuildToolPlugin {
     func createBuildCommands(context: PluginContext, target: any Target) throws -> [Command] {
-        let directory = context.package.directoryURL.appending(path: "migrations")
+        var directory = context.package.directoryURL.appending(path: "migrations")
+        var importArguments: [String] = []
+        if target.name == "ChatLogPostgres" {
+            directory = directory.appending(path: "postgres")
+            importArguments = ["--import", "ChatLog"]
+        }
         let files = try FileManager.default
             .contentsOfDirectory(at: directory, includingPropertiesForKeys: nil)
             .filter { $0.pathExtension == "sql" }
@@ -17,7 +24,7 @@ struct EmbedMigrations: BuildToolPlugin {
             .buildCommand(
                 displayName: "Embedding \(files.count) schema migrations",
                 executable: try context.tool(named: "EmbedMigrationsTool").url,
-                arguments: [output.path] + files.map(\.path),
+                arguments: importArguments + [output.path] + files.map(\.path),
                 inputFiles: files,
                 outputFiles: [output]
             )

@@ -1,13 +1,20 @@
 import GRDB
 
 /// One schema migration, compiled in from `migrations/NNNN_name.sql` by the EmbedMigrations
-/// build plugin (the generated list is `embeddedMigrations`).
-struct EmbeddedMigration: Sendable {
-    let version: Int
-    let name: String
-    let sql: String
+/// build plugin (the generated list is `embeddedMigrations`). `package`: the PostgreSQL backend
+/// embeds `migrations/postgres/` with the same plugin.
+package struct EmbeddedMigration: Sendable {
+    package let version: Int
+    package let name: String
+    package let sql: String
 
-    var identifier: String {
+    package init(version: Int, name: String, sql: String) {
+        self.version = version
+        self.name = name
+        self.sql = sql
+    }
+
+    package var identifier: String {
         let digits = String(version)
         return String(repeating: "0", count: max(0, 4 - digits.count)) + digits + "_" + name
     }

@@ -257,7 +257,7 @@ public final class ChatLogStore: Sendable {
         }
     }
 
-    private static func openPool(_ path: String, options: Options) throws(ChatLogError) -> DatabasePool {
+    static func openPool(_ path: String, options: Options) throws(ChatLogError) -> DatabasePool {
         guard (1...4096).contains(options.paddingBlock) else {
             throw .invalidInput("the padding block must be between 1 and 4096 bytes")
         }

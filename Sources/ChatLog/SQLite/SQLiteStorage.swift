@@ -1,0 +1,322 @@
+import Foundation
+import GRDB
+
+/// The SQLite backend of the storage seam (docs/ARCHITECTURE.md §10): the store file through
+/// GRDB, with the inserts, counters, FTS5 index and scrubbing the store already uses — no second
+/// copy of them. Like every backend it holds no key: the one thing its index needs that only the
+/// core can give (a deleted message's terms) comes through the `terms` closure of
+/// ``deleteConversations(_:terms:)``.
+///
+/// `ChatLogStore` does not run on it yet (issue 14, stage 3): it is the seam's reference
+/// implementation, and the shared storage suites run against it and PostgreSQL from one source.
+package final class SQLiteStorage: ChatLogStorage {
+    package let path: String
+    let pool: DatabasePool
+    package var location: String { path }
+
+    private init(path: String, pool: DatabasePool) {
+        self.path = path
+        self.pool = pool
+    }
+
+    /// Opens (creating it 0600 when missing) the store file at `path`.
+    package static func open(path: String, options: ChatLogStore.Options = ChatLogStore.Options()) throws(ChatLogError) -> SQLiteStorage {
+        if PrivateFiles.isDirectory(path) { throw .storeIsADirectory(path: path) }
+        if !PrivateFiles.fileExists(path) { try PrivateFiles.createEmptyPrivateFile(at: path) }
+        return SQLiteStorage(path: path, pool: try ChatLogStore.openPool(path, options: options))
+    }
+
+    package func close() async {
+        try? pool.close()
+    }
+
+    private func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await pool.writeWithoutTransaction { db in
+            var result: T?
+            try db.inTransaction(.immediate) {
+                result = try body(db)
+                return .commit
+            }
+            return result!
+        }
+    }
+
+    private func writeMapped<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(ChatLogError) -> T {
+        do { return try await write(body) } catch { throw ChatLogError.wrap(error) }
+    }
+
+    private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(ChatLogError) -> T {
+        do { return try await pool.read(body) } catch { throw ChatLogError.wrap(error) }
+    }
+
+    // MARK: - Schema, meta, keys
+
+    package func migrate() async throws(ChatLogError) {
+        try Schema.migrate(pool)
+    }
+
+    package func isInitialized() async throws(ChatLogError) -> Bool {
+        try await meta("master_check") != nil
+    }
+
+    package func initialize(meta: [String: MetaValue], keys: [StoredKeyRow]) async throws(ChatLogError) {
+        let path = path
+        try await writeMapped { db in
+            if try Row.fetchOne(db, sql: "SELECT 1 FROM chatlog_meta WHERE name = 'master_check'") != nil {
+                throw ChatLogError.storeExists(path: path)
+            }
+            for (name, value) in meta.sorted(by: { $0.key < $1.key }) {
+                switch value {
+                case .integer(let number): try ChatLogStore.setMeta(db, name, number)
+                case .text(let text): try ChatLogStore.setMeta(db, name, text)
+                case .blob(let data): try ChatLogStore.setMeta(db, name, data)
+                }
+            }
+            for key in keys {
+                try db.execute(
+                    sql: "INSERT INTO keys (id, kind, state, created_at, retired_at, wrapped, mac) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    arguments: [key.id, key.kind, key.state, key.createdAt, key.retiredAt, key.wrapped, key.mac])
+            }
+        }
+    }
+
+    package func meta(_ name: String) async throws(ChatLogError) -> MetaValue? {
+        try await read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = ?", arguments: [name]) else { return nil }
+            let value: DatabaseValue = row["value"]
+            switch value.storage {
+            case .int64(let number): return .integer(number)
+            case .string(let text): return .text(text)
+            case .blob(let data): return .blob(data)
+            case .null, .double:
+                throw ChatLogError.integrity(
+                    IntegrityFailure(table: "chatlog_meta", column: "value", rowID: name, reason: .invalidValue("is neither text, integer nor blob")))
+            }
+        }
+    }
+
+    package func keyRows() async throws(ChatLogError) -> [StoredKeyRow] {
+        try await read { db in
+            try Row.fetchAll(db, sql: KeyRowAuthentication.selectRows + " ORDER BY id").map { row in
+                let key = try KeyRowAuthentication.KeyRow(row)
+                return StoredKeyRow(
+                    id: key.id, kind: key.kind, state: key.state, createdAt: key.createdAt, retiredAt: key.retiredAt, wrapped: key.wrapped, mac: key.mac)
+            }
+        }
+    }
+
+    /// The `flock` of `<path>.keys.lock` (``RotationLock``), held for the whole job.
+    package func withKeyJobLock<T: Sendable>(_ body: @Sendable () async throws(ChatLogError) -> T) async throws(ChatLogError) -> T {
+        let lock = try RotationLock.acquire(forDatabase: path)
+        defer { withExtendedLifetime(lock) {} }
+        return try await body()
+    }
+
+    // MARK: - Writes
+
+    package func insert(
+        conversation: SealedConversationRow?, messages: [SealedMessageRow], into conversationID: String, guard writeGuard: WriteGuard
+    ) async throws -> [Int64] {
+        let preparedConversation = try conversation.map(Self.prepared)
+        let preparedMessages = try messages.map(Self.prepared)
+        do {
+            return try await write { db in
+                try Self.check(writeGuard, db)
+                if let preparedConversation { try ChatLogStore.insert(preparedConversation, db) }
+                guard let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM conversations WHERE id = ?", arguments: [conversationID]) else {
+                    throw ChatLogError.conversationNotFound(conversationID)
+                }
+                let first = try Int64.fetchOne(
+                    db, sql: "SELECT coalesce(max(position) + 1, 0) FROM messages WHERE conversation_seq = ?", arguments: [seq]) ?? 0
+                try ChatLogStore.insert(preparedMessages, conversationSeq: seq, db)
+                return (0..<Int64(preparedMessages.count)).map { first + $0 }
+            }
+        } catch let conflict as StorageConflict {
+            throw conflict
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
+    }
+
+    /// Inside the IMMEDIATE transaction (the write lock is held: nothing changes under it).
+    static func check(_ writeGuard: WriteGuard, _ db: Database) throws {
+        let stored = try Data.fetchOne(db.cachedStatement(sql: "SELECT value FROM chatlog_meta WHERE name = 'master_check'"))
+        guard let stored, writeGuard.acceptedCheckValues.contains(stored) else { throw StorageConflict.masterKeyChanged }
+        var data: Int64?
+        var index: Int64?
+        for row in try Row.fetchAll(db.cachedStatement(sql: "SELECT kind, id FROM keys WHERE state = 'active'")) {
+            switch try row.decode(String.self, forColumn: "kind") {
+            case "data": data = try row.decode(forColumn: "id")
+            case "index": index = try row.decode(forColumn: "id")
+            default: break
+            }
+        }
+        guard data == writeGuard.activeDataKeyID, index == writeGuard.activeIndexKeyID else { throw StorageConflict.staleKeys }
+    }
+
+    static func keyID(_ value: Int64, _ what: String) throws(ChatLogError) -> KeyID {
+        guard let raw = UInt32(exactly: value) else { throw .invalidInput("\(what) key id \(value) is not a key id") }
+        return KeyID(rawValue: raw)
+    }
+
+    static func prepared(_ row: SealedConversationRow) throws(ChatLogError) -> PreparedConversation {
+        guard let id = ConversationID(row.id) else { throw .invalidInput("conversation id is not a UUID") }
+        return PreparedConversation(
+            id: id, createdAt: row.createdAt, keyID: try keyID(row.keyID, "a conversation's"), title: row.title, subject: row.subject,
+            subjectToken: row.subjectToken, subjectKeyID: try row.subjectKeyID.map { (value) throws(ChatLogError) in try keyID(value, "a subject's") },
+            metadata: row.metadata)
+    }
+
+    static func prepared(_ row: SealedMessageRow) throws(ChatLogError) -> PreparedMessage {
+        guard let id = MessageID(row.id) else { throw .invalidInput("message id is not a UUID") }
+        guard let role = Role(rawValue: row.role) else { throw .invalidInput("unknown role") }
+        guard let indexKey = row.indexKeyID else { throw .invalidInput("a message to insert has no index key") }
+        func int(_ value: Int64?) -> Int? { value.map { Int(truncatingIfNeeded: $0) } }
+        return PreparedMessage(
+            id: id, role: role, createdAt: row.createdAt, model: row.model, promptTokens: int(row.promptTokens),
+            completionTokens: int(row.completionTokens), latencyMilliseconds: int(row.latencyMilliseconds), finishReason: row.finishReason,
+            keyID: try keyID(row.keyID, "a message's"), content: row.content, metadata: row.metadata, terms: document(row.terms),
+            indexKeyID: try keyID(indexKey, "a message's index"))
+    }
+
+    /// The FTS5 document of term values: their base32 texts, space-separated.
+    static func document(_ terms: [UInt64]) -> String {
+        terms.map { TokenBlinder.encode($0, characters: TokenBlinder.defaultBits / 5) }.joined(separator: " ")
+    }
+
+    /// Deletes in one IMMEDIATE transaction and merges the FTS5 index in it (docs/ARCHITECTURE.md
+    /// §10, "Deleting from the search index"). A contentless FTS5 table forgets a row only when
+    /// told its terms: `terms` (the core: open, re-blind) gives them, and for a message it cannot
+    /// open they are read back from the index itself.
+    package func deleteConversations(_ ids: [String], terms: @escaping @Sendable (SealedMessageRow) -> [UInt64]?) async throws(ChatLogError)
+        -> Int
+    {
+        guard !ids.isEmpty else { return 0 }
+        return try await writeMapped { db in
+            var deleted = 0
+            let forget = try db.cachedStatement(sql: "INSERT INTO message_terms (message_terms, rowid, terms) VALUES ('delete', ?, ?)")
+            var unreadable = Set<Int64>()
+            var forgotAny = false
+            for id in ids {
+                guard let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM conversations WHERE id = ?", arguments: [id]) else { continue }
+                let rows = try Row.fetchAll(
+                    db,
+                    sql: """
+                        SELECT m.search_rowid, \(Self.messageColumns) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
+                        WHERE m.conversation_seq = ? AND m.search_rowid IS NOT NULL AND m.index_key_id IS NOT NULL
+                        """, arguments: [seq])
+                for row in rows {
+                    let rowID: Int64 = try row.decode(forColumn: "search_rowid")
+                    if let found = terms(try Self.message(row)) {
+                        try forget.execute(arguments: [rowID, Self.document(found)])
+                        forgotAny = true
+                    } else {
+                        unreadable.insert(rowID)
+                    }
+                }
+                try db.execute(sql: "DELETE FROM conversations WHERE seq = ?", arguments: [seq])
+                deleted += 1
+            }
+            for (rowID, found) in try SearchIndex.indexedTerms(of: unreadable, db) {
+                try forget.execute(arguments: [rowID, found.joined(separator: " ")])
+                forgotAny = true
+            }
+            if forgotAny { try SearchIndex.markScrubPending(db) }
+            if try SearchIndex.scrubPending(db) { try SearchIndex.scrub(db) }
+            return deleted
+        }
+    }
+
+    // MARK: - Reads
+
+    static let messageColumns = """
+        m.seq, m.id, c.id AS conversation_id, m.position, m.role, m.created_at, m.model, m.prompt_tokens, m.completion_tokens,
+        m.latency_ms, m.finish_reason, m.key_id, m.content, m.metadata, m.index_key_id
+        """
+
+    static func message(_ row: Row) throws -> SealedMessageRow {
+        SealedMessageRow(
+            id: row.storedText("id") ?? "", conversationID: row.storedText("conversation_id") ?? "", position: try row.decode(forColumn: "position"),
+            role: row.storedText("role") ?? "", createdAt: try row.decode(forColumn: "created_at"), model: try row.decode(forColumn: "model"),
+            promptTokens: try row.decode(forColumn: "prompt_tokens"), completionTokens: try row.decode(forColumn: "completion_tokens"),
+            latencyMilliseconds: try row.decode(forColumn: "latency_ms"), finishReason: try row.decode(forColumn: "finish_reason"),
+            keyID: try row.decode(forColumn: "key_id"), content: row.sealedBytes("content") ?? Data(), metadata: row.sealedBytes("metadata"),
+            indexKeyID: try row.decode(forColumn: "index_key_id"), terms: [])
+    }
+
+    package func conversation(id: String) async throws(ChatLogError) -> SealedConversationRow? {
+        try await read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM conversations WHERE id = ?", arguments: [id]) else { return nil }
+            return SealedConversationRow(
+                id: row.storedText("id") ?? "", createdAt: try row.decode(forColumn: "created_at"), updatedAt: try row.decode(forColumn: "updated_at"),
+                keyID: try row.decode(forColumn: "key_id"), title: row.sealedBytes("title"), subject: row.sealedBytes("subject"),
+                subjectToken: row.sealedBytes("subject_token"), subjectKeyID: try row.decode(forColumn: "subject_key_id"),
+                metadata: row.sealedBytes("metadata"))
+        }
+    }
+
+    package func messages(ofConversation id: String) async throws(ChatLogError) -> [SealedMessageRow] {
+        try await read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT \(Self.messageColumns) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
+                    WHERE c.id = ? ORDER BY m.position
+                    """, arguments: [id]
+            ).map(Self.message)
+        }
+    }
+
+    /// FTS5 answers the conjunction (`(a OR b) AND c`, terms are base32 words) in its rowid order,
+    /// which is time order (created_at · 2^20 + n): the cursor is the last row id.
+    package func searchCandidates(required: [[UInt64]], after cursor: MessageCursor?, limit: Int) async throws(ChatLogError)
+        -> [SearchCandidate]
+    {
+        guard !required.isEmpty, required.allSatisfy({ !$0.isEmpty }), limit > 0 else { return [] }
+        let characters = TokenBlinder.defaultBits / 5
+        let match = required.map { group in
+            "(" + Set(group).sorted().map { TokenBlinder.encode($0, characters: characters) }.joined(separator: " OR ") + ")"
+        }.joined(separator: " AND ")
+        return try await read { db in
+            var sql = """
+                SELECT \(Self.messageColumns), hit.rowid AS search_rowid FROM (
+                    SELECT rowid FROM message_terms WHERE message_terms MATCH ?
+                """
+            var arguments: StatementArguments = [match]
+            if let cursor {
+                sql += " AND rowid < ?"
+                arguments += [cursor.order]
+            }
+            sql += """
+                 ORDER BY rowid DESC LIMIT ?) hit
+                JOIN messages m ON m.search_rowid = hit.rowid JOIN conversations c ON c.seq = m.conversation_seq
+                ORDER BY hit.rowid DESC
+                """
+            arguments += [limit]
+            return try Row.fetchAll(db, sql: sql, arguments: arguments).map { row in
+                let message = try Self.message(row)
+                return SearchCandidate(message: message, cursor: MessageCursor(createdAt: message.createdAt, order: try row.decode(forColumn: "search_rowid")))
+            }
+        }
+    }
+
+    package func documentFrequencies(_ terms: [UInt64]) async throws(ChatLogError) -> [UInt64: Int] {
+        guard !terms.isEmpty else { return [:] }
+        let characters = TokenBlinder.defaultBits / 5
+        return try await read { db in
+            var counts: [UInt64: Int] = [:]
+            let statement = try db.cachedStatement(sql: "SELECT doc FROM message_terms_vocab WHERE term = ?")
+            for term in Set(terms) {
+                counts[term] = try Int.fetchOne(statement, arguments: [TokenBlinder.encode(term, characters: characters)]) ?? 0
+            }
+            return counts
+        }
+    }
+
+    package func counts() async throws(ChatLogError) -> StorageCounts {
+        try await read { db in
+            let row = try Row.fetchOne(db, sql: "SELECT (SELECT count(*) FROM conversations) AS c, (SELECT count(*) FROM messages) AS m")
+            return StorageCounts(conversations: try row?.decode(forColumn: "c") ?? 0, messages: try row?.decode(forColumn: "m") ?? 0)
+        }
+    }
+}

@@ -1,0 +1,260 @@
+import Foundation
+
+// The storage seam (docs/ARCHITECTURE.md §10, "Storage backends"). What crosses it is already
+// sealed or blinded: a backend stores and returns bytes, ids and numbers, never a key or
+// plaintext, and it never checks a sealed value — the core opens what it reads and reports
+// damage (one decoder, one meaning of damage). No transaction handle crosses it: each backend
+// runs the checks a write depends on (``WriteGuard``) inside its own write transaction.
+//
+// `package` access: ChatLogPostgres implements it; it is not public API.
+
+/// A value of `chatlog_meta`. SQLite keeps each with its own type; a backend keeps the type.
+package enum MetaValue: Sendable, Hashable {
+    case integer(Int64)
+    case text(String)
+    case blob(Data)
+}
+
+/// A row of the `keys` table as stored: the key material wrapped under the master key, and the
+/// row's MAC (docs/FORMAT.md, "Key-row MAC").
+package struct StoredKeyRow: Sendable, Hashable {
+    package var id: Int64
+    package var kind: String
+    package var state: String
+    package var createdAt: Int64
+    package var retiredAt: Int64?
+    package var wrapped: Data?
+    package var mac: Data?
+
+    package init(id: Int64, kind: String, state: String, createdAt: Int64, retiredAt: Int64?, wrapped: Data?, mac: Data?) {
+        self.id = id
+        self.kind = kind
+        self.state = state
+        self.createdAt = createdAt
+        self.retiredAt = retiredAt
+        self.wrapped = wrapped
+        self.mac = mac
+    }
+}
+
+/// A conversation row with its sealed fields. Ids and key ids are as stored: the core validates
+/// them (``StoredID``, ``KeyID/stored(_:table:column:rowID:)``) when it reads.
+package struct SealedConversationRow: Sendable, Hashable {
+    package var id: String
+    package var createdAt: Int64
+    package var updatedAt: Int64
+    package var keyID: Int64
+    package var title: Data?
+    package var subject: Data?
+    package var subjectToken: Data?
+    package var subjectKeyID: Int64?
+    package var metadata: Data?
+
+    package init(
+        id: String, createdAt: Int64, updatedAt: Int64, keyID: Int64, title: Data?, subject: Data?, subjectToken: Data?,
+        subjectKeyID: Int64?, metadata: Data?
+    ) {
+        self.id = id
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+        self.keyID = keyID
+        self.title = title
+        self.subject = subject
+        self.subjectToken = subjectToken
+        self.subjectKeyID = subjectKeyID
+        self.metadata = metadata
+    }
+}
+
+/// A message row with its sealed fields and, when written, its blinded search terms.
+package struct SealedMessageRow: Sendable, Hashable {
+    package var id: String
+    /// The public id of its conversation.
+    package var conversationID: String
+    /// 0-based order in the conversation. Chosen by the backend on insert (gap-free, in the order
+    /// the rows are given); the value given is ignored.
+    package var position: Int64
+    package var role: String
+    package var createdAt: Int64
+    package var model: String?
+    package var promptTokens: Int64?
+    package var completionTokens: Int64?
+    package var latencyMilliseconds: Int64?
+    package var finishReason: String?
+    package var keyID: Int64
+    package var content: Data
+    package var metadata: Data?
+    /// The index key that made ``terms`` (nil: not indexed).
+    package var indexKeyID: Int64?
+    /// The distinct blinded terms of the content (docs/FORMAT.md §5.1): each term's value, the
+    /// SipHash's top bits (``TokenBlinder/forEachDistinctTerm(in:_:)``). Empty on reads.
+    package var terms: [UInt64]
+
+    package init(
+        id: String, conversationID: String, position: Int64, role: String, createdAt: Int64, model: String?, promptTokens: Int64?,
+        completionTokens: Int64?, latencyMilliseconds: Int64?, finishReason: String?, keyID: Int64, content: Data, metadata: Data?,
+        indexKeyID: Int64?, terms: [UInt64]
+    ) {
+        self.id = id
+        self.conversationID = conversationID
+        self.position = position
+        self.role = role
+        self.createdAt = createdAt
+        self.model = model
+        self.promptTokens = promptTokens
+        self.completionTokens = completionTokens
+        self.latencyMilliseconds = latencyMilliseconds
+        self.finishReason = finishReason
+        self.keyID = keyID
+        self.content = content
+        self.metadata = metadata
+        self.indexKeyID = indexKeyID
+        self.terms = terms
+    }
+}
+
+/// What a sealing write depends on, checked by the backend inside its write transaction: the
+/// stored master-key check value is one of `acceptedCheckValues` (else another process ran
+/// `key rewrap`: ``StorageConflict/masterKeyChanged``), and the active keys are the ones the
+/// rows were sealed and blinded under (else ``StorageConflict/staleKeys``: seal again).
+package struct WriteGuard: Sendable, Hashable {
+    package var acceptedCheckValues: [Data]
+    package var activeDataKeyID: Int64
+    package var activeIndexKeyID: Int64
+
+    package init(acceptedCheckValues: [Data], activeDataKeyID: Int64, activeIndexKeyID: Int64) {
+        self.acceptedCheckValues = acceptedCheckValues
+        self.activeDataKeyID = activeDataKeyID
+        self.activeIndexKeyID = activeIndexKeyID
+    }
+}
+
+/// A write the backend refused because of its ``WriteGuard``; nothing was written.
+package enum StorageConflict: Error, Sendable, Equatable {
+    case masterKeyChanged
+    case staleKeys
+}
+
+/// Where a newest-first page of messages ends: (created_at, backend row order) of the last
+/// message given. Opaque to the core beyond passing it back.
+package struct MessageCursor: Sendable, Hashable {
+    package var createdAt: Int64
+    package var order: Int64
+
+    package init(createdAt: Int64, order: Int64) {
+        self.createdAt = createdAt
+        self.order = order
+    }
+}
+
+/// One search candidate: a message holding every required term, and its cursor.
+package struct SearchCandidate: Sendable, Hashable {
+    package var message: SealedMessageRow
+    package var cursor: MessageCursor
+
+    package init(message: SealedMessageRow, cursor: MessageCursor) {
+        self.message = message
+        self.cursor = cursor
+    }
+}
+
+/// Row counts of a store.
+package struct StorageCounts: Sendable, Hashable {
+    package var conversations: Int
+    package var messages: Int
+
+    package init(conversations: Int, messages: Int) {
+        self.conversations = conversations
+        self.messages = messages
+    }
+}
+
+/// A backend of the store. Every method is one transaction (or none, for reads) of its own.
+package protocol ChatLogStorage: Sendable {
+    /// Where the store is, for messages (a path, or a URL without its password).
+    var location: String { get }
+
+    /// Applies the backend's schema migrations that are missing; refuses a store migrated by a
+    /// newer chatlog (``ChatLogError/schemaTooNew(found:supported:)``).
+    func migrate() async throws(ChatLogError)
+
+    /// Whether `chatlog init` completed on this store (its master-key check value exists).
+    func isInitialized() async throws(ChatLogError) -> Bool
+
+    /// In one transaction: the store-wide facts and the first keys. Throws
+    /// ``ChatLogError/storeExists(path:)`` when the store is initialized already.
+    func initialize(meta: [String: MetaValue], keys: [StoredKeyRow]) async throws(ChatLogError)
+
+    func meta(_ name: String) async throws(ChatLogError) -> MetaValue?
+
+    /// Every key row, by id.
+    func keyRows() async throws(ChatLogError) -> [StoredKeyRow]
+
+    /// Runs `body` holding the store's key-job lock (rotate, rewrap, retire), released when
+    /// `body` ends or the process dies; ``ChatLogError/locked(holder:path:)`` at once, naming the
+    /// holder, when another job holds it.
+    func withKeyJobLock<T: Sendable>(_ body: @Sendable () async throws(ChatLogError) -> T) async throws(ChatLogError) -> T
+
+    /// In one transaction, after checking `guard`: the conversation (when new) and the messages
+    /// appended to conversation `conversationID` at the next positions, with their terms.
+    /// Returns the positions given. ``ChatLogError/conversationNotFound(_:)`` when it does not
+    /// exist; ``StorageConflict`` when the guard fails.
+    func insert(
+        conversation: SealedConversationRow?, messages: [SealedMessageRow], into conversationID: String, guard: WriteGuard
+    ) async throws -> [Int64]
+
+    func conversation(id: String) async throws(ChatLogError) -> SealedConversationRow?
+
+    /// The messages of a conversation in position order.
+    func messages(ofConversation id: String) async throws(ChatLogError) -> [SealedMessageRow]
+
+    /// Deletes the conversations, their messages and every search term of those messages, in one
+    /// transaction. Returns how many conversations existed. `terms` gives a message's blinded
+    /// terms when the backend's index needs them to forget it — SQLite's contentless FTS5 does;
+    /// PostgreSQL's term table does not and never calls it. The core answers by opening and
+    /// re-blinding the content (the key stays on the core's side); nil when it cannot (damaged, or
+    /// its index key is gone), and then the backend finds the terms in its index itself.
+    func deleteConversations(_ ids: [String], terms: @escaping @Sendable (SealedMessageRow) -> [UInt64]?) async throws(ChatLogError) -> Int
+
+    /// Up to `limit` messages holding, for every element of `required`, at least one of its
+    /// terms (an element lists a word's term under each live index key), newest first (by
+    /// created_at, then insertion order), strictly after `cursor` when given.
+    func searchCandidates(required: [[UInt64]], after cursor: MessageCursor?, limit: Int) async throws(ChatLogError)
+        -> [SearchCandidate]
+
+    /// How many messages hold each term.
+    func documentFrequencies(_ terms: [UInt64]) async throws(ChatLogError) -> [UInt64: Int]
+
+    func counts() async throws(ChatLogError) -> StorageCounts
+
+    /// Releases the backend's connections.
+    func close() async
+}
+
+extension SealedConversationRow {
+    /// The row a prepared (sealed) conversation is stored as.
+    init(_ prepared: PreparedConversation) {
+        self.init(
+            id: prepared.id.rawValue, createdAt: prepared.createdAt, updatedAt: prepared.createdAt, keyID: Int64(prepared.keyID.rawValue),
+            title: prepared.title, subject: prepared.subject, subjectToken: prepared.subjectToken,
+            subjectKeyID: prepared.subjectKeyID.map { Int64($0.rawValue) }, metadata: prepared.metadata)
+    }
+}
+
+extension SealedMessageRow {
+    /// The row a prepared (sealed, blinded) message is stored as: its terms are read back from
+    /// the FTS5 document the SQLite backend stores.
+    init(_ prepared: PreparedMessage, conversationID: ConversationID) {
+        let characters = TokenBlinder.defaultBits / 5
+        var terms: [UInt64] = []
+        for word in prepared.terms.utf8.split(separator: 0x20) {
+            if let value = Array(word).withUnsafeBytes({ TokenBlinder.decode($0, characters: characters) }) { terms.append(value) }
+        }
+        self.init(
+            id: prepared.id.rawValue, conversationID: conversationID.rawValue, position: 0, role: prepared.role.rawValue,
+            createdAt: prepared.createdAt, model: prepared.model, promptTokens: prepared.promptTokens.map(Int64.init),
+            completionTokens: prepared.completionTokens.map(Int64.init), latencyMilliseconds: prepared.latencyMilliseconds.map(Int64.init),
+            finishReason: prepared.finishReason, keyID: Int64(prepared.keyID.rawValue), content: prepared.content, metadata: prepared.metadata,
+            indexKeyID: Int64(prepared.indexKeyID.rawValue), terms: terms)
+    }
+}

@@ -1,0 +1,614 @@
+import ChatLog
+import Foundation
+import Logging
+import NIOCore
+import NIOSSL
+import PostgresNIO
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
+/// The PostgreSQL backend of the storage seam (docs/ARCHITECTURE.md §10): a connection pool
+/// (postgres-nio's `PostgresClient`) on one database, whose tables mirror the SQLite ones
+/// (migrations/postgres/). It stores and returns sealed bytes; it never holds a key.
+///
+/// Writes run under `READ COMMITTED`. A write that sealed under some keys first reads the stored
+/// check value and the active key rows `FOR SHARE` (so a concurrent `key rotate`/`rewrap`, which
+/// updates those rows, waits for it, and it sees their change if the job committed first), then
+/// appends under the conversation row's lock (`FOR UPDATE`): positions are gap-free and unique
+/// with any number of writer processes on any number of hosts.
+package final class PostgresStorage: ChatLogStorage {
+    package let postgresLocation: PostgresLocation
+    package var location: String { postgresLocation.description }
+    let client: PostgresClient
+    private let runner: Task<Void, Never>
+    let logger: Logger
+
+    /// Advisory lock keys (two 32-bit halves): the store's class, then what it guards. Advisory
+    /// locks are per database, as a store is.
+    static let lockClass: Int32 = 0x6368_6174  // "chat"
+    static let keyJobLock: Int32 = 1
+    static let migrationLock: Int32 = 2
+
+    private init(location: PostgresLocation, client: PostgresClient, runner: Task<Void, Never>, logger: Logger) {
+        postgresLocation = location
+        self.client = client
+        self.runner = runner
+        self.logger = logger
+    }
+
+    /// Connects (one probe connection first, so that a server that is down, a wrong password or a
+    /// TLS failure is one clear error at once instead of a pool retrying in the background).
+    package static func connect(_ location: PostgresLocation, maximumConnections: Int = 8) async throws(ChatLogError) -> PostgresStorage {
+        let logger = Logger(label: "chatlog.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
+        var configuration: PostgresClient.Configuration
+        var probe: PostgresConnection.Configuration
+        let tls = try tlsConfiguration(location)
+        switch location.endpoint {
+        case .tcp(let host, let port):
+            let clientTLS: PostgresClient.Configuration.TLS
+            let connectionTLS: PostgresConnection.Configuration.TLS
+            do {
+                switch (location.sslMode, tls) {
+                case (.disable, _), (_, nil):
+                    clientTLS = .disable
+                    connectionTLS = .disable
+                case (.allow, let tls?), (.prefer, let tls?):
+                    clientTLS = .prefer(tls)
+                    connectionTLS = .prefer(try NIOSSLContext(configuration: tls))
+                case (_, let tls?):
+                    clientTLS = .require(tls)
+                    connectionTLS = .require(try NIOSSLContext(configuration: tls))
+                }
+            } catch {
+                throw .storage("TLS for \(location) could not be set up (\(error)); check sslrootcert")
+            }
+            configuration = .init(host: host, port: port, username: location.user, password: location.password, database: location.database, tls: clientTLS)
+            probe = .init(host: host, port: port, username: location.user, password: location.password, database: location.database, tls: connectionTLS)
+            if location.sslMode == .verifyFull {
+                configuration.options.tlsServerName = host
+                probe.options.tlsServerName = host
+            }
+        case .socket(let folder, let port):
+            // libpq never uses TLS on a Unix socket; neither does chatlog.
+            let path = "\(folder)/.s.PGSQL.\(port)"
+            configuration = .init(unixSocketPath: path, username: location.user, password: location.password, database: location.database)
+            probe = .init(unixSocketPath: path, username: location.user, password: location.password, database: location.database)
+        }
+        let application = location.applicationName ?? defaultApplicationName()
+        configuration.options.additionalStartupParameters = [("application_name", application)]
+        probe.options.additionalStartupParameters = [("application_name", application)]
+        configuration.options.connectTimeout = .seconds(Int64(location.connectTimeout))
+        probe.options.connectTimeout = .seconds(Int64(location.connectTimeout))
+        configuration.options.maximumConnections = max(1, maximumConnections)
+        do {
+            let connection = try await PostgresConnection.connect(configuration: probe, id: 0, logger: logger)
+            try? await connection.close()
+        } catch {
+            throw PostgresErrors.map(error, location: location)
+        }
+        let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        let runner = Task { await client.run() }
+        return PostgresStorage(location: location, client: client, runner: runner, logger: logger)
+    }
+
+    /// "chatlog pid N on HOST": what another key job's error names as the lock's holder.
+    static func defaultApplicationName() -> String {
+        var name = [CChar](repeating: 0, count: 256)
+        let host = gethostname(&name, name.count - 1) == 0 ? String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?"
+        return String("chatlog pid \(getpid()) on \(host)".prefix(63))
+    }
+
+    static func tlsConfiguration(_ location: PostgresLocation) throws(ChatLogError) -> TLSConfiguration? {
+        guard case .tcp = location.endpoint, location.sslMode != .disable else { return nil }
+        var tls = TLSConfiguration.makeClientConfiguration()
+        switch location.sslMode {
+        case .disable: return nil
+        case .allow, .prefer, .require:
+            // libpq: `require` with a root certificate file present verifies like verify-ca.
+            if location.sslMode == .require, let root = location.sslRootCert, root != "system", FileManager.default.fileExists(atPath: root) {
+                tls.trustRoots = .file(root)
+                tls.certificateVerification = .noHostnameVerification
+            } else {
+                tls.certificateVerification = .none
+            }
+        case .verifyCA, .verifyFull:
+            if let root = location.sslRootCert, root != "system" {
+                guard FileManager.default.isReadableFile(atPath: root) else {
+                    throw .invalidInput("sslmode=\(location.sslMode.rawValue) needs the CA certificate file sslrootcert=\(root), which cannot be read")
+                }
+                tls.trustRoots = .file(root)
+            } else {
+                tls.trustRoots = .default
+            }
+            tls.certificateVerification = location.sslMode == .verifyFull ? .fullVerification : .noHostnameVerification
+        }
+        return tls
+    }
+
+    /// Cancelling the client's run task closes its connections (postgres-nio's way).
+    package func close() async {
+        runner.cancel()
+        await runner.value
+    }
+
+    // MARK: - Running statements
+
+    /// Runs `body` in one transaction (READ COMMITTED) on one leased connection; errors become
+    /// ``ChatLogError``s, except a ``StorageConflict``, which the caller handles.
+    ///
+    /// Not postgres-nio's `withTransaction`: PostgreSQL answers `COMMIT` of a transaction that a
+    /// failed statement aborted with a successful "ROLLBACK", so an error that went unseen would be
+    /// reported as a commit. Every statement's rows are read to the end (`run`, the decode
+    /// loops), and before `COMMIT` one more statement asks: in an aborted transaction it fails.
+    func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        do {
+            return try await client.withConnection { connection in
+                try await connection.run("BEGIN", logger: logger)
+                do {
+                    let value = try await body(connection)
+                    try await connection.run("SELECT 1", logger: logger)
+                    try await connection.run("COMMIT", logger: logger)
+                    return value
+                } catch {
+                    // A session that ended (the server closed it, or sent FATAL: restart,
+                    // pg_terminate_backend) has already rolled the transaction back. Sending
+                    // ROLLBACK on a connection that is closing was seen to hang forever in
+                    // postgres-nio 1.33 (the statement is never answered nor failed).
+                    if !Self.sessionEnded(by: error, on: connection) {
+                        await Self.rollback(connection, logger: logger)
+                    }
+                    throw error
+                }
+            }
+        } catch let error as StorageConflict {
+            throw error
+        } catch {
+            throw PostgresErrors.map(error, location: postgresLocation)
+        }
+    }
+
+    /// Whether `error` ended the session that ran the transaction: then the server has rolled
+    /// it back and the connection takes no more statements.
+    static func sessionEnded(by error: any Error, on connection: PostgresConnection) -> Bool {
+        if connection.isClosed { return true }
+        guard let error = error as? PSQLError else { return false }
+        switch error.code {
+        case .serverClosedConnection, .uncleanShutdown, .connectionError, .clientClosedConnection:
+            return true
+        case .server:
+            let severity = error.serverInfo?[.severity]
+            return severity == "FATAL" || severity == "PANIC"
+        default:
+            return false
+        }
+    }
+
+    /// How long a ROLLBACK may take before the connection is given up.
+    static let rollbackTimeout: Duration = .seconds(10)
+
+    /// ROLLBACK, bounded: should the server or the driver never answer, the connection is closed
+    /// after ``rollbackTimeout`` (the server rolls back a transaction whose session ends) and the
+    /// caller goes on with its error instead of waiting forever.
+    static func rollback(_ connection: PostgresConnection, logger: Logger) async {
+        let once = ResumeOnce()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            // Unstructured on purpose: a statement the driver never answers must not hold the caller.
+            let timer = Task {
+                try? await Task.sleep(for: rollbackTimeout)
+                if !Task.isCancelled, once.claim() {
+                    try? await connection.close()
+                    continuation.resume()
+                }
+            }
+            Task {
+                _ = try? await connection.run("ROLLBACK", logger: logger)
+                if once.claim() {
+                    timer.cancel()
+                    continuation.resume()
+                }
+            }
+        }
+    }
+
+    func transactionMapped<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws(ChatLogError) -> T {
+        do { return try await transaction(body) } catch let error as ChatLogError { throw error } catch {
+            throw PostgresErrors.map(error, location: postgresLocation)
+        }
+    }
+
+    /// A read outside any transaction (one statement).
+    func read<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws(ChatLogError) -> T {
+        do {
+            return try await client.withConnection { connection in try await body(connection) }
+        } catch {
+            throw PostgresErrors.map(error, location: postgresLocation)
+        }
+    }
+
+    // MARK: - Schema
+
+    package func migrate() async throws(ChatLogError) {
+        try await PostgresSchema.migrate(self)
+    }
+
+    // MARK: - Meta and keys
+
+    package func isInitialized() async throws(ChatLogError) -> Bool {
+        try await meta("master_check") != nil
+    }
+
+    package func initialize(meta: [String: MetaValue], keys: [StoredKeyRow]) async throws(ChatLogError) {
+        let location = location
+        try await transactionMapped { connection in
+            // One initializer at a time: the second waits, then finds the check value.
+            try await connection.run("LOCK TABLE chatlog_meta IN EXCLUSIVE MODE", logger: self.logger)
+            let existing = try await connection.query("SELECT 1 FROM chatlog_meta WHERE name = 'master_check'", logger: self.logger)
+            for try await _ in existing { throw ChatLogError.storeExists(path: location) }
+            for (name, value) in meta.sorted(by: { $0.key < $1.key }) { try await Self.setMeta(name, value, connection, self.logger) }
+            for key in keys { try await Self.insertKey(key, connection, self.logger) }
+        }
+    }
+
+    static func setMeta(_ name: String, _ value: MetaValue, _ connection: PostgresConnection, _ logger: Logger) async throws {
+        var integer: Int64?
+        var text: String?
+        var blob: Data?
+        switch value {
+        case .integer(let value): integer = value
+        case .text(let value): text = value
+        case .blob(let value): blob = value
+        }
+        try await connection.run(
+            """
+            INSERT INTO chatlog_meta (name, integer_value, text_value, blob_value) VALUES (\(name), \(integer), \(text), \(blob))
+            ON CONFLICT (name) DO UPDATE SET integer_value = excluded.integer_value, text_value = excluded.text_value,
+                blob_value = excluded.blob_value
+            """, logger: logger)
+    }
+
+    static func insertKey(_ key: StoredKeyRow, _ connection: PostgresConnection, _ logger: Logger) async throws {
+        try await connection.run(
+            """
+            INSERT INTO keys (id, kind, state, created_at, retired_at, wrapped, mac)
+            VALUES (\(key.id), \(key.kind), \(key.state), \(key.createdAt), \(key.retiredAt), \(key.wrapped), \(key.mac))
+            """, logger: logger)
+    }
+
+    package func meta(_ name: String) async throws(ChatLogError) -> MetaValue? {
+        try await read { connection in
+            let rows = try await connection.query(
+                "SELECT integer_value, text_value, blob_value FROM chatlog_meta WHERE name = \(name)", logger: self.logger)
+            for try await (integer, text, blob) in rows.decode((Int64?, String?, Data?).self) {
+                if let integer { return MetaValue.integer(integer) }
+                if let text { return MetaValue.text(text) }
+                if let blob { return MetaValue.blob(blob) }
+            }
+            return nil
+        }
+    }
+
+    package func keyRows() async throws(ChatLogError) -> [StoredKeyRow] {
+        try await read { connection in
+            let rows = try await connection.query(
+                "SELECT id, kind, state, created_at, retired_at, wrapped, mac FROM keys ORDER BY id", logger: self.logger)
+            var keys: [StoredKeyRow] = []
+            for try await (id, kind, state, created, retired, wrapped, mac) in rows.decode((Int64, String, String, Int64, Int64?, Data?, Data?).self) {
+                keys.append(StoredKeyRow(id: id, kind: kind, state: state, createdAt: created, retiredAt: retired, wrapped: wrapped, mac: mac))
+            }
+            return keys
+        }
+    }
+
+    // MARK: - Key-job lock
+
+    /// A session-level advisory lock on one leased connection for the whole job: the server
+    /// releases it when the job ends, or when its connection closes because the process died.
+    package func withKeyJobLock<T: Sendable>(_ body: @Sendable () async throws(ChatLogError) -> T) async throws(ChatLogError) -> T {
+        let location = postgresLocation
+        let logger = logger
+        let outcome: Result<T, ChatLogError>
+        do {
+            outcome = try await client.withConnection { connection in
+                // A holder whose host dies (no FIN) is noticed by TCP keepalive, not after Linux's
+                // default two hours: the lock comes free about a minute later. (No effect on a
+                // Unix socket, where the kernel reports a dead peer at once.)
+                try await connection.run(
+                    "SELECT set_config('tcp_keepalives_idle', '30', false), set_config('tcp_keepalives_interval', '10', false), set_config('tcp_keepalives_count', '3', false)",
+                    logger: logger)
+                let taken = try await connection.query(
+                    "SELECT pg_try_advisory_lock(\(Self.lockClass), \(Self.keyJobLock))", logger: logger)
+                var acquired = false
+                for try await value in taken.decode(Bool.self) { acquired = value }
+                guard acquired else {
+                    let holder = try await Self.lockHolder(connection, logger)
+                    return .failure(
+                        ChatLogError.locked(
+                            holder: nil, path: "(PostgreSQL advisory lock of \(location)" + (holder.map { ", held by \($0)" } ?? "") + ")"))
+                }
+                let result: Result<T, ChatLogError>
+                do throws(ChatLogError) { result = .success(try await body()) } catch { result = .failure(error) }
+                try await connection.run("SELECT pg_advisory_unlock(\(Self.lockClass), \(Self.keyJobLock))", logger: logger)
+                return result
+            }
+        } catch {
+            throw PostgresErrors.map(error, location: location)
+        }
+        return try outcome.get()
+    }
+
+    /// Who holds the key-job lock: the holder's application_name (chatlog sets "chatlog pid N on
+    /// HOST"), its client address and server process id.
+    static func lockHolder(_ connection: PostgresConnection, _ logger: Logger) async throws -> String? {
+        let rows = try await connection.query(
+            """
+            SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local socket')
+            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND l.classid::bigint = \(Int64(lockClass)) AND l.objid::bigint = \(Int64(keyJobLock)) AND l.objsubid = 2
+            """, logger: logger)
+        for try await (pid, application, address) in rows.decode((Int32, String, String).self) {
+            let name = application.isEmpty ? "a client" : PostgresLocation.printable(application)
+            return "\(name) from \(address), server process \(pid)"
+        }
+        return nil
+    }
+
+    // MARK: - Writes
+
+    package func insert(
+        conversation: SealedConversationRow?, messages: [SealedMessageRow], into conversationID: String, guard writeGuard: WriteGuard
+    ) async throws -> [Int64] {
+        let logger = logger
+        return try await transaction { connection in
+            try await Self.check(writeGuard, connection, logger)
+            let seq: Int64
+            if let conversation {
+                let rows = try await connection.query(
+                    """
+                    INSERT INTO conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)
+                    VALUES (\(conversation.id), \(conversation.createdAt), \(conversation.updatedAt), \(conversation.keyID),
+                            \(conversation.title), \(conversation.subject), \(conversation.subjectToken), \(conversation.subjectKeyID),
+                            \(conversation.metadata))
+                    RETURNING seq
+                    """, logger: logger)
+                var inserted: Int64?
+                for try await value in rows.decode(Int64.self) { inserted = value }
+                seq = inserted!
+            } else {
+                let rows = try await connection.query(
+                    "SELECT seq FROM conversations WHERE id = \(conversationID) FOR UPDATE", logger: logger)
+                var found: Int64?
+                for try await value in rows.decode(Int64.self) { found = value }
+                guard let found else { throw ChatLogError.conversationNotFound(conversationID) }
+                seq = found
+            }
+            guard !messages.isEmpty else { return [] }
+            let next = try await connection.query(
+                "SELECT coalesce(max(position) + 1, 0) FROM messages WHERE conversation_seq = \(seq)", logger: logger)
+            var position: Int64 = 0
+            for try await value in next.decode(Int64.self) { position = value }
+            var positions: [Int64] = []
+            var latest = Int64.min
+            for message in messages {
+                let inserted = try await connection.query(
+                    """
+                    INSERT INTO messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens,
+                                          latency_ms, finish_reason, key_id, content, metadata, index_key_id)
+                    VALUES (\(message.id), \(seq), \(position), \(message.role), \(message.createdAt), \(message.model),
+                            \(message.promptTokens), \(message.completionTokens), \(message.latencyMilliseconds), \(message.finishReason),
+                            \(message.keyID), \(message.content), \(message.metadata), \(message.indexKeyID))
+                    RETURNING seq
+                    """, logger: logger)
+                var messageSeq: Int64 = 0
+                for try await value in inserted.decode(Int64.self) { messageSeq = value }
+                if !message.terms.isEmpty {
+                    let terms = message.terms.map { Int64(bitPattern: $0) }
+                    try await connection.run(
+                        """
+                        INSERT INTO message_terms (message_seq, term, created_at)
+                        SELECT \(messageSeq), term, \(message.createdAt) FROM unnest(\(terms)::bigint[]) AS t (term)
+                        ON CONFLICT DO NOTHING
+                        """, logger: logger)
+                }
+                positions.append(position)
+                position += 1
+                latest = max(latest, message.createdAt)
+            }
+            try await connection.run(
+                "UPDATE conversations SET updated_at = greatest(updated_at, \(latest)) WHERE seq = \(seq)", logger: logger)
+            return positions
+        }
+    }
+
+    /// Inside a write transaction: the check value and the active keys are still those the rows
+    /// were sealed for. `FOR SHARE`: a key job changing them waits for this transaction.
+    static func check(_ writeGuard: WriteGuard, _ connection: PostgresConnection, _ logger: Logger) async throws {
+        let check = try await connection.query(
+            "SELECT blob_value FROM chatlog_meta WHERE name = 'master_check' FOR SHARE", logger: logger)
+        var stored: Data?
+        for try await value in check.decode(Data?.self) { stored = value }
+        guard let stored, writeGuard.acceptedCheckValues.contains(stored) else { throw StorageConflict.masterKeyChanged }
+        let active = try await connection.query("SELECT kind, id FROM keys WHERE state = 'active' FOR SHARE", logger: logger)
+        var data: Int64?
+        var index: Int64?
+        for try await (kind, id) in active.decode((String, Int64).self) {
+            if kind == "data" { data = id } else if kind == "index" { index = id }
+        }
+        guard data == writeGuard.activeDataKeyID, index == writeGuard.activeIndexKeyID else { throw StorageConflict.staleKeys }
+    }
+
+    /// The terms go with their messages (`ON DELETE CASCADE`): `terms` is never called.
+    package func deleteConversations(_ ids: [String], terms: @escaping @Sendable (SealedMessageRow) -> [UInt64]?) async throws(ChatLogError)
+        -> Int
+    {
+        guard !ids.isEmpty else { return 0 }
+        let logger = logger
+        return try await transactionMapped { connection in
+            let rows = try await connection.query(
+                "DELETE FROM conversations WHERE id = ANY(\(ids)::text[]) RETURNING seq", logger: logger)
+            var count = 0
+            for try await _ in rows { count += 1 }
+            return count
+        }
+    }
+
+    // MARK: - Reads
+
+    static let conversationColumns = "id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata"
+    static let messageColumns = """
+        m.seq, m.id, c.id AS conversation_id, m.position, m.role, m.created_at, m.model, m.prompt_tokens, m.completion_tokens, m.latency_ms,
+        m.finish_reason, m.key_id, m.content, m.metadata, m.index_key_id
+        """
+
+    static func conversationRow(_ row: PostgresRow) throws -> SealedConversationRow {
+        let (id, created, updated, key, title, subject, token, subjectKey, metadata) = try row.decode(
+            (String, Int64, Int64, Int64, Data?, Data?, Data?, Int64?, Data?).self)
+        return SealedConversationRow(
+            id: id, createdAt: created, updatedAt: updated, keyID: key, title: title, subject: subject, subjectToken: token,
+            subjectKeyID: subjectKey, metadata: metadata)
+    }
+
+    /// A message row of `messageColumns` and its cursor.
+    static func messageRow(_ row: PostgresRow) throws -> SearchCandidate {
+        let cells = row.makeRandomAccess()
+        let seq = try cells["seq"].decode(Int64.self)
+        let createdAt = try cells["created_at"].decode(Int64.self)
+        let message = SealedMessageRow(
+            id: try cells["id"].decode(String.self), conversationID: try cells["conversation_id"].decode(String.self),
+            position: try cells["position"].decode(Int64.self), role: try cells["role"].decode(String.self), createdAt: createdAt,
+            model: try cells["model"].decode(String?.self), promptTokens: try cells["prompt_tokens"].decode(Int64?.self),
+            completionTokens: try cells["completion_tokens"].decode(Int64?.self), latencyMilliseconds: try cells["latency_ms"].decode(Int64?.self),
+            finishReason: try cells["finish_reason"].decode(String?.self), keyID: try cells["key_id"].decode(Int64.self),
+            content: try cells["content"].decode(Data.self), metadata: try cells["metadata"].decode(Data?.self),
+            indexKeyID: try cells["index_key_id"].decode(Int64?.self), terms: [])
+        return SearchCandidate(message: message, cursor: MessageCursor(createdAt: createdAt, order: seq))
+    }
+
+    package func conversation(id: String) async throws(ChatLogError) -> SealedConversationRow? {
+        try await read { connection in
+            let rows = try await connection.query(
+                PostgresQuery(unsafeSQL: "SELECT \(Self.conversationColumns) FROM conversations WHERE id = $1", binds: Self.binds(id)),
+                logger: self.logger)
+            for try await row in rows { return try Self.conversationRow(row) }
+            return nil
+        }
+    }
+
+    package func messages(ofConversation id: String) async throws(ChatLogError) -> [SealedMessageRow] {
+        try await read { connection in
+            let rows = try await connection.query(
+                PostgresQuery(
+                    unsafeSQL: """
+                        SELECT \(Self.messageColumns) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
+                        WHERE c.id = $1 ORDER BY m.position
+                        """, binds: Self.binds(id)), logger: self.logger)
+            var messages: [SealedMessageRow] = []
+            for try await row in rows { messages.append(try Self.messageRow(row).message) }
+            return messages
+        }
+    }
+
+    static func binds(_ text: String) -> PostgresBindings {
+        var binds = PostgresBindings()
+        binds.append(text)
+        return binds
+    }
+
+    // MARK: - Search
+
+    /// The rarest required word drives: its terms' rows are walked newest first through
+    /// `message_terms_by_term`, and every other word is an index probe on the primary key
+    /// (message_seq, term). Never more rows read than the page needs beyond those probes.
+    package func searchCandidates(required: [[UInt64]], after cursor: MessageCursor?, limit: Int) async throws(ChatLogError)
+        -> [SearchCandidate]
+    {
+        guard !required.isEmpty, required.allSatisfy({ !$0.isEmpty }), limit > 0 else { return [] }
+        let groups = required.map { $0.map { Int64(bitPattern: $0) } }
+        let frequencies = try await documentFrequencies(required.flatMap { $0 })
+        let ordered = groups.enumerated().sorted { left, right in
+            let l = left.element.reduce(0) { $0 + (frequencies[UInt64(bitPattern: $1)] ?? 0) }
+            let r = right.element.reduce(0) { $0 + (frequencies[UInt64(bitPattern: $1)] ?? 0) }
+            return (l, left.offset) < (r, right.offset)
+        }.map(\.element)
+        var binds = PostgresBindings()
+        binds.append(ordered[0])
+        var sql = """
+            SELECT \(Self.messageColumns) FROM (
+                SELECT t.message_seq, t.created_at FROM message_terms t WHERE t.term = ANY($1::bigint[])
+            """
+        if let cursor {
+            binds.append(cursor.createdAt)
+            binds.append(cursor.order)
+            sql += " AND (t.created_at, t.message_seq) < ($2, $3)"
+        }
+        for group in ordered.dropFirst() {
+            binds.append(group)
+            sql += " AND EXISTS (SELECT 1 FROM message_terms u WHERE u.message_seq = t.message_seq AND u.term = ANY($\(binds.count)::bigint[]))"
+        }
+        binds.append(Int64(limit))
+        // A message holds a term of the driving word under at most one index key, but DISTINCT
+        // keeps a page exact even if two of its terms share a value.
+        sql += """
+                 GROUP BY t.message_seq, t.created_at ORDER BY t.created_at DESC, t.message_seq DESC LIMIT $\(binds.count)
+            ) hit JOIN messages m ON m.seq = hit.message_seq JOIN conversations c ON c.seq = m.conversation_seq
+            ORDER BY m.created_at DESC, m.seq DESC
+            """
+        let query = PostgresQuery(unsafeSQL: sql, binds: binds)
+        return try await read { connection in
+            let rows = try await connection.query(query, logger: self.logger)
+            var candidates: [SearchCandidate] = []
+            for try await row in rows { candidates.append(try Self.messageRow(row)) }
+            return candidates
+        }
+    }
+
+    package func documentFrequencies(_ terms: [UInt64]) async throws(ChatLogError) -> [UInt64: Int] {
+        guard !terms.isEmpty else { return [:] }
+        let values = Array(Set(terms)).map { Int64(bitPattern: $0) }
+        return try await read { connection in
+            let rows = try await connection.query(
+                "SELECT term, count(*) FROM message_terms WHERE term = ANY(\(values)::bigint[]) GROUP BY term", logger: self.logger)
+            var counts: [UInt64: Int] = [:]
+            for value in values { counts[UInt64(bitPattern: value)] = 0 }
+            for try await (term, count) in rows.decode((Int64, Int64).self) { counts[UInt64(bitPattern: term)] = Int(count) }
+            return counts
+        }
+    }
+
+    package func counts() async throws(ChatLogError) -> StorageCounts {
+        try await read { connection in
+            let rows = try await connection.query(
+                "SELECT (SELECT count(*) FROM conversations), (SELECT count(*) FROM messages)", logger: self.logger)
+            for try await (conversations, messages) in rows.decode((Int64, Int64).self) {
+                return StorageCounts(conversations: Int(conversations), messages: Int(messages))
+            }
+            return StorageCounts(conversations: 0, messages: 0)
+        }
+    }
+}
+
+extension PostgresConnection {
+    /// Runs a statement and reads its rows to the end, so that an error the server sends after
+    /// the row description (a statement timeout, a cancel) is thrown here, not lost.
+    func run(_ query: PostgresQuery, logger: Logger) async throws {
+        let rows = try await self.query(query, logger: logger)
+        for try await _ in rows {}
+    }
+}
+
+/// True for the first caller of ``claim()`` only: which of two racing tasks resumes a continuation.
+private final class ResumeOnce: Sendable {
+    private let claimed = Mutex(false)
+
+    func claim() -> Bool {
+        claimed.withLock { done in
+            defer { done = true }
+            return !done
+        }
+    }
+}

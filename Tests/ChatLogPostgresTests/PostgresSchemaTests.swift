@@ -1,0 +1,234 @@
+import Foundation
+import Testing
+
+@testable import ChatLog
+@testable import ChatLogPostgres
+
+extension PostgreSQLSuites {
+    /// migrations/postgres/ applied to a real server: the tables the SQLite schema has, once even
+    /// when several processes open a new store together, and a newer schema refused.
+    @Suite("PostgreSQL schema")
+    struct PostgresSchemaTests {
+        @Test("the migrations create the mirrored tables and record their version; a second run changes nothing")
+        func migrationsApply() async throws {
+            try await withPostgresStorage { storage, server, database in
+                #expect(try await PostgresSchema.version(storage) == PostgresSchema.latestVersion)
+                #expect(PostgresSchema.latestVersion >= 1)
+                let tables = try server.psql(
+                    "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'", database: database)
+                #expect(tables == "chatlog_meta,chatlog_migrations,conversations,imports,keys,message_terms,messages")
+                try await storage.migrate()
+                #expect(try server.psql("SELECT count(*) FROM chatlog_migrations", database: database) == String(PostgresSchema.migrations.count))
+            }
+        }
+
+        @Test("every sealed column of the SQLite schema exists on PostgreSQL under the same table and column name")
+        func sealedColumnsMirrored() async throws {
+            try await withPostgresStorage { _, server, database in
+                let sealed = [
+                    ("conversations", "title"), ("conversations", "subject"), ("conversations", "metadata"), ("messages", "content"),
+                    ("messages", "metadata"), ("keys", "wrapped"),
+                ]
+                for (table, column) in sealed {
+                    let type = try server.psql(
+                        "SELECT data_type FROM information_schema.columns WHERE table_name = '\(table)' AND column_name = '\(column)'", database: database)
+                    #expect(type == "bytea", "\(table).\(column)")
+                }
+            }
+        }
+
+        @Test("four storages migrating one new database at once apply each migration once")
+        func concurrentMigrations() async throws {
+            let server = try await PostgresTestServer.shared()
+            try await server.withDatabase { database in
+                let url = server.url(database: database)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for _ in 0..<4 {
+                        group.addTask {
+                            let storage = try await PostgresStorage.connect(try PostgresLocation(url: url, environment: [:], home: nil))
+                            do { try await storage.migrate() } catch {
+                                await storage.close()
+                                throw error
+                            }
+                            await storage.close()
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                #expect(try server.psql("SELECT count(*) FROM chatlog_migrations", database: database) == String(PostgresSchema.migrations.count))
+            }
+        }
+
+        @Test("a database migrated by a newer chatlog is refused")
+        func newerSchemaRefused() async throws {
+            try await withPostgresStorage { storage, server, database in
+                try server.psql("INSERT INTO chatlog_migrations (version, name) VALUES (9999, 'future')", database: database)
+                await #expect(throws: ChatLogError.schemaTooNew(found: 9999, supported: PostgresSchema.latestVersion)) {
+                    try await storage.migrate()
+                }
+            }
+        }
+
+        @Test("the statement splitter keeps quotes, dollar quotes and comments intact")
+        func statementSplitter() {
+            let sql = """
+                -- a comment; with a semicolon
+                CREATE TABLE a (x TEXT DEFAULT 'semi;colon', "we;ird" INT);
+                /* block; comment */ INSERT INTO a VALUES ('it''s;', 1);
+                CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql;
+                ;
+                SELECT $$;$$
+                """
+            #expect(
+                PostgresSchema.statements(sql) == [
+                    "CREATE TABLE a (x TEXT DEFAULT 'semi;colon', \"we;ird\" INT)",
+                    "INSERT INTO a VALUES ('it''s;', 1)",
+                    "CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql",
+                    "SELECT $$;$$",
+                ])
+        }
+    }
+}
+
+extension PostgreSQLSuites {
+    /// Errors a user can cause, each one line naming the place, never a password.
+    @Suite("PostgreSQL connection errors")
+    struct PostgresConnectionErrorTests {
+        @Test("no server on the socket: one line saying it cannot connect")
+        func serverDown() async throws {
+            let folder = NSTemporaryDirectory() + "/chatlog-nopg-\(UUID().uuidString)"
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: folder) }
+            let location = try PostgresLocation(url: "postgresql://u@/d?host=\(folder)", environment: ["PGPASSWORD": "hunter2"], home: nil)
+            do {
+                _ = try await PostgresStorage.connect(location)
+                Issue.record("connected to nothing")
+            } catch {
+                #expect(error.description.contains("cannot connect to the PostgreSQL server at postgresql://u@\(folder)/.s.PGSQL.5432/d"), "\(error)")
+                #expect(!error.description.contains("\n"))
+                #expect(!error.description.contains("hunter2"))
+            }
+        }
+
+        @Test("a database that does not exist: named, with what to do")
+        func missingDatabase() async throws {
+            let server = try await PostgresTestServer.shared()
+            let location = try PostgresLocation(url: server.url(database: "no_such_db"), environment: [:], home: nil)
+            do {
+                _ = try await PostgresStorage.connect(location)
+                Issue.record("connected to a missing database")
+            } catch {
+                #expect(error.description.contains("has no database no_such_db"), "\(error)")
+            }
+        }
+
+        @Test("a role that does not exist is refused with the user named")
+        func unknownRole() async throws {
+            let server = try await PostgresTestServer.shared()
+            let location = try PostgresLocation(url: server.url(database: "postgres", user: "ghost"), environment: [:], home: nil)
+            do {
+                _ = try await PostgresStorage.connect(location)
+                Issue.record("connected as a missing role")
+            } catch {
+                #expect(error.description.contains("ghost"), "\(error)")
+                #expect(!error.description.contains("\n"))
+            }
+        }
+    }
+}
+
+extension PostgreSQLSuites {
+    /// Failures in the middle of work: one line each, with nothing of the transaction left behind.
+    @Suite("PostgreSQL failures mid-work")
+    struct PostgresMidWorkFailureTests {
+        /// Five sessions ended in a row: sending ROLLBACK on the closing connection hung the
+        /// caller forever in about four runs of five (postgres-nio 1.33); a hang fails here after
+        /// 60 s instead of stopping the test run.
+        @Test("the server ends the session mid-transaction (restart, pg_terminate_backend): one line, nothing written, no hang")
+        func sessionTerminated() async throws {
+            try await withPostgresStorage { storage, server, database in
+                try server.psql("CREATE TABLE probe (x int)", database: database)
+                for trial in 0..<5 {
+                    let victim = "victim-\(trial)-\(UUID().uuidString.prefix(8))"
+                    let work = Task {
+                        try await storage.transaction { connection in
+                            try await connection.run("INSERT INTO probe VALUES (1)", logger: storage.logger)
+                            try await connection.run("SELECT set_config('application_name', '\(unescaped: victim)', false), pg_sleep(30)", logger: storage.logger)
+                        }
+                    }
+                    let found = try await waitUntil {
+                        (try? server.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = '\(victim)' AND state = 'active'")) == "1"
+                    }
+                    try #require(found)
+                    try server.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '\(victim)'")
+                    let outcome = try await finishing(within: 60, "the transaction whose session ended") { await work.result }
+                    let failure: (any Error)? = if case .failure(let error) = outcome { error } else { nil }
+                    let text = (failure as? ChatLogError)?.description ?? "\(String(describing: failure))"
+                    #expect(text.contains("PostgreSQL"), "\(text)")
+                    #expect(text.contains("ended the session") || text.contains("closed the connection"), "\(text)")
+                    #expect(!text.contains("\n"))
+                    #expect(try server.psql("SELECT count(*) FROM probe", database: database) == "0")
+                    // The pool replaces the dead connection: the next statement works.
+                    let counts = try await finishing(within: 60, "the next statement") { try await storage.counts() }
+                    #expect(counts == StorageCounts(conversations: 0, messages: 0))
+                }
+            }
+        }
+
+        @Test("a statement timeout: busy, one line, the transaction rolled back")
+        func statementTimeout() async throws {
+            try await withPostgresStorage { storage, server, database in
+                try server.psql("CREATE TABLE probe (x int)", database: database)
+                var failure: (any Error)?
+                do {
+                    try await storage.transaction { connection in
+                        try await connection.run("INSERT INTO probe VALUES (1)", logger: storage.logger)
+                        try await connection.run("SET LOCAL statement_timeout = 50", logger: storage.logger)
+                        try await connection.run("SELECT pg_sleep(5)", logger: storage.logger)
+                    }
+                } catch { failure = error }
+                let error = try #require(failure as? ChatLogError)
+                #expect(error.category == .busy, "\(error)")
+                #expect(error.description.contains("statement_timeout"), "\(error)")
+                #expect(try server.psql("SELECT count(*) FROM probe", database: database) == "0")
+            }
+        }
+
+        @Test("a failed statement whose rows nobody read: the transaction reports the failure, never a commit")
+        func unseenFailureIsNotACommit() async throws {
+            try await withPostgresStorage { storage, server, database in
+                try server.psql("CREATE TABLE probe (x int)", database: database)
+                var failure: (any Error)?
+                do {
+                    try await storage.transaction { connection in
+                        try await connection.run("INSERT INTO probe VALUES (1)", logger: storage.logger)
+                        try await connection.run("SET LOCAL statement_timeout = 50", logger: storage.logger)
+                        // The row description comes before the timeout; the error after it is unread.
+                        _ = try await connection.query("SELECT pg_sleep(5)", logger: storage.logger)
+                    }
+                } catch { failure = error }
+                let error = try #require(failure as? ChatLogError)
+                #expect(error.description.contains("nothing of it was written") || error.description.contains("statement_timeout"), "\(error)")
+                #expect(try server.psql("SELECT count(*) FROM probe", database: database) == "0")
+            }
+        }
+
+        @Test("no connection slot left for the role: busy, one line")
+        func connectionLimit() async throws {
+            let server = try await PostgresTestServer.shared()
+            try await server.withDatabase { database in
+                let role = "limited_\(UInt32.random(in: 0...UInt32.max))"
+                try server.psql("CREATE ROLE \(role) LOGIN CONNECTION LIMIT 0")
+                defer { _ = try? server.psql("DROP ROLE \(role)") }
+                var failure: (any Error)?
+                do {
+                    _ = try await PostgresStorage.connect(try PostgresLocation(url: server.url(database: database, user: role), environment: [:], home: nil))
+                } catch { failure = error }
+                let error = try #require(failure as? ChatLogError)
+                #expect(error.category == .busy, "\(error)")
+                #expect(error.description.contains("too many connections"), "\(error)")
+                #expect(!error.description.contains("\n"))
+            }
+        }
+    }
+}
