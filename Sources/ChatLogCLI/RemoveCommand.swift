@@ -27,11 +27,12 @@ struct RemoveCommand: AsyncParsableCommand {
         for id in messageIDs where MessageID(id) == nil { throw ValidationError("'\(id)' is not a message id (a UUID).") }
     }
 
+    /// Counts of what was not asked for are null (every key always present).
     struct ResultJSON: Encodable {
-        let deleted: Int?
-        let not_found: Int?
-        let deleted_messages: Int?
-        let messages_not_found: Int?
+        @JSONNullable var deleted: Int?
+        @JSONNullable var not_found: Int?
+        @JSONNullable var deleted_messages: Int?
+        @JSONNullable var messages_not_found: Int?
     }
 
     func run() async throws {

@@ -33,7 +33,8 @@ struct VerifyCommand: AsyncParsableCommand {
         let failure_count: Int
         let unmerged_deletions: Bool
         let failures: [IssueJSON]
-        let repairs: [IssueJSON]?
+        /// null without --repair.
+        @JSONNullable var repairs: [IssueJSON]?
     }
 
     func run() async throws {

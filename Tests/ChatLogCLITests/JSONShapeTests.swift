@@ -57,6 +57,11 @@ import Testing
         #expect(outputs["key rotate --dry-run --json"]?.contains("\"new_key_id\" : null") == true)
         #expect(outputs["key rotate --dry-run --json"]?.contains("\"dry_run\" : true") == true)
         #expect(outputs["verify --json"]?.contains("\"ok\" : true") == true)
+        #expect(outputs["verify --json"]?.contains("\"repairs\" : null") == true, "\(outputs["verify --json"] ?? "")")
+        let removed = try sandbox.chatlog(["rm", logged.conversation_id, "--json"])
+        #expect(removed.status == 0, "\(removed)")
+        #expect(removed.out.contains("\"deleted\" : 1") && removed.out.contains("\"deleted_messages\" : null"), "\(removed)")
+        #expect(removed.out.contains("\"messages_not_found\" : null") && quotedLiterals(removed.out).isEmpty, "\(removed)")
         let imported = outputs["import --format openai-jsonl in.jsonl --json"] ?? ""
         #expect(imported.contains("\"conversations\" : 1"), "\(imported)")
     }

@@ -808,6 +808,14 @@ class FakeUpstream:
                 await asyncio.sleep(plan.first_delay)
             for index, event in enumerate(events):
                 if plan.disconnect_after is not None and index >= int(plan.disconnect_after):
+                    # abort() drops what is still buffered (TLS included): under load the last
+                    # events sent were lost and the cut landed earlier than scripted. Let them go
+                    # out first (bounded), then cut.
+                    for _ in range(500):
+                        if writer.transport.get_write_buffer_size() == 0:
+                            break
+                        await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.05)
                     writer.transport.abort()
                     return False
                 if plan.hang_after is not None and index >= int(plan.hang_after):
