@@ -73,8 +73,8 @@ struct FormatVectorTests {
         }
 
         var nextVersion = sealed
-        nextVersion[0] = 2
-        #expect(open(nextVersion, key: key, context: vector.context) == .failure(.unsupportedVersion(2)))
+        nextVersion[0] = 3
+        #expect(open(nextVersion, key: key, context: vector.context) == .failure(.unsupportedVersion(3)))
 
         let truncated = Array(sealed.prefix(SealedValue.overhead))
         #expect(open(truncated, key: key, context: vector.context) == .failure(.truncated(length: SealedValue.overhead)))
