@@ -89,7 +89,7 @@ import Testing
             #expect(report.conversations == 2 && report.messages == 4 && report.subjectKeys == 1 && report.conversationsWithoutSubjectKey == 0)
             #expect(try store.conversationIDs(subject: "alice").isEmpty)
             #expect(try store.subjectKeyCounts() == (1, 1))
-            #expect(try store.erasureProblems().isEmpty)
+            #expect(try store.erasureIssues().isEmpty)
             // No byte of alice's sealed values or terms in the live files.
             for file in [directory.databasePath, directory.databasePath + "-wal", directory.databasePath + ".subject-keys"] {
                 guard let data = FileManager.default.contents(atPath: file) else { continue }
@@ -115,11 +115,11 @@ import Testing
             }
             #expect(try restored.transcript(others[0]).messages.count == 2)
             #expect(try restored.transcript(others[1]).messages.count == 1)
-            #expect(try restored.erasureProblems().count == 2)
+            #expect(try restored.erasureIssues().count == 2)
             // Forget again on the restored store removes the rows (no key left to destroy).
             let again = try #require(try restored.forget(subject: "alice"))
             #expect(again.conversations == 2 && again.subjectKeys == 0)
-            #expect(try restored.erasureProblems().isEmpty)
+            #expect(try restored.erasureIssues().isEmpty)
         }
     }
 

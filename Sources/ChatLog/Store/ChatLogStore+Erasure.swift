@@ -199,28 +199,59 @@ extension ChatLogStore {
         try subjectKeys.backup(to: destination)
     }
 
-    /// Problems of erasure: rows still sealed under (or naming) a forgotten subject key, and
-    /// forgets interrupted half-way. For `verify`.
-    public func erasureProblems() throws(ChatLogError) -> [String] {
+    /// Problems of erasure, for `verify`: conversations of a forgotten subject still in the
+    /// store (an old backup restored after the forget), and forgets interrupted before their
+    /// subject key was destroyed.
+    public func erasureIssues() throws(ChatLogError) -> [VerificationIssue] {
         let forgotten = try subjectKeys.forgottenIDs()
         return try read { db in
-            var problems: [String] = []
-            let storeForgotten = Set(
-                try Int64.fetchAll(db, sql: "SELECT key_id FROM forgotten_subject_keys").compactMap { UInt32(exactly: $0).map(KeyID.init) })
-            let all = forgotten.union(storeForgotten)
-            if !all.isEmpty {
-                let ids = Self.jsonArray(all.map { Int64($0.rawValue) })
-                let rows = try String.fetchAll(
-                    db, sql: "SELECT id FROM conversations WHERE erasure_key_id IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT 20",
-                    arguments: [ids])
-                for id in rows { problems.append("conversation \(id) belongs to a forgotten subject (run `chatlog rm \(id)`)") }
+            var issues: [VerificationIssue] = []
+            for id in try self.forgottenSubjectConversations(forgotten, db) {
+                issues.append(
+                    VerificationIssue(
+                        table: "conversations", column: "erasure_key_id", rowID: id,
+                        problem: "belongs to a forgotten subject (its key was destroyed by `chatlog forget`); `chatlog verify --repair` deletes it"))
             }
             let pending = try Int.fetchOne(db, sql: "SELECT count(*) FROM forget_pending") ?? 0
             if pending > 0 {
-                problems.append("\(pending) forget\(pending == 1 ? " was" : "s were") interrupted before the subject key was destroyed (run `chatlog forget --resume`)")
+                issues.append(
+                    VerificationIssue(
+                        table: "forget_pending", column: "-", rowID: "-",
+                        problem: "\(pending) forget\(pending == 1 ? " was" : "s were") interrupted before the subject key was destroyed (run `chatlog forget --resume`)"))
             }
-            return problems
+            return issues
         }
+    }
+
+    /// Ids of the conversations sealed under a forgotten subject key (the subject-key file's list
+    /// and the store's).
+    func forgottenSubjectConversations(_ forgotten: Set<KeyID>, _ db: Database) throws -> [String] {
+        try String.fetchAll(
+            db,
+            sql: """
+                SELECT id FROM conversations WHERE erasure_key_id IN (SELECT key_id FROM forgotten_subject_keys)
+                OR erasure_key_id IN (SELECT value FROM json_each(?)) ORDER BY seq
+                """,
+            arguments: [Self.jsonArray(forgotten.map { Int64($0.rawValue) })])
+    }
+
+    /// For `repair`: finishes interrupted forgets and deletes the conversations of forgotten
+    /// subjects (rows nothing can open any more).
+    func repairErasure() throws(ChatLogError) -> [RepairAction] {
+        var actions: [RepairAction] = []
+        let resumed = try resumeForgets()
+        if resumed > 0 {
+            actions.append(RepairAction(table: "forget_pending", column: "-", rowID: "-", action: "finished \(resumed) interrupted forget\(resumed == 1 ? "" : "s")"))
+        }
+        let forgotten = try subjectKeys.forgottenIDs()
+        let ids = try read { db in try self.forgottenSubjectConversations(forgotten, db) }.compactMap(ConversationID.init)
+        if !ids.isEmpty {
+            _ = try deleteConversations(ids)
+            actions += ids.map {
+                RepairAction(table: "conversations", column: "erasure_key_id", rowID: $0.rawValue, action: "belongs to a forgotten subject: conversation deleted")
+            }
+        }
+        return actions
     }
 
     // MARK: - Helpers
