@@ -172,4 +172,69 @@ import Testing
             #expect(try one.receiptHash(subject: "bob") != first)
         }
     }
+
+    @Test func dataKeyRotationKeepsSubjectRowsUnderTheirSubjectKeyAndRetireWorks() async throws {
+        try await withTemporaryDirectory { directory in
+            let key = MasterKey.generate()
+            let store = try makeStore(in: directory, key: key)
+            let (alice, others) = try Self.fill(store)
+            try store.backup(to: directory.file("before-rotation.db"))
+            let subjectIDs = Set(try Self.sealedValues(directory.databasePath, conversations: alice).compactMap(SealedValue.subjectKeyID))
+            let oldDataKey = store.keyRing.current.activeDataKey.id
+            #expect(try store.rotateDataKey(newKey: true) > 0)
+            #expect(try store.retireUnusedKeys().contains(oldDataKey))
+            // Re-sealed under the new data key, still under the same subject key.
+            let after = try Self.sealedValues(directory.databasePath, conversations: alice)
+            #expect(Set(after.compactMap(SealedValue.subjectKeyID)) == subjectIDs && after.allSatisfy { $0.first == 2 })
+            #expect(after.allSatisfy { (try? SealedValue.keyID(of: $0)) == store.keyRing.current.activeDataKey.id })
+            #expect(try store.transcript(alice[0]).messages.count == 3)
+            #expect(try store.transcript(others[1]).messages.count == 1)
+            // Forget after the rotation still reaches the backup made before it.
+            #expect(try store.forget(subject: "alice")?.subjectKeys == 1)
+            // Restored elsewhere with the current subject-key file beside it.
+            try FileManager.default.copyItem(atPath: directory.databasePath + ".subject-keys", toPath: directory.file("before-rotation.db.subject-keys"))
+            let old = try ChatLogStore.open(at: directory.file("before-rotation.db"), key: .key(key))
+            #expect(throws: ChatLogError.self) { try old.transcript(alice[0]) }
+            #expect(try old.transcript(others[0]).messages.count == 2)
+        }
+    }
+
+    @Test func masterKeyRewrapCoversTheSubjectKeys() async throws {
+        try await withTemporaryDirectory { directory in
+            let key = MasterKey.generate()
+            let store = try makeStore(in: directory, key: key)
+            let (alice, _) = try Self.fill(store)
+            let new = MasterKey.generate()
+            try store.rewrapMasterKey(to: .key(new))
+            #expect(try store.transcript(alice[0]).messages.count == 3)
+            // A fresh process with the new key opens the subject keys; a new subject gets one.
+            let reopened = try ChatLogStore.open(at: directory.databasePath, key: .key(new))
+            #expect(try reopened.transcript(alice[1]).messages.count == 1)
+            _ = try reopened.createConversation(NewConversation(subject: "carol"))
+            #expect(try reopened.subjectKeyCounts() == (3, 0))
+            #expect(throws: ChatLogError.self) { try ChatLogStore.open(at: directory.databasePath, key: .key(key)) }
+        }
+    }
+
+    @Test func aRewrapKilledBetweenTheTwoFilesLeavesOneKeyThatOpensBoth() async throws {
+        try await withTemporaryDirectory { directory in
+            let key = MasterKey.generate()
+            let new = MasterKey.generate()
+            // Killed after step 1 (subject keys wrapped under both), before the store committed:
+            // the old key still opens everything.
+            do {
+                let store = try makeStore(in: directory, key: key)
+                let (alice, _) = try Self.fill(store)
+                try store.subjectKeys.prepareRewrap(to: new)
+                let again = try ChatLogStore.open(at: directory.databasePath, key: .key(key))
+                #expect(try again.transcript(alice[0]).messages.count == 3)
+                // Killed after the store committed, before step 3: the new key opens everything
+                // (the subject-key file is finished at open).
+                try store.rewrapStore(from: key, to: new, kdf: nil)
+                let after = try ChatLogStore.open(at: directory.databasePath, key: .key(new))
+                #expect(try after.transcript(alice[0]).messages.count == 3)
+                #expect(try after.transcript(alice[1]).messages.count == 1)
+            }
+        }
+    }
 }

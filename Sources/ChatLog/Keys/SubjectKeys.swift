@@ -270,9 +270,31 @@ final class SubjectKeyFile: Sendable {
 
     /// Step 3, after the store committed the new master key: the `*_next` values become the
     /// current ones. Also run at open when a rewrap was killed between the two files.
-    func finishRewrap() throws(ChatLogError) {
-        guard let file = try open(create: false) else { return }
-        do { try file.queue.inDatabase { db in try Self.finishRewrap(db) } } catch { throw ChatLogError.wrap(error) }
+    /// `old` and `new`: the process that ran the rewrap also re-wraps keys another process
+    /// created between step 1 and the store's commit (they have no `wrapped_next`).
+    func finishRewrap(old: MasterKey, new: MasterKey) throws(ChatLogError) {
+        var file = opened.withLock { $0 }
+        if file == nil, exists { file = try open(create: false, master: old) }
+        guard let file else { return }
+        do {
+            try file.queue.inDatabase { db in
+                try db.inTransaction(.immediate) {
+                    for row in try Row.fetchAll(db, sql: "SELECT id, subject_hash, wrapped FROM subject_keys WHERE wrapped_next IS NULL") {
+                        let stored: Int64 = try row.decode(forColumn: "id")
+                        let id = try KeyID.stored(stored, table: "subject_keys", column: "id", rowID: String(stored))
+                        let hash = row.sealedBytes("subject_hash") ?? Data()
+                        let material = try self.unwrap(row.sealedBytes("wrapped") ?? Data(), id: id, hash: hash, master: old)
+                        try db.execute(
+                            sql: "UPDATE subject_keys SET wrapped_next = ? WHERE id = ?",
+                            arguments: [self.wrap(material.storage, id: id, hash: hash, master: new), stored])
+                    }
+                    return .commit
+                }
+                try Self.finishRewrap(db)
+            }
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
     }
 
     private static func finishRewrap(_ db: Database) throws {
@@ -298,11 +320,6 @@ final class SubjectKeyFile: Sendable {
                 return .commit
             }
         }
-    }
-
-    /// After this process's rewrap: reopen with the new master (cached keys stay valid).
-    func reopenAfterRewrap() {
-        opened.withLock { $0 = nil }
     }
 
     // MARK: - The file
@@ -344,7 +361,7 @@ final class SubjectKeyFile: Sendable {
     }
 
     /// The open file and its hash key; creates the file when `create` (and it is missing).
-    private func open(create: Bool) throws(ChatLogError) -> Opened? {
+    private func open(create: Bool, master: MasterKey? = nil) throws(ChatLogError) -> Opened? {
         if let file = opened.withLock({ $0 }) { return file }
         if !exists {
             guard create else { return nil }
@@ -353,7 +370,7 @@ final class SubjectKeyFile: Sendable {
                 if !exists { throw error }  // else another process created it meanwhile
             }
         }
-        let master = keyRing.master
+        let master = master ?? keyRing.master
         let file: Opened
         do {
             let queue = try DatabaseQueue(path: path, configuration: configuration())
