@@ -237,4 +237,21 @@ import Testing
             }
         }
     }
+
+    @Test func aWriterHoldingAForgottenKeyInMemoryGetsANewKeyNotTheDestroyedOne() async throws {
+        try await withTemporaryDirectory { directory in
+            let key = MasterKey.generate()
+            let writer = try makeStore(in: directory, key: key)
+            let first = try writer.createConversation(NewConversation(subject: "alice"))
+            let forgetter = try ChatLogStore.open(at: directory.databasePath, key: .key(key))
+            #expect(try forgetter.forget(subject: "alice")?.conversations == 1)
+            // The writer still has alice's old key cached; its write is refused in the
+            // transaction, and sealed again under a new key.
+            let second = try writer.createConversation(NewConversation(title: "back", subject: "alice"))
+            #expect(try forgetter.conversation(second).title == "back")
+            #expect(throws: ChatLogError.conversationNotFound(first.rawValue)) { try writer.append(NewMessage(role: .user, content: "x"), to: first) }
+            #expect(try forgetter.subjectKeyCounts() == (1, 1))
+            #expect(try forgetter.erasureIssues().isEmpty)
+        }
+    }
 }
