@@ -114,6 +114,33 @@ final class SubjectKeyFile: Sendable {
         return (id, try unwrap(row.sealedBytes("wrapped") ?? Data(), id: id, hash: hash, master: keyRing.master))
     }
 
+    /// Makes keys for `subjects` that have none, in one transaction, without caching them (for
+    /// benchmarks that need a file with many subjects).
+    func createKeys(for subjects: [String]) throws(ChatLogError) {
+        guard let file = try open(create: true) else { return }
+        let master = keyRing.master
+        do {
+            try file.queue.inDatabase { db in
+                try db.inTransaction(.immediate) {
+                    var next = try Int64.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'next_id'") ?? Int64(Self.firstID)
+                    let insert = try db.makeStatement(
+                        sql: "INSERT INTO subject_keys (id, subject_hash, created_at, wrapped) VALUES (?, ?, ?, ?) ON CONFLICT (subject_hash) DO NOTHING")
+                    let now = Date().unixMilliseconds
+                    for subject in subjects {
+                        let hash = Self.subjectHash(subject, hashKey: file.hashKey)
+                        let id = KeyID(rawValue: UInt32(next))
+                        try insert.execute(arguments: [next, hash, now, self.wrap(SecureBytes.random(count: SubjectKey.byteCount), id: id, hash: hash, master: master)])
+                        if db.changesCount > 0 { next += 1 }
+                    }
+                    try Self.setMeta(db, "next_id", next)
+                    return .commit
+                }
+            }
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
+    }
+
     /// The key named by a sealed value's header: nil when the file has no such key.
     func key(id: KeyID) throws(ChatLogError) -> SubjectKey? {
         if let hit = cache.withLock({ $0.byID[id] }) { return hit }

@@ -254,6 +254,12 @@ extension ChatLogStore {
         return actions
     }
 
+    /// For benchmarks: makes the subject keys of `subjects` (as their first conversations
+    /// would) in one transaction, so a store can start with many subjects.
+    @_spi(Benchmarks) public func prepareSubjectKeys(_ subjects: [String]) throws(ChatLogError) {
+        try subjectKeys.createKeys(for: subjects)
+    }
+
     // MARK: - Helpers
 
     static func jsonArray(_ values: [Int64]) -> String { "[" + values.map(String.init).joined(separator: ",") + "]" }
