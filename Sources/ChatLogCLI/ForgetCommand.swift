@@ -10,7 +10,8 @@ struct ForgetCommand: AsyncParsableCommand {
             their bytes in the files, as `rm` does), then destroys the subject's key in STORE.subject-keys: a backup made \
             before, restored, no longer opens them (exit 4 naming the rows) while everything else in it opens. Backups of \
             the subject-key file itself must expire for the forget to be final (docs/OPERATIONS.md). Writes a receipt: \
-            time, a keyed hash of the subject (never the subject), counts. --resume finishes a forget that was interrupted.
+            time, a keyed hash of the subject (never the subject), counts. --resume finishes a forget that was interrupted. \
+            --receipts lists the receipts (with --subject: only that subject's, found by recomputing its keyed hash).
             """
     )
 
@@ -26,7 +27,14 @@ struct ForgetCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Only finish forgets that were interrupted (no --subject).")
     var resume = false
 
+    @Flag(name: .long, help: "List the receipts of finished forgets (with --subject: that subject's); change nothing.")
+    var receipts = false
+
     func validate() throws {
+        if receipts {
+            if resume || dryRun { throw ValidationError("--receipts takes no --resume and no --dry-run.") }
+            return
+        }
         if resume {
             if subject != nil || dryRun { throw ValidationError("--resume takes no --subject and no --dry-run.") }
             return
@@ -46,8 +54,41 @@ struct ForgetCommand: AsyncParsableCommand {
         let resumed: Int
     }
 
+    struct ReceiptJSON: Encodable {
+        let forgotten_at: String
+        let subject_hash: String
+        let conversations: Int
+        let messages: Int
+        let subject_keys: Int
+    }
+
+    func listReceipts() async throws {
+        let opened = try await StoreAccess.openForReading(store)
+        var list = try opened.forgetReceipts()
+        if let subject {
+            let hash = try opened.receiptHash(subject: subject)
+            list = list.filter { $0.subjectHash == hash }
+        }
+        if output.json {
+            try CLIOutput.json(
+                list.map {
+                    ReceiptJSON(
+                        forgotten_at: CLIOutput.timestamp($0.forgottenAt), subject_hash: $0.subjectHash, conversations: $0.conversations,
+                        messages: $0.messages, subject_keys: $0.subjectKeys)
+                })
+        } else {
+            for receipt in list {
+                CLIOutput.line(
+                    "\(CLIOutput.timestamp(receipt.forgottenAt))  \(receipt.subjectHash)  \(receipt.conversations) conversations, \(receipt.messages) messages, \(receipt.subjectKeys) subject keys")
+            }
+            if list.isEmpty { CLIOutput.line(subject == nil ? "no receipts" : "no receipt for that subject") }
+        }
+        if subject != nil, list.isEmpty { throw ExitCode(ExitCodes.notFound) }
+    }
+
     func run() async throws {
         try await reportingErrors {
+            if receipts { return try await listReceipts() }
             let opened = try await StoreAccess.open(store)
             if resume {
                 let resumed = try opened.resumeForgets()

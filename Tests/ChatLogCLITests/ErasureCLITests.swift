@@ -55,6 +55,15 @@ import Testing
         #expect((report["receipt"] as? String)?.count == 64)
         #expect(try sandbox.list().map(\.id) == [bob])
         #expect(try sandbox.chatlog(["verify"]).status == 0)
+        // The receipt is found again from the subject (keyed hash), never listing the subject.
+        let receipts = try sandbox.chatlog(["forget", "--receipts", "--subject", "alice", "--json"])
+        #expect(receipts.status == 0, "\(receipts)")
+        let listed = try jsonArray(receipts.stdout)
+        #expect(listed.count == 1 && listed.first?["subject_hash"] as? String == report["receipt"] as? String)
+        #expect(listed.first?["conversations"] as? Int == 2 && listed.first?["messages"] as? Int == 3)
+        #expect(try sandbox.chatlog(["forget", "--receipts", "--subject", "bob"]).status == 66)
+        let all = try sandbox.chatlog(["forget", "--receipts"])
+        #expect(all.status == 0 && all.out.split(separator: "\n").count == 1 && !all.out.contains("alice"))
 
         // No byte of alice's sealed values in the live files (database, WAL, subject keys).
         for file in ["chatlog.db", "chatlog.db-wal", "chatlog.db.subject-keys"] {

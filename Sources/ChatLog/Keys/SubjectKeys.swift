@@ -264,6 +264,12 @@ final class SubjectKeyFile: Sendable {
         }
     }
 
+    /// Closes the file (a later use opens it again).
+    func close() throws(ChatLogError) {
+        guard let file = opened.withLock({ file in defer { file = nil }; return file }) else { return }
+        do { try file.queue.close() } catch { throw ChatLogError.wrap(error) }
+    }
+
     // MARK: - Master key rewrap (kill-safe across the two files)
 
     /// Step 1 of a rewrap, before the store's transaction: every wrapped key (and the hash key)

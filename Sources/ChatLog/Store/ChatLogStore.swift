@@ -333,6 +333,7 @@ public final class ChatLogStore: Sendable {
     /// Closes the store's connections (also done on release).
     public func close() throws(ChatLogError) {
         do { try pool.close() } catch { throw ChatLogError.wrap(error) }
+        try subjectKeys.close()
     }
 
     // MARK: - Transactions
