@@ -19,7 +19,8 @@
 //                    the C anchor (scripts/bench-logging)
 //   subjects         with --subjects 10,10000,1000000: --subject-records exchanges (proxy group commit of
 //                    100) and --single exchanges one per transaction, each a new conversation of one of
-//                    that many subjects (sealed under its subject key), against the same without subject
+//                    that many subjects (sealed under its subject key), against the same without subject;
+//                    -1: every exchange a new subject (its key made on first use)
 //   forget           with --forget-at N: forget of a subject with 1,000 conversations in an N-message store
 //   query/relevance  top 20 by BM25 for words spread on a log scale over 100–10,000 matching
 //                    messages, and for words with 5,000–10,000 matches (the most work in range)
@@ -496,7 +497,7 @@ if arguments.logging > 0 {
 // MARK: Issue 15: logging with per-subject keys, and forget.
 if !arguments.subjects.isEmpty {
     try subjectLogging(
-        subjectCounts: ([0] + arguments.subjects.filter { $0 > 0 }), records: arguments.subjectRecords, singles: arguments.single,
+        subjectCounts: ([0] + arguments.subjects.filter { $0 != 0 }), records: arguments.subjectRecords, singles: arguments.single,
         rounds: arguments.rounds, folder: folder)
 }
 for size in arguments.forgetAt where size > 0 { try forgetBenchmark(size: size, folder: folder) }

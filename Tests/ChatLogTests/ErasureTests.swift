@@ -254,4 +254,25 @@ import Testing
             #expect(try forgetter.erasureIssues().isEmpty)
         }
     }
+
+    /// Every unwrapped subject key is a guarded libsodium allocation (several memory mappings);
+    /// a cache of tens of thousands of them ran out of the kernel's mappings (`vm.max_map_count`,
+    /// 65,530) and crashed. 30,000 subjects looked up in turn must work.
+    @Test func thirtyThousandSubjectsDoNotExhaustMemoryMappings() async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try makeStore(in: directory)
+            let subjects = (0..<30_000).map { "user-\($0)" }
+            try store.subjectKeys.createKeys(for: subjects)
+            var ids = Set<KeyID>()
+            for subject in subjects {
+                guard let key = try store.subjectKeys.key(forSubject: subject, create: false) else {
+                    Issue.record("no key for a prepared subject")
+                    return
+                }
+                ids.insert(key.id)
+            }
+            #expect(ids.count == subjects.count)
+            #expect(try store.subjectKeyCounts() == (30_000, 0))
+        }
+    }
 }

@@ -24,8 +24,11 @@ final class SubjectKeyFile: Sendable {
     static let firstID: UInt32 = 0x8000_0000
     static let schemaVersion = 1
     /// Subject keys kept unwrapped in memory (by subject hash and by id); beyond it the cache is
-    /// emptied and refilled from the file on demand.
-    static let cacheCapacity = 65_536
+    /// emptied and refilled from the file on demand. Small on purpose: every key lives in its own
+    /// guarded libsodium allocation (`sodium_malloc`: several memory mappings each), and the kernel
+    /// allows about 65,000 mappings per process (`vm.max_map_count`); a cache of 65,536 keys ran
+    /// out of them at ~20,000 (docs/PERFORMANCE.md, "Logging with per-subject keys").
+    static let cacheCapacity = 1_024
     static let hashTag = "chatlog/v1/subject-key-hash"
     static let receiptTag = "chatlog/v1/forget-receipt"
 
@@ -469,7 +472,20 @@ final class SubjectKeyFile: Sendable {
     // MARK: - Wrapping and hashing
 
     private func rowContext(id: KeyID, hash: Data) -> FieldContext {
-        FieldContext(table: "subject_keys", column: "wrapped", rowID: "\(storeID)/\(id.rawValue)/\(hash.map { String(format: "%02x", $0) }.joined())")
+        FieldContext(table: "subject_keys", column: "wrapped", rowID: "\(storeID)/\(id.rawValue)/\(Self.hex(hash))")
+    }
+
+    /// Lower-case hex (on every key unwrap: `String(format:)` per byte cost more than the
+    /// unwrap itself).
+    static func hex(_ bytes: Data) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var output = [UInt8]()
+        output.reserveCapacity(bytes.count * 2)
+        for byte in bytes {
+            output.append(digits[Int(byte >> 4)])
+            output.append(digits[Int(byte & 0x0F)])
+        }
+        return String(decoding: output, as: UTF8.self)
     }
 
     private func wrap(_ material: SecureBytes, id: KeyID, hash: Data, master: MasterKey) -> Data {

@@ -126,7 +126,7 @@ extension ChatLogStore {
         try finishPending(afterStep: afterStep)
         return ForgetReport(
             conversations: deleted.0, messages: deleted.1, subjectKeys: keyIDs.count, conversationsWithoutSubjectKey: deleted.2,
-            receiptHash: receipt.map { String(format: "%02x", $0) }.joined(), dryRun: false)
+            receiptHash: SubjectKeyFile.hex(receipt), dryRun: false)
     }
 
     /// Finishes forgets that were interrupted after their rows were deleted (their keys may
@@ -175,7 +175,7 @@ extension ChatLogStore {
             try Row.fetchAll(db, sql: "SELECT * FROM forget_receipts ORDER BY id").map { row in
                 ForgetReceipt(
                     forgottenAt: Date(unixMilliseconds: try row.decode(Int64.self, forColumn: "forgotten_at")),
-                    subjectHash: (row.sealedBytes("subject_hash") ?? Data()).map { String(format: "%02x", $0) }.joined(),
+                    subjectHash: SubjectKeyFile.hex(row.sealedBytes("subject_hash") ?? Data()),
                     conversations: try row.decode(forColumn: "conversations"), messages: try row.decode(forColumn: "messages"),
                     subjectKeys: try row.decode(forColumn: "subject_keys"))
             }
@@ -185,7 +185,7 @@ extension ChatLogStore {
     /// The receipt hash `subject` would have in this store (to find its receipt); nil when the
     /// store has no subject-key file.
     public func receiptHash(subject: String) throws(ChatLogError) -> String? {
-        try subjectKeys.receiptHash(subject, create: false).map { $0.map { String(format: "%02x", $0) }.joined() }
+        try subjectKeys.receiptHash(subject, create: false).map(SubjectKeyFile.hex)
     }
 
     /// How many subject keys exist (never which subjects), and how many were forgotten.

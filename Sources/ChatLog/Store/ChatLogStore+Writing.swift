@@ -135,7 +135,9 @@ extension ChatLogStore {
     func prepare(_ conversation: NewConversation, keys: KeyRing.Loaded) throws(ChatLogError) -> PreparedConversation {
         let id = conversation.id ?? ConversationID.make()
         // A subject's key is made (in the subject-key file, its own transaction) at its first conversation.
-        let erasure = try conversation.subject.flatMap { (subject) throws(ChatLogError) in try subjectKeys.key(forSubject: subject, create: true) }
+        let erasure = try conversation.subject.flatMap { (subject) throws(ChatLogError) in
+            options.sealsUnderSubjectKeys ? try subjectKeys.key(forSubject: subject, create: true) : nil
+        }
         let sealer = sealer(keys).under(erasure)
         let index = keys.activeIndexKey
         let table = "conversations"

@@ -37,6 +37,9 @@ public final class ChatLogStore: Sendable {
         /// replaced before sealing and indexing; the kinds and counts go in its sealed metadata
         /// under ``SecretRedactor/metadataKey``. Off by default.
         public var redactor: SecretRedactor?
+        /// Seal conversations with a subject under that subject's key (so `forget` reaches old
+        /// backups). Off only to measure logging as it was before subject keys (chatlog-bench).
+        @_spi(Benchmarks) public var sealsUnderSubjectKeys = true
 
         public init(
             busyTimeout: TimeInterval = 30, paddingBlock: Int = 32, passphraseKDF: PassphraseKDF = .moderate, readOnly: Bool = false,
