@@ -81,8 +81,9 @@ extension ChatLogStore {
         let batch = try withFreeIDs(batch)
         let master = keyRing.master
         let (conversations, messages, duplicates) = try writeSealed { (keys) throws(ChatLogError) in
-            try batch.map { (item) throws(ChatLogError) in
-                let conversation = try prepare(item.conversation, keys: keys)
+            let known = try subjectKeys(for: batch.map(\.conversation))
+            return try batch.map { (item) throws(ChatLogError) in
+                let conversation = try prepare(item.conversation, keys: keys, subjectKeys: known)
                 return (conversation, try prepare(item.messages, keys: keys, subject: conversation.erasure))
             }
         } body: { prepared, db -> (Int, Int, Int) in

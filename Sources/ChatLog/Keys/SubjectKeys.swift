@@ -109,6 +109,78 @@ final class SubjectKeyFile: Sendable {
         return found
     }
 
+    /// The keys of many subjects at once (the proxy's group commit): one read transaction for those
+    /// not cached, then one write transaction creating the missing ones when `create`.
+    func keys(forSubjects subjects: Set<String>, create: Bool) throws(ChatLogError) -> [String: (id: KeyID, key: SubjectKey)] {
+        guard !subjects.isEmpty, let file = try open(create: create) else { return [:] }
+        var found: [String: (id: KeyID, key: SubjectKey)] = [:]
+        var missing: [(subject: String, hash: Data)] = []
+        cache.withLock { cache in
+            for subject in subjects {
+                let hash = Self.subjectHash(subject, hashKey: file.hashKey)
+                if let hit = cache.bySubject[hash] { found[subject] = hit } else { missing.append((subject, hash)) }
+            }
+        }
+        guard !missing.isEmpty else { return found }
+        var loaded: [(String, Data, (id: KeyID, key: SubjectKey))] = []
+        do {
+            try file.queue.inDatabase { db in
+                try db.inTransaction(.deferred) {
+                    for (subject, hash) in missing {
+                        if let row = try self.row(hash: hash, db) { loaded.append((subject, hash, row)) }
+                    }
+                    return .commit
+                }
+            }
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
+        cache.withLock { cache in
+            for (subject, hash, row) in loaded {
+                found[subject] = row
+                cache.insert(row.id, row.key, hash: hash)
+            }
+        }
+        // Subjects without a key yet: made together, in one transaction.
+        let new = missing.filter { found[$0.subject] == nil }
+        guard create, !new.isEmpty else { return found }
+        let master = keyRing.master
+        var made: [(String, Data, (id: KeyID, key: SubjectKey))] = []
+        do {
+            try file.queue.inDatabase { db in
+                try db.inTransaction(.immediate) {
+                    var next = try Int64.fetchOne(db, sql: "SELECT value FROM meta WHERE name = 'next_id'") ?? Int64(Self.firstID)
+                    for (_, hash) in new where try self.row(hash: hash, db) == nil {
+                        guard let raw = UInt32(exactly: next), raw >= Self.firstID else {
+                            throw ChatLogError.subjectKeyFile(path: self.path, reason: "it has run out of subject key ids")
+                        }
+                        try db.execute(
+                            sql: "INSERT INTO subject_keys (id, subject_hash, created_at, wrapped) VALUES (?, ?, ?, ?)",
+                            arguments: [
+                                next, hash, Date().unixMilliseconds,
+                                self.wrap(SecureBytes.random(count: SubjectKey.byteCount), id: KeyID(rawValue: raw), hash: hash, master: master),
+                            ])
+                        next += 1
+                    }
+                    try Self.setMeta(db, "next_id", next)
+                    return .commit
+                }
+                for (subject, hash) in new {
+                    if let row = try self.row(hash: hash, db) { made.append((subject, hash, row)) }
+                }
+            }
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
+        cache.withLock { cache in
+            for (subject, hash, row) in made {
+                found[subject] = row
+                cache.insert(row.id, row.key, hash: hash)
+            }
+        }
+        return found
+    }
+
     private func row(hash: Data, _ db: Database) throws -> (id: KeyID, key: SubjectKey)? {
         guard let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT id, wrapped FROM subject_keys WHERE subject_hash = ?"), arguments: [hash])
         else { return nil }
@@ -392,6 +464,10 @@ final class SubjectKeyFile: Sendable {
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA trusted_schema = OFF")
             try db.execute(sql: "PRAGMA secure_delete = ON")
+            // Lookups are scattered over the whole file (one per subject): map it rather than
+            // reading page by page; a larger page cache for the b-tree's upper levels.
+            try db.execute(sql: "PRAGMA mmap_size = 1073741824")
+            try db.execute(sql: "PRAGMA cache_size = -16384")
         }
         return configuration
     }

@@ -151,10 +151,12 @@ extension ChatLogStore {
     /// result per record, in order.
     public func logProxyRecords(_ records: [ProxyRecord]) throws(ChatLogError) -> [Result<LoggedExchange, ChatLogError>] {
         try writeSealed { (keys) throws(ChatLogError) in
-            records.map { record -> Result<(PreparedConversation, [PreparedMessage], [ThreadDigest]), ChatLogError> in
+            // The subjects' keys in one look-up for the whole group.
+            let known = try subjectKeys(for: records.map(\.conversation))
+            return records.map { record -> Result<(PreparedConversation, [PreparedMessage], [ThreadDigest]), ChatLogError> in
                 do throws(ChatLogError) {
                     guard record.conversation.id != nil else { throw .invalidInput("a proxy record needs a conversation id") }
-                    let conversation = try prepare(record.conversation, keys: keys)
+                    let conversation = try prepare(record.conversation, keys: keys, subjectKeys: known)
                     return .success((conversation, try prepare(record.messages, keys: keys, subject: conversation.erasure), record.digests))
                 } catch {
                     return .failure(error)

@@ -132,11 +132,17 @@ extension ChatLogStore {
 
     // MARK: - Preparation (validation and sealing, outside the transaction)
 
-    func prepare(_ conversation: NewConversation, keys: KeyRing.Loaded) throws(ChatLogError) -> PreparedConversation {
+    /// `subjectKeys`: keys looked up beforehand for a batch (``subjectKeys(for:)``); a subject not
+    /// in it is looked up here.
+    func prepare(
+        _ conversation: NewConversation, keys: KeyRing.Loaded, subjectKeys known: [String: (id: KeyID, key: SubjectKey)] = [:]
+    ) throws(ChatLogError) -> PreparedConversation {
         let id = conversation.id ?? ConversationID.make()
         // A subject's key is made (in the subject-key file, its own transaction) at its first conversation.
-        let erasure = try conversation.subject.flatMap { (subject) throws(ChatLogError) in
-            options.sealsUnderSubjectKeys ? try subjectKeys.key(forSubject: subject, create: true) : nil
+        var erasure: (id: KeyID, key: SubjectKey)?
+        if let subject = conversation.subject, options.sealsUnderSubjectKeys {
+            erasure = known[subject]
+            if erasure == nil { erasure = try subjectKeys.key(forSubject: subject, create: true) }
         }
         let sealer = sealer(keys).under(erasure)
         let index = keys.activeIndexKey
@@ -193,6 +199,12 @@ extension ChatLogStore {
         var messages = try prepare(exchange.prompt, keys: keys, subject: subject)
         messages.append(try prepare(exchange.completion, keys: keys, subject: subject))
         return (conversation, messages)
+    }
+
+    /// The keys of the subjects of a batch of new conversations, in one look-up.
+    func subjectKeys(for conversations: [NewConversation]) throws(ChatLogError) -> [String: (id: KeyID, key: SubjectKey)] {
+        guard options.sealsUnderSubjectKeys else { return [:] }
+        return try subjectKeys.keys(forSubjects: Set(conversations.compactMap(\.subject)), create: true)
     }
 
     func existingSubjectKey(_ target: ModelExchange.Target) throws(ChatLogError) -> (id: KeyID, key: SubjectKey)? {
@@ -301,15 +313,17 @@ extension ChatLogStore {
     /// conversation from before subject keys takes messages under one: `forget` finds it by its
     /// subject all the same).
     static func checkSubjectKey(of messages: [PreparedMessage], conversationSeq seq: Int64, _ db: Database) throws {
+        guard let first = messages.first else { return }
         let stored = try Int64.fetchOne(
             db.cachedStatement(sql: "SELECT erasure_key_id FROM conversations WHERE seq = ?"), arguments: [seq])
-        for message in messages {
-            if let id = message.subjectKeyID { try refuseForgotten(id, db) }
-            if let stored, stored != message.subjectKeyID.map({ Int64($0.rawValue) }) {
-                throw ChatLogError.invalidInput(
-                    "the conversation is sealed under another subject's key than the new messages (a different subject); nothing was written")
-            }
+        for message in messages where message.subjectKeyID != first.subjectKeyID || (stored != nil && stored != message.subjectKeyID.map({ Int64($0.rawValue) })) {
+            throw ChatLogError.invalidInput(
+                "the conversation is sealed under another subject's key than the new messages (a different subject); nothing was written")
         }
+        // A conversation under key K exists only while K is not forgotten (forget deletes its rows
+        // in the transaction that lists K); a conversation without one can still be handed a
+        // destroyed key a process kept in memory.
+        if stored == nil, let id = first.subjectKeyID { try refuseForgotten(id, db) }
     }
 
     static func insert(_ messages: [PreparedMessage], conversationSeq seq: Int64, _ db: Database) throws {
