@@ -5,8 +5,10 @@ extension ChatLogStore {
     /// Master-key rotation: every data and index key is unwrapped with the current master key and
     /// wrapped under the new one, and the check value replaced, in one IMMEDIATE transaction —
     /// cheap (no row is touched) and atomic: interrupted at any instant, exactly one of the two
-    /// master keys opens the store. A new passphrase gets a fresh Argon2id salt. Takes the key
-    /// lock. Returns the new key's fingerprint.
+    /// master keys opens the store. The subject-key file is rewrapped around that transaction
+    /// (docs/FORMAT.md §3.2: both wrappings first, the new one made current after the store's
+    /// commit). A new passphrase gets a fresh Argon2id salt. Takes the key lock. Returns the new
+    /// key's fingerprint.
     @discardableResult
     public func rewrapMasterKey(to newSource: MasterKeySource) throws(ChatLogError) -> KeyFingerprint {
         let lock = try RotationLock.acquire(forDatabase: path)

@@ -12,8 +12,9 @@ struct PreparedConversation: Sendable {
     let subjectToken: Data?
     let subjectKeyID: KeyID?
     let metadata: Data?
-    /// The subject key its values (and its messages') are sealed under; nil without a subject.
-    let erasure: (id: KeyID, key: SubjectKey)?
+    /// The subject key its values (and its messages') are sealed under; nil without a subject (and
+    /// for rows read back through the storage seam, which does not carry it yet).
+    var erasure: (id: KeyID, key: SubjectKey)? = nil
     var erasureKeyID: KeyID? { erasure?.id }
 }
 
@@ -33,7 +34,7 @@ struct PreparedMessage: Sendable {
     let terms: String
     let indexKeyID: KeyID
     /// The subject key of its conversation (sealed-value version 2); nil without one.
-    let subjectKeyID: KeyID?
+    var subjectKeyID: KeyID? = nil
 }
 
 extension ChatLogStore {
@@ -156,11 +157,15 @@ extension ChatLogStore {
             metadata: try sealer.seal(json: conversation.metadata, table: table, column: "metadata", rowID: id.rawValue), erasure: erasure)
     }
 
-    func prepare(_ messages: [NewMessage], keys: KeyRing.Loaded, subject: (id: KeyID, key: SubjectKey)?) throws(ChatLogError) -> [PreparedMessage] {
+    func prepare(_ messages: [NewMessage], keys: KeyRing.Loaded, subject: (id: KeyID, key: SubjectKey)? = nil) throws(ChatLogError)
+        -> [PreparedMessage]
+    {
         try messages.map { (message) throws(ChatLogError) in try prepare(message, keys: keys, subject: subject) }
     }
 
-    func prepare(_ message: NewMessage, keys: KeyRing.Loaded, subject: (id: KeyID, key: SubjectKey)?) throws(ChatLogError) -> PreparedMessage {
+    func prepare(_ message: NewMessage, keys: KeyRing.Loaded, subject: (id: KeyID, key: SubjectKey)? = nil) throws(ChatLogError)
+        -> PreparedMessage
+    {
         let message = options.redactor.map { $0.redact(message) } ?? message
         let size = message.content.utf8.count
         guard size <= Self.maximumContentBytes else {
@@ -190,7 +195,7 @@ extension ChatLogStore {
 
     /// `existing`: the subject key of the existing conversation the exchange continues (see
     /// ``existingSubjectKey(_:)``).
-    func prepare(_ exchange: ModelExchange, keys: KeyRing.Loaded, existing: (id: KeyID, key: SubjectKey)?) throws(ChatLogError)
+    func prepare(_ exchange: ModelExchange, keys: KeyRing.Loaded, existing: (id: KeyID, key: SubjectKey)? = nil) throws(ChatLogError)
         -> (PreparedConversation?, [PreparedMessage])
     {
         var conversation: PreparedConversation?
