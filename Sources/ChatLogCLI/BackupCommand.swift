@@ -36,6 +36,10 @@ struct BackupCommand: AsyncParsableCommand {
             } else {
                 CLIOutput.line("wrote backup \(file) (mode 0600; open it with the same master key)")
             }
+            if !subjectKeys, try opened.subjectKeyCounts().live > 0 {
+                CLIOutput.note(
+                    "the backup does not hold the subject keys (\(opened.path).subject-keys): back them up with `chatlog backup --subject-keys FILE`, on a shorter retention (docs/OPERATIONS.md)")
+            }
         }
     }
 }
