@@ -75,19 +75,31 @@ public func fuzzInput(_ start: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
     return 0
 }
 
+/// Whether the header is one of a known version and long enough for it (version 2, a subject's
+/// value, has 4 more header bytes).
+private func headerWellFormed(_ sealed: [UInt8]) -> Bool {
+    guard let version = sealed.first else { return false }
+    if version == SealedValue.version { return sealed.count >= SealedValue.overhead + 1 }
+    if version == SealedValue.subjectVersion { return sealed.count >= SealedValue.subjectOverhead + 1 }
+    return false
+}
+
 /// What `keyID(of:)` and `open` must say about the header alone.
 private func checkHeaderFailure(_ failure: SealedValue.Failure, _ sealed: [UInt8], _ what: String) {
     switch failure {
     case .truncated(let length):
-        require(length == sealed.count && sealed.count < SealedValue.overhead + 1, "\(what): truncated(\(length)) for \(sealed.count) bytes")
+        require(
+            length == sealed.count
+                && (sealed.count < SealedValue.overhead + 1
+                    || (sealed[0] == SealedValue.subjectVersion && sealed.count < SealedValue.subjectOverhead + 1)),
+            "\(what): truncated(\(length)) for \(sealed.count) bytes")
     case .unsupportedVersion(let version):
         require(
-            sealed.count >= SealedValue.overhead + 1 && version == sealed[0] && version != SealedValue.version,
+            sealed.count >= SealedValue.overhead + 1 && version == sealed[0] && version != SealedValue.version
+                && version != SealedValue.subjectVersion,
             "\(what): unsupportedVersion(\(version))")
     case .authenticationFailed, .badPadding:
-        require(
-            sealed.count >= SealedValue.overhead + 1 && sealed[0] == SealedValue.version,
-            "\(what): \(failure) for a value whose header is already wrong")
+        require(headerWellFormed(sealed), "\(what): \(failure) for a value whose header is already wrong")
     }
 }
 
@@ -105,7 +117,7 @@ private func headerKeyID(_ sealed: [UInt8]) -> UInt32 {
 }
 
 private func parseAndOpen(_ sealed: [UInt8]) {
-    let wellFormed = sealed.count >= SealedValue.overhead + 1 && sealed.first == SealedValue.version
+    let wellFormed = headerWellFormed(sealed)
     do {
         // A slice that does not start at index 0, as the store passes row data around.
         let id = try SealedValue.keyID(of: ([0xEE] + sealed).dropFirst())
@@ -118,7 +130,7 @@ private func parseAndOpen(_ sealed: [UInt8]) {
     for opener in vectorOpeners {
         do {
             let plaintext = try open(sealed, key: opener.key, context: opener.context)
-            require(wellFormed, "open accepted a malformed value")
+            require(wellFormed && sealed[0] == SealedValue.version, "open accepted a malformed value (or a subject's without its key)")
             // The value opened, so it is exactly what sealing this plaintext gives.
             let paddedLength = sealed.count - SealedValue.overhead
             require(plaintext.count < paddedLength, "opened \(plaintext.count) bytes from \(paddedLength) padded bytes")
@@ -181,6 +193,29 @@ private func roundTrip(_ input: FuzzReader) {
     // Moved to another row: refused.
     let moved = FieldContext(table: context.table, column: context.column, rowID: context.rowID + "x")
     require(storeOpen(sealed, keyID: fixedKeyID, key: fixedKey, context: moved) == nil, "a value opens in another row")
+
+    // Version 2 (a subject's value): opens with both keys only.
+    let subjectKey = [UInt8](repeating: 0x5A, count: 32).withUnsafeBytes { SecureBytes(copying: $0) }
+    let otherSubjectKey = [UInt8](repeating: 0x5B, count: 32).withUnsafeBytes { SecureBytes(copying: $0) }
+    let subjectID = KeyID(rawValue: 0x8000_0000 | UInt32(flip))
+    let sealed2 = plaintext.withUnsafeBytes { raw in
+        SealedValue.seal(
+            raw, keyID: fixedKeyID, key: fixedKey, context: context, paddingBlock: paddingBlock,
+            nonce: Array(nonce.prefix(SealedValue.nonceSize)), subject: (subjectID, subjectKey))
+    }
+    require(sealed2.count == sealed.count + 4 && sealed2.first == SealedValue.subjectVersion, "a version-2 value has the wrong layout")
+    require(SealedValue.subjectKeyID(of: Data(sealed2)) == subjectID, "the subject key id does not read back")
+    let opened2 = sealed2.withUnsafeBytes { raw in
+        Result { () throws(SealedValue.Failure) in try SealedValue.open(raw, key: fixedKey, context: context, subjectKey: subjectKey) }
+    }
+    require((try? opened2.get()) == plaintext, "a version-2 value does not open to its plaintext")
+    for key in [nil, otherSubjectKey] {
+        let refused = sealed2.withUnsafeBytes { raw in
+            Result { () throws(SealedValue.Failure) in try SealedValue.open(raw, key: fixedKey, context: context, subjectKey: key) }
+        }
+        require((try? refused.get()) == nil, "a version-2 value opens without its subject key")
+    }
+    require(storeOpen(sealed2, keyID: fixedKeyID, key: fixedKey, context: context) == nil, "a version-2 value opens as version 1")
 }
 
 private func unwrap(_ input: FuzzReader) {

@@ -17,6 +17,11 @@
 //                    blinded FTS5) and into plain + FTS5, alternating over --rounds, then --single
 //                    one per transaction into each; --write-corpus FILE writes those N messages for
 //                    the C anchor (scripts/bench-logging)
+//   subjects         with --subjects 10,10000,1000000: --subject-records exchanges (proxy group commit of
+//                    100) and --single exchanges one per transaction, each a new conversation of one of
+//                    that many subjects (sealed under its subject key), against the same without subject;
+//                    -1: every exchange a new subject (its key made on first use)
+//   forget           with --forget-at N: forget of a subject with 1,000 conversations in an N-message store
 //   query/relevance  top 20 by BM25 for words spread on a log scale over 100–10,000 matching
 //                    messages, and for words with 5,000–10,000 matches (the most work in range)
 import ChatLog
@@ -36,6 +41,10 @@ struct Arguments {
     var corpusPath: String?
     /// With `--only store` or `--only plain`, the logging scenario runs that side alone (for profiles).
     var only: String?
+    /// Issue 15: subject counts for the subject-logging scenario (0 = no subject, the baseline).
+    var subjects: [Int] = []
+    var subjectRecords = 20_000
+    var forgetAt: [Int] = []
 
     init() {
         var iterator = CommandLine.arguments.dropFirst().makeIterator()
@@ -52,9 +61,12 @@ struct Arguments {
             case "--logging": logging = Int(iterator.next() ?? "") ?? 0
             case "--write-corpus": corpusPath = iterator.next()
             case "--only": only = iterator.next()
+            case "--subjects": subjects = (iterator.next() ?? "").split(separator: ",").compactMap { Int($0) }
+            case "--subject-records": subjectRecords = Int(iterator.next() ?? "") ?? subjectRecords
+            case "--forget-at": forgetAt = (iterator.next() ?? "").split(separator: ",").compactMap { Int($0) }
             default:
                 FileHandle.standardError.write(
-                    Data("usage: chatlog-bench [--messages N] [--single N] [--rounds N] [--search-at N,N] [--queries N] [--import N] [--export-rotate-at N,N] [--logging N] [--write-corpus FILE] [--only store|plain] [--dir DIR]\n".utf8))
+                    Data("usage: chatlog-bench [--messages N] [--single N] [--rounds N] [--search-at N,N] [--queries N] [--import N] [--export-rotate-at N,N] [--logging N] [--write-corpus FILE] [--only store|plain] [--subjects 0,10,10000] [--subject-records N] [--forget-at N,N] [--dir DIR]\n".utf8))
                 exit(64)
             }
         }
@@ -481,6 +493,14 @@ if arguments.logging > 0 {
         unit: "msg/s", higherIsBetter: true)
     print()
 }
+
+// MARK: Issue 15: logging with per-subject keys, and forget.
+if !arguments.subjects.isEmpty {
+    try subjectLogging(
+        subjectCounts: ([0] + arguments.subjects.filter { $0 != 0 }), records: arguments.subjectRecords, singles: arguments.single,
+        rounds: arguments.rounds, folder: folder)
+}
+for size in arguments.forgetAt where size > 0 { try forgetBenchmark(size: size, folder: folder) }
 
 // MARK: Search (issue 3): the store against plaintext + FTS5.
 for size in arguments.searchAt where size > 0 {

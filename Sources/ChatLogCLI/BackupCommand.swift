@@ -5,11 +5,18 @@ struct BackupCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backup",
         abstract: "Write a consistent, still-encrypted copy of the store to a new 0600 file, while writers run.",
-        discussion: "The copy is useless without the master key: keep the two apart (docs/OPERATIONS.md)."
+        discussion: """
+            The copy is useless without the master key: keep the two apart (docs/OPERATIONS.md). It does not hold the \
+            subject keys (STORE.subject-keys): back those up with --subject-keys, on a shorter retention, since a \
+            `chatlog forget` is final only once every subject-key backup older than it has expired.
+            """
     )
 
     @OptionGroup var store: StoreOptions
     @OptionGroup var output: OutputOptions
+
+    @Flag(name: .long, help: "Copy the subject-key file (STORE.subject-keys) instead of the store.")
+    var subjectKeys = false
 
     @Argument(help: "The new backup file (never overwritten).")
     var file: String
@@ -17,11 +24,21 @@ struct BackupCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let opened = try await StoreAccess.open(store)
-            try opened.backup(to: file)
+            if subjectKeys {
+                try opened.backupSubjectKeys(to: file)
+            } else {
+                try opened.backup(to: file)
+            }
             if output.json {
                 try CLIOutput.json(["backup": file])
+            } else if subjectKeys {
+                CLIOutput.line("wrote subject-key backup \(file) (mode 0600; keep it on the shorter retention of docs/OPERATIONS.md)")
             } else {
                 CLIOutput.line("wrote backup \(file) (mode 0600; open it with the same master key)")
+            }
+            if !subjectKeys, try opened.subjectKeyCounts().live > 0 {
+                CLIOutput.note(
+                    "the backup does not hold the subject keys (\(opened.path).subject-keys): back them up with `chatlog backup --subject-keys FILE`, on a shorter retention (docs/OPERATIONS.md)")
             }
         }
     }

@@ -15,7 +15,7 @@ struct ChatLogCommand: AsyncParsableCommand {
         version: "chatlog \(ChatLogVersion.current) (store schema \(ChatLogVersion.schema))",
         subcommands: [
             InitCommand.self, LogCommand.self, ImportCommand.self, ExportCommand.self, ListCommand.self, ShowCommand.self,
-            SearchCommand.self, StatsCommand.self, RemoveCommand.self, PruneCommand.self, VerifyCommand.self, BackupCommand.self,
+            SearchCommand.self, StatsCommand.self, RemoveCommand.self, ForgetCommand.self, PruneCommand.self, VerifyCommand.self, BackupCommand.self,
             KeyCommand.self, DemoCommand.self, StatusCommand.self, ServeCommand.self, TokenCommand.self,
         ]
     )

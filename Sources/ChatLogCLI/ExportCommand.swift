@@ -13,6 +13,8 @@ struct ExportCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: "Only this conversation (its id, or a unique prefix of at least 8 characters).")
     var conversation: String?
+    @Option(name: .long, help: "Only the conversations of this end user (an access request; exact subject).")
+    var subject: String?
     @Option(name: .long, help: "Only conversations created at or after this time (RFC 3339 date, or a duration like 30d).")
     var since: String?
     @Option(name: .long, help: "Only conversations created before this time.")
@@ -27,6 +29,7 @@ struct ExportCommand: AsyncParsableCommand {
     func validate() throws {
         if force, output == nil { throw ValidationError("--force only applies to --output (stdout is never replaced).") }
         if let conversation { try ConversationArgument.validate(conversation, "--conversation") }
+        if subject?.isEmpty == true { throw ValidationError("--subject must not be empty.") }
         for (name, value) in [("--since", since), ("--until", until)] {
             if let value, TimeArgument.parse(value) == nil {
                 throw ValidationError("\(name) must be a date (2026-11-27 or RFC 3339) or a duration (30m, 12h, 7d, 4w).")
@@ -42,7 +45,7 @@ struct ExportCommand: AsyncParsableCommand {
             let sink: ExportSink = try output.map { (path) throws(ChatLogError) in try ExportSink(path: path, force: force, store: opened.path) } ?? ExportSink()
             let filter = ExportFilter(
                 conversation: conversationID, since: since.flatMap { TimeArgument.parse($0) },
-                until: until.flatMap { TimeArgument.parse($0) })
+                until: until.flatMap { TimeArgument.parse($0) }, subject: subject)
             var skipped: [IntegrityFailure] = []
             let totals: (conversations: Int, messages: Int)
             do {

@@ -4,7 +4,8 @@ import ChatLog
 struct KeyStatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status",
-        abstract: "Show the master key's fingerprint and every data and index key with its state and use."
+        abstract: "Show the master key's fingerprint, every data and index key with its state and use, and how many subject keys exist.",
+        discussion: "Subject keys (one per end user, in STORE.subject-keys) are only counted: which subjects exist is never shown."
     )
 
     @OptionGroup var store: StoreOptions
@@ -23,12 +24,15 @@ struct KeyStatusCommand: AsyncParsableCommand {
         let master_key_fingerprint: String
         let master_key_source: String
         let keys: [KeyJSON]
+        let subject_keys: Int
+        let forgotten_subject_keys: Int
     }
 
     func run() async throws {
         try await reportingErrors {
             let opened = try await StoreAccess.openForReading(store)
             let status = try opened.keyStatus()
+            let subjects = try opened.subjectKeyCounts()
             if output.json {
                 try CLIOutput.json(
                     StatusJSON(
@@ -39,7 +43,7 @@ struct KeyStatusCommand: AsyncParsableCommand {
                                 id: $0.id.rawValue, kind: $0.kind.rawValue, state: $0.state.rawValue,
                                 created_at: CLIOutput.timestamp($0.createdAt), retired_at: $0.retiredAt.map(CLIOutput.timestamp),
                                 rows: $0.rowCount)
-                        }))
+                        }, subject_keys: subjects.live, forgotten_subject_keys: subjects.forgotten))
                 return
             }
             CLIOutput.line("master key  \(status.masterKeyFingerprint)  (\(status.masterKeySource))")
@@ -49,6 +53,8 @@ struct KeyStatusCommand: AsyncParsableCommand {
                 rows: status.keys.map {
                     [String($0.id.rawValue), $0.kind.rawValue, $0.state.rawValue, CLIOutput.timestamp($0.createdAt), String($0.rowCount)]
                 }))
+            CLIOutput.line()
+            CLIOutput.line("subject keys  \(subjects.live)  (\(subjects.forgotten) forgotten)")
         }
     }
 }

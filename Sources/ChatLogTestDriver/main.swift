@@ -62,6 +62,12 @@
 // retires key ID. Prints "done" on success. Tests use it to run a write after another process
 // changed the master key (`chatlog key rewrap`) between the open and the write.
 //
+//     chatlog-test-driver forget --db PATH --subject S --kill-after STEP
+//
+// runs `forget` of subject S and kills itself with SIGKILL right after STEP (one of the
+// ForgetStep raw values: rows-deleted, store-checkpointed, keys-destroyed, receipt-written), so
+// tests can check that the next `chatlog forget` finishes an interrupted one.
+//
 // The master key comes from the environment (CHATLOG_MASTER_KEY and friends, through
 // ChatLogSettings), never from the command line. On success it prints the number of messages it
 // appended and exits 0; on failure it prints one line on stderr and exits non-zero.
@@ -141,6 +147,17 @@ func openStore(_ options: [String: String]) async throws -> ChatLogStore {
     guard let path = options["db"] else { throw UsageError(description: "--db is required") }
     let settings = try await ChatLogSettings.load(dotEnvPath: nil)
     return try ChatLogStore.open(at: path, key: try settings.masterKeySource())
+}
+
+func forgetAndDie(_ options: [String: String]) async throws {
+    guard let subject = options["subject"], let step = options["kill-after"].flatMap(ForgetStep.init(rawValue:)) else {
+        throw UsageError(description: "--subject and --kill-after STEP are required")
+    }
+    let store = try await openStore(options)
+    _ = try store.forget(subject: subject) { done in
+        if done == step { kill(getpid(), SIGKILL) }
+    }
+    emit("not killed")
 }
 
 func afterOpen(_ options: [String: String]) async throws {
@@ -373,6 +390,8 @@ do {
         try await searchLoop(options)
     case "after-open":
         try await afterOpen(options)
+    case "forget":
+        try await forgetAndDie(options)
     default:
         throw UsageError(description: "unknown command \(command)")
     }

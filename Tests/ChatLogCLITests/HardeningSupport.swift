@@ -300,16 +300,18 @@ func runOffPool(
 // MARK: - Store files
 
 enum StoreFiles {
-    static let suffixes = ["", "-wal", "-shm", ".keys.lock"]
+    /// A store's files: the database, its WAL and shared memory, the key lock, and the subject-key
+    /// file (docs/FORMAT.md §3.2) with its rollback journal.
+    static let suffixes = ["", "-wal", "-shm", ".keys.lock", ".subject-keys", ".subject-keys-journal"]
 
     static func remove(_ path: String) {
         for suffix in suffixes { try? FileManager.default.removeItem(atPath: path + suffix) }
     }
 
-    /// Copies a closed store (database and WAL if any) to `destination`, mode 0600.
+    /// Copies a closed store (database, WAL and subject-key file if any) to `destination`, mode 0600.
     static func copy(_ source: String, to destination: String) throws {
         remove(destination)
-        for suffix in ["", "-wal"] where FileManager.default.fileExists(atPath: source + suffix) {
+        for suffix in ["", "-wal", ".subject-keys"] where FileManager.default.fileExists(atPath: source + suffix) {
             try FileManager.default.copyItem(atPath: source + suffix, toPath: destination + suffix)
             guard chmod(destination + suffix, 0o600) == 0 else { throw CLITestError("chmod \(destination + suffix) failed") }
         }

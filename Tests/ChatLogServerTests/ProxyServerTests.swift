@@ -71,6 +71,38 @@ import Testing
         }
     }
 
+    /// Issue 15: the proxy's conversations of a subject (header or the body's `user`) are that end
+    /// user's, sealed under its key: `forget` erases them and the next call gets a fresh key.
+    @Test func aSubjectsProxiedCallsAreForgottenTogether() async throws {
+        try await ProxyFixture.with { fixture in
+            for _ in 0..<3 { fixture.upstream.enqueue(.json(Self.chatBody)) }
+            let alice = try await fixture.post(
+                "/v1/chat/completions", Self.chatRequest(#"{"role":"user","content":"hello from alice"}"#),
+                headers: [("x-chatlog-subject", "alice")])
+            let byUser = try await fixture.post(
+                "/v1/chat/completions", Self.chatRequest(#"{"role":"user","content":"alice again"}"#, extra: #","user":"alice""#))
+            let bob = try await fixture.post(
+                "/v1/chat/completions", Self.chatRequest(#"{"role":"user","content":"hello from bob"}"#), headers: [("x-chatlog-subject", "bob")])
+            try await fixture.waitForMessages(6)
+            let ids = [alice, byUser, bob].compactMap { $0.headers.first(name: "x-chatlog-conversation").flatMap(ConversationID.init) }
+            #expect(ids.count == 3)
+            #expect(Set(try fixture.store.conversationIDs(subject: "alice")) == Set(ids.prefix(2)))
+            #expect(try fixture.store.subjectKeyCounts() == (2, 0))
+            let report = try #require(try fixture.store.forget(subject: "alice"))
+            #expect(report.conversations == 2 && report.messages == 4 && report.subjectKeys == 1)
+            #expect(try fixture.store.conversationIDs(subject: "alice").isEmpty)
+            #expect(try await fixture.store.transcript(ids[2]).messages.count == 2)
+            // The running proxy logs alice's next call under a new key.
+            fixture.upstream.enqueue(.json(Self.chatBody))
+            let back = try await fixture.post(
+                "/v1/chat/completions", Self.chatRequest(#"{"role":"user","content":"back again"}"#), headers: [("x-chatlog-subject", "alice")])
+            try await fixture.waitForMessages(4)
+            let again = try #require(back.headers.first(name: "x-chatlog-conversation").flatMap(ConversationID.init))
+            #expect(try await fixture.store.transcript(again).conversation.subject == "alice")
+            #expect(try fixture.store.subjectKeyCounts() == (2, 1))
+        }
+    }
+
     @Test func streamsPassThroughByteForByteWithoutIncludeUsage() async throws {
         let events = [
             "data: {\"id\":\"c\",\"model\":\"gpt-test\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}],\"usage\":null}\n\n",

@@ -73,8 +73,8 @@ struct FormatVectorTests {
         }
 
         var nextVersion = sealed
-        nextVersion[0] = 2
-        #expect(open(nextVersion, key: key, context: vector.context) == .failure(.unsupportedVersion(2)))
+        nextVersion[0] = 3
+        #expect(open(nextVersion, key: key, context: vector.context) == .failure(.unsupportedVersion(3)))
 
         let truncated = Array(sealed.prefix(SealedValue.overhead))
         #expect(open(truncated, key: key, context: vector.context) == .failure(.truncated(length: SealedValue.overhead)))
@@ -161,6 +161,34 @@ struct FormatVectorTests {
         #expect(plaintexts.contains { $0.contains { $0 >= 0x80 } })
         #expect(!vectors.wrappedKeys.isEmpty && !vectors.masterCheck.isEmpty)
         #expect(vectors.keyRows.contains { $0.wrappedHex == nil } && vectors.keyRows.contains { $0.wrappedHex != nil })
+    }
+
+    // MARK: - Version 2 (a subject's values, docs/vectors/sealed-v2.json)
+
+    @Test("version 2: sealing gives the vector's bytes, opening needs both keys", arguments: try SubjectVectors.load().sealed)
+    func subjectVersionVectors(_ vector: SubjectVectors.Sealed) throws {
+        let dataKey = secureBytes(vector.dataKeyHex)
+        let subjectKey = secureBytes(vector.subjectKeyHex)
+        let context = FieldContext(table: vector.table, column: vector.column, rowID: vector.rowID)
+        let plaintext = Array(vector.plaintextUTF8.utf8)
+        let sealed = plaintext.withUnsafeBytes {
+            SealedValue.seal(
+                $0, keyID: KeyID(rawValue: vector.dataKeyID), key: dataKey, context: context, paddingBlock: vector.paddingBlock,
+                nonce: try! fromHex(vector.nonceHex), subject: (KeyID(rawValue: vector.subjectKeyID), subjectKey))
+        }
+        #expect(toHex(sealed) == vector.sealedHex)
+        let stored = try fromHex(vector.sealedHex)
+        #expect(try SealedValue.keyID(of: Data(stored)) == KeyID(rawValue: vector.dataKeyID))
+        #expect(SealedValue.subjectKeyID(of: Data(stored)) == KeyID(rawValue: vector.subjectKeyID))
+        let opened = stored.withUnsafeBytes { bytes in
+            Result { () throws(SealedValue.Failure) in try SealedValue.open(bytes, key: dataKey, context: context, subjectKey: subjectKey) }
+        }
+        #expect(opened == .success(plaintext))
+        #expect(open(stored, key: dataKey, context: context) == .failure(.authenticationFailed))
+        let wrongSubject = stored.withUnsafeBytes { bytes in
+            Result { () throws(SealedValue.Failure) in try SealedValue.open(bytes, key: dataKey, context: context, subjectKey: dataKey) }
+        }
+        #expect(wrongSubject == .failure(.authenticationFailed))
     }
 
     // MARK: - Helpers
@@ -342,6 +370,47 @@ struct FormatVectors: Decodable, Sendable {
 
     static func load() throws -> FormatVectors {
         try JSONDecoder().decode(FormatVectors.self, from: Data(contentsOf: url))
+    }
+}
+
+/// docs/vectors/sealed-v2.json (docs/vectors/make_vectors_v2.py, PyNaCl and hashlib).
+struct SubjectVectors: Decodable, Sendable {
+    let version: Int
+    let sealed: [Sealed]
+
+    struct Sealed: Decodable, Sendable, CustomTestStringConvertible {
+        let name: String
+        let dataKeyHex: String
+        let dataKeyID: UInt32
+        let subjectKeyHex: String
+        let subjectKeyID: UInt32
+        let table: String
+        let column: String
+        let rowID: String
+        let nonceHex: String
+        let paddingBlock: Int
+        let plaintextUTF8: String
+        let sealedHex: String
+
+        enum CodingKeys: String, CodingKey {
+            case name, table, column
+            case dataKeyHex = "data_key_hex"
+            case dataKeyID = "data_key_id"
+            case subjectKeyHex = "subject_key_hex"
+            case subjectKeyID = "subject_key_id"
+            case rowID = "row_id"
+            case nonceHex = "nonce_hex"
+            case paddingBlock = "padding_block"
+            case plaintextUTF8 = "plaintext_utf8"
+            case sealedHex = "sealed_hex"
+        }
+
+        var testDescription: String { name }
+    }
+
+    static func load() throws -> SubjectVectors {
+        let url = FormatVectors.url.deletingLastPathComponent().appendingPathComponent("sealed-v2.json")
+        return try JSONDecoder().decode(SubjectVectors.self, from: Data(contentsOf: url))
     }
 }
 

@@ -130,7 +130,9 @@ import Testing
             let fixture = try Fixture(directory)
             let id = fixture.first.rawValue
             let original = try rawBlob(fixture.path, table: "messages", column: "content", id: id)
-            #expect(original.count == SealedValue.overhead + 32)
+            // The fixture's conversation has a subject: version 2, with the subject key id in bytes 5…8.
+            #expect(original.count == SealedValue.subjectOverhead + 32)
+            #expect(original.first == SealedValue.subjectVersion)
             for position in 0..<original.count {
                 var tampered = [UInt8](original)
                 tampered[position] ^= UInt8(1 << (position % 8))
@@ -140,6 +142,7 @@ import Testing
                 case 0: reason = .unsupportedVersion(tampered[0])
                 case 1...4:
                     reason = .unknownKey(KeyID(rawValue: tampered[1...4].reduce(UInt32(0)) { ($0 << 8) | UInt32($1) }))
+                // A subject key id the subject-key file never gave out: altered, not "forgotten".
                 default: reason = .authenticationFailed
                 }
                 #expect(throws: integrity("messages", "content", id, reason), "bit flipped in byte \(position)") {
@@ -174,8 +177,10 @@ import Testing
                 (0, .truncated(length: 0)),
                 (5, .truncated(length: 5)),
                 (SealedValue.overhead, .truncated(length: SealedValue.overhead)),
+                // A version-2 value (the fixture's conversation has a subject) has 4 more header bytes.
+                (SealedValue.subjectOverhead, .truncated(length: SealedValue.subjectOverhead)),
                 // Long enough for a header and a MAC, but the MAC no longer covers the bytes.
-                (SealedValue.overhead + 1, .authenticationFailed),
+                (SealedValue.subjectOverhead + 1, .authenticationFailed),
                 (original.count - 1, .authenticationFailed),
                 (original.count - 16, .authenticationFailed),
             ]

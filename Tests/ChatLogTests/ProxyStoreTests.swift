@@ -158,4 +158,43 @@ import Testing
             #expect(try await store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM proxy_threads") } == 0)
         }
     }
+
+    @Test func aSubjectsProxyRecordsAreSealedUnderItsKeyAndForgetTakesTheirDigests() async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try makeStore(in: directory)
+            let chainer = store.threadChainer()
+            let alice = ConversationID.generate()
+            let bob = ConversationID.generate()
+            let aliceDigest = chainer.chain(scope: "alice", items: ["u:hi", "a:hello"])
+            let results = try store.logProxyRecords([
+                record(alice, ["hi", "hello"], digests: [aliceDigest.active(length: 2)!], subject: "alice"),
+                record(bob, ["yo", "hey"], digests: [chainer.chain(scope: "bob", items: ["u:yo"]).active(length: 1)!], subject: "bob"),
+                // Continued in the same batch: under alice's key too.
+                record(alice, ["more", "sure"], subject: "alice"),
+            ])
+            #expect(results.allSatisfy { if case .success = $0 { true } else { false } })
+            let contents = try await store.read { db in
+                try Data.fetchAll(
+                    db, sql: "SELECT m.content FROM messages m JOIN conversations c ON c.seq = m.conversation_seq WHERE c.id = ?",
+                    arguments: [alice.rawValue])
+            }
+            #expect(contents.count == 4 && contents.allSatisfy { $0.first == SealedValue.subjectVersion })
+            #expect(Set(contents.compactMap(SealedValue.subjectKeyID)).count == 1)
+            // A record continuing alice's conversation under another subject fails alone.
+            let mixed = try store.logProxyRecords([record(alice, ["x"], subject: "bob"), record(bob, ["y"], subject: "bob")])
+            if case .failure(let error) = mixed[0] { #expect("\(error)".contains("another subject's key")) } else { Issue.record("accepted") }
+            if case .failure = mixed[1] { Issue.record("the other record failed too") }
+            #expect(try await store.transcript(alice).messages.count == 4)
+
+            #expect(try store.forget(subject: "alice")?.conversations == 1)
+            #expect(try await store.findThread(chainer.chain(scope: "alice", items: ["u:hi", "a:hello", "u:again"])) == nil)
+            let digests = try await store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM proxy_threads") }
+            #expect(digests == 1)
+            // The proxy's next record for alice gets a new key (the old one is destroyed).
+            let again = ConversationID.generate()
+            #expect(try store.logProxyRecords([record(again, ["back"], subject: "alice")]).count == 1)
+            #expect(try await store.transcript(again).messages.map(\.content) == ["back"])
+            #expect(try store.subjectKeyCounts() == (2, 1))
+        }
+    }
 }

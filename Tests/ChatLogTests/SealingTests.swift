@@ -84,8 +84,11 @@ import Testing
         #expect(throws: SealedValue.Failure.truncated(length: 45)) { try open(Array(sealed.prefix(45))) }
         #expect(throws: SealedValue.Failure.authenticationFailed) { try open(Array(sealed.dropLast())) }
         var wrongVersion = sealed
+        wrongVersion[0] = 3
+        #expect(throws: SealedValue.Failure.unsupportedVersion(3)) { try open(wrongVersion) }
+        // Version 2 (a subject's value) needs its subject key: a v1 value relabelled never opens.
         wrongVersion[0] = 2
-        #expect(throws: SealedValue.Failure.unsupportedVersion(2)) { try open(wrongVersion) }
+        #expect(throws: SealedValue.Failure.authenticationFailed) { try open(wrongVersion) }
         #expect(throws: SealedValue.Failure.truncated(length: 3)) { try SealedValue.keyID(of: [1, 0, 0]) }
     }
 

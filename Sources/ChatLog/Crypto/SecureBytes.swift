@@ -1,4 +1,5 @@
 import CSodium
+import Synchronization
 
 /// Secret bytes in libsodium-guarded memory (`sodium_malloc`: guard pages, canary, excluded from
 /// core dumps where the kernel allows), zeroed and freed on release.
@@ -14,11 +15,37 @@ final class SecureBytes: @unchecked Sendable {
     init(count: Int) {
         Sodium.ensureInitialized()
         precondition(count > 0)
-        guard let pointer = sodium_malloc(count) else { fatalError("sodium_malloc failed: out of memory") }
+        let reused = count == Self.pooledSize ? Self.pool.withLock { $0.take() } : nil
+        guard let pointer = reused.flatMap(UnsafeMutableRawPointer.init(bitPattern:)) ?? sodium_malloc(count) else { fatalError("sodium_malloc failed: out of memory") }
         self.pointer = pointer
         self.count = count
         sodium_memzero(pointer, count)
     }
+
+    /// Key-sized buffers are recycled: each `sodium_malloc` maps its own guarded pages (several
+    /// system calls to make and to free), and a process that unwraps one subject key per logged
+    /// exchange spent more on that than on the unwrap (docs/PERFORMANCE.md, "Erasure per
+    /// subject"). A released buffer is zeroed before it goes back; at most `poolCapacity` wait.
+    static let pooledSize = 32
+    static let poolCapacity = 2_048
+
+    /// Addresses of free buffers (as integers: they cross threads only through the lock).
+    private struct Pool: ~Copyable {
+        var free: [UInt] = []
+
+        mutating func take() -> UInt? { free.popLast() }
+
+        mutating func give(_ address: UInt) -> Bool {
+            guard free.count < SecureBytes.poolCapacity else { return false }
+            free.append(address)
+            return true
+        }
+    }
+
+    private static let pool = Mutex(Pool())
+
+    /// Buffers waiting in the pool (tests).
+    static var pooledBuffers: Int { pool.withLock { $0.free.count } }
 
     /// Copies `bytes` in; the caller remains responsible for wiping its own copy.
     convenience init(copying bytes: UnsafeRawBufferPointer) {
@@ -33,6 +60,11 @@ final class SecureBytes: @unchecked Sendable {
     }
 
     deinit {
+        if count == Self.pooledSize {
+            sodium_memzero(pointer, count)
+            let address = UInt(bitPattern: pointer)
+            if Self.pool.withLock({ $0.give(address) }) { return }
+        }
         sodium_free(pointer)  // zeroes before freeing
     }
 

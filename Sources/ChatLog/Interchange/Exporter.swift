@@ -1,16 +1,20 @@
 import Foundation
 import GRDB
 
-/// Which conversations to export (by creation time), or one conversation.
+/// Which conversations to export (by creation time), or one conversation, or those of one
+/// subject (an access request: `export --subject`).
 public struct ExportFilter: Sendable {
     public var conversation: ConversationID?
     public var since: Date?
     public var until: Date?
+    /// Only the conversations of this end user (exact subject, NFKC-normalised as `list --subject`).
+    public var subject: String?
 
-    public init(conversation: ConversationID? = nil, since: Date? = nil, until: Date? = nil) {
+    public init(conversation: ConversationID? = nil, since: Date? = nil, until: Date? = nil, subject: String? = nil) {
         self.conversation = conversation
         self.since = since
         self.until = until
+        self.subject = subject
     }
 }
 
@@ -32,6 +36,7 @@ extension ChatLogStore {
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         var cursor: (createdAt: Int64, seq: Int64)? = nil
         var totals = (conversations: 0, messages: 0)
+        let subjectClause = try filter.subject.map { (subject) throws(ChatLogError) in try subjectFilter(subject) }
         while true {
             let (rowCount, page, damaged, stop): (Int, [Transcript], [IntegrityFailure], IntegrityFailure?) = try read { db in
                 var clauses = ["1"]
@@ -39,6 +44,10 @@ extension ChatLogStore {
                 if let id = filter.conversation {
                     clauses.append("id = ?")
                     arguments += [id.rawValue]
+                }
+                if let subjectClause {
+                    clauses.append(subjectClause.sql)
+                    arguments += subjectClause.arguments
                 }
                 if let since = filter.since {
                     clauses.append("created_at >= ?")

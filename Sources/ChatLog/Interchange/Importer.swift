@@ -81,7 +81,11 @@ extension ChatLogStore {
         let batch = try withFreeIDs(batch)
         let master = keyRing.master
         let (conversations, messages, duplicates) = try writeSealed { (keys) throws(ChatLogError) in
-            try batch.map { (item) throws(ChatLogError) in (try prepare(item.conversation, keys: keys), try prepare(item.messages, keys: keys)) }
+            let known = try subjectKeys(for: batch.map(\.conversation))
+            return try batch.map { (item) throws(ChatLogError) in
+                let conversation = try prepare(item.conversation, keys: keys, subjectKeys: known)
+                return (conversation, try prepare(item.messages, keys: keys, subject: conversation.erasure))
+            }
         } body: { prepared, db -> (Int, Int, Int) in
             let key = try ImportKey.loadOrCreate(master: master, db: db)
             var conversations = 0

@@ -25,7 +25,8 @@ extension ChatLogStore {
     /// Then checkpoints and truncates the WAL. Damaged keys are not repaired (nothing can open
     /// what they sealed). Returns what it did; run `verify` afterwards.
     public func repair() throws(ChatLogError) -> [RepairAction] {
-        var actions: [RepairAction] = []
+        // 0. Erasure: interrupted forgets finished, conversations of forgotten subjects deleted.
+        var actions = try repairErasure()
         // 1. Damaged sealed values, found by opening each one (one read pass).
         let damaged = try read { db in try self.damagedValues(db) }
         let doomed = damaged.filter { $0.table == "messages" && $0.column == "content" }.compactMap { MessageID($0.rowID) }

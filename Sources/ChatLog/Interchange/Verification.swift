@@ -43,6 +43,10 @@ extension ChatLogStore {
     /// buckets chosen by its row id; only buckets whose sums differ are looked at row by row.
     public func verify(progress: (@Sendable (Int) -> Void)? = nil) throws(ChatLogError) -> VerificationReport {
         var report = try read { db in try self.verify(db, progress: progress) }
+        for issue in try erasureIssues() {
+            report.issueCount += 1
+            if report.issues.count < Self.maximumReportedIssues { report.issues.append(issue) }
+        }
         // FTS5's own structure check is an INSERT command, so it runs in a (brief) write
         // transaction: not on a store opened read-only (every term is still checked above).
         if options.readOnly { return report }

@@ -151,10 +151,13 @@ extension ChatLogStore {
     /// result per record, in order.
     public func logProxyRecords(_ records: [ProxyRecord]) throws(ChatLogError) -> [Result<LoggedExchange, ChatLogError>] {
         try writeSealed { (keys) throws(ChatLogError) in
-            records.map { record -> Result<(PreparedConversation, [PreparedMessage], [ThreadDigest]), ChatLogError> in
+            // The subjects' keys in one look-up for the whole group.
+            let known = try subjectKeys(for: records.map(\.conversation))
+            return records.map { record -> Result<(PreparedConversation, [PreparedMessage], [ThreadDigest]), ChatLogError> in
                 do throws(ChatLogError) {
                     guard record.conversation.id != nil else { throw .invalidInput("a proxy record needs a conversation id") }
-                    return .success((try prepare(record.conversation, keys: keys), try prepare(record.messages, keys: keys), record.digests))
+                    let conversation = try prepare(record.conversation, keys: keys, subjectKeys: known)
+                    return .success((conversation, try prepare(record.messages, keys: keys, subject: conversation.erasure), record.digests))
                 } catch {
                     return .failure(error)
                 }
@@ -164,7 +167,13 @@ extension ChatLogStore {
                 switch entry {
                 case .failure(let error): return .failure(error)
                 case .success(let (conversation, messages, digests)):
-                    return .success(try Self.insertProxyRecord(conversation, messages, digests, db))
+                    do {
+                        return .success(try Self.insertProxyRecord(conversation, messages, digests, db))
+                    } catch let error as ChatLogError {
+                        // Refused before anything of this record was written (a continued
+                        // conversation of another subject): this record fails alone.
+                        return .failure(error)
+                    }
                 }
             }
         }

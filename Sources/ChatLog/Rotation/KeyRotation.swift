@@ -323,6 +323,12 @@ extension ChatLogStore {
     static func otherThan(_ column: String) -> String { "(\(column) < ?1 OR \(column) > ?1)" }
 
     /// Re-seals messages, then conversations, still under older data keys.
+    /// The subject key a sealed value is under (version 2), to seal its new value under it too.
+    private func subjectOf(_ sealed: Data, _ context: FieldContext) throws(ChatLogError) -> (id: KeyID, key: SubjectKey)? {
+        guard let id = SealedValue.subjectKeyID(of: sealed) else { return nil }
+        return (id, try subjectKey(id, context))
+    }
+
     private func resealBatch(keys: KeyRing.Loaded, limit: Int, skipping skipped: inout SkippedRows, _ db: Database) throws -> [RowUpdate] {
         let sealer = sealer(keys)
         let active = Int64(keys.activeDataKey.id.rawValue)
@@ -343,9 +349,11 @@ extension ChatLogStore {
                 let plainMetadata = try metadata.map { (sealed) throws(ChatLogError) in
                     try openSealed(sealed, FieldContext(table: "messages", column: "metadata", rowID: id), db: db)
                 }
-                return (plainContent, plainMetadata)
+                return (plainContent, plainMetadata, try subjectOf(content, FieldContext(table: "messages", column: "content", rowID: id)))
             }
-            guard let (plainContent, plainMetadata) = opened else { continue }
+            guard let (plainContent, plainMetadata, subject) = opened else { continue }
+            // A subject's row stays under its subject key (only the data key changes).
+            let sealer = sealer.under(subject)
             let newContent = plainContent.withUnsafeBytes { sealer.seal($0, table: "messages", column: "content", rowID: id) }
             let newMetadata = plainMetadata.map { bytes in bytes.withUnsafeBytes { sealer.seal($0, table: "messages", column: "metadata", rowID: id) } }
             updates.append(
@@ -366,13 +374,18 @@ extension ChatLogStore {
             let columns = ["title", "subject", "metadata"]
             let olds = columns.map { row.sealedBytes($0) }
             let opened = try skipped.attempt(table: "conversations", seq: try row.decode(Int64.self, forColumn: "seq")) {
-                try zip(columns, olds).map { column, old in
+                let plains = try zip(columns, olds).map { column, old in
                     try old.map { (sealed) throws(ChatLogError) in
                         try openSealed(sealed, FieldContext(table: "conversations", column: column, rowID: id), db: db)
                     }
                 }
+                let sealed = zip(columns, olds).first { $0.1 != nil }
+                return (plains, try sealed.flatMap { (column, old) throws(ChatLogError) in
+                    try subjectOf(old!, FieldContext(table: "conversations", column: column, rowID: id))
+                })
             }
-            guard let plains = opened else { continue }
+            guard let (plains, subject) = opened else { continue }
+            let sealer = sealer.under(subject)
             let values = zip(columns, plains).map { column, plain in
                 plain.map { bytes in bytes.withUnsafeBytes { sealer.seal($0, table: "conversations", column: column, rowID: id) } }
             }

@@ -5,8 +5,10 @@ extension ChatLogStore {
     /// Master-key rotation: every data and index key is unwrapped with the current master key and
     /// wrapped under the new one, and the check value replaced, in one IMMEDIATE transaction —
     /// cheap (no row is touched) and atomic: interrupted at any instant, exactly one of the two
-    /// master keys opens the store. A new passphrase gets a fresh Argon2id salt. Takes the key
-    /// lock. Returns the new key's fingerprint.
+    /// master keys opens the store. The subject-key file is rewrapped around that transaction
+    /// (docs/FORMAT.md §3.2: both wrappings first, the new one made current after the store's
+    /// commit). A new passphrase gets a fresh Argon2id salt. Takes the key lock. Returns the new
+    /// key's fingerprint.
     @discardableResult
     public func rewrapMasterKey(to newSource: MasterKeySource) throws(ChatLogError) -> KeyFingerprint {
         let lock = try RotationLock.acquire(forDatabase: path)
@@ -26,6 +28,23 @@ extension ChatLogStore {
         }
         let oldMaster = keyRing.master
         guard !(newMaster == oldMaster) else { throw .sameMasterKey }
+        // Subject keys (their own file): wrapped under the new key beside the old first; made
+        // current once the store has committed (docs/FORMAT.md, "Subject-key file").
+        try subjectKeys.prepareRewrap(to: newMaster)
+        do {
+            try rewrapStore(from: oldMaster, to: newMaster, kdf: kdf)
+        } catch {
+            subjectKeys.abandonRewrap()
+            throw error
+        }
+        keyRing.replaceMaster(newMaster, origin: KeyRing.Origin(newSource))
+        try subjectKeys.finishRewrap(old: oldMaster, new: newMaster)
+        // The old wrapped keys stay in the WAL until a checkpoint copies the new pages over them.
+        try checkpoint()
+        return newMaster.fingerprint
+    }
+
+    func rewrapStore(from oldMaster: MasterKey, to newMaster: MasterKey, kdf: PassphraseKDF?) throws(ChatLogError) {
         try writeImmediate { db in
             // writeImmediate checked that the check value still names our key (no other process
             // rewrapped meanwhile).
@@ -55,10 +74,6 @@ extension ChatLogStore {
                 try db.execute(sql: "DELETE FROM chatlog_meta WHERE name LIKE 'kdf_%'")
             }
         }
-        keyRing.replaceMaster(newMaster, origin: KeyRing.Origin(newSource))
-        // The old wrapped keys stay in the WAL until a checkpoint copies the new pages over them.
-        try checkpoint()
-        return newMaster.fingerprint
     }
 
     /// Destroys the material of a data or index key that no row uses any more (the wrapped key

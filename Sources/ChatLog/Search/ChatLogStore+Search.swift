@@ -144,22 +144,32 @@ extension ChatLogStore {
 
     /// The data keys a chunk of candidates needs, looked up on the connection's thread (a key
     /// this handle does not know yet reloads the key ring from the database).
-    private func keys(for chunk: [SealedCandidate], _ db: Database) throws -> [KeyID: DataKey] {
-        var keys: [KeyID: DataKey] = [:]
+    private func keys(for chunk: [SealedCandidate], _ db: Database) throws -> CandidateKeys {
+        var keys = CandidateKeys()
         for candidate in chunk {
+            if let subjectID = SealedValue.subjectKeyID(of: candidate.sealed), keys.subject[subjectID] == nil {
+                keys.subject[subjectID] = try subjectKey(subjectID, FieldContext(table: "messages", column: "content", rowID: candidate.id))
+            }
             let failure = { (reason: IntegrityFailure.Reason) in
                 ChatLogError.integrity(IntegrityFailure(table: "messages", column: "content", rowID: candidate.id, reason: reason))
             }
             let keyID: KeyID
             do { keyID = try SealedValue.keyID(of: candidate.sealed) } catch { throw failure(error.integrityReason) }
-            if keys[keyID] != nil { continue }
+            if keys.data[keyID] != nil { continue }
             if keyRing.current.dataKeys[keyID] == nil { try keyRing.reload(db) }
             guard let key = keyRing.current.dataKeys[keyID] else {
                 throw failure(keyRing.current.retired.contains(keyID) ? .retiredKey(keyID) : .unknownKey(keyID))
             }
-            keys[keyID] = key
+            keys.data[keyID] = key
         }
         return keys
+    }
+
+    /// The keys a chunk of candidates opens with: data keys, and the subject keys of candidates
+    /// sealed under one.
+    struct CandidateKeys: Sendable {
+        var data: [KeyID: DataKey] = [:]
+        var subject: [KeyID: SubjectKey] = [:]
     }
 
     /// The plain columns of the messages on a page, by message id.
@@ -410,7 +420,7 @@ final class RankingPipeline: Sendable {
 
     private struct Work: Sendable {
         let chunk: [ChatLogStore.SealedCandidate]
-        let keys: [KeyID: DataKey]
+        let keys: ChatLogStore.CandidateKeys
         let results: ResultSlots<ChatLogStore.RankingInput?>
     }
 
@@ -427,7 +437,7 @@ final class RankingPipeline: Sendable {
 
     init(matcher: QueryMatcher) { self.matcher = matcher }
 
-    func submit(_ chunk: [ChatLogStore.SealedCandidate], keys: [KeyID: DataKey]) {
+    func submit(_ chunk: [ChatLogStore.SealedCandidate], keys: ChatLogStore.CandidateKeys) {
         let work = Work(chunk: chunk, keys: keys, results: ResultSlots(count: chunk.count))
         let queued = state.withLock { state in
             state.queued.append(work)
@@ -462,13 +472,14 @@ final class RankingPipeline: Sendable {
 
     /// Opens one candidate and scans it: its ranking input if it matches, nil if not.
     private static func check(
-        _ candidate: ChatLogStore.SealedCandidate, matcher: QueryMatcher, keys: [KeyID: DataKey]
+        _ candidate: ChatLogStore.SealedCandidate, matcher: QueryMatcher, keys: ChatLogStore.CandidateKeys
     ) -> Result<ChatLogStore.RankingInput?, ChatLogError> {
         let context = FieldContext(table: "messages", column: "content", rowID: candidate.id)
         do {
-            guard let key = keys[try SealedValue.keyID(of: candidate.sealed)] else { throw SealedValue.Failure.authenticationFailed }
+            guard let key = keys.data[try SealedValue.keyID(of: candidate.sealed)] else { throw SealedValue.Failure.authenticationFailed }
+            let subjectKey = SealedValue.subjectKeyID(of: candidate.sealed).flatMap { keys.subject[$0] }
             let plaintext = try candidate.sealed.withUnsafeBytes { (bytes) throws(SealedValue.Failure) in
-                try SealedValue.open(bytes, key: key.storage, context: context)
+                try SealedValue.open(bytes, key: key.storage, context: context, subjectKey: subjectKey?.storage)
             }
             if let counts = plaintext.withUnsafeBufferPointer({ matcher.rankingCounts(utf8: $0) }) {
                 return .success(counts.matches

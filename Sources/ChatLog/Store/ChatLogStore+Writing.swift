@@ -12,6 +12,10 @@ struct PreparedConversation: Sendable {
     let subjectToken: Data?
     let subjectKeyID: KeyID?
     let metadata: Data?
+    /// The subject key its values (and its messages') are sealed under; nil without a subject (and
+    /// for rows read back through the storage seam, which does not carry it yet).
+    var erasure: (id: KeyID, key: SubjectKey)? = nil
+    var erasureKeyID: KeyID? { erasure?.id }
 }
 
 struct PreparedMessage: Sendable {
@@ -29,6 +33,8 @@ struct PreparedMessage: Sendable {
     /// The blinded terms of the content (FTS5 document) and the index key that made them.
     let terms: String
     let indexKeyID: KeyID
+    /// The subject key of its conversation (sealed-value version 2); nil without one.
+    var subjectKeyID: KeyID? = nil
 }
 
 extension ChatLogStore {
@@ -55,7 +61,8 @@ extension ChatLogStore {
     /// Appends messages in order, in one transaction (all or nothing).
     @discardableResult
     public func append(_ messages: [NewMessage], to conversation: ConversationID) throws(ChatLogError) -> [MessageID] {
-        try writeSealed { (keys) throws(ChatLogError) in try prepare(messages, keys: keys) } body: { prepared, db in
+        let subject = try existingSubjectKey(conversation)
+        return try writeSealed { (keys) throws(ChatLogError) in try prepare(messages, keys: keys, subject: subject) } body: { prepared, db in
             try Self.insert(prepared, into: conversation, db)
             return prepared.map(\.id)
         }
@@ -66,7 +73,8 @@ extension ChatLogStore {
     @discardableResult
     public func logExchange(_ exchange: ModelExchange) throws(ChatLogError) -> LoggedExchange {
         let target = exchange.conversation
-        return try writeSealed { (keys) throws(ChatLogError) in try prepare(exchange, keys: keys) } body: { prepared, db in
+        let subject = try existingSubjectKey(target)
+        return try writeSealed { (keys) throws(ChatLogError) in try prepare(exchange, keys: keys, existing: subject) } body: { prepared, db in
             let id = try Self.insert(conversation: prepared.0, messages: prepared.1, target: target, db)
             return LoggedExchange(conversationID: id, messageIDs: prepared.1.map(\.id))
         }
@@ -101,7 +109,8 @@ extension ChatLogStore {
 
     @discardableResult
     public func append(_ messages: [NewMessage], to conversation: ConversationID) async throws(ChatLogError) -> [MessageID] {
-        try await writeSealed { (keys) throws(ChatLogError) in try prepare(messages, keys: keys) } body: { prepared, db in
+        let subject = try await existingSubjectKey(conversation)
+        return try await writeSealed { (keys) throws(ChatLogError) in try prepare(messages, keys: keys, subject: subject) } body: { prepared, db in
             try Self.insert(prepared, into: conversation, db)
             return prepared.map(\.id)
         }
@@ -110,7 +119,8 @@ extension ChatLogStore {
     @discardableResult
     public func logExchange(_ exchange: ModelExchange) async throws(ChatLogError) -> LoggedExchange {
         let target = exchange.conversation
-        return try await writeSealed { (keys) throws(ChatLogError) in try prepare(exchange, keys: keys) } body: { prepared, db in
+        let subject = try await existingSubjectKey(target)
+        return try await writeSealed { (keys) throws(ChatLogError) in try prepare(exchange, keys: keys, existing: subject) } body: { prepared, db in
             let id = try Self.insert(conversation: prepared.0, messages: prepared.1, target: target, db)
             return LoggedExchange(conversationID: id, messageIDs: prepared.1.map(\.id))
         }
@@ -123,9 +133,19 @@ extension ChatLogStore {
 
     // MARK: - Preparation (validation and sealing, outside the transaction)
 
-    func prepare(_ conversation: NewConversation, keys: KeyRing.Loaded) throws(ChatLogError) -> PreparedConversation {
+    /// `subjectKeys`: keys looked up beforehand for a batch (``subjectKeys(for:)``); a subject not
+    /// in it is looked up here.
+    func prepare(
+        _ conversation: NewConversation, keys: KeyRing.Loaded, subjectKeys known: [String: (id: KeyID, key: SubjectKey)] = [:]
+    ) throws(ChatLogError) -> PreparedConversation {
         let id = conversation.id ?? ConversationID.make()
-        let sealer = sealer(keys)
+        // A subject's key is made (in the subject-key file, its own transaction) at its first conversation.
+        var erasure: (id: KeyID, key: SubjectKey)?
+        if let subject = conversation.subject, options.sealsUnderSubjectKeys {
+            erasure = known[subject]
+            if erasure == nil { erasure = try subjectKeys.key(forSubject: subject, create: true) }
+        }
+        let sealer = sealer(keys).under(erasure)
         let index = keys.activeIndexKey
         let table = "conversations"
         return PreparedConversation(
@@ -134,14 +154,18 @@ extension ChatLogStore {
             subject: conversation.subject.map { sealer.seal($0, table: table, column: "subject", rowID: id.rawValue) },
             subjectToken: conversation.subject.map { SubjectIndex.token(for: $0, key: index.key) },
             subjectKeyID: conversation.subject == nil ? nil : index.id,
-            metadata: try sealer.seal(json: conversation.metadata, table: table, column: "metadata", rowID: id.rawValue))
+            metadata: try sealer.seal(json: conversation.metadata, table: table, column: "metadata", rowID: id.rawValue), erasure: erasure)
     }
 
-    func prepare(_ messages: [NewMessage], keys: KeyRing.Loaded) throws(ChatLogError) -> [PreparedMessage] {
-        try messages.map { (message) throws(ChatLogError) in try prepare(message, keys: keys) }
+    func prepare(_ messages: [NewMessage], keys: KeyRing.Loaded, subject: (id: KeyID, key: SubjectKey)? = nil) throws(ChatLogError)
+        -> [PreparedMessage]
+    {
+        try messages.map { (message) throws(ChatLogError) in try prepare(message, keys: keys, subject: subject) }
     }
 
-    func prepare(_ message: NewMessage, keys: KeyRing.Loaded) throws(ChatLogError) -> PreparedMessage {
+    func prepare(_ message: NewMessage, keys: KeyRing.Loaded, subject: (id: KeyID, key: SubjectKey)? = nil) throws(ChatLogError)
+        -> PreparedMessage
+    {
         let message = options.redactor.map { $0.redact(message) } ?? message
         let size = message.content.utf8.count
         guard size <= Self.maximumContentBytes else {
@@ -158,7 +182,7 @@ extension ChatLogStore {
             }
         }
         let id = message.id ?? MessageID.make()
-        let sealer = sealer(keys)
+        let sealer = sealer(keys).under(subject)
         let blinder = keys.activeBlinder
         return PreparedMessage(
             id: id, role: message.role, createdAt: try SearchIndex.milliseconds(message.createdAt ?? Date(), "a message"), model: message.model,
@@ -166,15 +190,59 @@ extension ChatLogStore {
             latencyMilliseconds: message.latencyMilliseconds, finishReason: message.finishReason, keyID: sealer.keyID,
             content: sealer.seal(message.content, table: "messages", column: "content", rowID: id.rawValue),
             metadata: try sealer.seal(json: message.metadata, table: "messages", column: "metadata", rowID: id.rawValue),
-            terms: blinder.document(for: message.content), indexKeyID: blinder.keyID)
+            terms: blinder.document(for: message.content), indexKeyID: blinder.keyID, subjectKeyID: subject?.id)
     }
 
-    func prepare(_ exchange: ModelExchange, keys: KeyRing.Loaded) throws(ChatLogError) -> (PreparedConversation?, [PreparedMessage]) {
+    /// `existing`: the subject key of the existing conversation the exchange continues (see
+    /// ``existingSubjectKey(_:)``).
+    func prepare(_ exchange: ModelExchange, keys: KeyRing.Loaded, existing: (id: KeyID, key: SubjectKey)? = nil) throws(ChatLogError)
+        -> (PreparedConversation?, [PreparedMessage])
+    {
         var conversation: PreparedConversation?
         if case .new(let new) = exchange.conversation { conversation = try prepare(new, keys: keys) }
-        var messages = try prepare(exchange.prompt, keys: keys)
-        messages.append(try prepare(exchange.completion, keys: keys))
+        let subject = conversation?.erasure ?? existing
+        var messages = try prepare(exchange.prompt, keys: keys, subject: subject)
+        messages.append(try prepare(exchange.completion, keys: keys, subject: subject))
         return (conversation, messages)
+    }
+
+    /// The keys of the subjects of a batch of new conversations, in one look-up.
+    func subjectKeys(for conversations: [NewConversation]) throws(ChatLogError) -> [String: (id: KeyID, key: SubjectKey)] {
+        guard options.sealsUnderSubjectKeys else { return [:] }
+        return try subjectKeys.keys(forSubjects: Set(conversations.compactMap(\.subject)), create: true)
+    }
+
+    func existingSubjectKey(_ target: ModelExchange.Target) throws(ChatLogError) -> (id: KeyID, key: SubjectKey)? {
+        guard case .existing(let id) = target else { return nil }
+        return try existingSubjectKey(id)
+    }
+
+    func existingSubjectKey(_ target: ModelExchange.Target) async throws(ChatLogError) -> (id: KeyID, key: SubjectKey)? {
+        guard case .existing(let id) = target else { return nil }
+        return try await existingSubjectKey(id)
+    }
+
+    /// The subject key an existing conversation is sealed under (new messages are sealed under it
+    /// too); nil when it has none, or does not exist (the insert then says so).
+    func existingSubjectKey(_ conversation: ConversationID) throws(ChatLogError) -> (id: KeyID, key: SubjectKey)? {
+        let stored = try read { db in try Self.erasureKeyID(of: conversation, db) }
+        return try stored.map { (id) throws(ChatLogError) in
+            (id, try subjectKey(id, FieldContext(table: "conversations", column: "erasure_key_id", rowID: conversation.rawValue)))
+        }
+    }
+
+    func existingSubjectKey(_ conversation: ConversationID) async throws(ChatLogError) -> (id: KeyID, key: SubjectKey)? {
+        let stored = try await read { db in try Self.erasureKeyID(of: conversation, db) }
+        return try stored.map { (id) throws(ChatLogError) in
+            (id, try subjectKey(id, FieldContext(table: "conversations", column: "erasure_key_id", rowID: conversation.rawValue)))
+        }
+    }
+
+    static func erasureKeyID(of conversation: ConversationID, _ db: Database) throws -> KeyID? {
+        guard let value = try Int64.fetchOne(
+            db.cachedStatement(sql: "SELECT erasure_key_id FROM conversations WHERE id = ?"), arguments: [conversation.rawValue])
+        else { return nil }
+        return try KeyID.stored(value, table: "conversations", column: "erasure_key_id", rowID: conversation.rawValue)
     }
 
     // MARK: - Inserts and deletes (inside the IMMEDIATE transaction)
@@ -202,18 +270,19 @@ extension ChatLogStore {
     static func insert(_ conversation: PreparedConversation, _ db: Database) throws {
         // Counters of migration 0007 (deletes and key changes are counted by its triggers); first,
         // so that `lastInsertedRowID` stays the conversation's for the callers.
+        if let erasure = conversation.erasureKeyID { try refuseForgotten(erasure, db) }
         try countKeyUse(Int64(conversation.keyID.rawValue), 1, db)
         if let subjectKey = conversation.subjectKeyID { try countKeyUse(Int64(subjectKey.rawValue), 1, db) }
         try db.cachedStatement(
             sql: """
-                INSERT INTO conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata, erasure_key_id)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """
         ).execute(
             arguments: [
                 conversation.id.rawValue, conversation.createdAt, conversation.createdAt, Int64(conversation.keyID.rawValue),
                 conversation.title, conversation.subject, conversation.subjectToken,
-                conversation.subjectKeyID.map { Int64($0.rawValue) }, conversation.metadata,
+                conversation.subjectKeyID.map { Int64($0.rawValue) }, conversation.metadata, conversation.erasureKeyID.map { Int64($0.rawValue) },
             ])
     }
 
@@ -233,7 +302,37 @@ extension ChatLogStore {
         try insert(messages, conversationSeq: seq, db)
     }
 
+    /// Thrown inside a write transaction (rolling it back) when a subject key this process holds
+    /// was forgotten by `forget` meanwhile.
+    struct ForgottenSubjectKey: Error { let id: KeyID }
+
+    static func refuseForgotten(_ id: KeyID, _ db: Database) throws {
+        if try Row.fetchOne(
+            db.cachedStatement(sql: "SELECT 1 FROM forgotten_subject_keys WHERE key_id = ?"), arguments: [Int64(id.rawValue)]) != nil
+        {
+            throw ForgottenSubjectKey(id: id)
+        }
+    }
+
+    /// New messages of a conversation sealed under a subject key must be under that key (a
+    /// conversation from before subject keys takes messages under one: `forget` finds it by its
+    /// subject all the same).
+    static func checkSubjectKey(of messages: [PreparedMessage], conversationSeq seq: Int64, _ db: Database) throws {
+        guard let first = messages.first else { return }
+        let stored = try Int64.fetchOne(
+            db.cachedStatement(sql: "SELECT erasure_key_id FROM conversations WHERE seq = ?"), arguments: [seq])
+        for message in messages where message.subjectKeyID != first.subjectKeyID || (stored != nil && stored != message.subjectKeyID.map({ Int64($0.rawValue) })) {
+            throw ChatLogError.invalidInput(
+                "the conversation is sealed under another subject's key than the new messages (a different subject); nothing was written")
+        }
+        // A conversation under key K exists only while K is not forgotten (forget deletes its rows
+        // in the transaction that lists K); a conversation without one can still be handed a
+        // destroyed key a process kept in memory.
+        if stored == nil, let id = first.subjectKeyID { try refuseForgotten(id, db) }
+    }
+
     static func insert(_ messages: [PreparedMessage], conversationSeq seq: Int64, _ db: Database) throws {
+        try checkSubjectKey(of: messages, conversationSeq: seq, db)
         var position = try Int64.fetchOne(
             db.cachedStatement(sql: "SELECT coalesce(max(position) + 1, 0) FROM messages WHERE conversation_seq = ?"), arguments: [seq]) ?? 0
         let statement = try db.cachedStatement(

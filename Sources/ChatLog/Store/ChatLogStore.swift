@@ -37,6 +37,9 @@ public final class ChatLogStore: Sendable {
         /// replaced before sealing and indexing; the kinds and counts go in its sealed metadata
         /// under ``SecretRedactor/metadataKey``. Off by default.
         public var redactor: SecretRedactor?
+        /// Seal conversations with a subject under that subject's key (so `forget` reaches old
+        /// backups). Off only to measure logging as it was before subject keys (chatlog-bench).
+        @_spi(Benchmarks) public var sealsUnderSubjectKeys = true
 
         public init(
             busyTimeout: TimeInterval = 30, paddingBlock: Int = 32, passphraseKDF: PassphraseKDF = .moderate, readOnly: Bool = false,
@@ -56,13 +59,17 @@ public final class ChatLogStore: Sendable {
     public let masterKeyOrigin: String
     let pool: DatabasePool
     let keyRing: KeyRing
+    /// The per-subject keys (`STORE.subject-keys`), opened on first use.
+    let subjectKeys: SubjectKeyFile
 
-    private init(path: String, options: Options, origin: String, pool: DatabasePool, keyRing: KeyRing) {
+    private init(path: String, options: Options, origin: String, pool: DatabasePool, keyRing: KeyRing, storeID: String) {
         self.path = path
         self.options = options
         self.masterKeyOrigin = origin
         self.pool = pool
         self.keyRing = keyRing
+        self.subjectKeys = SubjectKeyFile(
+            storePath: path, storeID: storeID, readOnly: options.readOnly, busyTimeout: options.busyTimeout, keyRing: keyRing)
     }
 
     // MARK: - Create and open
@@ -152,17 +159,19 @@ public final class ChatLogStore: Sendable {
         path: String, options: Options, source: MasterKeySource, pool: DatabasePool, master: MasterKey
     ) throws(ChatLogError) -> ChatLogStore {
         let keyRing: KeyRing
+        let storeID: String
         do {
             // A read-only open reads a store from an earlier schema unconverted (docs/FORMAT.md §3.1).
             if !options.readOnly { try KeyRowAuthentication.convertIfNeeded(pool, master: master) }
             keyRing = try pool.read { db in try KeyRing(master: master, origin: KeyRing.Origin(source), db: db) }
+            storeID = try pool.read { db in try String.fetchOne(db, sql: "SELECT CAST(value AS TEXT) FROM chatlog_meta WHERE name = 'store_id'") } ?? ""
         } catch {
             if case .notAChatLogStore(_, let reason) = error as? ChatLogError {
                 throw .notAChatLogStore(path: path, reason: reason)
             }
             throw ChatLogError.wrap(error)
         }
-        let store = ChatLogStore(path: path, options: options, origin: source.origin, pool: pool, keyRing: keyRing)
+        let store = ChatLogStore(path: path, options: options, origin: source.origin, pool: pool, keyRing: keyRing, storeID: storeID)
         // Messages written before the search index existed (schema 1) are indexed once, here.
         let unindexed = try store.read { db in
             try Row.fetchOne(db, sql: "SELECT 1 FROM messages WHERE index_key_id IS NULL LIMIT 1") != nil
@@ -327,6 +336,7 @@ public final class ChatLogStore: Sendable {
     /// Closes the store's connections (also done on release).
     public func close() throws(ChatLogError) {
         do { try pool.close() } catch { throw ChatLogError.wrap(error) }
+        try subjectKeys.close()
     }
 
     // MARK: - Transactions
@@ -376,6 +386,7 @@ public final class ChatLogStore: Sendable {
     func writeSealed<P, T>(
         _ prepare: (KeyRing.Loaded) throws(ChatLogError) -> P, body: (P, Database) throws -> T
     ) throws(ChatLogError) -> T {
+        var refused: Set<KeyID> = []
         while true {
             let keys = keyRing.current
             let prepared = try prepare(keys)
@@ -391,6 +402,8 @@ public final class ChatLogStore: Sendable {
                 }
             } catch is StaleKeys {
                 try read { db in try self.keyRing.reload(db) }
+            } catch let forgotten as ForgottenSubjectKey {
+                try retryAfterForget(forgotten, &refused)
             } catch {
                 throw ChatLogError.wrap(error)
             }
@@ -400,6 +413,7 @@ public final class ChatLogStore: Sendable {
     func writeSealed<P: Sendable, T: Sendable>(
         _ prepare: (KeyRing.Loaded) throws(ChatLogError) -> P, body: @escaping @Sendable (P, Database) throws -> T
     ) async throws(ChatLogError) -> T {
+        var refused: Set<KeyID> = []
         while true {
             let keys = keyRing.current
             let prepared = try prepare(keys)
@@ -415,9 +429,20 @@ public final class ChatLogStore: Sendable {
                 }
             } catch is StaleKeys {
                 try await read { db in try self.keyRing.reload(db) }
+            } catch let forgotten as ForgottenSubjectKey {
+                try retryAfterForget(forgotten, &refused)
             } catch {
                 throw ChatLogError.wrap(error)
             }
+        }
+    }
+
+    /// A subject key this process held was forgotten meanwhile: drop it and seal again (the
+    /// subject then gets a new key); refused a second time, a forget of it is still running.
+    private func retryAfterForget(_ forgotten: ForgottenSubjectKey, _ refused: inout Set<KeyID>) throws(ChatLogError) {
+        subjectKeys.evict([forgotten.id])
+        guard refused.insert(forgotten.id).inserted else {
+            throw .busy("a `chatlog forget` of this conversation's subject is in progress (or was interrupted: run `chatlog forget --resume`); try again")
         }
     }
 

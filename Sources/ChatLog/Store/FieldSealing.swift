@@ -2,11 +2,19 @@ import Foundation
 import GRDB
 
 /// Seals the fields of new rows under the active data key. All sealed fields of one row use the
-/// same data key, recorded in the row's `key_id` (the rotation checkpoint).
+/// same data key, recorded in the row's `key_id` (the rotation checkpoint). The rows of a
+/// conversation with a subject are also sealed under that subject's key (sealed-value version 2).
 struct FieldSealer {
     let keyID: KeyID
     let key: DataKey
     let paddingBlock: Int
+    var subject: (id: KeyID, key: SubjectKey)? = nil
+
+    func under(_ subject: (id: KeyID, key: SubjectKey)?) -> FieldSealer {
+        var copy = self
+        copy.subject = subject
+        return copy
+    }
 
     func seal(_ text: String, table: String, column: String, rowID: String) -> Data {
         var text = text
@@ -17,7 +25,8 @@ struct FieldSealer {
         Data(
             SealedValue.seal(
                 bytes, keyID: keyID, key: key.storage,
-                context: FieldContext(table: table, column: column, rowID: rowID), paddingBlock: paddingBlock))
+                context: FieldContext(table: table, column: column, rowID: rowID), paddingBlock: paddingBlock,
+                subject: subject.map { ($0.id, $0.key.storage) }))
     }
 
     func seal(json: JSONValue?, table: String, column: String, rowID: String) throws(ChatLogError) -> Data? {
@@ -49,13 +58,32 @@ extension ChatLogStore {
         guard let key else {
             throw failure(keyRing.current.retired.contains(keyID) ? .retiredKey(keyID) : .unknownKey(keyID))
         }
+        var subjectKey: SubjectKey?
+        if let subjectID = SealedValue.subjectKeyID(of: sealed) {
+            subjectKey = try self.subjectKey(subjectID, context)
+        }
         let opened = sealed.withUnsafeBytes { bytes in
-            Result { () throws(SealedValue.Failure) in try SealedValue.open(bytes, key: key.storage, context: context) }
+            Result { () throws(SealedValue.Failure) in
+                try SealedValue.open(bytes, key: key.storage, context: context, subjectKey: subjectKey?.storage)
+            }
         }
         switch opened {
         case .success(let plaintext): return plaintext
         case .failure(let error): throw failure(error.integrityReason)
         }
+    }
+
+    /// The subject key a version-2 value names, or the specific error: forgotten (an old backup
+    /// restored after `forget`) or unknown (the subject-key file is missing or another store's).
+    func subjectKey(_ id: KeyID, _ context: FieldContext) throws(ChatLogError) -> SubjectKey {
+        if let key = try subjectKeys.key(id: id) { return key }
+        let reason: IntegrityFailure.Reason
+        switch try subjectKeys.absence(of: id) {
+        case .forgotten: reason = .forgottenSubjectKey(id)
+        case .neverIssued: reason = .authenticationFailed
+        case .unknown: reason = .unknownSubjectKey(id)
+        }
+        throw .integrity(IntegrityFailure(table: context.table, column: context.column, rowID: context.rowID, reason: reason))
     }
 
     func openText(_ sealed: Data, _ context: FieldContext, db: Database) throws(ChatLogError) -> String {

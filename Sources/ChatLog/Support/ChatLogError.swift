@@ -17,6 +17,9 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
     case wrongPassphrase(expected: KeyFingerprint, source: String)
     /// `CHATLOG_MASTER_KEY_FILE` (or a similar file) was refused before reading it.
     case keyFileRejected(path: String, reason: String)
+    /// The subject-key file (`STORE.subject-keys`) cannot be used: another store's, another
+    /// master key's, not such a file.
+    case subjectKeyFile(path: String, reason: String)
     /// The passphrase could not be read or derived.
     case passphrase(String)
 
@@ -65,6 +68,7 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
         case .wrongPassphrase(let expected, let source):
             "wrong passphrase (\(source)): it does not derive this store's master key \(expected)"
         case .keyFileRejected(let path, let reason): "refusing key file \(path): \(reason)"
+        case .subjectKeyFile(let path, let reason): "subject-key file \(path): \(reason)"
         case .passphrase(let why): "passphrase: \(why)"
         case .integrity(let failure): "integrity failure: \(failure)"
         case .storeNotFound(let path): "no chatlog store at \(path) (create one with `chatlog init`)"
@@ -98,7 +102,7 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
 
     public var category: Category {
         switch self {
-        case .missingKey, .invalidKey, .placeholderKey, .wrongKey, .wrongPassphrase, .keyFileRejected, .passphrase: .key
+        case .missingKey, .invalidKey, .placeholderKey, .wrongKey, .wrongPassphrase, .keyFileRejected, .subjectKeyFile, .passphrase: .key
         case .integrity: .integrity
         case .invalidInput, .schemaTooNew, .notAChatLogStore, .storeExists, .keyInUse, .keyChecksProxyTokens, .keyIsActive, .keyAlreadyRetired: .invalidInput
         case .storeNotFound, .storeIsADirectory, .conversationNotFound, .keyNotFound: .notFound
@@ -152,6 +156,12 @@ public struct IntegrityFailure: Error, Sendable, Equatable, CustomStringConverti
         case unsupportedVersion(UInt8)
         case unknownKey(KeyID)
         case retiredKey(KeyID)
+        /// The value is sealed under the key of a subject that was forgotten (`chatlog forget`):
+        /// it can never be opened again (an old backup restored after the forget).
+        case forgottenSubjectKey(KeyID)
+        /// The value names a subject key the subject-key file does not have (missing or another
+        /// store's file).
+        case unknownSubjectKey(KeyID)
         case badPadding
         case invalidUTF8
         case invalidJSON
@@ -185,6 +195,10 @@ public struct IntegrityFailure: Error, Sendable, Equatable, CustomStringConverti
         case .unsupportedVersion(let version): return "\(place) has unknown format version \(version)"
         case .unknownKey(let id): return "\(place) names key \(id), which this store does not have"
         case .retiredKey(let id): return "\(place) names key \(id), which was retired (its material destroyed)"
+        case .forgottenSubjectKey(let id):
+            return "\(place) is sealed under the key of a forgotten subject (subject key \(id), destroyed by `chatlog forget`); it can never be opened"
+        case .unknownSubjectKey(let id):
+            return "\(place) names subject key \(id), which the subject-key file does not have (is STORE.subject-keys missing, or another store's?)"
         case .badPadding: return "\(place) has invalid padding"
         case .invalidUTF8: return "\(place) is not valid UTF-8 after opening"
         case .invalidJSON: return "\(place) is not valid JSON after opening"
