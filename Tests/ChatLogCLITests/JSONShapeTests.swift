@@ -65,4 +65,24 @@ import Testing
         let imported = outputs["import --format openai-jsonl in.jsonl --json"] ?? ""
         #expect(imported.contains("\"conversations\" : 1"), "\(imported)")
     }
+
+    /// `key retire` keeps an index key a proxy token still needs, and says so (text and JSON).
+    @Test func retireSaysWhichKeyItKeptForAProxyToken() throws {
+        let sandbox = try Sandbox()
+        _ = try sandbox.initStore()
+        let created = try sandbox.chatlog(["token", "create", "batch-app"])
+        #expect(created.status == 0, "\(created)")
+        let rotated = try sandbox.chatlog(["key", "rotate", "--index", "--new"])
+        #expect(rotated.status == 0, "\(rotated)")
+        let retired = try sandbox.chatlog(["key", "retire"])
+        #expect(retired.status == 0, "\(retired)")
+        #expect(retired.out.contains("no unused decrypt-only key to retire"), "\(retired)")
+        #expect(retired.out.contains("kept key") && retired.out.contains("batch-app") && retired.out.contains("revoke"), "\(retired)")
+        let json = try sandbox.chatlog(["key", "retire", "--json"])
+        #expect(json.out.contains("\"kept_for_proxy_tokens\"") && json.out.contains("\"batch-app\"") && json.out.contains("\"retired\" : ["), "\(json)")
+        // Revoked, the token needs nothing: the key goes.
+        #expect(try sandbox.chatlog(["token", "revoke", "batch-app"]).status == 0)
+        let after = try sandbox.chatlog(["key", "retire"])
+        #expect(after.out.contains("retired key") && !after.out.contains("kept key"), "\(after)")
+    }
 }

@@ -146,6 +146,18 @@ extension ChatLogStore {
         try db.execute(sql: "DELETE FROM proxy_threads WHERE index_key_id = ?", arguments: [Int64(id.rawValue)])
     }
 
+    /// Decrypt-only index keys that `retireUnusedKeys` keeps because valid proxy tokens not
+    /// presented since the rotation still need them, with those tokens' names.
+    public func keysKeptForProxyTokens() throws(ChatLogError) -> [(key: KeyID, tokens: [String])] {
+        try read { db in
+            try Int64.fetchAll(db, sql: "SELECT id FROM keys WHERE state = 'decrypt-only' AND kind = 'index' ORDER BY id").compactMap { id in
+                let key = try KeyID.stored(id, table: "keys", column: "id", rowID: String(id))
+                let tokens = try Self.proxyTokensChecked(by: key, db)
+                return tokens.isEmpty ? nil : (key, tokens)
+            }
+        }
+    }
+
     /// Names of the valid proxy tokens whose hash is under index key `id` (not presented since
     /// the index key changed: a presented token moves to the active key).
     static func proxyTokensChecked(by id: KeyID, _ db: Database) throws -> [String] {
