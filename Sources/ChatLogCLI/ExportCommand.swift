@@ -15,6 +15,8 @@ struct ExportCommand: AsyncParsableCommand {
     var conversation: String?
     @Option(name: .long, help: "Only the conversations of this end user (an access request; exact subject).")
     var subject: String?
+    @Option(name: .long, help: SubjectArgument.fileHelp)
+    var subjectFile: String?
     @Option(name: .long, help: "Only conversations created at or after this time (RFC 3339 date, or a duration like 30d).")
     var since: String?
     @Option(name: .long, help: "Only conversations created before this time.")
@@ -29,7 +31,7 @@ struct ExportCommand: AsyncParsableCommand {
     func validate() throws {
         if force, output == nil { throw ValidationError("--force only applies to --output (stdout is never replaced).") }
         if let conversation { try ConversationArgument.validate(conversation, "--conversation") }
-        if subject?.isEmpty == true { throw ValidationError("--subject must not be empty.") }
+        try SubjectArgument.validate(subject: subject, file: subjectFile)
         for (name, value) in [("--since", since), ("--until", until)] {
             if let value, TimeArgument.parse(value) == nil {
                 throw ValidationError("\(name) must be a date (2026-11-27 or RFC 3339) or a duration (30m, 12h, 7d, 4w).")
@@ -39,6 +41,7 @@ struct ExportCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
+            let subject = try SubjectArgument.resolve(subject: subject, file: subjectFile)
             let opened = try await StoreAccess.openForReading(store)
             let conversationID: ConversationID?
             if let conversation { conversationID = try await ConversationArgument.resolve(conversation, in: opened) } else { conversationID = nil }

@@ -21,6 +21,9 @@ struct ForgetCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The end user (exactly as logged: the conversations' subject).")
     var subject: String?
 
+    @Option(name: .long, help: SubjectArgument.fileHelp)
+    var subjectFile: String?
+
     @Flag(name: .long, help: "Only count what would be erased; change nothing.")
     var dryRun = false
 
@@ -31,16 +34,16 @@ struct ForgetCommand: AsyncParsableCommand {
     var receipts = false
 
     func validate() throws {
+        try SubjectArgument.validate(subject: subject, file: subjectFile)
         if receipts {
             if resume || dryRun { throw ValidationError("--receipts takes no --resume and no --dry-run.") }
             return
         }
         if resume {
-            if subject != nil || dryRun { throw ValidationError("--resume takes no --subject and no --dry-run.") }
+            if subject != nil || subjectFile != nil || dryRun { throw ValidationError("--resume takes no --subject and no --dry-run.") }
             return
         }
-        guard let subject else { throw ValidationError("give --subject SUBJECT (or --resume).") }
-        if subject.isEmpty { throw ValidationError("--subject must not be empty.") }
+        guard subject != nil || subjectFile != nil else { throw ValidationError("give --subject SUBJECT or --subject-file PATH (or --resume).") }
     }
 
     struct ResultJSON: Encodable {
@@ -63,6 +66,7 @@ struct ForgetCommand: AsyncParsableCommand {
     }
 
     func listReceipts() async throws {
+        let subject = try SubjectArgument.resolve(subject: subject, file: subjectFile)
         let opened = try await StoreAccess.openForReading(store)
         var list = try opened.forgetReceipts()
         if let subject {
@@ -89,6 +93,7 @@ struct ForgetCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             if receipts { return try await listReceipts() }
+            let subject = try SubjectArgument.resolve(subject: subject, file: subjectFile)
             let opened = try await StoreAccess.open(store)
             if resume {
                 let resumed = try opened.resumeForgets()

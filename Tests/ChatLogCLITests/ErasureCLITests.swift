@@ -132,6 +132,34 @@ import Testing
         #expect(none.status == 0 && none.out.isEmpty)
     }
 
+    /// The subject is personal data: `--subject-file` (or `-` for stdin) keeps it out of `ps`.
+    @Test func theSubjectCanComeFromAFileOrStandardInput() throws {
+        let sandbox = try Sandbox()
+        let (alice, bob) = try Self.fill(sandbox)
+        try sandbox.write("alice\n", to: "subject.txt", mode: 0o600)
+        let exported = try sandbox.chatlog(["export", "--subject-file", "subject.txt"])
+        #expect(exported.status == 0 && exported.out.split(separator: "\n").count == 2, "\(exported)")
+        #expect(alice.allSatisfy { exported.out.contains($0) } && !exported.out.contains(bob))
+        let dry = try sandbox.chatlog(["forget", "--subject-file", "-", "--dry-run"], stdin: Data("alice\n".utf8))
+        #expect(dry.status == 0 && dry.out.hasPrefix("would erase 2 conversations"), "\(dry)")
+        let forgot = try sandbox.chatlog(["forget", "--subject-file", "-"], stdin: Data("bob".utf8))
+        #expect(forgot.status == 0 && forgot.out.hasPrefix("erased 1 conversation"), "\(forgot)")
+        #expect(try sandbox.chatlog(["forget", "--receipts", "--subject-file", "-"], stdin: Data("bob\n".utf8)).out.contains("1 conversations"))
+        // Bad files: one specific line each, nothing changed.
+        try sandbox.write("alice\nbob\n", to: "two.txt", mode: 0o600)
+        try sandbox.write("", to: "empty.txt", mode: 0o600)
+        for (arguments, says) in [
+            (["forget", "--subject-file", "two.txt"], "more than one line"), (["forget", "--subject-file", "empty.txt"], "is empty"),
+            (["forget", "--subject-file", "missing.txt"], "cannot be read"),
+            (["forget", "--subject", "alice", "--subject-file", "two.txt"], "not both"),
+        ] {
+            let result = try sandbox.chatlog(arguments)
+            #expect(result.status == 65 || result.status == 64, "\(arguments): \(result)")
+            #expect(result.err.contains(says), "\(arguments): \(result)")
+        }
+        #expect(try sandbox.show(alice[0]).messages.count == 2)
+    }
+
     @Test func keyStatusCountsSubjectKeysWithoutNamingThem() throws {
         let sandbox = try Sandbox()
         _ = try Self.fill(sandbox)
