@@ -20,16 +20,14 @@ enum SubjectArgument {
     static func resolve(subject: String?, file: String?) throws(ChatLogError) -> String? {
         guard let file else { return subject }
         let limit = 65_536
-        let data: Data
-        if file == "-" {
-            data = FileHandle.standardInput.readData(ofLength: limit + 1)
-        } else {
-            guard let handle = FileHandle(forReadingAtPath: file) else {
-                throw .invalidInput("--subject-file \(CLIOutput.terminalSafeField(file)) cannot be read")
-            }
-            defer { try? handle.close() }
-            data = handle.readData(ofLength: limit + 1)
+        let place = file == "-" ? "standard input" : CLIOutput.terminalSafeField(file)
+        // The throwing read: Foundation's readData(ofLength:) traps on a read error (a directory).
+        guard let handle = file == "-" ? FileHandle.standardInput : FileHandle(forReadingAtPath: file),
+            let data = try? handle.read(upToCount: limit + 1) ?? Data()
+        else {
+            throw .invalidInput("--subject-file \(place) cannot be read")
         }
+        if file != "-" { try? handle.close() }
         guard data.count <= limit else { throw .invalidInput("--subject-file holds more than \(limit) bytes; it should hold one subject") }
         guard var text = String(data: data, encoding: .utf8) else { throw .invalidInput("--subject-file is not valid UTF-8") }
         if text.hasSuffix("\r\n") {

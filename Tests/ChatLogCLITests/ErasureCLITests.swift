@@ -150,7 +150,7 @@ import Testing
         try sandbox.write("", to: "empty.txt", mode: 0o600)
         for (arguments, says) in [
             (["forget", "--subject-file", "two.txt"], "more than one line"), (["forget", "--subject-file", "empty.txt"], "is empty"),
-            (["forget", "--subject-file", "missing.txt"], "cannot be read"),
+            (["forget", "--subject-file", "missing.txt"], "cannot be read"), (["forget", "--subject-file", "."], "cannot be read"),
             (["forget", "--subject", "alice", "--subject-file", "two.txt"], "not both"),
         ] {
             let result = try sandbox.chatlog(arguments)
