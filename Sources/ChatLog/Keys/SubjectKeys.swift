@@ -122,6 +122,15 @@ final class SubjectKeyFile: Sendable {
             }
         }
         guard !missing.isEmpty else { return found }
+        /// Keys read from the file: into the answer and the cache.
+        func remember(_ rows: [(String, Data, (id: KeyID, key: SubjectKey))]) {
+            cache.withLock { cache in
+                for (subject, hash, row) in rows {
+                    found[subject] = row
+                    cache.insert(row.id, row.key, hash: hash)
+                }
+            }
+        }
         var loaded: [(String, Data, (id: KeyID, key: SubjectKey))] = []
         do {
             try file.queue.inDatabase { db in
@@ -135,12 +144,7 @@ final class SubjectKeyFile: Sendable {
         } catch {
             throw ChatLogError.wrap(error)
         }
-        cache.withLock { cache in
-            for (subject, hash, row) in loaded {
-                found[subject] = row
-                cache.insert(row.id, row.key, hash: hash)
-            }
-        }
+        remember(loaded)
         // Subjects without a key yet: made together, in one transaction.
         let new = missing.filter { found[$0.subject] == nil }
         guard create, !new.isEmpty else { return found }
@@ -172,12 +176,7 @@ final class SubjectKeyFile: Sendable {
         } catch {
             throw ChatLogError.wrap(error)
         }
-        cache.withLock { cache in
-            for (subject, hash, row) in made {
-                found[subject] = row
-                cache.insert(row.id, row.key, hash: hash)
-            }
-        }
+        remember(made)
         return found
     }
 
