@@ -103,6 +103,7 @@ let package = Package(
             name: "ChatLogCLI",
             dependencies: [
                 "ChatLog",
+                "ChatLogPostgres",
                 "ChatLogServer",
                 "CProcessHygiene",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

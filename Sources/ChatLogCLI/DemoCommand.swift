@@ -63,7 +63,7 @@ struct DemoCommand: AsyncParsableCommand {
             CLIOutput.line("\n6. Rotated the data key: key \(rotation.activeKeyID) is active, \(rotation.rewritten) rows re-encrypted, "
                 + "\(rotation.remaining) left under the old key, which can now be retired:")
             try store.retireUnusedKeys()
-            for key in try store.keyStatus().keys {
+            for key in try await store.keyStatus().keys {
                 CLIOutput.line("   key \(key.id)  \(key.kind.rawValue)  \(key.state.rawValue)  \(key.rowCount) rows")
             }
             try store.checkpoint()

@@ -38,6 +38,13 @@ enum ExitCodes {
 func reportingErrors(_ body: () async throws -> Void) async throws {
     do {
         try await body()
+    } catch ChatLogError.notOnThisBackend(let location, "this") {
+        // Named by the command that was run ("`chatlog export`"), not the library's "this".
+        let arguments = Array(CommandLine.arguments.dropFirst().prefix { !$0.hasPrefix("-") })
+        let words = ["key", "token"].contains(arguments.first ?? "") ? arguments.prefix(2) : arguments.prefix(1)
+        let error = ChatLogError.notOnThisBackend(location: location, what: "`chatlog \(words.joined(separator: " "))`")
+        CLIOutput.error(error.description)
+        throw ExitCode(ExitCodes.code(for: error))
     } catch let error as ChatLogError {
         CLIOutput.error(error.description)
         throw ExitCode(ExitCodes.code(for: error))

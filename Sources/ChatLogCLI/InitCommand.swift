@@ -24,22 +24,23 @@ struct InitCommand: AsyncParsableCommand {
             let created: Bool
             let opened: ChatLogStore
             do {
-                opened = try ChatLogStore.create(at: path, key: source)
+                opened = try await ChatLogStore.create(url: path, key: source)
                 created = true
             } catch ChatLogError.storeExists {
                 // The key is checked on an existing store too: a job that runs `init` before its
                 // work must not learn "nothing changed" (exit 0) with a key that opens nothing.
-                opened = try ChatLogStore.open(at: path, key: source)
+                opened = try await ChatLogStore.open(url: path, key: source)
                 created = false
             }
-            let fingerprint = try opened.keyStatus().masterKeyFingerprint
+            let fingerprint = try await opened.keyStatus().masterKeyFingerprint
             try opened.close()
+            let shown = opened.path
             if output.json {
-                try CLIOutput.json(ReportJSON(path: path, created: created, master_key_fingerprint: fingerprint.description))
+                try CLIOutput.json(ReportJSON(path: shown, created: created, master_key_fingerprint: fingerprint.description))
             } else if created {
-                CLIOutput.line("created chatlog store \(path) (master key \(fingerprint), from \(source.origin))")
+                CLIOutput.line("created chatlog store \(shown) (master key \(fingerprint), from \(source.origin))")
             } else {
-                CLIOutput.line("a chatlog store already exists at \(path) and opens with master key \(fingerprint); nothing changed")
+                CLIOutput.line("a chatlog store already exists at \(shown) and opens with master key \(fingerprint); nothing changed")
             }
         }
     }

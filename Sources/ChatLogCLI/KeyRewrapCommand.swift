@@ -24,7 +24,7 @@ struct KeyRewrapCommand: AsyncParsableCommand {
                     return try TerminalPrompt.passphrase(confirm: true)
                 } : nil)
             let opened = try await StoreAccess.open(store)
-            let old = try opened.keyStatus().masterKeyFingerprint
+            let old = try await opened.keyStatus().masterKeyFingerprint
             let new = try opened.rewrapMasterKey(to: newSource)
             if output.json {
                 try CLIOutput.json(["old_master_key_fingerprint": old.description, "new_master_key_fingerprint": new.description])

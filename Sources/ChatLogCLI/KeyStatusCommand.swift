@@ -31,7 +31,7 @@ struct KeyStatusCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let opened = try await StoreAccess.openForReading(store)
-            let status = try opened.keyStatus()
+            let status = try await opened.keyStatus()
             let subjects = try opened.subjectKeyCounts()
             if output.json {
                 try CLIOutput.json(

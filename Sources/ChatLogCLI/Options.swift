@@ -1,14 +1,26 @@
 import ArgumentParser
 import ChatLog
+import ChatLogPostgres
 import Foundation
 
 /// `--db`, shared by every command that opens a store.
 struct StoreOptions: ParsableArguments {
-    @Option(name: .long, help: "Database file (default: $CHATLOG_DB, else ./chatlog.db).")
+    @Option(
+        name: .long,
+        help: "Database file, or a postgres:// URL without its password (default: $CHATLOG_DB, else ./chatlog.db).")
     var db: String?
 
+    /// The store's location: a file path, or a PostgreSQL URL. A password in a URL given with
+    /// `--db` would be visible in the process list: refused (PGPASSWORD, ~/.pgpass, or the URL
+    /// in CHATLOG_DB instead).
     func path(_ settings: ChatLogSettings) throws(ChatLogError) -> String {
-        if let db { return db }
+        if let db {
+            if PostgresLocation.isPostgresURL(db), try PostgresLocation(url: db).passwordSource == "the URL" {
+                throw .invalidInput(
+                    "--db must not carry a password (the process list shows it): use PGPASSWORD, ~/.pgpass (0600), or put the URL in CHATLOG_DB")
+            }
+            return db
+        }
         return try settings.databasePath ?? "chatlog.db"
     }
 }
@@ -37,6 +49,11 @@ enum StoreAccess {
     static func open(_ options: StoreOptions, readOnly: Bool = false) async throws(ChatLogError) -> ChatLogStore {
         let settings = try await settings()
         let path = try options.path(settings)
+        if PostgresLocation.isPostgresURL(path) {
+            var storeOptions = ChatLogStore.Options()
+            storeOptions.readOnly = readOnly
+            return try await ChatLogStore.open(url: path, key: try keySource(settings), options: storeOptions)
+        }
         // A missing store is reported before asking for a key or passphrase.
         if !ChatLogStore.exists(at: path) { throw .storeNotFound(path: path) }
         var storeOptions = ChatLogStore.Options()

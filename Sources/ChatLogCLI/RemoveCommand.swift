@@ -40,7 +40,7 @@ struct RemoveCommand: AsyncParsableCommand {
             let opened = try await StoreAccess.open(store)
             var resolved: [ConversationID] = []
             for id in ids { resolved.append(try await ConversationArgument.resolve(id, in: opened)) }
-            let deleted = ids.isEmpty ? 0 : try opened.deleteConversations(resolved)
+            let deleted = ids.isEmpty ? 0 : try await opened.deleteConversations(resolved)
             let deletedMessages = messageIDs.isEmpty ? 0 : try opened.deleteMessages(messageIDs.compactMap { MessageID($0) })
             if output.json {
                 try CLIOutput.json(

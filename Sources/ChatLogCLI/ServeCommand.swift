@@ -110,6 +110,8 @@ struct ServeCommand: AsyncParsableCommand {
             // Transport rules before asking for a key or opening the store.
             try configuration.validate()
             let opened = try await StoreAccess.open(store)
+            // The proxy's tables (tokens, threads) are on SQLite only so far: refuse before listening.
+            if let storage = opened.storage { throw ChatLogError.notOnThisBackend(location: storage.location, what: "this") }
             ProcessHygiene.raiseOpenFileLimit()
 
             LoggingSystem.bootstrap { label in

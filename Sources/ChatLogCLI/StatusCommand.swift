@@ -21,7 +21,8 @@ struct StatusCommand: AsyncParsableCommand {
         let path: String
         let key_source: String
         let master_key_fingerprint: String
-        let files: FilesJSON
+        /// Null for a PostgreSQL store (no files).
+        @JSONNullable var files: FilesJSON?
         let conversations: Int
         let messages: Int
     }
@@ -30,14 +31,15 @@ struct StatusCommand: AsyncParsableCommand {
         try await reportingErrors {
             let settings = try await StoreAccess.settings()
             let path = try store.path(settings)
-            let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
             let opened = try await StoreAccess.openForReading(store)
-            let fingerprint = try opened.keyStatus().masterKeyFingerprint
-            let counts = try opened.counts()
+            let onFile = opened.storage == nil
+            let absolute = onFile ? URL(fileURLWithPath: path).standardizedFileURL.path : opened.path
+            let fingerprint = try await opened.keyStatus().masterKeyFingerprint
+            let counts = try await opened.counts()
             func size(_ file: String) -> Int? {
                 (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? NSNumber)?.intValue
             }
-            let files = FilesJSON(db: size(path) ?? 0, wal: size(path + "-wal"), shm: size(path + "-shm"))
+            let files = onFile ? FilesJSON(db: size(path) ?? 0, wal: size(path + "-wal"), shm: size(path + "-shm")) : nil
             if output.json {
                 try CLIOutput.json(
                     StatusJSON(
@@ -45,14 +47,14 @@ struct StatusCommand: AsyncParsableCommand {
                         conversations: counts.conversations, messages: counts.messages))
                 return
             }
-            let sizes = [("", files.db), ("-wal", files.wal), ("-shm", files.shm)].compactMap { suffix, bytes in
+            let sizes = [("", files?.db), ("-wal", files?.wal), ("-shm", files?.shm)].compactMap { suffix, bytes in
                 bytes.map { "\(suffix.isEmpty ? "db" : String(suffix.dropFirst())) \(Self.bytes($0))" }
             }
             CLIOutput.line(Table.render(
                 header: ["store", CLIOutput.terminalSafe(absolute)],
                 rows: [
                     ["key", "\(CLIOutput.terminalSafe(opened.masterKeyOrigin)), fingerprint \(fingerprint)"],
-                    ["files", sizes.joined(separator: ", ")],
+                    ["files", files == nil ? "none (PostgreSQL)" : sizes.joined(separator: ", ")],
                     ["contents", "\(counts.conversations) conversations, \(counts.messages) messages"],
                 ]))
         }

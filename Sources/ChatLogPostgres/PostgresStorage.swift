@@ -146,9 +146,30 @@ package final class PostgresStorage: ChatLogStorage {
     /// reported as a commit. Every statement's rows are read to the end (`run`, the decode
     /// loops), and before `COMMIT` one more statement asks: in an aborted transaction it fails.
     func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        var attempts = 0
+        while true {
+            do {
+                return try await transactionOnce(body)
+            } catch let lost as LostBeforeBegin where attempts < 2 {
+                // A pooled connection the server had already closed (a restart): nothing was sent
+                // on it, so the transaction starts again on another.
+                attempts += 1
+                _ = lost
+            } catch let lost as LostBeforeBegin {
+                throw PostgresErrors.map(lost.error, location: postgresLocation)
+            }
+        }
+    }
+
+    /// The connection was found closed at `BEGIN`: nothing of the transaction ran.
+    struct LostBeforeBegin: Error { let error: any Error }
+
+    private func transactionOnce<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         do {
             return try await client.withConnection { connection in
-                try await connection.run("BEGIN", logger: logger)
+                do { try await connection.run("BEGIN", logger: logger) } catch where Self.sessionEnded(by: error, on: connection) {
+                    throw LostBeforeBegin(error: error)
+                }
                 do {
                     let value = try await body(connection)
                     try await connection.run("SELECT 1", logger: logger)
@@ -166,6 +187,8 @@ package final class PostgresStorage: ChatLogStorage {
                 }
             }
         } catch let error as StorageConflict {
+            throw error
+        } catch let error as LostBeforeBegin {
             throw error
         } catch {
             throw PostgresErrors.map(error, location: postgresLocation)
@@ -221,12 +244,25 @@ package final class PostgresStorage: ChatLogStorage {
         }
     }
 
-    /// A read outside any transaction (one statement).
+    /// A read outside any transaction (one statement). A read on a pooled connection that the
+    /// server had closed (a restart, a terminated session) runs again on another: reading twice
+    /// changes nothing.
     func read<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws(ChatLogError) -> T {
-        do {
-            return try await client.withConnection { connection in try await body(connection) }
-        } catch {
-            throw PostgresErrors.map(error, location: postgresLocation)
+        var attempts = 0
+        while true {
+            do {
+                return try await client.withConnection { connection in
+                    do { return try await body(connection) } catch where Self.sessionEnded(by: error, on: connection) {
+                        throw LostBeforeBegin(error: error)
+                    }
+                }
+            } catch let lost as LostBeforeBegin {
+                attempts += 1
+                if attempts < 3 { continue }
+                throw PostgresErrors.map(lost.error, location: postgresLocation)
+            } catch {
+                throw PostgresErrors.map(error, location: postgresLocation)
+            }
         }
     }
 
@@ -588,6 +624,147 @@ package final class PostgresStorage: ChatLogStorage {
                 return StorageCounts(conversations: Int(conversations), messages: Int(messages))
             }
             return StorageCounts(conversations: 0, messages: 0)
+        }
+    }
+}
+
+extension PostgresStorage {
+    package func conversations(_ filter: ConversationFilter, after cursor: MessageCursor?, limit: Int) async throws(ChatLogError)
+        -> [ListedConversation]
+    {
+        var binds = PostgresBindings()
+        var clauses = ["TRUE"]
+        if let since = filter.since {
+            binds.append(since)
+            clauses.append("c.created_at >= $\(binds.count)")
+        }
+        if let until = filter.until {
+            binds.append(until)
+            clauses.append("c.created_at < $\(binds.count)")
+        }
+        if let tokens = filter.subjectTokens {
+            var placeholders: [String] = []
+            for token in tokens {
+                do { try binds.append(token) } catch { throw .storage("a subject token could not be sent to PostgreSQL (\(error))") }
+                placeholders.append("$\(binds.count)")
+            }
+            clauses.append(tokens.isEmpty ? "FALSE" : "c.subject_token IN (\(placeholders.joined(separator: ", ")))")
+        }
+        if let model = filter.model {
+            binds.append(model)
+            clauses.append("EXISTS (SELECT 1 FROM messages m WHERE m.conversation_seq = c.seq AND m.model = $\(binds.count))")
+        }
+        if let cursor {
+            binds.append(cursor.createdAt)
+            binds.append(cursor.order)
+            clauses.append("(c.created_at, c.seq) < ($\(binds.count - 1), $\(binds.count))")
+        }
+        binds.append(Int64(max(0, limit)))
+        let columns = Self.conversationColumns.split(separator: ",").map { "c." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", ")
+        let query = PostgresQuery(
+            unsafeSQL: """
+                SELECT \(columns), c.seq, (SELECT count(*) FROM messages m WHERE m.conversation_seq = c.seq)
+                FROM conversations c WHERE \(clauses.joined(separator: " AND "))
+                ORDER BY c.created_at DESC, c.seq DESC LIMIT $\(binds.count)
+                """, binds: binds)
+        return try await read { connection in
+            let rows = try await connection.query(query, logger: self.logger)
+            var listed: [ListedConversation] = []
+            for try await row in rows {
+                let (id, created, updated, key, title, subject, token, subjectKey, metadata, seq, count) = try row.decode(
+                    (String, Int64, Int64, Int64, Data?, Data?, Data?, Int64?, Data?, Int64, Int64).self)
+                listed.append(
+                    ListedConversation(
+                        row: SealedConversationRow(
+                            id: id, createdAt: created, updatedAt: updated, keyID: key, title: title, subject: subject, subjectToken: token,
+                            subjectKeyID: subjectKey, metadata: metadata),
+                        messageCount: Int(count), cursor: MessageCursor(createdAt: created, order: seq)))
+            }
+            return listed
+        }
+    }
+
+    /// Byte order (`COLLATE "C"`), as on SQLite: a database's default collation may ignore the
+    /// hyphens of the ids.
+    package func ids(_ table: IDTable, _ range: IDRange, limit: Int) async throws(ChatLogError) -> [String] {
+        var binds = PostgresBindings()
+        let condition: String
+        let order: String
+        switch range {
+        case .startingWith(let prefix):
+            binds.append(prefix)
+            binds.append(prefix + "~")
+            condition = "id COLLATE \"C\" >= $1 AND id COLLATE \"C\" < $2"
+            order = "id COLLATE \"C\""
+        case .before(let id):
+            binds.append(id)
+            condition = "id COLLATE \"C\" < $1"
+            order = "id COLLATE \"C\" DESC"
+        case .after(let id):
+            binds.append(id)
+            condition = "id COLLATE \"C\" > $1"
+            order = "id COLLATE \"C\""
+        }
+        binds.append(Int64(max(0, limit)))
+        let query = PostgresQuery(
+            unsafeSQL: "SELECT id FROM \(table.rawValue) WHERE \(condition) ORDER BY \(order) LIMIT $\(binds.count)", binds: binds)
+        return try await read { connection in
+            let rows = try await connection.query(query, logger: self.logger)
+            var ids: [String] = []
+            for try await id in rows.decode(String.self) { ids.append(id) }
+            return ids
+        }
+    }
+
+    package func messageTerms(ofConversation id: String) async throws(ChatLogError) -> [String: [UInt64]] {
+        try await read { connection in
+            let rows = try await connection.query(
+                PostgresQuery(
+                    unsafeSQL: """
+                        SELECT m.id, t.term FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
+                        LEFT JOIN message_terms t ON t.message_seq = m.seq WHERE c.id = $1
+                        """, binds: Self.binds(id)), logger: self.logger)
+            var terms: [String: [UInt64]] = [:]
+            for try await (message, term) in rows.decode((String, Int64?).self) {
+                terms[message, default: []] += term.map { [UInt64(bitPattern: $0)] } ?? []
+            }
+            return terms
+        }
+    }
+
+    package var addsTermsLater: Bool { true }
+
+    package func addTerms(_ pairs: [(messageID: String, term: UInt64)]) async throws(ChatLogError) {
+        guard !pairs.isEmpty else { return }
+        let ids = pairs.map(\.messageID)
+        let terms = pairs.map { Int64(bitPattern: $0.term) }
+        let logger = logger
+        try await transactionMapped { connection in
+            try await connection.run(
+                """
+                INSERT INTO message_terms (message_seq, term, created_at)
+                SELECT m.seq, p.term, m.created_at FROM unnest(\(ids)::text[], \(terms)::bigint[]) AS p (id, term)
+                JOIN messages m ON m.id = p.id
+                ON CONFLICT DO NOTHING
+                """, logger: logger)
+        }
+    }
+
+    /// Counted from the tables (PostgreSQL keeps no counter rows: docs/ARCHITECTURE.md §10).
+    package func keyUsage() async throws(ChatLogError) -> [Int64: Int] {
+        try await read { connection in
+            let rows = try await connection.query(
+                """
+                SELECT id, count(*) FROM (
+                    SELECT key_id AS id FROM conversations
+                    UNION ALL SELECT subject_key_id FROM conversations WHERE subject_key_id IS NOT NULL
+                    UNION ALL SELECT key_id FROM messages
+                    UNION ALL SELECT index_key_id FROM messages WHERE index_key_id IS NOT NULL
+                ) used GROUP BY id
+                """, logger: self.logger)
+            var usage: [Int64: Int] = [:]
+            for try await (id, count) in rows.decode((Int64, Int64).self) { usage[id] = Int(count) }
+            return usage
         }
     }
 }

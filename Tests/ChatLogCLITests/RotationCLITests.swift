@@ -496,9 +496,9 @@ private struct RotationCorpus: Sendable {
             for victim in victims {
                 #expect(throws: ChatLogError.conversationNotFound(victim.rawValue)) { try store.transcript(victim) }
             }
-            let status = try store.keyStatus()
+            let status = try await store.keyStatus()
             #expect(status.keys.filter { $0.state != .active }.allSatisfy { $0.rowCount == 0 }, "round \(round): \(status.keys)")
-            #expect(try store.counts().messages == corpus.messageCount + roundCommitted)
+            await #expect(try store.counts().messages == corpus.messageCount + roundCommitted)
             let check = corpus.check(db, key: key)
             #expect(check.clean, "round \(round): \(check.summary)")
             StoreFiles.remove(db)

@@ -114,7 +114,7 @@ import Testing
 
         let check = try ChatLogStore.open(at: db, key: .key(key))
         defer { try? check.close() }
-        let counts = try check.counts()
+        let counts = try await check.counts()
         #expect(counts.messages == staticMessages + acknowledged, "\(counts.messages) messages, \(staticMessages) + \(acknowledged) acknowledged")
         var orderProblems = 0
         for (conversation, byLabel) in perConversation {
@@ -128,7 +128,7 @@ import Testing
             }
         }
         #expect(orderProblems == 0)
-        let status = try check.keyStatus()
+        let status = try await check.keyStatus()
         let leftOld = status.keys.filter { $0.state != .active }.reduce(0) { $0 + $1.rowCount }
         #expect(leftOld == 0, "rows under old keys: \(status.keys.filter { $0.rowCount > 0 && $0.state != .active })")
         let verify = try sandbox.chatlog(["verify", "--json", "--db", db])

@@ -28,16 +28,11 @@ func withPostgresStorage<R>(
 
 /// A new SQLite store (the reference backend) in its own temporary directory, removed after `body`.
 func withSQLiteStore<R>(_ body: (ChatLogStore) async throws -> R) async throws -> R {
-    var template = Array((NSTemporaryDirectory() + "/chatlog-pgtests-XXXXXX").utf8CString)
-    guard let created = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-        throw PostgresTestServerError("mkdtemp failed")
+    try await withSQLiteLocation { path in
+        let store = try ChatLogStore.create(at: path, key: .key(.generate()), options: ChatLogStore.Options(passphraseKDF: .interactive))
+        defer { try? store.close() }
+        return try await body(store)
     }
-    let directory = String(cString: created)
-    defer { try? FileManager.default.removeItem(atPath: directory) }
-    let store = try ChatLogStore.create(
-        at: directory + "/chat.db", key: .key(.generate()), options: ChatLogStore.Options(passphraseKDF: .interactive))
-    defer { try? store.close() }
-    return try await body(store)
 }
 
 /// The SQLite store's `chatlog_meta` and `keys` rows exactly as stored (typed meta values, wrapped

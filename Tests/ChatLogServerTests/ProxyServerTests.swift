@@ -265,7 +265,7 @@ import Testing
                 let response = try await fixture.post("/v1/chat/completions", Self.chatRequest(#"{"role":"user","content":"q\#(turn)"}"#))
                 #expect(response.body == Self.chatBody)
                 // No waiting: the exchange is in the store when the client has the whole body.
-                #expect(try fixture.store.counts().messages == 2 * turn)
+                await #expect(try fixture.store.counts().messages == 2 * turn)
             }
         }
     }
@@ -281,7 +281,7 @@ import Testing
             let metrics = try await fixture.get("/metrics")
             #expect(metrics.body.contains("chatlog_proxy_queue_depth 0") && metrics.body.contains("chatlog_proxy_dropped_total 0"))
             #expect(metrics.body.contains(#"chatlog_proxy_calls_total{route="passthrough",status="200"} 1"#))
-            #expect(try fixture.store.counts().messages == 0)
+            await #expect(try fixture.store.counts().messages == 0)
             #expect(try await fixture.get("/other").status == 404)
         }
     }

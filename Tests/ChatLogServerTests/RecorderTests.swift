@@ -28,7 +28,7 @@ import Testing
             #expect(metrics.prometheusText().contains("chatlog_proxy_dropped_total 2"))
             recorder.start()
             await recorder.drain()
-            #expect(try store.counts().messages == 3)
+            await #expect(try store.counts().messages == 3)
             #expect(metrics.health.committed == 3 && metrics.health.queueDepth == 0)
         }
     }
@@ -41,7 +41,7 @@ import Testing
             for index in 0..<2_000 { #expect(recorder.submit(record("m\(index)"))) }
             recorder.start()
             await recorder.drain()
-            #expect(try store.counts().messages == 2_000)
+            await #expect(try store.counts().messages == 2_000)
             // 2,000 queued before the writer started: at most ⌈2000/512⌉ = 4 transactions.
             let commits = metrics.prometheusText().split(separator: "\n").first { $0.hasPrefix("chatlog_proxy_commits_total ") }
             #expect(commits == "chatlog_proxy_commits_total 4")
@@ -71,7 +71,7 @@ import Testing
             #expect(metrics.prometheusText().contains("chatlog_proxy_store_failing 1"))
             try await saboteur.write { db in try db.execute(sql: "DROP TRIGGER fail_inserts") }
             await recorder.drain()
-            #expect(try store.counts().messages == 5)
+            await #expect(try store.counts().messages == 5)
             #expect(metrics.health.healthy && !metrics.health.storeFailing)
         }
     }
@@ -83,7 +83,7 @@ import Testing
             recorder.start()
             for turn in 1...3 {
                 #expect(await recorder.submitAndWait(record("m\(turn)")))
-                #expect(try store.counts().messages == turn)
+                await #expect(try store.counts().messages == turn)
             }
             await recorder.drain()
         }
@@ -105,7 +105,7 @@ import Testing
                 #expect(results == [true, true, true, true])
             }
             await recorder.drain()
-            #expect(try store.counts().messages == 4 && metrics.health.dropped == 0)
+            await #expect(try store.counts().messages == 4 && metrics.health.dropped == 0)
         }
     }
 }

@@ -144,7 +144,7 @@ enum ServeProcess {
                 #expect(errors.contains("every accepted exchange was written"))
                 // Every answered call is in the store.
                 let store = try ChatLogStore.open(at: directory + "/chat.db", key: .key(try MasterKey(base64: key)))
-                #expect(try store.counts() == (conversations: answered.count, messages: 2 * answered.count))
+                await #expect(try store.counts() == (conversations: answered.count, messages: 2 * answered.count))
 
                 // A restart on the same store serves and logs on.
                 upstream.removeReplies()
@@ -157,7 +157,7 @@ enum ServeProcess {
                 #expect(String(buffer: try await response.body.collect(upTo: 1 << 20)).contains("again"))
                 kill(again.process.processIdentifier, SIGTERM)
                 #expect(try await ServeProcess.waitForExit(again.process) == 0)
-                #expect(try store.counts().messages == 2 * answered.count + 2)
+                await #expect(try store.counts().messages == 2 * answered.count + 2)
                 // Neither the access log nor stdout holds content.
                 let logs = [serve.stdout, serve.stderr, again.stdout, again.stderr].map { (try? String(contentsOfFile: $0, encoding: .utf8)) ?? "" }.joined()
                 #expect(!logs.contains("call 1") && !logs.contains("after restart") && !logs.contains(key))

@@ -117,10 +117,10 @@ struct ProxyFixture: Sendable {
     func waitForMessages(_ messages: Int) async throws {
         // Generous: the whole test suite runs in parallel on two cores.
         for _ in 0..<3000 {
-            if try store.counts().messages >= messages { return }
+            if try await store.counts().messages >= messages { return }
             try await Task.sleep(for: .milliseconds(10))
         }
-        Issue.record("the store never reached \(messages) messages (has \(try store.counts().messages))")
+        Issue.record("the store never reached \(messages) messages (has \(try await store.counts().messages))")
     }
 
     static func with(

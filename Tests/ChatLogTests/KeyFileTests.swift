@@ -135,7 +135,7 @@ import Testing
             #expect(source.origin == "CHATLOG_MASTER_KEY_FILE \(path)")
             // And it opens a store made with that key.
             let store = try ChatLogStore.create(at: directory.databasePath, key: source)
-            #expect(try store.keyStatus().masterKeyFingerprint == test.key.fingerprint)
+            await #expect(try store.keyStatus().masterKeyFingerprint == test.key.fingerprint)
         }
     }
 
@@ -185,7 +185,7 @@ import Testing
             #expect(source.origin == "CHATLOG_PASSPHRASE_FILE \(path)")
             let store = try ChatLogStore.create(at: directory.databasePath, key: source, options: fastOptions)
             let id = try await store.createConversation(NewConversation(title: "from a passphrase"))
-            let fingerprint = try store.keyStatus().masterKeyFingerprint
+            let fingerprint = try await store.keyStatus().masterKeyFingerprint
             try store.close()
 
             // Same passphrase file again: opens.

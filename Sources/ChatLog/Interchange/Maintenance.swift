@@ -75,7 +75,17 @@ extension ChatLogStore {
     /// Returns how many existed. The merge costs the same for one id as for many (it rewrites the
     /// whole index): pass every id in one call.
     @discardableResult
+    public func deleteConversations(_ ids: [ConversationID]) async throws(ChatLogError) -> Int {
+        if let storage { return try await storageDelete(ids, storage) }
+        return try deleteConversationsInSQLite(ids)
+    }
+
+    @discardableResult
     public func deleteConversations(_ ids: [ConversationID]) throws(ChatLogError) -> Int {
+        try deleteConversationsInSQLite(ids)
+    }
+
+    private func deleteConversationsInSQLite(_ ids: [ConversationID]) throws(ChatLogError) -> Int {
         var deleted = 0
         for chunk in stride(from: 0, to: ids.count, by: 100).map({ Array(ids[$0..<min(ids.count, $0 + 100)]) }) {
             deleted += try writeImmediate { db in try chunk.reduce(0) { $0 + (try self.delete($1, db) ? 1 : 0) } }
@@ -149,6 +159,7 @@ extension ChatLogStore {
     /// transaction), still encrypted, written to a new 0600 file (never overwrites, never follows
     /// a link). Useless without the master key.
     public func backup(to destination: String) throws(ChatLogError) {
+        let pool = try pool  // a SQLite store only, before any file is made
         try PrivateFiles.createEmptyPrivateFile(at: destination, nextToStore: path)
         do {
             try pool.unsafeRead { db in try db.execute(sql: "VACUUM INTO ?", arguments: [destination]) }

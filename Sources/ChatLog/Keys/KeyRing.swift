@@ -44,6 +44,19 @@ final class KeyRing: Sendable {
         state = Mutex(try Self.load(master: master, db: db))
     }
 
+    /// From key rows read through the storage seam. Such a store was created with authenticated
+    /// key rows (a backend other than SQLite has no earlier schema), so every row's MAC is checked.
+    init(master: MasterKey, origin: Origin, rows: [StoredKeyRow]) throws(ChatLogError) {
+        masterKey = Mutex((master, origin))
+        state = Mutex(try Self.load(master: master, rows: rows.map(KeyRowAuthentication.KeyRow.init), authenticated: true))
+    }
+
+    /// Re-reads the key rows given through the storage seam (the caller checked the master key).
+    func reload(rows: [StoredKeyRow]) throws(ChatLogError) {
+        let loaded = try Self.load(master: master, rows: rows.map(KeyRowAuthentication.KeyRow.init), authenticated: true)
+        state.withLock { $0 = loaded }
+    }
+
     var master: MasterKey { masterKey.withLock { $0.key } }
     var origin: Origin { masterKey.withLock { $0.origin } }
     var current: Loaded { state.withLock { $0 } }
@@ -162,6 +175,10 @@ final class KeyRing: Sendable {
         } catch {
             throw ChatLogError.wrap(error)
         }
+        return try load(master: master, rows: rows, authenticated: authenticated)
+    }
+
+    private static func load(master: MasterKey, rows: [KeyRowAuthentication.KeyRow], authenticated: Bool) throws(ChatLogError) -> Loaded {
         // Ids first: a number no key id can be is reported as such, not as a bad MAC.
         for row in rows { _ = try KeyID.stored(row.id, table: "keys", column: "id", rowID: String(row.id)) }
         if authenticated { try KeyRowAuthentication.verify(rows, master: master) }

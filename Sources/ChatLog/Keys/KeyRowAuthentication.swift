@@ -33,6 +33,17 @@ enum KeyRowAuthentication {
             mac = row.sealedBytes("mac")
         }
 
+        /// A row read through the storage seam.
+        init(_ row: StoredKeyRow) {
+            id = row.id
+            kind = row.kind
+            state = row.state
+            createdAt = row.createdAt
+            retiredAt = row.retiredAt
+            wrapped = row.wrapped
+            mac = row.mac
+        }
+
         var place: String { "\(kind):\(id)" }
 
         /// The MAC's message: length-prefixed parts, the wrapped bytes as the last part.

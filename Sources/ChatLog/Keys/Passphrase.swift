@@ -106,24 +106,36 @@ public struct PassphraseKDF: Sendable, Equatable {
     /// name) and the limits inside the accepted range. Anything else is an integrity failure
     /// naming the row. Returns nil when the store has no passphrase parameters at all.
     static func stored(_ db: Database) throws -> PassphraseKDF? {
-        var values: [String: DatabaseValue] = [:]
+        var values: [String: MetaValue] = [:]
         for row in try Row.fetchAll(db, sql: "SELECT name, value FROM chatlog_meta WHERE name LIKE 'kdf\\_%' ESCAPE '\\'") {
-            values[try row.decode(String.self, forColumn: "name")] = row["value"] as DatabaseValue
+            let value: MetaValue? =
+                switch (row["value"] as DatabaseValue).storage {
+                case .int64(let number): .integer(number)
+                case .string(let text): .text(text)
+                case .blob(let bytes): .blob(bytes)
+                case .double, .null: nil
+                }
+            values[try row.decode(String.self, forColumn: "name")] = value ?? .text("")
         }
+        return try stored(values)
+    }
+
+    /// From the `kdf_…` values of `chatlog_meta` (any backend); nil when there are none.
+    static func stored(_ values: [String: MetaValue]) throws(ChatLogError) -> PassphraseKDF? {
         if values.isEmpty { return nil }
         func invalid(_ name: String, _ reason: String) -> ChatLogError {
             .integrity(IntegrityFailure(table: "chatlog_meta", column: "value", rowID: name, reason: .invalidValue(reason)))
         }
         func integer(_ name: String) throws(ChatLogError) -> Int64 {
-            guard case .int64(let value)? = values[name]?.storage else {
+            guard case .integer(let value)? = values[name] else {
                 throw invalid(name, values[name] == nil ? "is missing" : "is not an INTEGER")
             }
             return value
         }
-        guard case .string("argon2id13")? = values["kdf_algorithm"]?.storage else {
+        guard case .text("argon2id13")? = values["kdf_algorithm"] else {
             throw invalid("kdf_algorithm", "is not 'argon2id13'")
         }
-        guard case .blob(let salt)? = values["kdf_salt"]?.storage, salt.count == Int(crypto_pwhash_SALTBYTES) else {
+        guard case .blob(let salt)? = values["kdf_salt"], salt.count == Int(crypto_pwhash_SALTBYTES) else {
             throw invalid("kdf_salt", "is not a \(crypto_pwhash_SALTBYTES)-byte BLOB")
         }
         let ops = try integer("kdf_opslimit")

@@ -60,7 +60,12 @@ final class SubjectKeyFile: Sendable {
     private let opened = Mutex<Opened?>(nil)
     private let cache = Mutex(Cache())
 
-    init(storePath: String, storeID: String, readOnly: Bool, busyTimeout: TimeInterval, keyRing: KeyRing) {
+    /// Set for a store on a backend other than SQLite (its location): there is no file next to
+    /// it, so no subject key exists and none can be made (docs/ARCHITECTURE.md §10).
+    private let backendLocation: String?
+
+    init(storePath: String, storeID: String, readOnly: Bool, busyTimeout: TimeInterval, keyRing: KeyRing, backendLocation: String? = nil) {
+        self.backendLocation = backendLocation
         path = storePath + Self.suffix
         self.storeID = storeID
         self.readOnly = readOnly
@@ -68,7 +73,7 @@ final class SubjectKeyFile: Sendable {
         self.keyRing = keyRing
     }
 
-    var exists: Bool { PrivateFiles.fileExists(path) }
+    var exists: Bool { backendLocation == nil && PrivateFiles.fileExists(path) }
 
     // MARK: - Keys
 
@@ -474,6 +479,10 @@ final class SubjectKeyFile: Sendable {
     /// The open file and its hash key; creates the file when `create` (and it is missing).
     private func open(create: Bool, master: MasterKey? = nil) throws(ChatLogError) -> Opened? {
         if let file = opened.withLock({ $0 }) { return file }
+        if let backendLocation {
+            guard !create else { throw .notOnThisBackend(location: backendLocation, what: "per-subject keys") }
+            return nil
+        }
         if !exists {
             guard create else { return nil }
             if readOnly { throw .invalidInput("the store is open read-only; a conversation with a subject needs \(path)") }

@@ -132,7 +132,7 @@ extension ChatLogStore {
 
     func rotate(_ kind: KeyStatus.Entry.Kind, _ options: RotationOptions) throws(ChatLogError) -> RotationReport {
         guard (1...100_000).contains(options.batchSize) else { throw .invalidInput("the batch size must be between 1 and 100000") }
-        let lock = try RotationLock.acquire(forDatabase: path)
+        let lock = try keyJobLock()
         defer { withExtendedLifetime(lock) {} }
         let started = ContinuousClock.now
         let deadline = options.maxDuration.map { started + .milliseconds(Int64($0 * 1000)) }

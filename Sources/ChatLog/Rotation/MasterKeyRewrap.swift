@@ -11,7 +11,7 @@ extension ChatLogStore {
     /// key's fingerprint.
     @discardableResult
     public func rewrapMasterKey(to newSource: MasterKeySource) throws(ChatLogError) -> KeyFingerprint {
-        let lock = try RotationLock.acquire(forDatabase: path)
+        let lock = try keyJobLock()
         defer { withExtendedLifetime(lock) {} }
         let newMaster: MasterKey
         var kdf: PassphraseKDF?
@@ -81,7 +81,7 @@ extension ChatLogStore {
     /// truncated). The key stays listed as retired. Refuses the active key and keys in use.
     @discardableResult
     public func retireKey(_ id: KeyID) throws(ChatLogError) -> KeyStatus.Entry {
-        let lock = try RotationLock.acquire(forDatabase: path)
+        let lock = try keyJobLock()
         defer { withExtendedLifetime(lock) {} }
         try writeImmediate { db in try self.retire(id, db) }
         try read { db in try self.keyRing.reload(db) }
@@ -94,7 +94,7 @@ extension ChatLogStore {
     /// their ids.
     @discardableResult
     public func retireUnusedKeys() throws(ChatLogError) -> [KeyID] {
-        let lock = try RotationLock.acquire(forDatabase: path)
+        let lock = try keyJobLock()
         defer { withExtendedLifetime(lock) {} }
         let retired = try writeImmediate { db -> [KeyID] in
             var retired: [KeyID] = []

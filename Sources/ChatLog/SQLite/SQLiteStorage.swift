@@ -319,4 +319,98 @@ package final class SQLiteStorage: ChatLogStorage {
             return StorageCounts(conversations: try row?.decode(forColumn: "c") ?? 0, messages: try row?.decode(forColumn: "m") ?? 0)
         }
     }
+    package func conversations(_ filter: ConversationFilter, after cursor: MessageCursor?, limit: Int) async throws(ChatLogError)
+        -> [ListedConversation]
+    {
+        var clauses = ["1"]
+        var arguments: StatementArguments = []
+        if let since = filter.since {
+            clauses.append("c.created_at >= ?")
+            arguments += [since]
+        }
+        if let until = filter.until {
+            clauses.append("c.created_at < ?")
+            arguments += [until]
+        }
+        if let tokens = filter.subjectTokens {
+            clauses.append("c.subject_token IN (\(tokens.map { _ in "?" }.joined(separator: ",")))")
+            arguments += StatementArguments(tokens)
+            if tokens.isEmpty { clauses.append("0") }
+        }
+        if let model = filter.model {
+            clauses.append("EXISTS (SELECT 1 FROM messages m WHERE m.conversation_seq = c.seq AND m.model = ?)")
+            arguments += [model]
+        }
+        if let cursor {
+            clauses.append("(c.created_at < ? OR (c.created_at = ? AND c.seq < ?))")
+            arguments += [cursor.createdAt, cursor.createdAt, cursor.order]
+        }
+        arguments += [max(0, limit)]
+        let bound = arguments
+        let sql = """
+            SELECT c.*, (SELECT count(*) FROM messages m WHERE m.conversation_seq = c.seq) AS message_count FROM conversations c
+            WHERE \(clauses.joined(separator: " AND ")) ORDER BY c.created_at DESC, c.seq DESC LIMIT ?
+            """
+        return try await read { db in
+            try Row.fetchAll(db, sql: sql, arguments: bound).map { row in
+                let conversation = SealedConversationRow(
+                    id: row.storedText("id") ?? "", createdAt: try row.decode(forColumn: "created_at"), updatedAt: try row.decode(forColumn: "updated_at"),
+                    keyID: try row.decode(forColumn: "key_id"), title: row.sealedBytes("title"), subject: row.sealedBytes("subject"),
+                    subjectToken: row.sealedBytes("subject_token"), subjectKeyID: try row.decode(forColumn: "subject_key_id"),
+                    metadata: row.sealedBytes("metadata"))
+                return ListedConversation(
+                    row: conversation, messageCount: try row.decode(forColumn: "message_count"),
+                    cursor: MessageCursor(createdAt: conversation.createdAt, order: try row.decode(forColumn: "seq")))
+            }
+        }
+    }
+
+    /// From the counters of migration 0007 (no scan).
+    package func keyUsage() async throws(ChatLogError) -> [Int64: Int] {
+        try await read { db in
+            try Row.fetchAll(db, sql: ChatLogStore.keyUsageSQL).reduce(into: [Int64: Int]()) {
+                $0[try $1.decode(Int64.self, forColumn: "key_id")] = try $1.decode(Int.self, forColumn: "row_count")
+            }
+        }
+    }
+
+    package func ids(_ table: IDTable, _ range: IDRange, limit: Int) async throws(ChatLogError) -> [String] {
+        // Every id character sorts below "~": [prefix, prefix + "~") holds the ids starting with it.
+        let (condition, order, arguments): (String, String, StatementArguments) =
+            switch range {
+            case .startingWith(let prefix): ("id >= ? AND id < ?", "id", [prefix, prefix + "~"])
+            case .before(let id): ("id < ?", "id DESC", [id])
+            case .after(let id): ("id > ?", "id", [id])
+            }
+        return try await read { db in
+            try String.fetchAll(
+                db, sql: "SELECT id FROM \(table.rawValue) WHERE \(condition) ORDER BY \(order) LIMIT ?", arguments: arguments + [max(0, limit)])
+        }
+    }
+
+    /// Read back from the FTS5 index (one pass over its pairs: slow on a large store; `chatlog
+    /// copy` from SQLite streams the whole index once instead).
+    package func messageTerms(ofConversation id: String) async throws(ChatLogError) -> [String: [UInt64]] {
+        let characters = TokenBlinder.defaultBits / 5
+        return try await read { db in
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT m.id, m.search_rowid FROM messages m JOIN conversations c ON c.seq = m.conversation_seq WHERE c.id = ?",
+                arguments: [id])
+            var ids: [Int64: String] = [:]
+            for row in rows { if let rowID = row["search_rowid"] as Int64? { ids[rowID] = row["id"] } }
+            var terms: [String: [UInt64]] = [:]
+            for row in rows { terms[row["id"]] = [] }
+            for (rowID, texts) in try SearchIndex.indexedTerms(of: Set(ids.keys), db) {
+                guard let message = ids[rowID] else { continue }
+                terms[message] = texts.compactMap { text in Array(text.utf8).withUnsafeBytes { TokenBlinder.decode($0, characters: characters) } }
+            }
+            return terms
+        }
+    }
+
+    package var addsTermsLater: Bool { false }
+
+    package func addTerms(_ pairs: [(messageID: String, term: UInt64)]) async throws(ChatLogError) {
+        throw .invalidInput("a SQLite store's search index takes a message's terms only with the message")
+    }
 }

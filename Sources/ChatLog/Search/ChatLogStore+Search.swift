@@ -33,6 +33,7 @@ extension ChatLogStore {
     public func search(
         _ query: String, filters: SearchFilters = SearchFilters(), limit: Int = 20, offset: Int = 0, sort: SearchSort = .relevance
     ) async throws(ChatLogError) -> SearchResults {
+        if let storage { return try await storageSearch(query, filters: filters, limit: limit, offset: offset, sort: sort, storage) }
         let plan = try SearchPlan(query: query, filters: filters, limit: limit, offset: offset, sort: sort, keys: keyRing.current)
         return try await read { db in
             var plan = plan
@@ -312,6 +313,19 @@ struct BM25 {
             for blinder in blinders {
                 let term = token.withUnsafeBufferPointer { TokenBlinder.encode(blinder.hash($0), characters: blinder.bits / 5) }
                 frequency += Double(try Int64.fetchOne(statement, arguments: [term]) ?? 0)
+            }
+            idf.append(log(1 + (total - frequency + 0.5) / (frequency + 0.5)))
+        }
+    }
+
+    /// With document frequencies from the storage seam: `frequencies` by term value (what
+    /// ``TokenBlinder/forEachDistinctTerm(in:_:)`` gives), `total` messages in the store.
+    init(matcher: QueryMatcher, blinders: [TokenBlinder], total: Int, frequencies: [UInt64: Int]) {
+        let total = Double(max(1, total))
+        for token in matcher.tokens {
+            var frequency = 0.0
+            for blinder in blinders {
+                frequency += Double(frequencies[token.withUnsafeBufferPointer { blinder.termValue($0) }] ?? 0)
             }
             idf.append(log(1 + (total - frequency + 0.5) / (frequency + 0.5)))
         }

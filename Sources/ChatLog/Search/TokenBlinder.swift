@@ -90,6 +90,11 @@ struct TokenBlinder: Sendable {
         }
     }
 
+    /// The value of one token's term (the hash's top `bits` bits).
+    func termValue(_ token: UnsafeBufferPointer<UInt8>) -> UInt64 {
+        hash(token) & (~0 << UInt64(64 - bits))
+    }
+
     /// The value of a term's text (`characters` lowercase base32 digits), or nil for any other
     /// text (a term no blinder makes).
     static func decode(_ text: UnsafeRawBufferPointer, characters: Int) -> UInt64? {

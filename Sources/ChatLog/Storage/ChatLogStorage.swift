@@ -169,6 +169,53 @@ package struct StorageCounts: Sendable, Hashable {
     }
 }
 
+/// Which conversations a listing wants (plain columns and blinded subject tokens only).
+package struct ConversationFilter: Sendable, Hashable {
+    /// created_at ≥ since, < until (Unix milliseconds).
+    package var since: Int64?
+    package var until: Int64?
+    /// The subject's token under each live index key (any of them).
+    package var subjectTokens: [Data]?
+    /// At least one message of this model.
+    package var model: String?
+
+    package init(since: Int64? = nil, until: Int64? = nil, subjectTokens: [Data]? = nil, model: String? = nil) {
+        self.since = since
+        self.until = until
+        self.subjectTokens = subjectTokens
+        self.model = model
+    }
+}
+
+/// A conversation of a listing: its row, how many messages it has, and where the page is.
+package struct ListedConversation: Sendable, Hashable {
+    package var row: SealedConversationRow
+    package var messageCount: Int
+    /// (created_at, backend row order), for the next page.
+    package var cursor: MessageCursor
+
+    package init(row: SealedConversationRow, messageCount: Int, cursor: MessageCursor) {
+        self.row = row
+        self.messageCount = messageCount
+        self.cursor = cursor
+    }
+}
+
+/// Which ids ``ChatLogStorage/ids(_:_:limit:)`` lists, in byte order of the id text.
+package enum IDRange: Sendable, Hashable {
+    /// Ids starting with the prefix, ascending.
+    case startingWith(String)
+    /// Ids sorting before the id, descending (the nearest first).
+    case before(String)
+    /// Ids sorting after the id, ascending.
+    case after(String)
+}
+
+/// A table with public ids.
+package enum IDTable: String, Sendable, Hashable {
+    case conversations, messages
+}
+
 /// A backend of the store. Every method is one transaction (or none, for reads) of its own.
 package protocol ChatLogStorage: Sendable {
     /// Where the store is, for messages (a path, or a URL without its password).
@@ -226,6 +273,29 @@ package protocol ChatLogStorage: Sendable {
     func documentFrequencies(_ terms: [UInt64]) async throws(ChatLogError) -> [UInt64: Int]
 
     func counts() async throws(ChatLogError) -> StorageCounts
+
+    /// Up to `limit` conversations matching `filter`, newest first (created_at, then insertion
+    /// order), strictly after `cursor` when given.
+    func conversations(_ filter: ConversationFilter, after cursor: MessageCursor?, limit: Int) async throws(ChatLogError)
+        -> [ListedConversation]
+
+    /// How many rows (conversations and messages) each key id seals or indexes: `key_id`,
+    /// `subject_key_id` and `index_key_id` columns counted together.
+    func keyUsage() async throws(ChatLogError) -> [Int64: Int]
+
+    /// Up to `limit` public ids of `table` in `range` (short-id prefixes and their neighbours).
+    func ids(_ table: IDTable, _ range: IDRange, limit: Int) async throws(ChatLogError) -> [String]
+
+    /// The blinded terms of each message of a conversation, by message id (`chatlog copy`).
+    func messageTerms(ofConversation id: String) async throws(ChatLogError) -> [String: [UInt64]]
+
+    /// Whether ``addTerms(_:)`` works: the index takes a message's terms after its row (PostgreSQL's
+    /// term table does; SQLite's contentless FTS5 row is written once, with all its terms).
+    var addsTermsLater: Bool { get }
+
+    /// Adds (message id, term) pairs to the index, ignoring pairs it has and messages it has not
+    /// (a copy's second phase, rerun when resumed).
+    func addTerms(_ pairs: [(messageID: String, term: UInt64)]) async throws(ChatLogError)
 
     /// Releases the backend's connections.
     func close() async

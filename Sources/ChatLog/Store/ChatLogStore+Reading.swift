@@ -22,7 +22,8 @@ extension ChatLogStore {
     }
 
     public func transcript(_ id: ConversationID) async throws(ChatLogError) -> Transcript {
-        try await read { db in try self.transcript(id, db) }
+        if let storage { return try await storageTranscript(id, storage) }
+        return try await read { db in try self.transcript(id, db) }
     }
 
     /// One conversation without its messages.
@@ -31,7 +32,8 @@ extension ChatLogStore {
     }
 
     public func conversation(_ id: ConversationID) async throws(ChatLogError) -> Conversation {
-        try await read { db in try self.conversation(id, db) }
+        if let storage { return try await storageTranscript(id, storage, withMessages: false).conversation }
+        return try await read { db in try self.conversation(id, db) }
     }
 
     /// Conversations newest first (by creation), filtered and paginated by cursor.
@@ -41,6 +43,7 @@ extension ChatLogStore {
     }
 
     public func conversations(_ query: ConversationQuery = ConversationQuery()) async throws(ChatLogError) -> ConversationPage {
+        if let storage { return try await storageConversations(query, storage) }
         _ = try ConversationListPlan(query, keys: keyRing.current)
         return try await read { db in try self.conversations(query, db) }
     }
@@ -57,6 +60,10 @@ extension ChatLogStore {
 
     /// Key ids, states, ages and how many rows use each; the master key's fingerprint.
     public func keyStatus() throws(ChatLogError) -> KeyStatus {
+        try keyStatusInSQLite()
+    }
+
+    private func keyStatusInSQLite() throws(ChatLogError) -> KeyStatus {
         try read { db in
             // Counters kept by triggers (migration 0007): no scan of the tables.
             let usage = try Row.fetchAll(db, sql: Self.keyUsageSQL).reduce(into: [Int64: Int]()) {
@@ -74,8 +81,25 @@ extension ChatLogStore {
         }
     }
 
+    public func keyStatus() async throws(ChatLogError) -> KeyStatus {
+        if let storage { return try await storageKeyStatus(storage) }
+        return try keyStatusInSQLite()
+    }
+
+    public func counts() async throws(ChatLogError) -> (conversations: Int, messages: Int) {
+        if let storage {
+            let counts = try await storage.counts()
+            return (counts.conversations, counts.messages)
+        }
+        return try countsInSQLite()
+    }
+
     /// Number of conversations and messages.
     public func counts() throws(ChatLogError) -> (conversations: Int, messages: Int) {
+        try countsInSQLite()
+    }
+
+    private func countsInSQLite() throws(ChatLogError) -> (conversations: Int, messages: Int) {
         try read { db in
             (try Int.fetchOne(db, sql: "SELECT count(*) FROM conversations") ?? 0,
                 try Int.fetchOne(db, sql: "SELECT count(*) FROM messages") ?? 0)

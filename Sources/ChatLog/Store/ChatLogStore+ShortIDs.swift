@@ -47,7 +47,12 @@ extension ChatLogStore {
     /// that none does, as not found.
     public func conversationID(matching text: String) async throws(ChatLogError) -> ConversationID {
         guard let prefix = ShortIDs.normalizedPrefix(text) else { throw Self.badPrefix }
-        let candidates = try await read { db in try Self.ids(startingWith: prefix, table: "conversations", db) }
+        let candidates =
+            if let storage {
+                try await storage.ids(.conversations, .startingWith(prefix), limit: ShortIDs.candidateLimit + 1)
+            } else {
+                try await read { db in try Self.ids(startingWith: prefix, table: "conversations", db) }
+            }
         return try Self.resolve(prefix, candidates)
     }
 
@@ -56,6 +61,16 @@ extension ChatLogStore {
     /// prefix against their would-be neighbours.
     public func shortIDs(_ ids: [String], messages: Bool = false) async throws(ChatLogError) -> [String: String] {
         let table = messages ? "messages" : "conversations"
+        if let storage {
+            var short: [String: String] = [:]
+            for id in ids where short[id] == nil {
+                let neighbours =
+                    try await storage.ids(messages ? .messages : .conversations, .before(id), limit: 1)
+                    + storage.ids(messages ? .messages : .conversations, .after(id), limit: 1)
+                short[id] = ShortIDs.shortest(id, neighbours: neighbours)
+            }
+            return short
+        }
         return try await read { db in
             var short: [String: String] = [:]
             let before = try db.cachedStatement(sql: "SELECT id FROM \(table) WHERE id < ? ORDER BY id DESC LIMIT 1")

@@ -96,7 +96,8 @@ extension ChatLogStore {
 
     @discardableResult
     public func createConversation(_ conversation: NewConversation = NewConversation()) async throws(ChatLogError) -> ConversationID {
-        try await writeSealed { (keys) throws(ChatLogError) in try prepare(conversation, keys: keys) } body: { prepared, db in
+        if let storage { return try await storageCreateConversation(conversation, storage) }
+        return try await writeSealed { (keys) throws(ChatLogError) in try prepare(conversation, keys: keys) } body: { prepared, db in
             try Self.insert(prepared, db)
             return prepared.id
         }
@@ -109,6 +110,7 @@ extension ChatLogStore {
 
     @discardableResult
     public func append(_ messages: [NewMessage], to conversation: ConversationID) async throws(ChatLogError) -> [MessageID] {
+        if let storage { return try await storageAppend(messages, to: conversation, storage) }
         let subject = try await existingSubjectKey(conversation)
         return try await writeSealed { (keys) throws(ChatLogError) in try prepare(messages, keys: keys, subject: subject) } body: { prepared, db in
             try Self.insert(prepared, into: conversation, db)
@@ -118,6 +120,7 @@ extension ChatLogStore {
 
     @discardableResult
     public func logExchange(_ exchange: ModelExchange) async throws(ChatLogError) -> LoggedExchange {
+        if let storage { return try await storageLogExchange(exchange, storage) }
         let target = exchange.conversation
         let subject = try await existingSubjectKey(target)
         return try await writeSealed { (keys) throws(ChatLogError) in try prepare(exchange, keys: keys, existing: subject) } body: { prepared, db in
@@ -128,7 +131,8 @@ extension ChatLogStore {
 
     @discardableResult
     public func deleteConversation(_ id: ConversationID) async throws(ChatLogError) -> Bool {
-        try await writeImmediate { db in try self.deleteAndScrub(id, db) }
+        if let storage { return try await storageDelete([id], storage) == 1 }
+        return try await writeImmediate { db in try self.deleteAndScrub(id, db) }
     }
 
     // MARK: - Preparation (validation and sealing, outside the transaction)

@@ -57,19 +57,51 @@ public final class ChatLogStore: Sendable {
     public let options: Options
     /// Where the master key came from (never the key).
     public let masterKeyOrigin: String
-    let pool: DatabasePool
+    /// Where the rows are: a SQLite file the store runs SQL on itself, or a backend behind the
+    /// storage seam (PostgreSQL: docs/ARCHITECTURE.md §10, "Storage backends").
+    enum Backend: Sendable {
+        case sqlite(DatabasePool)
+        case storage(any ChatLogStorage)
+    }
+
+    let backend: Backend
     let keyRing: KeyRing
     /// The per-subject keys (`STORE.subject-keys`), opened on first use.
     let subjectKeys: SubjectKeyFile
 
-    private init(path: String, options: Options, origin: String, pool: DatabasePool, keyRing: KeyRing, storeID: String) {
+    /// The SQLite connections; for a store on another backend, the specific error that what was
+    /// asked does not work there yet (every SQLite-only path goes through here or ``read(_:)``).
+    var pool: DatabasePool {
+        get throws(ChatLogError) {
+            switch backend {
+            case .sqlite(let pool): return pool
+            case .storage(let storage): throw .notOnThisBackend(location: storage.location, what: "this")
+            }
+        }
+    }
+
+    /// The key-job lock of a SQLite store (a file next to it); on another backend, the specific
+    /// error (its key jobs are not built yet).
+    func keyJobLock() throws(ChatLogError) -> RotationLock {
+        if case .storage(let storage) = backend { throw .notOnThisBackend(location: storage.location, what: "this") }
+        return try RotationLock.acquire(forDatabase: path)
+    }
+
+    /// The backend behind the storage seam; nil for a SQLite store.
+    package var storage: (any ChatLogStorage)? {
+        if case .storage(let storage) = backend { return storage }
+        return nil
+    }
+
+    init(path: String, options: Options, origin: String, backend: Backend, keyRing: KeyRing, storeID: String) {
         self.path = path
         self.options = options
         self.masterKeyOrigin = origin
-        self.pool = pool
+        self.backend = backend
         self.keyRing = keyRing
         self.subjectKeys = SubjectKeyFile(
-            storePath: path, storeID: storeID, readOnly: options.readOnly, busyTimeout: options.busyTimeout, keyRing: keyRing)
+            storePath: path, storeID: storeID, readOnly: options.readOnly, busyTimeout: options.busyTimeout, keyRing: keyRing,
+            backendLocation: { if case .storage(let storage) = backend { storage.location } else { nil } }())
     }
 
     // MARK: - Create and open
@@ -171,7 +203,7 @@ public final class ChatLogStore: Sendable {
             }
             throw ChatLogError.wrap(error)
         }
-        let store = ChatLogStore(path: path, options: options, origin: source.origin, pool: pool, keyRing: keyRing, storeID: storeID)
+        let store = ChatLogStore(path: path, options: options, origin: source.origin, backend: .sqlite(pool), keyRing: keyRing, storeID: storeID)
         // Messages written before the search index existed (schema 1) are indexed once, here.
         let unindexed = try store.read { db in
             try Row.fetchOne(db, sql: "SELECT 1 FROM messages WHERE index_key_id IS NULL LIMIT 1") != nil
@@ -335,7 +367,12 @@ public final class ChatLogStore: Sendable {
 
     /// Closes the store's connections (also done on release).
     public func close() throws(ChatLogError) {
-        do { try pool.close() } catch { throw ChatLogError.wrap(error) }
+        switch backend {
+        case .sqlite(let pool): do { try pool.close() } catch { throw ChatLogError.wrap(error) }
+        case .storage(let storage):
+            // Ends the backend's connection pool (its connections close in the background).
+            Task { await storage.close() }
+        }
         try subjectKeys.close()
     }
 

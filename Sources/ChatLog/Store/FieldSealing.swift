@@ -42,8 +42,9 @@ extension ChatLogStore {
     }
 
     /// Opens a sealed value with exactly the key its header names (never trying keys in turn),
-    /// learning keys added by other processes on a miss.
-    func openSealed(_ sealed: Data, _ context: FieldContext, db: Database) throws(ChatLogError) -> [UInt8] {
+    /// learning keys added by other processes on a miss (with `db`; without, the caller has
+    /// reloaded the key ring for the rows it read: ``ensureKeys(for:)``).
+    func openSealed(_ sealed: Data, _ context: FieldContext, db: Database?) throws(ChatLogError) -> [UInt8] {
         let failure = { (reason: IntegrityFailure.Reason) in
             ChatLogError.integrity(
                 IntegrityFailure(table: context.table, column: context.column, rowID: context.rowID, reason: reason))
@@ -51,7 +52,7 @@ extension ChatLogStore {
         let keyID: KeyID
         do { keyID = try SealedValue.keyID(of: sealed) } catch { throw failure(error.integrityReason) }
         var key = keyRing.current.dataKeys[keyID]
-        if key == nil {
+        if key == nil, let db {
             try keyRing.reload(db)
             key = keyRing.current.dataKeys[keyID]
         }
@@ -86,7 +87,7 @@ extension ChatLogStore {
         throw .integrity(IntegrityFailure(table: context.table, column: context.column, rowID: context.rowID, reason: reason))
     }
 
-    func openText(_ sealed: Data, _ context: FieldContext, db: Database) throws(ChatLogError) -> String {
+    func openText(_ sealed: Data, _ context: FieldContext, db: Database? = nil) throws(ChatLogError) -> String {
         let bytes = try openSealed(sealed, context, db: db)
         guard let text = String(validating: bytes, as: UTF8.self) else {
             throw .integrity(IntegrityFailure(table: context.table, column: context.column, rowID: context.rowID, reason: .invalidUTF8))
@@ -94,7 +95,7 @@ extension ChatLogStore {
         return text
     }
 
-    func openJSON(_ sealed: Data?, _ context: FieldContext, db: Database) throws(ChatLogError) -> JSONValue? {
+    func openJSON(_ sealed: Data?, _ context: FieldContext, db: Database? = nil) throws(ChatLogError) -> JSONValue? {
         guard let sealed else { return nil }
         let bytes = try openSealed(sealed, context, db: db)
         guard let value = JSONValue.decoded(Data(bytes)) else {

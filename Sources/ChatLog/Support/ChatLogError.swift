@@ -57,6 +57,9 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
     case keyOperation(String)
     /// SQLite or the file system failed; the text is SQLite's message without bound values.
     case storage(String)
+    /// What was asked (`what`) is built for SQLite stores only so far; the store at `location` (a
+    /// URL without its password) is on another backend.
+    case notOnThisBackend(location: String, what: String)
 
     public var description: String {
         switch self {
@@ -89,6 +92,8 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
         case .keyNotFound(let id): "no key with id \(id) (see `chatlog key status`)"
         case .keyIsActive(let id): "key \(id) is active; rotate to a new key before retiring it"
         case .keyAlreadyRetired(let id): "key \(id) is already retired"
+        case .notOnThisBackend(let location, let what):
+            "\(what) does not work on a PostgreSQL store yet (\(location)); init, log, show, list, search, rm and key status do"
         case .sameMasterKey: "the new master key is the same as the current one; set CHATLOG_NEW_MASTER_KEY (or _FILE) to a new key"
         case .keyOperation(let why): why
         case .storage(let why): "storage error: \(why)"
@@ -107,7 +112,7 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
         case .invalidInput, .schemaTooNew, .notAChatLogStore, .storeExists, .keyInUse, .keyChecksProxyTokens, .keyIsActive, .keyAlreadyRetired: .invalidInput
         case .storeNotFound, .storeIsADirectory, .conversationNotFound, .keyNotFound: .notFound
         case .busy, .locked: .busy
-        case .sameMasterKey: .usage
+        case .sameMasterKey, .notOnThisBackend: .usage
         case .storage, .keyOperation: .other
         }
     }

@@ -1,0 +1,415 @@
+import Foundation
+
+// A store on a backend behind the storage seam (PostgreSQL; docs/ARCHITECTURE.md §10, "Storage
+// backends"). The core seals, blinds and opens exactly as for SQLite; the backend stores the
+// sealed rows. What runs here: create and open, writes (conversations, messages, exchanges),
+// transcripts, listings, short ids, search (newest and relevance), counts, key status and
+// deletes. Everything else reaches ``ChatLogStore/pool`` and fails with
+// ``ChatLogError/notOnThisBackend(location:what:)``.
+
+extension ChatLogStore {
+    // MARK: - Create and open
+
+    /// Creates a store on `storage` (schema, meta, master-key check value, a data key and an
+    /// index key, in one transaction). Throws ``ChatLogError/storeExists(path:)`` when it holds one.
+    package static func create(storage: any ChatLogStorage, key source: MasterKeySource, options: Options = Options()) async throws(ChatLogError)
+        -> ChatLogStore
+    {
+        try checkOptions(options)
+        guard !options.readOnly else { throw .invalidInput("a store cannot be created read-only") }
+        if case .passphrase = source.material, let (name, reason) = options.passphraseKDF.limitsProblem {
+            throw .invalidInput("the passphrase KDF's \(name) \(reason)")
+        }
+        try await storage.migrate()
+        if try await storage.isInitialized() { throw .storeExists(path: storage.location) }
+        let master: MasterKey
+        var meta: [String: MetaValue] = [:]
+        switch source.material {
+        case .key(let key):
+            master = key
+            meta["key_kind"] = .text("key")
+        case .passphrase(let passphrase):
+            let kdf = options.passphraseKDF.withFreshSalt()
+            master = try kdf.deriveMasterKey(from: passphrase)
+            meta["key_kind"] = .text("passphrase")
+            meta["kdf_algorithm"] = .text("argon2id13")
+            meta["kdf_salt"] = .blob(Data(kdf.salt))
+            meta["kdf_opslimit"] = .integer(Int64(kdf.opsLimit))
+            meta["kdf_memlimit"] = .integer(Int64(kdf.memLimit))
+        }
+        let storeID = UUIDv7.make()
+        let now = Date().unixMilliseconds
+        meta["store_id"] = .text(storeID)
+        meta["created_at"] = .integer(now)
+        meta["master_check"] = .blob(Data(master.checkValueV2))
+        meta["master_fingerprint"] = .blob(Data(master.checkValue.prefix(8)))
+        // Ids 1 and 2, as `chatlog init` gives on SQLite; each row authenticated under the master key.
+        let keys = [(Int64(1), KeyStatus.Entry.Kind.data), (Int64(2), KeyStatus.Entry.Kind.index)].map { id, kind in
+            var row = StoredKeyRow(
+                id: id, kind: kind.rawValue, state: "active", createdAt: now, retiredAt: nil,
+                wrapped: KeyRing.wrap(SecureBytes.random(count: 32), kind: kind, id: KeyID(rawValue: UInt32(id)), master: master), mac: nil)
+            row.mac = KeyRowAuthentication.KeyRow(row).mac(master)
+            return row
+        }
+        try await storage.initialize(meta: meta, keys: keys)
+        return try await finishOpening(storage: storage, options: options, source: source, master: master, storeID: storeID)
+    }
+
+    /// Opens the store on `storage`, checking the master key against the stored check value.
+    package static func open(storage: any ChatLogStorage, key source: MasterKeySource, options: Options = Options()) async throws(ChatLogError)
+        -> ChatLogStore
+    {
+        try checkOptions(options)
+        // A read-only open applies no migration (the backend refuses a newer schema either way).
+        if !options.readOnly { try await storage.migrate() }
+        guard try await storage.isInitialized() else {
+            throw .notAChatLogStore(path: storage.location, reason: "it was never fully initialised; run `chatlog init` on it")
+        }
+        let master: MasterKey
+        switch source.material {
+        case .key(let key):
+            master = key
+        case .passphrase(let passphrase):
+            var values: [String: MetaValue] = [:]
+            for name in ["kdf_algorithm", "kdf_salt", "kdf_opslimit", "kdf_memlimit"] { values[name] = try await storage.meta(name) }
+            guard let kdf = try PassphraseKDF.stored(values.isEmpty ? [:] : values) else {
+                throw .passphrase("this store was created with a master key, not a passphrase; set CHATLOG_MASTER_KEY or CHATLOG_MASTER_KEY_FILE")
+            }
+            master = try kdf.deriveMasterKey(from: passphrase)
+        }
+        try await checkMaster(master, origin: KeyRing.Origin(source), storage: storage)
+        guard case .text(let storeID)? = try await storage.meta("store_id") else {
+            throw .notAChatLogStore(path: storage.location, reason: "it has no store id")
+        }
+        return try await finishOpening(storage: storage, options: options, source: source, master: master, storeID: storeID)
+    }
+
+    private static func finishOpening(
+        storage: any ChatLogStorage, options: Options, source: MasterKeySource, master: MasterKey, storeID: String
+    ) async throws(ChatLogError) -> ChatLogStore {
+        let keyRing = try KeyRing(master: master, origin: KeyRing.Origin(source), rows: try await storage.keyRows())
+        return ChatLogStore(
+            path: storage.location, options: options, origin: source.origin, backend: .storage(storage), keyRing: keyRing, storeID: storeID)
+    }
+
+    /// The stored check value names `master` (a store on a seam backend was created with
+    /// authenticated key rows: only the v2 check value is accepted), else the wrong-key error.
+    private static func checkMaster(_ master: MasterKey, origin: KeyRing.Origin, storage: any ChatLogStorage) async throws(ChatLogError) {
+        guard case .blob(let stored)? = try await storage.meta("master_check") else {
+            throw .notAChatLogStore(path: storage.location, reason: "it has no master-key check value")
+        }
+        guard KeyRowAuthentication.equal(stored, master.checkValueV2) else {
+            var expected = KeyFingerprint(checkValue: [UInt8](stored))
+            if case .blob(let fingerprint)? = try await storage.meta("master_fingerprint"), fingerprint.count == 8 {
+                expected = KeyFingerprint(checkValue: [UInt8](fingerprint))
+            }
+            throw origin.mismatch(expected: expected, given: master)
+        }
+    }
+
+    // MARK: - Writes
+
+    /// Seals under the keys this process believes active and hands the rows to the backend,
+    /// which checks (in its own write transaction) that those keys are still the active ones and
+    /// the master key still the store's: otherwise the key ring is reloaded and the rows sealed
+    /// again, or the wrong-key error is thrown (another process ran `key rewrap`).
+    func storageWrite<T>(
+        _ storage: any ChatLogStorage, conversationID: (T) -> String,
+        _ prepare: (KeyRing.Loaded) throws(ChatLogError) -> (conversation: PreparedConversation?, messages: [PreparedMessage], result: T)
+    ) async throws(ChatLogError) -> T {
+        while true {
+            let keys = keyRing.current
+            let prepared = try prepare(keys)
+            let target = conversationID(prepared.result)
+            let writeGuard = WriteGuard(
+                acceptedCheckValues: [Data(keyRing.master.checkValueV2)], activeDataKeyID: Int64(keys.activeDataKey.id.rawValue),
+                activeIndexKeyID: Int64(keys.activeIndexKey.id.rawValue))
+            do {
+                _ = try await storage.insert(
+                    conversation: prepared.conversation.map(SealedConversationRow.init),
+                    messages: prepared.messages.map { SealedMessageRow($0, conversationID: ConversationID(trusted: target)) }, into: target,
+                    guard: writeGuard)
+                return prepared.result
+            } catch StorageConflict.staleKeys {
+                try await reloadKeys(storage)
+            } catch StorageConflict.masterKeyChanged {
+                try await Self.checkMaster(keyRing.master, origin: keyRing.origin, storage: storage)
+                // The check value is this key's again (a rewrap and its reversal): seal again.
+            } catch let error as ChatLogError {
+                throw error
+            } catch {
+                throw ChatLogError.wrap(error)
+            }
+        }
+    }
+
+    /// Re-reads the key rows from the backend (after the master key is checked).
+    func reloadKeys(_ storage: any ChatLogStorage) async throws(ChatLogError) {
+        try await Self.checkMaster(keyRing.master, origin: keyRing.origin, storage: storage)
+        try keyRing.reload(rows: try await storage.keyRows())
+    }
+
+    /// Conversations with a subject are sealed under that subject's key, which lives in a file
+    /// next to a SQLite store (docs/ARCHITECTURE.md §10, "Erasure per subject"); a seam backend
+    /// has no such place yet, and a subject's rows must never be written without one.
+    func refuseSubject(_ conversation: NewConversation, _ storage: any ChatLogStorage) throws(ChatLogError) {
+        if conversation.subject != nil, options.sealsUnderSubjectKeys {
+            throw .notOnThisBackend(location: storage.location, what: "a conversation with a subject (sealed under a per-subject key for `forget`)")
+        }
+    }
+
+    func storageCreateConversation(_ conversation: NewConversation, _ storage: any ChatLogStorage) async throws(ChatLogError) -> ConversationID {
+        try refuseSubject(conversation, storage)
+        return try await storageWrite(storage, conversationID: \.rawValue) { (keys) throws(ChatLogError) in
+            let prepared = try prepare(conversation, keys: keys)
+            return (prepared, [], prepared.id)
+        }
+    }
+
+    func storageAppend(_ messages: [NewMessage], to conversation: ConversationID, _ storage: any ChatLogStorage) async throws(ChatLogError)
+        -> [MessageID]
+    {
+        try await storageWrite(storage, conversationID: { _ in conversation.rawValue }) { (keys) throws(ChatLogError) in
+            let prepared = try prepare(messages, keys: keys)
+            return (nil, prepared, prepared.map(\.id))
+        }
+    }
+
+    func storageLogExchange(_ exchange: ModelExchange, _ storage: any ChatLogStorage) async throws(ChatLogError) -> LoggedExchange {
+        if case .new(let new) = exchange.conversation { try refuseSubject(new, storage) }
+        return try await storageWrite(storage, conversationID: \.conversationID.rawValue) { (keys) throws(ChatLogError) in
+            let (conversation, messages) = try prepare(exchange, keys: keys)
+            let id: ConversationID
+            switch exchange.conversation {
+            case .new: id = conversation!.id
+            case .existing(let existing): id = existing
+            }
+            return (conversation, messages, LoggedExchange(conversationID: id, messageIDs: messages.map(\.id)))
+        }
+    }
+
+    /// Deletes conversations with their messages and search terms (one transaction). The backend
+    /// is given a message's terms by re-blinding its content when its index needs them.
+    func storageDelete(_ ids: [ConversationID], _ storage: any ChatLogStorage) async throws(ChatLogError) -> Int {
+        let keys = keyRing.current
+        let store = self
+        return try await storage.deleteConversations(ids.map(\.rawValue)) { row in
+            guard let indexKeyID = row.indexKeyID, let raw = UInt32(exactly: indexKeyID), let blinder = keys.blinders[KeyID(rawValue: raw)],
+                let content = try? store.openText(row.content, FieldContext(table: "messages", column: "content", rowID: row.id))
+            else { return nil }
+            var terms: [UInt64] = []
+            blinder.forEachDistinctTerm(in: content) { terms.append($0) }
+            return terms
+        }
+    }
+
+    // MARK: - Reads
+
+    /// Learns the keys that the sealed values read from the backend name and this process does
+    /// not know yet (another process rotated), so that opening them needs no database.
+    func ensureKeys(for sealed: [Data?], _ storage: any ChatLogStorage) async throws(ChatLogError) {
+        let known = keyRing.current
+        for value in sealed {
+            guard let value, let id = try? SealedValue.keyID(of: value) else { continue }
+            if known.dataKeys[id] == nil, !known.retired.contains(id) {
+                try await reloadKeys(storage)
+                return
+            }
+        }
+    }
+
+    func decode(_ row: SealedConversationRow, messageCount: Int) throws(ChatLogError) -> Conversation {
+        let id = row.id
+        _ = try ConversationID.stored(id, table: "conversations", column: "id", seq: 0)
+        func context(_ column: String) -> FieldContext { FieldContext(table: "conversations", column: column, rowID: id) }
+        return Conversation(
+            id: ConversationID(trusted: id), createdAt: Date(unixMilliseconds: row.createdAt), updatedAt: Date(unixMilliseconds: row.updatedAt),
+            title: try row.title.map { (data) throws(ChatLogError) in try openText(data, context("title")) },
+            subject: try row.subject.map { (data) throws(ChatLogError) in try openText(data, context("subject")) },
+            metadata: try openJSON(row.metadata, context("metadata")), messageCount: messageCount)
+    }
+
+    func decode(_ row: SealedMessageRow) throws(ChatLogError) -> Message {
+        _ = try MessageID.stored(row.id, table: "messages", column: "id", seq: 0)
+        guard let role = Role(rawValue: row.role) else {
+            throw .integrity(IntegrityFailure(table: "messages", column: "role", rowID: row.id, reason: .invalidUTF8))
+        }
+        func int(_ value: Int64?) -> Int? { value.map { Int(truncatingIfNeeded: $0) } }
+        return Message(
+            id: MessageID(trusted: row.id), conversationID: ConversationID(trusted: row.conversationID), position: Int(row.position), role: role,
+            createdAt: Date(unixMilliseconds: row.createdAt), model: row.model, promptTokens: int(row.promptTokens),
+            completionTokens: int(row.completionTokens), latencyMilliseconds: int(row.latencyMilliseconds), finishReason: row.finishReason,
+            content: try openText(row.content, FieldContext(table: "messages", column: "content", rowID: row.id)),
+            metadata: try openJSON(row.metadata, FieldContext(table: "messages", column: "metadata", rowID: row.id)))
+    }
+
+    func storageTranscript(_ id: ConversationID, _ storage: any ChatLogStorage, withMessages: Bool = true) async throws(ChatLogError) -> Transcript {
+        guard let row = try await storage.conversation(id: id.rawValue) else { throw .conversationNotFound(id.rawValue) }
+        let messages = try await storage.messages(ofConversation: id.rawValue)
+        try await ensureKeys(for: [row.title, row.subject, row.metadata] + messages.flatMap { [$0.content, $0.metadata] }, storage)
+        let conversation = try decode(row, messageCount: messages.count)
+        guard withMessages else { return Transcript(conversation: conversation, messages: []) }
+        var decoded: [Message] = []
+        for message in messages { decoded.append(try decode(message)) }
+        return Transcript(conversation: conversation, messages: decoded)
+    }
+
+    func storageConversations(_ query: ConversationQuery, _ storage: any ChatLogStorage) async throws(ChatLogError) -> ConversationPage {
+        _ = try ConversationListPlan(query, keys: keyRing.current)  // the same validation as on SQLite
+        var cursor: MessageCursor?
+        if let text = query.cursor {
+            let parts = text.split(separator: ".")
+            guard parts.count == 2, let createdAt = Int64(parts[0]), let order = Int64(parts[1]) else { throw .invalidInput("malformed page cursor") }
+            cursor = MessageCursor(createdAt: createdAt, order: order)
+        }
+        if query.subject != nil { try await reloadKeys(storage) }  // subject tokens under every live index key
+        let filter = ConversationFilter(
+            since: query.since?.unixMilliseconds, until: query.until?.unixMilliseconds,
+            subjectTokens: query.subject.map { subject in keyRing.current.indexKeys.values.map { SubjectIndex.token(for: subject, key: $0) } },
+            model: query.model)
+        let listed = try await storage.conversations(filter, after: cursor, limit: query.limit + 1)
+        try await ensureKeys(for: listed.flatMap { [$0.row.title, $0.row.subject, $0.row.metadata] }, storage)
+        var conversations: [Conversation] = []
+        for entry in listed.prefix(query.limit) { conversations.append(try decode(entry.row, messageCount: entry.messageCount)) }
+        let next = listed.count > query.limit ? listed[query.limit - 1].cursor : nil
+        return ConversationPage(conversations: conversations, nextCursor: next.map { "\($0.createdAt).\($0.order)" })
+    }
+
+    func storageKeyStatus(_ storage: any ChatLogStorage) async throws(ChatLogError) -> KeyStatus {
+        let usage = try await storage.keyUsage()
+        var entries: [KeyStatus.Entry] = []
+        for row in try await storage.keyRows() {
+            entries.append(
+                KeyStatus.Entry(
+                    id: try KeyID.stored(row.id, table: "keys", column: "id", rowID: String(row.id)), kind: KeyStatus.Entry.Kind(rawValue: row.kind) ?? .data,
+                    state: KeyStatus.Entry.State(rawValue: row.state) ?? .retired, createdAt: Date(unixMilliseconds: row.createdAt),
+                    retiredAt: row.retiredAt.map(Date.init(unixMilliseconds:)), rowCount: usage[row.id] ?? 0))
+        }
+        return KeyStatus(masterKeyFingerprint: keyRing.master.fingerprint, masterKeySource: masterKeyOrigin, keys: entries)
+    }
+
+    // MARK: - Search
+
+    /// The same answers as on SQLite: candidates holding every required word (a word's term
+    /// under each live index key) come newest first from the backend, in pages; each is opened
+    /// and checked against the real query, then the plain-column filters apply. Relevance ranks
+    /// the newest ``relevanceCandidateCap`` verified candidates with BM25 over the backend's
+    /// document frequencies.
+    func storageSearch(
+        _ text: String, filters: SearchFilters, limit: Int, offset: Int, sort: SearchSort, _ storage: any ChatLogStorage
+    ) async throws(ChatLogError) -> SearchResults {
+        // Blinders under every live index key (another process may have rotated since).
+        try await reloadKeys(storage)
+        let plan = try SearchPlan(query: text, filters: filters, limit: limit, offset: offset, sort: sort, keys: keyRing.current)
+        let matcher = plan.matcher
+        let blinders = plan.blinders
+        // A clause of several atoms ("a OR "b c"") asks for any atom: every atom's first token is
+        // a superset of the clause's matches; the check after opening is exact.
+        var required: [[UInt64]] = []
+        for clause in plan.query.required {
+            var group = Set<UInt64>()
+            if clause.count == 1 {
+                for token in Set(clause[0].tokens) {
+                    required.append(blinders.map { blinder in Self.termValue(blinder, token) })
+                }
+                continue
+            }
+            for atom in clause { if let token = atom.tokens.first { for blinder in blinders { group.insert(Self.termValue(blinder, token)) } } }
+            required.append(Array(group))
+        }
+        var subjectConversations: Set<String>?
+        if let subject = filters.subject {
+            let tokens = keyRing.current.indexKeys.values.map { SubjectIndex.token(for: subject, key: $0) }
+            var ids = Set<String>()
+            var cursor: MessageCursor?
+            while true {
+                let page = try await storage.conversations(ConversationFilter(subjectTokens: tokens), after: cursor, limit: 1_000)
+                ids.formUnion(page.map(\.row.id))
+                guard page.count == 1_000, let last = page.last else { break }
+                cursor = last.cursor
+            }
+            subjectConversations = ids
+        }
+        let since = filters.since?.unixMilliseconds
+        let until = filters.until?.unixMilliseconds
+        func wanted(_ row: SealedMessageRow) -> Bool {
+            if let since, row.createdAt < since { return false }
+            if let until, row.createdAt >= until { return false }
+            if let conversation = filters.conversation, row.conversationID != conversation.rawValue { return false }
+            if let role = filters.role, row.role != role.rawValue { return false }
+            if let model = filters.model, row.model != model { return false }
+            if let subjectConversations, !subjectConversations.contains(row.conversationID) { return false }
+            return true
+        }
+
+        let want = offset + limit
+        let cap = sort == .relevance ? Self.relevanceCandidateCap : Int.max
+        var examined = 0
+        var complete = true
+        var verified: [(row: SealedMessageRow, content: String, scan: QueryMatcher.Scan)] = []
+        var cursor: MessageCursor?
+        pages: while true {
+            let page = try await storage.searchCandidates(required: required, after: cursor, limit: sort == .newest ? max(50, want + 1) : 1_000)
+            try await ensureKeys(for: page.map(\.message.content), storage)
+            for candidate in page {
+                cursor = candidate.cursor
+                guard wanted(candidate.message) else { continue }
+                if examined >= cap {
+                    complete = false
+                    break pages
+                }
+                examined += 1
+                let row = candidate.message
+                let content = try openText(row.content, FieldContext(table: "messages", column: "content", rowID: row.id))
+                let scan = matcher.scan(content)
+                guard matcher.matches(scan) else { continue }
+                verified.append((row, content, scan))
+                // One match past the page tells whether there are more.
+                if sort == .newest, verified.count > want { break pages }
+            }
+            if page.isEmpty { break }
+        }
+
+        func hit(_ entry: (row: SealedMessageRow, content: String, scan: QueryMatcher.Scan), score: Double?) throws(ChatLogError) -> SearchHit {
+            SearchHit(
+                messageID: try MessageID.stored(entry.row.id, table: "messages", column: "id", seq: 0),
+                conversationID: try ConversationID.stored(entry.row.conversationID, table: "conversations", column: "id", seq: 0),
+                role: Role(rawValue: entry.row.role) ?? .user, createdAt: Date(unixMilliseconds: entry.row.createdAt), model: entry.row.model,
+                content: entry.content, snippet: Snippets.make(content: entry.content, matches: matcher.positiveMatches(entry.scan)), score: score)
+        }
+        if sort == .newest {
+            var hits: [SearchHit] = []
+            for entry in verified.dropFirst(offset).prefix(limit) { hits.append(try hit(entry, score: nil)) }
+            return SearchResults(hits: hits, examined: examined, complete: complete, matched: nil, more: verified.count > want)
+        }
+        guard !verified.isEmpty else { return SearchResults(hits: [], examined: examined, complete: complete, matched: 0, more: false) }
+        var terms: [UInt64] = []
+        for token in matcher.tokens { for blinder in blinders { terms.append(token.withUnsafeBufferPointer { blinder.termValue($0) }) } }
+        let ranking = BM25(
+            matcher: matcher, blinders: blinders, total: try await storage.counts().messages,
+            frequencies: try await storage.documentFrequencies(terms))
+        let lengths = verified.map(\.scan.tokenCount)
+        let averageLength = Double(lengths.reduce(0, +)) / Double(verified.count)
+        // Highest score first; ties newest first (candidates arrived newest first).
+        let order = verified.indices.map { index in
+            (index, ranking.score(
+                frequencies: matcher.frequencies(verified[index].scan), positive: matcher.positive, length: lengths[index],
+                averageLength: averageLength))
+        }.sorted { ($0.1, -$0.0) > ($1.1, -$1.0) }
+        var hits: [SearchHit] = []
+        for (index, score) in order.dropFirst(offset).prefix(limit) { hits.append(try hit(verified[index], score: score)) }
+        return SearchResults(hits: hits, examined: examined, complete: complete, matched: verified.count, more: verified.count > want)
+    }
+
+    static func termValue(_ blinder: TokenBlinder, _ token: String) -> UInt64 {
+        var token = token
+        return token.withUTF8 { blinder.termValue($0) }
+    }
+
+    static func checkOptions(_ options: Options) throws(ChatLogError) {
+        guard (1...4096).contains(options.paddingBlock) else {
+            throw .invalidInput("the padding block must be between 1 and 4096 bytes")
+        }
+        guard options.busyTimeout >= 0 else { throw .invalidInput("the busy timeout must not be negative") }
+    }
+}

@@ -1,0 +1,36 @@
+import ChatLog
+
+extension ChatLogStore {
+    /// Opens the store at `location`: a file path is a SQLite store (``open(at:key:options:)``);
+    /// a `postgres://` or `postgresql://` URL a PostgreSQL one (``PostgresLocation`` for the
+    /// URL's conventions; docs/ARCHITECTURE.md §10 for what works there so far). The password
+    /// never needs to be in the URL: `PGPASSWORD` or `~/.pgpass` (0600) are read as libpq does.
+    public static func open(url location: String, key source: MasterKeySource, options: Options = Options()) async throws(ChatLogError)
+        -> ChatLogStore
+    {
+        guard PostgresLocation.isPostgresURL(location) else { return try open(at: location, key: source, options: options) }
+        return try await onPostgres(location) { (storage) async throws(ChatLogError) in try await open(storage: storage, key: source, options: options) }
+    }
+
+    /// Creates a store at `location` (a path or a PostgreSQL URL, as for ``open(url:key:options:)``).
+    /// Throws ``ChatLogError/storeExists(path:)`` when one is there already.
+    public static func create(url location: String, key source: MasterKeySource, options: Options = Options()) async throws(ChatLogError)
+        -> ChatLogStore
+    {
+        guard PostgresLocation.isPostgresURL(location) else { return try create(at: location, key: source, options: options) }
+        return try await onPostgres(location) { (storage) async throws(ChatLogError) in try await create(storage: storage, key: source, options: options) }
+    }
+
+    /// Connects to `location` and runs `body`; the connections are released when it fails.
+    private static func onPostgres(
+        _ location: String, _ body: (PostgresStorage) async throws(ChatLogError) -> ChatLogStore
+    ) async throws(ChatLogError) -> ChatLogStore {
+        let storage = try await PostgresStorage.connect(try PostgresLocation(url: location))
+        do {
+            return try await body(storage)
+        } catch {
+            await storage.close()
+            throw error
+        }
+    }
+}

@@ -1,0 +1,383 @@
+import Foundation
+import Testing
+
+@testable import ChatLog
+@testable import ChatLogPostgres
+
+extension PostgreSQLSuites {
+    /// `ChatLogStore` on PostgreSQL through the storage seam: the same library calls, the same
+    /// answers as on SQLite, and the errors of what is not built there yet.
+    @Suite("ChatLogStore on PostgreSQL")
+    struct PostgresStoreTests {
+        /// One script of library calls; its answers as text lines (ids are given, so they agree).
+        static func answers(_ store: ChatLogStore, conversations: [ConversationID], messages: [[MessageID]]) async throws -> [String] {
+            let words = ["refund", "card", "charged", "twice", "paypal", "invoice", "zażółć", "naïve", "日本語", "delivery", "late", "broken"]
+            var random = SplitMix64(seed: 0x5EED)
+            func text(_ minimum: Int, _ spread: Int) -> String {
+                let count = minimum + Int(random.next() % UInt64(spread))
+                var picked: [String] = []
+                for _ in 0..<count { picked.append(words[Int(random.next() % 12)]) }
+                return picked.joined(separator: " ")
+            }
+            let base = Date(timeIntervalSince1970: 1_760_000_000)
+            func at(_ seconds: Int) -> Date { base.addingTimeInterval(Double(seconds)) }
+            for (index, id) in conversations.enumerated() {
+                var prompt: [NewMessage] = []
+                for turn in 0..<(1 + Int(random.next() % 3)) {
+                    var message = NewMessage(role: turn % 2 == 0 ? .user : .system, content: text(3, 9), createdAt: at(index * 60 + turn))
+                    message.id = messages[index][turn]
+                    prompt.append(message)
+                }
+                var completion = NewMessage(
+                    role: .assistant, content: text(5, 12), model: index % 2 == 0 ? "gpt-4o" : "claude", promptTokens: index,
+                    completionTokens: 2 * index, latencyMilliseconds: 100 + index, finishReason: "stop",
+                    metadata: .object(["n": .integer(Int64(index))]), createdAt: at(index * 60 + 30))
+                completion.id = messages[index][3]
+                let conversation = NewConversation(
+                    title: "conversation \(index)", metadata: .object(["i": .integer(Int64(index))]), createdAt: at(index * 60), id: id)
+                _ = try await store.logExchange(ModelExchange(conversation: .new(conversation), prompt: prompt, completion: completion))
+            }
+            var late = NewMessage(role: .user, content: "late delivery again", createdAt: at(10_000))
+            late.id = messages[0][4]
+            _ = try await store.append(late, to: conversations[0])
+
+            var lines: [String] = []
+            let counts = try await store.counts()
+            lines.append("counts \(counts.conversations) \(counts.messages)")
+            var cursor: String?
+            repeat {
+                let page = try await store.conversations(ConversationQuery(limit: 5, cursor: cursor))
+                lines += page.conversations.map { "list \($0.id) \($0.title ?? "-") \($0.messageCount) \(Self.json($0.metadata))" }
+                cursor = page.nextCursor
+            } while cursor != nil
+            lines += try await store.conversations(ConversationQuery(model: "claude")).conversations.map { "claude \($0.id)" }
+            lines += try await store.conversations(ConversationQuery(since: base.addingTimeInterval(300), until: base.addingTimeInterval(600))).conversations.map { "window \($0.id)" }
+            for id in conversations.prefix(3) {
+                let transcript = try await store.transcript(id)
+                lines.append("transcript \(id) \(transcript.conversation.title ?? "-") \(transcript.conversation.messageCount)")
+                lines += transcript.messages.map {
+                    "  \($0.position) \($0.id) \($0.role) \($0.model ?? "-") \($0.promptTokens ?? -1) \($0.latencyMilliseconds ?? -1) \($0.createdAt.timeIntervalSince1970) \($0.content) \(Self.json($0.metadata))"
+                }
+            }
+            for query in ["refund", "card -paypal", "\"charged twice\"", "invoice OR 日本語", "zażółć naïve", "late delivery", "nothinglikethis"] {
+                for sort in SearchSort.allCases {
+                    for filters in [SearchFilters(), SearchFilters(role: .assistant), SearchFilters(model: "claude"), SearchFilters(conversation: conversations[1]),
+                        SearchFilters(since: base.addingTimeInterval(120), until: base.addingTimeInterval(480))]
+                    {
+                        let results = try await store.search(query, filters: filters, limit: 4, offset: 1, sort: sort)
+                        lines.append("search \(query) \(sort) \(filters.role?.rawValue ?? "") \(filters.model ?? "") examined \(results.examined) matched \(results.matched ?? -1) more \(results.more)")
+                        lines += results.hits.map {
+                            "  \($0.messageID) \($0.conversationID) \($0.role) \($0.score.map { String(format: "%.9f", $0) } ?? "-") \($0.snippet.text) \(Self.highlighted($0.snippet))"
+                        }
+                    }
+                }
+            }
+            lines.append("short \(try await store.conversationID(matching: String(conversations[2].rawValue.prefix(30))))")
+            lines += try await store.keyStatus().keys.map { "key \($0.id) \($0.kind) \($0.state) \($0.rowCount)" }
+            #expect(try await store.deleteConversation(conversations[1]))
+            #expect(try await store.deleteConversations([conversations[2], conversations[1]]) == 1)
+            let after = try await store.counts()
+            lines.append("after delete \(after.conversations) \(after.messages)")
+            lines += try await store.search("refund", sort: .newest).hits.map { "  after \($0.messageID)" }
+            return lines
+        }
+
+        static func json(_ value: JSONValue?) -> String {
+            guard let value, let data = try? value.encoded() else { return "-" }
+            return String(decoding: data, as: UTF8.self)
+        }
+
+        static func highlighted(_ snippet: Snippet) -> [String] { snippet.highlights.map { String(snippet.text[$0]) } }
+
+        @Test("the same library calls give the same answers on PostgreSQL as on SQLite: logging, listing pages and filters, transcripts, search (newest and relevance, every filter), short ids, key status, deletes")
+        func sameAnswersAsSQLite() async throws {
+            let conversations = (0..<14).map { _ in ConversationID.make() }
+            let messages = conversations.map { _ in (0..<5).map { _ in MessageID.make() } }
+            let key = MasterKey.generate()
+            let sqlite = try await withSQLiteLocation { location in
+                let store = try await ChatLogStore.create(url: location, key: .key(key))
+                defer { try? store.close() }
+                return try await Self.answers(store, conversations: conversations, messages: messages)
+            }
+            let postgres = try await withPostgresLocation { location, _ in
+                let store = try await ChatLogStore.create(url: location, key: .key(key))
+                defer { try? store.close() }
+                #expect(store.storage != nil)
+                return try await Self.answers(store, conversations: conversations, messages: messages)
+            }
+            #expect(sqlite.count > 100)
+            #expect(sqlite.contains { $0.hasPrefix("  ") && $0.contains("refund") })
+            for (index, (left, right)) in zip(sqlite, postgres).enumerated() where left != right {
+                Issue.record("line \(index): SQLite «\(left)» PostgreSQL «\(right)»")
+                break
+            }
+            #expect(sqlite.count == postgres.count)
+        }
+
+        @Test("open checks the master key (wrong key: the expected fingerprint), a second create is refused, a passphrase store reopens, and the key rows are authenticated")
+        func keysAndCreation() async throws {
+            try await withPostgresLocation { location, database in
+                let key = MasterKey.generate()
+                let store = try await ChatLogStore.create(url: location, key: .key(key))
+                let id = try await store.logExchange(
+                    ModelExchange(conversation: .new(NewConversation(title: "t")), prompt: [], completion: NewMessage(role: .assistant, content: "hello"))
+                ).conversationID
+                try? store.close()
+                await #expect(throws: ChatLogError.storeExists(path: store.path)) {
+                    try await ChatLogStore.create(url: location, key: .key(key))
+                }
+                let other = MasterKey.generate()
+                await #expect(throws: ChatLogError.wrongKey(expected: key.fingerprint, given: other.fingerprint, source: "given by the application")) {
+                    try await ChatLogStore.open(url: location, key: .key(other))
+                }
+                let reopened = try await ChatLogStore.open(url: location, key: .key(key))
+                #expect(try await reopened.transcript(id).messages.map(\.content) == ["hello"])
+                try? reopened.close()
+
+                // A key row changed behind chatlog's back (re-activated, or its wrapped bytes swapped) is refused.
+                try database.psql("UPDATE keys SET created_at = created_at + 1 WHERE id = 1")
+                await #expect(throws: ChatLogError.integrity(IntegrityFailure(table: "keys", column: "mac", rowID: "data:1", reason: .authenticationFailed))) {
+                    try await ChatLogStore.open(url: location, key: .key(key))
+                }
+            }
+            try await withPostgresLocation { location, _ in
+                let passphrase = try Passphrase("correct horse battery staple")
+                let options = ChatLogStore.Options(passphraseKDF: .interactive)
+                let store = try await ChatLogStore.create(url: location, key: .passphrase(passphrase), options: options)
+                _ = try await store.createConversation(NewConversation(title: "p"))
+                try? store.close()
+                let reopened = try await ChatLogStore.open(url: location, key: .passphrase(passphrase), options: options)
+                #expect(try await reopened.conversations().conversations.map(\.title) == ["p"])
+                try? reopened.close()
+                await #expect(throws: ChatLogError.self) {
+                    try await ChatLogStore.open(url: location, key: .passphrase(try Passphrase("wrong horse battery staple")), options: options)
+                }
+            }
+        }
+
+        @Test("what is not built on PostgreSQL yet fails with one specific error and writes nothing: a conversation with a subject, SQLite-only operations")
+        func notYetOnPostgres() async throws {
+            try await withPostgresLocation { location, _ in
+                let store = try await ChatLogStore.create(url: location, key: .key(.generate()))
+                defer { try? store.close() }
+                await #expect(throws: ChatLogError.notOnThisBackend(location: store.path, what: "a conversation with a subject (sealed under a per-subject key for `forget`)")) {
+                    try await store.logExchange(
+                        ModelExchange(conversation: .new(NewConversation(subject: "user-42")), prompt: [], completion: NewMessage(role: .assistant, content: "x")))
+                }
+                #expect(try await store.counts() == (0, 0))
+                #expect(throws: ChatLogError.notOnThisBackend(location: store.path, what: "this")) { try store.verify() }
+                #expect(throws: ChatLogError.notOnThisBackend(location: store.path, what: "this")) { try store.counts() }
+                #expect(!store.path.contains("password"))
+            }
+        }
+
+        @Test("a sealed value moved to another row on the server fails to open, naming the row; the rest still opens")
+        func movedCiphertext() async throws {
+            try await withPostgresLocation { location, database in
+                let store = try await ChatLogStore.create(url: location, key: .key(.generate()))
+                defer { try? store.close() }
+                let first = try await store.logExchange(
+                    ModelExchange(conversation: .new(NewConversation(title: "a")), prompt: [NewMessage(role: .user, content: "secret one")],
+                        completion: NewMessage(role: .assistant, content: "secret two")))
+                let second = try await store.logExchange(
+                    ModelExchange(conversation: .new(NewConversation(title: "b")), prompt: [], completion: NewMessage(role: .assistant, content: "other")))
+                try database.psql(
+                    "UPDATE messages SET content = (SELECT content FROM messages WHERE id = '\(first.messageIDs[0])') WHERE id = '\(first.messageIDs[1])'")
+                await #expect(throws: ChatLogError.integrity(IntegrityFailure(table: "messages", column: "content", rowID: first.messageIDs[1].rawValue, reason: .authenticationFailed))) {
+                    try await store.transcript(first.conversationID)
+                }
+                #expect(try await store.transcript(second.conversationID).messages.map(\.content) == ["other"])
+            }
+        }
+
+        @Test("concurrent writers on two handles append to one conversation: every message kept, positions gap-free")
+        func concurrentWriters() async throws {
+            try await withPostgresLocation { location, _ in
+                let key = MasterKey.generate()
+                let one = try await ChatLogStore.create(url: location, key: .key(key))
+                let two = try await ChatLogStore.open(url: location, key: .key(key))
+                defer {
+                    try? one.close()
+                    try? two.close()
+                }
+                let id = try await one.createConversation(NewConversation(title: "shared"))
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for writer in 0..<8 {
+                        let store = writer % 2 == 0 ? one : two
+                        group.addTask {
+                            for turn in 0..<15 { _ = try await store.append([NewMessage(role: .user, content: "w\(writer) t\(turn)")], to: id) }
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                let transcript = try await two.transcript(id)
+                #expect(transcript.messages.map(\.position) == Array(0..<120))
+                #expect(Set(transcript.messages.map(\.content)).count == 120)
+            }
+        }
+    }
+}
+
+/// One database of the test cluster, for SQL run beside chatlog.
+struct PostgresDatabase: Sendable {
+    let server: PostgresTestServer
+    let name: String
+
+    @discardableResult
+    func psql(_ sql: String) throws -> String { try server.psql(sql, database: name) }
+}
+
+/// A location for a new SQLite store (a path in a temporary directory removed after `body`).
+func withSQLiteLocation<R>(_ body: (String) async throws -> R) async throws -> R {
+    var template = Array((NSTemporaryDirectory() + "/chatlog-pgstore-XXXXXX").utf8CString)
+    guard let created = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+        throw PostgresTestServerError("mkdtemp failed")
+    }
+    let directory = String(cString: created)
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    return try await body(directory + "/chat.db")
+}
+
+/// The URL of a new, empty database of the shared test cluster (dropped after `body`).
+func withPostgresLocation<R>(_ body: (String, PostgresDatabase) async throws -> R) async throws -> R {
+    let server = try await PostgresTestServer.shared()
+    return try await server.withDatabase { database in try await body(server.url(database: database), PostgresDatabase(server: server, name: database)) }
+}
+
+extension PostgreSQLSuites {
+    /// The `chatlog` binary on a PostgreSQL store, from the environment (CHATLOG_DB) or `--db`.
+    @Suite("chatlog CLI on PostgreSQL")
+    struct PostgresCLITests {
+        @Test("init, log, list, show, search, key status and rm work on a postgres:// store; other commands fail with exit 64 naming themselves; a password in --db is refused")
+        func commands() async throws {
+            try await withPostgresLocation { location, _ in
+                let home = NSTemporaryDirectory() + "/chatlog-pgcli-" + UUID().uuidString
+                try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+                defer { try? FileManager.default.removeItem(atPath: home) }
+                let key = MasterKey.generate()
+                let env = [
+                    "CHATLOG_MASTER_KEY": key.exportBase64(), "CHATLOG_DB": location, "HOME": home, "PATH": "/usr/bin:/bin",
+                ]
+                func chatlog(_ arguments: String..., env: [String: String] = env) throws -> ProcessOutput {
+                    try ProcessOutput.run(chatlogBinary(), arguments, env: env, cwd: home)
+                }
+
+                let created = try chatlog("init")
+                #expect(created.status == 0, "\(created)")
+                #expect(created.out.hasPrefix("created chatlog store postgresql://"))
+                let again = try chatlog("init")
+                #expect(again.status == 0 && again.out.contains("already exists"), "\(again)")
+
+                let first = try chatlog("log", "--title", "Billing", "--text", "My card was charged twice, I want a refund", "--json")
+                #expect(first.status == 0, "\(first)")
+                let ids = try JSONSerialization.jsonObject(with: Data(first.out.utf8)) as? [String: String]
+                let conversation = try #require(ids?["conversation_id"])
+                let reply = try chatlog(
+                    "log", "--conversation", String(conversation.prefix(8)), "--role", "assistant", "--model", "gpt-4o", "--text",
+                    "Sorry about that: the refund is on its way")
+                #expect(reply.status == 0, "\(reply)")
+                #expect(try chatlog("log", "--title", "Other", "--text", "delivery late").status == 0)
+
+                let list = try chatlog("list", "--json")
+                #expect(list.status == 0 && list.out.contains("Billing") && list.out.contains("Other"), "\(list)")
+                let show = try chatlog("show", String(conversation.prefix(13)), "--json")
+                #expect(show.status == 0, "\(show)")
+                #expect(show.out.contains("My card was charged twice") && show.out.contains("the refund is on its way"))
+                let search = try chatlog("search", "refund", "--json")
+                #expect(search.status == 0 && search.out.components(separatedBy: "\"message_id\"").count == 3, "\(search)")
+                let newest = try chatlog("search", "refund -sorry", "--sort", "newest")
+                #expect(newest.status == 0 && newest.out.contains("charged twice") && !newest.out.contains("on its way"), "\(newest)")
+                let status = try chatlog("key", "status")
+                #expect(status.status == 0 && status.out.contains("active"), "\(status)")
+                let overview = try chatlog("status", "--json")
+                #expect(overview.status == 0 && overview.out.contains("\"files\" : null") && overview.out.contains("\"messages\" : 3"), "\(overview)")
+
+                let export = try chatlog("export")
+                #expect(export.status == 64, "\(export)")
+                #expect(export.err.contains("`chatlog export` does not work on a PostgreSQL store yet"))
+                let rotate = try chatlog("key", "rotate")
+                #expect(rotate.status == 64 && rotate.err.contains("`chatlog key rotate` does not work"), "\(rotate)")
+                try Data(#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}"#.utf8 + [0x0A]).write(to: URL(fileURLWithPath: home + "/in.jsonl"))
+                for command in [["backup", home + "/backup.db"], ["verify"], ["prune", "--older-than", "1d"], ["forget", "--subject", "user-42"], ["import", "--format", "openai-jsonl", home + "/in.jsonl"], ["serve"], ["stats"], ["token", "list"]] {
+                    let result = try ProcessOutput.run(chatlogBinary(), command, env: env, cwd: home)
+                    #expect(result.status == 64 && result.err.contains("`chatlog \(command[0] == "token" ? "token list" : command[0])` does not work on a PostgreSQL store yet"), "\(command) \(result)")
+                }
+                #expect(!FileManager.default.fileExists(atPath: home + "/backup.db"))
+                // Nothing was created beside the URL (a lock or subject-key file named after it).
+                #expect(try FileManager.default.contentsOfDirectory(atPath: home) == ["in.jsonl"])
+                let subject = try chatlog("log", "--subject", "user-42", "--text", "x")
+                #expect(subject.status == 64 && subject.err.contains("a conversation with a subject"), "\(subject)")
+
+                // --db instead of CHATLOG_DB; a password in it is refused before anything is opened.
+                var withoutDB = env
+                withoutDB["CHATLOG_DB"] = nil
+                let byOption = try chatlog("list", "--db", location, env: withoutDB)
+                #expect(byOption.status == 0 && byOption.out.contains("Billing"), "\(byOption)")
+                let withPassword = location.replacingOccurrences(of: "@/", with: ":hunter2secret@/")
+                let refused = try chatlog("list", "--db", withPassword, env: withoutDB)
+                #expect(refused.status == 65 && refused.err.contains("must not carry a password") && !refused.err.contains("hunter2secret"), "\(refused)")
+
+                let removed = try chatlog("rm", conversation)
+                #expect(removed.status == 0 && removed.out.contains("deleted 1 conversation"), "\(removed)")
+                let gone = try chatlog("search", "refund", "--json")
+                #expect(gone.status == 0 && !gone.out.contains("message_id"), "\(gone)")
+                let wrongKey = try chatlog("list", env: env.merging(["CHATLOG_MASTER_KEY": MasterKey.generate().exportBase64()]) { $1 })
+                #expect(wrongKey.status == 77 && wrongKey.err.contains("wrong master key"), "\(wrongKey)")
+                let down = try chatlog("list", "--db", "postgresql://nobody@/none?host=/nonexistent-socket-dir", env: withoutDB)
+                #expect(down.status == 1 && down.err.split(separator: "\n").count == 1, "\(down)")
+            }
+        }
+    }
+}
+
+/// The `chatlog` executable `swift build` put next to this test bundle.
+func chatlogBinary() throws -> URL {
+    var directories: [URL] = []
+    if let executable = Bundle.main.executableURL { directories.append(executable.deletingLastPathComponent()) }
+    if let first = CommandLine.arguments.first { directories.append(URL(fileURLWithPath: first).deletingLastPathComponent()) }
+    for start in directories {
+        var directory = start.standardizedFileURL
+        for _ in 0..<4 {
+            let candidate = directory.appendingPathComponent("chatlog")
+            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+            directory = directory.deletingLastPathComponent()
+        }
+    }
+    throw PostgresTestServerError("the `chatlog` executable was not found next to the test bundle (swift build --product chatlog)")
+}
+
+/// A finished process: exit status and its output as text.
+struct ProcessOutput: CustomStringConvertible {
+    let status: Int32
+    let out: String
+    let err: String
+    var description: String { "exit \(status)\n--- stdout:\n\(out)\n--- stderr:\n\(err)" }
+
+    /// Runs `executable` with exactly `env`, no stdin, output through files (never a full pipe).
+    static func run(_ executable: URL, _ arguments: [String], env: [String: String], cwd: String, timeout: TimeInterval = 60) throws -> ProcessOutput {
+        let io = NSTemporaryDirectory() + "/chatlog-pgcli-io-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: io, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: io) }
+        for name in ["in", "out", "err"] { _ = FileManager.default.createFile(atPath: io + "/" + name, contents: Data()) }
+        let process = Process()
+        process.executableURL = executable
+        process.arguments = arguments
+        process.environment = env
+        process.currentDirectoryURL = URL(fileURLWithPath: cwd)
+        process.standardInput = try FileHandle(forReadingFrom: URL(fileURLWithPath: io + "/in"))
+        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: io + "/out"))
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: io + "/err"))
+        let exited = DispatchSemaphore(value: 0)
+        process.terminationHandler = { _ in exited.signal() }
+        try process.run()
+        if exited.wait(timeout: .now() + timeout) == .timedOut {
+            process.terminate()
+            process.waitUntilExit()
+            throw PostgresTestServerError("chatlog \(arguments) did not finish within \(Int(timeout)) s")
+        }
+        process.waitUntilExit()
+        return ProcessOutput(
+            status: process.terminationStatus, out: (try? String(contentsOfFile: io + "/out", encoding: .utf8)) ?? "",
+            err: (try? String(contentsOfFile: io + "/err", encoding: .utf8)) ?? "")
+    }
+}
