@@ -16,7 +16,7 @@ struct ChatLogCommand: AsyncParsableCommand {
         subcommands: [
             InitCommand.self, LogCommand.self, ImportCommand.self, ExportCommand.self, ListCommand.self, ShowCommand.self,
             SearchCommand.self, StatsCommand.self, RemoveCommand.self, ForgetCommand.self, PruneCommand.self, VerifyCommand.self, BackupCommand.self,
-            KeyCommand.self, DemoCommand.self, StatusCommand.self, ServeCommand.self, TokenCommand.self,
+            CopyCommand.self, KeyCommand.self, DemoCommand.self, StatusCommand.self, ServeCommand.self, TokenCommand.self,
         ]
     )
 }

@@ -15,13 +15,18 @@ struct StoreOptions: ParsableArguments {
     /// in CHATLOG_DB instead).
     func path(_ settings: ChatLogSettings) throws(ChatLogError) -> String {
         if let db {
-            if PostgresLocation.isPostgresURL(db), try PostgresLocation(url: db).passwordSource == "the URL" {
-                throw .invalidInput(
-                    "--db must not carry a password (the process list shows it): use PGPASSWORD, ~/.pgpass (0600), or put the URL in CHATLOG_DB")
-            }
+            try Self.refusePassword(db, option: "--db")
             return db
         }
         return try settings.databasePath ?? "chatlog.db"
+    }
+
+    /// A store location given on the command line (`--db`, `copy --to`) must not hold a password.
+    static func refusePassword(_ location: String, option: String) throws(ChatLogError) {
+        if PostgresLocation.isPostgresURL(location), try PostgresLocation(url: location).passwordSource == "the URL" {
+            throw .invalidInput(
+                "\(option) must not carry a password (the process list shows it): use PGPASSWORD, ~/.pgpass (0600), or put the URL in CHATLOG_DB")
+        }
     }
 }
 

@@ -34,3 +34,20 @@ extension ChatLogStore {
         }
     }
 }
+
+extension ChatLogStore {
+    /// Copies this store to `location` — a PostgreSQL URL or a SQLite file path, new or holding an
+    /// interrupted copy of this store — without opening any sealed value, then verifies the copy
+    /// (docs/OPERATIONS.md, "Moving a store: chatlog copy").
+    public func copy(to location: String, progress: (@Sendable (Int) -> Void)? = nil) async throws(ChatLogError) -> CopyReport {
+        if PostgresLocation.isPostgresURL(location) {
+            let destination = try await PostgresStorage.connect(try PostgresLocation(url: location))
+            if destination.location == path {
+                await destination.close()
+                throw .invalidInput("the destination is this store")
+            }
+            return try await copyAndClose(to: destination, progress: progress)
+        }
+        return try await copy(toFile: location, progress: progress)
+    }
+}

@@ -732,6 +732,14 @@ extension PostgresStorage {
         }
     }
 
+    package func termPairCount() async throws(ChatLogError) -> Int {
+        try await read { connection in
+            let rows = try await connection.query("SELECT count(*) FROM message_terms", logger: self.logger)
+            for try await count in rows.decode(Int64.self) { return Int(count) }
+            return 0
+        }
+    }
+
     package var addsTermsLater: Bool { true }
 
     package func addTerms(_ pairs: [(messageID: String, term: UInt64)]) async throws(ChatLogError) {

@@ -114,6 +114,96 @@ extension PostgreSQLSuites {
             #expect(sqlite.count == postgres.count)
         }
 
+        /// What a reader sees: every listing page, every transcript, searches of both sorts.
+        static func summary(_ store: ChatLogStore) async throws -> [String] {
+            var lines: [String] = []
+            var cursor: String?
+            repeat {
+                let page = try await store.conversations(ConversationQuery(limit: 7, cursor: cursor))
+                for conversation in page.conversations {
+                    let transcript = try await store.transcript(conversation.id)
+                    lines.append("conversation \(conversation.id) \(conversation.title ?? "-") \(Self.json(conversation.metadata)) \(conversation.createdAt.timeIntervalSince1970)")
+                    lines += transcript.messages.map { "  \($0.id) \($0.role) \($0.model ?? "-") \($0.createdAt.timeIntervalSince1970) \($0.content) \(Self.json($0.metadata))" }
+                }
+                cursor = page.nextCursor
+            } while cursor != nil
+            for query in ["refund", "card -paypal", "\"charged twice\"", "invoice OR 日本語", "late delivery"] {
+                for sort in SearchSort.allCases {
+                    let results = try await store.search(query, limit: 50, sort: sort)
+                    lines += results.hits.map { "search \(query) \(sort) \($0.messageID) \($0.score.map { String(format: "%.9f", $0) } ?? "-")" }
+                }
+            }
+            let counts = try await store.counts()
+            lines.append("counts \(counts.conversations) \(counts.messages)")
+            return lines
+        }
+
+        @Test("copy moves a store SQLite → PostgreSQL → SQLite without opening a value: the same transcripts and search answers, resumed after an interruption, verified; another store or a foreign file at the destination is refused untouched")
+        func copyBothWays() async throws {
+            let conversations = (0..<14).map { _ in ConversationID.make() }
+            let messages = conversations.map { _ in (0..<5).map { _ in MessageID.make() } }
+            let key = MasterKey.generate()
+            try await withSQLiteLocation { path in
+                let source = try await ChatLogStore.create(url: path, key: .key(key))
+                defer { try? source.close() }
+                _ = try await Self.answers(source, conversations: conversations, messages: messages)
+                let expected = try await Self.summary(source)
+                #expect(expected.count > 60)
+                try await withPostgresLocation { url, database in
+                    let report = try await source.copy(to: url)
+                    #expect(report.conversations == 12 && report.alreadyCopied == 0 && report.termPairs > 100, "\(report)")
+                    #expect(report.verifiedConversations == 12 && report.verifiedMessages == report.messages)
+                    let copied = try await ChatLogStore.open(url: url, key: .key(key))
+                    defer { try? copied.close() }
+                    let first = try await Self.summary(copied)
+                    for (left, right) in zip(expected, first) where left != right {
+                        Issue.record("SQLite «\(left)» copy «\(right)»")
+                        break
+                    }
+                    #expect(first == expected)
+
+                    // Interrupted before five conversations (each is copied in one transaction): a rerun copies just those.
+                    try database.psql("DELETE FROM conversations WHERE id IN (SELECT id FROM conversations ORDER BY created_at LIMIT 5)")
+                    let resumed = try await source.copy(to: url)
+                    #expect(resumed.conversations == 5 && resumed.alreadyCopied == 7 && resumed.verifiedConversations == 12, "\(resumed)")
+                    #expect(try await Self.summary(copied) == expected)
+
+                    // And back into a new SQLite file, which opens as an ordinary store.
+                    try await withSQLiteLocation { back in
+                        let returned = try await copied.copy(to: back)
+                        #expect(returned.conversations == 12 && returned.termPairs == 0)
+                        let reopened = try ChatLogStore.open(at: back, key: .key(key))
+                        defer { try? reopened.close() }
+                        #expect(try await Self.summary(reopened) == expected)
+                        #expect(try reopened.verify().ok)
+                    }
+
+                    // Another store at the destination, and a file of another program: refused, nothing changed.
+                    try await withSQLiteLocation { other in
+                        let unrelated = try ChatLogStore.create(at: other, key: .key(key))
+                        try unrelated.close()
+                        await #expect(throws: ChatLogError.invalidInput("\(other) holds another chatlog store; copy into an empty database or a new file")) {
+                            try await source.copy(to: other)
+                        }
+                        let foreign = other + ".txt"
+                        try Data("not a database".utf8).write(to: URL(fileURLWithPath: foreign))
+                        await #expect(throws: ChatLogError.self) { try await source.copy(to: foreign) }
+                        #expect(try Data(contentsOf: URL(fileURLWithPath: foreign)) == Data("not a database".utf8))
+                        await #expect(throws: ChatLogError.invalidInput("the destination is this store's own file")) { try await source.copy(to: path) }
+                    }
+                }
+                // A conversation sealed under a subject key cannot move yet: refused before the destination is touched.
+                _ = try await source.createConversation(NewConversation(title: "s", subject: "user-7"))
+                try await withPostgresLocation { url, database in
+                    await #expect(throws: ChatLogError.invalidInput("1 conversation is sealed under per-subject keys, which `copy` cannot move yet; nothing was copied")) {
+                        try await source.copy(to: url)
+                    }
+                    let tables = try database.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+                    #expect(tables == "0")
+                }
+            }
+        }
+
         @Test("open checks the master key (wrong key: the expected fingerprint), a second create is refused, a passphrase store reopens, and the key rows are authenticated")
         func keysAndCreation() async throws {
             try await withPostgresLocation { location, database in
@@ -325,6 +415,77 @@ extension PostgreSQLSuites {
                 #expect(wrongKey.status == 77 && wrongKey.err.contains("wrong master key"), "\(wrongKey)")
                 let down = try chatlog("list", "--db", "postgresql://nobody@/none?host=/nonexistent-socket-dir", env: withoutDB)
                 #expect(down.status == 1 && down.err.split(separator: "\n").count == 1, "\(down)")
+            }
+        }
+    }
+}
+
+extension PostgreSQLSuites.PostgresCLITests {
+    static func hits(_ json: String) throws -> [(id: String, createdAt: String)] {
+        let object = try JSONSerialization.jsonObject(with: Data(json.utf8))
+        let hits = ((object as? [String: Any])?["hits"] as? [[String: Any]]) ?? (object as? [[String: Any]]) ?? []
+        return hits.map { ($0["message_id"] as? String ?? "", $0["created_at"] as? String ?? "") }
+    }
+
+    @Test("chatlog copy SQLite → PostgreSQL, SIGKILLed mid-copy: the rerun finishes it (never a half-copied conversation), verifies every row, and search answers as on the source")
+    func copyKilledAndResumed() async throws {
+        try await withPostgresLocation { url, database in
+            try await withSQLiteLocation { path in
+                let key = MasterKey.generate()
+                let source = try ChatLogStore.create(at: path, key: .key(key))
+                let words = ["refund", "card", "invoice", "delivery", "late", "broken", "paypal", "twice"]
+                for index in 0..<3_000 {
+                    _ = try await source.logExchange(
+                        ModelExchange(
+                            conversation: .new(NewConversation(title: "c\(index)")),
+                            prompt: [NewMessage(role: .user, content: "\(words[index % 8]) \(words[(index / 8) % 8]) number\(index)")],
+                            completion: NewMessage(role: .assistant, content: "answer \(words[(index + 3) % 8])")))
+                }
+                try source.close()
+                let home = (path as NSString).deletingLastPathComponent
+                let env = ["CHATLOG_MASTER_KEY": key.exportBase64(), "CHATLOG_DB": path, "HOME": home, "PATH": "/usr/bin:/bin"]
+
+                let process = Process()
+                process.executableURL = try chatlogBinary()
+                process.arguments = ["copy", "--to", url]
+                process.environment = env
+                process.standardOutput = FileHandle.nullDevice
+                process.standardError = FileHandle.nullDevice
+                try process.run()
+                var copiedBeforeKill = 0
+                for _ in 0..<600 {
+                    copiedBeforeKill = Int((try? database.psql("SELECT count(*) FROM conversations")) ?? "") ?? 0
+                    if copiedBeforeKill >= 300 || !process.isRunning { break }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+                #expect(copiedBeforeKill >= 300 && copiedBeforeKill < 3_000, "killed after \(copiedBeforeKill) conversations")
+                // Every conversation there is whole: two messages each.
+                let partial = try database.psql(
+                    "SELECT count(*) FROM conversations c WHERE (SELECT count(*) FROM messages m WHERE m.conversation_seq = c.seq) <> 2")
+                #expect(partial == "0")
+
+                let resumed = try ProcessOutput.run(chatlogBinary(), ["copy", "--to", url, "--json"], env: env, cwd: home, timeout: 300)
+                #expect(resumed.status == 0, "\(resumed)")
+                let report = try JSONSerialization.jsonObject(with: Data(resumed.out.utf8)) as? [String: Any]
+                let already = report?["already_copied"] as? Int ?? -1
+                #expect(already >= copiedBeforeKill && already < 3_000, "\(resumed)")
+                #expect((report?["conversations"] as? Int ?? 0) + already == 3_000)
+                #expect(report?["verified_conversations"] as? Int == 3_000 && report?["verified_messages"] as? Int == 6_000)
+
+                for query in ["refund invoice", "late -broken", "number2999", "answer twice"] {
+                    let here = try ProcessOutput.run(chatlogBinary(), ["search", query, "--limit", "1000", "--sort", "newest", "--json"], env: env, cwd: home)
+                    var remote = env
+                    remote["CHATLOG_DB"] = url
+                    let there = try ProcessOutput.run(chatlogBinary(), ["search", query, "--limit", "1000", "--sort", "newest", "--json"], env: remote, cwd: home)
+                    #expect(here.status == 0 && there.status == 0 && here.out.contains("message_id"), "\(query): \(here) \(there)")
+                    // The same hits, newest first on both; messages logged within one millisecond may
+                    // come in another order after a copy (each backend breaks ties by its own row order).
+                    let (left, right) = (try Self.hits(here.out), try Self.hits(there.out))
+                    #expect(!left.isEmpty && Set(left.map(\.id)) == Set(right.map(\.id)) && left.count == right.count, "\(query)")
+                    #expect(left.map(\.createdAt) == right.map(\.createdAt), "\(query)")
+                }
             }
         }
     }

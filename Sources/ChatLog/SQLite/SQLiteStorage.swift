@@ -413,4 +413,8 @@ package final class SQLiteStorage: ChatLogStorage {
     package func addTerms(_ pairs: [(messageID: String, term: UInt64)]) async throws(ChatLogError) {
         throw .invalidInput("a SQLite store's search index takes a message's terms only with the message")
     }
+
+    package func termPairCount() async throws(ChatLogError) -> Int {
+        try await read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM message_terms_instance") ?? 0 }
+    }
 }

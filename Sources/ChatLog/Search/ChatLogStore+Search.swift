@@ -306,7 +306,9 @@ struct BM25 {
     private var idf: [Double] = []
 
     init(matcher: QueryMatcher, blinders: [TokenBlinder], db: Database) throws {
-        let total = Double(max(1, try Int64.fetchOne(db, sql: "SELECT max(seq) FROM messages") ?? 1))
+        // The number of messages (migration 0007's counter, kept by the writers and the delete
+        // triggers): exact after deletes, as on every backend (max(seq) counted deleted rows too).
+        let total = Double(max(1, try Int64.fetchOne(db, sql: "SELECT messages FROM message_totals WHERE id = 1") ?? 1))
         let statement = try db.cachedStatement(sql: "SELECT doc FROM message_terms_vocab WHERE term = ?")
         for token in matcher.tokens {
             var frequency = 0.0

@@ -297,6 +297,9 @@ package protocol ChatLogStorage: Sendable {
     /// (a copy's second phase, rerun when resumed).
     func addTerms(_ pairs: [(messageID: String, term: UInt64)]) async throws(ChatLogError)
 
+    /// How many (message, term) pairs the search index holds (a copy's verification).
+    func termPairCount() async throws(ChatLogError) -> Int
+
     /// Releases the backend's connections.
     func close() async
 }

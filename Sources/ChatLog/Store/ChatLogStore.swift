@@ -273,6 +273,13 @@ public final class ChatLogStore: Sendable {
 
     private enum ProbeResult { case empty, uninitialized, initialized }
 
+    /// For a file about to be written as a store (a copy's destination): whether it holds an
+    /// initialised chatlog store; ``ChatLogError/notAChatLogStore(path:reason:)`` for a file of
+    /// another program, which must never be touched.
+    package static func holdsInitializedStore(_ path: String) throws(ChatLogError) -> Bool {
+        try probe(path) == .initialized
+    }
+
     /// Looks at a file read-only before chatlog touches it, so that opening a foreign SQLite
     /// database (or a random file) changes nothing in it.
     private static func probe(_ path: String) throws(ChatLogError) -> ProbeResult {
