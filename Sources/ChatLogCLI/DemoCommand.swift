@@ -53,9 +53,10 @@ struct DemoCommand: AsyncParsableCommand {
             }
 
             CLIOutput.line("\n5. Stats by model, from plain columns only (no key needed):\n")
+            let byModel = try await store.stats(by: .model)
             CLIOutput.line(Table.render(
                 header: ["MODEL", "MESSAGES", "PROMPT TOKENS", "COMPLETION TOKENS"],
-                rows: try store.stats(by: .model).map {
+                rows: byModel.map {
                     [$0.group ?? "-", String($0.messages), String($0.promptTokens), String($0.completionTokens)]
                 }))
 

@@ -52,7 +52,7 @@ struct ExportCommand: AsyncParsableCommand {
             var skipped: [IntegrityFailure] = []
             let totals: (conversations: Int, messages: Int)
             do {
-                totals = try opened.exportOpenAIJSONL(
+                totals = try await opened.exportOpenAIJSONL(
                     filter, skippingDamaged: skipDamaged ? { skipped.append($0) } : nil, write: { try sink.write($0) })
                 try sink.close()
             } catch ChatLogError.integrity(let failure) {

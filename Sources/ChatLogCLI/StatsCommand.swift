@@ -36,7 +36,7 @@ struct StatsCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let opened = try await StoreAccess.openForReading(store)
-            let rows = try opened.stats(
+            let rows = try await opened.stats(
                 by: by, since: since.flatMap { TimeArgument.parse($0) },
                 until: until.flatMap { TimeArgument.parse($0) })
             if output.json {

@@ -555,6 +555,12 @@ package final class PostgresStorage: ChatLogStorage {
         return binds
     }
 
+    static func binds(_ texts: [String]) -> PostgresBindings {
+        var binds = PostgresBindings()
+        binds.append(texts)
+        return binds
+    }
+
     // MARK: - Search
 
     /// The rarest required word drives: its terms' rows are walked newest first through
@@ -654,10 +660,11 @@ extension PostgresStorage {
             binds.append(model)
             clauses.append("EXISTS (SELECT 1 FROM messages m WHERE m.conversation_seq = c.seq AND m.model = $\(binds.count))")
         }
+        let (after, direction) = filter.oldestFirst ? (">", "") : ("<", " DESC")
         if let cursor {
             binds.append(cursor.createdAt)
             binds.append(cursor.order)
-            clauses.append("(c.created_at, c.seq) < ($\(binds.count - 1), $\(binds.count))")
+            clauses.append("(c.created_at, c.seq) \(after) ($\(binds.count - 1), $\(binds.count))")
         }
         binds.append(Int64(max(0, limit)))
         let columns = Self.conversationColumns.split(separator: ",").map { "c." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", ")
@@ -665,7 +672,7 @@ extension PostgresStorage {
             unsafeSQL: """
                 SELECT \(columns), c.seq, (SELECT count(*) FROM messages m WHERE m.conversation_seq = c.seq)
                 FROM conversations c WHERE \(clauses.joined(separator: " AND "))
-                ORDER BY c.created_at DESC, c.seq DESC LIMIT $\(binds.count)
+                ORDER BY c.created_at\(direction), c.seq\(direction) LIMIT $\(binds.count)
                 """, binds: binds)
         return try await read { connection in
             let rows = try await connection.query(query, logger: self.logger)
@@ -737,6 +744,164 @@ extension PostgresStorage {
             let rows = try await connection.query("SELECT count(*) FROM message_terms", logger: self.logger)
             for try await count in rows.decode(Int64.self) { return Int(count) }
             return 0
+        }
+    }
+
+    package func stats(by grouping: StatsGrouping?, since: Int64?, until: Int64?) async throws(ChatLogError) -> [StatsRow] {
+        var binds = PostgresBindings()
+        var clauses = ["TRUE"]
+        if let since {
+            binds.append(since)
+            clauses.append("created_at >= $\(binds.count)")
+        }
+        if let until {
+            binds.append(until)
+            clauses.append("created_at < $\(binds.count)")
+        }
+        let group: String
+        switch grouping {
+        case nil: group = "NULL::text"
+        case .model: group = "model"
+        case .role: group = "role"
+        case .day: group = "to_char(to_timestamp(created_at / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+        }
+        // Conversations are those with messages in the range (an empty conversation counts nowhere), as on SQLite.
+        let sql = """
+            SELECT \(group) AS grp, count(DISTINCT conversation_seq), count(*), coalesce(sum(prompt_tokens), 0)::bigint,
+                   coalesce(sum(completion_tokens), 0)::bigint
+            FROM messages WHERE \(clauses.joined(separator: " AND ")) GROUP BY grp ORDER BY (\(group)) COLLATE "C" NULLS FIRST
+            """
+        let query = PostgresQuery(unsafeSQL: sql, binds: binds)
+        return try await read { connection in
+            let rows = try await connection.query(query, logger: self.logger)
+            var stats: [StatsRow] = []
+            for try await (group, conversations, messages, prompt, completion) in rows.decode((String?, Int64, Int64, Int64, Int64).self) {
+                stats.append(
+                    StatsRow(
+                        group: group, conversations: Int(conversations), messages: Int(messages), promptTokens: Int(prompt),
+                        completionTokens: Int(completion)))
+            }
+            return stats
+        }
+    }
+
+    package func conversationCopies(_ ids: [String], withTerms: Bool) async throws(ChatLogError) -> [String: ConversationCopy] {
+        guard !ids.isEmpty else { return [:] }
+        let columns = Self.conversationColumns.split(separator: ",").map { "c." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", ")
+        return try await read { connection in
+            var copies: [String: ConversationCopy] = [:]
+            let conversations = try await connection.query(
+                PostgresQuery(unsafeSQL: "SELECT \(columns) FROM conversations c WHERE c.id = ANY($1::text[])", binds: Self.binds(ids)),
+                logger: self.logger)
+            for try await row in conversations {
+                let conversation = try Self.conversationRow(row)
+                copies[conversation.id] = ConversationCopy(conversation: conversation, messages: [])
+            }
+            var messageIndex: [String: (conversation: String, index: Int)] = [:]
+            let messages = try await connection.query(
+                PostgresQuery(
+                    unsafeSQL: """
+                        SELECT \(Self.messageColumns) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
+                        WHERE c.id = ANY($1::text[]) ORDER BY m.conversation_seq, m.position
+                        """, binds: Self.binds(ids)), logger: self.logger)
+            for try await row in messages {
+                let message = try Self.messageRow(row).message
+                messageIndex[message.id] = (message.conversationID, copies[message.conversationID]?.messages.count ?? 0)
+                copies[message.conversationID]?.messages.append(message)
+            }
+            guard withTerms else { return copies }
+            let terms = try await connection.query(
+                PostgresQuery(
+                    unsafeSQL: """
+                        SELECT m.id, t.term FROM message_terms t JOIN messages m ON m.seq = t.message_seq
+                        JOIN conversations c ON c.seq = m.conversation_seq WHERE c.id = ANY($1::text[])
+                        """, binds: Self.binds(ids)), logger: self.logger)
+            for try await (message, term) in terms.decode((String, Int64).self) {
+                guard let place = messageIndex[message] else { continue }
+                copies[place.conversation]?.messages[place.index].terms.append(UInt64(bitPattern: term))
+            }
+            return copies
+        }
+    }
+
+    /// Multi-row INSERTs (a few statements for hundreds of conversations): one round trip per
+    /// statement instead of several per conversation.
+    package func insertCopies(_ copies: [ConversationCopy], guard writeGuard: WriteGuard) async throws {
+        guard !copies.isEmpty else { return }
+        let logger = logger
+        try await transaction { connection in
+            try await Self.check(writeGuard, connection, logger)
+            var seqs: [String: Int64] = [:]
+            for start in stride(from: 0, to: copies.count, by: 2_000) {
+                var binds = PostgresBindings()
+                var rows: [String] = []
+                for copy in copies[start..<min(copies.count, start + 2_000)] {
+                    let c = copy.conversation
+                    let first = binds.count + 1
+                    binds.append(c.id)
+                    binds.append(c.createdAt)
+                    binds.append(c.updatedAt)
+                    binds.append(c.keyID)
+                    try binds.append(c.title)
+                    try binds.append(c.subject)
+                    try binds.append(c.subjectToken)
+                    binds.append(c.subjectKeyID)
+                    try binds.append(c.metadata)
+                    rows.append("(" + (first..<(first + 9)).map { "$\($0)" }.joined(separator: ", ") + ")")
+                }
+                let inserted = try await connection.query(
+                    PostgresQuery(
+                        unsafeSQL: """
+                            INSERT INTO conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)
+                            VALUES \(rows.joined(separator: ", ")) RETURNING id, seq
+                            """, binds: binds), logger: logger)
+                for try await (id, seq) in inserted.decode((String, Int64).self) { seqs[id] = seq }
+            }
+            let messages = copies.flatMap { copy in
+                copy.messages.enumerated().map { (seq: seqs[copy.conversation.id] ?? 0, position: Int64($0.offset), message: $0.element) }
+            }
+            for start in stride(from: 0, to: messages.count, by: 2_000) {
+                var binds = PostgresBindings()
+                var rows: [String] = []
+                for entry in messages[start..<min(messages.count, start + 2_000)] {
+                    let m = entry.message
+                    let first = binds.count + 1
+                    binds.append(m.id)
+                    binds.append(entry.seq)
+                    binds.append(entry.position)
+                    binds.append(m.role)
+                    binds.append(m.createdAt)
+                    binds.append(m.model)
+                    binds.append(m.promptTokens)
+                    binds.append(m.completionTokens)
+                    binds.append(m.latencyMilliseconds)
+                    binds.append(m.finishReason)
+                    binds.append(m.keyID)
+                    try binds.append(m.content)
+                    try binds.append(m.metadata)
+                    binds.append(m.indexKeyID)
+                    rows.append("(" + (first..<(first + 14)).map { "$\($0)" }.joined(separator: ", ") + ")")
+                }
+                try await connection.run(
+                    PostgresQuery(
+                        unsafeSQL: """
+                            INSERT INTO messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens,
+                                                  latency_ms, finish_reason, key_id, content, metadata, index_key_id)
+                            VALUES \(rows.joined(separator: ", "))
+                            """, binds: binds), logger: logger)
+            }
+            let pairs = messages.flatMap { entry in entry.message.terms.map { (entry.message.id, Int64(bitPattern: $0)) } }
+            for start in stride(from: 0, to: pairs.count, by: 50_000) {
+                let chunk = pairs[start..<min(pairs.count, start + 50_000)]
+                let ids = chunk.map(\.0)
+                let terms = chunk.map(\.1)
+                try await connection.run(
+                    """
+                    INSERT INTO message_terms (message_seq, term, created_at)
+                    SELECT m.seq, p.term, m.created_at FROM unnest(\(ids)::text[], \(terms)::bigint[]) AS p (id, term)
+                    JOIN messages m ON m.id = p.id ON CONFLICT DO NOTHING
+                    """, logger: logger)
+            }
         }
     }
 

@@ -21,7 +21,7 @@ extension PostgreSQLSuites {
             }
             let base = Date(timeIntervalSince1970: 1_760_000_000)
             func at(_ seconds: Int) -> Date { base.addingTimeInterval(Double(seconds)) }
-            for (index, id) in conversations.enumerated() {
+            for (index, id) in conversations.dropLast().enumerated() {
                 var prompt: [NewMessage] = []
                 for turn in 0..<(1 + Int(random.next() % 3)) {
                     var message = NewMessage(role: turn % 2 == 0 ? .user : .system, content: text(3, 9), createdAt: at(index * 60 + turn))
@@ -74,6 +74,14 @@ extension PostgreSQLSuites {
             }
             lines.append("short \(try await store.conversationID(matching: String(conversations[2].rawValue.prefix(30))))")
             lines += try await store.keyStatus().keys.map { "key \($0.id) \($0.kind) \($0.state) \($0.rowCount)" }
+            _ = try await store.createConversation(NewConversation(title: "empty", createdAt: at(50_000), id: conversations[13]))
+            for grouping in [nil] + StatsGrouping.allCases.map(Optional.some) {
+                for (since, until) in [(nil, nil), (at(120), at(480)), (at(100_000), nil)] as [(Date?, Date?)] {
+                    lines += try await store.stats(by: grouping, since: since, until: until).map {
+                        "stats \(grouping?.rawValue ?? "-") \($0.group ?? "-") \($0.conversations) \($0.messages) \($0.promptTokens) \($0.completionTokens)"
+                    }
+                }
+            }
             #expect(try await store.deleteConversation(conversations[1]))
             #expect(try await store.deleteConversations([conversations[2], conversations[1]]) == 1)
             let after = try await store.counts()
@@ -161,6 +169,15 @@ extension PostgreSQLSuites {
                         break
                     }
                     #expect(first == expected)
+                    // The export (OpenAI JSONL with chatlog's fields) of the copy is the source's, byte for byte, with every filter.
+                    for filter in [ExportFilter(), ExportFilter(conversation: conversations[3]), ExportFilter(since: Date(timeIntervalSince1970: 1_760_000_200), until: Date(timeIntervalSince1970: 1_760_000_500)), ExportFilter(conversation: conversations[1])] {
+                        var here = Data()
+                        var there = Data()
+                        let a = try await source.exportOpenAIJSONL(filter) { here.append($0) }
+                        let b = try await copied.exportOpenAIJSONL(filter) { there.append($0) }
+                        #expect(a == b && here == there, "\(filter)")
+                        #expect(filter.conversation == conversations[1] ? a.conversations == 0 : a.conversations > 0)
+                    }
 
                     // Interrupted before five conversations (each is copied in one transaction): a rerun copies just those.
                     try database.psql("DELETE FROM conversations WHERE id IN (SELECT id FROM conversations ORDER BY created_at LIMIT 5)")
@@ -377,18 +394,19 @@ extension PostgreSQLSuites {
                 #expect(search.status == 0 && search.out.components(separatedBy: "\"message_id\"").count == 3, "\(search)")
                 let newest = try chatlog("search", "refund -sorry", "--sort", "newest")
                 #expect(newest.status == 0 && newest.out.contains("charged twice") && !newest.out.contains("on its way"), "\(newest)")
+                let stats = try chatlog("stats", "--by", "model", "--json")
+                #expect(stats.status == 0 && stats.out.contains("gpt-4o"), "\(stats)")
                 let status = try chatlog("key", "status")
                 #expect(status.status == 0 && status.out.contains("active"), "\(status)")
                 let overview = try chatlog("status", "--json")
                 #expect(overview.status == 0 && overview.out.contains("\"files\" : null") && overview.out.contains("\"messages\" : 3"), "\(overview)")
 
                 let export = try chatlog("export")
-                #expect(export.status == 64, "\(export)")
-                #expect(export.err.contains("`chatlog export` does not work on a PostgreSQL store yet"))
+                #expect(export.status == 0 && export.out.split(separator: "\n").count == 2 && export.out.contains("charged twice"), "\(export)")
                 let rotate = try chatlog("key", "rotate")
                 #expect(rotate.status == 64 && rotate.err.contains("`chatlog key rotate` does not work"), "\(rotate)")
                 try Data(#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}"#.utf8 + [0x0A]).write(to: URL(fileURLWithPath: home + "/in.jsonl"))
-                for command in [["backup", home + "/backup.db"], ["verify"], ["prune", "--older-than", "1d"], ["forget", "--subject", "user-42"], ["import", "--format", "openai-jsonl", home + "/in.jsonl"], ["serve"], ["stats"], ["token", "list"]] {
+                for command in [["backup", home + "/backup.db"], ["verify"], ["prune", "--older-than", "1d"], ["forget", "--subject", "user-42"], ["import", "--format", "openai-jsonl", home + "/in.jsonl"], ["serve"], ["token", "list"]] {
                     let result = try ProcessOutput.run(chatlogBinary(), command, env: env, cwd: home)
                     #expect(result.status == 64 && result.err.contains("`chatlog \(command[0] == "token" ? "token list" : command[0])` does not work on a PostgreSQL store yet"), "\(command) \(result)")
                 }

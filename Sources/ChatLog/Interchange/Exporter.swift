@@ -31,9 +31,78 @@ extension ChatLogStore {
     public func exportOpenAIJSONL(
         _ filter: ExportFilter = ExportFilter(), skippingDamaged: ((IntegrityFailure) -> Void)? = nil, write: (Data) throws -> Void
     ) throws(ChatLogError) -> (conversations: Int, messages: Int) {
-        let skipsDamaged = skippingDamaged != nil
+        try exportFromSQLite(filter, skippingDamaged: skippingDamaged, write: write)
+    }
+
+    /// The same on any backend (on SQLite it runs on the calling task).
+    @discardableResult
+    public func exportOpenAIJSONL(
+        _ filter: ExportFilter = ExportFilter(), skippingDamaged: ((IntegrityFailure) -> Void)? = nil, write: (Data) throws -> Void
+    ) async throws(ChatLogError) -> (conversations: Int, messages: Int) {
+        guard let storage else { return try exportFromSQLite(filter, skippingDamaged: skippingDamaged, write: write) }
+        let encoder = Self.exportEncoder
+        var totals = (conversations: 0, messages: 0)
+        func emit(_ transcript: Transcript) throws(ChatLogError) {
+            try Self.writeExportLine(transcript, encoder: encoder, write: write)
+            totals.conversations += 1
+            totals.messages += transcript.messages.count
+        }
+        if let id = filter.conversation {
+            guard let row = try await storage.conversation(id: id.rawValue) else { return totals }
+            if let since = filter.since, row.createdAt < since.unixMilliseconds { return totals }
+            if let until = filter.until, row.createdAt >= until.unixMilliseconds { return totals }
+            if let subject = filter.subject {
+                let tokens = keyRing.current.indexKeys.values.map { SubjectIndex.token(for: subject, key: $0) }
+                guard let token = row.subjectToken, tokens.contains(token) else { return totals }
+            }
+            try emit(try await storageTranscript(id, storage))
+            return totals
+        }
+        if filter.subject != nil { try await reloadKeys(storage) }  // subject tokens under every live index key
+        let selection = ConversationFilter(
+            since: filter.since?.unixMilliseconds, until: filter.until?.unixMilliseconds,
+            subjectTokens: filter.subject.map { subject in keyRing.current.indexKeys.values.map { SubjectIndex.token(for: subject, key: $0) } },
+            oldestFirst: true)
+        var cursor: MessageCursor?
+        while true {
+            let page = try await storage.conversations(selection, after: cursor, limit: 100)
+            for listed in page {
+                let transcript: Transcript
+                do {
+                    transcript = try await storageTranscript(ConversationID(trusted: listed.row.id), storage)
+                } catch .integrity(let failure) {
+                    guard let skippingDamaged else { throw .integrity(failure) }
+                    skippingDamaged(failure)
+                    continue
+                }
+                try emit(transcript)
+            }
+            guard page.count == 100, let last = page.last else { return totals }
+            cursor = last.cursor
+        }
+    }
+
+    static var exportEncoder: JSONEncoder {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
+    }
+
+    static func writeExportLine(_ transcript: Transcript, encoder: JSONEncoder, write: (Data) throws -> Void) throws(ChatLogError) {
+        let line: Data
+        do {
+            line = try ExportRecord(transcript).jsonLine(metadataEncoder: encoder)
+        } catch {
+            throw .invalidInput("conversation \(transcript.conversation.id) cannot be encoded as JSON")
+        }
+        do { try write(line) } catch { throw .storage("cannot write the export (\(error))") }
+    }
+
+    private func exportFromSQLite(
+        _ filter: ExportFilter, skippingDamaged: ((IntegrityFailure) -> Void)?, write: (Data) throws -> Void
+    ) throws(ChatLogError) -> (conversations: Int, messages: Int) {
+        let skipsDamaged = skippingDamaged != nil
+        let encoder = Self.exportEncoder
         var cursor: (createdAt: Int64, seq: Int64)? = nil
         var totals = (conversations: 0, messages: 0)
         let subjectClause = try filter.subject.map { (subject) throws(ChatLogError) in try subjectFilter(subject) }
@@ -83,13 +152,7 @@ extension ChatLogStore {
             if rowCount == 0 { return totals }
             for failure in damaged { skippingDamaged?(failure) }
             for transcript in page {
-                var line: Data
-                do {
-                    line = try ExportRecord(transcript).jsonLine(metadataEncoder: encoder)
-                } catch {
-                    throw .invalidInput("conversation \(transcript.conversation.id) cannot be encoded as JSON")
-                }
-                do { try write(line) } catch { throw .storage("cannot write the export (\(error))") }
+                try Self.writeExportLine(transcript, encoder: encoder, write: write)
                 totals.conversations += 1
                 totals.messages += transcript.messages.count
             }

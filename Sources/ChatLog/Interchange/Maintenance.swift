@@ -13,6 +13,14 @@ public struct StatsRow: Sendable, Hashable {
     public let messages: Int
     public let promptTokens: Int
     public let completionTokens: Int
+
+    package init(group: String?, conversations: Int, messages: Int, promptTokens: Int, completionTokens: Int) {
+        self.group = group
+        self.conversations = conversations
+        self.messages = messages
+        self.promptTokens = promptTokens
+        self.completionTokens = completionTokens
+    }
 }
 
 extension ChatLogStore {
@@ -21,8 +29,20 @@ extension ChatLogStore {
     /// Rows using each key, kept by triggers (migration 0007).
     static let keyUsageSQL = "SELECT key_id, row_count FROM key_usage"
 
+    /// The same on any backend.
+    public func stats(by grouping: StatsGrouping? = nil, since: Date? = nil, until: Date? = nil) async throws(ChatLogError) -> [StatsRow] {
+        guard let storage else { return try statsFromSQLite(by: grouping, since: since, until: until) }
+        let rows = try await storage.stats(by: grouping, since: since?.unixMilliseconds, until: until?.unixMilliseconds)
+        if grouping == nil, rows.isEmpty { return [StatsRow(group: nil, conversations: 0, messages: 0, promptTokens: 0, completionTokens: 0)] }
+        return rows
+    }
+
     /// Counts from plain columns only: nothing is decrypted.
     public func stats(by grouping: StatsGrouping? = nil, since: Date? = nil, until: Date? = nil) throws(ChatLogError) -> [StatsRow] {
+        try statsFromSQLite(by: grouping, since: since, until: until)
+    }
+
+    private func statsFromSQLite(by grouping: StatsGrouping?, since: Date?, until: Date?) throws(ChatLogError) -> [StatsRow] {
         if grouping == nil, since == nil, until == nil {
             // The whole store: the counters migration 0007's triggers keep (no scan).
             return try read { db in

@@ -341,15 +341,16 @@ package final class SQLiteStorage: ChatLogStorage {
             clauses.append("EXISTS (SELECT 1 FROM messages m WHERE m.conversation_seq = c.seq AND m.model = ?)")
             arguments += [model]
         }
+        let (after, direction) = filter.oldestFirst ? (">", "") : ("<", " DESC")
         if let cursor {
-            clauses.append("(c.created_at < ? OR (c.created_at = ? AND c.seq < ?))")
+            clauses.append("(c.created_at \(after) ? OR (c.created_at = ? AND c.seq \(after) ?))")
             arguments += [cursor.createdAt, cursor.createdAt, cursor.order]
         }
         arguments += [max(0, limit)]
         let bound = arguments
         let sql = """
             SELECT c.*, (SELECT count(*) FROM messages m WHERE m.conversation_seq = c.seq) AS message_count FROM conversations c
-            WHERE \(clauses.joined(separator: " AND ")) ORDER BY c.created_at DESC, c.seq DESC LIMIT ?
+            WHERE \(clauses.joined(separator: " AND ")) ORDER BY c.created_at\(direction), c.seq\(direction) LIMIT ?
             """
         return try await read { db in
             try Row.fetchAll(db, sql: sql, arguments: bound).map { row in
@@ -416,5 +417,45 @@ package final class SQLiteStorage: ChatLogStorage {
 
     package func termPairCount() async throws(ChatLogError) -> Int {
         try await read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM message_terms_instance") ?? 0 }
+    }
+
+    /// Not used by the store (which runs its SQLite statistics itself); for the shared suites.
+    package func stats(by grouping: StatsGrouping?, since: Int64?, until: Int64?) async throws(ChatLogError) -> [StatsRow] {
+        throw .invalidInput("SQLiteStorage.stats: use ChatLogStore.stats on a SQLite store")
+    }
+
+    package func conversationCopies(_ ids: [String], withTerms: Bool) async throws(ChatLogError) -> [String: ConversationCopy] {
+        guard !ids.isEmpty else { return [:] }
+        var copies: [String: ConversationCopy] = [:]
+        for id in ids {
+            guard let conversation = try await conversation(id: id) else { continue }
+            var messages = try await messages(ofConversation: id)
+            if withTerms {
+                let terms = try await messageTerms(ofConversation: id)
+                for index in messages.indices { messages[index].terms = terms[messages[index].id] ?? [] }
+            }
+            copies[id] = ConversationCopy(conversation: conversation, messages: messages)
+        }
+        return copies
+    }
+
+    package func insertCopies(_ copies: [ConversationCopy], guard writeGuard: WriteGuard) async throws {
+        let prepared = try copies.map { copy in
+            (try Self.prepared(copy.conversation), copy.conversation.updatedAt, try copy.messages.map(Self.prepared))
+        }
+        do {
+            try await write { db in
+                try Self.check(writeGuard, db)
+                for (conversation, updatedAt, messages) in prepared {
+                    try ChatLogStore.insert(conversation, db)
+                    try ChatLogStore.insert(messages, into: conversation.id, db)
+                    try db.execute(sql: "UPDATE conversations SET updated_at = ? WHERE id = ?", arguments: [updatedAt, conversation.id.rawValue])
+                }
+            }
+        } catch let conflict as StorageConflict {
+            throw conflict
+        } catch {
+            throw ChatLogError.wrap(error)
+        }
     }
 }

@@ -178,12 +178,16 @@ package struct ConversationFilter: Sendable, Hashable {
     package var subjectTokens: [Data]?
     /// At least one message of this model.
     package var model: String?
+    /// Oldest first (created_at, then insertion order) instead of newest first; the cursor then
+    /// continues after the last conversation in that order.
+    package var oldestFirst: Bool
 
-    package init(since: Int64? = nil, until: Int64? = nil, subjectTokens: [Data]? = nil, model: String? = nil) {
+    package init(since: Int64? = nil, until: Int64? = nil, subjectTokens: [Data]? = nil, model: String? = nil, oldestFirst: Bool = false) {
         self.since = since
         self.until = until
         self.subjectTokens = subjectTokens
         self.model = model
+        self.oldestFirst = oldestFirst
     }
 }
 
@@ -198,6 +202,17 @@ package struct ListedConversation: Sendable, Hashable {
         self.row = row
         self.messageCount = messageCount
         self.cursor = cursor
+    }
+}
+
+/// A conversation row with all its messages, as `chatlog copy` moves it.
+package struct ConversationCopy: Sendable, Hashable {
+    package var conversation: SealedConversationRow
+    package var messages: [SealedMessageRow]
+
+    package init(conversation: SealedConversationRow, messages: [SealedMessageRow]) {
+        self.conversation = conversation
+        self.messages = messages
     }
 }
 
@@ -275,7 +290,7 @@ package protocol ChatLogStorage: Sendable {
     func counts() async throws(ChatLogError) -> StorageCounts
 
     /// Up to `limit` conversations matching `filter`, newest first (created_at, then insertion
-    /// order), strictly after `cursor` when given.
+    /// order; oldest first with ``ConversationFilter/oldestFirst``), strictly after `cursor` when given.
     func conversations(_ filter: ConversationFilter, after cursor: MessageCursor?, limit: Int) async throws(ChatLogError)
         -> [ListedConversation]
 
@@ -286,8 +301,16 @@ package protocol ChatLogStorage: Sendable {
     /// Up to `limit` public ids of `table` in `range` (short-id prefixes and their neighbours).
     func ids(_ table: IDTable, _ range: IDRange, limit: Int) async throws(ChatLogError) -> [String]
 
-    /// The blinded terms of each message of a conversation, by message id (`chatlog copy`).
+    /// The blinded terms of each message of a conversation, by message id.
     func messageTerms(ofConversation id: String) async throws(ChatLogError) -> [String: [UInt64]]
+
+    /// The conversations of `ids` that exist, each with its messages in position order (and their
+    /// terms with `withTerms`), by id: what `chatlog copy` reads and compares, a batch at a time.
+    func conversationCopies(_ ids: [String], withTerms: Bool) async throws(ChatLogError) -> [String: ConversationCopy]
+
+    /// Inserts new conversations with their messages (positions from 0, `updated_at` as given,
+    /// terms as given) in one transaction, after checking `guard` (``StorageConflict``).
+    func insertCopies(_ copies: [ConversationCopy], guard: WriteGuard) async throws
 
     /// Whether ``addTerms(_:)`` works: the index takes a message's terms after its row (PostgreSQL's
     /// term table does; SQLite's contentless FTS5 row is written once, with all its terms).
@@ -296,6 +319,11 @@ package protocol ChatLogStorage: Sendable {
     /// Adds (message id, term) pairs to the index, ignoring pairs it has and messages it has not
     /// (a copy's second phase, rerun when resumed).
     func addTerms(_ pairs: [(messageID: String, term: UInt64)]) async throws(ChatLogError)
+
+    /// Conversations, messages and token sums of the messages created in [since, until), per
+    /// group (model, role or UTC day, in byte order, none first) or for all (no row when there
+    /// are none); a conversation counts where it has messages.
+    func stats(by grouping: StatsGrouping?, since: Int64?, until: Int64?) async throws(ChatLogError) -> [StatsRow]
 
     /// How many (message, term) pairs the search index holds (a copy's verification).
     func termPairCount() async throws(ChatLogError) -> Int

@@ -146,33 +146,31 @@ extension ChatLogStore {
         var cursor: MessageCursor?
         while true {
             let page = try await source.conversations(ConversationFilter(), after: cursor, limit: 500)
+            let there = try await destination.conversationCopies(page.map(\.row.id), withTerms: false)
+            var wanted: [String] = []
             for listed in page {
-                let id = listed.row.id
-                if try await destination.conversation(id: id) != nil {
-                    let there = try await destination.messages(ofConversation: id).count
-                    guard there == listed.messageCount else {
-                        throw .invalidInput(
-                            "conversation \(id) has \(there) messages at \(destination.location) and \(listed.messageCount) here (it changed since the copy began); copy again into an empty destination")
-                    }
-                    report.alreadyCopied += 1
+                guard let copied = there[listed.row.id] else {
+                    wanted.append(listed.row.id)
                     continue
                 }
-                var messages = try await source.messages(ofConversation: id)
-                if !termsLater {
-                    let terms = try await source.messageTerms(ofConversation: id)
-                    for index in messages.indices { messages[index].terms = terms[messages[index].id] ?? [] }
+                guard copied.messages.count == listed.messageCount else {
+                    throw .invalidInput(
+                        "conversation \(listed.row.id) has \(copied.messages.count) messages at \(destination.location) and \(listed.messageCount) here (it changed since the copy began); copy again into an empty destination")
                 }
-                do {
-                    _ = try await destination.insert(conversation: listed.row, messages: messages, into: id, guard: writeGuard)
-                } catch let error as ChatLogError {
-                    throw error
-                } catch {
-                    throw .storage("\(destination.location) refused conversation \(id) (\(error)); nothing of it was written")
-                }
-                report.conversations += 1
-                report.messages += messages.count
-                progress?(report.conversations + report.alreadyCopied)
+                report.alreadyCopied += 1
             }
+            let read = try await source.conversationCopies(wanted, withTerms: !termsLater)
+            let batch = wanted.compactMap { read[$0] }
+            do {
+                try await destination.insertCopies(batch, guard: writeGuard)
+            } catch let error as ChatLogError {
+                throw error
+            } catch {
+                throw .storage("\(destination.location) refused a batch of \(batch.count) conversations (\(error)); nothing of it was written")
+            }
+            report.conversations += batch.count
+            report.messages += batch.reduce(0) { $0 + $1.messages.count }
+            progress?(report.conversations + report.alreadyCopied)
             guard page.count == 500, let last = page.last else { break }
             cursor = last.cursor
         }
@@ -219,21 +217,20 @@ extension ChatLogStore {
         cursor = nil
         while true {
             let page = try await source.conversations(ConversationFilter(), after: cursor, limit: 500)
-            for listed in page {
-                let id = listed.row.id
-                guard var copied = try await destination.conversation(id: id) else {
+            let ids = page.map(\.row.id)
+            let (originals, copies) = (try await source.conversationCopies(ids, withTerms: false), try await destination.conversationCopies(ids, withTerms: false))
+            for id in ids {
+                guard let original = originals[id] else { continue }  // deleted from the source meanwhile
+                guard let copy = copies[id] else {
                     throw .integrity(IntegrityFailure(table: "conversations", column: "id", rowID: id, reason: .invalidValue("is missing after the copy")))
                 }
-                copied.updatedAt = listed.row.updatedAt
-                guard copied == listed.row else {
+                guard copy.conversation == original.conversation else {
                     throw .integrity(IntegrityFailure(table: "conversations", column: "*", rowID: id, reason: .invalidValue("differs after the copy")))
                 }
-                let original = try await source.messages(ofConversation: id)
-                let there = try await destination.messages(ofConversation: id)
-                guard original.count == there.count else {
+                guard copy.messages.count == original.messages.count else {
                     throw .integrity(IntegrityFailure(table: "messages", column: "*", rowID: id, reason: .invalidValue("the conversation's messages differ after the copy")))
                 }
-                for (left, right) in zip(original, there) {
+                for (left, right) in zip(original.messages, copy.messages) {
                     var right = right
                     right.position = left.position
                     guard left == right else {
@@ -241,7 +238,7 @@ extension ChatLogStore {
                     }
                 }
                 report.verifiedConversations += 1
-                report.verifiedMessages += there.count
+                report.verifiedMessages += copy.messages.count
             }
             guard page.count == 500, let last = page.last else { break }
             cursor = last.cursor
