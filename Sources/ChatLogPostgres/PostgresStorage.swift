@@ -905,6 +905,41 @@ extension PostgresStorage {
         }
     }
 
+    /// A bulk load into an empty term table: without its primary key and term index, the pairs
+    /// are appended (a B-tree insert per pair in term order was most of a copy's time), and both
+    /// are built once at the end. A table left without its primary key by an interrupted load is
+    /// emptied and loaded again (a load is always a complete pass).
+    package func beginTermLoad() async throws(ChatLogError) -> Bool {
+        let logger = logger
+        return try await transactionMapped { connection in
+            let state = try await connection.query(
+                """
+                SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'message_terms_pkey'),
+                       EXISTS (SELECT 1 FROM message_terms)
+                """, logger: logger)
+            var (hasKey, hasRows) = (true, true)
+            for try await (key, rows) in state.decode((Bool, Bool).self) { (hasKey, hasRows) = (key, rows) }
+            if hasKey && hasRows { return false }  // terms there already: added one by one
+            if !hasKey { try await connection.run("TRUNCATE message_terms", logger: logger) }
+            try await connection.run("ALTER TABLE message_terms DROP CONSTRAINT IF EXISTS message_terms_pkey", logger: logger)
+            try await connection.run("DROP INDEX IF EXISTS message_terms_by_term", logger: logger)
+            return true
+        }
+    }
+
+    package func endTermLoad() async throws(ChatLogError) {
+        let logger = logger
+        try await transactionMapped { connection in
+            let state = try await connection.query(
+                "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'message_terms_pkey')", logger: logger)
+            var hasKey = true
+            for try await key in state.decode(Bool.self) { hasKey = key }
+            if !hasKey { try await connection.run("ALTER TABLE message_terms ADD PRIMARY KEY (message_seq, term)", logger: logger) }
+            try await connection.run(
+                "CREATE INDEX IF NOT EXISTS message_terms_by_term ON message_terms (term, created_at, message_seq)", logger: logger)
+        }
+    }
+
     package var addsTermsLater: Bool { true }
 
     package func addTerms(_ pairs: [(messageID: String, term: UInt64)]) async throws(ChatLogError) {

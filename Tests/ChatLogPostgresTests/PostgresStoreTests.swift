@@ -185,6 +185,17 @@ extension PostgreSQLSuites {
                     #expect(resumed.conversations == 5 && resumed.alreadyCopied == 7 && resumed.verifiedConversations == 12, "\(resumed)")
                     #expect(try await Self.summary(copied) == expected)
 
+                    // Interrupted in the middle of the terms' bulk load (primary key dropped, part of the pairs in):
+                    // the rerun loads them all again and rebuilds the indexes.
+                    let pairs = try database.psql("SELECT count(*) FROM message_terms")
+                    try database.psql("ALTER TABLE message_terms DROP CONSTRAINT message_terms_pkey; DROP INDEX message_terms_by_term")
+                    try database.psql("DELETE FROM message_terms WHERE term % 2 = 0")
+                    let reloaded = try await source.copy(to: url)
+                    #expect(reloaded.conversations == 0 && reloaded.termPairs == Int(pairs), "\(reloaded)")
+                    #expect(try database.psql("SELECT count(*) FROM message_terms") == pairs)
+                    #expect(try database.psql("SELECT count(*) FROM pg_indexes WHERE tablename = 'message_terms'") == "2")
+                    #expect(try await Self.summary(copied) == expected)
+
                     // And back into a new SQLite file, which opens as an ordinary store.
                     try await withSQLiteLocation { back in
                         let returned = try await copied.copy(to: back)

@@ -458,4 +458,8 @@ package final class SQLiteStorage: ChatLogStorage {
             throw ChatLogError.wrap(error)
         }
     }
+
+    package func beginTermLoad() async throws(ChatLogError) -> Bool { false }
+
+    package func endTermLoad() async throws(ChatLogError) {}
 }

@@ -320,6 +320,14 @@ package protocol ChatLogStorage: Sendable {
     /// (a copy's second phase, rerun when resumed).
     func addTerms(_ pairs: [(messageID: String, term: UInt64)]) async throws(ChatLogError)
 
+    /// Before a copy's complete pass of ``addTerms(_:)``: the backend may drop its term indexes
+    /// for a bulk load (and, when an earlier pass was interrupted in that state, empty the terms
+    /// to load them again). Returns whether it did; then ``endTermLoad()`` must follow.
+    func beginTermLoad() async throws(ChatLogError) -> Bool
+
+    /// After the pass: the term indexes back (idempotent).
+    func endTermLoad() async throws(ChatLogError)
+
     /// Conversations, messages and token sums of the messages created in [since, until), per
     /// group (model, role or UTC day, in byte order, none first) or for all (no row when there
     /// are none); a conversation counts where it has messages.

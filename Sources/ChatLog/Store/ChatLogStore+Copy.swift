@@ -178,6 +178,7 @@ extension ChatLogStore {
         // 3. The search index, from SQLite's FTS5 into a term table: every (message, term) pair, a
         // two-character term prefix at a time (bounded memory), joined to the message ids in SQL.
         if termsLater, let sqlite {
+            let bulk = try await destination.beginTermLoad()
             let alphabet = Array("234567abcdefghijklmnopqrstuvwxyz")
             let characters = TokenBlinder.defaultBits / 5
             for first in alphabet {
@@ -211,6 +212,7 @@ extension ChatLogStore {
                     report.termPairs += pairs.count
                 }
             }
+            if bulk { try await destination.endTermLoad() }
         }
 
         // 4. Verification: every row byte for byte (positions aside), and the index's pair counts.
