@@ -45,6 +45,8 @@ struct Arguments {
     var subjects: [Int] = []
     var subjectRecords = 20_000
     var forgetAt: [Int] = []
+    /// With `--subject-side with` or `--subject-side before`, the subjects scenario logs that side alone (for profiles).
+    var subjectSide: String?
 
     init() {
         var iterator = CommandLine.arguments.dropFirst().makeIterator()
@@ -63,10 +65,11 @@ struct Arguments {
             case "--only": only = iterator.next()
             case "--subjects": subjects = (iterator.next() ?? "").split(separator: ",").compactMap { Int($0) }
             case "--subject-records": subjectRecords = Int(iterator.next() ?? "") ?? subjectRecords
+            case "--subject-side": subjectSide = iterator.next()
             case "--forget-at": forgetAt = (iterator.next() ?? "").split(separator: ",").compactMap { Int($0) }
             default:
                 FileHandle.standardError.write(
-                    Data("usage: chatlog-bench [--messages N] [--single N] [--rounds N] [--search-at N,N] [--queries N] [--import N] [--export-rotate-at N,N] [--logging N] [--write-corpus FILE] [--only store|plain] [--subjects 0,10,10000] [--subject-records N] [--forget-at N,N] [--dir DIR]\n".utf8))
+                    Data("usage: chatlog-bench [--messages N] [--single N] [--rounds N] [--search-at N,N] [--queries N] [--import N] [--export-rotate-at N,N] [--logging N] [--write-corpus FILE] [--only store|plain] [--subjects 0,10,10000] [--subject-records N] [--subject-side with|before] [--forget-at N,N] [--dir DIR]\n".utf8))
                 exit(64)
             }
         }
@@ -498,7 +501,7 @@ if arguments.logging > 0 {
 if !arguments.subjects.isEmpty {
     try subjectLogging(
         subjectCounts: ([0] + arguments.subjects.filter { $0 != 0 }), records: arguments.subjectRecords, singles: arguments.single,
-        rounds: arguments.rounds, folder: folder)
+        rounds: arguments.rounds, side: arguments.subjectSide, folder: folder)
 }
 for size in arguments.forgetAt where size > 0 { try forgetBenchmark(size: size, folder: folder) }
 

@@ -271,10 +271,12 @@ extension ChatLogStore {
         try db.execute(sql: "DELETE FROM conversations WHERE seq = ?", arguments: [seq])
     }
 
-    static func insert(_ conversation: PreparedConversation, _ db: Database) throws {
+    /// `forgottenChecked`: the caller has already run ``refuseForgotten(_:_:)`` for its subject key
+    /// in this transaction (a group commit checks each key once).
+    static func insert(_ conversation: PreparedConversation, _ db: Database, forgottenChecked: Bool = false) throws {
         // Counters of migration 0007 (deletes and key changes are counted by its triggers); first,
         // so that `lastInsertedRowID` stays the conversation's for the callers.
-        if let erasure = conversation.erasureKeyID { try refuseForgotten(erasure, db) }
+        if !forgottenChecked, let erasure = conversation.erasureKeyID { try refuseForgotten(erasure, db) }
         try countKeyUse(Int64(conversation.keyID.rawValue), 1, db)
         if let subjectKey = conversation.subjectKeyID { try countKeyUse(Int64(subjectKey.rawValue), 1, db) }
         try db.cachedStatement(
@@ -311,7 +313,7 @@ extension ChatLogStore {
     struct ForgottenSubjectKey: Error { let id: KeyID }
 
     static func refuseForgotten(_ id: KeyID, _ db: Database) throws {
-        if try Row.fetchOne(
+        if try Int64.fetchOne(
             db.cachedStatement(sql: "SELECT 1 FROM forgotten_subject_keys WHERE key_id = ?"), arguments: [Int64(id.rawValue)]) != nil
         {
             throw ForgottenSubjectKey(id: id)
