@@ -140,9 +140,8 @@ final class SubjectKeyFile: Sendable {
         do {
             try file.queue.inDatabase { db in
                 try db.inTransaction(.deferred) {
-                    for (subject, hash) in missing {
-                        if let row = try self.row(hash: hash, db) { loaded.append((subject, hash, row)) }
-                    }
+                    let rows = try self.rows(hashes: missing.map(\.hash), db)
+                    for (subject, hash) in missing { if let row = rows[hash] { loaded.append((subject, hash, row)) } }
                     return .commit
                 }
             }
@@ -182,6 +181,30 @@ final class SubjectKeyFile: Sendable {
             throw ChatLogError.wrap(error)
         }
         remember(made)
+        return found
+    }
+
+    /// Hashes looked up by one statement (`IN` over this many; a shorter list repeats its first).
+    static let lookupBatch = 100
+    private static let lookupSQL =
+        "SELECT subject_hash, id, wrapped FROM subject_keys WHERE subject_hash IN (" + repeatElement("?", count: lookupBatch).joined(separator: ",") + ")"
+
+    /// The keys of many subject hashes, `lookupBatch` per statement (one statement per look-up
+    /// cost more in GRDB and SQLite's per-statement work than the b-tree search itself).
+    private func rows(hashes: [Data], _ db: Database) throws -> [Data: (id: KeyID, key: SubjectKey)] {
+        var found: [Data: (id: KeyID, key: SubjectKey)] = [:]
+        let statement = try db.cachedStatement(sql: Self.lookupSQL)
+        for start in stride(from: 0, to: hashes.count, by: Self.lookupBatch) {
+            var slice = Array(hashes[start..<min(hashes.count, start + Self.lookupBatch)])
+            slice += repeatElement(slice[0], count: Self.lookupBatch - slice.count)
+            let cursor = try Row.fetchCursor(statement, arguments: StatementArguments(slice))
+            while let row = try cursor.next() {
+                guard let hash = row.sealedBytes(at: 0), found[hash] == nil else { continue }
+                let stored: Int64 = try row.decode(atIndex: 1)
+                let id = try KeyID.stored(stored, table: "subject_keys", column: "id", rowID: String(stored))
+                found[hash] = (id, try unwrap(row.sealedBytes(at: 2) ?? Data(), id: id, hash: hash, master: keyRing.master))
+            }
+        }
         return found
     }
 

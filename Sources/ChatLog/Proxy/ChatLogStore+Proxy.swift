@@ -164,11 +164,10 @@ extension ChatLogStore {
             }
         } body: { prepared, db in
             // A subject key forgotten meanwhile refuses the whole transaction (writeSealed then
-            // seals again): each key of the group checked once, not once per record.
+            // seals again): the group's keys checked together, not once per record.
             var keys = Set<KeyID>()
-            for case .success(let (conversation, _, _)) in prepared {
-                if let id = conversation.erasureKeyID, keys.insert(id).inserted { try Self.refuseForgotten(id, db) }
-            }
+            for case .success(let (conversation, _, _)) in prepared { if let id = conversation.erasureKeyID { keys.insert(id) } }
+            try Self.refuseForgotten(keys, db)
             return try prepared.map { entry -> Result<LoggedExchange, ChatLogError> in
                 switch entry {
                 case .failure(let error): return .failure(error)

@@ -320,6 +320,25 @@ extension ChatLogStore {
         }
     }
 
+    private static let forgottenAmongSQL =
+        "SELECT key_id FROM forgotten_subject_keys WHERE key_id IN (" + repeatElement("?", count: 100).joined(separator: ",") + ")"
+
+    /// The same for the keys of a group commit, 100 per statement (a statement per key cost more
+    /// than the look-up itself).
+    static func refuseForgotten(_ ids: Set<KeyID>, _ db: Database) throws {
+        let all = ids.map { Int64($0.rawValue) }
+        guard let first = all.first else { return }
+        let statement = try db.cachedStatement(sql: forgottenAmongSQL)
+        for start in stride(from: 0, to: all.count, by: 100) {
+            let slice = all[start..<min(all.count, start + 100)]
+            if let id = try Int64.fetchOne(statement, arguments: StatementArguments(slice + repeatElement(first, count: 100 - slice.count))),
+                let raw = UInt32(exactly: id)
+            {
+                throw ForgottenSubjectKey(id: KeyID(rawValue: raw))
+            }
+        }
+    }
+
     /// New messages of a conversation sealed under a subject key must be under that key (a
     /// conversation from before subject keys takes messages under one: `forget` finds it by its
     /// subject all the same).
