@@ -103,19 +103,19 @@ import Testing
         }
     }
 
-    /// A writer that still holds the keys of 150 subjects while another process forgets 30 of
-    /// them: its next group commit (150 keys: two statements against the forgotten list) is
-    /// refused for each forgotten key and sealed again under new keys; nothing is written
-    /// under a destroyed key.
-    @Test func aGroupCommitRefusesEveryForgottenKeyOfItsSubjects() async throws {
+    /// A writer that still holds the keys of its subjects while another process forgets every
+    /// fifth of them: its next group commit (6 keys: a look-up each; 150 keys: two statements
+    /// against the forgotten list) is refused for each forgotten key and sealed again under new
+    /// keys; nothing is written under a destroyed key.
+    @Test(arguments: [6, 150]) func aGroupCommitRefusesEveryForgottenKeyOfItsSubjects(count: Int) async throws {
         try await withTemporaryDirectory { directory in
             let key = MasterKey.generate()
             let writer = try makeStore(in: directory, key: key)
-            let subjects = (0..<150).map { "user-\($0)" }
+            let subjects = (0..<count).map { "user-\($0)" }
             _ = try writer.logProxyRecords(subjects.enumerated().map { Self.record($0.offset, subject: $0.element) })
             let before = try Self.erasureKeys(directory.databasePath)
             let forgetter = try ChatLogStore.open(at: directory.databasePath, key: .key(key))
-            let forgotten = stride(from: 3, to: 150, by: 5).map { subjects[$0] }
+            let forgotten = stride(from: 3, to: count, by: 5).map { subjects[$0] }
             for subject in forgotten { #expect(try forgetter.forget(subject: subject)?.conversations == 1) }
             let records = subjects.enumerated().map { Self.record(200 + $0.offset, subject: $0.element) }
             let logged = try writer.logProxyRecords(records).map { try $0.get().conversationID }
@@ -123,7 +123,7 @@ import Testing
             let destroyed = Set(before.values).subtracting(after.values)
             #expect(destroyed.count == forgotten.count)
             for id in logged { #expect(!destroyed.contains(try #require(after[id.rawValue]))) }
-            #expect(try forgetter.subjectKeyCounts() == (150, 30))
+            #expect(try forgetter.subjectKeyCounts() == (count, forgotten.count))
             #expect(try forgetter.erasureIssues().isEmpty)
             for (record, id) in zip(records, logged) { #expect(try forgetter.conversation(id).title == record.conversation.title) }
         }

@@ -190,9 +190,14 @@ final class SubjectKeyFile: Sendable {
         "SELECT subject_hash, id, wrapped FROM subject_keys WHERE subject_hash IN (" + repeatElement("?", count: lookupBatch).joined(separator: ",") + ")"
 
     /// The keys of many subject hashes, `lookupBatch` per statement (one statement per look-up
-    /// cost more in GRDB and SQLite's per-statement work than the b-tree search itself).
+    /// cost more in GRDB and SQLite's per-statement work than the b-tree search itself); up to
+    /// `ChatLogStore.fewKeys` hashes, a look-up each (SQLite indexes an `IN` list first).
     private func rows(hashes: [Data], _ db: Database) throws -> [Data: (id: KeyID, key: SubjectKey)] {
         var found: [Data: (id: KeyID, key: SubjectKey)] = [:]
+        if hashes.count <= ChatLogStore.fewKeys {
+            for hash in hashes { found[hash] = try row(hash: hash, db) }
+            return found
+        }
         let statement = try db.cachedStatement(sql: Self.lookupSQL)
         for start in stride(from: 0, to: hashes.count, by: Self.lookupBatch) {
             var slice = Array(hashes[start..<min(hashes.count, start + Self.lookupBatch)])

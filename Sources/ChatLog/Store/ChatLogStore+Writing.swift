@@ -320,12 +320,18 @@ extension ChatLogStore {
         }
     }
 
+    static let fewKeys = 10
     private static let forgottenAmongSQL =
         "SELECT key_id FROM forgotten_subject_keys WHERE key_id IN (" + repeatElement("?", count: 100).joined(separator: ",") + ")"
 
-    /// The same for the keys of a group commit, 100 per statement (a statement per key cost more
-    /// than the look-up itself).
+    /// The same for the keys of a group commit: up to `fewKeys`, a look-up each; more, 100 per
+    /// statement (a statement per key costs more than its look-up; an `IN` list of 100 costs
+    /// SQLite an index of the list, more than a few single look-ups).
     static func refuseForgotten(_ ids: Set<KeyID>, _ db: Database) throws {
+        guard ids.count > fewKeys else {
+            for id in ids { try refuseForgotten(id, db) }
+            return
+        }
         let all = ids.map { Int64($0.rawValue) }
         guard let first = all.first else { return }
         let statement = try db.cachedStatement(sql: forgottenAmongSQL)
