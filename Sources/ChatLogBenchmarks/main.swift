@@ -19,8 +19,10 @@
 //                    the C anchor (scripts/bench-logging)
 //   subjects         with --subjects 10,10000,1000000: --subject-records exchanges (proxy group commit of
 //                    100) and --single exchanges one per transaction, each a new conversation of one of
-//                    that many subjects (sealed under its subject key), against the same without subject;
-//                    -1: every exchange a new subject (its key made on first use)
+//                    that many subjects (sealed under its subject key), against the same subjects without
+//                    subject keys, the two stores taking turns batch by batch (paired per-round ratios);
+//                    -1: every exchange a new subject (its key made on first use); --subject-side with|before
+//                    logs one side alone (for profiles)
 //   forget           with --forget-at N: forget of a subject with 1,000 conversations in an N-message store
 //   query/relevance  top 20 by BM25 for words spread on a log scale over 100–10,000 matching
 //                    messages, and for words with 5,000–10,000 matches (the most work in range)
