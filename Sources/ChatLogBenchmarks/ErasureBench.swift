@@ -4,46 +4,55 @@ import Foundation
 // Issue 15: logging with per-subject keys against logging without subjects, in one run, and the
 // time `forget` takes for a subject with 1,000 conversations in a large store.
 
-/// Rates (messages per second) of one configuration over the rounds.
-struct SubjectLoggingResult {
-    var group: [Double] = []
-    var groupCPU: [Double] = []
-    var single: [Double] = []
-    var singleCPU: [Double] = []
+/// Wall and CPU seconds one side of a comparison spent in the timed parts of one round.
+struct SideTimes {
+    var groupWall = 0.0
+    var groupCPU = 0.0
+    var singleWall = 0.0
+    var singleCPU = 0.0
 }
 
 /// `records` exchanges (a prompt and a completion; each exchange a new conversation) logged as the
 /// proxy does (`logProxyRecords`, 100 per group commit), then `singles` more with `logExchange`,
-/// one transaction each, by a freshly opened store (nothing cached). The subject of exchange i is
-/// "user-(i mod subjects)"; -1: every exchange a subject never seen before (its key made on first
-/// use, one more small transaction in the subject-key file). Each subject count runs twice: with
-/// subject keys, and as logging was before them (the same subjects sealed and blind-indexed, no
-/// subject key): the issue's 0.9× is "with ÷ before". Subject keys of a count > 0 are made before
-/// the timed part (returning users). 0 subjects (no subject at all) is shown for reference.
-func subjectLogging(subjectCounts: [Int], records: Int, singles: Int, rounds: Int, folder: URL) throws {
+/// one transaction each. The subject of exchange i is "user-(i mod subjects)"; -1: every exchange
+/// a subject never seen before (its key made on first use, one more small transaction in the
+/// subject-key file). Each subject count is logged by two stores side by side: one with subject
+/// keys, one as logging was before them (the same subjects sealed and blind-indexed, no subject
+/// key); the issue's 0.9× is "with ÷ before". The two stores take turns batch by batch (ABBA: each
+/// group of 100, and each run of 10 single exchanges, alternately first), so both see the same
+/// machine load (another process's build slows both alike) and each round gives a paired ratio.
+/// Subject keys of a count > 0 are made before the timed part (returning users). 0 subjects (no
+/// subject at all) is shown for reference. `side` ("with" or "before") logs that side alone (for
+/// profiles).
+func subjectLogging(subjectCounts: [Int], records: Int, singles: Int, rounds: Int, side only: String?, folder: URL) throws {
     struct Config: Hashable {
         let subjects: Int
         let keys: Bool
     }
-    var configs = [Config(subjects: 0, keys: false)]
-    for subjects in subjectCounts where subjects != 0 { configs += [Config(subjects: subjects, keys: false), Config(subjects: subjects, keys: true)] }
-    var results: [Config: SubjectLoggingResult] = [:]
+    var times: [Config: [SideTimes]] = [:]
     var corpus = Corpus(seed: 11)
     let messages = corpus.messages(2 * (records + singles), start: base)
     for round in 1...rounds {
-        for config in round % 2 == 1 ? configs : configs.reversed() {
-            let subjects = config.subjects
-            let path = folder.appendingPathComponent("subjects-\(subjects)-\(config.keys)-\(round).db").path
-            let key = MasterKey.generate()
-            var options = ChatLogStore.Options()
-            options.sealsUnderSubjectKeys = config.keys
-            let created = try ChatLogStore.create(at: path, key: .key(key, origin: "benchmark"), options: options)
-            if subjects > 0, config.keys {
-                let made = try seconds { try created.prepareSubjectKeys((0..<subjects).map { "user-\($0)" }) }
-                FileHandle.standardError.write(Data("round \(round): \(subjects) subject keys made in \(String(format: "%.1f", made)) s\n".utf8))
+        for subjects in round % 2 == 1 ? subjectCounts : subjectCounts.reversed() where only == nil || subjects != 0 {
+            var configs = subjects == 0 ? [Config(subjects: 0, keys: false)] : [Config(subjects: subjects, keys: false), Config(subjects: subjects, keys: true)]
+            configs = configs.filter { only == nil || only == ($0.keys ? "with" : "before") }
+            if round % 2 == 0 { configs.reverse() }
+            var stores: [ChatLogStore] = []
+            var paths: [String] = []
+            for config in configs {
+                let path = folder.appendingPathComponent("subjects-\(subjects)-\(config.keys)-\(round).db").path
+                let key = MasterKey.generate()
+                var options = ChatLogStore.Options()
+                options.sealsUnderSubjectKeys = config.keys
+                let created = try ChatLogStore.create(at: path, key: .key(key, origin: "benchmark"), options: options)
+                if subjects > 0, config.keys {
+                    let made = try seconds { try created.prepareSubjectKeys((0..<subjects).map { "user-\($0)" }) }
+                    FileHandle.standardError.write(Data("round \(round): \(subjects) subject keys made in \(String(format: "%.1f", made)) s\n".utf8))
+                }
+                try created.close()
+                stores.append(try ChatLogStore.open(at: path, key: .key(key, origin: "benchmark"), options: options))
+                paths.append(path)
             }
-            try created.close()
-            let store = try ChatLogStore.open(at: path, key: .key(key, origin: "benchmark"), options: options)
             func subject(_ index: Int) -> String? {
                 switch subjects {
                 case 0: nil
@@ -51,49 +60,75 @@ func subjectLogging(subjectCounts: [Int], records: Int, singles: Int, rounds: In
                 default: "user-\(index % subjects)"
                 }
             }
-            var result = results[config] ?? SubjectLoggingResult()
-            var cpu = processCPUSeconds()
-            let groupTime = try seconds {
-                for start in stride(from: 0, to: records, by: 100) {
-                    let batch = (start..<min(records, start + 100)).map { index in
-                        ProxyRecord(
-                            conversation: NewConversation(subject: subject(index), id: ConversationID.generate()),
-                            messages: [messages[2 * index], messages[2 * index + 1]], digests: [])
+            var spent = [SideTimes](repeating: SideTimes(), count: configs.count)
+            /// Runs `body` for each side in turn, the order flipped every call; adds the time taken.
+            func alternate(_ turn: Int, _ time: WritableKeyPath<SideTimes, Double>, _ cpu: WritableKeyPath<SideTimes, Double>,
+                _ body: (ChatLogStore) throws -> Void) throws {
+                for side in turn % 2 == 0 ? Array(stores.indices) : stores.indices.reversed() {
+                    let before = processCPUSeconds()
+                    spent[side][keyPath: time] += try seconds { try body(stores[side]) }
+                    spent[side][keyPath: cpu] += processCPUSeconds() - before
+                }
+            }
+            for (turn, start) in stride(from: 0, to: records, by: 100).enumerated() {
+                let batch = (start..<min(records, start + 100)).map { index in
+                    (NewConversation(subject: subject(index)), [messages[2 * index], messages[2 * index + 1]])
+                }
+                try alternate(turn, \.groupWall, \.groupCPU) { store in
+                    // Each store its own conversation ids (the proxy names them before logging).
+                    let records = batch.map { conversation, messages in
+                        var conversation = conversation
+                        conversation.id = ConversationID.generate()
+                        return ProxyRecord(conversation: conversation, messages: messages, digests: [])
                     }
-                    for outcome in try store.logProxyRecords(batch) { _ = try outcome.get() }
+                    for outcome in try store.logProxyRecords(records) { _ = try outcome.get() }
                 }
             }
-            result.group.append(Double(2 * records) / groupTime)
-            result.groupCPU.append(Double(2 * records) / (processCPUSeconds() - cpu))
-            cpu = processCPUSeconds()
-            let singleTime = try seconds {
-                for index in records..<(records + singles) {
-                    try store.logExchange(
-                        ModelExchange(
-                            conversation: .new(NewConversation(subject: subject(index))), prompt: [messages[2 * index]],
-                            completion: messages[2 * index + 1]))
+            for (turn, start) in stride(from: records, to: records + singles, by: 10).enumerated() {
+                try alternate(turn, \.singleWall, \.singleCPU) { store in
+                    for index in start..<min(records + singles, start + 10) {
+                        try store.logExchange(
+                            ModelExchange(
+                                conversation: .new(NewConversation(subject: subject(index))), prompt: [messages[2 * index]],
+                                completion: messages[2 * index + 1]))
+                    }
                 }
             }
-            result.single.append(Double(2 * singles) / singleTime)
-            result.singleCPU.append(Double(2 * singles) / (processCPUSeconds() - cpu))
-            results[config] = result
-            try store.close()
-            for suffix in ["", "-wal", "-shm", ".subject-keys", ".subject-keys-journal"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+            for (config, side) in zip(configs, spent) { times[config, default: []].append(side) }
+            for (store, path) in zip(stores, paths) {
+                try store.close()
+                for suffix in ["", "-wal", "-shm", ".subject-keys", ".subject-keys-journal"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+            }
         }
         FileHandle.standardError.write(Data("subject logging round \(round)/\(rounds) done\n".utf8))
     }
     print("Logging with per-subject keys (issue 15), same run: \(records) exchanges by group commit of 100, \(singles) one per transaction")
-    print("store = with subject keys; baseline = the same subjects as before subject keys (ratio = with ÷ before)")
-    let none = results[Config(subjects: 0, keys: false)] ?? SubjectLoggingResult()
+    print("store = with subject keys; baseline = the same subjects as before subject keys, logged alternately with it")
+    print("rates: medians over the rounds; \"paired\": median of the per-round ratios (with ÷ before), [each round's ratio]")
+    let rate = { (count: Int, seconds: Double) in Double(2 * count) / seconds }
+    let none = times[Config(subjects: 0, keys: false)] ?? []
     for subjects in subjectCounts where subjects != 0 {
-        let with = results[Config(subjects: subjects, keys: true)] ?? SubjectLoggingResult()
-        let before = results[Config(subjects: subjects, keys: false)] ?? SubjectLoggingResult()
+        let with = times[Config(subjects: subjects, keys: true)] ?? []
+        let before = times[Config(subjects: subjects, keys: false)] ?? []
         let name = subjects == -1 ? "log/new subject each exchange" : "log/subjects=\(subjects)"
-        report("\(name) group commit", sealed: median(with.group), plain: median(before.group), unit: "msg/s", higherIsBetter: true)
-        report("\(name) group commit, per CPU s", sealed: median(with.groupCPU), plain: median(before.groupCPU), unit: "msg/s", higherIsBetter: true)
-        report("\(name) one per transaction", sealed: median(with.single), plain: median(before.single), unit: "msg/s", higherIsBetter: true)
-        report("\(name) one per transaction, per CPU s", sealed: median(with.singleCPU), plain: median(before.singleCPU), unit: "msg/s", higherIsBetter: true)
-        report("\(name) group commit vs no subject at all", sealed: median(with.group), plain: median(none.group), unit: "msg/s", higherIsBetter: true)
+        let measures: [(String, Int, KeyPath<SideTimes, Double>)] = [
+            ("group commit", records, \.groupWall), ("group commit, per CPU s", records, \.groupCPU),
+            ("one per transaction", singles, \.singleWall), ("one per transaction, per CPU s", singles, \.singleCPU),
+        ]
+        for (measure, count, path) in measures {
+            let withRates = with.map { rate(count, $0[keyPath: path]) }
+            let beforeRates = before.map { rate(count, $0[keyPath: path]) }
+            report("\(name) \(measure)", sealed: median(withRates), plain: median(beforeRates), unit: "msg/s", higherIsBetter: true)
+            let paired = zip(withRates, beforeRates).map { $0 / $1 }
+            if !paired.isEmpty {
+                print(
+                    "    paired \(String(format: "%.3f", median(paired)))× ["
+                        + paired.map { String(format: "%.3f", $0) }.joined(separator: " ") + "]")
+            }
+        }
+        report(
+            "\(name) group commit vs no subject at all", sealed: median(with.map { rate(records, $0.groupWall) }),
+            plain: median(none.map { rate(records, $0.groupWall) }), unit: "msg/s", higherIsBetter: true)
     }
     print()
 }

@@ -19,8 +19,10 @@
 //                    the C anchor (scripts/bench-logging)
 //   subjects         with --subjects 10,10000,1000000: --subject-records exchanges (proxy group commit of
 //                    100) and --single exchanges one per transaction, each a new conversation of one of
-//                    that many subjects (sealed under its subject key), against the same without subject;
-//                    -1: every exchange a new subject (its key made on first use)
+//                    that many subjects (sealed under its subject key), against the same subjects without
+//                    subject keys, the two stores taking turns batch by batch (paired per-round ratios);
+//                    -1: every exchange a new subject (its key made on first use); --subject-side with|before
+//                    logs one side alone (for profiles)
 //   forget           with --forget-at N: forget of a subject with 1,000 conversations in an N-message store
 //   query/relevance  top 20 by BM25 for words spread on a log scale over 100–10,000 matching
 //                    messages, and for words with 5,000–10,000 matches (the most work in range)
@@ -45,6 +47,8 @@ struct Arguments {
     var subjects: [Int] = []
     var subjectRecords = 20_000
     var forgetAt: [Int] = []
+    /// With `--subject-side with` or `--subject-side before`, the subjects scenario logs that side alone (for profiles).
+    var subjectSide: String?
 
     init() {
         var iterator = CommandLine.arguments.dropFirst().makeIterator()
@@ -63,10 +67,11 @@ struct Arguments {
             case "--only": only = iterator.next()
             case "--subjects": subjects = (iterator.next() ?? "").split(separator: ",").compactMap { Int($0) }
             case "--subject-records": subjectRecords = Int(iterator.next() ?? "") ?? subjectRecords
+            case "--subject-side": subjectSide = iterator.next()
             case "--forget-at": forgetAt = (iterator.next() ?? "").split(separator: ",").compactMap { Int($0) }
             default:
                 FileHandle.standardError.write(
-                    Data("usage: chatlog-bench [--messages N] [--single N] [--rounds N] [--search-at N,N] [--queries N] [--import N] [--export-rotate-at N,N] [--logging N] [--write-corpus FILE] [--only store|plain] [--subjects 0,10,10000] [--subject-records N] [--forget-at N,N] [--dir DIR]\n".utf8))
+                    Data("usage: chatlog-bench [--messages N] [--single N] [--rounds N] [--search-at N,N] [--queries N] [--import N] [--export-rotate-at N,N] [--logging N] [--write-corpus FILE] [--only store|plain] [--subjects 0,10,10000] [--subject-records N] [--subject-side with|before] [--forget-at N,N] [--dir DIR]\n".utf8))
                 exit(64)
             }
         }
@@ -498,7 +503,7 @@ if arguments.logging > 0 {
 if !arguments.subjects.isEmpty {
     try subjectLogging(
         subjectCounts: ([0] + arguments.subjects.filter { $0 != 0 }), records: arguments.subjectRecords, singles: arguments.single,
-        rounds: arguments.rounds, folder: folder)
+        rounds: arguments.rounds, side: arguments.subjectSide, folder: folder)
 }
 for size in arguments.forgetAt where size > 0 { try forgetBenchmark(size: size, folder: folder) }
 

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Domain tags and context encodings for every key derivation. docs/FORMAT.md documents each
 /// byte; changing any of these changes the format.
 enum KeyDerivation {
@@ -7,6 +9,13 @@ enum KeyDerivation {
     static let masterCheckV2Tag = "chatlog/v2/master-check"
     static let subjectTag = "chatlog/v1/subject"
     static let tokenTag = "chatlog/v1/token"
+
+    /// NFKC (`precomposedStringWithCompatibilityMapping`), as subjects are hashed; ASCII text is
+    /// already in NFKC and is returned as it is (Foundation's normalisation cost as much as the
+    /// keyed hash itself, on every logged exchange with a subject).
+    static func compatibilityNormalized(_ text: String) -> String {
+        text.utf8.allSatisfy { $0 < 0x80 } ? text : text.precomposedStringWithCompatibilityMapping
+    }
 
     /// `u32be(len(part)) ‖ part` for each part, in order.
     static func lengthPrefixed(_ parts: [String]) -> [UInt8] {

@@ -178,11 +178,11 @@ enum SealedValue {
             }
             if let subjectKey {
                 // Version 2: lp("chatlog/v2/subject-field") ‖ lp(v1 subkey), keyed by the subject key.
-                let length = subjectPrefix.count + 4 + 32
+                let length = subjectMessagePrefix.count + 32
                 withUnsafeTemporaryAllocation(of: UInt8.self, capacity: length) { input in
                     let message = UnsafeMutableRawBufferPointer(input)
-                    message.copyBytes(from: subjectPrefix + [0, 0, 0, 32])
-                    (message.baseAddress! + subjectPrefix.count + 4).copyMemory(from: raw.baseAddress!, byteCount: 32)
+                    message.copyBytes(from: subjectMessagePrefix)
+                    (message.baseAddress! + subjectMessagePrefix.count).copyMemory(from: raw.baseAddress!, byteCount: 32)
                     subjectKey.withUnsafeBytes { keyBytes in
                         Sodium.keyedHash(key: keyBytes, message: UnsafeRawBufferPointer(message), into: raw)
                     }
@@ -195,5 +195,7 @@ enum SealedValue {
     }
 
     static let subjectFieldTag = "chatlog/v2/subject-field"
-    private static let subjectPrefix = KeyDerivation.lengthPrefixed([subjectFieldTag])
+    /// `lp("chatlog/v2/subject-field") ‖ u32be(32)`: the fixed start of every version-2 subkey
+    /// message (made once, not per sealed field).
+    private static let subjectMessagePrefix = KeyDerivation.lengthPrefixed([subjectFieldTag]) + [0, 0, 0, 32]
 }

@@ -140,9 +140,8 @@ final class SubjectKeyFile: Sendable {
         do {
             try file.queue.inDatabase { db in
                 try db.inTransaction(.deferred) {
-                    for (subject, hash) in missing {
-                        if let row = try self.row(hash: hash, db) { loaded.append((subject, hash, row)) }
-                    }
+                    let rows = try self.rows(hashes: missing.map(\.hash), db)
+                    for (subject, hash) in missing { if let row = rows[hash] { loaded.append((subject, hash, row)) } }
                     return .commit
                 }
             }
@@ -185,12 +184,42 @@ final class SubjectKeyFile: Sendable {
         return found
     }
 
+    /// Hashes looked up by one statement (`IN` over this many; a shorter list repeats its first).
+    static let lookupBatch = 100
+    private static let lookupSQL =
+        "SELECT subject_hash, id, wrapped FROM subject_keys WHERE subject_hash IN (" + repeatElement("?", count: lookupBatch).joined(separator: ",") + ")"
+
+    /// The keys of many subject hashes, `lookupBatch` per statement (one statement per look-up
+    /// cost more in GRDB and SQLite's per-statement work than the b-tree search itself); up to
+    /// `ChatLogStore.fewKeys` hashes, a look-up each (SQLite indexes an `IN` list first).
+    private func rows(hashes: [Data], _ db: Database) throws -> [Data: (id: KeyID, key: SubjectKey)] {
+        var found: [Data: (id: KeyID, key: SubjectKey)] = [:]
+        if hashes.count <= ChatLogStore.fewKeys {
+            for hash in hashes { found[hash] = try row(hash: hash, db) }
+            return found
+        }
+        let statement = try db.cachedStatement(sql: Self.lookupSQL)
+        for start in stride(from: 0, to: hashes.count, by: Self.lookupBatch) {
+            var slice = Array(hashes[start..<min(hashes.count, start + Self.lookupBatch)])
+            slice += repeatElement(slice[0], count: Self.lookupBatch - slice.count)
+            let cursor = try Row.fetchCursor(statement, arguments: StatementArguments(slice))
+            while let row = try cursor.next() {
+                guard let hash = row.sealedBytes(at: 0), found[hash] == nil else { continue }
+                let stored: Int64 = try row.decode(atIndex: 1)
+                let id = try KeyID.stored(stored, table: "subject_keys", column: "id", rowID: String(stored))
+                found[hash] = (id, try unwrap(row.sealedBytes(at: 2) ?? Data(), id: id, hash: hash, master: keyRing.master))
+            }
+        }
+        return found
+    }
+
     private func row(hash: Data, _ db: Database) throws -> (id: KeyID, key: SubjectKey)? {
+        // Columns by position, not name (one look-up per logged exchange of an uncached subject).
         guard let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT id, wrapped FROM subject_keys WHERE subject_hash = ?"), arguments: [hash])
         else { return nil }
-        let stored: Int64 = try row.decode(forColumn: "id")
+        let stored: Int64 = try row.decode(atIndex: 0)
         let id = try KeyID.stored(stored, table: "subject_keys", column: "id", rowID: String(stored))
-        return (id, try unwrap(row.sealedBytes("wrapped") ?? Data(), id: id, hash: hash, master: keyRing.master))
+        return (id, try unwrap(row.sealedBytes(at: 1) ?? Data(), id: id, hash: hash, master: keyRing.master))
     }
 
     /// Makes keys for `subjects` that have none, in one transaction, without caching them (for
@@ -555,21 +584,35 @@ final class SubjectKeyFile: Sendable {
 
     // MARK: - Wrapping and hashing
 
+    /// `STORE_ID/KEY_ID/HEX(subject hash)`, built byte by byte (on every key unwrap: string
+    /// interpolation and `String(format:)` per byte each cost more than the unwrap itself).
     private func rowContext(id: KeyID, hash: Data) -> FieldContext {
-        FieldContext(table: "subject_keys", column: "wrapped", rowID: "\(storeID)/\(id.rawValue)/\(Self.hex(hash))")
+        var output = [UInt8]()
+        output.reserveCapacity(storeID.utf8.count + 12 + hash.count * 2)
+        output += storeID.utf8
+        output.append(UInt8(ascii: "/"))
+        output += String(id.rawValue).utf8
+        output.append(UInt8(ascii: "/"))
+        Self.appendHex(hash, to: &output)
+        return FieldContext(table: "subject_keys", column: "wrapped", rowID: String(decoding: output, as: UTF8.self))
     }
 
-    /// Lower-case hex (on every key unwrap: `String(format:)` per byte cost more than the
-    /// unwrap itself).
+    /// Lower-case hex.
     static func hex(_ bytes: Data) -> String {
-        let digits = Array("0123456789abcdef".utf8)
         var output = [UInt8]()
         output.reserveCapacity(bytes.count * 2)
-        for byte in bytes {
-            output.append(digits[Int(byte >> 4)])
-            output.append(digits[Int(byte & 0x0F)])
-        }
+        appendHex(bytes, to: &output)
         return String(decoding: output, as: UTF8.self)
+    }
+
+    private static func appendHex(_ bytes: Data, to output: inout [UInt8]) {
+        let digits: StaticString = "0123456789abcdef"
+        digits.withUTF8Buffer { digits in
+            for byte in bytes {
+                output.append(digits[Int(byte >> 4)])
+                output.append(digits[Int(byte & 0x0F)])
+            }
+        }
     }
 
     private func wrap(_ material: SecureBytes, id: KeyID, hash: Data, master: MasterKey) -> Data {
@@ -592,7 +635,8 @@ final class SubjectKeyFile: Sendable {
 
     /// Integrity errors name the file, the table and the key id (never the subject hash).
     private func unwrapBytes(_ wrapped: Data, context: FieldContext, master: MasterKey) throws(ChatLogError) -> SecureBytes {
-        let place = context.table == "meta" ? "hash_key" : String(context.rowID.split(separator: "/").dropFirst().first ?? "")
+        // Worked out only for an error (splitting the row id on every unwrap cost more than the unwrap).
+        var place: String { context.table == "meta" ? "hash_key" : String(context.rowID.split(separator: "/").dropFirst().first ?? "") }
         let opened = wrapped.withUnsafeBytes { bytes in
             Result { () throws(SealedValue.Failure) in try SealedValue.open(bytes, key: master.storage, context: context) }
         }
@@ -613,7 +657,7 @@ final class SubjectKeyFile: Sendable {
     }
 
     private static func hash(_ subject: String, tag: String, hashKey: SecureBytes) -> Data {
-        let message = KeyDerivation.lengthPrefixed([tag, subject.precomposedStringWithCompatibilityMapping])
+        let message = KeyDerivation.lengthPrefixed([tag, KeyDerivation.compatibilityNormalized(subject)])
         var output = Data(count: 32)
         hashKey.withUnsafeBytes { key in
             message.withUnsafeBytes { input in output.withUnsafeMutableBytes { Sodium.keyedHash(key: key, message: input, into: $0) } }

@@ -163,12 +163,17 @@ extension ChatLogStore {
                 }
             }
         } body: { prepared, db in
-            try prepared.map { entry -> Result<LoggedExchange, ChatLogError> in
+            // A subject key forgotten meanwhile refuses the whole transaction (writeSealed then
+            // seals again): the group's keys checked together, not once per record.
+            var keys = Set<KeyID>()
+            for case .success(let (conversation, _, _)) in prepared { if let id = conversation.erasureKeyID { keys.insert(id) } }
+            try Self.refuseForgotten(keys, db)
+            return try prepared.map { entry -> Result<LoggedExchange, ChatLogError> in
                 switch entry {
                 case .failure(let error): return .failure(error)
                 case .success(let (conversation, messages, digests)):
                     do {
-                        return .success(try Self.insertProxyRecord(conversation, messages, digests, db))
+                        return .success(try Self.insertProxyRecord(conversation, messages, digests, db, forgottenChecked: true))
                     } catch let error as ChatLogError {
                         // Refused before anything of this record was written (a continued
                         // conversation of another subject): this record fails alone.
@@ -180,12 +185,13 @@ extension ChatLogStore {
     }
 
     static func insertProxyRecord(
-        _ conversation: PreparedConversation, _ messages: [PreparedMessage], _ digests: [ThreadDigest], _ db: Database
+        _ conversation: PreparedConversation, _ messages: [PreparedMessage], _ digests: [ThreadDigest], _ db: Database,
+        forgottenChecked: Bool
     ) throws -> LoggedExchange {
         var seq = try Int64.fetchOne(
             db.cachedStatement(sql: "SELECT seq FROM conversations WHERE id = ?"), arguments: [conversation.id.rawValue])
         if seq == nil {
-            try insert(conversation, db)
+            try insert(conversation, db, forgottenChecked: forgottenChecked)
             seq = db.lastInsertedRowID
         }
         guard let seq else { throw ChatLogError.conversationNotFound(conversation.id.rawValue) }

@@ -271,10 +271,12 @@ extension ChatLogStore {
         try db.execute(sql: "DELETE FROM conversations WHERE seq = ?", arguments: [seq])
     }
 
-    static func insert(_ conversation: PreparedConversation, _ db: Database) throws {
+    /// `forgottenChecked`: the caller has already run ``refuseForgotten(_:_:)`` for its subject key
+    /// in this transaction (a group commit checks each key once).
+    static func insert(_ conversation: PreparedConversation, _ db: Database, forgottenChecked: Bool = false) throws {
         // Counters of migration 0007 (deletes and key changes are counted by its triggers); first,
         // so that `lastInsertedRowID` stays the conversation's for the callers.
-        if let erasure = conversation.erasureKeyID { try refuseForgotten(erasure, db) }
+        if !forgottenChecked, let erasure = conversation.erasureKeyID { try refuseForgotten(erasure, db) }
         try countKeyUse(Int64(conversation.keyID.rawValue), 1, db)
         if let subjectKey = conversation.subjectKeyID { try countKeyUse(Int64(subjectKey.rawValue), 1, db) }
         try db.cachedStatement(
@@ -311,10 +313,35 @@ extension ChatLogStore {
     struct ForgottenSubjectKey: Error { let id: KeyID }
 
     static func refuseForgotten(_ id: KeyID, _ db: Database) throws {
-        if try Row.fetchOne(
+        if try Int64.fetchOne(
             db.cachedStatement(sql: "SELECT 1 FROM forgotten_subject_keys WHERE key_id = ?"), arguments: [Int64(id.rawValue)]) != nil
         {
             throw ForgottenSubjectKey(id: id)
+        }
+    }
+
+    static let fewKeys = 10
+    private static let forgottenAmongSQL =
+        "SELECT key_id FROM forgotten_subject_keys WHERE key_id IN (" + repeatElement("?", count: 100).joined(separator: ",") + ")"
+
+    /// The same for the keys of a group commit: up to `fewKeys`, a look-up each; more, 100 per
+    /// statement (a statement per key costs more than its look-up; an `IN` list of 100 costs
+    /// SQLite an index of the list, more than a few single look-ups).
+    static func refuseForgotten(_ ids: Set<KeyID>, _ db: Database) throws {
+        guard ids.count > fewKeys else {
+            for id in ids { try refuseForgotten(id, db) }
+            return
+        }
+        let all = ids.map { Int64($0.rawValue) }
+        guard let first = all.first else { return }
+        let statement = try db.cachedStatement(sql: forgottenAmongSQL)
+        for start in stride(from: 0, to: all.count, by: 100) {
+            let slice = all[start..<min(all.count, start + 100)]
+            if let id = try Int64.fetchOne(statement, arguments: StatementArguments(slice + repeatElement(first, count: 100 - slice.count))),
+                let raw = UInt32(exactly: id)
+            {
+                throw ForgottenSubjectKey(id: KeyID(rawValue: raw))
+            }
         }
     }
 

@@ -147,7 +147,7 @@ extension Row {
 /// NFKC-normalised subject. Lets `list --subject` use an index without decrypting anything.
 enum SubjectIndex {
     static func token(for subject: String, key: IndexKey) -> Data {
-        let message = KeyDerivation.lengthPrefixed([KeyDerivation.subjectTag, subject.precomposedStringWithCompatibilityMapping])
+        let message = KeyDerivation.lengthPrefixed([KeyDerivation.subjectTag, KeyDerivation.compatibilityNormalized(subject)])
         var output = Data(count: 16)
         key.withUnsafeBytes { keyBytes in
             message.withUnsafeBytes { messageBytes in
