@@ -45,7 +45,7 @@ struct VerifyCommand: AsyncParsableCommand {
             if !output.json { for action in repairs { CLIOutput.line("REPAIRED " + CLIOutput.terminalSafeField(action.description)) } }
             let progress = ProgressReporter(label: "verify", unit: "messages")
             let total = try await opened.counts().messages
-            let report = try opened.verify(progress: { progress.update(done: $0, total: total) })
+            let report = try await opened.verify(progress: { progress.update(done: $0, total: total) })
             progress.finish(done: report.messages)
             if output.json {
                 try CLIOutput.json(

@@ -203,7 +203,7 @@ extension PostgreSQLSuites {
                         let reopened = try ChatLogStore.open(at: back, key: .key(key))
                         defer { try? reopened.close() }
                         #expect(try await Self.summary(reopened) == expected)
-                        #expect(try reopened.verify().ok)
+                        await #expect(try reopened.verify().ok)
                     }
 
                     // Another store at the destination, and a file of another program: refused, nothing changed.
@@ -299,12 +299,20 @@ extension PostgreSQLSuites {
                         completion: NewMessage(role: .assistant, content: "secret two")))
                 let second = try await store.logExchange(
                     ModelExchange(conversation: .new(NewConversation(title: "b")), prompt: [], completion: NewMessage(role: .assistant, content: "other")))
+                let clean = try await store.verify()
+                #expect(clean.ok && clean.conversations == 2 && clean.messages == 3 && clean.sealedValues == 2 + 2 + 3, "\(clean.issues)")
                 try database.psql(
                     "UPDATE messages SET content = (SELECT content FROM messages WHERE id = '\(first.messageIDs[0])') WHERE id = '\(first.messageIDs[1])'")
                 await #expect(throws: ChatLogError.integrity(IntegrityFailure(table: "messages", column: "content", rowID: first.messageIDs[1].rawValue, reason: .authenticationFailed))) {
                     try await store.transcript(first.conversationID)
                 }
                 #expect(try await store.transcript(second.conversationID).messages.map(\.content) == ["other"])
+                // verify names that row, and a message whose terms were removed from the index behind chatlog's back.
+                try database.psql("DELETE FROM message_terms WHERE message_seq = (SELECT seq FROM messages WHERE id = '\(second.messageIDs[0])')")
+                let report = try await store.verify()
+                #expect(!report.ok && report.issueCount == 2, "\(report.issues)")
+                #expect(report.issues.contains { $0.table == "messages" && $0.column == "content" && $0.rowID == first.messageIDs[1].rawValue })
+                #expect(report.issues.contains { $0.table == "message_terms" && $0.rowID == second.messageIDs[0].rawValue })
             }
         }
 
@@ -405,6 +413,8 @@ extension PostgreSQLSuites {
                 #expect(search.status == 0 && search.out.components(separatedBy: "\"message_id\"").count == 3, "\(search)")
                 let newest = try chatlog("search", "refund -sorry", "--sort", "newest")
                 #expect(newest.status == 0 && newest.out.contains("charged twice") && !newest.out.contains("on its way"), "\(newest)")
+                let verify = try chatlog("verify", "--json")
+                #expect(verify.status == 0 && verify.out.contains("\"ok\" : true"), "\(verify)")
                 let stats = try chatlog("stats", "--by", "model", "--json")
                 #expect(stats.status == 0 && stats.out.contains("gpt-4o"), "\(stats)")
                 let status = try chatlog("key", "status")
@@ -417,7 +427,7 @@ extension PostgreSQLSuites {
                 let rotate = try chatlog("key", "rotate")
                 #expect(rotate.status == 64 && rotate.err.contains("`chatlog key rotate` does not work"), "\(rotate)")
                 try Data(#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}"#.utf8 + [0x0A]).write(to: URL(fileURLWithPath: home + "/in.jsonl"))
-                for command in [["backup", home + "/backup.db"], ["verify"], ["prune", "--older-than", "1d"], ["forget", "--subject", "user-42"], ["import", "--format", "openai-jsonl", home + "/in.jsonl"], ["serve"], ["token", "list"]] {
+                for command in [["backup", home + "/backup.db"], ["prune", "--older-than", "1d"], ["forget", "--subject", "user-42"], ["import", "--format", "openai-jsonl", home + "/in.jsonl"], ["serve"], ["token", "list"]] {
                     let result = try ProcessOutput.run(chatlogBinary(), command, env: env, cwd: home)
                     #expect(result.status == 64 && result.err.contains("`chatlog \(command[0] == "token" ? "token list" : command[0])` does not work on a PostgreSQL store yet"), "\(command) \(result)")
                 }

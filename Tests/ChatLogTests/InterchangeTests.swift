@@ -464,7 +464,7 @@ import Testing
             #expect(fileMode(backupPath) == 0o600)
 
             let backup = try ChatLogStore.open(at: backupPath, key: .key(key))
-            #expect(try backup.verify().ok)
+            await #expect(try backup.verify().ok)
             for writer in 0..<writers {
                 let contents = try await backup.transcript(conversations[writer]).messages.map(\.content)
                 #expect(contents.count >= before[writer])

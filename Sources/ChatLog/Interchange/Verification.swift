@@ -42,6 +42,73 @@ extension ChatLogStore {
     /// (term, row id) pair, recomputed or read from the index, is hashed into one of 65,536
     /// buckets chosen by its row id; only buckets whose sums differ are looked at row by row.
     public func verify(progress: (@Sendable (Int) -> Void)? = nil) throws(ChatLogError) -> VerificationReport {
+        try verifySQLite(progress: progress)
+    }
+
+    /// The same on any backend. On PostgreSQL: the key rows (their MACs, at the reload), every
+    /// sealed value of every conversation and message opened with the key its header names, ids
+    /// and roles checked, and each message's rows in the term table compared with the terms its
+    /// content gives under its index key (nothing missing, nothing extra).
+    public func verify(progress: (@Sendable (Int) -> Void)? = nil) async throws(ChatLogError) -> VerificationReport {
+        guard let storage else { return try verifySQLite(progress: progress) }
+        var report = VerificationReport()
+        func record(_ table: String, _ column: String, _ row: String, _ problem: String) {
+            report.issueCount += 1
+            if report.issues.count < Self.maximumReportedIssues {
+                report.issues.append(VerificationIssue(table: table, column: column, rowID: row, problem: problem))
+            }
+        }
+        func check(_ body: () throws(ChatLogError) -> Void) throws(ChatLogError) {
+            do { try body() } catch .integrity(let failure) { record(failure.table, failure.column, failure.rowID, failure.description) }
+        }
+        try await reloadKeys(storage)
+        report.sealedValues += try await storage.keyRows().filter { $0.wrapped != nil }.count
+        var cursor: MessageCursor?
+        while true {
+            let page = try await storage.conversations(ConversationFilter(oldestFirst: true), after: cursor, limit: 200)
+            let copies = try await storage.conversationCopies(page.map(\.row.id), withTerms: true)
+            try await ensureKeys(
+                for: copies.values.flatMap { copy in
+                    [copy.conversation.title, copy.conversation.subject, copy.conversation.metadata] + copy.messages.flatMap { [$0.content, $0.metadata] }
+                }, storage)
+            let keys = keyRing.current
+            for listed in page {
+                guard let copy = copies[listed.row.id] else { continue }  // deleted meanwhile
+                report.conversations += 1
+                let row = copy.conversation
+                report.sealedValues += [row.title, row.subject, row.metadata].compactMap { $0 }.count
+                try check { () throws(ChatLogError) in _ = try decode(row, messageCount: copy.messages.count) }
+                for message in copy.messages {
+                    report.messages += 1
+                    report.sealedValues += message.metadata == nil ? 1 : 2
+                    var content: String?
+                    try check { () throws(ChatLogError) in content = try decode(message).content }
+                    guard let content else { continue }
+                    guard let indexKeyID = message.indexKeyID else {
+                        record("messages", "index_key_id", message.id, "the message is not in the search index")
+                        continue
+                    }
+                    guard let raw = UInt32(exactly: indexKeyID), let blinder = keys.blinders[KeyID(rawValue: raw)] else {
+                        record("messages", "index_key_id", message.id, "names index key \(indexKeyID), which is not a live index key")
+                        continue
+                    }
+                    var expected = Set<UInt64>()
+                    blinder.forEachDistinctTerm(in: content) { expected.insert($0) }
+                    let stored = Set(message.terms)
+                    if stored != expected {
+                        record(
+                            "message_terms", "term", message.id,
+                            "the index holds \(stored.subtracting(expected).count) terms this message does not give and lacks \(expected.subtracting(stored).count) it gives")
+                    }
+                }
+            }
+            progress?(report.messages)
+            guard page.count == 200, let last = page.last else { return report }
+            cursor = last.cursor
+        }
+    }
+
+    private func verifySQLite(progress: (@Sendable (Int) -> Void)?) throws(ChatLogError) -> VerificationReport {
         var report = try read { db in try self.verify(db, progress: progress) }
         for issue in try erasureIssues() {
             report.issueCount += 1

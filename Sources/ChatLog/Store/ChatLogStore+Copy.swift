@@ -28,8 +28,8 @@ extension ChatLogStore {
     /// opening any sealed value**: sealed values are bound to table, column and public id, which
     /// a copy keeps, so the bytes move as they are, with the wrapped keys and their MACs. The
     /// destination must be empty or hold an interrupted copy of this store (same store id and key
-    /// rows): each conversation is copied in one transaction, so a run that was killed is resumed
-    /// by running it again. Afterwards every conversation and message of the destination is
+    /// rows): conversations are copied whole, up to 500 per transaction, so a run that was killed
+    /// is resumed by running it again. Afterwards every conversation and message of the destination is
     /// compared byte for byte with the source, and the search index's pairs are counted on both.
     ///
     /// Not carried yet (the copy refuses or reports them): conversations sealed under per-subject

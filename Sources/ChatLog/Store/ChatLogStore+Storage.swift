@@ -117,7 +117,7 @@ extension ChatLogStore {
         _ storage: any ChatLogStorage, conversationID: (T) -> String,
         _ prepare: (KeyRing.Loaded) throws(ChatLogError) -> (conversation: PreparedConversation?, messages: [PreparedMessage], result: T)
     ) async throws(ChatLogError) -> T {
-        while true {
+        for _ in 0..<10 {
             let keys = keyRing.current
             let prepared = try prepare(keys)
             let target = conversationID(prepared.result)
@@ -141,6 +141,8 @@ extension ChatLogStore {
                 throw ChatLogError.wrap(error)
             }
         }
+        // Key jobs changing the keys faster than a write can seal: say so rather than loop.
+        throw .busy("the store's keys changed ten times while this write was sealed; try again")
     }
 
     /// Re-reads the key rows from the backend (after the master key is checked).
