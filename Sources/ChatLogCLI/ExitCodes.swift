@@ -40,7 +40,11 @@ func reportingErrors(_ body: () async throws -> Void) async throws {
         try await body()
     } catch ChatLogError.notOnThisBackend(let location, "this") {
         // Named by the command that was run ("`chatlog export`"), not the library's "this".
-        let arguments = Array(CommandLine.arguments.dropFirst().prefix { !$0.hasPrefix("-") })
+        var arguments: [String] = []
+        var rest = CommandLine.arguments.dropFirst()[...]
+        while let argument = rest.popFirst() {
+            if argument == "--db" || argument == "--to" { _ = rest.popFirst() } else if !argument.hasPrefix("-") { arguments.append(argument) }
+        }
         let words = ["key", "token"].contains(arguments.first ?? "") ? arguments.prefix(2) : arguments.prefix(1)
         let error = ChatLogError.notOnThisBackend(location: location, what: "`chatlog \(words.joined(separator: " "))`")
         CLIOutput.error(error.description)

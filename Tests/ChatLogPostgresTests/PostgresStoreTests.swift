@@ -440,6 +440,8 @@ extension PostgreSQLSuites {
                 // --db instead of CHATLOG_DB; a password in it is refused before anything is opened.
                 var withoutDB = env
                 withoutDB["CHATLOG_DB"] = nil
+                let named = try chatlog("--db", location, "prune", "--older-than", "1d", env: withoutDB)
+                #expect(named.status == 64 && named.err.contains("`chatlog prune` does not work"), "\(named)")
                 let byOption = try chatlog("list", "--db", location, env: withoutDB)
                 #expect(byOption.status == 0 && byOption.out.contains("Billing"), "\(byOption)")
                 let withPassword = location.replacingOccurrences(of: "@/", with: ":hunter2secret@/")
