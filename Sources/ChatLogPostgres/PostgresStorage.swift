@@ -832,75 +832,53 @@ extension PostgresStorage {
         try await transaction { connection in
             try await Self.check(writeGuard, connection, logger)
             var seqs: [String: Int64] = [:]
-            for start in stride(from: 0, to: copies.count, by: 2_000) {
-                var binds = PostgresBindings()
-                var rows: [String] = []
-                for copy in copies[start..<min(copies.count, start + 2_000)] {
-                    let c = copy.conversation
-                    let first = binds.count + 1
-                    binds.append(c.id)
-                    binds.append(c.createdAt)
-                    binds.append(c.updatedAt)
-                    binds.append(c.keyID)
-                    try binds.append(c.title)
-                    try binds.append(c.subject)
-                    try binds.append(c.subjectToken)
-                    binds.append(c.subjectKeyID)
-                    try binds.append(c.metadata)
-                    rows.append("(" + (first..<(first + 9)).map { "$\($0)" }.joined(separator: ", ") + ")")
-                }
-                let inserted = try await connection.query(
-                    PostgresQuery(
-                        unsafeSQL: """
-                            INSERT INTO conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)
-                            VALUES \(rows.joined(separator: ", ")) RETURNING id, seq
-                            """, binds: binds), logger: logger)
-                for try await (id, seq) in inserted.decode((String, Int64).self) { seqs[id] = seq }
+            try await Self.insertRows(
+                copies, into: "conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)",
+                columns: 9, suffix: "RETURNING id, seq", connection, logger
+            ) { binds, copy in
+                let c = copy.conversation
+                binds.append(c.id)
+                binds.append(c.createdAt)
+                binds.append(c.updatedAt)
+                binds.append(c.keyID)
+                try binds.append(c.title)
+                try binds.append(c.subject)
+                try binds.append(c.subjectToken)
+                binds.append(c.subjectKeyID)
+                try binds.append(c.metadata)
+            } returning: { rows in
+                for try await (id, seq) in rows.decode((String, Int64).self) { seqs[id] = seq }
             }
             let messages = copies.flatMap { copy in
                 copy.messages.enumerated().map { (seq: seqs[copy.conversation.id] ?? 0, position: Int64($0.offset), message: $0.element) }
             }
-            for start in stride(from: 0, to: messages.count, by: 2_000) {
-                var binds = PostgresBindings()
-                var rows: [String] = []
-                for entry in messages[start..<min(messages.count, start + 2_000)] {
-                    let m = entry.message
-                    let first = binds.count + 1
-                    binds.append(m.id)
-                    binds.append(entry.seq)
-                    binds.append(entry.position)
-                    binds.append(m.role)
-                    binds.append(m.createdAt)
-                    binds.append(m.model)
-                    binds.append(m.promptTokens)
-                    binds.append(m.completionTokens)
-                    binds.append(m.latencyMilliseconds)
-                    binds.append(m.finishReason)
-                    binds.append(m.keyID)
-                    try binds.append(m.content)
-                    try binds.append(m.metadata)
-                    binds.append(m.indexKeyID)
-                    rows.append("(" + (first..<(first + 14)).map { "$\($0)" }.joined(separator: ", ") + ")")
-                }
-                try await connection.run(
-                    PostgresQuery(
-                        unsafeSQL: """
-                            INSERT INTO messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens,
-                                                  latency_ms, finish_reason, key_id, content, metadata, index_key_id)
-                            VALUES \(rows.joined(separator: ", "))
-                            """, binds: binds), logger: logger)
+            try await Self.insertRows(
+                messages,
+                into: """
+                    messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens, latency_ms,
+                              finish_reason, key_id, content, metadata, index_key_id)
+                    """, columns: 14, connection, logger
+            ) { binds, entry in
+                let m = entry.message
+                binds.append(m.id)
+                binds.append(entry.seq)
+                binds.append(entry.position)
+                binds.append(m.role)
+                binds.append(m.createdAt)
+                binds.append(m.model)
+                binds.append(m.promptTokens)
+                binds.append(m.completionTokens)
+                binds.append(m.latencyMilliseconds)
+                binds.append(m.finishReason)
+                binds.append(m.keyID)
+                try binds.append(m.content)
+                try binds.append(m.metadata)
+                binds.append(m.indexKeyID)
             }
             let pairs = messages.flatMap { entry in entry.message.terms.map { (entry.message.id, Int64(bitPattern: $0)) } }
             for start in stride(from: 0, to: pairs.count, by: 50_000) {
                 let chunk = pairs[start..<min(pairs.count, start + 50_000)]
-                let ids = chunk.map(\.0)
-                let terms = chunk.map(\.1)
-                try await connection.run(
-                    """
-                    INSERT INTO message_terms (message_seq, term, created_at)
-                    SELECT m.seq, p.term, m.created_at FROM unnest(\(ids)::text[], \(terms)::bigint[]) AS p (id, term)
-                    JOIN messages m ON m.id = p.id ON CONFLICT DO NOTHING
-                    """, logger: logger)
+                try await Self.insertTerms(ids: chunk.map(\.0), terms: chunk.map(\.1), connection, logger)
             }
         }
     }
@@ -947,14 +925,40 @@ extension PostgresStorage {
         let ids = pairs.map(\.messageID)
         let terms = pairs.map { Int64(bitPattern: $0.term) }
         let logger = logger
-        try await transactionMapped { connection in
-            try await connection.run(
-                """
-                INSERT INTO message_terms (message_seq, term, created_at)
-                SELECT m.seq, p.term, m.created_at FROM unnest(\(ids)::text[], \(terms)::bigint[]) AS p (id, term)
-                JOIN messages m ON m.id = p.id
-                ON CONFLICT DO NOTHING
-                """, logger: logger)
+        try await transactionMapped { connection in try await Self.insertTerms(ids: ids, terms: terms, connection, logger) }
+    }
+
+    /// (message id, term) pairs into the term table, with the message's seq and time; pairs it
+    /// has, and messages that do not exist, are skipped.
+    static func insertTerms(ids: [String], terms: [Int64], _ connection: PostgresConnection, _ logger: Logger) async throws {
+        try await connection.run(
+            """
+            INSERT INTO message_terms (message_seq, term, created_at)
+            SELECT m.seq, p.term, m.created_at FROM unnest(\(ids)::text[], \(terms)::bigint[]) AS p (id, term)
+            JOIN messages m ON m.id = p.id
+            ON CONFLICT DO NOTHING
+            """, logger: logger)
+    }
+
+    /// `INSERT INTO <into> VALUES (…), (…) <suffix>` for `items`, 2,000 rows a statement (one round
+    /// trip each; under PostgreSQL's 65,535 parameters). `bind` appends one item's `columns`
+    /// values; `returning` reads what each statement returns.
+    static func insertRows<Item>(
+        _ items: [Item], into: String, columns: Int, suffix: String = "", _ connection: PostgresConnection, _ logger: Logger,
+        bind: (inout PostgresBindings, Item) throws -> Void, returning: (PostgresRowSequence) async throws -> Void = { for try await _ in $0 {} }
+    ) async throws {
+        for start in stride(from: 0, to: items.count, by: 2_000) {
+            var binds = PostgresBindings()
+            var rows: [String] = []
+            for item in items[start..<min(items.count, start + 2_000)] {
+                let first = binds.count + 1
+                try bind(&binds, item)
+                assert(binds.count == first - 1 + columns, "a row bound \(binds.count - first + 1) values for \(columns) columns")
+                rows.append("(" + (first..<(first + columns)).map { "$\($0)" }.joined(separator: ", ") + ")")
+            }
+            try await returning(
+                try await connection.query(
+                    PostgresQuery(unsafeSQL: "INSERT INTO \(into) VALUES \(rows.joined(separator: ", ")) \(suffix)", binds: binds), logger: logger))
         }
     }
 

@@ -52,16 +52,16 @@ extension ChatLogStore {
             if let since = filter.since, row.createdAt < since.unixMilliseconds { return totals }
             if let until = filter.until, row.createdAt >= until.unixMilliseconds { return totals }
             if let subject = filter.subject {
-                let tokens = keyRing.current.indexKeys.values.map { SubjectIndex.token(for: subject, key: $0) }
+                let tokens = keyRing.current.subjectTokens(subject)
                 guard let token = row.subjectToken, tokens.contains(token) else { return totals }
             }
             try emit(try await storageTranscript(id, storage))
             return totals
         }
-        if filter.subject != nil { try await reloadKeys(storage) }  // subject tokens under every live index key
+        if filter.subject != nil { try await refreshKeys(storage) }  // subject tokens under every live index key
         let selection = ConversationFilter(
             since: filter.since?.unixMilliseconds, until: filter.until?.unixMilliseconds,
-            subjectTokens: filter.subject.map { subject in keyRing.current.indexKeys.values.map { SubjectIndex.token(for: subject, key: $0) } },
+            subjectTokens: filter.subject.map { subject in keyRing.current.subjectTokens(subject) },
             oldestFirst: true)
         var cursor: MessageCursor?
         while true {

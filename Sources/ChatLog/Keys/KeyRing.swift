@@ -15,6 +15,12 @@ final class KeyRing: Sendable {
         /// One blinder per live index key (search terms), built once per load.
         var blinders: [KeyID: TokenBlinder]
         var activeBlinder: TokenBlinder { blinders[activeIndexKey.id]! }
+
+        /// The subject's blind-index token under each live index key (a listing or search by
+        /// subject stays exact while the index key rotates).
+        func subjectTokens(_ subject: String) -> [Data] {
+            indexKeys.values.map { SubjectIndex.token(for: subject, key: $0) }
+        }
     }
 
     /// Where a master key came from, for error messages: its origin, and whether it was derived

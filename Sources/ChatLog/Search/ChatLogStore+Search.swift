@@ -273,7 +273,7 @@ struct SearchPlan: Sendable {
             arguments += [model]
         }
         if let subject = filters.subject {
-            let tokens = keys.indexKeys.values.map { SubjectIndex.token(for: subject, key: $0) }
+            let tokens = keys.subjectTokens(subject)
             clauses.append("c.subject_token IN (\(tokens.map { _ in "?" }.joined(separator: ",")))")
             arguments += StatementArguments(tokens)
         }

@@ -45,7 +45,7 @@ extension ChatLogStore {
     /// under each index key (conversations from before subject keys too), or its subject key.
     /// SQL stays here, behind the store.
     func subjectCondition(_ subject: String, keyID: KeyID?) -> (sql: String, arguments: StatementArguments) {
-        let tokens = keyRing.current.indexKeys.values.map { SubjectIndex.token(for: subject, key: $0) }
+        let tokens = keyRing.current.subjectTokens(subject)
         var sql = "(subject_token IN (\(tokens.map { _ in "?" }.joined(separator: ",")))"
         var arguments = StatementArguments(tokens)
         if let keyID {

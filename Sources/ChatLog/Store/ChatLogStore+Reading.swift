@@ -196,7 +196,7 @@ struct ConversationListPlan: Sendable {
             arguments += [until.unixMilliseconds]
         }
         if let subject = query.subject {
-            let tokens = keys.indexKeys.values.map { SubjectIndex.token(for: subject, key: $0) }
+            let tokens = keys.subjectTokens(subject)
             clauses.append("c.subject_token IN (\(tokens.map { _ in "?" }.joined(separator: ",")))")
             arguments += StatementArguments(tokens)
         }

@@ -151,6 +151,21 @@ extension ChatLogStore {
         try keyRing.reload(rows: try await storage.keyRows())
     }
 
+    /// Before a read that blinds under every live index key (search, a subject's listing): one
+    /// read of the key rows, and the full reload (check value, MACs, unwrapping) only when the
+    /// live keys differ from those this handle holds (another process rotated or retired).
+    func refreshKeys(_ storage: any ChatLogStorage) async throws(ChatLogError) {
+        let rows = try await storage.keyRows()
+        let current = keyRing.current
+        var live: Set<Int64> = []
+        for row in rows where row.state != "retired" { live.insert(row.id) }
+        let held = Set(current.dataKeys.keys.map { Int64($0.rawValue) }).union(current.indexKeys.keys.map { Int64($0.rawValue) })
+        let active = Set(rows.filter { $0.state == "active" }.map(\.id))
+        guard live != held || active != [Int64(current.activeDataKey.id.rawValue), Int64(current.activeIndexKey.id.rawValue)] else { return }
+        try await Self.checkMaster(keyRing.master, origin: keyRing.origin, storage: storage)
+        try keyRing.reload(rows: rows)
+    }
+
     /// Conversations with a subject are sealed under that subject's key, which lives in a file
     /// next to a SQLite store (docs/ARCHITECTURE.md §10, "Erasure per subject"); a seam backend
     /// has no such place yet, and a subject's rows must never be written without one.
@@ -264,10 +279,10 @@ extension ChatLogStore {
             guard parts.count == 2, let createdAt = Int64(parts[0]), let order = Int64(parts[1]) else { throw .invalidInput("malformed page cursor") }
             cursor = MessageCursor(createdAt: createdAt, order: order)
         }
-        if query.subject != nil { try await reloadKeys(storage) }  // subject tokens under every live index key
+        if query.subject != nil { try await refreshKeys(storage) }  // subject tokens under every live index key
         let filter = ConversationFilter(
             since: query.since?.unixMilliseconds, until: query.until?.unixMilliseconds,
-            subjectTokens: query.subject.map { subject in keyRing.current.indexKeys.values.map { SubjectIndex.token(for: subject, key: $0) } },
+            subjectTokens: query.subject.map { subject in keyRing.current.subjectTokens(subject) },
             model: query.model)
         let listed = try await storage.conversations(filter, after: cursor, limit: query.limit + 1)
         try await ensureKeys(for: listed.flatMap { [$0.row.title, $0.row.subject, $0.row.metadata] }, storage)
@@ -301,7 +316,7 @@ extension ChatLogStore {
         _ text: String, filters: SearchFilters, limit: Int, offset: Int, sort: SearchSort, _ storage: any ChatLogStorage
     ) async throws(ChatLogError) -> SearchResults {
         // Blinders under every live index key (another process may have rotated since).
-        try await reloadKeys(storage)
+        try await refreshKeys(storage)
         let plan = try SearchPlan(query: text, filters: filters, limit: limit, offset: offset, sort: sort, keys: keyRing.current)
         let matcher = plan.matcher
         let blinders = plan.blinders
@@ -321,7 +336,7 @@ extension ChatLogStore {
         }
         var subjectConversations: Set<String>?
         if let subject = filters.subject {
-            let tokens = keyRing.current.indexKeys.values.map { SubjectIndex.token(for: subject, key: $0) }
+            let tokens = keyRing.current.subjectTokens(subject)
             var ids = Set<String>()
             var cursor: MessageCursor?
             while true {
