@@ -28,12 +28,12 @@ struct KeyRetireCommand: AsyncParsableCommand {
             let opened = try await StoreAccess.open(store)
             let retired: [KeyID]
             if let key {
-                retired = [try opened.retireKey(KeyID(rawValue: key)).id]
+                retired = [try await opened.retireKey(KeyID(rawValue: key)).id]
             } else {
-                retired = try opened.retireUnusedKeys()
+                retired = try await opened.retireUnusedKeys()
             }
             // Index keys kept for proxy tokens nobody presented since the rotation (`--key` refuses them).
-            let kept = key == nil ? try opened.keysKeptForProxyTokens() : []
+            let kept = key == nil && opened.storage == nil ? try opened.keysKeptForProxyTokens() : []
             if output.json {
                 try CLIOutput.json(
                     RetireJSON(

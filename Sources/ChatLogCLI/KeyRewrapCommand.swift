@@ -25,7 +25,7 @@ struct KeyRewrapCommand: AsyncParsableCommand {
                 } : nil)
             let opened = try await StoreAccess.open(store)
             let old = try await opened.keyStatus().masterKeyFingerprint
-            let new = try opened.rewrapMasterKey(to: newSource)
+            let new = try await opened.rewrapMasterKey(to: newSource)
             if output.json {
                 try CLIOutput.json(["old_master_key_fingerprint": old.description, "new_master_key_fingerprint": new.description])
             } else {

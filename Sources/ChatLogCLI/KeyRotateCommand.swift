@@ -80,7 +80,7 @@ struct KeyRotateCommand: AsyncParsableCommand {
                 progress: { progress.update(done: $0.done, remaining: $0.remaining) })
             let report = index ? try await opened.rotateIndexKey(options) : try await opened.rotateDataKey(options)
             progress.finish()
-            if vacuum, !dryRun, report.complete { try opened.vacuum() }
+            if vacuum, !dryRun, report.complete { try await opened.vacuum() }
             if output.json {
                 try CLIOutput.json(
                     ReportJSON(

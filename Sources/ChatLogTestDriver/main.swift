@@ -181,7 +181,7 @@ func afterOpen(_ options: [String: String]) async throws {
         _ = try await store.rotateDataKey(RotationOptions(newKey: true))
     case "retire":
         let id = try positiveInteger(options, "key")
-        _ = try store.retireKey(KeyID(rawValue: UInt32(id)))
+        _ = try await store.retireKey(KeyID(rawValue: UInt32(id)))
     default:
         throw UsageError(description: "--then must be log, rotate or retire")
     }

@@ -424,8 +424,8 @@ extension PostgreSQLSuites {
 
                 let export = try chatlog("export")
                 #expect(export.status == 0 && export.out.split(separator: "\n").count == 2 && export.out.contains("charged twice"), "\(export)")
-                let rotate = try chatlog("key", "rotate")
-                #expect(rotate.status == 64 && rotate.err.contains("`chatlog key rotate` does not work"), "\(rotate)")
+                let rotate = try chatlog("key", "rotate", "--new", "--vacuum")
+                #expect(rotate.status == 0 && rotate.out.contains("new active data key 3") && rotate.out.contains("none remain"), "\(rotate)")
                 try Data(#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}"#.utf8 + [0x0A]).write(to: URL(fileURLWithPath: home + "/in.jsonl"))
                 for command in [["backup", home + "/backup.db"], ["prune", "--older-than", "1d"], ["forget", "--subject", "user-42"], ["import", "--format", "openai-jsonl", home + "/in.jsonl"], ["serve"], ["token", "list"]] {
                     let result = try ProcessOutput.run(chatlogBinary(), command, env: env, cwd: home)

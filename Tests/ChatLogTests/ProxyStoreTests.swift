@@ -126,7 +126,7 @@ import Testing
             #expect(try await store.proxyTokenName(token) == "app")
             let moved = try await store.read { db in try Int64.fetchOne(db, sql: "SELECT index_key_id FROM proxy_tokens") }
             #expect(moved != old)
-            #expect(try store.retireUnusedKeys().map { Int64($0.rawValue) }.contains(old ?? -1))
+            await #expect(try store.retireUnusedKeys().map { Int64($0.rawValue) }.contains(old ?? -1))
             #expect(try await store.proxyTokenName(token) == "app")
         }
     }
@@ -148,11 +148,11 @@ import Testing
             _ = try store.rotateIndexKey()
             #expect(try await store.proxyTokenName(busy) == "busy-app")
             // idle-app's hash is still under the old key: retiring it would lock that app out.
-            #expect(try store.retireUnusedKeys().isEmpty)
+            await #expect(try store.retireUnusedKeys().isEmpty)
             #expect(throws: ChatLogError.keyChecksProxyTokens(oldKey, names: ["idle-app"])) { try store.retireKey(oldKey) }
             #expect(try await store.proxyTokenName(idle) == "idle-app")
             // Used once, it moved: now the key goes, and with it the thread digests made under it.
-            #expect(try store.retireUnusedKeys() == [oldKey])
+            await #expect(try store.retireUnusedKeys() == [oldKey])
             #expect(try await store.proxyTokenName(idle) == "idle-app")
             #expect(try await store.proxyTokenName(busy) == "busy-app")
             #expect(try await store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM proxy_threads") } == 0)

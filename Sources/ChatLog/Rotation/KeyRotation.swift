@@ -105,6 +105,7 @@ extension ChatLogStore {
     }
 
     private func runDetached(_ kind: KeyStatus.Entry.Kind, _ options: RotationOptions) async throws(ChatLogError) -> RotationReport {
+        if let storage { return try await storageRotate(kind, options, storage) }
         let cancelled = CancellationFlag()
         var options = options
         let outer = options.shouldContinue
@@ -324,7 +325,7 @@ extension ChatLogStore {
 
     /// Re-seals messages, then conversations, still under older data keys.
     /// The subject key a sealed value is under (version 2), to seal its new value under it too.
-    private func subjectOf(_ sealed: Data, _ context: FieldContext) throws(ChatLogError) -> (id: KeyID, key: SubjectKey)? {
+    func subjectOf(_ sealed: Data, _ context: FieldContext) throws(ChatLogError) -> (id: KeyID, key: SubjectKey)? {
         guard let id = SealedValue.subjectKeyID(of: sealed) else { return nil }
         return (id, try subjectKey(id, context))
     }
@@ -458,7 +459,17 @@ extension ChatLogStore {
 
     /// Rewrites the whole database file without free pages (old ciphertext in freed pages is
     /// gone for good). Needs no other writer for its duration; waits on the busy timeout.
+    /// Async form; on PostgreSQL `VACUUM FULL` of chatlog's tables (docs/OPERATIONS.md, "PostgreSQL").
+    public func vacuum() async throws(ChatLogError) {
+        if let storage { return try await storage.vacuum(onlyKeys: false) }
+        try vacuumInSQLite()
+    }
+
     public func vacuum() throws(ChatLogError) {
+        try vacuumInSQLite()
+    }
+
+    private func vacuumInSQLite() throws(ChatLogError) {
         do {
             try pool.writeWithoutTransaction { db in try db.execute(sql: "VACUUM") }
         } catch {

@@ -11,21 +11,20 @@ extension ChatLogStore {
     /// key's fingerprint.
     @discardableResult
     public func rewrapMasterKey(to newSource: MasterKeySource) throws(ChatLogError) -> KeyFingerprint {
+        try rewrapInSQLite(to: newSource)
+    }
+
+    /// Async form; also on PostgreSQL (key rows and meta in one transaction, under the advisory lock).
+    @discardableResult
+    public func rewrapMasterKey(to newSource: MasterKeySource) async throws(ChatLogError) -> KeyFingerprint {
+        if let storage { return try await storageRewrap(to: newSource, storage) }
+        return try rewrapInSQLite(to: newSource)
+    }
+
+    private func rewrapInSQLite(to newSource: MasterKeySource) throws(ChatLogError) -> KeyFingerprint {
         let lock = try keyJobLock()
         defer { withExtendedLifetime(lock) {} }
-        let newMaster: MasterKey
-        var kdf: PassphraseKDF?
-        switch newSource.material {
-        case .key(let key):
-            newMaster = key
-        case .passphrase(let passphrase):
-            if let (name, reason) = options.passphraseKDF.limitsProblem {
-                throw .invalidInput("the passphrase KDF's \(name) \(reason)")
-            }
-            let fresh = options.passphraseKDF.withFreshSalt()
-            newMaster = try fresh.deriveMasterKey(from: passphrase)
-            kdf = fresh
-        }
+        let (newMaster, kdf) = try newMasterKey(newSource)
         let oldMaster = keyRing.master
         guard !(newMaster == oldMaster) else { throw .sameMasterKey }
         // Subject keys (their own file): wrapped under the new key beside the old first; made
@@ -42,6 +41,19 @@ extension ChatLogStore {
         // The old wrapped keys stay in the WAL until a checkpoint copies the new pages over them.
         try checkpoint()
         return newMaster.fingerprint
+    }
+
+    /// The master key a rewrap moves to; for a passphrase, derived under a fresh salt (returned
+    /// with its parameters, which the store records).
+    func newMasterKey(_ source: MasterKeySource) throws(ChatLogError) -> (MasterKey, PassphraseKDF?) {
+        switch source.material {
+        case .key(let key):
+            return (key, nil)
+        case .passphrase(let passphrase):
+            if let (name, reason) = options.passphraseKDF.limitsProblem { throw .invalidInput("the passphrase KDF's \(name) \(reason)") }
+            let fresh = options.passphraseKDF.withFreshSalt()
+            return (try fresh.deriveMasterKey(from: passphrase), fresh)
+        }
     }
 
     func rewrapStore(from oldMaster: MasterKey, to newMaster: MasterKey, kdf: PassphraseKDF?) throws(ChatLogError) {
@@ -81,6 +93,19 @@ extension ChatLogStore {
     /// truncated). The key stays listed as retired. Refuses the active key and keys in use.
     @discardableResult
     public func retireKey(_ id: KeyID) throws(ChatLogError) -> KeyStatus.Entry {
+        try retireInSQLite(id)
+    }
+
+    /// Async form; also on PostgreSQL.
+    @discardableResult
+    public func retireKey(_ id: KeyID) async throws(ChatLogError) -> KeyStatus.Entry {
+        guard let storage else { return try retireInSQLite(id) }
+        _ = try await storageRetire([id], storage)
+        guard let entry = try await keyStatus().keys.first(where: { $0.id == id }) else { throw .keyNotFound(id) }
+        return entry
+    }
+
+    private func retireInSQLite(_ id: KeyID) throws(ChatLogError) -> KeyStatus.Entry {
         let lock = try keyJobLock()
         defer { withExtendedLifetime(lock) {} }
         try writeImmediate { db in try self.retire(id, db) }
@@ -94,6 +119,17 @@ extension ChatLogStore {
     /// their ids.
     @discardableResult
     public func retireUnusedKeys() throws(ChatLogError) -> [KeyID] {
+        try retireUnusedInSQLite()
+    }
+
+    /// Async form; also on PostgreSQL (which has no proxy tokens yet to keep a key for).
+    @discardableResult
+    public func retireUnusedKeys() async throws(ChatLogError) -> [KeyID] {
+        if let storage { return try await storageRetire(nil, storage) }
+        return try retireUnusedInSQLite()
+    }
+
+    private func retireUnusedInSQLite() throws(ChatLogError) -> [KeyID] {
         let lock = try keyJobLock()
         defer { withExtendedLifetime(lock) {} }
         let retired = try writeImmediate { db -> [KeyID] in

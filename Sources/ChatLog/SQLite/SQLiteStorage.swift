@@ -462,4 +462,25 @@ package final class SQLiteStorage: ChatLogStorage {
     package func beginTermLoad() async throws(ChatLogError) -> Bool { false }
 
     package func endTermLoad() async throws(ChatLogError) {}
+
+    // MARK: Key jobs: a SQLite store runs its own (KeyRotation.swift, MasterKeyRewrap.swift), with
+    // its counters, FTS5 index and scrub; these seam operations are PostgreSQL's.
+
+    package func rowsToRotate(_ kind: KeyStatus.Entry.Kind, otherThan active: Int64, skipping: Set<String>, limit: Int) async throws(ChatLogError)
+        -> (messages: [SealedMessageRow], conversations: [SealedConversationRow])
+    {
+        throw .invalidInput("SQLiteStorage.rowsToRotate: a SQLite store rotates with ChatLogStore.rotateDataKey/rotateIndexKey")
+    }
+
+    package func rewrite(_ rewrites: [RowRewrite], guard: WriteGuard) async throws -> Int {
+        throw ChatLogError.invalidInput("SQLiteStorage.rewrite: a SQLite store rotates with ChatLogStore.rotateDataKey/rotateIndexKey")
+    }
+
+    package func replaceKeys(_ rows: [StoredKeyRow], expected: [StoredKeyRow], checkValues: [Data], meta: [String: MetaValue?]) async throws {
+        throw ChatLogError.invalidInput("SQLiteStorage.replaceKeys: a SQLite store changes keys with ChatLogStore's key jobs")
+    }
+
+    package func vacuum(onlyKeys: Bool) async throws(ChatLogError) {
+        do { try await pool.writeWithoutTransaction { db in try db.execute(sql: "VACUUM") } } catch { throw .wrap(error) }
+    }
 }

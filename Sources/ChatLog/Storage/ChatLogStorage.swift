@@ -338,6 +338,48 @@ package protocol ChatLogStorage: Sendable {
 
     /// Releases the backend's connections.
     func close() async
+
+    // MARK: Key jobs (rotate, retire, rewrap), each run under ``withKeyJobLock(_:)``
+
+    /// Up to `limit` rows still to rotate for `kind`: for `.data`, messages then conversations
+    /// whose `key_id` is not `active`; for `.index`, messages whose `index_key_id` is not `active`,
+    /// then conversations whose `subject_key_id` is neither `active` nor NULL. Rows whose public
+    /// id is in `skipping` (damaged, reported by the core) are left out.
+    func rowsToRotate(_ kind: KeyStatus.Entry.Kind, otherThan active: Int64, skipping: Set<String>, limit: Int) async throws(ChatLogError)
+        -> (messages: [SealedMessageRow], conversations: [SealedConversationRow])
+
+    /// In one transaction, after checking `guard` (``StorageConflict``): each rewrite is applied
+    /// only when the row still holds what it was computed from (compare-and-swap: a row deleted
+    /// or changed meanwhile is left as it is). Returns how many were applied.
+    func rewrite(_ rewrites: [RowRewrite], guard: WriteGuard) async throws -> Int
+
+    /// In one transaction: the key rows `rows` written (replacing rows of the same id, inserting
+    /// the others) and the `meta` values set (nil: removed), after checking that the master-key
+    /// check value is one of `checkValues` (else ``StorageConflict/masterKeyChanged``) and the key
+    /// rows are still exactly `expected` (else ``StorageConflict/staleKeys``). A row that becomes
+    /// retired must be used by no row of the store (``ChatLogError/keyInUse(_:rows:)``), checked in
+    /// that transaction: a rotation's key, a rewrap's new wrapping, a retirement.
+    func replaceKeys(_ rows: [StoredKeyRow], expected: [StoredKeyRow], checkValues: [Data], meta: [String: MetaValue?]) async throws
+
+    /// Gives the space of deleted and rewritten rows back so that no old ciphertext stays in the
+    /// backend's files (SQLite: `VACUUM`; PostgreSQL: `VACUUM FULL` of chatlog's tables, or of
+    /// the key table only with `onlyKeys`: after a retirement, the old row versions holding the
+    /// wrapped key).
+    func vacuum(onlyKeys: Bool) async throws(ChatLogError)
+}
+
+/// One row change of a key job, applied only when the row still holds what it was computed from.
+package enum RowRewrite: Sendable, Hashable {
+    /// A message re-sealed under another data key: `key_id`, `content` and `metadata` are set to
+    /// `new`'s where they still are `old`'s.
+    case message(old: SealedMessageRow, new: SealedMessageRow)
+    /// A conversation re-sealed: `key_id`, `title`, `subject`, `metadata` (compared, then set).
+    case conversation(old: SealedConversationRow, new: SealedConversationRow)
+    /// A message re-blinded: where `index_key_id` is still `from`, its terms are replaced by
+    /// `terms` and `index_key_id` set to `to`.
+    case messageTerms(id: String, from: Int64, to: Int64, terms: [UInt64])
+    /// A conversation's subject token re-blinded: where `subject_key_id` is still `from`.
+    case subjectToken(id: String, from: Int64, to: Int64, token: Data)
 }
 
 extension SealedConversationRow {
