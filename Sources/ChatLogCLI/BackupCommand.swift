@@ -26,8 +26,11 @@ struct BackupCommand: AsyncParsableCommand {
             let opened = try await StoreAccess.open(store)
             if subjectKeys {
                 try opened.backupSubjectKeys(to: file)
-            } else {
-                try opened.backup(to: file)
+            } else if let report = try await opened.backup(to: file) {
+                // PostgreSQL: a verified copy of one snapshot; say what it does not carry.
+                for (kind, count) in report.notCopied.sorted(by: { $0.key < $1.key }) {
+                    CLIOutput.note("the backup does not carry the store's \(count) \(kind)")
+                }
             }
             if output.json {
                 try CLIOutput.json(["backup": file])
@@ -36,7 +39,7 @@ struct BackupCommand: AsyncParsableCommand {
             } else {
                 CLIOutput.line("wrote backup \(file) (mode 0600; open it with the same master key)")
             }
-            if !subjectKeys, try opened.subjectKeyCounts().live > 0 {
+            if !subjectKeys, opened.storage == nil, try opened.subjectKeyCounts().live > 0 {
                 CLIOutput.note(
                     "the backup does not hold the subject keys (\(opened.path).subject-keys): back them up with `chatlog backup --subject-keys FILE`, on a shorter retention (docs/OPERATIONS.md)")
             }

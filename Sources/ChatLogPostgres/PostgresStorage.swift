@@ -27,6 +27,9 @@ package final class PostgresStorage: ChatLogStorage {
     let client: PostgresClient
     private let runner: Task<Void, Never>
     let logger: Logger
+    /// A snapshot view's one connection, inside its REPEATABLE READ READ ONLY transaction
+    /// (``withSnapshot(_:)``): every read runs there; writes are refused.
+    let pinned: PostgresConnection?
 
     /// Advisory lock keys (two 32-bit halves): the store's class, then what it guards. Advisory
     /// locks are per database, as a store is.
@@ -34,11 +37,12 @@ package final class PostgresStorage: ChatLogStorage {
     static let keyJobLock: Int32 = 1
     static let migrationLock: Int32 = 2
 
-    private init(location: PostgresLocation, client: PostgresClient, runner: Task<Void, Never>, logger: Logger) {
+    private init(location: PostgresLocation, client: PostgresClient, runner: Task<Void, Never>, logger: Logger, pinned: PostgresConnection? = nil) {
         postgresLocation = location
         self.client = client
         self.runner = runner
         self.logger = logger
+        self.pinned = pinned
     }
 
     /// Connects (one probe connection first, so that a server that is down, a wrong password or a
@@ -132,6 +136,7 @@ package final class PostgresStorage: ChatLogStorage {
 
     /// Cancelling the client's run task closes its connections (postgres-nio's way).
     package func close() async {
+        guard pinned == nil else { return }  // a snapshot view: its store's connections stay
         runner.cancel()
         await runner.value
     }
@@ -165,6 +170,7 @@ package final class PostgresStorage: ChatLogStorage {
     struct LostBeforeBegin: Error { let error: any Error }
 
     private func transactionOnce<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        if pinned != nil { throw ChatLogError.invalidInput("a snapshot of a PostgreSQL store is read-only") }
         do {
             return try await client.withConnection { connection in
                 do { try await connection.run("BEGIN", logger: logger) } catch where Self.sessionEnded(by: error, on: connection) {
@@ -248,6 +254,11 @@ package final class PostgresStorage: ChatLogStorage {
     /// server had closed (a restart, a terminated session) runs again on another: reading twice
     /// changes nothing.
     func read<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws(ChatLogError) -> T {
+        if let pinned {
+            do { return try await body(pinned) } catch let error as ChatLogError { throw error } catch {
+                throw PostgresErrors.map(error, location: postgresLocation)
+            }
+        }
         var attempts = 0
         while true {
             do {
@@ -392,6 +403,30 @@ package final class PostgresStorage: ChatLogStorage {
             return "\(name) from \(address), server process \(pid)"
         }
         return nil
+    }
+
+    // MARK: - Snapshot
+
+    /// Runs `body` with a read-only view of the store as of one instant: one connection in a
+    /// `REPEATABLE READ READ ONLY` transaction for the whole of `body` (what a backup reads while
+    /// writers go on).
+    package func withSnapshot<T: Sendable>(_ body: @Sendable (any ChatLogStorage) async throws(ChatLogError) -> T) async throws(ChatLogError) -> T {
+        if pinned != nil { return try await body(self) }
+        let (location, client, runner, logger) = (postgresLocation, client, runner, logger)
+        let outcome: Result<T, ChatLogError>
+        do {
+            outcome = try await client.withConnection { connection in
+                try await connection.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: logger)
+                let view = PostgresStorage(location: location, client: client, runner: runner, logger: logger, pinned: connection)
+                let result: Result<T, ChatLogError>
+                do throws(ChatLogError) { result = .success(try await body(view)) } catch { result = .failure(error) }
+                if !connection.isClosed { await Self.rollback(connection, logger: logger) }
+                return result
+            }
+        } catch {
+            throw PostgresErrors.map(error, location: location)
+        }
+        return try outcome.get()
     }
 
     // MARK: - Writes

@@ -179,6 +179,40 @@ extension ChatLogStore {
     /// transaction), still encrypted, written to a new 0600 file (never overwrites, never follows
     /// a link). Useless without the master key.
     public func backup(to destination: String) throws(ChatLogError) {
+        try backupInSQLite(to: destination)
+    }
+
+    /// Async form. On PostgreSQL: a new 0600 SQLite store file holding the store as of one
+    /// instant (one `REPEATABLE READ` snapshot, while writers go on), copied without opening a
+    /// sealed value and compared byte for byte with the snapshot (``copy(to:progress:)``); it opens
+    /// with the same master key and restores with `chatlog copy --to URL`. Returns that copy's
+    /// report (nil for a SQLite store, whose `VACUUM INTO` copies everything).
+    @discardableResult
+    public func backup(to destination: String) async throws(ChatLogError) -> CopyReport? {
+        guard let storage else {
+            try backupInSQLite(to: destination)
+            return nil
+        }
+        try PrivateFiles.createEmptyPrivateFile(at: destination)
+        do throws(ChatLogError) {
+            return try await storage.withSnapshot { (snapshot) async throws(ChatLogError) -> CopyReport in
+                let file = try SQLiteStorage.open(path: destination)
+                do throws(ChatLogError) {
+                    let report = try await self.copy(from: snapshot, sqlite: nil, to: file, progress: nil)
+                    await file.close()
+                    return report
+                } catch {
+                    await file.close()
+                    throw error
+                }
+            }
+        } catch {
+            for suffix in ["", "-wal", "-shm"] { unlink(destination + suffix) }
+            throw error
+        }
+    }
+
+    private func backupInSQLite(to destination: String) throws(ChatLogError) {
         let pool = try pool  // a SQLite store only, before any file is made
         try PrivateFiles.createEmptyPrivateFile(at: destination, nextToStore: path)
         do {

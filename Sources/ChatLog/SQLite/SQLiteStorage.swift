@@ -480,6 +480,11 @@ package final class SQLiteStorage: ChatLogStorage {
         throw ChatLogError.invalidInput("SQLiteStorage.replaceKeys: a SQLite store changes keys with ChatLogStore's key jobs")
     }
 
+    /// A SQLite store backs up with `VACUUM INTO` (one read transaction); not through the seam.
+    package func withSnapshot<T: Sendable>(_ body: @Sendable (any ChatLogStorage) async throws(ChatLogError) -> T) async throws(ChatLogError) -> T {
+        throw .invalidInput("SQLiteStorage.withSnapshot: a SQLite store backs up with ChatLogStore.backup (VACUUM INTO)")
+    }
+
     package func vacuum(onlyKeys: Bool) async throws(ChatLogError) {
         do { try await pool.writeWithoutTransaction { db in try db.execute(sql: "VACUUM") } } catch { throw .wrap(error) }
     }

@@ -366,6 +366,10 @@ package protocol ChatLogStorage: Sendable {
     /// the key table only with `onlyKeys`: after a retirement, the old row versions holding the
     /// wrapped key).
     func vacuum(onlyKeys: Bool) async throws(ChatLogError)
+
+    /// Runs `body` with a read-only view of the store as of one instant, while writers go on
+    /// (a backup's source).
+    func withSnapshot<T: Sendable>(_ body: @Sendable (any ChatLogStorage) async throws(ChatLogError) -> T) async throws(ChatLogError) -> T
 }
 
 /// One row change of a key job, applied only when the row still holds what it was computed from.

@@ -89,7 +89,7 @@ extension ChatLogStore {
         return [UInt64(info.st_dev), UInt64(info.st_ino)]
     }
 
-    private func copy(
+    func copy(
         from source: any ChatLogStorage, sqlite: DatabasePool?, to destination: any ChatLogStorage, progress: (@Sendable (Int) -> Void)?
     ) async throws(ChatLogError) -> CopyReport {
         var report = CopyReport()
