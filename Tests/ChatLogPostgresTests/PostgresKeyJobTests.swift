@@ -346,3 +346,66 @@ extension PostgreSQLSuites.PostgresCLITests {
         }
     }
 }
+
+extension PostgreSQLSuites.PostgresCLITests {
+    @Test("writer processes on PostgreSQL: 4 `chatlog log` loops (40 each) append to one conversation, one of them SIGKILLed mid-loop; every exit-0 message kept once, positions gap-free; a key rotation runs meanwhile")
+    func writerProcesses() async throws {
+        try await withPostgresLocation { url, database in
+            let key = MasterKey.generate()
+            let store = try await ChatLogStore.create(url: url, key: .key(key))
+            let conversation = try await store.createConversation(NewConversation(title: "shared"))
+            try store.close()
+            let home = NSTemporaryDirectory() + "/chatlog-pgwriters-" + UUID().uuidString
+            try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: home) }
+            let env = ["CHATLOG_MASTER_KEY": key.exportBase64(), "CHATLOG_DB": url, "HOME": home, "PATH": "/usr/bin:/bin"]
+            let binary = try chatlogBinary().path
+            // Each writer: a shell loop of `chatlog log`, recording each message it saw succeed.
+            var writers: [Process] = []
+            for writer in 0..<4 {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: "/bin/sh")
+                process.arguments = [
+                    "-c",
+                    "for i in $(seq 1 40); do \"$0\" log --conversation \(conversation) --text \"writer\(writer) turn$i\" >/dev/null 2>&1 && echo \"writer\(writer) turn$i\" >> \(home)/ok\(writer); done",
+                    binary,
+                ]
+                process.environment = env
+                process.standardOutput = FileHandle.nullDevice
+                process.standardError = FileHandle.nullDevice
+                try process.run()
+                writers.append(process)
+            }
+            // Kill writer 3's whole loop (the shell and its current chatlog) once it has logged a few.
+            for _ in 0..<2_000 {
+                if ((try? String(contentsOfFile: home + "/ok3", encoding: .utf8)) ?? "").split(separator: "\n").count >= 4 { break }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            _ = try? ProcessOutput.run(URL(fileURLWithPath: "/usr/bin/pkill"), ["-KILL", "-P", String(writers[3].processIdentifier)], env: env, cwd: home)
+            kill(writers[3].processIdentifier, SIGKILL)
+            // A data-key rotation while the three others go on: they re-seal under the new key.
+            let rotation = try ProcessOutput.run(chatlogBinary(), ["key", "rotate", "--new", "--batch-size", "5"], env: env, cwd: home, timeout: 300)
+            #expect(rotation.status == 0, "\(rotation)")
+            #expect(writers[0].isRunning || writers[1].isRunning || writers[2].isRunning, "the rotation did not overlap the writers")
+            for process in writers { process.waitUntilExit() }
+
+            let reopened = try await ChatLogStore.open(url: url, key: .key(key))
+            defer { try? reopened.close() }
+            let messages = try await reopened.transcript(conversation).messages
+            #expect(messages.map(\.position) == Array(0..<messages.count), "positions not gap-free")
+            let contents = messages.map(\.content)
+            #expect(Set(contents).count == contents.count, "a message was stored twice")
+            for writer in 0..<3 {
+                let confirmed = ((try? String(contentsOfFile: home + "/ok\(writer)", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+                #expect(confirmed.count == 40, "writer \(writer) saw \(confirmed.count) successes")
+                #expect(Set(confirmed).isSubset(of: Set(contents)))
+            }
+            let killed = ((try? String(contentsOfFile: home + "/ok3", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+            #expect(killed.count >= 4 && killed.count < 40 && Set(killed).isSubset(of: Set(contents)), "\(killed.count)")
+            // At most the one call in flight at the kill is in the store without its confirmation.
+            #expect(contents.filter { $0.hasPrefix("writer3 ") }.count - killed.count <= 1)
+            #expect(try database.psql("SELECT count(*) FROM messages WHERE key_id <> 3") == "0")
+            #expect(try await reopened.verify().ok)
+        }
+    }
+}
