@@ -41,7 +41,7 @@ struct VerifyCommand: AsyncParsableCommand {
         try await reportingErrors {
             // Verifying only reads (a read-only store too); repairing writes.
             let opened = repair ? try await StoreAccess.open(store) : try await StoreAccess.openForReading(store)
-            let repairs = repair ? try opened.repair() : []
+            let repairs = repair ? try await opened.repair() : []
             if !output.json { for action in repairs { CLIOutput.line("REPAIRED " + CLIOutput.terminalSafeField(action.description)) } }
             let progress = ProgressReporter(label: "verify", unit: "messages")
             let total = try await opened.counts().messages

@@ -57,7 +57,8 @@ extension PostgresStorage {
     package func rewrite(_ rewrites: [RowRewrite], guard writeGuard: WriteGuard) async throws -> Int {
         var messages: [(old: SealedMessageRow, new: SealedMessageRow)] = []
         var conversations: [(old: SealedConversationRow, new: SealedConversationRow)] = []
-        var terms: [(id: String, from: Int64, to: Int64, terms: [UInt64])] = []
+        var terms: [(id: String, from: Int64?, to: Int64, terms: [UInt64])] = []
+        var clears: [String: [(id: String, expected: Data)]] = [:]
         var tokens: [(id: String, from: Int64, to: Int64, token: Data)] = []
         for rewrite in rewrites {
             switch rewrite {
@@ -65,6 +66,10 @@ extension PostgresStorage {
             case .conversation(let old, let new): conversations.append((old, new))
             case .messageTerms(let id, let from, let to, let values): terms.append((id, from, to, values))
             case .subjectToken(let id, let from, let to, let token): tokens.append((id, from, to, token))
+            case .clear(let table, let column, let id, let expected):
+                let allowed = table == .conversations ? ["title", "subject", "metadata"] : ["metadata"]
+                guard allowed.contains(column) else { throw ChatLogError.invalidInput("\(table.rawValue).\(column) cannot be cleared") }
+                clears["\(table.rawValue).\(column)", default: []].append((id, expected))
             }
         }
         let logger = logger
@@ -121,7 +126,7 @@ extension PostgresStorage {
                     chunk, columns: ["id::text", "old_key::bigint", "key::bigint"],
                     sql: """
                         UPDATE messages m SET index_key_id = u.key FROM (VALUES %@) AS u (%@)
-                        WHERE m.id = u.id AND m.index_key_id = u.old_key
+                        WHERE m.id = u.id AND m.index_key_id IS NOT DISTINCT FROM u.old_key
                         RETURNING m.seq, m.id, m.created_at
                         """, connection, logger
                 ) { binds, item in
@@ -152,6 +157,25 @@ extension PostgresStorage {
                         """, logger: logger)
                 }
                 written += moved.count
+            }
+            for (place, items) in clears.sorted(by: { $0.key < $1.key }) {
+                let parts = place.split(separator: ".").map(String.init)
+                let (table, column) = (parts[0], parts[1])
+                // A cleared subject takes its blinded token with it.
+                let extra = column == "subject" ? ", subject_token = NULL, subject_key_id = NULL" : ""
+                for chunk in Self.chunks(items, size: 500) {
+                    written += try await Self.update(
+                        chunk, columns: ["id::text", "expected::bytea"],
+                        sql: """
+                            UPDATE \(table) t SET \(column) = NULL\(extra) FROM (VALUES %@) AS u (%@)
+                            WHERE t.id = u.id AND t.\(column) = u.expected
+                            RETURNING t.seq
+                            """, connection, logger
+                    ) { binds, item in
+                        binds.append(item.id)
+                        try binds.append(item.expected)
+                    }.count
+                }
             }
             for chunk in Self.chunks(tokens, size: 500) {
                 written += try await Self.update(
@@ -264,6 +288,17 @@ extension PostgresStorage {
                     try await connection.run("DELETE FROM chatlog_meta WHERE name = \(name)", logger: logger)
                 }
             }
+        }
+    }
+
+    package func deleteMessages(_ ids: [String]) async throws(ChatLogError) -> Int {
+        guard !ids.isEmpty else { return 0 }
+        let logger = logger
+        return try await transactionMapped { connection in
+            let rows = try await connection.query("DELETE FROM messages WHERE id = ANY(\(ids)::text[]) RETURNING seq", logger: logger)
+            var count = 0
+            for try await _ in rows { count += 1 }
+            return count
         }
     }
 

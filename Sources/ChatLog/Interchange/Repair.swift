@@ -25,6 +25,20 @@ extension ChatLogStore {
     /// Then checkpoints and truncates the WAL. Damaged keys are not repaired (nothing can open
     /// what they sealed). Returns what it did; run `verify` afterwards.
     public func repair() throws(ChatLogError) -> [RepairAction] {
+        try repairInSQLite()
+    }
+
+    /// Async form; on PostgreSQL the same repairs through the storage seam (docs/ARCHITECTURE.md §10):
+    /// messages whose content cannot be opened deleted (their term rows go with them), other damaged
+    /// values cleared (compare-and-swap: only if still the damaged bytes), and every message whose term
+    /// rows differ from its content's terms, or that is indexed under a key that is not live or not at
+    /// all, indexed again under the active index key.
+    public func repair() async throws(ChatLogError) -> [RepairAction] {
+        guard let storage else { return try repairInSQLite() }
+        return try await storageRepair(storage)
+    }
+
+    private func repairInSQLite() throws(ChatLogError) -> [RepairAction] {
         // 0. Erasure: interrupted forgets finished, conversations of forgotten subjects deleted.
         var actions = try repairErasure()
         // 1. Damaged sealed values, found by opening each one (one read pass).
@@ -72,6 +86,93 @@ extension ChatLogStore {
         }
         try checkpoint()
         return actions
+    }
+
+    private func storageRepair(_ storage: any ChatLogStorage) async throws(ChatLogError) -> [RepairAction] {
+        try await reloadKeys(storage)
+        var actions: [RepairAction] = []
+        var cursor: MessageCursor?
+        while true {
+            let page = try await storage.conversations(ConversationFilter(oldestFirst: true), after: cursor, limit: 200)
+            let copies = try await storage.conversationCopies(page.map(\.row.id), withTerms: true)
+            try await ensureKeys(
+                for: copies.values.flatMap { copy in
+                    [copy.conversation.title, copy.conversation.subject, copy.conversation.metadata] + copy.messages.flatMap { [$0.content, $0.metadata] }
+                }, storage)
+            let keys = keyRing.current
+            let active = Int64(keys.activeBlinder.keyID.rawValue)
+            var doomed: [String] = []
+            var rewrites: [RowRewrite] = []
+            var planned: [RepairAction] = []
+            func damaged(_ table: String, _ column: String, _ id: String, _ sealed: Data?, json: Bool) -> Bool {
+                guard let sealed else { return false }
+                let context = FieldContext(table: table, column: column, rowID: id)
+                do throws(ChatLogError) {
+                    if json { _ = try openJSON(sealed, context) } else { _ = try openText(sealed, context) }
+                    return false
+                } catch {
+                    if case .integrity = error { return true }
+                    return false
+                }
+            }
+            func clear(_ table: IDTable, _ column: String, _ id: String, _ sealed: Data?) {
+                guard let sealed else { return }
+                rewrites.append(.clear(table: table, column: column, id: id, expected: sealed))
+                planned.append(RepairAction(table: table.rawValue, column: column, rowID: id, action: "cannot be opened: value cleared"))
+            }
+            for listed in page {
+                guard let copy = copies[listed.row.id] else { continue }
+                let row = copy.conversation
+                for (column, sealed) in [("title", row.title), ("subject", row.subject), ("metadata", row.metadata)]
+                where damaged("conversations", column, row.id, sealed, json: column == "metadata") {
+                    clear(.conversations, column, row.id, sealed)
+                }
+                for message in copy.messages {
+                    let content: String
+                    do throws(ChatLogError) {
+                        content = try openText(message.content, FieldContext(table: "messages", column: "content", rowID: message.id))
+                    } catch {
+                        guard case .integrity = error else { throw error }
+                        doomed.append(message.id)
+                        continue
+                    }
+                    if damaged("messages", "metadata", message.id, message.metadata, json: true) { clear(.messages, "metadata", message.id, message.metadata) }
+                    let blinder = message.indexKeyID.flatMap(UInt32.init(exactly:)).flatMap { keys.blinders[KeyID(rawValue: $0)] }
+                    var expected = Set<UInt64>()
+                    blinder?.forEachDistinctTerm(in: content) { expected.insert($0) }
+                    guard blinder == nil || Set(message.terms) != expected else { continue }
+                    var terms: [UInt64] = []
+                    keys.activeBlinder.forEachDistinctTerm(in: content) { terms.append($0) }
+                    rewrites.append(.messageTerms(id: message.id, from: message.indexKeyID, to: active, terms: terms))
+                    planned.append(
+                        RepairAction(table: "message_terms", column: "terms", rowID: message.id, action: "indexed again under index key \(keys.activeBlinder.keyID)"))
+                }
+            }
+            if !doomed.isEmpty {
+                _ = try await storage.deleteMessages(doomed)
+                actions += doomed.map { RepairAction(table: "messages", column: "content", rowID: $0, action: "cannot be opened: message deleted") }
+            }
+            if !rewrites.isEmpty {
+                let writeGuard = WriteGuard(
+                    acceptedCheckValues: [Data(keyRing.master.checkValueV2)], activeDataKeyID: Int64(keys.activeDataKey.id.rawValue),
+                    activeIndexKeyID: active)
+                do {
+                    _ = try await storage.rewrite(rewrites, guard: writeGuard)
+                } catch StorageConflict.staleKeys {
+                    throw .busy("the keys changed while repairing (a key job ran); run `chatlog verify --repair` again")
+                } catch StorageConflict.masterKeyChanged {
+                    try await reloadKeys(storage)
+                    throw .busy("the master key changed while repairing; run `chatlog verify --repair` again")
+                } catch let error as ChatLogError {
+                    throw error
+                } catch {
+                    throw .wrap(error)
+                }
+                actions += planned
+            }
+            guard page.count == 200, let last = page.last else { return actions }
+            cursor = last.cursor
+        }
     }
 
     struct DamagedValue {

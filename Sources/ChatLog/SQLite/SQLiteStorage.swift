@@ -480,6 +480,10 @@ package final class SQLiteStorage: ChatLogStorage {
         throw ChatLogError.invalidInput("SQLiteStorage.replaceKeys: a SQLite store changes keys with ChatLogStore's key jobs")
     }
 
+    package func deleteMessages(_ ids: [String]) async throws(ChatLogError) -> Int {
+        throw .invalidInput("SQLiteStorage.deleteMessages: a SQLite store deletes messages with ChatLogStore.deleteMessages")
+    }
+
     /// A SQLite store backs up with `VACUUM INTO` (one read transaction); not through the seam.
     package func withSnapshot<T: Sendable>(_ body: @Sendable (any ChatLogStorage) async throws(ChatLogError) -> T) async throws(ChatLogError) -> T {
         throw .invalidInput("SQLiteStorage.withSnapshot: a SQLite store backs up with ChatLogStore.backup (VACUUM INTO)")

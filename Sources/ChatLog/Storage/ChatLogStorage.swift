@@ -370,6 +370,10 @@ package protocol ChatLogStorage: Sendable {
     /// Runs `body` with a read-only view of the store as of one instant, while writers go on
     /// (a backup's source).
     func withSnapshot<T: Sendable>(_ body: @Sendable (any ChatLogStorage) async throws(ChatLogError) -> T) async throws(ChatLogError) -> T
+
+    /// Deletes single messages (their terms with them); returns how many existed. Positions of
+    /// the others are kept (gaps stay, as on SQLite).
+    func deleteMessages(_ ids: [String]) async throws(ChatLogError) -> Int
 }
 
 /// One row change of a key job, applied only when the row still holds what it was computed from.
@@ -379,11 +383,14 @@ package enum RowRewrite: Sendable, Hashable {
     case message(old: SealedMessageRow, new: SealedMessageRow)
     /// A conversation re-sealed: `key_id`, `title`, `subject`, `metadata` (compared, then set).
     case conversation(old: SealedConversationRow, new: SealedConversationRow)
-    /// A message re-blinded: where `index_key_id` is still `from`, its terms are replaced by
-    /// `terms` and `index_key_id` set to `to`.
-    case messageTerms(id: String, from: Int64, to: Int64, terms: [UInt64])
+    /// A message re-blinded: where `index_key_id` is still `from` (nil: not indexed), its terms are
+    /// replaced by `terms` and `index_key_id` set to `to`.
+    case messageTerms(id: String, from: Int64?, to: Int64, terms: [UInt64])
     /// A conversation's subject token re-blinded: where `subject_key_id` is still `from`.
     case subjectToken(id: String, from: Int64, to: Int64, token: Data)
+    /// A damaged optional sealed value (a title, subject — with its token — or metadata) set to
+    /// NULL where it still holds `expected` (`verify --repair`).
+    case clear(table: IDTable, column: String, id: String, expected: Data)
 }
 
 extension SealedConversationRow {
