@@ -91,14 +91,7 @@ extension ChatLogStore {
     private func storageRepair(_ storage: any ChatLogStorage) async throws(ChatLogError) -> [RepairAction] {
         try await reloadKeys(storage)
         var actions: [RepairAction] = []
-        var cursor: MessageCursor?
-        while true {
-            let page = try await storage.conversations(ConversationFilter(oldestFirst: true), after: cursor, limit: 200)
-            let copies = try await storage.conversationCopies(page.map(\.row.id), withTerms: true)
-            try await ensureKeys(
-                for: copies.values.flatMap { copy in
-                    [copy.conversation.title, copy.conversation.subject, copy.conversation.metadata] + copy.messages.flatMap { [$0.content, $0.metadata] }
-                }, storage)
+        try await forEachConversationPage(storage) { (page) throws(ChatLogError) in
             let keys = keyRing.current
             let active = Int64(keys.activeBlinder.keyID.rawValue)
             var doomed: [String] = []
@@ -120,8 +113,7 @@ extension ChatLogStore {
                 rewrites.append(.clear(table: table, column: column, id: id, expected: sealed))
                 planned.append(RepairAction(table: table.rawValue, column: column, rowID: id, action: "cannot be opened: value cleared"))
             }
-            for listed in page {
-                guard let copy = copies[listed.row.id] else { continue }
+            for copy in page {
                 let row = copy.conversation
                 for (column, sealed) in [("title", row.title), ("subject", row.subject), ("metadata", row.metadata)]
                 where damaged("conversations", column, row.id, sealed, json: column == "metadata") {
@@ -170,9 +162,8 @@ extension ChatLogStore {
                 }
                 actions += planned
             }
-            guard page.count == 200, let last = page.last else { return actions }
-            cursor = last.cursor
         }
+        return actions
     }
 
     struct DamagedValue {

@@ -63,17 +63,9 @@ extension ChatLogStore {
         }
         try await reloadKeys(storage)
         report.sealedValues += try await storage.keyRows().filter { $0.wrapped != nil }.count
-        var cursor: MessageCursor?
-        while true {
-            let page = try await storage.conversations(ConversationFilter(oldestFirst: true), after: cursor, limit: 200)
-            let copies = try await storage.conversationCopies(page.map(\.row.id), withTerms: true)
-            try await ensureKeys(
-                for: copies.values.flatMap { copy in
-                    [copy.conversation.title, copy.conversation.subject, copy.conversation.metadata] + copy.messages.flatMap { [$0.content, $0.metadata] }
-                }, storage)
+        try await forEachConversationPage(storage) { (page) throws(ChatLogError) in
             let keys = keyRing.current
-            for listed in page {
-                guard let copy = copies[listed.row.id] else { continue }  // deleted meanwhile
+            for copy in page {
                 report.conversations += 1
                 let row = copy.conversation
                 report.sealedValues += [row.title, row.subject, row.metadata].compactMap { $0 }.count
@@ -103,7 +95,26 @@ extension ChatLogStore {
                 }
             }
             progress?(report.messages)
-            guard page.count == 200, let last = page.last else { return report }
+        }
+        return report
+    }
+
+    /// Every conversation of a store behind the seam with its messages and their terms, oldest
+    /// first, a page of 200 at a time; before each page the key ring learns any data key the
+    /// page's sealed values name.
+    func forEachConversationPage(
+        _ storage: any ChatLogStorage, _ body: ([ConversationCopy]) async throws(ChatLogError) -> Void
+    ) async throws(ChatLogError) {
+        var cursor: MessageCursor?
+        while true {
+            let page = try await storage.conversations(ConversationFilter(oldestFirst: true), after: cursor, limit: 200)
+            let copies = try await storage.conversationCopies(page.map(\.row.id), withTerms: true)
+            try await ensureKeys(
+                for: copies.values.flatMap { copy in
+                    [copy.conversation.title, copy.conversation.subject, copy.conversation.metadata] + copy.messages.flatMap { [$0.content, $0.metadata] }
+                }, storage)
+            try await body(page.compactMap { copies[$0.row.id] })  // a conversation deleted meanwhile is left out
+            guard page.count == 200, let last = page.last else { return }
             cursor = last.cursor
         }
     }
