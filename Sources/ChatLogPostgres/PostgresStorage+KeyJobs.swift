@@ -242,7 +242,9 @@ extension PostgresStorage {
     /// One transaction: the check value (row-locked: a writer's guard reads it `FOR SHARE` and
     /// waits), the key rows compared with `expected` (locked `FOR UPDATE`), every row that becomes
     /// retired counted unused, then the rows and meta values written.
-    package func replaceKeys(_ rows: [StoredKeyRow], expected: [StoredKeyRow], checkValues: [Data], meta: [String: MetaValue?]) async throws {
+    package func replaceKeys(
+        _ rows: [StoredKeyRow], expected: [StoredKeyRow], checkValues: [Data], meta: [String: MetaValue?], expectedMeta: [String: MetaValue?]
+    ) async throws {
         let logger = logger
         try await transaction { connection in
             let check = try await connection.query(
@@ -257,6 +259,15 @@ extension PostgresStorage {
                 found.append(StoredKeyRow(id: id, kind: kind, state: state, createdAt: created, retiredAt: retired, wrapped: wrapped, mac: mac))
             }
             guard found == expected.sorted(by: { $0.id < $1.id }) else { throw StorageConflict.staleKeys }
+            for (name, value) in expectedMeta.sorted(by: { $0.key < $1.key }) {
+                let stored = try await connection.query(
+                    "SELECT integer_value, text_value, blob_value FROM chatlog_meta WHERE name = \(name) FOR UPDATE", logger: logger)
+                var current: MetaValue?
+                for try await (integer, text, blob) in stored.decode((Int64?, String?, Data?).self) {
+                    current = integer.map(MetaValue.integer) ?? text.map(MetaValue.text) ?? blob.map(MetaValue.blob)
+                }
+                guard current == value else { throw StorageConflict.staleKeys }
+            }
             let before = Dictionary(found.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
             for row in rows where row.state == "retired" && before[row.id]?.state != "retired" {
                 let used = try await connection.query(

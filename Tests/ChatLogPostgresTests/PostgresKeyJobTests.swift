@@ -226,6 +226,18 @@ extension PostgreSQLSuites {
                     let byPassphrase = try await ChatLogStore.open(url: location, key: .passphrase(passphrase), options: options)
                     defer { try? byPassphrase.close() }
                     #expect(try await byPassphrase.verify().ok)
+                    // The key-row transaction refuses when a meta value it was told to expect changed
+                    // (an importer created the import key after the rewrap read it): nothing written.
+                    let storage = try #require(byPassphrase.storage)
+                    let rows = try await storage.keyRows()
+                    let check = try #require(try await storage.meta("master_check"))
+                    guard case .blob(let checkValue) = check else { Issue.record("no check value"); return }
+                    try database.psql("INSERT INTO chatlog_meta (name, blob_value) VALUES ('import_key', '\\x00')")
+                    await #expect(throws: StorageConflict.staleKeys) {
+                        try await storage.replaceKeys(
+                            rows, expected: rows, checkValues: [checkValue], meta: ["key_kind": .text("key")], expectedMeta: ["import_key": nil])
+                    }
+                    #expect(try database.psql("SELECT text_value FROM chatlog_meta WHERE name = 'key_kind'") == "passphrase")
                 }
             }
         }

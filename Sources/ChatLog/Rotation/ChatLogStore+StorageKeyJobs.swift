@@ -117,9 +117,11 @@ extension ChatLogStore {
     /// Writes key rows (each authenticated under the master key this handle holds, or `master`)
     /// through the backend's checked transaction; a conflict means another process changed the
     /// key rows or the master key although this job holds the key-job lock: nothing was written.
+    @discardableResult
     private func storageReplaceKeys(
-        _ rows: [StoredKeyRow], expected: [StoredKeyRow], meta: [String: MetaValue?], master: MasterKey? = nil, _ storage: any ChatLogStorage
-    ) async throws(ChatLogError) {
+        _ rows: [StoredKeyRow], expected: [StoredKeyRow], meta: [String: MetaValue?], expectedMeta: [String: MetaValue?] = [:],
+        master: MasterKey? = nil, _ storage: any ChatLogStorage
+    ) async throws(ChatLogError) -> Bool {
         let macKey = master ?? keyRing.master
         let authenticated = rows.map { row in
             var row = row
@@ -127,8 +129,11 @@ extension ChatLogStore {
             return row
         }
         do {
-            try await storage.replaceKeys(authenticated, expected: expected, checkValues: [Data(keyRing.master.checkValueV2)], meta: meta)
+            try await storage.replaceKeys(
+                authenticated, expected: expected, checkValues: [Data(keyRing.master.checkValueV2)], meta: meta, expectedMeta: expectedMeta)
+            return true
         } catch StorageConflict.staleKeys {
+            if !expectedMeta.isEmpty { return false }  // a meta value changed: the caller reads again
             throw .keyOperation("the key rows changed while this job ran (a process that does not take the key-job lock?); nothing was written, run it again")
         } catch StorageConflict.masterKeyChanged {
             try await reloadKeys(storage)  // throws the wrong-key error
@@ -318,36 +323,45 @@ extension ChatLogStore {
             try await self.reloadKeys(storage)
             let oldMaster = self.keyRing.master
             guard !(newMaster == oldMaster) else { throw .sameMasterKey }
-            let rows = try await storage.keyRows()
-            try KeyRowAuthentication.verify(rows.map(KeyRowAuthentication.KeyRow.init), master: oldMaster)
-            var rewrapped: [StoredKeyRow] = []
-            for row in rows {
-                var row = row
-                if let wrapped = row.wrapped, let kind = KeyStatus.Entry.Kind(rawValue: row.kind) {
-                    let id = try KeyID.stored(row.id, table: "keys", column: "id", rowID: String(row.id))
-                    row.wrapped = KeyRing.wrap(try KeyRing.unwrap(wrapped, kind: kind, id: id, master: oldMaster), kind: kind, id: id, master: newMaster)
+            // An importer may create the import key (wrapped under the old master key) meanwhile:
+            // the transaction checks it is still as read, else everything is read again.
+            for _ in 0..<5 {
+                let rows = try await storage.keyRows()
+                try KeyRowAuthentication.verify(rows.map(KeyRowAuthentication.KeyRow.init), master: oldMaster)
+                var rewrapped: [StoredKeyRow] = []
+                for row in rows {
+                    var row = row
+                    if let wrapped = row.wrapped, let kind = KeyStatus.Entry.Kind(rawValue: row.kind) {
+                        let id = try KeyID.stored(row.id, table: "keys", column: "id", rowID: String(row.id))
+                        row.wrapped = KeyRing.wrap(try KeyRing.unwrap(wrapped, kind: kind, id: id, master: oldMaster), kind: kind, id: id, master: newMaster)
+                    }
+                    rewrapped.append(row)
                 }
-                rewrapped.append(row)
+                var meta: [String: MetaValue?] = [
+                    "master_check": .blob(Data(newMaster.checkValueV2)), "master_fingerprint": .blob(Data(newMaster.checkValue.prefix(8))),
+                ]
+                let importKey = try await storage.meta(ImportKey.metaName)
+                if case .blob(let wrapped)? = importKey {
+                    meta[ImportKey.metaName] = .blob(ImportKey.wrap(try ImportKey.unwrap(wrapped, master: oldMaster), master: newMaster))
+                }
+                if let kdf {
+                    meta["key_kind"] = .text("passphrase")
+                    meta["kdf_algorithm"] = .text("argon2id13")
+                    meta["kdf_salt"] = .blob(Data(kdf.salt))
+                    meta["kdf_opslimit"] = .integer(Int64(kdf.opsLimit))
+                    meta["kdf_memlimit"] = .integer(Int64(kdf.memLimit))
+                } else {
+                    meta["key_kind"] = .text("key")
+                    for name in ["kdf_algorithm", "kdf_salt", "kdf_opslimit", "kdf_memlimit"] { meta[name] = .some(nil) }
+                }
+                guard
+                    try await self.storageReplaceKeys(
+                        rewrapped, expected: rows, meta: meta, expectedMeta: [ImportKey.metaName: importKey], master: newMaster, storage)
+                else { continue }
+                self.keyRing.replaceMaster(newMaster, origin: KeyRing.Origin(newSource))
+                return newMaster.fingerprint
             }
-            var meta: [String: MetaValue?] = [
-                "master_check": .blob(Data(newMaster.checkValueV2)), "master_fingerprint": .blob(Data(newMaster.checkValue.prefix(8))),
-            ]
-            if case .blob(let wrapped)? = try await storage.meta(ImportKey.metaName) {
-                meta[ImportKey.metaName] = .blob(ImportKey.wrap(try ImportKey.unwrap(wrapped, master: oldMaster), master: newMaster))
-            }
-            if let kdf {
-                meta["key_kind"] = .text("passphrase")
-                meta["kdf_algorithm"] = .text("argon2id13")
-                meta["kdf_salt"] = .blob(Data(kdf.salt))
-                meta["kdf_opslimit"] = .integer(Int64(kdf.opsLimit))
-                meta["kdf_memlimit"] = .integer(Int64(kdf.memLimit))
-            } else {
-                meta["key_kind"] = .text("key")
-                for name in ["kdf_algorithm", "kdf_salt", "kdf_opslimit", "kdf_memlimit"] { meta[name] = .some(nil) }
-            }
-            try await self.storageReplaceKeys(rewrapped, expected: rows, meta: meta, master: newMaster, storage)
-            self.keyRing.replaceMaster(newMaster, origin: KeyRing.Origin(newSource))
-            return newMaster.fingerprint
+            throw .busy("the store's import key kept changing during the rewrap; run it again")
         }
     }
 }

@@ -476,7 +476,9 @@ package final class SQLiteStorage: ChatLogStorage {
         throw ChatLogError.invalidInput("SQLiteStorage.rewrite: a SQLite store rotates with ChatLogStore.rotateDataKey/rotateIndexKey")
     }
 
-    package func replaceKeys(_ rows: [StoredKeyRow], expected: [StoredKeyRow], checkValues: [Data], meta: [String: MetaValue?]) async throws {
+    package func replaceKeys(
+        _ rows: [StoredKeyRow], expected: [StoredKeyRow], checkValues: [Data], meta: [String: MetaValue?], expectedMeta: [String: MetaValue?]
+    ) async throws {
         throw ChatLogError.invalidInput("SQLiteStorage.replaceKeys: a SQLite store changes keys with ChatLogStore's key jobs")
     }
 

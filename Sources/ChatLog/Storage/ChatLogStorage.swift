@@ -358,8 +358,12 @@ package protocol ChatLogStorage: Sendable {
     /// check value is one of `checkValues` (else ``StorageConflict/masterKeyChanged``) and the key
     /// rows are still exactly `expected` (else ``StorageConflict/staleKeys``). A row that becomes
     /// retired must be used by no row of the store (``ChatLogError/keyInUse(_:rows:)``), checked in
-    /// that transaction: a rotation's key, a rewrap's new wrapping, a retirement.
-    func replaceKeys(_ rows: [StoredKeyRow], expected: [StoredKeyRow], checkValues: [Data], meta: [String: MetaValue?]) async throws
+    /// that transaction: a rotation's key, a rewrap's new wrapping, a retirement. `expectedMeta`:
+    /// meta values (nil: absent) that must still be as the core read them (a rewrap's import key,
+    /// which an importer may have created meanwhile), else ``StorageConflict/staleKeys``.
+    func replaceKeys(
+        _ rows: [StoredKeyRow], expected: [StoredKeyRow], checkValues: [Data], meta: [String: MetaValue?], expectedMeta: [String: MetaValue?]
+    ) async throws
 
     /// Gives the space of deleted and rewritten rows back so that no old ciphertext stays in the
     /// backend's files (SQLite: `VACUUM`; PostgreSQL: `VACUUM FULL` of chatlog's tables, or of
