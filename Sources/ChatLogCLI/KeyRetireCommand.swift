@@ -33,7 +33,7 @@ struct KeyRetireCommand: AsyncParsableCommand {
                 retired = try await opened.retireUnusedKeys()
             }
             // Index keys kept for proxy tokens nobody presented since the rotation (`--key` refuses them).
-            let kept = key == nil && opened.storage == nil ? try opened.keysKeptForProxyTokens() : []
+            let kept = key == nil ? try await opened.keysKeptForProxyTokens() : []
             if output.json {
                 try CLIOutput.json(
                     RetireJSON(

@@ -110,9 +110,11 @@ struct ServeCommand: AsyncParsableCommand {
             // Transport rules before asking for a key or opening the store.
             try configuration.validate()
             let opened = try await StoreAccess.open(store)
-            // The proxy's tables (tokens, threads) are on SQLite only so far: refuse before listening.
-            if let storage = opened.storage { throw ChatLogError.notOnThisBackend(location: storage.location, what: "this") }
             ProcessHygiene.raiseOpenFileLimit()
+            if opened.storage != nil {
+                CLIOutput.note(
+                    "on a PostgreSQL store a conversation's subject is sealed under the data key alone (per-subject keys are not built there yet): `chatlog forget` will be able to delete it, not to erase it from backups (docs/OPERATIONS.md, \"PostgreSQL\")")
+            }
 
             LoggingSystem.bootstrap { label in
                 var handler = StreamLogHandler.standardError(label: label)

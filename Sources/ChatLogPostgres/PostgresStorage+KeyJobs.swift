@@ -281,6 +281,8 @@ extension PostgresStorage {
                 guard count == 0 else {
                     throw ChatLogError.keyInUse(KeyID(rawValue: UInt32(truncatingIfNeeded: row.id)), rows: Int(count))
                 }
+                // Thread digests under a destroyed index key can never match again.
+                try await connection.run("DELETE FROM proxy_threads WHERE index_key_id = \(row.id)", logger: logger)
             }
             // Demotions before the new active key: one active key per kind at every statement.
             for row in rows.sorted(by: { ($0.state == "active" ? 1 : 0, $0.id) < ($1.state == "active" ? 1 : 0, $1.id) }) {

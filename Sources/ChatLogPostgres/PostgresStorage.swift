@@ -458,42 +458,50 @@ package final class PostgresStorage: ChatLogStorage {
                 guard let found else { throw ChatLogError.conversationNotFound(conversationID) }
                 seq = found
             }
-            guard !messages.isEmpty else { return [] }
-            let next = try await connection.query(
-                "SELECT coalesce(max(position) + 1, 0) FROM messages WHERE conversation_seq = \(seq)", logger: logger)
-            var position: Int64 = 0
-            for try await value in next.decode(Int64.self) { position = value }
-            var positions: [Int64] = []
-            var latest = Int64.min
-            for message in messages {
-                let inserted = try await connection.query(
-                    """
-                    INSERT INTO messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens,
-                                          latency_ms, finish_reason, key_id, content, metadata, index_key_id)
-                    VALUES (\(message.id), \(seq), \(position), \(message.role), \(message.createdAt), \(message.model),
-                            \(message.promptTokens), \(message.completionTokens), \(message.latencyMilliseconds), \(message.finishReason),
-                            \(message.keyID), \(message.content), \(message.metadata), \(message.indexKeyID))
-                    RETURNING seq
-                    """, logger: logger)
-                var messageSeq: Int64 = 0
-                for try await value in inserted.decode(Int64.self) { messageSeq = value }
-                if !message.terms.isEmpty {
-                    let terms = message.terms.map { Int64(bitPattern: $0) }
-                    try await connection.run(
-                        """
-                        INSERT INTO message_terms (message_seq, term, created_at)
-                        SELECT \(messageSeq), term, \(message.createdAt) FROM unnest(\(terms)::bigint[]) AS t (term)
-                        ON CONFLICT DO NOTHING
-                        """, logger: logger)
-                }
-                positions.append(position)
-                position += 1
-                latest = max(latest, message.createdAt)
-            }
-            try await connection.run(
-                "UPDATE conversations SET updated_at = greatest(updated_at, \(latest)) WHERE seq = \(seq)", logger: logger)
-            return positions
+            return try await Self.appendMessages(messages, toConversation: seq, connection, logger)
         }
+    }
+
+    /// Inside a write transaction, under the conversation row's lock: `messages` appended at the
+    /// next positions with their term rows, the conversation's `updated_at` moved. Returns the positions.
+    static func appendMessages(_ messages: [SealedMessageRow], toConversation seq: Int64, _ connection: PostgresConnection, _ logger: Logger)
+        async throws -> [Int64]
+    {
+        guard !messages.isEmpty else { return [] }
+        let next = try await connection.query(
+            "SELECT coalesce(max(position) + 1, 0) FROM messages WHERE conversation_seq = \(seq)", logger: logger)
+        var position: Int64 = 0
+        for try await value in next.decode(Int64.self) { position = value }
+        var positions: [Int64] = []
+        var latest = Int64.min
+        for message in messages {
+            let inserted = try await connection.query(
+                """
+                INSERT INTO messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens,
+                                      latency_ms, finish_reason, key_id, content, metadata, index_key_id)
+                VALUES (\(message.id), \(seq), \(position), \(message.role), \(message.createdAt), \(message.model),
+                        \(message.promptTokens), \(message.completionTokens), \(message.latencyMilliseconds), \(message.finishReason),
+                        \(message.keyID), \(message.content), \(message.metadata), \(message.indexKeyID))
+                RETURNING seq
+                """, logger: logger)
+            var messageSeq: Int64 = 0
+            for try await value in inserted.decode(Int64.self) { messageSeq = value }
+            if !message.terms.isEmpty {
+                let terms = message.terms.map { Int64(bitPattern: $0) }
+                try await connection.run(
+                    """
+                    INSERT INTO message_terms (message_seq, term, created_at)
+                    SELECT \(messageSeq), term, \(message.createdAt) FROM unnest(\(terms)::bigint[]) AS t (term)
+                    ON CONFLICT DO NOTHING
+                    """, logger: logger)
+            }
+            positions.append(position)
+            position += 1
+            latest = max(latest, message.createdAt)
+        }
+        try await connection.run(
+            "UPDATE conversations SET updated_at = greatest(updated_at, \(latest)) WHERE seq = \(seq)", logger: logger)
+        return positions
     }
 
     /// Inside a write transaction: the check value and the active keys are still those the rows

@@ -1,5 +1,6 @@
 import ChatLog
 import Foundation
+import Synchronization
 import Logging
 import ServiceLifecycle
 
@@ -157,7 +158,13 @@ final class Recorder: @unchecked Sendable {
 
             let outcome: [Result<LoggedExchange, ChatLogError>]
             do {
-                outcome = try store.logProxyRecords(batch.map(\.record))
+                let records = batch.map(\.record)
+                if store.storage == nil {
+                    outcome = try store.logProxyRecords(records)
+                } else {
+                    let store = store
+                    outcome = try Self.waiting { () async throws(ChatLogError) in try await store.logProxyRecords(records) }
+                }
             } catch {
                 failures += 1
                 metrics.recordStoreFailure()
@@ -189,6 +196,22 @@ final class Recorder: @unchecked Sendable {
             metrics.recordCommitted(committed.filter { $0 }.count, batch: true)
             finish(batch, committed: committed, count: batch.count)
         }
+    }
+
+    /// Runs an async store call from the writer thread and waits for it (a PostgreSQL store has no
+    /// synchronous API; this thread is the recorder's own, never one of the cooperative pool's).
+    private static func waiting<T: Sendable>(_ body: @escaping @Sendable () async throws(ChatLogError) -> T) throws(ChatLogError) -> T {
+        let done = DispatchSemaphore(value: 0)
+        let box = Mutex<Result<T, ChatLogError>?>(nil)
+        Task {
+            let result: Result<T, ChatLogError>
+            do throws(ChatLogError) { result = .success(try await body()) } catch { result = .failure(error) }
+            box.withLock { $0 = result }
+            done.signal()
+        }
+        done.wait()
+        guard let result = box.withLock({ $0 }) else { throw .busy("the store call did not finish") }
+        return try result.get()
     }
 
     private func finish(_ batch: [Pending], committed: [Bool], count: Int) {

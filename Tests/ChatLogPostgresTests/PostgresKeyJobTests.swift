@@ -421,3 +421,39 @@ extension PostgreSQLSuites.PostgresCLITests {
         }
     }
 }
+
+extension PostgreSQLSuites.PostgresKeyJobTests {
+    @Test("proxy tokens and threads across an index-key rotation on PostgreSQL: the old key is kept while a token still checks against it, the token is re-hashed when presented, then the key retires and its thread digests go")
+    func proxyTokensAcrossRotation() async throws {
+        try await withPostgresLocation { location, database in
+            let store = try await ChatLogStore.create(url: location, key: .key(.generate()))
+            defer { try? store.close() }
+            let token = try await store.createProxyToken(name: "app")
+            await #expect(throws: ChatLogError.self) { try await store.createProxyToken(name: "app") }
+            let chainer = store.threadChainer()
+            let conversation = ConversationID.generate()
+            let digests = chainer.chain(scope: "openai", items: ["hello", "hi"])
+            let logged = try await store.logProxyRecords([
+                ProxyRecord(
+                    conversation: NewConversation(subject: "user-7", id: conversation),
+                    messages: [NewMessage(role: .user, content: "hello"), NewMessage(role: .assistant, content: "hi")],
+                    digests: [digests.active(length: 2)!])
+            ])
+            #expect(logged.count == 1 && (try? logged[0].get().conversationID) == conversation)
+            #expect(try await store.findThread(digests)?.conversation == conversation)
+
+            _ = try await store.rotateIndexKey(RotationOptions(newKey: true))
+            #expect(try await store.retireUnusedKeys().isEmpty)
+            #expect(try await store.keysKeptForProxyTokens().map(\.key) == [KeyID(rawValue: 2)])
+            await #expect(throws: ChatLogError.keyChecksProxyTokens(KeyID(rawValue: 2), names: ["app"])) { try await store.retireKey(KeyID(rawValue: 2)) }
+            // Presented once: re-hashed under the active index key.
+            #expect(try await store.proxyTokenName(token) == "app")
+            #expect(try database.psql("SELECT index_key_id FROM proxy_tokens") == "3")
+            #expect(try await store.retireUnusedKeys() == [KeyID(rawValue: 2)])
+            #expect(try database.psql("SELECT count(*) FROM proxy_threads") == "0")
+            #expect(try await store.proxyTokenName(token) == "app")
+            #expect(try await store.findThread(digests) == nil)
+            #expect(try await store.transcript(conversation).conversation.subject == "user-7")
+        }
+    }
+}

@@ -119,6 +119,14 @@ extension ChatLogStore {
         let candidates = digests.candidates(lengths: lengths ?? Array(1...max(1, digests.count)))
         guard !candidates.isEmpty else { return nil }
         let lengths = Dictionary(candidates, uniquingKeysWith: max)
+        if let storage {
+            var best: (length: Int, conversation: ConversationID)?
+            for (digest, id) in try await storage.proxyThreads(Array(lengths.keys)) {
+                guard let length = lengths[digest], let id = ConversationID(id) else { continue }
+                if length > (best?.length ?? 0) { best = (length, id) }
+            }
+            return best
+        }
         return try await read { db in
             var best: (length: Int, conversation: ConversationID)?
             // In slices, well under SQLite's limit on bound parameters.
@@ -143,13 +151,18 @@ extension ChatLogStore {
 
     /// Whether a conversation with this id exists.
     public func conversationExists(_ id: ConversationID) async throws(ChatLogError) -> Bool {
-        try await read { db in try Bool.fetchOne(db, sql: "SELECT 1 FROM conversations WHERE id = ?", arguments: [id.rawValue]) ?? false }
+        if let storage { return try await storage.conversation(id: id.rawValue) != nil }
+        return try await read { db in try Bool.fetchOne(db, sql: "SELECT 1 FROM conversations WHERE id = ?", arguments: [id.rawValue]) ?? false }
     }
 
     /// Logs many proxy exchanges in one transaction (group commit). A record that cannot be
     /// prepared (too large, bad values) fails alone; the others are still written. Returns one
     /// result per record, in order.
     public func logProxyRecords(_ records: [ProxyRecord]) throws(ChatLogError) -> [Result<LoggedExchange, ChatLogError>] {
+        try logProxyRecordsInSQLite(records)
+    }
+
+    private func logProxyRecordsInSQLite(_ records: [ProxyRecord]) throws(ChatLogError) -> [Result<LoggedExchange, ChatLogError>] {
         try writeSealed { (keys) throws(ChatLogError) in
             // The subjects' keys in one look-up for the whole group.
             let known = try subjectKeys(for: records.map(\.conversation))
@@ -182,6 +195,47 @@ extension ChatLogStore {
                 }
             }
         }
+    }
+
+    /// Async form; also on PostgreSQL, where a subject is sealed under the data key alone (no
+    /// per-subject keys there yet: docs/ARCHITECTURE.md §10) and the group is one transaction.
+    public func logProxyRecords(_ records: [ProxyRecord]) async throws(ChatLogError) -> [Result<LoggedExchange, ChatLogError>] {
+        guard let storage else { return try logProxyRecordsInSQLite(records) }
+        for _ in 0..<10 {
+            let keys = keyRing.current
+            var results: [Result<LoggedExchange, ChatLogError>] = []
+            var rows: [ProxyRecordRows] = []
+            for record in records {
+                do throws(ChatLogError) {
+                    guard let id = record.conversation.id else { throw .invalidInput("a proxy record needs a conversation id") }
+                    let conversation = try prepare(record.conversation, keys: keys, withoutSubjectKey: true)
+                    let messages = try prepare(record.messages, keys: keys)
+                    rows.append(
+                        ProxyRecordRows(
+                            conversation: SealedConversationRow(conversation), messages: messages.map { SealedMessageRow($0, conversationID: id) },
+                            digests: record.digests.map { ($0.digest, Int64($0.indexKeyID.rawValue)) }))
+                    results.append(.success(LoggedExchange(conversationID: id, messageIDs: messages.map(\.id))))
+                } catch {
+                    results.append(.failure(error))
+                }
+            }
+            let writeGuard = WriteGuard(
+                acceptedCheckValues: [Data(keyRing.master.checkValueV2)], activeDataKeyID: Int64(keys.activeDataKey.id.rawValue),
+                activeIndexKeyID: Int64(keys.activeIndexKey.id.rawValue))
+            do {
+                try await storage.insertProxyRecords(rows, guard: writeGuard)
+                return results
+            } catch StorageConflict.staleKeys {
+                try await reloadKeys(storage)
+            } catch StorageConflict.masterKeyChanged {
+                try await reloadKeys(storage)  // the wrong-key error unless it was changed back
+            } catch let error as ChatLogError {
+                throw error
+            } catch {
+                throw .wrap(error)
+            }
+        }
+        throw .busy("the active keys kept changing while logging proxy exchanges; they are retried")
     }
 
     static func insertProxyRecord(

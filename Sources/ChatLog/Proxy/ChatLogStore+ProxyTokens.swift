@@ -7,6 +7,12 @@ public struct ProxyToken: Sendable, Hashable {
     public let name: String
     public let createdAt: Date
     public let revokedAt: Date?
+
+    package init(name: String, createdAt: Date, revokedAt: Date?) {
+        self.name = name
+        self.createdAt = createdAt
+        self.revokedAt = revokedAt
+    }
 }
 
 extension ChatLogStore {
@@ -27,6 +33,12 @@ extension ChatLogStore {
         let keys = keyRing.current
         let hash = Self.proxyTokenHash(token, key: keys.activeIndexKey.key)
         let keyID = Int64(keys.activeIndexKey.id.rawValue)
+        if let storage {
+            guard try await storage.createProxyToken(name: name, hash: hash, indexKeyID: keyID, createdAt: Date().unixMilliseconds) else {
+                throw .invalidInput("a token named \(name) exists already (revoke it first, or choose another name)")
+            }
+            return token
+        }
         let created = try await writeImmediate { db -> Bool in
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM proxy_tokens WHERE name = ?", arguments: [name]) == nil else { return false }
             try db.execute(
@@ -40,7 +52,8 @@ extension ChatLogStore {
 
     /// The tokens, oldest first, revoked ones included.
     public func proxyTokens() async throws(ChatLogError) -> [ProxyToken] {
-        try await read { db in
+        if let storage { return try await storage.proxyTokens() }
+        return try await read { db in
             try Row.fetchAll(db, sql: "SELECT name, created_at, revoked_at FROM proxy_tokens ORDER BY created_at, name").map { row in
                 ProxyToken(
                     name: row["name"], createdAt: Date(unixMilliseconds: row["created_at"]),
@@ -52,7 +65,8 @@ extension ChatLogStore {
     /// Revokes the token named `name`; false when there is no such token still valid.
     @discardableResult
     public func revokeProxyToken(name: String) async throws(ChatLogError) -> Bool {
-        try await writeImmediate { db in
+        if let storage { return try await storage.revokeProxyToken(name: name, at: Date().unixMilliseconds) }
+        return try await writeImmediate { db in
             try db.execute(
                 sql: "UPDATE proxy_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
                 arguments: [Date().unixMilliseconds, name])
@@ -67,6 +81,14 @@ extension ChatLogStore {
         guard token.hasPrefix(Self.proxyTokenPrefix), token.utf8.count < 200 else { return nil }
         let keys = keyRing.current
         let hashes = keys.indexKeys.values.map { Self.proxyTokenHash(token, key: $0) }
+        if let storage {
+            guard let found = try await storage.proxyToken(hashes: hashes) else { return nil }
+            let active = keys.activeIndexKey
+            if found.indexKeyID != Int64(active.id.rawValue) {
+                try await storage.rehashProxyToken(name: found.name, hash: Self.proxyTokenHash(token, key: active.key), indexKeyID: Int64(active.id.rawValue))
+            }
+            return found.name
+        }
         let found = try await read { db in
             try Row.fetchOne(
                 db,

@@ -284,6 +284,8 @@ extension ChatLogStore {
             let rows = try await storage.keyRows()
             try KeyRowAuthentication.verify(rows.map(KeyRowAuthentication.KeyRow.init), master: self.keyRing.master)
             var chosen: [StoredKeyRow] = []
+            // An index key still checking proxy tokens not presented since the rotation is kept.
+            let tokens = try await storage.proxyTokenNamesByIndexKey()
             if let ids {
                 for id in ids {
                     guard let row = rows.first(where: { $0.id == Int64(id.rawValue) }) else { throw .keyNotFound(id) }
@@ -292,10 +294,11 @@ extension ChatLogStore {
                     case "retired": throw .keyAlreadyRetired(id)
                     default: chosen.append(row)
                     }
+                    if row.kind == "index", let names = tokens[row.id] { throw .keyChecksProxyTokens(id, names: names) }
                 }
             } else {
                 let usage = try await storage.keyUsage()
-                chosen = rows.filter { $0.state == "decrypt-only" && (usage[$0.id] ?? 0) == 0 }
+                chosen = rows.filter { $0.state == "decrypt-only" && (usage[$0.id] ?? 0) == 0 && tokens[$0.id] == nil }
             }
             guard !chosen.isEmpty else { return [] }
             let now = Date().unixMilliseconds

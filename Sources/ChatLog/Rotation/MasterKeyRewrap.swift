@@ -184,7 +184,23 @@ extension ChatLogStore {
 
     /// Decrypt-only index keys that `retireUnusedKeys` keeps because valid proxy tokens not
     /// presented since the rotation still need them, with those tokens' names.
+    /// Async form; also on PostgreSQL.
+    public func keysKeptForProxyTokens() async throws(ChatLogError) -> [(key: KeyID, tokens: [String])] {
+        guard let storage else { return try keysKeptInSQLite() }
+        let names = try await storage.proxyTokenNamesByIndexKey()
+        var kept: [(key: KeyID, tokens: [String])] = []
+        for row in try await storage.keyRows() where row.kind == "index" && row.state == "decrypt-only" {
+            guard let tokens = names[row.id] else { continue }
+            kept.append((try KeyID.stored(row.id, table: "keys", column: "id", rowID: String(row.id)), tokens))
+        }
+        return kept
+    }
+
     public func keysKeptForProxyTokens() throws(ChatLogError) -> [(key: KeyID, tokens: [String])] {
+        try keysKeptInSQLite()
+    }
+
+    private func keysKeptInSQLite() throws(ChatLogError) -> [(key: KeyID, tokens: [String])] {
         try read { db in
             try Int64.fetchAll(db, sql: "SELECT id FROM keys WHERE state = 'decrypt-only' AND kind = 'index' ORDER BY id").compactMap { id in
                 let key = try KeyID.stored(id, table: "keys", column: "id", rowID: String(id))

@@ -486,6 +486,20 @@ package final class SQLiteStorage: ChatLogStorage {
         throw .invalidInput("SQLiteStorage.deleteMessages: a SQLite store deletes messages with ChatLogStore.deleteMessages")
     }
 
+    // The proxy's tables: a SQLite store runs its own (Proxy/ChatLogStore+Proxy.swift, +ProxyTokens.swift).
+
+    package func proxyThreads(_ digests: [Data]) async throws(ChatLogError) -> [Data: String] { throw Self.proxyOnStore }
+    package func insertProxyRecords(_ records: [ProxyRecordRows], guard: WriteGuard) async throws { throw Self.proxyOnStore }
+    package func createProxyToken(name: String, hash: Data, indexKeyID: Int64, createdAt: Int64) async throws(ChatLogError) -> Bool {
+        throw Self.proxyOnStore
+    }
+    package func proxyTokens() async throws(ChatLogError) -> [ProxyToken] { throw Self.proxyOnStore }
+    package func revokeProxyToken(name: String, at time: Int64) async throws(ChatLogError) -> Bool { throw Self.proxyOnStore }
+    package func proxyToken(hashes: [Data]) async throws(ChatLogError) -> (name: String, indexKeyID: Int64)? { throw Self.proxyOnStore }
+    package func rehashProxyToken(name: String, hash: Data, indexKeyID: Int64) async throws(ChatLogError) { throw Self.proxyOnStore }
+    package func proxyTokenNamesByIndexKey() async throws(ChatLogError) -> [Int64: [String]] { throw Self.proxyOnStore }
+    private static let proxyOnStore = ChatLogError.invalidInput("SQLiteStorage: a SQLite store keeps the proxy's tables through ChatLogStore")
+
     /// A SQLite store backs up with `VACUUM INTO` (one read transaction); not through the seam.
     package func withSnapshot<T: Sendable>(_ body: @Sendable (any ChatLogStorage) async throws(ChatLogError) -> T) async throws(ChatLogError) -> T {
         throw .invalidInput("SQLiteStorage.withSnapshot: a SQLite store backs up with ChatLogStore.backup (VACUUM INTO)")

@@ -378,6 +378,59 @@ package protocol ChatLogStorage: Sendable {
     /// Deletes single messages (their terms with them); returns how many existed. Positions of
     /// the others are kept (gaps stay, as on SQLite).
     func deleteMessages(_ ids: [String]) async throws(ChatLogError) -> Int
+
+    // MARK: The logging proxy's tables (threads, tokens)
+
+    /// The conversations (public ids) that the thread digests found point at, by digest.
+    func proxyThreads(_ digests: [Data]) async throws(ChatLogError) -> [Data: String]
+
+    /// Group commit of proxy exchanges, in one transaction after checking `guard`: for each record
+    /// its conversation inserted unless one with its id exists, its messages appended at the next
+    /// positions with their terms, its thread digests recorded (replacing a digest recorded before).
+    func insertProxyRecords(_ records: [ProxyRecordRows], guard: WriteGuard) async throws
+
+    /// Stores a new token's hash under `name`; false when a token with that name exists.
+    func createProxyToken(name: String, hash: Data, indexKeyID: Int64, createdAt: Int64) async throws(ChatLogError) -> Bool
+
+    /// Every token, oldest first, revoked ones included.
+    func proxyTokens() async throws(ChatLogError) -> [ProxyToken]
+
+    /// Revokes the valid token `name`; false when there is none.
+    func revokeProxyToken(name: String, at time: Int64) async throws(ChatLogError) -> Bool
+
+    /// The valid token whose hash is one of `hashes`: its name and the index key of its hash.
+    func proxyToken(hashes: [Data]) async throws(ChatLogError) -> (name: String, indexKeyID: Int64)?
+
+    /// Replaces a valid token's hash (re-hashed under the active index key).
+    func rehashProxyToken(name: String, hash: Data, indexKeyID: Int64) async throws(ChatLogError)
+
+    /// Names of the valid tokens by the index key of their hash (a key still checking tokens is
+    /// not retired).
+    func proxyTokenNamesByIndexKey() async throws(ChatLogError) -> [Int64: [String]]
+}
+
+/// One proxy exchange as stored: its conversation (inserted when new), messages and thread digests.
+package struct ProxyRecordRows: Sendable, Hashable {
+    package var conversation: SealedConversationRow
+    package var messages: [SealedMessageRow]
+    package var digests: [(digest: Data, indexKeyID: Int64)]
+
+    package init(conversation: SealedConversationRow, messages: [SealedMessageRow], digests: [(digest: Data, indexKeyID: Int64)]) {
+        self.conversation = conversation
+        self.messages = messages
+        self.digests = digests
+    }
+
+    package static func == (a: Self, b: Self) -> Bool {
+        a.conversation == b.conversation && a.messages == b.messages && a.digests.map(\.digest) == b.digests.map(\.digest)
+            && a.digests.map(\.indexKeyID) == b.digests.map(\.indexKeyID)
+    }
+
+    package func hash(into hasher: inout Hasher) {
+        hasher.combine(conversation)
+        hasher.combine(messages)
+        for digest in digests { hasher.combine(digest.digest) }
+    }
 }
 
 /// One row change of a key job, applied only when the row still holds what it was computed from.

@@ -139,13 +139,16 @@ extension ChatLogStore {
 
     /// `subjectKeys`: keys looked up beforehand for a batch (``subjectKeys(for:)``); a subject not
     /// in it is looked up here.
+    /// `withoutSubjectKey`: a subject is sealed under the data key alone (the proxy on a backend
+    /// that has no place for subject keys yet: docs/ARCHITECTURE.md §10).
     func prepare(
-        _ conversation: NewConversation, keys: KeyRing.Loaded, subjectKeys known: [String: (id: KeyID, key: SubjectKey)] = [:]
+        _ conversation: NewConversation, keys: KeyRing.Loaded, subjectKeys known: [String: (id: KeyID, key: SubjectKey)] = [:],
+        withoutSubjectKey: Bool = false
     ) throws(ChatLogError) -> PreparedConversation {
         let id = conversation.id ?? ConversationID.make()
         // A subject's key is made (in the subject-key file, its own transaction) at its first conversation.
         var erasure: (id: KeyID, key: SubjectKey)?
-        if let subject = conversation.subject, options.sealsUnderSubjectKeys {
+        if let subject = conversation.subject, options.sealsUnderSubjectKeys, !withoutSubjectKey {
             erasure = known[subject]
             if erasure == nil { erasure = try subjectKeys.key(forSubject: subject, create: true) }
         }
