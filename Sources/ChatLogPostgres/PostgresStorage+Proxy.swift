@@ -50,7 +50,7 @@ extension PostgresStorage {
                 var seq: Int64?
                 for try await value in found.decode(Int64.self) { seq = value }
                 guard let seq else { throw ChatLogError.conversationNotFound(conversation.id) }
-                _ = try await Self.appendMessages(record.messages, toConversation: seq, connection, logger)
+                _ = try await Self.appendMessages(record.messages, to: .locked(seq: seq), connection, logger)
                 for digest in record.digests {
                     try await connection.run(
                         """

@@ -437,88 +437,150 @@ package final class PostgresStorage: ChatLogStorage {
         let logger = logger
         return try await transaction { connection in
             try await Self.check(writeGuard, connection, logger)
-            let seq: Int64
             if let conversation {
-                let rows = try await connection.query(
-                    """
-                    INSERT INTO conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)
-                    VALUES (\(conversation.id), \(conversation.createdAt), \(conversation.updatedAt), \(conversation.keyID),
-                            \(conversation.title), \(conversation.subject), \(conversation.subjectToken), \(conversation.subjectKeyID),
-                            \(conversation.metadata))
-                    RETURNING seq
-                    """, logger: logger)
-                var inserted: Int64?
-                for try await value in rows.decode(Int64.self) { inserted = value }
-                seq = inserted!
-            } else {
-                let rows = try await connection.query(
-                    "SELECT seq FROM conversations WHERE id = \(conversationID) FOR UPDATE", logger: logger)
-                var found: Int64?
-                for try await value in rows.decode(Int64.self) { found = value }
-                guard let found else { throw ChatLogError.conversationNotFound(conversationID) }
-                seq = found
+                // The conversation, its messages and their terms in one statement.
+                return try await Self.appendMessages(messages, to: .new(conversation), connection, logger)
             }
-            return try await Self.appendMessages(messages, toConversation: seq, connection, logger)
+            return try await Self.appendMessages(messages, to: .existing(conversationID), connection, logger)
         }
     }
 
-    /// Inside a write transaction, under the conversation row's lock: `messages` appended at the
-    /// next positions with their term rows, the conversation's `updated_at` moved. Returns the positions.
-    static func appendMessages(_ messages: [SealedMessageRow], toConversation seq: Int64, _ connection: PostgresConnection, _ logger: Logger)
+    /// Where ``appendMessages(_:to:_:_:)`` puts messages.
+    enum Target {
+        /// A conversation inserted by the same statement (positions from 0).
+        case new(SealedConversationRow)
+        /// An existing conversation by public id, locked `FOR UPDATE` (positions after its last).
+        case existing(String)
+        /// An existing conversation by seq, already locked by the caller.
+        case locked(seq: Int64)
+    }
+
+    static let messageValueTypes = [
+        "text", "bigint", "text", "bigint", "text", "bigint", "bigint", "bigint", "text", "bigint", "bytea", "bytea", "bigint",
+    ]
+
+    /// Inside a write transaction: `messages` appended to `target` at the next positions with their
+    /// term rows, and the conversation's `updated_at` moved — one statement (data-modifying CTEs)
+    /// after at most one locking read. Returns the positions.
+    static func appendMessages(_ messages: [SealedMessageRow], to target: Target, _ connection: PostgresConnection, _ logger: Logger)
         async throws -> [Int64]
     {
-        guard !messages.isEmpty else { return [] }
-        let next = try await connection.query(
-            "SELECT coalesce(max(position) + 1, 0) FROM messages WHERE conversation_seq = \(seq)", logger: logger)
-        var position: Int64 = 0
-        for try await value in next.decode(Int64.self) { position = value }
-        var positions: [Int64] = []
-        var latest = Int64.min
-        for message in messages {
-            let inserted = try await connection.query(
+        var binds = PostgresBindings()
+        var conversationCTE = ""
+        let seqExpression: String
+        switch target {
+        case .new(let conversation):
+            let latest = messages.map(\.createdAt).max() ?? conversation.updatedAt
+            let start = binds.count + 1
+            binds.append(conversation.id)
+            binds.append(conversation.createdAt)
+            binds.append(max(conversation.updatedAt, latest))
+            binds.append(conversation.keyID)
+            try binds.append(conversation.title)
+            try binds.append(conversation.subject)
+            try binds.append(conversation.subjectToken)
+            binds.append(conversation.subjectKeyID)
+            try binds.append(conversation.metadata)
+            conversationCTE = """
+                c AS (INSERT INTO conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)
+                      VALUES (\((start..<(start + 9)).map { "$\($0)" }.joined(separator: ", "))) RETURNING seq),
                 """
-                INSERT INTO messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens,
-                                      latency_ms, finish_reason, key_id, content, metadata, index_key_id)
-                VALUES (\(message.id), \(seq), \(position), \(message.role), \(message.createdAt), \(message.model),
-                        \(message.promptTokens), \(message.completionTokens), \(message.latencyMilliseconds), \(message.finishReason),
-                        \(message.keyID), \(message.content), \(message.metadata), \(message.indexKeyID))
-                RETURNING seq
-                """, logger: logger)
-            var messageSeq: Int64 = 0
-            for try await value in inserted.decode(Int64.self) { messageSeq = value }
-            if !message.terms.isEmpty {
-                let terms = message.terms.map { Int64(bitPattern: $0) }
-                try await connection.run(
-                    """
-                    INSERT INTO message_terms (message_seq, term, created_at)
-                    SELECT \(messageSeq), term, \(message.createdAt) FROM unnest(\(terms)::bigint[]) AS t (term)
-                    ON CONFLICT DO NOTHING
-                    """, logger: logger)
+            seqExpression = "(SELECT seq FROM c)"
+            if messages.isEmpty {
+                let rows = try await connection.query(
+                    PostgresQuery(unsafeSQL: "WITH " + conversationCTE.dropLast() + " SELECT seq FROM c", binds: binds), logger: logger)
+                for try await _ in rows {}
+                return []
             }
-            positions.append(position)
-            position += 1
-            latest = max(latest, message.createdAt)
+        case .existing(let id):
+            // The lock first, in its own statement: the insert below then starts with a snapshot
+            // that sees every message committed by the writer it waited for (a subquery of this
+            // statement would not), so its next position is right.
+            let rows = try await connection.query("SELECT seq FROM conversations WHERE id = \(id) FOR UPDATE", logger: logger)
+            var found: Int64?
+            for try await value in rows.decode(Int64.self) { found = value }
+            guard let seq = found else { throw ChatLogError.conversationNotFound(id) }
+            guard !messages.isEmpty else { return [] }
+            binds.append(seq)
+            seqExpression = "$1::bigint"
+        case .locked(let seq):
+            guard !messages.isEmpty else { return [] }
+            binds.append(seq)
+            seqExpression = "$1::bigint"
         }
-        try await connection.run(
-            "UPDATE conversations SET updated_at = greatest(updated_at, \(latest)) WHERE seq = \(seq)", logger: logger)
+        var rows: [String] = []
+        var termIDs: [String] = []
+        var termValues: [Int64] = []
+        for (offset, message) in messages.enumerated() {
+            let start = binds.count + 1
+            binds.append(message.id)
+            binds.append(Int64(offset))
+            binds.append(message.role)
+            binds.append(message.createdAt)
+            binds.append(message.model)
+            binds.append(message.promptTokens)
+            binds.append(message.completionTokens)
+            binds.append(message.latencyMilliseconds)
+            binds.append(message.finishReason)
+            binds.append(message.keyID)
+            try binds.append(message.content)
+            try binds.append(message.metadata)
+            binds.append(message.indexKeyID)
+            rows.append("(" + messageValueTypes.enumerated().map { "$\(start + $0.offset)::\($0.element)" }.joined(separator: ", ") + ")")
+            for term in message.terms {
+                termIDs.append(message.id)
+                termValues.append(Int64(bitPattern: term))
+            }
+        }
+        let idsParameter = binds.count + 1
+        binds.append(termIDs)
+        binds.append(termValues)
+        let latestParameter = binds.count + 1
+        binds.append(messages.map(\.createdAt).max() ?? 0)
+        let updateCTE: String
+        if case .new = target {
+            updateCTE = ""
+        } else {
+            updateCTE = ", u AS (UPDATE conversations SET updated_at = greatest(updated_at, $\(latestParameter)) WHERE seq = \(seqExpression))"
+        }
+        let sql = """
+            WITH \(conversationCTE)
+            v (id, step, role, created_at, model, prompt_tokens, completion_tokens, latency_ms, finish_reason, key_id, content, metadata,
+               index_key_id) AS (VALUES \(rows.joined(separator: ", "))),
+            n AS (SELECT coalesce(max(position) + 1, 0) AS next FROM messages WHERE conversation_seq = \(seqExpression)),
+            m AS (INSERT INTO messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens, latency_ms,
+                                        finish_reason, key_id, content, metadata, index_key_id)
+                  SELECT id, \(seqExpression), n.next + step, role, created_at, model, prompt_tokens, completion_tokens, latency_ms, finish_reason,
+                         key_id, content, metadata, index_key_id FROM v, n
+                  RETURNING seq, id, created_at, position),
+            t AS (INSERT INTO message_terms (message_seq, term, created_at)
+                  SELECT m.seq, x.term, m.created_at FROM m JOIN unnest($\(idsParameter)::text[], $\(idsParameter + 1)::bigint[]) AS x (id, term) ON x.id = m.id
+                  ON CONFLICT DO NOTHING)\(updateCTE)
+            SELECT position FROM m ORDER BY position
+            """
+        let result = try await connection.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger)
+        var positions: [Int64] = []
+        for try await value in result.decode(Int64.self) { positions.append(value) }
+        guard positions.count == messages.count else {
+            throw ChatLogError.storage("PostgreSQL inserted \(positions.count) of \(messages.count) messages")
+        }
         return positions
     }
 
     /// Inside a write transaction: the check value and the active keys are still those the rows
     /// were sealed for. `FOR SHARE`: a key job changing them waits for this transaction.
     static func check(_ writeGuard: WriteGuard, _ connection: PostgresConnection, _ logger: Logger) async throws {
-        let check = try await connection.query(
-            "SELECT blob_value FROM chatlog_meta WHERE name = 'master_check' FOR SHARE", logger: logger)
-        var stored: Data?
-        for try await value in check.decode(Data?.self) { stored = value }
-        guard let stored, writeGuard.acceptedCheckValues.contains(stored) else { throw StorageConflict.masterKeyChanged }
-        let active = try await connection.query("SELECT kind, id FROM keys WHERE state = 'active' FOR SHARE", logger: logger)
-        var data: Int64?
-        var index: Int64?
-        for try await (kind, id) in active.decode((String, Int64).self) {
-            if kind == "data" { data = id } else if kind == "index" { index = id }
-        }
-        guard data == writeGuard.activeDataKeyID, index == writeGuard.activeIndexKeyID else { throw StorageConflict.staleKeys }
+        // One round trip: both reads lock their rows (locking clauses in CTEs).
+        let rows = try await connection.query(
+            """
+            WITH m AS (SELECT blob_value FROM chatlog_meta WHERE name = 'master_check' FOR SHARE),
+                 k AS (SELECT kind, id FROM keys WHERE state = 'active' FOR SHARE)
+            SELECT (SELECT blob_value FROM m), (SELECT id FROM k WHERE kind = 'data'), (SELECT id FROM k WHERE kind = 'index')
+            """, logger: logger)
+        var found: (Data?, Int64?, Int64?) = (nil, nil, nil)
+        for try await row in rows.decode((Data?, Int64?, Int64?).self) { found = row }
+        guard let stored = found.0, writeGuard.acceptedCheckValues.contains(stored) else { throw StorageConflict.masterKeyChanged }
+        guard found.1 == writeGuard.activeDataKeyID, found.2 == writeGuard.activeIndexKeyID else { throw StorageConflict.staleKeys }
     }
 
     /// The terms go with their messages (`ON DELETE CASCADE`): `terms` is never called.
