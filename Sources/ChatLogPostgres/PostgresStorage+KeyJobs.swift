@@ -315,6 +315,25 @@ extension PostgresStorage {
         }
     }
 
+    package func orphanTerms(delete: Bool) async throws(ChatLogError) -> Int {
+        let logger = logger
+        let condition = "NOT EXISTS (SELECT 1 FROM messages m WHERE m.seq = t.message_seq)"
+        guard delete else {
+            return try await read { connection in
+                let rows = try await connection.query(PostgresQuery(unsafeSQL: "SELECT count(*) FROM message_terms t WHERE \(condition)"), logger: logger)
+                for try await count in rows.decode(Int64.self) { return Int(count) }
+                return 0
+            }
+        }
+        return try await transactionMapped { connection in
+            let rows = try await connection.query(
+                PostgresQuery(unsafeSQL: "WITH d AS (DELETE FROM message_terms t WHERE \(condition) RETURNING 1) SELECT count(*) FROM d"), logger: logger)
+            var count = 0
+            for try await value in rows.decode(Int64.self) { count = Int(value) }
+            return count
+        }
+    }
+
     /// `VACUUM FULL`: rewrites each table into new files without dead row versions (old
     /// ciphertext, old wrapped keys), taking an exclusive lock on each for its duration.
     package func vacuum(onlyKeys: Bool) async throws(ChatLogError) {

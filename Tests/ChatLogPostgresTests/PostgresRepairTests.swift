@@ -33,8 +33,10 @@ extension PostgreSQLSuites {
                 try sql("DELETE FROM message_terms WHERE message_seq = (SELECT seq FROM messages WHERE id = '\(ids[4].1[0])')")
                 try sql("INSERT INTO message_terms SELECT seq, 42, created_at FROM messages WHERE id = '\(ids[4].1[1])'")
                 try sql("UPDATE messages SET index_key_id = NULL WHERE id = '\(ids[5].1[1])'")
+                // 4. term rows of a message that does not exist (no foreign key since migration 0004).
+                try sql("INSERT INTO message_terms VALUES (999999, 1, 0), (999999, 2, 0)")
                 let before = try await store.verify()
-                #expect(!before.ok && before.issueCount == 6, "\(before.issues)")
+                #expect(!before.ok && before.issueCount == 7, "\(before.issues)")
 
                 let actions = try await store.repair()
                 let described = Set(actions.map { "\($0.table).\($0.column) \($0.rowID) \($0.action)" })
@@ -45,6 +47,7 @@ extension PostgreSQLSuites {
                     "message_terms.terms \(ids[4].1[0]) indexed again under index key 2",
                     "message_terms.terms \(ids[4].1[1]) indexed again under index key 2",
                     "message_terms.terms \(ids[5].1[1]) indexed again under index key 2",
+                    "message_terms.message_seq - 2 term rows of no message removed",
                 ], "\(described)")
                 let after = try await store.verify()
                 #expect(after.ok && after.messages == 11, "\(after.issues)")
@@ -55,6 +58,12 @@ extension PostgreSQLSuites {
                 #expect(try await store.search("number4").hits.count == 1)
                 #expect(try await store.search("alpha5").hits.count == 1)
                 #expect(try database.psql("SELECT count(*) FROM message_terms WHERE term = 42") == "0")
+                // Deleting conversations (messages by cascade) and single messages leaves no term row behind.
+                _ = try await store.deleteConversation(logged[1].conversationID)
+                _ = try await store.storage!.deleteMessages([ids[3].1[0]])
+                #expect(try database.psql("SELECT count(*) FROM message_terms t WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.seq = t.message_seq)") == "0")
+                #expect(try database.psql("SELECT count(*) FROM message_terms") == (try database.psql("SELECT count(*) FROM message_terms t JOIN messages m ON m.seq = t.message_seq")))
+                #expect(try await store.verify().ok)
             }
         }
     }

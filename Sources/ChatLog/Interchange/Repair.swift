@@ -163,6 +163,10 @@ extension ChatLogStore {
                 actions += planned
             }
         }
+        let orphans = try await storage.orphanTerms(delete: true)
+        if orphans > 0 {
+            actions.append(RepairAction(table: "message_terms", column: "message_seq", rowID: "-", action: "\(orphans) term rows of no message removed"))
+        }
         return actions
     }
 

@@ -96,6 +96,8 @@ extension ChatLogStore {
             }
             progress?(report.messages)
         }
+        let orphans = try await storage.orphanTerms(delete: false)
+        if orphans > 0 { record("message_terms", "message_seq", "-", "\(orphans) term rows belong to no message") }
         return report
     }
 

@@ -482,6 +482,10 @@ package final class SQLiteStorage: ChatLogStorage {
         throw ChatLogError.invalidInput("SQLiteStorage.replaceKeys: a SQLite store changes keys with ChatLogStore's key jobs")
     }
 
+    package func orphanTerms(delete: Bool) async throws(ChatLogError) -> Int {
+        throw .invalidInput("SQLiteStorage.orphanTerms: a SQLite store's verify finds stale index rows itself")
+    }
+
     package func deleteMessages(_ ids: [String]) async throws(ChatLogError) -> Int {
         throw .invalidInput("SQLiteStorage.deleteMessages: a SQLite store deletes messages with ChatLogStore.deleteMessages")
     }

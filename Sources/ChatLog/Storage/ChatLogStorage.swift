@@ -379,6 +379,10 @@ package protocol ChatLogStorage: Sendable {
     /// the others are kept (gaps stay, as on SQLite).
     func deleteMessages(_ ids: [String]) async throws(ChatLogError) -> Int
 
+    /// Term rows whose message does not exist (none unless the index was changed behind chatlog's
+    /// back); with `delete`, they are deleted. Returns how many there were.
+    func orphanTerms(delete: Bool) async throws(ChatLogError) -> Int
+
     // MARK: The logging proxy's tables (threads, tokens)
 
     /// The conversations (public ids) that the thread digests found point at, by digest.
