@@ -11,7 +11,7 @@ struct CopyCommand: AsyncParsableCommand {
             DEST is a postgres:// URL (password from PGPASSWORD or ~/.pgpass, never in the URL here) or a SQLite file. \
             It must be empty, or hold an interrupted copy of this store: run the same command again to resume. \
             Stop the store's writers first. Conversations sealed under per-subject keys cannot be copied yet (refused); \
-            proxy tokens, import records and forget receipts stay behind (counted in the output).
+            forget receipts stay behind (counted in the output). Import records, proxy tokens and thread digests are copied.
             """
     )
 
@@ -29,6 +29,7 @@ struct CopyCommand: AsyncParsableCommand {
         let term_pairs: Int
         let verified_conversations: Int
         let verified_messages: Int
+        let side_rows: Int
         let not_copied: [String: Int]
     }
 
@@ -46,13 +47,15 @@ struct CopyCommand: AsyncParsableCommand {
                     ReportJSON(
                         destination: destination, conversations: report.conversations, messages: report.messages,
                         already_copied: report.alreadyCopied, term_pairs: report.termPairs, verified_conversations: report.verifiedConversations,
-                        verified_messages: report.verifiedMessages, not_copied: report.notCopied))
+                        verified_messages: report.verifiedMessages, side_rows: report.sideRows, not_copied: report.notCopied))
                 return
             }
             CLIOutput.line(
                 "copied \(report.conversations) conversations (\(report.messages) messages) to \(CLIOutput.terminalSafe(destination))"
                     + (report.alreadyCopied > 0 ? "; \(report.alreadyCopied) were there from an earlier run" : ""))
-            CLIOutput.line("verified \(report.verifiedConversations) conversations and \(report.verifiedMessages) messages, byte for byte")
+            CLIOutput.line(
+                "verified \(report.verifiedConversations) conversations and \(report.verifiedMessages) messages, byte for byte"
+                    + (report.sideRows > 0 ? "; \(report.sideRows) import records, proxy tokens and thread digests copied" : ""))
             if !report.notCopied.isEmpty {
                 CLIOutput.note(
                     "not copied (still only in the source): "

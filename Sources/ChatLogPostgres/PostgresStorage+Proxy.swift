@@ -136,3 +136,59 @@ extension PostgresStorage {
         }
     }
 }
+
+// Side tables a copy carries verbatim (import records, proxy tokens, thread digests).
+extension PostgresStorage {
+    package func sideRows() async throws(ChatLogError) -> SideRows {
+        try await read { connection in
+            var rows = SideRows()
+            let imports = try await connection.query(
+                "SELECT i.source_hash, c.id, i.imported_at FROM imports i JOIN conversations c ON c.seq = i.conversation_seq", logger: self.logger)
+            for try await (hash, id, at) in imports.decode((Data, String, Int64).self) {
+                rows.imports.append(SideRows.Import(sourceHash: hash, conversationID: id, importedAt: at))
+            }
+            let tokens = try await connection.query(
+                "SELECT name, token_hash, index_key_id, created_at, revoked_at FROM proxy_tokens", logger: self.logger)
+            for try await (name, hash, key, created, revoked) in tokens.decode((String, Data, Int64, Int64, Int64?).self) {
+                rows.tokens.append(SideRows.Token(name: name, hash: hash, indexKeyID: key, createdAt: created, revokedAt: revoked))
+            }
+            let threads = try await connection.query(
+                "SELECT t.digest, c.id, t.index_key_id, t.created_at FROM proxy_threads t JOIN conversations c ON c.seq = t.conversation_seq",
+                logger: self.logger)
+            for try await (digest, id, key, created) in threads.decode((Data, String, Int64, Int64).self) {
+                rows.threads.append(SideRows.Thread(digest: digest, conversationID: id, indexKeyID: key, createdAt: created))
+            }
+            return rows
+        }
+    }
+
+    package func insertSideRows(_ rows: SideRows) async throws(ChatLogError) {
+        let logger = logger
+        try await transactionMapped { connection in
+            for item in rows.imports {
+                try await connection.run(
+                    """
+                    INSERT INTO imports (source_hash, conversation_seq, imported_at)
+                    SELECT \(item.sourceHash), seq, \(item.importedAt) FROM conversations WHERE id = \(item.conversationID)
+                    ON CONFLICT DO NOTHING
+                    """, logger: logger)
+            }
+            for token in rows.tokens {
+                try await connection.run(
+                    """
+                    INSERT INTO proxy_tokens (name, token_hash, index_key_id, created_at, revoked_at)
+                    VALUES (\(token.name), \(token.hash), \(token.indexKeyID), \(token.createdAt), \(token.revokedAt))
+                    ON CONFLICT DO NOTHING
+                    """, logger: logger)
+            }
+            for thread in rows.threads {
+                try await connection.run(
+                    """
+                    INSERT INTO proxy_threads (digest, conversation_seq, index_key_id, created_at)
+                    SELECT \(thread.digest), seq, \(thread.indexKeyID), \(thread.createdAt) FROM conversations WHERE id = \(thread.conversationID)
+                    ON CONFLICT DO NOTHING
+                    """, logger: logger)
+            }
+        }
+    }
+}

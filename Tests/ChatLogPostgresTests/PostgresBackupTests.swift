@@ -178,3 +178,71 @@ extension PostgreSQLSuites.PostgresCLITests {
         }
     }
 }
+
+extension PostgreSQLSuites.PostgresBackupTests {
+    @Test("copy and backup carry import records, proxy tokens and thread digests: after SQLite → PostgreSQL → SQLite the token still names its app, the thread still finds its conversation, the import records are there; a backup of the PostgreSQL store holds them too")
+    func sideTablesTravel() async throws {
+        try await withSQLiteLocation { path in
+            let key = MasterKey.generate()
+            let source = try ChatLogStore.create(at: path, key: .key(key))
+            let imported = try source.importConversations(
+                format: "openai-jsonl",
+                records: [
+                    .success(
+                        ImportedConversation(
+                            sourceID: "line 1", conversation: NewConversation(title: "imported"),
+                            messages: [NewMessage(role: .user, content: "imported question"), NewMessage(role: .assistant, content: "imported answer")]))
+                ])
+            #expect(imported.conversations == 1)
+            let token = try await source.createProxyToken(name: "billing")
+            let conversation = ConversationID.generate()
+            let digests = source.threadChainer().chain(scope: "openai", items: ["hello", "hi there"])
+            _ = try await source.logProxyRecords([
+                ProxyRecord(
+                    conversation: NewConversation(id: conversation),
+                    messages: [NewMessage(role: .user, content: "hello"), NewMessage(role: .assistant, content: "hi there")],
+                    digests: [digests.active(length: 2)!])
+            ])
+            let sourceSide = try await SQLiteStorage.open(path: path).sideRows()
+            #expect(sourceSide.imports.count == 1 && sourceSide.tokens.count == 1 && sourceSide.threads.count == 1)
+
+            try await withPostgresLocation { url, database in
+                let report = try await source.copy(to: url)
+                #expect(report.sideRows == 3 && report.notCopied.isEmpty, "\(report)")
+                let remote = try await ChatLogStore.open(url: url, key: .key(key))
+                defer { try? remote.close() }
+                #expect(try await remote.proxyTokenName(token) == "billing")
+                #expect(try await remote.findThread(digests)?.conversation == conversation)
+                #expect(try database.psql("SELECT count(*) FROM imports") == "1")
+                #expect(try database.psql("SELECT count(*) FROM chatlog_meta WHERE name = 'import_key'") == "1")
+
+                try await withSQLiteLocation { back in
+                    let reportBack = try await remote.copy(to: back)
+                    #expect(reportBack.sideRows == 3)
+                    let local = try ChatLogStore.open(at: back, key: .key(key))
+                    defer { try? local.close() }
+                    #expect(try await local.proxyTokenName(token) == "billing")
+                    #expect(try await local.findThread(digests)?.conversation == conversation)
+                    // The same source record imported again into the round-tripped store adds nothing.
+                    let again = try local.importConversations(
+                        format: "openai-jsonl",
+                        records: [
+                            .success(
+                                ImportedConversation(
+                                    sourceID: "line 1", conversation: NewConversation(title: "imported"),
+                                    messages: [NewMessage(role: .user, content: "imported question")]))
+                        ])
+                    #expect(again.duplicates == 1 && again.conversations == 0)
+                }
+                try await withSQLiteLocation { backupPath in
+                    let backupReport = try #require(try await remote.backup(to: backupPath))
+                    #expect(backupReport.sideRows == 3)
+                    let backup = try ChatLogStore.open(at: backupPath, key: .key(key))
+                    defer { try? backup.close() }
+                    #expect(try await backup.proxyTokenName(token) == "billing")
+                }
+            }
+            try source.close()
+        }
+    }
+}

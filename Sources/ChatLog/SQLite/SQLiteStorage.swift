@@ -504,6 +504,55 @@ package final class SQLiteStorage: ChatLogStorage {
     package func proxyTokenNamesByIndexKey() async throws(ChatLogError) -> [Int64: [String]] { throw Self.proxyOnStore }
     private static let proxyOnStore = ChatLogError.invalidInput("SQLiteStorage: a SQLite store keeps the proxy's tables through ChatLogStore")
 
+    package func sideRows() async throws(ChatLogError) -> SideRows {
+        do {
+            return try await pool.read { db in
+                var rows = SideRows()
+                for row in try Row.fetchAll(db, sql: "SELECT i.source_hash, c.id, i.imported_at FROM imports i JOIN conversations c ON c.seq = i.conversation_seq") {
+                    rows.imports.append(SideRows.Import(sourceHash: row.sealedBytes(at: 0) ?? Data(), conversationID: row[1], importedAt: row[2]))
+                }
+                for row in try Row.fetchAll(db, sql: "SELECT name, token_hash, index_key_id, created_at, revoked_at FROM proxy_tokens") {
+                    rows.tokens.append(
+                        SideRows.Token(name: row[0], hash: row.sealedBytes(at: 1) ?? Data(), indexKeyID: row[2], createdAt: row[3], revokedAt: row[4]))
+                }
+                for row in try Row.fetchAll(
+                    db, sql: "SELECT t.digest, c.id, t.index_key_id, t.created_at FROM proxy_threads t JOIN conversations c ON c.seq = t.conversation_seq")
+                {
+                    rows.threads.append(SideRows.Thread(digest: row.sealedBytes(at: 0) ?? Data(), conversationID: row[1], indexKeyID: row[2], createdAt: row[3]))
+                }
+                return rows
+            }
+        } catch {
+            throw .wrap(error)
+        }
+    }
+
+    package func insertSideRows(_ rows: SideRows) async throws(ChatLogError) {
+        do {
+            try await pool.write { db in
+                for item in rows.imports {
+                    try db.execute(
+                        sql: "INSERT OR IGNORE INTO imports (source_hash, conversation_seq, imported_at) SELECT ?, seq, ? FROM conversations WHERE id = ?",
+                        arguments: [item.sourceHash, item.importedAt, item.conversationID])
+                }
+                for token in rows.tokens {
+                    try db.execute(
+                        sql: "INSERT OR IGNORE INTO proxy_tokens (name, token_hash, index_key_id, created_at, revoked_at) VALUES (?, ?, ?, ?, ?)",
+                        arguments: [token.name, token.hash, token.indexKeyID, token.createdAt, token.revokedAt])
+                }
+                for thread in rows.threads {
+                    try db.execute(
+                        sql: """
+                            INSERT OR IGNORE INTO proxy_threads (digest, conversation_seq, index_key_id, created_at)
+                            SELECT ?, seq, ?, ? FROM conversations WHERE id = ?
+                            """, arguments: [thread.digest, thread.indexKeyID, thread.createdAt, thread.conversationID])
+                }
+            }
+        } catch {
+            throw .wrap(error)
+        }
+    }
+
     /// A SQLite store backs up with `VACUUM INTO` (one read transaction); not through the seam.
     package func withSnapshot<T: Sendable>(_ body: @Sendable (any ChatLogStorage) async throws(ChatLogError) -> T) async throws(ChatLogError) -> T {
         throw .invalidInput("SQLiteStorage.withSnapshot: a SQLite store backs up with ChatLogStore.backup (VACUUM INTO)")

@@ -411,6 +411,73 @@ package protocol ChatLogStorage: Sendable {
     /// Names of the valid tokens by the index key of their hash (a key still checking tokens is
     /// not retired).
     func proxyTokenNamesByIndexKey() async throws(ChatLogError) -> [Int64: [String]]
+
+    // MARK: Side tables a copy carries verbatim
+
+    /// Import records, proxy tokens and thread digests, as stored (all keyed: they stay valid
+    /// wherever the same keys are).
+    func sideRows() async throws(ChatLogError) -> SideRows
+
+    /// Inserts side rows that are missing (present ones are left); a row whose conversation does
+    /// not exist is skipped. One transaction.
+    func insertSideRows(_ rows: SideRows) async throws(ChatLogError)
+}
+
+/// The rows of the small tables beside conversations and messages (docs/FORMAT.md): each keyed
+/// under the master key or an index key, so a copy moves them as bytes.
+package struct SideRows: Sendable, Hashable {
+    package struct Import: Sendable, Hashable {
+        package var sourceHash: Data
+        package var conversationID: String
+        package var importedAt: Int64
+        package init(sourceHash: Data, conversationID: String, importedAt: Int64) {
+            self.sourceHash = sourceHash
+            self.conversationID = conversationID
+            self.importedAt = importedAt
+        }
+    }
+    package struct Token: Sendable, Hashable {
+        package var name: String
+        package var hash: Data
+        package var indexKeyID: Int64
+        package var createdAt: Int64
+        package var revokedAt: Int64?
+        package init(name: String, hash: Data, indexKeyID: Int64, createdAt: Int64, revokedAt: Int64?) {
+            self.name = name
+            self.hash = hash
+            self.indexKeyID = indexKeyID
+            self.createdAt = createdAt
+            self.revokedAt = revokedAt
+        }
+    }
+    package struct Thread: Sendable, Hashable {
+        package var digest: Data
+        package var conversationID: String
+        package var indexKeyID: Int64
+        package var createdAt: Int64
+        package init(digest: Data, conversationID: String, indexKeyID: Int64, createdAt: Int64) {
+            self.digest = digest
+            self.conversationID = conversationID
+            self.indexKeyID = indexKeyID
+            self.createdAt = createdAt
+        }
+    }
+    package var imports: [Import] = []
+    package var tokens: [Token] = []
+    package var threads: [Thread] = []
+
+    package init(imports: [Import] = [], tokens: [Token] = [], threads: [Thread] = []) {
+        self.imports = imports
+        self.tokens = tokens
+        self.threads = threads
+    }
+
+    /// Sorted, for comparing two stores' rows.
+    package var normalized: SideRows {
+        SideRows(
+            imports: imports.sorted { $0.sourceHash.lexicographicallyPrecedes($1.sourceHash) }, tokens: tokens.sorted { $0.name < $1.name },
+            threads: threads.sorted { $0.digest.lexicographicallyPrecedes($1.digest) })
+    }
 }
 
 /// One proxy exchange as stored: its conversation (inserted when new), messages and thread digests.

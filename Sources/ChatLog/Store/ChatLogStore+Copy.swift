@@ -13,7 +13,9 @@ public struct CopyReport: Sendable, Hashable {
     /// Conversations and messages compared byte for byte with the source after the copy.
     public var verifiedConversations = 0
     public var verifiedMessages = 0
-    /// Rows of the source that a copy does not carry yet, by kind (e.g. "proxy tokens": 3).
+    /// Import records, proxy tokens and thread digests copied (and compared).
+    public var sideRows = 0
+    /// Rows of the source that a copy does not carry yet, by kind (e.g. "forget receipts": 3).
     public var notCopied: [String: Int] = [:]
 }
 
@@ -22,6 +24,7 @@ extension ChatLogStore {
     /// and fingerprint, and the passphrase parameters.
     static let copiedMeta = [
         "store_id", "created_at", "master_check", "master_fingerprint", "key_kind", "kdf_algorithm", "kdf_salt", "kdf_opslimit", "kdf_memlimit",
+        ImportKey.metaName,
     ]
 
     /// Copies this store to `destination` (another backend, or another SQLite file) **without
@@ -33,8 +36,9 @@ extension ChatLogStore {
     /// compared byte for byte with the source, and the search index's pairs are counted on both.
     ///
     /// Not carried yet (the copy refuses or reports them): conversations sealed under per-subject
-    /// keys (refused: their keys live in a file next to a SQLite store), proxy tokens and threads,
-    /// import records and forget receipts (counted in ``CopyReport/notCopied``). Positions are
+    /// keys (refused: their keys live in a file next to a SQLite store) and forget receipts
+    /// (counted in ``CopyReport/notCopied``). Import records, proxy tokens and thread digests are
+    /// carried and compared. Positions are
     /// renumbered from 0 where the source has gaps (deleted single messages). Writers should be
     /// stopped: a conversation that grows during the copy fails the verification.
     package func copy(to destination: any ChatLogStorage, progress: (@Sendable (Int) -> Void)? = nil) async throws(ChatLogError) -> CopyReport {
@@ -101,8 +105,7 @@ extension ChatLogStore {
                     var counts: [String: Int] = [:]
                     for (name, sql) in [
                         ("subject", "SELECT count(*) FROM conversations WHERE erasure_key_id IS NOT NULL"),
-                        ("proxy tokens", "SELECT count(*) FROM proxy_tokens"), ("proxy threads", "SELECT count(*) FROM proxy_threads"),
-                        ("import records", "SELECT count(*) FROM imports"), ("forget receipts", "SELECT count(*) FROM forget_receipts"),
+                        ("forget receipts", "SELECT count(*) FROM forget_receipts"),
                     ] {
                         counts[name] = try Int.fetchOne(db, sql: sql) ?? 0
                     }
@@ -245,7 +248,17 @@ extension ChatLogStore {
             guard page.count == 500, let last = page.last else { break }
             cursor = last.cursor
         }
-        let (sourcePairs, copiedPairs) = (try await source.termPairCount(), try await destination.termPairCount())
+        // 5. Import records, proxy tokens and thread digests (keyed; valid under the same keys), then
+        // compared with the source's.
+        let side = try await source.sideRows()
+        try await destination.insertSideRows(side)
+        guard try await destination.sideRows().normalized == side.normalized else {
+            throw .integrity(
+                IntegrityFailure(
+                    table: "imports, proxy_tokens, proxy_threads", column: "*", rowID: "all", reason: .invalidValue("differ after the copy")))
+        }
+        report.sideRows = side.imports.count + side.tokens.count + side.threads.count
+                let (sourcePairs, copiedPairs) = (try await source.termPairCount(), try await destination.termPairCount())
         guard sourcePairs == copiedPairs else {
             throw .integrity(
                 IntegrityFailure(
