@@ -63,7 +63,7 @@ struct DemoCommand: AsyncParsableCommand {
             let rotation = try await store.rotateDataKey(RotationOptions(newKey: true))
             CLIOutput.line("\n6. Rotated the data key: key \(rotation.activeKeyID) is active, \(rotation.rewritten) rows re-encrypted, "
                 + "\(rotation.remaining) left under the old key, which can now be retired:")
-            await try store.retireUnusedKeys()
+            try await store.retireUnusedKeys()
             for key in try await store.keyStatus().keys {
                 CLIOutput.line("   key \(key.id)  \(key.kind.rawValue)  \(key.state.rawValue)  \(key.rowCount) rows")
             }

@@ -15,40 +15,64 @@ extension PostgresStorage {
         "ARRAY(SELECT id FROM keys WHERE kind = '\(kind == .data ? "data" : "index")' AND id <> $1)"
     }
 
-    package func rowsToRotate(_ kind: KeyStatus.Entry.Kind, otherThan active: Int64, skipping: Set<String>, limit: Int) async throws(ChatLogError)
-        -> (messages: [SealedMessageRow], conversations: [SealedConversationRow])
-    {
+    /// In seq order after the cursor (a primary-key range: the planner otherwise scans the table
+    /// from its start past every row already moved — all rows match the key condition by its
+    /// statistics — which made a rotation quadratic: 0.23× a plaintext rewrite at 300,000 messages).
+    package func rowsToRotate(
+        _ kind: KeyStatus.Entry.Kind, otherThan active: Int64, skipping: Set<String>, after cursor: RotationCursor, limit: Int
+    ) async throws(ChatLogError) -> (messages: [SealedMessageRow], conversations: [SealedConversationRow], next: RotationCursor) {
         let skipped = Array(skipping)
         let messageColumn = kind == .data ? "m.key_id" : "m.index_key_id"
         let conversationColumn = kind == .data ? "key_id" : "subject_key_id"
         return try await read { connection in
+            var next = cursor
             var binds = PostgresBindings()
             binds.append(active)
             binds.append(skipped)
             binds.append(Int64(limit))
+            binds.append(cursor.message)
             var messages: [SealedMessageRow] = []
             let rows = try await connection.query(
                 PostgresQuery(
                     unsafeSQL: """
                         SELECT \(Self.messageColumns) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
-                        WHERE \(messageColumn) = ANY(\(Self.otherKeys(kind))) AND m.id <> ALL($2::text[]) LIMIT $3
+                        WHERE m.seq > $4 AND \(messageColumn) = ANY(\(Self.otherKeys(kind))) AND m.id <> ALL($2::text[])
+                        ORDER BY m.seq LIMIT $3
                         """, binds: binds), logger: self.logger)
-            for try await row in rows { messages.append(try Self.messageRow(row).message) }
+            for try await row in rows {
+                let candidate = try Self.messageRow(row)
+                messages.append(candidate.message)
+                next.message = max(next.message, candidate.cursor.order)
+            }
             var conversations: [SealedConversationRow] = []
             if messages.count < limit {
                 var binds = PostgresBindings()
                 binds.append(active)
                 binds.append(skipped)
                 binds.append(Int64(limit - messages.count))
+                binds.append(cursor.conversation)
                 let rows = try await connection.query(
                     PostgresQuery(
                         unsafeSQL: """
-                            SELECT \(Self.conversationColumns) FROM conversations
-                            WHERE \(conversationColumn) = ANY(\(Self.otherKeys(kind))) AND id <> ALL($2::text[]) LIMIT $3
+                            SELECT seq, \(Self.conversationColumns) FROM conversations
+                            WHERE seq > $4 AND \(conversationColumn) = ANY(\(Self.otherKeys(kind))) AND id <> ALL($2::text[])
+                            ORDER BY seq LIMIT $3
                             """, binds: binds), logger: self.logger)
-                for try await row in rows { conversations.append(try Self.conversationRow(row)) }
+                for try await row in rows {
+                    let cells = row.makeRandomAccess()
+                    next.conversation = max(next.conversation, try cells[0].decode(Int64.self))
+                    let (id, created, updated, key, title, subject, token, subjectKey, metadata) = (
+                        try cells[1].decode(String.self), try cells[2].decode(Int64.self), try cells[3].decode(Int64.self),
+                        try cells[4].decode(Int64.self), try cells[5].decode(Data?.self), try cells[6].decode(Data?.self),
+                        try cells[7].decode(Data?.self), try cells[8].decode(Int64?.self), try cells[9].decode(Data?.self)
+                    )
+                    conversations.append(
+                        SealedConversationRow(
+                            id: id, createdAt: created, updatedAt: updated, keyID: key, title: title, subject: subject, subjectToken: token,
+                            subjectKeyID: subjectKey, metadata: metadata))
+                }
             }
-            return (messages, conversations)
+            return (messages, conversations, next)
         }
     }
 

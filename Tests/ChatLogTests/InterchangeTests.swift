@@ -455,7 +455,7 @@ import Testing
                     try await Task.sleep(for: .milliseconds(20))
                 }
                 let before = committed.map(\.value)
-                await try store.backup(to: backupPath)
+                try await store.backup(to: backupPath)
                 stop.set(1)
                 try await group.waitForAll()
                 return before

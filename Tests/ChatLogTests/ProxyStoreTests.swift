@@ -20,7 +20,7 @@ import Testing
             let chainer = store.threadChainer()
             let first = chainer.chain(scope: "s", items: ["u:hi", "a:hello"])
             let id = ConversationID.generate()
-            let results = await try store.logProxyRecords([record(id, ["hi", "hello"], digests: [first.active(length: 2)!])])
+            let results = try await store.logProxyRecords([record(id, ["hi", "hello"], digests: [first.active(length: 2)!])])
             #expect(results.count == 1)
             let next = chainer.chain(scope: "s", items: ["u:hi", "a:hello", "u:more"])
             let found = try await store.findThread(next)
@@ -51,7 +51,7 @@ import Testing
             // Two more records for the first conversation in the same batch: appended in order.
             batch.append(record(ids[0], ["q2", "a2"]))
             batch.append(record(ids[0], ["q3", "a3"]))
-            let results = await try store.logProxyRecords(batch)
+            let results = try await store.logProxyRecords(batch)
             #expect(results.allSatisfy { if case .success = $0 { true } else { false } })
             #expect(try counts(store) == [50, 104])
             let transcript = try await store.transcript(ids[0])
@@ -75,7 +75,7 @@ import Testing
             let store = try makeStore(in: directory)
             let chain = store.threadChainer().chain(scope: "", items: ["a", "b"])
             let id = ConversationID.generate()
-            _ = await try store.logProxyRecords([record(id, ["a", "b"], digests: [chain.active(length: 2)!])])
+            _ = try await store.logProxyRecords([record(id, ["a", "b"], digests: [chain.active(length: 2)!])])
             #expect(try await store.findThread(chain) != nil)
             try await store.deleteConversation(id)
             #expect(try await store.findThread(chain) == nil)
@@ -88,7 +88,7 @@ import Testing
             let store = try makeStore(in: directory)
             let chain = store.threadChainer().chain(scope: "", items: ["a", "b"])
             let id = ConversationID.generate()
-            _ = await try store.logProxyRecords([record(id, ["a", "b"], digests: [chain.active(length: 2)!])])
+            _ = try await store.logProxyRecords([record(id, ["a", "b"], digests: [chain.active(length: 2)!])])
             _ = try store.rotateIndexKey()
             let after = store.threadChainer().chain(scope: "", items: ["a", "b", "c"])
             #expect(try await store.findThread(after)?.conversation == id)
@@ -166,7 +166,7 @@ import Testing
             let alice = ConversationID.generate()
             let bob = ConversationID.generate()
             let aliceDigest = chainer.chain(scope: "alice", items: ["u:hi", "a:hello"])
-            let results = await try store.logProxyRecords([
+            let results = try await store.logProxyRecords([
                 record(alice, ["hi", "hello"], digests: [aliceDigest.active(length: 2)!], subject: "alice"),
                 record(bob, ["yo", "hey"], digests: [chainer.chain(scope: "bob", items: ["u:yo"]).active(length: 1)!], subject: "bob"),
                 // Continued in the same batch: under alice's key too.
@@ -181,7 +181,7 @@ import Testing
             #expect(contents.count == 4 && contents.allSatisfy { $0.first == SealedValue.subjectVersion })
             #expect(Set(contents.compactMap(SealedValue.subjectKeyID)).count == 1)
             // A record continuing alice's conversation under another subject fails alone.
-            let mixed = await try store.logProxyRecords([record(alice, ["x"], subject: "bob"), record(bob, ["y"], subject: "bob")])
+            let mixed = try await store.logProxyRecords([record(alice, ["x"], subject: "bob"), record(bob, ["y"], subject: "bob")])
             if case .failure(let error) = mixed[0] { #expect("\(error)".contains("another subject's key")) } else { Issue.record("accepted") }
             if case .failure = mixed[1] { Issue.record("the other record failed too") }
             #expect(try await store.transcript(alice).messages.count == 4)

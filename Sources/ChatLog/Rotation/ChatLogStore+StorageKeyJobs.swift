@@ -59,11 +59,12 @@ extension ChatLogStore {
         // 2. Batches until nothing is left, the deadline passes or the caller cancels.
         var rewritten = 0
         var skipped = StorageSkippedRows()
+        var cursor = RotationCursor.start
         while remaining > 0 {
             if let deadline, ContinuousClock.now >= deadline { break }
             if let shouldContinue = options.shouldContinue, !shouldContinue() { break }
             if Task.isCancelled { break }
-            let done = try await storageRotateBatch(kind, limit: options.batchSize, skipping: &skipped, storage)
+            let done = try await storageRotateBatch(kind, limit: options.batchSize, skipping: &skipped, cursor: &cursor, storage)
             if done.examined == 0 { break }
             rewritten += done.rewritten
             remaining = max(0, remaining - done.examined)
@@ -167,24 +168,30 @@ extension ChatLogStore {
     /// (cannot happen under the lock unless a key row was changed behind it) the ring is reloaded
     /// and the batch made again.
     private func storageRotateBatch(
-        _ kind: KeyStatus.Entry.Kind, limit: Int, skipping skipped: inout StorageSkippedRows, _ storage: any ChatLogStorage
+        _ kind: KeyStatus.Entry.Kind, limit: Int, skipping skipped: inout StorageSkippedRows, cursor: inout RotationCursor,
+        _ storage: any ChatLogStorage
     ) async throws(ChatLogError) -> (examined: Int, rewritten: Int) {
         for _ in 0..<10 {
             let keys = keyRing.current
             let active = Int64(keys.activeKey(kind).rawValue)
-            let (messages, conversations) = try await storage.rowsToRotate(kind, otherThan: active, skipping: skipped.ids, limit: limit)
+            let (messages, conversations, next) = try await storage.rowsToRotate(
+                kind, otherThan: active, skipping: skipped.ids, after: cursor, limit: limit)
             let damagedBefore = skipped.failures.count
             let rewrites =
                 kind == .data
                 ? try resealRewrites(keys: keys, messages, conversations, skipping: &skipped)
                 : try reblindRewrites(keys: keys, messages, conversations, skipping: &skipped)
             let newlyDamaged = skipped.failures.count - damagedBefore
-            if rewrites.isEmpty { return (newlyDamaged, 0) }
+            if rewrites.isEmpty {
+                cursor = next
+                return (newlyDamaged, 0)
+            }
             let writeGuard = WriteGuard(
                 acceptedCheckValues: [Data(keyRing.master.checkValueV2)], activeDataKeyID: Int64(keys.activeDataKey.id.rawValue),
                 activeIndexKeyID: Int64(keys.activeIndexKey.id.rawValue))
             do {
                 let written = try await storage.rewrite(rewrites, guard: writeGuard)
+                cursor = next
                 return (rewrites.count + newlyDamaged, written)
             } catch StorageConflict.staleKeys {
                 try await reloadKeys(storage)

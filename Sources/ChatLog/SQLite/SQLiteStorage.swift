@@ -466,9 +466,9 @@ package final class SQLiteStorage: ChatLogStorage {
     // MARK: Key jobs: a SQLite store runs its own (KeyRotation.swift, MasterKeyRewrap.swift), with
     // its counters, FTS5 index and scrub; these seam operations are PostgreSQL's.
 
-    package func rowsToRotate(_ kind: KeyStatus.Entry.Kind, otherThan active: Int64, skipping: Set<String>, limit: Int) async throws(ChatLogError)
-        -> (messages: [SealedMessageRow], conversations: [SealedConversationRow])
-    {
+    package func rowsToRotate(
+        _ kind: KeyStatus.Entry.Kind, otherThan active: Int64, skipping: Set<String>, after cursor: RotationCursor, limit: Int
+    ) async throws(ChatLogError) -> (messages: [SealedMessageRow], conversations: [SealedConversationRow], next: RotationCursor) {
         throw .invalidInput("SQLiteStorage.rowsToRotate: a SQLite store rotates with ChatLogStore.rotateDataKey/rotateIndexKey")
     }
 

@@ -345,8 +345,12 @@ package protocol ChatLogStorage: Sendable {
     /// whose `key_id` is not `active`; for `.index`, messages whose `index_key_id` is not `active`,
     /// then conversations whose `subject_key_id` is neither `active` nor NULL. Rows whose public
     /// id is in `skipping` (damaged, reported by the core) are left out.
-    func rowsToRotate(_ kind: KeyStatus.Entry.Kind, otherThan active: Int64, skipping: Set<String>, limit: Int) async throws(ChatLogError)
-        -> (messages: [SealedMessageRow], conversations: [SealedConversationRow])
+    /// `cursor`: where the previous batch of this run ended (rows are read in the backend's row
+    /// order after it, so a batch never passes over rows moved before); the next batch's cursor is
+    /// returned. A run starts at ``RotationCursor/start``.
+    func rowsToRotate(
+        _ kind: KeyStatus.Entry.Kind, otherThan active: Int64, skipping: Set<String>, after cursor: RotationCursor, limit: Int
+    ) async throws(ChatLogError) -> (messages: [SealedMessageRow], conversations: [SealedConversationRow], next: RotationCursor)
 
     /// In one transaction, after checking `guard` (``StorageConflict``): each rewrite is applied
     /// only when the row still holds what it was computed from (compare-and-swap: a row deleted
@@ -501,6 +505,19 @@ package struct ProxyRecordRows: Sendable, Hashable {
         hasher.combine(conversation)
         hasher.combine(messages)
         for digest in digests { hasher.combine(digest.digest) }
+    }
+}
+
+/// Where a rotation run's batches have got to: the last message and conversation read (backend row
+/// order). Opaque to the core.
+package struct RotationCursor: Sendable, Hashable {
+    package var message: Int64
+    package var conversation: Int64
+    package static let start = RotationCursor(message: Int64.min, conversation: Int64.min)
+
+    package init(message: Int64, conversation: Int64) {
+        self.message = message
+        self.conversation = conversation
     }
 }
 
