@@ -17,6 +17,7 @@ let package = Package(
         .executable(name: "chatlog", targets: ["ChatLogCLI"]),
         .executable(name: "chatlog-bench", targets: ["ChatLogBenchmarks"]),
         .executable(name: "chatlog-test-driver", targets: ["ChatLogTestDriver"]),
+        .executable(name: "chatlog-pg-bench", targets: ["ChatLogPostgresBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/groue/GRDB.swift", exact: "7.10.0"),
@@ -116,6 +117,13 @@ let package = Package(
                 "ChatLog",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
+            swiftSettings: strict
+        ),
+        // The chatlog side of scripts/bench-postgres (PostgreSQL writers and searches, one process
+        // each); its own target so that chatlog-bench does not build postgres-nio.
+        .executableTarget(
+            name: "ChatLogPostgresBench",
+            dependencies: ["ChatLog", "ChatLogPostgres"],
             swiftSettings: strict
         ),
         // Small executable the tests start as separate processes (multi-process writers, kills).
