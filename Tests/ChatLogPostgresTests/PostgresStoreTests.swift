@@ -316,6 +316,36 @@ extension PostgreSQLSuites {
             }
         }
 
+        @Test("one append of 6,000 messages (13 values each: more than PostgreSQL's 65,535 parameters of one statement) to a conversation that has messages: positions continue gap-free, every message's terms are stored, updated_at is the newest message's")
+        func appendAcrossStatements() async throws {
+            try await withPostgresLocation { location, database in
+                let store = try await ChatLogStore.create(url: location, key: .key(MasterKey.generate()))
+                defer { try? store.close() }
+                let start = Date(timeIntervalSince1970: 1_790_000_000)
+                let first = try await store.logExchange(
+                    ModelExchange(
+                        conversation: .new(NewConversation(title: "long", createdAt: start)), prompt: [NewMessage(role: .user, content: "opening words", createdAt: start)],
+                        completion: NewMessage(role: .assistant, content: "first answer", createdAt: start)))
+                let count = 6_000
+                let messages = (0..<count).map { index in
+                    NewMessage(role: index % 2 == 0 ? .user : .assistant, content: "turn\(index) shared", createdAt: start.addingTimeInterval(Double(index + 1)))
+                }
+                let ids = try await store.append(messages, to: first.conversationID)
+                #expect(ids.count == count)
+                let transcript = try await store.transcript(first.conversationID)
+                #expect(transcript.messages.map(\.position) == Array(0..<(count + 2)))
+                #expect(transcript.messages.dropFirst(2).map(\.content) == messages.map(\.content))
+                #expect(try database.psql("SELECT count(*) FROM messages m WHERE NOT EXISTS (SELECT 1 FROM message_terms t WHERE t.message_seq = m.seq)") == "0")
+                for index in [0, 5_040, 5_041, count - 1] {
+                    let hits = try await store.search("turn\(index)", limit: 5, sort: .newest).hits
+                    #expect(hits.map(\.messageID) == [ids[index]], "turn\(index)")
+                }
+                #expect(try await store.search("shared", limit: 20, sort: .relevance).matched == count)
+                let newest = Int64((start.timeIntervalSince1970 + Double(count)) * 1000)
+                #expect(try database.psql("SELECT updated_at FROM conversations") == "\(newest)")
+            }
+        }
+
         @Test("concurrent writers on two handles append to one conversation: every message kept, positions gap-free")
         func concurrentWriters() async throws {
             try await withPostgresLocation { location, _ in
