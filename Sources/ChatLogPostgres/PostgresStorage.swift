@@ -448,13 +448,26 @@ package final class PostgresStorage: ChatLogStorage {
         let logger = logger
         return try await transaction { connection in
             try await Self.check(writeGuard, connection, logger)
-            if let conversation {
-                // The conversation, its messages and their terms in one statement.
-                return try await Self.appendMessages(messages, to: .new(conversation), connection, logger)
-            }
-            return try await Self.appendMessages(messages, to: .existing(conversationID), connection, logger)
+            // The conversation, its messages and their terms in one statement — up to
+            // `messagesPerStatement` messages (a statement takes at most 65,535 parameters, 13 per
+            // message); the rest of a longer append follows in more statements of the same
+            // transaction, each appending after the previous one's rows.
+            var target: Target = conversation.map { .new($0) } ?? .existing(conversationID)
+            var positions: [Int64] = []
+            var rest = messages[...]
+            repeat {
+                let chunk = Array(rest.prefix(Self.messagesPerStatement))
+                rest = rest.dropFirst(chunk.count)
+                positions += try await Self.appendMessages(chunk, to: target, connection, logger)
+                target = .existing(conversation?.id ?? conversationID)
+            } while !rest.isEmpty
+            return positions
         }
     }
+
+    /// Messages per statement of ``appendMessages(_:to:_:_:)``: 13 parameters each, under
+    /// PostgreSQL's 65,535 with the conversation's 9 and 3 more.
+    static let messagesPerStatement = 4_000
 
     /// Where ``appendMessages(_:to:_:_:)`` puts messages.
     enum Target {

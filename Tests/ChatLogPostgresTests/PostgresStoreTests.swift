@@ -336,7 +336,7 @@ extension PostgreSQLSuites {
                 #expect(transcript.messages.map(\.position) == Array(0..<(count + 2)))
                 #expect(transcript.messages.dropFirst(2).map(\.content) == messages.map(\.content))
                 #expect(try database.psql("SELECT count(*) FROM messages m WHERE NOT EXISTS (SELECT 1 FROM message_terms t WHERE t.message_seq = m.seq)") == "0")
-                for index in [0, 5_040, 5_041, count - 1] {
+                for index in [0, PostgresStorage.messagesPerStatement - 1, PostgresStorage.messagesPerStatement, count - 1] {
                     let hits = try await store.search("turn\(index)", limit: 5, sort: .newest).hits
                     #expect(hits.map(\.messageID) == [ids[index]], "turn\(index)")
                 }
