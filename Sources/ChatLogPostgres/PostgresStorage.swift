@@ -702,14 +702,11 @@ package final class PostgresStorage: ChatLogStorage {
     {
         guard !required.isEmpty, required.allSatisfy({ !$0.isEmpty }), limit > 0 else { return [] }
         let groups = required.map { $0.map { Int64(bitPattern: $0) } }
-        // The frequencies only choose the driving group: with one group there is no choice to
-        // make (and counting a common word's rows costs more than reading its newest page).
-        let frequencies = groups.count > 1 ? try await documentFrequencies(required.flatMap { $0 }) : [:]
-        let ordered = groups.enumerated().sorted { left, right in
-            let l = left.element.reduce(0) { $0 + (frequencies[UInt64(bitPattern: $1)] ?? 0) }
-            let r = right.element.reduce(0) { $0 + (frequencies[UInt64(bitPattern: $1)] ?? 0) }
-            return (l, left.offset) < (r, right.offset)
-        }.map(\.element)
+        // The rarest group drives. Its rows are counted only up to `drivingCountCap` (exact below,
+        // a tie at the cap keeps the query's order): counting every row of a common word cost more
+        // than reading its newest page. With one group there is nothing to choose.
+        let counts = groups.count > 1 ? try await cappedCounts(groups) : []
+        let ordered = groups.indices.sorted { (counts.isEmpty ? 0 : counts[$0], $0) < (counts.isEmpty ? 0 : counts[$1], $1) }.map { groups[$0] }
         var binds = PostgresBindings()
         // One term value (one live index key, the usual case): an index range read newest first
         // that stops after the page — a message holds a term once (the primary key), so no
@@ -744,6 +741,30 @@ package final class PostgresStorage: ChatLogStorage {
             var candidates: [SearchCandidate] = []
             for try await row in rows { candidates.append(try Self.messageRow(row)) }
             return candidates
+        }
+    }
+
+    /// Rows counted per group when choosing the driving group of a search.
+    static let drivingCountCap = 10_000
+
+    /// Each group's (term, message) rows, counted up to ``drivingCountCap``, in one statement.
+    func cappedCounts(_ groups: [[Int64]]) async throws(ChatLogError) -> [Int] {
+        var binds = PostgresBindings()
+        binds.append(Int64(Self.drivingCountCap))
+        var columns: [String] = []
+        for group in groups {
+            binds.append(group)
+            columns.append("(SELECT count(*) FROM (SELECT 1 FROM message_terms WHERE term = ANY($\(binds.count)::bigint[]) LIMIT $1) s)")
+        }
+        let query = PostgresQuery(unsafeSQL: "SELECT " + columns.joined(separator: ", "), binds: binds)
+        return try await read { connection in
+            let rows = try await connection.query(query, logger: self.logger)
+            var counts: [Int] = []
+            for try await row in rows {
+                let cells = row.makeRandomAccess()
+                counts = try (0..<groups.count).map { Int(try cells[$0].decode(Int64.self)) }
+            }
+            return counts
         }
     }
 
