@@ -707,32 +707,38 @@ package final class PostgresStorage: ChatLogStorage {
         // than reading its newest page. With one group there is nothing to choose.
         let counts = groups.count > 1 ? try await cappedCounts(groups) : []
         let ordered = groups.indices.sorted { (counts.isEmpty ? 0 : counts[$0], $0) < (counts.isEmpty ? 0 : counts[$1], $1) }.map { groups[$0] }
+        // Each term value of the driving group (one per live index key) is an index range read
+        // newest first that stops after the page; with several values (an index key rotated and
+        // not yet retired) the pages are merged and a message holding the word under two keys is
+        // returned once. Grouping every row of the word first cost a full read of a common word.
         var binds = PostgresBindings()
-        // One term value (one live index key, the usual case): an index range read newest first
-        // that stops after the page — a message holds a term once (the primary key), so no
-        // grouping. Several values (an index-key rotation under way): grouped, so a message is
-        // returned once; that reads every row of the driving word.
-        let single = ordered[0].count == 1
-        if single { binds.append(ordered[0][0]) } else { binds.append(ordered[0]) }
-        var sql = """
-            SELECT \(Self.messageColumns) FROM (
-                SELECT t.message_seq, t.created_at FROM message_terms t WHERE
-            """ + (single ? " t.term = $1::bigint" : " t.term = ANY($1::bigint[])")
+        let valueParameters = ordered[0].map { value -> Int in
+            binds.append(value)
+            return binds.count
+        }
+        var filter = ""
         if let cursor {
             binds.append(cursor.createdAt)
             binds.append(cursor.order)
-            sql += " AND (t.created_at, t.message_seq) < ($2, $3)"
+            filter += " AND (t.created_at, t.message_seq) < ($\(binds.count - 1), $\(binds.count))"
         }
         for group in ordered.dropFirst() {
             binds.append(group)
-            sql += " AND EXISTS (SELECT 1 FROM message_terms u WHERE u.message_seq = t.message_seq AND u.term = ANY($\(binds.count)::bigint[]))"
+            filter += " AND EXISTS (SELECT 1 FROM message_terms u WHERE u.message_seq = t.message_seq AND u.term = ANY($\(binds.count)::bigint[]))"
         }
         binds.append(Int64(limit))
-        // A message holds a term of the driving word under at most one index key, but DISTINCT
-        // keeps a page exact even if two of its terms share a value.
-        sql += (single ? "" : " GROUP BY t.message_seq, t.created_at") + """
-                 ORDER BY t.created_at DESC, t.message_seq DESC LIMIT $\(binds.count)
-            ) hit JOIN messages m ON m.seq = hit.message_seq JOIN conversations c ON c.seq = m.conversation_seq
+        let page = "ORDER BY created_at DESC, message_seq DESC LIMIT $\(binds.count)"
+        let branches = valueParameters.map { parameter in
+            "SELECT t.message_seq, t.created_at FROM message_terms t WHERE t.term = $\(parameter)::bigint\(filter) \(page)"
+        }
+        let driving =
+            branches.count == 1
+            ? branches[0]
+            : "SELECT message_seq, created_at FROM (" + branches.map { "(\($0))" }.joined(separator: " UNION ALL ")
+                + ") v GROUP BY message_seq, created_at \(page)"
+        let sql = """
+            SELECT \(Self.messageColumns) FROM (\(driving)) hit
+            JOIN messages m ON m.seq = hit.message_seq JOIN conversations c ON c.seq = m.conversation_seq
             ORDER BY m.created_at DESC, m.seq DESC
             """
         let query = PostgresQuery(unsafeSQL: sql, binds: binds)
