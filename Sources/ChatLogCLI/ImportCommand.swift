@@ -47,7 +47,7 @@ struct ImportCommand: AsyncParsableCommand {
             let total = (records as? any Collection)?.count ?? (file == "-" || !regular ? nil : ProgressReporter.nonEmptyLines(path))
             var redacted = AnySequence(records)
             if let redactor = redact.redactor { redacted = AnySequence(redacted.lazy.map { $0.map { redactor.redact($0) } }) }
-            let report = try opened.importConversations(
+            let report = try await opened.importConversations(
                 format: format.rawValue, records: redacted, onError: onError, batchSize: batchSize,
                 progress: { progress.update(done: $0.conversations + $0.duplicates + $0.skipped.count, total: total) })
             progress.finish()

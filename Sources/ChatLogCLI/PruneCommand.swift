@@ -30,7 +30,7 @@ struct PruneCommand: AsyncParsableCommand {
         try await reportingErrors {
             let opened = try await StoreAccess.open(store)
             let cutoff = Date().addingTimeInterval(-Duration.parse(olderThan)!)
-            let result = try opened.prune(olderThan: cutoff, dryRun: dryRun)
+            let result = try await opened.prune(olderThan: cutoff, dryRun: dryRun)
             if output.json {
                 try CLIOutput.json(["conversations": result.conversations, "messages": result.messages])
             } else {

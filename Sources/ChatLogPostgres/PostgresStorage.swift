@@ -313,14 +313,7 @@ package final class PostgresStorage: ChatLogStorage {
     }
 
     static func setMeta(_ name: String, _ value: MetaValue, _ connection: PostgresConnection, _ logger: Logger) async throws {
-        var integer: Int64?
-        var text: String?
-        var blob: Data?
-        switch value {
-        case .integer(let value): integer = value
-        case .text(let value): text = value
-        case .blob(let value): blob = value
-        }
+        let (integer, text, blob) = metaColumns(value)
         try await connection.run(
             """
             INSERT INTO chatlog_meta (name, integer_value, text_value, blob_value) VALUES (\(name), \(integer), \(text), \(blob))
@@ -342,9 +335,7 @@ package final class PostgresStorage: ChatLogStorage {
             let rows = try await connection.query(
                 "SELECT integer_value, text_value, blob_value FROM chatlog_meta WHERE name = \(name)", logger: self.logger)
             for try await (integer, text, blob) in rows.decode((Int64?, String?, Data?).self) {
-                if let integer { return MetaValue.integer(integer) }
-                if let text { return MetaValue.text(text) }
-                if let blob { return MetaValue.blob(blob) }
+                return Self.metaValue(integer, text, blob)
             }
             return nil
         }
@@ -996,56 +987,63 @@ extension PostgresStorage {
         let logger = logger
         try await transaction { connection in
             try await Self.check(writeGuard, connection, logger)
-            var seqs: [String: Int64] = [:]
-            try await Self.insertRows(
-                copies, into: "conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)",
-                columns: 9, suffix: "RETURNING id, seq", connection, logger
-            ) { binds, copy in
-                let c = copy.conversation
-                binds.append(c.id)
-                binds.append(c.createdAt)
-                binds.append(c.updatedAt)
-                binds.append(c.keyID)
-                try binds.append(c.title)
-                try binds.append(c.subject)
-                try binds.append(c.subjectToken)
-                binds.append(c.subjectKeyID)
-                try binds.append(c.metadata)
-            } returning: { rows in
-                for try await (id, seq) in rows.decode((String, Int64).self) { seqs[id] = seq }
-            }
-            let messages = copies.flatMap { copy in
-                copy.messages.enumerated().map { (seq: seqs[copy.conversation.id] ?? 0, position: Int64($0.offset), message: $0.element) }
-            }
-            try await Self.insertRows(
-                messages,
-                into: """
-                    messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens, latency_ms,
-                              finish_reason, key_id, content, metadata, index_key_id)
-                    """, columns: 14, connection, logger
-            ) { binds, entry in
-                let m = entry.message
-                binds.append(m.id)
-                binds.append(entry.seq)
-                binds.append(entry.position)
-                binds.append(m.role)
-                binds.append(m.createdAt)
-                binds.append(m.model)
-                binds.append(m.promptTokens)
-                binds.append(m.completionTokens)
-                binds.append(m.latencyMilliseconds)
-                binds.append(m.finishReason)
-                binds.append(m.keyID)
-                try binds.append(m.content)
-                try binds.append(m.metadata)
-                binds.append(m.indexKeyID)
-            }
-            let pairs = messages.flatMap { entry in entry.message.terms.map { (entry.message.id, Int64(bitPattern: $0)) } }
-            for start in stride(from: 0, to: pairs.count, by: 50_000) {
-                let chunk = pairs[start..<min(pairs.count, start + 50_000)]
-                try await Self.insertTerms(ids: chunk.map(\.0), terms: chunk.map(\.1), connection, logger)
-            }
+            _ = try await Self.insertCopyRows(copies, connection, logger)
         }
+    }
+
+    /// The rows of ``insertCopies(_:guard:)`` (inside its transaction); returns each
+    /// conversation's seq by id.
+    static func insertCopyRows(_ copies: [ConversationCopy], _ connection: PostgresConnection, _ logger: Logger) async throws -> [String: Int64] {
+        var seqs: [String: Int64] = [:]
+        try await Self.insertRows(
+            copies, into: "conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)",
+            columns: 9, suffix: "RETURNING id, seq", connection, logger
+        ) { binds, copy in
+            let c = copy.conversation
+            binds.append(c.id)
+            binds.append(c.createdAt)
+            binds.append(c.updatedAt)
+            binds.append(c.keyID)
+            try binds.append(c.title)
+            try binds.append(c.subject)
+            try binds.append(c.subjectToken)
+            binds.append(c.subjectKeyID)
+            try binds.append(c.metadata)
+        } returning: { rows in
+            for try await (id, seq) in rows.decode((String, Int64).self) { seqs[id] = seq }
+        }
+        let messages = copies.flatMap { copy in
+            copy.messages.enumerated().map { (seq: seqs[copy.conversation.id] ?? 0, position: Int64($0.offset), message: $0.element) }
+        }
+        try await Self.insertRows(
+            messages,
+            into: """
+                messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens, latency_ms,
+                          finish_reason, key_id, content, metadata, index_key_id)
+                """, columns: 14, connection, logger
+        ) { binds, entry in
+            let m = entry.message
+            binds.append(m.id)
+            binds.append(entry.seq)
+            binds.append(entry.position)
+            binds.append(m.role)
+            binds.append(m.createdAt)
+            binds.append(m.model)
+            binds.append(m.promptTokens)
+            binds.append(m.completionTokens)
+            binds.append(m.latencyMilliseconds)
+            binds.append(m.finishReason)
+            binds.append(m.keyID)
+            try binds.append(m.content)
+            try binds.append(m.metadata)
+            binds.append(m.indexKeyID)
+        }
+        let pairs = messages.flatMap { entry in entry.message.terms.map { (entry.message.id, Int64(bitPattern: $0)) } }
+        for start in stride(from: 0, to: pairs.count, by: 50_000) {
+            let chunk = pairs[start..<min(pairs.count, start + 50_000)]
+            try await Self.insertTerms(ids: chunk.map(\.0), terms: chunk.map(\.1), connection, logger)
+        }
+        return seqs
     }
 
     /// A bulk load into an empty term table: without its primary key and term index, the pairs

@@ -404,7 +404,7 @@ extension PostgreSQLSuites {
     /// The `chatlog` binary on a PostgreSQL store, from the environment (CHATLOG_DB) or `--db`.
     @Suite("chatlog CLI on PostgreSQL")
     struct PostgresCLITests {
-        @Test("init, log, list, show, search, key status and rm work on a postgres:// store; other commands fail with exit 64 naming themselves; a password in --db is refused")
+        @Test("init, log, import, list, show, search, key status, rm and prune work on a postgres:// store; other commands fail with exit 64 naming themselves; a password in --db is refused")
         func commands() async throws {
             try await withPostgresLocation { location, _ in
                 let home = NSTemporaryDirectory() + "/chatlog-pgcli-" + UUID().uuidString
@@ -457,7 +457,7 @@ extension PostgreSQLSuites {
                 let rotate = try chatlog("key", "rotate", "--new", "--vacuum")
                 #expect(rotate.status == 0 && rotate.out.contains("new active data key 3") && rotate.out.contains("none remain"), "\(rotate)")
                 try Data(#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}"#.utf8 + [0x0A]).write(to: URL(fileURLWithPath: home + "/in.jsonl"))
-                for command in [["prune", "--older-than", "1d"], ["forget", "--subject", "user-42"], ["import", "--format", "openai-jsonl", home + "/in.jsonl"]] {
+                for command in [["forget", "--subject", "user-42"]] {
                     let result = try ProcessOutput.run(chatlogBinary(), command, env: env, cwd: home)
                     #expect(result.status == 64 && result.err.contains("`chatlog \(command[0])` does not work on a PostgreSQL store yet"), "\(command) \(result)")
                 }
@@ -469,13 +469,22 @@ extension PostgreSQLSuites {
                 // --db instead of CHATLOG_DB; a password in it is refused before anything is opened.
                 var withoutDB = env
                 withoutDB["CHATLOG_DB"] = nil
-                let named = try chatlog("--db", location, "prune", "--older-than", "1d", env: withoutDB)
-                #expect(named.status == 64 && named.err.contains("`chatlog prune` does not work"), "\(named)")
+                let named = try chatlog("--db", location, "forget", "--subject", "user-42", env: withoutDB)
+                #expect(named.status == 64 && named.err.contains("`chatlog forget` does not work"), "\(named)")
                 let byOption = try chatlog("list", "--db", location, env: withoutDB)
                 #expect(byOption.status == 0 && byOption.out.contains("Billing"), "\(byOption)")
                 let withPassword = location.replacingOccurrences(of: "@/", with: ":hunter2secret@/")
                 let refused = try chatlog("list", "--db", withPassword, env: withoutDB)
                 #expect(refused.status == 65 && refused.err.contains("must not carry a password") && !refused.err.contains("hunter2secret"), "\(refused)")
+
+                let imported = try chatlog("import", "--format", "openai-jsonl", home + "/in.jsonl")
+                #expect(imported.status == 0 && imported.out.contains("imported 1 conversations (2 messages); 0 already imported"), "\(imported)")
+                let reimported = try chatlog("--db", location, "import", "--format", "openai-jsonl", home + "/in.jsonl", env: withoutDB)
+                #expect(reimported.status == 0 && reimported.out.contains("imported 0 conversations (0 messages); 1 already imported"), "\(reimported)")
+                let dry = try chatlog("prune", "--older-than", "1d", "--dry-run", "--json")
+                #expect(dry.status == 0 && dry.out.contains("\"conversations\" : 0"), "\(dry)")
+                let pruned = try chatlog("prune", "--older-than", "1h", "--force")
+                #expect(pruned.status == 0 && pruned.out.hasPrefix("deleted 0 conversations (0 messages)"), "\(pruned)")
 
                 let removed = try chatlog("rm", conversation)
                 #expect(removed.status == 0 && removed.out.contains("deleted 1 conversation"), "\(removed)")

@@ -193,7 +193,7 @@ public enum ChatGPTExport {
             conversation: NewConversation(
                 title: title, metadata: .object(conversationMetadata),
                 createdAt: (created ?? messages.first?.createdAt?.unixMilliseconds).map(ImportTimes.date(milliseconds:))),
-            messages: messages)
+            messages: messages, location: location)
     }
 
     /// The import key of a conversation without an id: a hash of its title, its `create_time`

@@ -8,11 +8,15 @@ public struct ImportedConversation: Sendable {
     public var sourceID: String
     public var conversation: NewConversation
     public var messages: [NewMessage]
+    /// Where the record is in its source ("line 12"), for messages about it; nil when the reader
+    /// does not say (a message then counts the records).
+    public var location: String?
 
-    public init(sourceID: String, conversation: NewConversation, messages: [NewMessage]) {
+    public init(sourceID: String, conversation: NewConversation, messages: [NewMessage], location: String? = nil) {
         self.sourceID = sourceID
         self.conversation = conversation
         self.messages = messages
+        self.location = location
     }
 }
 
@@ -53,24 +57,28 @@ extension ChatLogStore {
         format: String, records: some Sequence<Result<ImportedConversation, ImportIssue>>, onError: ImportErrorPolicy = .fail,
         batchSize: Int = 200, progress: (@Sendable (ImportReport) -> Void)? = nil
     ) throws(ChatLogError) -> ImportReport {
-        guard (1...10_000).contains(batchSize) else { throw .invalidInput("the batch size must be between 1 and 10000") }
-        var report = ImportReport()
-        var batch: [ImportedConversation] = []
-        for record in records {
-            switch record {
-            case .success(let conversation):
-                batch.append(conversation)
-            case .failure(let issue):
-                if onError == .fail { throw .invalidInput("\(format) import stopped at \(issue); nothing of its batch was written") }
-                report.skipped.append(issue)
-            }
-            if batch.count >= batchSize {
-                try importBatch(format: format, batch, into: &report)
-                batch.removeAll(keepingCapacity: true)
-                progress?(report)
-            }
+        try importIntoSQLite(format: format, records: records, onError: onError, batchSize: batchSize, progress: progress)
+    }
+
+    /// The same on any backend: on a store behind the storage seam, each batch is sealed here and
+    /// written by the backend in one transaction (``storageImport(format:records:onError:batchSize:progress:_:)``).
+    public func importConversations(
+        format: String, records: some Sequence<Result<ImportedConversation, ImportIssue>>, onError: ImportErrorPolicy = .fail,
+        batchSize: Int = 200, progress: (@Sendable (ImportReport) -> Void)? = nil
+    ) async throws(ChatLogError) -> ImportReport {
+        guard let storage else {
+            return try importIntoSQLite(format: format, records: records, onError: onError, batchSize: batchSize, progress: progress)
         }
-        if !batch.isEmpty {
+        return try await storageImport(format: format, records: records, onError: onError, batchSize: batchSize, progress: progress, storage)
+    }
+
+    private func importIntoSQLite(
+        format: String, records: some Sequence<Result<ImportedConversation, ImportIssue>>, onError: ImportErrorPolicy, batchSize: Int,
+        progress: (@Sendable (ImportReport) -> Void)?
+    ) throws(ChatLogError) -> ImportReport {
+        var report = ImportReport()
+        var batches = try ImportBatches(format: format, records: records, onError: onError, batchSize: batchSize)
+        while let batch = try batches.next(skipping: &report) {
             try importBatch(format: format, batch, into: &report)
             progress?(report)
         }
@@ -118,15 +126,13 @@ extension ChatLogStore {
     private func withFreeIDs(_ batch: [ImportedConversation]) throws(ChatLogError) -> [ImportedConversation] {
         let wanted = batch.compactMap(\.conversation.id?.rawValue) + batch.flatMap { $0.messages.compactMap(\.id?.rawValue) }
         if wanted.isEmpty { return batch }
-        let taken: Set<String> = try read { db in
-            var taken = Set<String>()
-            let conversation = try db.cachedStatement(sql: "SELECT 1 FROM conversations WHERE id = ?")
-            let message = try db.cachedStatement(sql: "SELECT 1 FROM messages WHERE id = ?")
-            for id in wanted where try Row.fetchOne(conversation, arguments: [id]) != nil || Row.fetchOne(message, arguments: [id]) != nil {
-                taken.insert(id)
-            }
-            return taken
-        }
+        let taken = try read { db in try SQLiteStorage.takenIDs(wanted, db) }
+        return Self.keepingFreeIDs(batch, taken: taken)
+    }
+
+    /// The batch with each id that is `taken`, or used earlier in the batch, removed (a new one
+    /// is made when the row is sealed).
+    static func keepingFreeIDs(_ batch: [ImportedConversation], taken: Set<String>) -> [ImportedConversation] {
         var used = taken
         return batch.map { item in
             var item = item
@@ -136,5 +142,41 @@ extension ChatLogStore {
             }
             return item
         }
+    }
+}
+
+/// Cuts a stream of read records into batches: a bad record stops the import (`fail`: its batch
+/// is not written) or is reported and left out (`skip`). Records get a location when their
+/// reader gave none ("record 7": the 7th read).
+struct ImportBatches<Records: Sequence<Result<ImportedConversation, ImportIssue>>> {
+    let format: String
+    let onError: ImportErrorPolicy
+    let batchSize: Int
+    private var iterator: Records.Iterator
+    private var read = 0
+
+    init(format: String, records: Records, onError: ImportErrorPolicy, batchSize: Int) throws(ChatLogError) {
+        guard (1...10_000).contains(batchSize) else { throw .invalidInput("the batch size must be between 1 and 10000") }
+        self.format = format
+        self.onError = onError
+        self.batchSize = batchSize
+        iterator = records.makeIterator()
+    }
+
+    /// The next batch (nil at the end); skipped records go into `report`.
+    mutating func next(skipping report: inout ImportReport) throws(ChatLogError) -> [ImportedConversation]? {
+        var batch: [ImportedConversation] = []
+        while batch.count < batchSize, let record = iterator.next() {
+            read += 1
+            switch record {
+            case .success(var conversation):
+                if conversation.location == nil { conversation.location = "record \(read)" }
+                batch.append(conversation)
+            case .failure(let issue):
+                if onError == .fail { throw .invalidInput("\(format) import stopped at \(issue); nothing of its batch was written") }
+                report.skipped.append(issue)
+            }
+        }
+        return batch.isEmpty ? nil : batch
     }
 }

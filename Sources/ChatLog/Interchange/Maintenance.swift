@@ -143,6 +143,34 @@ extension ChatLogStore {
     /// With `dryRun`, only counts. Returns (conversations, messages).
     @discardableResult
     public func prune(olderThan cutoff: Date, dryRun: Bool = false) throws(ChatLogError) -> (conversations: Int, messages: Int) {
+        try pruneInSQLite(olderThan: cutoff, dryRun: dryRun)
+    }
+
+    /// The same on any backend. Behind the storage seam each batch of ``pruneBatch`` conversations
+    /// is selected and deleted in one backend transaction (a conversation written to meanwhile
+    /// is active again and stays), until one deletes none.
+    @discardableResult
+    public func prune(olderThan cutoff: Date, dryRun: Bool = false) async throws(ChatLogError) -> (conversations: Int, messages: Int) {
+        guard let storage else { return try pruneInSQLite(olderThan: cutoff, dryRun: dryRun) }
+        let before = cutoff.unixMilliseconds
+        if dryRun {
+            let counts = try await storage.inactiveCounts(before: before)
+            return (counts.conversations, counts.messages)
+        }
+        var totals = (conversations: 0, messages: 0)
+        let terms = reblinder()
+        while true {
+            let done = try await storage.deleteInactiveConversations(before: before, limit: Self.pruneBatch, terms: terms)
+            if done.conversations == 0 { return totals }
+            totals.conversations += done.conversations
+            totals.messages += done.messages
+        }
+    }
+
+    /// Conversations deleted per transaction by `prune`.
+    static let pruneBatch = 100
+
+    private func pruneInSQLite(olderThan cutoff: Date, dryRun: Bool) throws(ChatLogError) -> (conversations: Int, messages: Int) {
         let limit = cutoff.unixMilliseconds
         if dryRun {
             return try read { db in
@@ -158,7 +186,8 @@ extension ChatLogStore {
         var totals = (conversations: 0, messages: 0)
         while true {
             let done = try writeImmediate { db -> (Int, Int) in
-                let seqs = try Int64.fetchAll(db, sql: "SELECT seq FROM conversations WHERE updated_at < ? LIMIT 100", arguments: [limit])
+                let seqs = try Int64.fetchAll(
+                    db, sql: "SELECT seq FROM conversations WHERE updated_at < ? LIMIT ?", arguments: [limit, Self.pruneBatch])
                 var messages = 0
                 for seq in seqs {
                     messages += try Int.fetchOne(db, sql: "SELECT count(*) FROM messages WHERE conversation_seq = ?", arguments: [seq]) ?? 0
@@ -168,7 +197,7 @@ extension ChatLogStore {
             }
             totals.conversations += done.0
             totals.messages += done.1
-            if done.0 < 100 { break }
+            if done.0 < Self.pruneBatch { break }
         }
         try scrubSearchIndexIfPending()
         try checkpoint()

@@ -114,7 +114,7 @@ public enum OpenAIJSONL {
             if case .string(let id)? = message["id"] { newMessage.id = MessageID(id) }
             messages.append(newMessage)
         }
-        return ImportedConversation(sourceID: sourceID, conversation: conversation, messages: messages)
+        return ImportedConversation(sourceID: sourceID, conversation: conversation, messages: messages, location: location)
     }
 
     /// `given` (absent, or any JSON value) with OpenAI's fields and non-text parts (`extra`,

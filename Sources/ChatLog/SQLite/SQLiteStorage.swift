@@ -30,7 +30,7 @@ package final class SQLiteStorage: ChatLogStorage {
         try? pool.close()
     }
 
-    private func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+    func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         try await pool.writeWithoutTransaction { db in
             var result: T?
             try db.inTransaction(.immediate) {
@@ -41,11 +41,11 @@ package final class SQLiteStorage: ChatLogStorage {
         }
     }
 
-    private func writeMapped<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(ChatLogError) -> T {
+    func writeMapped<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(ChatLogError) -> T {
         do { return try await write(body) } catch { throw ChatLogError.wrap(error) }
     }
 
-    private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(ChatLogError) -> T {
+    func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(ChatLogError) -> T {
         do { return try await pool.read(body) } catch { throw ChatLogError.wrap(error) }
     }
 
@@ -81,17 +81,19 @@ package final class SQLiteStorage: ChatLogStorage {
     }
 
     package func meta(_ name: String) async throws(ChatLogError) -> MetaValue? {
-        try await read { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = ?", arguments: [name]) else { return nil }
-            let value: DatabaseValue = row["value"]
-            switch value.storage {
-            case .int64(let number): return .integer(number)
-            case .string(let text): return .text(text)
-            case .blob(let data): return .blob(data)
-            case .null, .double:
-                throw ChatLogError.integrity(
-                    IntegrityFailure(table: "chatlog_meta", column: "value", rowID: name, reason: .invalidValue("is neither text, integer nor blob")))
-            }
+        try await read { db in try Self.meta(name, db) }
+    }
+
+    static func meta(_ name: String, _ db: Database) throws -> MetaValue? {
+        guard let row = try Row.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = ?", arguments: [name]) else { return nil }
+        let value: DatabaseValue = row["value"]
+        switch value.storage {
+        case .int64(let number): return .integer(number)
+        case .string(let text): return .text(text)
+        case .blob(let data): return .blob(data)
+        case .null, .double:
+            throw ChatLogError.integrity(
+                IntegrityFailure(table: "chatlog_meta", column: "value", rowID: name, reason: .invalidValue("is neither text, integer nor blob")))
         }
     }
 
@@ -192,39 +194,42 @@ package final class SQLiteStorage: ChatLogStorage {
         -> Int
     {
         guard !ids.isEmpty else { return 0 }
-        return try await writeMapped { db in
-            var deleted = 0
-            let forget = try db.cachedStatement(sql: "INSERT INTO message_terms (message_terms, rowid, terms) VALUES ('delete', ?, ?)")
-            var unreadable = Set<Int64>()
-            var forgotAny = false
-            for id in ids {
-                guard let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM conversations WHERE id = ?", arguments: [id]) else { continue }
-                let rows = try Row.fetchAll(
-                    db,
-                    sql: """
-                        SELECT m.search_rowid, \(Self.messageColumns) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
-                        WHERE m.conversation_seq = ? AND m.search_rowid IS NOT NULL AND m.index_key_id IS NOT NULL
-                        """, arguments: [seq])
-                for row in rows {
-                    let rowID: Int64 = try row.decode(forColumn: "search_rowid")
-                    if let found = terms(try Self.message(row)) {
-                        try forget.execute(arguments: [rowID, Self.document(found)])
-                        forgotAny = true
-                    } else {
-                        unreadable.insert(rowID)
-                    }
+        return try await writeMapped { db in try Self.deleteConversations(ids, terms: terms, db) }
+    }
+
+    /// The body of ``deleteConversations(_:terms:)``, inside its IMMEDIATE transaction.
+    static func deleteConversations(_ ids: [String], terms: (SealedMessageRow) -> [UInt64]?, _ db: Database) throws -> Int {
+        var deleted = 0
+        let forget = try db.cachedStatement(sql: "INSERT INTO message_terms (message_terms, rowid, terms) VALUES ('delete', ?, ?)")
+        var unreadable = Set<Int64>()
+        var forgotAny = false
+        for id in ids {
+            guard let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM conversations WHERE id = ?", arguments: [id]) else { continue }
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT m.search_rowid, \(Self.messageColumns) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
+                    WHERE m.conversation_seq = ? AND m.search_rowid IS NOT NULL AND m.index_key_id IS NOT NULL
+                    """, arguments: [seq])
+            for row in rows {
+                let rowID: Int64 = try row.decode(forColumn: "search_rowid")
+                if let found = terms(try Self.message(row)) {
+                    try forget.execute(arguments: [rowID, Self.document(found)])
+                    forgotAny = true
+                } else {
+                    unreadable.insert(rowID)
                 }
-                try db.execute(sql: "DELETE FROM conversations WHERE seq = ?", arguments: [seq])
-                deleted += 1
             }
-            for (rowID, found) in try SearchIndex.indexedTerms(of: unreadable, db) {
-                try forget.execute(arguments: [rowID, found.joined(separator: " ")])
-                forgotAny = true
-            }
-            if forgotAny { try SearchIndex.markScrubPending(db) }
-            if try SearchIndex.scrubPending(db) { try SearchIndex.scrub(db) }
-            return deleted
+            try db.execute(sql: "DELETE FROM conversations WHERE seq = ?", arguments: [seq])
+            deleted += 1
         }
+        for (rowID, found) in try SearchIndex.indexedTerms(of: unreadable, db) {
+            try forget.execute(arguments: [rowID, found.joined(separator: " ")])
+            forgotAny = true
+        }
+        if forgotAny { try SearchIndex.markScrubPending(db) }
+        if try SearchIndex.scrubPending(db) { try SearchIndex.scrub(db) }
+        return deleted
     }
 
     // MARK: - Reads

@@ -425,6 +425,33 @@ package protocol ChatLogStorage: Sendable {
     /// Inserts side rows that are missing (present ones are left); a row whose conversation does
     /// not exist is skipped. One transaction.
     func insertSideRows(_ rows: SideRows) async throws(ChatLogError)
+
+    // MARK: - Import and prune (docs/ARCHITECTURE.md §10, "Import and prune through the seam")
+
+    /// In one transaction: stores `value` under `name` unless the name has a value already, and
+    /// returns the stored value (`value`, or the one another process stored first): two
+    /// concurrent callers get the same answer (the import key).
+    func setMetaIfAbsent(_ name: String, _ value: MetaValue) async throws(ChatLogError) -> MetaValue
+
+    /// Which of `ids` a conversation or a message has already.
+    func takenIDs(_ ids: [String]) async throws(ChatLogError) -> Set<String>
+
+    /// In one transaction, after checking `guard` (``StorageConflict``): each item whose source
+    /// hash is not in `imports` yet (nor earlier in `items`) is inserted as ``insertCopies(_:guard:)``
+    /// does, with its `imports` row; the others count as duplicates. One import batch at a time
+    /// per store (two importers of one file agree on what is new). When an id of a new item is
+    /// taken (by another importer since the caller looked), nothing is written and the outcome
+    /// names those ids.
+    func insertImported(_ items: [ImportedCopy], guard: WriteGuard) async throws -> ImportOutcome
+
+    /// How many conversations have had no activity (`updated_at`) since `before`, and their messages.
+    func inactiveCounts(before: Int64) async throws(ChatLogError) -> StorageCounts
+
+    /// In one transaction: deletes up to `limit` conversations with no activity since `before`
+    /// (oldest activity first), their messages and search terms, as ``deleteConversations(_:terms:)``
+    /// does. Returns what it deleted; none left when it deleted no conversation.
+    func deleteInactiveConversations(before: Int64, limit: Int, terms: @escaping @Sendable (SealedMessageRow) -> [UInt64]?)
+        async throws(ChatLogError) -> StorageCounts
 }
 
 /// The rows of the small tables beside conversations and messages (docs/FORMAT.md): each keyed
@@ -536,6 +563,34 @@ package enum RowRewrite: Sendable, Hashable {
     /// A damaged optional sealed value (a title, subject — with its token — or metadata) set to
     /// NULL where it still holds `expected` (`verify --repair`).
     case clear(table: IDTable, column: String, id: String, expected: Data)
+}
+
+/// A conversation to import: the keyed hash of its source (``ImportKey``) and its sealed rows
+/// (positions from 0, `updated_at` its last activity).
+package struct ImportedCopy: Sendable, Hashable {
+    package var sourceHash: Data
+    package var copy: ConversationCopy
+
+    package init(sourceHash: Data, copy: ConversationCopy) {
+        self.sourceHash = sourceHash
+        self.copy = copy
+    }
+}
+
+/// What ``ChatLogStorage/insertImported(_:guard:)`` did.
+package struct ImportOutcome: Sendable, Hashable {
+    /// The ids of the conversations inserted, in the order given.
+    package var inserted: [String]
+    /// Items whose source was imported before.
+    package var duplicates: Int
+    /// Ids of new items that exist already: then nothing was written.
+    package var taken: Set<String>
+
+    package init(inserted: [String] = [], duplicates: Int = 0, taken: Set<String> = []) {
+        self.inserted = inserted
+        self.duplicates = duplicates
+        self.taken = taken
+    }
 }
 
 extension SealedConversationRow {

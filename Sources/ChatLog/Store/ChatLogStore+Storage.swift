@@ -117,19 +117,31 @@ extension ChatLogStore {
         _ storage: any ChatLogStorage, conversationID: (T) -> String,
         _ prepare: (KeyRing.Loaded) throws(ChatLogError) -> (conversation: PreparedConversation?, messages: [PreparedMessage], result: T)
     ) async throws(ChatLogError) -> T {
+        try await storageSealedWrite(storage, prepare) { prepared, writeGuard in
+            let target = conversationID(prepared.result)
+            _ = try await storage.insert(
+                conversation: prepared.conversation.map(SealedConversationRow.init),
+                messages: prepared.messages.map { SealedMessageRow($0, conversationID: ConversationID(trusted: target)) }, into: target,
+                guard: writeGuard)
+            return prepared.result
+        }
+    }
+
+    /// The loop of ``storageWrite(_:conversationID:_:)`` for any sealing write: `prepare` seals
+    /// under the keys believed active, `write` hands the rows to the backend with the guard; on a
+    /// ``StorageConflict`` the keys are reloaded (or the master key checked) and it runs again.
+    func storageSealedWrite<P, T>(
+        _ storage: any ChatLogStorage, _ prepare: (KeyRing.Loaded) throws(ChatLogError) -> P,
+        write: (P, WriteGuard) async throws -> T
+    ) async throws(ChatLogError) -> T {
         for _ in 0..<10 {
             let keys = keyRing.current
             let prepared = try prepare(keys)
-            let target = conversationID(prepared.result)
             let writeGuard = WriteGuard(
                 acceptedCheckValues: [Data(keyRing.master.checkValueV2)], activeDataKeyID: Int64(keys.activeDataKey.id.rawValue),
                 activeIndexKeyID: Int64(keys.activeIndexKey.id.rawValue))
             do {
-                _ = try await storage.insert(
-                    conversation: prepared.conversation.map(SealedConversationRow.init),
-                    messages: prepared.messages.map { SealedMessageRow($0, conversationID: ConversationID(trusted: target)) }, into: target,
-                    guard: writeGuard)
-                return prepared.result
+                return try await write(prepared, writeGuard)
             } catch StorageConflict.staleKeys {
                 try await reloadKeys(storage)
             } catch StorageConflict.masterKeyChanged {
@@ -208,9 +220,15 @@ extension ChatLogStore {
     /// Deletes conversations with their messages and search terms (one transaction). The backend
     /// is given a message's terms by re-blinding its content when its index needs them.
     func storageDelete(_ ids: [ConversationID], _ storage: any ChatLogStorage) async throws(ChatLogError) -> Int {
+        try await storage.deleteConversations(ids.map(\.rawValue), terms: reblinder())
+    }
+
+    /// A deleted message's terms for a backend whose index needs them: its content opened and
+    /// blinded again under its index key (nil when it cannot be opened or the key is gone).
+    func reblinder() -> @Sendable (SealedMessageRow) -> [UInt64]? {
         let keys = keyRing.current
         let store = self
-        return try await storage.deleteConversations(ids.map(\.rawValue)) { row in
+        return { row in
             guard let indexKeyID = row.indexKeyID, let raw = UInt32(exactly: indexKeyID), let blinder = keys.blinders[KeyID(rawValue: raw)],
                 let content = try? store.openText(row.content, FieldContext(table: "messages", column: "content", rowID: row.id))
             else { return nil }
