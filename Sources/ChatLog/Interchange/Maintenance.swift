@@ -173,15 +173,8 @@ extension ChatLogStore {
     private func pruneInSQLite(olderThan cutoff: Date, dryRun: Bool) throws(ChatLogError) -> (conversations: Int, messages: Int) {
         let limit = cutoff.unixMilliseconds
         if dryRun {
-            return try read { db in
-                let row = try Row.fetchOne(
-                    db,
-                    sql: """
-                        SELECT count(*) AS c, coalesce(sum((SELECT count(*) FROM messages m WHERE m.conversation_seq = c.seq)), 0) AS m
-                        FROM conversations c WHERE c.updated_at < ?
-                        """, arguments: [limit])
-                return (row?["c"] ?? 0, row?["m"] ?? 0)
-            }
+            let counts = try read { db in try SQLiteStorage.inactiveCounts(before: limit, db) }
+            return (counts.conversations, counts.messages)
         }
         var totals = (conversations: 0, messages: 0)
         while true {

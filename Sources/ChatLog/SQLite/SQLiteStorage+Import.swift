@@ -72,15 +72,18 @@ extension SQLiteStorage {
     }
 
     package func inactiveCounts(before: Int64) async throws(ChatLogError) -> StorageCounts {
-        try await read { db in
-            let row = try Row.fetchOne(
-                db,
-                sql: """
-                    SELECT count(*) AS c, coalesce(sum((SELECT count(*) FROM messages m WHERE m.conversation_seq = c.seq)), 0) AS m
-                    FROM conversations c WHERE c.updated_at < ?
-                    """, arguments: [before])
-            return StorageCounts(conversations: try row?.decode(forColumn: "c") ?? 0, messages: try row?.decode(forColumn: "m") ?? 0)
-        }
+        try await read { db in try Self.inactiveCounts(before: before, db) }
+    }
+
+    /// What `prune --dry-run` reports (the SQLite store's own prune too).
+    static func inactiveCounts(before: Int64, _ db: Database) throws -> StorageCounts {
+        let row = try Row.fetchOne(
+            db,
+            sql: """
+                SELECT count(*) AS c, coalesce(sum((SELECT count(*) FROM messages m WHERE m.conversation_seq = c.seq)), 0) AS m
+                FROM conversations c WHERE c.updated_at < ?
+                """, arguments: [before])
+        return StorageCounts(conversations: try row?.decode(forColumn: "c") ?? 0, messages: try row?.decode(forColumn: "m") ?? 0)
     }
 
     package func deleteInactiveConversations(before: Int64, limit: Int, terms: @escaping @Sendable (SealedMessageRow) -> [UInt64]?)
