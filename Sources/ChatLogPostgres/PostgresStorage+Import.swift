@@ -26,9 +26,16 @@ extension PostgresStorage {
 
     /// `ON CONFLICT DO NOTHING` waits for a concurrent inserter of the same name to commit (or
     /// roll back); the read after it, a new snapshot under READ COMMITTED, sees the winner's value.
-    package func setMetaIfAbsent(_ name: String, _ value: MetaValue) async throws(ChatLogError) -> MetaValue {
+    /// The check value is read `FOR SHARE`: a `key rewrap` (which updates it) waits for this
+    /// transaction, or this one sees its new value and stores nothing.
+    package func setMetaIfAbsent(_ name: String, _ value: MetaValue, checkValues: [Data]) async throws -> MetaValue {
         let logger = logger
-        return try await transactionMapped { connection in
+        return try await transaction { connection in
+            let check = try await connection.query(
+                "SELECT blob_value FROM chatlog_meta WHERE name = 'master_check' FOR SHARE", logger: logger)
+            var checkValue: Data?
+            for try await value in check.decode(Data?.self) { checkValue = value }
+            guard let checkValue, checkValues.contains(checkValue) else { throw StorageConflict.masterKeyChanged }
             let (integer, text, blob) = Self.metaColumns(value)
             try await connection.run(
                 """

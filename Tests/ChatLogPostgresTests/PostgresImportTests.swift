@@ -277,13 +277,21 @@ extension PostgreSQLSuites {
                     let storage = harness.storage
                     let (meta, keys) = try storedMetaAndKeys(store)
                     try await storage.initialize(meta: meta, keys: keys)
+                    let checkValues = writeGuard(store).acceptedCheckValues
+                    // Under a master key that is no longer the store's (a rewrap): refused, nothing stored.
+                    await #expect(throws: StorageConflict.masterKeyChanged) {
+                        try await storage.setMetaIfAbsent("probe", .text("stale"), checkValues: [Data(MasterKey.generate().checkValueV2)])
+                    }
+                    #expect(try await storage.meta("probe") == nil)
                     let values = try await withThrowingTaskGroup(of: MetaValue.self) { group in
-                        for index in 0..<8 { group.addTask { try await storage.setMetaIfAbsent("probe", .blob(Data([UInt8(index)]))) } }
+                        for index in 0..<8 {
+                            group.addTask { try await storage.setMetaIfAbsent("probe", .blob(Data([UInt8(index)])), checkValues: checkValues) }
+                        }
                         return try await group.reduce(into: [MetaValue]()) { $0.append($1) }
                     }
                     #expect(Set(values).count == 1 && values.count == 8)
                     #expect(try await storage.meta("probe") == values[0])
-                    #expect(try await storage.setMetaIfAbsent("probe", .text("other")) == values[0])
+                    #expect(try await storage.setMetaIfAbsent("probe", .text("other"), checkValues: checkValues) == values[0])
 
                     func item(_ hash: UInt8, daysAgo: Double, messageID: MessageID = .make()) throws -> ImportedCopy {
                         let time = Date().addingTimeInterval(-daysAgo * 86_400)

@@ -22,12 +22,15 @@ extension ChatLogStore {
     }
 
     /// The import key (``ImportKey``), created on first use: two importers starting at once store
-    /// one of their two keys and both use that one.
+    /// one of their two keys and both use that one; one racing a `key rewrap` stores nothing
+    /// wrapped under the replaced master key (the write checks the check value, as a sealing write).
     func storageImportKey(_ storage: any ChatLogStorage) async throws(ChatLogError) -> SecureBytes {
         var stored = try await storage.meta(ImportKey.metaName)
         if stored == nil {
-            let fresh = SecureBytes.random(count: 32)
-            stored = try await storage.setMetaIfAbsent(ImportKey.metaName, .blob(ImportKey.wrap(fresh, master: keyRing.master)))
+            let wrapped = MetaValue.blob(ImportKey.wrap(SecureBytes.random(count: 32), master: keyRing.master))
+            stored = try await storageSealedWrite(storage, { _ in () }) { _, writeGuard in
+                try await storage.setMetaIfAbsent(ImportKey.metaName, wrapped, checkValues: writeGuard.acceptedCheckValues)
+            }
         }
         guard case .blob(let wrapped)? = stored else {
             throw .integrity(IntegrityFailure(table: "chatlog_meta", column: "value", rowID: ImportKey.metaName, reason: .invalidValue("is not a blob")))

@@ -6,16 +6,26 @@ import GRDB
 // prune, each call one IMMEDIATE transaction (the write lock serialises importers).
 
 extension SQLiteStorage {
-    package func setMetaIfAbsent(_ name: String, _ value: MetaValue) async throws(ChatLogError) -> MetaValue {
-        try await writeMapped { db in
-            if let stored = try Self.meta(name, db) { return stored }
-            switch value {
-            case .integer(let number): try ChatLogStore.setMeta(db, name, number)
-            case .text(let text): try ChatLogStore.setMeta(db, name, text)
-            case .blob(let data): try ChatLogStore.setMeta(db, name, data)
-            }
-            return value
+    package func setMetaIfAbsent(_ name: String, _ value: MetaValue, checkValues: [Data]) async throws -> MetaValue {
+        do {
+            return try await write { db in try Self.setMetaIfAbsent(name, value, checkValues: checkValues, db) }
+        } catch let conflict as StorageConflict {
+            throw conflict
+        } catch {
+            throw ChatLogError.wrap(error)
         }
+    }
+
+    static func setMetaIfAbsent(_ name: String, _ value: MetaValue, checkValues: [Data], _ db: Database) throws -> MetaValue {
+        let check = try Data.fetchOne(db, sql: "SELECT value FROM chatlog_meta WHERE name = 'master_check'")
+        guard let check, checkValues.contains(check) else { throw StorageConflict.masterKeyChanged }
+        if let stored = try Self.meta(name, db) { return stored }
+        switch value {
+        case .integer(let number): try ChatLogStore.setMeta(db, name, number)
+        case .text(let text): try ChatLogStore.setMeta(db, name, text)
+        case .blob(let data): try ChatLogStore.setMeta(db, name, data)
+        }
+        return value
     }
 
     package func takenIDs(_ ids: [String]) async throws(ChatLogError) -> Set<String> {

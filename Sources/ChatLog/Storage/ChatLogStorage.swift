@@ -428,10 +428,12 @@ package protocol ChatLogStorage: Sendable {
 
     // MARK: - Import and prune (docs/ARCHITECTURE.md §10, "Import and prune through the seam")
 
-    /// In one transaction: stores `value` under `name` unless the name has a value already, and
-    /// returns the stored value (`value`, or the one another process stored first): two
-    /// concurrent callers get the same answer (the import key).
-    func setMetaIfAbsent(_ name: String, _ value: MetaValue) async throws(ChatLogError) -> MetaValue
+    /// In one transaction, after checking that the master-key check value is one of `checkValues`
+    /// (else ``StorageConflict/masterKeyChanged``, nothing written: `value` is wrapped under a master
+    /// key a `key rewrap` replaced): stores `value` under `name` unless the name has a value
+    /// already, and returns the stored value (`value`, or the one another process stored first):
+    /// two concurrent callers get the same answer (the import key).
+    func setMetaIfAbsent(_ name: String, _ value: MetaValue, checkValues: [Data]) async throws -> MetaValue
 
     /// Which of `ids` a conversation or a message has already.
     func takenIDs(_ ids: [String]) async throws(ChatLogError) -> Set<String>
