@@ -93,7 +93,7 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
         case .keyIsActive(let id): "key \(id) is active; rotate to a new key before retiring it"
         case .keyAlreadyRetired(let id): "key \(id) is already retired"
         case .notOnThisBackend(let location, let what):
-            "\(what) does not work on a PostgreSQL store yet (\(location)); init, log, import, list, show, search, export, stats, verify, rm, prune, status, key status and copy do"
+            "\(what) does not work on a PostgreSQL store yet (\(location)); init, log, import, list, show, search, export, stats, verify, rm, prune, status, key, backup, copy, token and serve do"
         case .sameMasterKey: "the new master key is the same as the current one; set CHATLOG_NEW_MASTER_KEY (or _FILE) to a new key"
         case .keyOperation(let why): why
         case .storage(let why): "storage error: \(why)"
