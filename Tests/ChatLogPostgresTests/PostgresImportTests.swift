@@ -270,6 +270,52 @@ extension PostgreSQLSuites {
             return lines
         }
 
+        @Test("prune on PostgreSQL while another handle appends to the conversations it is deleting: every append that succeeded is kept with its conversation, every other one failed with conversationNotFound and its conversation is gone")
+        func pruneWhileWriting() async throws {
+            try await withPostgresLocation { url, _ in
+                let key = MasterKey.generate()
+                let pruner = try await ChatLogStore.create(url: url, key: .key(key))
+                let writer = try await ChatLogStore.open(url: url, key: .key(key))
+                defer {
+                    try? pruner.close()
+                    try? writer.close()
+                }
+                let old = Date().addingTimeInterval(-200 * 86_400)
+                var ids: [ConversationID] = []
+                let records = (0..<600).map { index -> Result<ImportedConversation, ImportIssue> in
+                    let id = ConversationID.make()
+                    ids.append(id)
+                    let time = old.addingTimeInterval(Double(index))
+                    return .success(
+                        ImportedConversation(
+                            sourceID: "c\(index)", conversation: NewConversation(title: "c\(index)", createdAt: time, id: id),
+                            messages: [NewMessage(role: .user, content: "old \(index)", createdAt: time)]))
+                }
+                #expect(try await pruner.importConversations(format: "test", records: records, batchSize: 600).conversations == 600)
+                // The writer starts at the conversations the prune reaches last and walks towards it.
+                async let pruned = pruner.prune(olderThan: Date().addingTimeInterval(-100 * 86_400))
+                var kept: [ConversationID] = []
+                var refused: [ConversationID] = []
+                for id in ids.reversed() {
+                    do {
+                        _ = try await writer.append(NewMessage(role: .assistant, content: "still here"), to: id)
+                        kept.append(id)
+                    } catch ChatLogError.conversationNotFound {
+                        refused.append(id)
+                    }
+                }
+                let result = try await pruned
+                // How the two meet depends on timing (usually the prune reaches most first); what must hold does not.
+                #expect(kept.count + refused.count == 600, "kept \(kept.count), refused \(refused.count)")
+                #expect(result.conversations == 600 - kept.count && result.messages == 600 - kept.count, "\(result)")
+                for id in kept { #expect(try await writer.transcript(id).messages.map(\.content).last == "still here") }
+                for id in refused.prefix(20) {
+                    await #expect(throws: ChatLogError.conversationNotFound(id.rawValue)) { try await writer.transcript(id) }
+                }
+                #expect(try await writer.counts() == (kept.count, 2 * kept.count))
+            }
+        }
+
         @Test("the seam's import operations on both backends: the meta value set once (concurrent callers agree), duplicates by source hash, ids taken meanwhile refuse the batch unwritten, a stale key refuses it; inactive conversations counted and deleted with their terms", arguments: Backend.allCases)
         func seamOperations(backend: Backend) async throws {
             try await withSQLiteStore { store in
