@@ -185,7 +185,7 @@ extension PostgreSQLSuites.PostgresBackupTests {
         try await withSQLiteLocation { path in
             let key = MasterKey.generate()
             let source = try ChatLogStore.create(at: path, key: .key(key))
-            let imported = try source.importConversations(
+            let imported = try await source.importConversations(
                 format: "openai-jsonl",
                 records: [
                     .success(
@@ -224,7 +224,7 @@ extension PostgreSQLSuites.PostgresBackupTests {
                     #expect(try await local.proxyTokenName(token) == "billing")
                     #expect(try await local.findThread(digests)?.conversation == conversation)
                     // The same source record imported again into the round-tripped store adds nothing.
-                    let again = try local.importConversations(
+                    let again = try await local.importConversations(
                         format: "openai-jsonl",
                         records: [
                             .success(
