@@ -427,18 +427,22 @@ extension PostgreSQLSuites.PostgresCLITests {
         }
     }
 
-    @Test("chatlog import on PostgreSQL, SIGKILLed mid-import: every conversation there is whole with its import record; the rerun imports the rest once")
+    /// Large enough that the import is still running when the test sees 300 conversations, on an
+    /// idle machine too (a 3,000-conversation import once finished between two looks).
+    static let killedImportSize = 12_000
+
+    @Test("chatlog import of 12,000 conversations into PostgreSQL, SIGKILLed mid-import: every conversation there is whole with its import record; the rerun imports the rest once")
     func importKilledAndResumed() async throws {
         try await withPostgresLocation { url, database in
             try await withSQLiteLocation { path in
                 let home = (path as NSString).deletingLastPathComponent
                 let file = home + "/in.jsonl"
-                try Data(PostgreSQLSuites.PostgresImportTests.jsonl(count: 3_000).utf8).write(to: URL(fileURLWithPath: file))
+                try Data(PostgreSQLSuites.PostgresImportTests.jsonl(count: Self.killedImportSize).utf8).write(to: URL(fileURLWithPath: file))
                 let env = ["CHATLOG_MASTER_KEY": MasterKey.generate().exportBase64(), "CHATLOG_DB": url, "HOME": home, "PATH": "/usr/bin:/bin"]
                 #expect(try ProcessOutput.run(chatlogBinary(), ["init"], env: env, cwd: home).status == 0)
                 let process = Process()
                 process.executableURL = try chatlogBinary()
-                process.arguments = ["import", "--format", "openai-jsonl", "--batch-size", "50", file]
+                process.arguments = ["import", "--format", "openai-jsonl", "--batch-size", "25", file]
                 process.environment = env
                 process.standardOutput = FileHandle.nullDevice
                 process.standardError = FileHandle.nullDevice
@@ -452,7 +456,7 @@ extension PostgreSQLSuites.PostgresCLITests {
                 kill(process.processIdentifier, SIGKILL)
                 process.waitUntilExit()
                 let there = Int(try database.psql("SELECT count(*) FROM conversations")) ?? -1
-                #expect(importedBeforeKill >= 300 && there < 3_000 && there % 50 == 0, "killed after \(there) conversations")
+                #expect(importedBeforeKill >= 300 && there < Self.killedImportSize && there % 25 == 0, "killed after \(there) conversations")
                 let partial = try database.psql(
                     "SELECT count(*) FROM conversations c WHERE (SELECT count(*) FROM messages m WHERE m.conversation_seq = c.seq) <> 2")
                 #expect(partial == "0")
@@ -461,10 +465,10 @@ extension PostgreSQLSuites.PostgresCLITests {
                 let resumed = try ProcessOutput.run(chatlogBinary(), ["import", "--format", "openai-jsonl", "--json", file], env: env, cwd: home, timeout: 300)
                 #expect(resumed.status == 0, "\(resumed)")
                 let report = try JSONSerialization.jsonObject(with: Data(resumed.out.utf8)) as? [String: Any]
-                #expect(report?["duplicates"] as? Int == there && report?["conversations"] as? Int == 3_000 - there, "\(resumed)")
-                #expect(try database.psql("SELECT count(*) FROM conversations") == "3000")
-                #expect(try database.psql("SELECT count(DISTINCT id) FROM messages") == "6000")
-                let search = try ProcessOutput.run(chatlogBinary(), ["search", "number2999", "--json"], env: env, cwd: home)
+                #expect(report?["duplicates"] as? Int == there && report?["conversations"] as? Int == Self.killedImportSize - there, "\(resumed)")
+                #expect(try database.psql("SELECT count(*) FROM conversations") == String(Self.killedImportSize))
+                #expect(try database.psql("SELECT count(DISTINCT id) FROM messages") == String(2 * Self.killedImportSize))
+                let search = try ProcessOutput.run(chatlogBinary(), ["search", "number\(Self.killedImportSize - 1)", "--json"], env: env, cwd: home)
                 #expect(search.status == 0 && search.out.components(separatedBy: "\"message_id\"").count == 2, "\(search)")
             }
         }
