@@ -50,7 +50,11 @@ extension PostgresStorage {
                 var seq: Int64?
                 for try await value in found.decode(Int64.self) { seq = value }
                 guard let seq else { throw ChatLogError.conversationNotFound(conversation.id) }
-                _ = try await Self.appendMessages(record.messages, to: .locked(seq: seq), connection, logger)
+                // In statements of at most `messagesPerStatement` messages (a statement's parameter limit).
+                for start in stride(from: 0, to: record.messages.count, by: Self.messagesPerStatement) {
+                    let chunk = Array(record.messages[start..<min(record.messages.count, start + Self.messagesPerStatement)])
+                    _ = try await Self.appendMessages(chunk, to: .locked(seq: seq), connection, logger)
+                }
                 for digest in record.digests {
                     try await connection.run(
                         """

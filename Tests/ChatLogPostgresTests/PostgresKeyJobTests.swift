@@ -459,3 +459,20 @@ extension PostgreSQLSuites.PostgresKeyJobTests {
         }
     }
 }
+
+extension PostgreSQLSuites.PostgresKeyJobTests {
+    @Test("a proxy record of more messages than one statement can carry (4,100: 13 parameters each) is logged whole, positions gap-free")
+    func longProxyRecord() async throws {
+        try await withPostgresLocation { location, _ in
+            let store = try await ChatLogStore.create(url: location, key: .key(.generate()))
+            defer { try? store.close() }
+            let conversation = ConversationID.generate()
+            let messages = (0..<4_100).map { NewMessage(role: $0 % 2 == 0 ? .user : .assistant, content: "turn \($0)") }
+            let results = try await store.logProxyRecords([ProxyRecord(conversation: NewConversation(id: conversation), messages: messages, digests: [])])
+            #expect((try? results[0].get().messageIDs.count) == 4_100)
+            let transcript = try await store.transcript(conversation)
+            #expect(transcript.messages.map(\.position) == Array(0..<4_100))
+            #expect(transcript.messages.last?.content == "turn 4099")
+        }
+    }
+}

@@ -261,14 +261,31 @@ final class PostgresTestServer: Sendable {
     /// A new empty database with a unique name; dropped (with its connections) after `body`.
     func withDatabase<R>(_ body: (String) async throws -> R) async throws -> R {
         let name = "t_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
-        try psql("CREATE DATABASE \(name)")
+        try await psqlOffPool("CREATE DATABASE \(name)")
         do {
             let result = try await body(name)
-            _ = try? psql("DROP DATABASE \(name) WITH (FORCE)")
+            _ = try? await psqlOffPool("DROP DATABASE \(name) WITH (FORCE)")
             return result
         } catch {
-            _ = try? psql("DROP DATABASE \(name) WITH (FORCE)")
+            _ = try? await psqlOffPool("DROP DATABASE \(name) WITH (FORCE)")
             throw error
+        }
+    }
+
+    /// `psql` on a thread of its own, never blocking one of Swift's cooperative threads (two on this
+    /// machine). DROP DATABASE waits until every server process has absorbed a signal barrier; one
+    /// blocked writing rows to a test whose task waits for a cooperative thread never does — and
+    /// with both threads blocked in such DROPs, nothing ran again (seen: the whole test process
+    /// idle for minutes, two `DROP DATABASE … WITH (FORCE)` waiting, a server process in ClientWrite).
+    @discardableResult
+    func psqlOffPool(_ sql: String, database: String = "postgres") async throws -> String {
+        try await Self.offPool { try self.psql(sql, database: database) }
+    }
+
+    /// Runs blocking work (waitpid, a semaphore) on a new thread and awaits its result.
+    static func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            Thread { continuation.resume(with: Result { try body() }) }.start()
         }
     }
 
