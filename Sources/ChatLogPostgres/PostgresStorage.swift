@@ -460,6 +460,37 @@ package final class PostgresStorage: ChatLogStorage {
     /// PostgreSQL's 65,535 with the conversation's 9 and 3 more.
     static let messagesPerStatement = 4_000
 
+    /// A conversation row's nine columns (id, created_at, updated_at, key_id, title, subject,
+    /// subject_token, subject_key_id, metadata), in that order.
+    static func bind(_ c: SealedConversationRow, _ binds: inout PostgresBindings) throws {
+        binds.append(c.id)
+        binds.append(c.createdAt)
+        binds.append(c.updatedAt)
+        binds.append(c.keyID)
+        try binds.append(c.title)
+        try binds.append(c.subject)
+        try binds.append(c.subjectToken)
+        binds.append(c.subjectKeyID)
+        try binds.append(c.metadata)
+    }
+
+    /// A message row's columns after id, conversation and position (role, created_at, model,
+    /// prompt_tokens, completion_tokens, latency_ms, finish_reason, key_id, content, metadata,
+    /// index_key_id), in that order.
+    static func bindColumns(_ m: SealedMessageRow, _ binds: inout PostgresBindings) throws {
+        binds.append(m.role)
+        binds.append(m.createdAt)
+        binds.append(m.model)
+        binds.append(m.promptTokens)
+        binds.append(m.completionTokens)
+        binds.append(m.latencyMilliseconds)
+        binds.append(m.finishReason)
+        binds.append(m.keyID)
+        try binds.append(m.content)
+        try binds.append(m.metadata)
+        binds.append(m.indexKeyID)
+    }
+
     /// Where ``appendMessages(_:to:_:_:)`` puts messages.
     enum Target {
         /// A conversation inserted by the same statement (positions from 0).
@@ -487,15 +518,9 @@ package final class PostgresStorage: ChatLogStorage {
         case .new(let conversation):
             let latest = messages.map(\.createdAt).max() ?? conversation.updatedAt
             let start = binds.count + 1
-            binds.append(conversation.id)
-            binds.append(conversation.createdAt)
-            binds.append(max(conversation.updatedAt, latest))
-            binds.append(conversation.keyID)
-            try binds.append(conversation.title)
-            try binds.append(conversation.subject)
-            try binds.append(conversation.subjectToken)
-            binds.append(conversation.subjectKeyID)
-            try binds.append(conversation.metadata)
+            var row = conversation
+            row.updatedAt = max(conversation.updatedAt, latest)
+            try Self.bind(row, &binds)
             conversationCTE = """
                 c AS (INSERT INTO conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)
                       VALUES (\((start..<(start + 9)).map { "$\($0)" }.joined(separator: ", "))) RETURNING seq),
@@ -530,17 +555,7 @@ package final class PostgresStorage: ChatLogStorage {
             let start = binds.count + 1
             binds.append(message.id)
             binds.append(Int64(offset))
-            binds.append(message.role)
-            binds.append(message.createdAt)
-            binds.append(message.model)
-            binds.append(message.promptTokens)
-            binds.append(message.completionTokens)
-            binds.append(message.latencyMilliseconds)
-            binds.append(message.finishReason)
-            binds.append(message.keyID)
-            try binds.append(message.content)
-            try binds.append(message.metadata)
-            binds.append(message.indexKeyID)
+            try Self.bindColumns(message, &binds)
             rows.append("(" + messageValueTypes.enumerated().map { "$\(start + $0.offset)::\($0.element)" }.joined(separator: ", ") + ")")
             for term in message.terms {
                 termIDs.append(message.id)
@@ -999,16 +1014,7 @@ extension PostgresStorage {
             copies, into: "conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)",
             columns: 9, suffix: "RETURNING id, seq", connection, logger
         ) { binds, copy in
-            let c = copy.conversation
-            binds.append(c.id)
-            binds.append(c.createdAt)
-            binds.append(c.updatedAt)
-            binds.append(c.keyID)
-            try binds.append(c.title)
-            try binds.append(c.subject)
-            try binds.append(c.subjectToken)
-            binds.append(c.subjectKeyID)
-            try binds.append(c.metadata)
+            try Self.bind(copy.conversation, &binds)
         } returning: { rows in
             for try await (id, seq) in rows.decode((String, Int64).self) { seqs[id] = seq }
         }
@@ -1022,21 +1028,10 @@ extension PostgresStorage {
                           finish_reason, key_id, content, metadata, index_key_id)
                 """, columns: 14, connection, logger
         ) { binds, entry in
-            let m = entry.message
-            binds.append(m.id)
+            binds.append(entry.message.id)
             binds.append(entry.seq)
             binds.append(entry.position)
-            binds.append(m.role)
-            binds.append(m.createdAt)
-            binds.append(m.model)
-            binds.append(m.promptTokens)
-            binds.append(m.completionTokens)
-            binds.append(m.latencyMilliseconds)
-            binds.append(m.finishReason)
-            binds.append(m.keyID)
-            try binds.append(m.content)
-            try binds.append(m.metadata)
-            binds.append(m.indexKeyID)
+            try Self.bindColumns(entry.message, &binds)
         }
         let pairs = messages.flatMap { entry in entry.message.terms.map { (entry.message.id, Int64(bitPattern: $0)) } }
         for start in stride(from: 0, to: pairs.count, by: 50_000) {
