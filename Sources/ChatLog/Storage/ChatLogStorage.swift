@@ -280,7 +280,8 @@ package protocol ChatLogStorage: Sendable {
 
     /// Up to `limit` messages holding, for every element of `required`, at least one of its
     /// terms (an element lists a word's term under each live index key), newest first (by
-    /// created_at, then insertion order), strictly after `cursor` when given.
+    /// created_at, then insertion order), strictly after `cursor` when given. A backend may leave
+    /// the rows' `metadata` out (nil): a search never opens it.
     func searchCandidates(required: [[UInt64]], after cursor: MessageCursor?, limit: Int) async throws(ChatLogError)
         -> [SearchCandidate]
 

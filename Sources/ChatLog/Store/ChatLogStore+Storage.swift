@@ -378,62 +378,137 @@ extension ChatLogStore {
         }
 
         let want = offset + limit
-        let cap = sort == .relevance ? Self.relevanceCandidateCap : Int.max
-        var examined = 0
-        var complete = true
-        var verified: [(row: SealedMessageRow, content: String, scan: QueryMatcher.Scan)] = []
-        var cursor: MessageCursor?
-        pages: while true {
-            let page = try await storage.searchCandidates(required: required, after: cursor, limit: sort == .newest ? max(50, want + 1) : 1_000)
-            try await ensureKeys(for: page.map(\.message.content), storage)
-            for candidate in page {
-                cursor = candidate.cursor
-                guard wanted(candidate.message) else { continue }
-                if examined >= cap {
-                    complete = false
-                    break pages
-                }
-                examined += 1
-                let row = candidate.message
-                let content = try openText(row.content, FieldContext(table: "messages", column: "content", rowID: row.id))
-                let scan = matcher.scan(content)
-                guard matcher.matches(scan) else { continue }
-                verified.append((row, content, scan))
-                // One match past the page tells whether there are more.
-                if sort == .newest, verified.count > want { break pages }
-            }
-            if page.isEmpty { break }
+        func hit(_ row: SealedMessageRow, content: String, scan: QueryMatcher.Scan, score: Double?) throws(ChatLogError) -> SearchHit {
+            SearchHit(
+                messageID: try MessageID.stored(row.id, table: "messages", column: "id", seq: 0),
+                conversationID: try ConversationID.stored(row.conversationID, table: "conversations", column: "id", seq: 0),
+                role: Role(rawValue: row.role) ?? .user, createdAt: Date(unixMilliseconds: row.createdAt), model: row.model,
+                content: content, snippet: Snippets.make(content: content, matches: matcher.positiveMatches(scan)), score: score)
+        }
+        func open(_ row: SealedMessageRow) throws(ChatLogError) -> String {
+            try openText(row.content, FieldContext(table: "messages", column: "content", rowID: row.id))
         }
 
-        func hit(_ entry: (row: SealedMessageRow, content: String, scan: QueryMatcher.Scan), score: Double?) throws(ChatLogError) -> SearchHit {
-            SearchHit(
-                messageID: try MessageID.stored(entry.row.id, table: "messages", column: "id", seq: 0),
-                conversationID: try ConversationID.stored(entry.row.conversationID, table: "conversations", column: "id", seq: 0),
-                role: Role(rawValue: entry.row.role) ?? .user, createdAt: Date(unixMilliseconds: entry.row.createdAt), model: entry.row.model,
-                content: entry.content, snippet: Snippets.make(content: entry.content, matches: matcher.positiveMatches(entry.scan)), score: score)
-        }
-        if sort == .newest {
+        guard sort == .relevance else {
+            // Newest first: candidates are opened in order until one past the page.
+            var examined = 0
+            var verified: [(row: SealedMessageRow, content: String, scan: QueryMatcher.Scan)] = []
+            var cursor: MessageCursor?
+            pages: while true {
+                let page = try await storage.searchCandidates(required: required, after: cursor, limit: max(50, want + 1))
+                try await ensureKeys(for: page.map(\.message.content), storage)
+                for candidate in page {
+                    cursor = candidate.cursor
+                    guard wanted(candidate.message) else { continue }
+                    examined += 1
+                    let content = try open(candidate.message)
+                    let scan = matcher.scan(content)
+                    guard matcher.matches(scan) else { continue }
+                    verified.append((candidate.message, content, scan))
+                    // One match past the page tells whether there are more.
+                    if verified.count > want { break pages }
+                }
+                if page.isEmpty { break }
+            }
             var hits: [SearchHit] = []
-            for entry in verified.dropFirst(offset).prefix(limit) { hits.append(try hit(entry, score: nil)) }
-            return SearchResults(hits: hits, examined: examined, complete: complete, matched: nil, more: verified.count > want)
+            for entry in verified.dropFirst(offset).prefix(limit) { hits.append(try hit(entry.row, content: entry.content, scan: entry.scan, score: nil)) }
+            return SearchResults(hits: hits, examined: examined, complete: true, matched: nil, more: verified.count > want)
         }
-        guard !verified.isEmpty else { return SearchResults(hits: [], examined: examined, complete: complete, matched: 0, more: false) }
+
+        // Relevance: the newest `relevanceCandidateCap` candidates are opened and counted (term
+        // frequencies and length, no match positions), on every core, while the next page is read
+        // from the backend; only the hits on the page are opened again, for their snippets.
+        let pageSize = 1_000
+        var examined = 0
+        var complete = true
+        var counted: [RankedCandidate] = []
+        var pending = try await storage.searchCandidates(required: required, after: nil, limit: pageSize)
+        while !pending.isEmpty {
+            let page = pending
+            try await ensureKeys(for: page.map(\.message.content), storage)
+            var rows: [SealedMessageRow] = []
+            var capped = false
+            for candidate in page where wanted(candidate.message) {
+                if examined >= Self.relevanceCandidateCap {
+                    capped = true
+                    complete = false
+                    break
+                }
+                examined += 1
+                rows.append(candidate.message)
+            }
+            let cursor = page[page.count - 1].cursor
+            async let next = capped ? [] : storage.searchCandidates(required: required, after: cursor, limit: pageSize)
+            let ranked: [RankedCandidate]
+            do { ranked = try await rankingCounts(rows, matcher) } catch {
+                _ = try? await next
+                throw error
+            }
+            counted += ranked
+            do { pending = try await next } catch let error as ChatLogError { throw error } catch { throw .storage("\(error)") }
+        }
+        guard !counted.isEmpty else { return SearchResults(hits: [], examined: examined, complete: complete, matched: 0, more: false) }
         var terms: [UInt64] = []
         for token in matcher.tokens { for blinder in blinders { terms.append(token.withUnsafeBufferPointer { blinder.termValue($0) }) } }
         let ranking = BM25(
             matcher: matcher, blinders: blinders, total: try await storage.counts().messages,
             frequencies: try await storage.documentFrequencies(terms))
-        let lengths = verified.map(\.scan.tokenCount)
-        let averageLength = Double(lengths.reduce(0, +)) / Double(verified.count)
+        let averageLength = Double(counted.reduce(0) { $0 + $1.length }) / Double(counted.count)
         // Highest score first; ties newest first (candidates arrived newest first).
-        let order = verified.indices.map { index in
+        let order = counted.indices.map { index in
             (index, ranking.score(
-                frequencies: matcher.frequencies(verified[index].scan), positive: matcher.positive, length: lengths[index],
+                frequencies: counted[index].frequencies, positive: matcher.positive, length: counted[index].length,
                 averageLength: averageLength))
         }.sorted { ($0.1, -$0.0) > ($1.1, -$1.0) }
         var hits: [SearchHit] = []
-        for (index, score) in order.dropFirst(offset).prefix(limit) { hits.append(try hit(verified[index], score: score)) }
-        return SearchResults(hits: hits, examined: examined, complete: complete, matched: verified.count, more: verified.count > want)
+        for (index, score) in order.dropFirst(offset).prefix(limit) {
+            let row = counted[index].row
+            let content = try open(row)
+            hits.append(try hit(row, content: content, scan: matcher.scan(content), score: score))
+        }
+        return SearchResults(hits: hits, examined: examined, complete: complete, matched: counted.count, more: counted.count > want)
+    }
+
+    /// A verified relevance candidate: what BM25 needs of it.
+    struct RankedCandidate: Sendable {
+        let row: SealedMessageRow
+        let frequencies: [Int]
+        let length: Int
+    }
+
+    /// Opens and counts candidates in chunks on the cooperative pool (one per core at a time), in
+    /// their order; those that do not match the query are left out. The keys were loaded first
+    /// (``ensureKeys(for:_:)``).
+    func rankingCounts(_ rows: [SealedMessageRow], _ matcher: QueryMatcher) async throws(ChatLogError) -> [RankedCandidate] {
+        let chunkSize = 256
+        let chunks = stride(from: 0, to: rows.count, by: chunkSize).map { Array(rows[$0..<min($0 + chunkSize, rows.count)]) }
+        let results = await withTaskGroup(of: (Int, Result<[RankedCandidate], ChatLogError>).self) { group in
+            for (index, chunk) in chunks.enumerated() {
+                group.addTask { (index, Result { () throws(ChatLogError) in try self.rankingCounts(chunk, matcher) }) }
+            }
+            var results = [Result<[RankedCandidate], ChatLogError>?](repeating: nil, count: chunks.count)
+            for await (index, result) in group { results[index] = result }
+            return results
+        }
+        var ranked: [RankedCandidate] = []
+        for result in results { ranked += try result!.get() }
+        return ranked
+    }
+
+    private func rankingCounts(_ rows: [SealedMessageRow], _ matcher: QueryMatcher) throws(ChatLogError) -> [RankedCandidate] {
+        var ranked: [RankedCandidate] = []
+        for row in rows {
+            let context = FieldContext(table: "messages", column: "content", rowID: row.id)
+            let plaintext = try openSealed(row.content, context, db: nil)
+            let counts = plaintext.withUnsafeBufferPointer { text in
+                matcher.rankingCounts(utf8: text) ?? {
+                    let scan = matcher.asciiScan(utf8: text) ?? matcher.scan(utf8: text)
+                    return (matcher.matches(scan), matcher.frequencies(scan), scan.tokenCount)
+                }()
+            }
+            if counts.matches { ranked.append(RankedCandidate(row: row, frequencies: counts.frequencies, length: counts.length)) }
+        }
+        return ranked
     }
 
     static func termValue(_ blinder: TokenBlinder, _ token: String) -> UInt64 {

@@ -1,0 +1,141 @@
+import Foundation
+import Testing
+
+@testable import ChatLog
+@testable import ChatLogPostgres
+
+extension PostgreSQLSuites {
+    /// Migration postgres/0005: the row counts that relevance search (BM25's N) and `counts()`
+    /// read instead of `count(*)`, kept by statement triggers as delta rows and folded now and then.
+    @Suite("row counts on PostgreSQL")
+    struct PostgresCountsTests {
+        static func exchange(_ n: Int, conversation: ModelExchange.Target = .new(NewConversation())) -> ModelExchange {
+            ModelExchange(
+                conversation: conversation, prompt: [NewMessage(role: .user, content: "question \(n) about refunds")],
+                completion: NewMessage(role: .assistant, content: "answer \(n)"))
+        }
+
+        static func truth(_ database: PostgresDatabase) throws -> (conversations: Int, messages: Int) {
+            (Int(try database.psql("SELECT count(*) FROM conversations"))!, Int(try database.psql("SELECT count(*) FROM messages"))!)
+        }
+
+        static func fold(_ database: PostgresDatabase) throws {
+            try database.psql(
+                """
+                WITH moved AS (DELETE FROM row_count_deltas RETURNING conversations, messages)
+                UPDATE row_counts SET conversations = conversations + (SELECT coalesce(sum(conversations), 0) FROM moved),
+                                      messages = messages + (SELECT coalesce(sum(messages), 0) FROM moved)
+                """)
+        }
+
+        @Test("counts equal count(*) after concurrent writers in three processes' pools, appends, deletes, prune and repair — folded or not")
+        func countsFollowEveryWrite() async throws {
+            try await withPostgresLocation { location, database in
+                let key = MasterKey.generate()
+                let first = try await ChatLogStore.create(url: location, key: .key(key))
+                defer { try? first.close() }
+                let others = [try await ChatLogStore.open(url: location, key: .key(key)), try await ChatLogStore.open(url: location, key: .key(key))]
+                defer { for store in others { try? store.close() } }
+                let stores = [first] + others
+                let logged = try await withThrowingTaskGroup(of: [LoggedExchange].self) { group in
+                    for (index, store) in stores.enumerated() {
+                        group.addTask {
+                            var logged: [LoggedExchange] = []
+                            for n in 0..<40 {
+                                let exchange = try await store.logExchange(Self.exchange(index * 100 + n))
+                                logged.append(exchange)
+                                if n % 4 == 0 {
+                                    logged.append(try await store.logExchange(Self.exchange(n, conversation: .existing(exchange.conversationID))))
+                                }
+                            }
+                            return logged
+                        }
+                    }
+                    var all: [LoggedExchange] = []
+                    for try await part in group { all += part }
+                    return all
+                }
+                #expect(try Self.truth(database) == (120, 300))
+                var counts = try await first.counts()
+                #expect(counts == (120, 300))
+
+                // Deletes count down (a conversation's messages go by cascade).
+                #expect(try await others[0].deleteConversation(logged[0].conversationID))
+                #expect(try await others[1].deleteConversation(logged[5].conversationID))
+                let afterDeletes = try Self.truth(database)
+                counts = try await first.counts()
+                #expect(counts == afterDeletes && afterDeletes.conversations == 118)
+
+                // A message that cannot be opened is deleted by repair: one message fewer.
+                let victim = logged[10].messageIDs[1].rawValue
+                try database.psql("UPDATE messages SET content = (SELECT content FROM messages WHERE id <> '\(victim)' LIMIT 1) WHERE id = '\(victim)'")
+                _ = try await first.repair()
+                counts = try await first.counts()
+                #expect(counts == (try Self.truth(database)) && counts.messages == afterDeletes.messages - 1)
+
+                // Prune of everything older than now: nothing left, and the counts say so.
+                _ = try await first.prune(olderThan: Date().addingTimeInterval(60))
+                #expect(try Self.truth(database) == (0, 0))
+                #expect(try await first.counts() == (0, 0))
+
+                // The same numbers once every delta is folded into the total.
+                _ = try await first.logExchange(Self.exchange(1))
+                try Self.fold(database)
+                #expect(try database.psql("SELECT count(*) FROM row_count_deltas") == "0")
+                #expect(try await first.counts() == (1, 2))
+            }
+        }
+
+        @Test("a reader that finds many unfolded deltas folds them; the numbers do not change")
+        func readerFolds() async throws {
+            try await withPostgresLocation { location, database in
+                let store = try await ChatLogStore.create(url: location, key: .key(MasterKey.generate()))
+                defer { try? store.close() }
+                for n in 0..<3 { _ = try await store.logExchange(Self.exchange(n)) }
+                // Deltas that add up to nothing, as many as short-lived writers would leave.
+                try database.psql("INSERT INTO row_count_deltas SELECT 1, -1 FROM generate_series(1, 1500); INSERT INTO row_count_deltas SELECT -1, 1 FROM generate_series(1, 1500)")
+                #expect(try await store.counts() == (3, 6))
+                #expect(try database.psql("SELECT count(*) FROM row_count_deltas") == "0")
+                #expect(try database.psql("SELECT conversations || ',' || messages FROM row_counts") == "3,6")
+                #expect(try await store.counts() == (3, 6))
+            }
+        }
+
+        @Test("a store written before migration 0005 gets its counts from its rows; copy into PostgreSQL is counted")
+        func migrationAndCopy() async throws {
+            try await withPostgresLocation { location, database in
+                let key = MasterKey.generate()
+                do {
+                    let store = try await ChatLogStore.create(url: location, key: .key(key))
+                    defer { try? store.close() }
+                    for n in 0..<7 { _ = try await store.logExchange(Self.exchange(n)) }
+                }
+                // Back to schema 4, as a store of the previous release.
+                try database.psql(
+                    """
+                    DROP TABLE row_counts, row_count_deltas;
+                    DROP FUNCTION chatlog_count_rows CASCADE;
+                    DELETE FROM chatlog_migrations WHERE version = 5
+                    """)
+                let reopened = try await ChatLogStore.open(url: location, key: .key(key))
+                defer { try? reopened.close() }
+                #expect(try await reopened.counts() == (7, 14))
+                #expect(try database.psql("SELECT count(*) FROM chatlog_migrations WHERE version = 5") == "1")
+            }
+            // copy's multi-row inserts into a new PostgreSQL store.
+            try await withSQLiteLocation { path in
+                let key = MasterKey.generate()
+                let source = try ChatLogStore.create(at: path, key: .key(key))
+                defer { try? source.close() }
+                for n in 0..<9 { _ = try await source.logExchange(Self.exchange(n)) }
+                try await withPostgresLocation { url, database in
+                    _ = try await source.copy(to: url)
+                    let remote = try await ChatLogStore.open(url: url, key: .key(key))
+                    defer { try? remote.close() }
+                    #expect(try await remote.counts() == (9, 18))
+                    #expect(try Self.truth(database) == (9, 18))
+                }
+            }
+        }
+    }
+}
