@@ -637,9 +637,10 @@ package final class PostgresStorage: ChatLogStorage {
         m.finish_reason, m.key_id, m.content, m.metadata, m.index_key_id
         """
 
-    /// `messageColumns` without the sealed metadata, which a search never opens (its hits carry
-    /// none): thousands of relevance candidates are read per query.
-    static let searchColumns = messageColumns.replacingOccurrences(of: "m.metadata", with: "NULL::bytea AS metadata")
+    /// `messageColumns` without what a search never reads — the sealed metadata, token counts,
+    /// latency, finish reason and index key (its hits carry none of them): thousands of relevance
+    /// candidates are read per query.
+    static let searchColumns = "m.seq, m.id, c.id AS conversation_id, m.role, m.created_at, m.model, m.key_id, m.content, m.position"
 
     static func conversationRow(_ row: PostgresRow) throws -> SealedConversationRow {
         let (id, created, updated, key, title, subject, token, subjectKey, metadata) = try row.decode(
@@ -664,6 +665,20 @@ package final class PostgresStorage: ChatLogStorage {
             finishReason: try cells[10].decode(String?.self), keyID: try cells[11].decode(Int64.self),
             content: try cells[12].decode(Data.self), metadata: try cells[13].decode(Data?.self),
             indexKeyID: try cells[14].decode(Int64?.self), terms: [])
+        return SearchCandidate(message: message, cursor: MessageCursor(createdAt: createdAt, order: seq))
+    }
+
+    /// A search candidate of `searchColumns` and its cursor (cells by position, as `messageRow`).
+    static func searchRow(_ row: PostgresRow) throws -> SearchCandidate {
+        let cells = row.makeRandomAccess()
+        let seq = try cells[0].decode(Int64.self)
+        let createdAt = try cells[4].decode(Int64.self)
+        let message = SealedMessageRow(
+            id: try cells[1].decode(String.self), conversationID: try cells[2].decode(String.self),
+            position: try cells[8].decode(Int64.self), role: try cells[3].decode(String.self), createdAt: createdAt,
+            model: try cells[5].decode(String?.self), promptTokens: nil, completionTokens: nil, latencyMilliseconds: nil,
+            finishReason: nil, keyID: try cells[6].decode(Int64.self), content: try cells[7].decode(Data.self), metadata: nil,
+            indexKeyID: nil, terms: [])
         return SearchCandidate(message: message, cursor: MessageCursor(createdAt: createdAt, order: seq))
     }
 
@@ -756,7 +771,7 @@ package final class PostgresStorage: ChatLogStorage {
         return try await read { connection in
             let rows = try await connection.query(query, logger: self.logger)
             var candidates: [SearchCandidate] = []
-            for try await row in rows { candidates.append(try Self.messageRow(row)) }
+            for try await row in rows { candidates.append(try Self.searchRow(row)) }
             return candidates
         }
     }

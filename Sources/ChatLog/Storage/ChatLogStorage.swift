@@ -281,7 +281,8 @@ package protocol ChatLogStorage: Sendable {
     /// Up to `limit` messages holding, for every element of `required`, at least one of its
     /// terms (an element lists a word's term under each live index key), newest first (by
     /// created_at, then insertion order), strictly after `cursor` when given. A backend may leave
-    /// the rows' `metadata` out (nil): a search never opens it.
+    /// the rows' optional columns out (nil: metadata, token counts, latency, finish reason, index
+    /// key): a search reads none of them.
     func searchCandidates(required: [[UInt64]], after cursor: MessageCursor?, limit: Int) async throws(ChatLogError)
         -> [SearchCandidate]
 

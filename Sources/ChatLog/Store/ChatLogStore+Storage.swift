@@ -421,12 +421,13 @@ extension ChatLogStore {
         let pageSize = 1_000
         var examined = 0
         var complete = true
-        var counted: [RankedCandidate] = []
+        var rows: [SealedMessageRow] = []  // every candidate examined, in order
+        var counted: [RankedCandidate] = []  // those that match, by index into `rows`
         var pending = try await storage.searchCandidates(required: required, after: nil, limit: pageSize)
         while !pending.isEmpty {
             let page = pending
             try await ensureKeys(for: page.map(\.message.content), storage)
-            var rows: [SealedMessageRow] = []
+            let first = rows.count
             var capped = false
             for candidate in page where wanted(candidate.message) {
                 if examined >= Self.relevanceCandidateCap {
@@ -440,7 +441,7 @@ extension ChatLogStore {
             let cursor = page[page.count - 1].cursor
             async let next = capped ? [] : storage.searchCandidates(required: required, after: cursor, limit: pageSize)
             let ranked: [RankedCandidate]
-            do { ranked = try await rankingCounts(rows, matcher) } catch {
+            do { ranked = try await rankingCounts(rows[first...], matcher) } catch {
                 _ = try? await next
                 throw error
             }
@@ -462,16 +463,16 @@ extension ChatLogStore {
         }.sorted { ($0.1, -$0.0) > ($1.1, -$1.0) }
         var hits: [SearchHit] = []
         for (index, score) in order.dropFirst(offset).prefix(limit) {
-            let row = counted[index].row
+            let row = rows[counted[index].index]
             let content = try open(row)
             hits.append(try hit(row, content: content, scan: matcher.scan(content), score: score))
         }
         return SearchResults(hits: hits, examined: examined, complete: complete, matched: counted.count, more: counted.count > want)
     }
 
-    /// A verified relevance candidate: what BM25 needs of it.
+    /// A verified relevance candidate: what BM25 needs of it, and its place among the candidates.
     struct RankedCandidate: Sendable {
-        let row: SealedMessageRow
+        let index: Int
         let frequencies: [Int]
         let length: Int
     }
@@ -479,12 +480,12 @@ extension ChatLogStore {
     /// Opens and counts candidates in chunks on the cooperative pool (one per core at a time), in
     /// their order; those that do not match the query are left out. The keys were loaded first
     /// (``ensureKeys(for:_:)``).
-    func rankingCounts(_ rows: [SealedMessageRow], _ matcher: QueryMatcher) async throws(ChatLogError) -> [RankedCandidate] {
+    func rankingCounts(_ rows: ArraySlice<SealedMessageRow>, _ matcher: QueryMatcher) async throws(ChatLogError) -> [RankedCandidate] {
         let chunkSize = 256
-        let chunks = stride(from: 0, to: rows.count, by: chunkSize).map { Array(rows[$0..<min($0 + chunkSize, rows.count)]) }
+        let chunks = stride(from: rows.startIndex, to: rows.endIndex, by: chunkSize).map { rows[$0..<min($0 + chunkSize, rows.endIndex)] }
         let results = await withTaskGroup(of: (Int, Result<[RankedCandidate], ChatLogError>).self) { group in
             for (index, chunk) in chunks.enumerated() {
-                group.addTask { (index, Result { () throws(ChatLogError) in try self.rankingCounts(chunk, matcher) }) }
+                group.addTask { (index, Result { () throws(ChatLogError) in try self.rankingCountsOfChunk(chunk, matcher) }) }
             }
             var results = [Result<[RankedCandidate], ChatLogError>?](repeating: nil, count: chunks.count)
             for await (index, result) in group { results[index] = result }
@@ -495,9 +496,9 @@ extension ChatLogStore {
         return ranked
     }
 
-    private func rankingCounts(_ rows: [SealedMessageRow], _ matcher: QueryMatcher) throws(ChatLogError) -> [RankedCandidate] {
+    private func rankingCountsOfChunk(_ rows: ArraySlice<SealedMessageRow>, _ matcher: QueryMatcher) throws(ChatLogError) -> [RankedCandidate] {
         var ranked: [RankedCandidate] = []
-        for row in rows {
+        for (index, row) in zip(rows.indices, rows) {
             let context = FieldContext(table: "messages", column: "content", rowID: row.id)
             let plaintext = try openSealed(row.content, context, db: nil)
             let counts = plaintext.withUnsafeBufferPointer { text in
@@ -506,7 +507,7 @@ extension ChatLogStore {
                     return (matcher.matches(scan), matcher.frequencies(scan), scan.tokenCount)
                 }()
             }
-            if counts.matches { ranked.append(RankedCandidate(row: row, frequencies: counts.frequencies, length: counts.length)) }
+            if counts.matches { ranked.append(RankedCandidate(index: index, frequencies: counts.frequencies, length: counts.length)) }
         }
         return ranked
     }
