@@ -10,6 +10,7 @@ enum PostgresErrors {
     static func map(_ error: any Error, location: PostgresLocation) -> ChatLogError {
         if let error = error as? ChatLogError { return error }
         if let error = error as? PSQLError { return map(error, location: location) }
+        if error is PostgresStorage.AbortedTransaction { return abortedTransaction(location) }
         if error is NIOSSLError || error is BoringSSLError {
             return .storage("TLS with the PostgreSQL server at \(location) failed (\(tlsReason(error))); check sslmode and sslrootcert")
         }
@@ -20,6 +21,10 @@ enum PostgresErrors {
             return .storage("the connection to the PostgreSQL server at \(location) failed (\(error))")
         }
         return .storage("PostgreSQL at \(location): \(type(of: error))")
+    }
+
+    static func abortedTransaction(_ location: PostgresLocation) -> ChatLogError {
+        .storage("PostgreSQL at \(location): a statement of the transaction failed, so nothing of it was written")
     }
 
     static func map(_ error: PSQLError, location: PostgresLocation) -> ChatLogError {
@@ -39,8 +44,7 @@ enum PostgresErrors {
             case "57P01", "57P02", "57P03":
                 return .storage(
                     "the PostgreSQL server at \(location) ended the session (SQLSTATE \(state): shutdown, restart or an administrator's command); nothing was written by the failed command")
-            case "25P02":
-                return .storage("PostgreSQL at \(location): a statement of the transaction failed, so nothing of it was written")
+            case "25P02": return abortedTransaction(location)
             case "53300": return .busy("PostgreSQL at \(location) has no connection slot left: \(message); try again or raise the limit")
             default: return .storage("PostgreSQL at \(location): \(message) (SQLSTATE \(state))")
             }

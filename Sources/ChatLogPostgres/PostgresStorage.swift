@@ -149,7 +149,9 @@ package final class PostgresStorage: ChatLogStorage {
     /// Not postgres-nio's `withTransaction`: PostgreSQL answers `COMMIT` of a transaction that a
     /// failed statement aborted with a successful "ROLLBACK", so an error that went unseen would be
     /// reported as a commit. Every statement's rows are read to the end (`run`, the decode
-    /// loops), and before `COMMIT` one more statement asks: in an aborted transaction it fails.
+    /// loops), and `COMMIT`'s command tag is checked: "ROLLBACK" means the transaction had been
+    /// aborted, and is reported as the failed statement's error (25P02). (Until 2026-12-06 a
+    /// `SELECT 1` before `COMMIT` asked instead: one more round trip per transaction.)
     func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         var attempts = 0
         while true {
@@ -166,6 +168,18 @@ package final class PostgresStorage: ChatLogStorage {
         }
     }
 
+    /// `COMMIT`, failing when the server answers that it rolled the transaction back instead (a
+    /// statement in it failed, perhaps one whose error nobody read).
+    static func commit(_ connection: PostgresConnection, logger: Logger) async throws {
+        // The future-returning `query` gives the command tag; the async one does not.
+        let result: EventLoopFuture<PostgresQueryResult> = connection.query("COMMIT", logger: logger)
+        let tag = try await result.get().metadata.command
+        guard tag == "COMMIT" else { throw AbortedTransaction() }
+    }
+
+    /// `COMMIT` was answered with `ROLLBACK`: the transaction had been aborted by a failed statement.
+    struct AbortedTransaction: Error {}
+
     /// The connection was found closed at `BEGIN`: nothing of the transaction ran.
     struct LostBeforeBegin: Error { let error: any Error }
 
@@ -179,8 +193,7 @@ package final class PostgresStorage: ChatLogStorage {
                 }
                 do {
                     let value = try await body(connection)
-                    try await connection.run("SELECT 1", logger: logger)
-                    try await connection.run("COMMIT", logger: logger)
+                    try await Self.commit(connection, logger: logger)
                     if UInt8.random(in: 0..<Self.foldOneIn) == 0 { await foldRowCounts(connection) }
                     return value
                 } catch {
