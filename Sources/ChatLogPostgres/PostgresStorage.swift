@@ -308,6 +308,16 @@ package final class PostgresStorage: ChatLogStorage {
         try await PostgresSchema.migrate(self)
     }
 
+    package func requireCurrentSchema() async throws(ChatLogError) {
+        let applied = try await PostgresSchema.version(self)
+        let latest = PostgresSchema.latestVersion
+        if applied > latest { throw .schemaTooNew(found: applied, supported: latest) }
+        if applied < latest {
+            throw .invalidInput(
+                "\(location) has schema version \(applied) and needs an upgrade to \(latest), which a read-only command does not do; run a chatlog command that writes on it once (with a role that may create tables)")
+        }
+    }
+
     // MARK: - Meta and keys
 
     package func isInitialized() async throws(ChatLogError) -> Bool {
@@ -855,17 +865,21 @@ package final class PostgresStorage: ChatLogStorage {
     /// A reader that sees more delta rows than this folds them.
     static let foldReadThreshold: Int64 = 2_000
 
-    /// Moves every committed delta row of migration 0005 into `row_counts`, in one statement of its
-    /// own (no other lock held: it can only wait for another fold). A failure changes nothing and
-    /// is left to the next fold.
+    /// Moves every committed delta row of migrations 0005 and 0006 into `row_counts` and
+    /// `key_usage`, in one statement of its own (no other lock held: it can only wait for another
+    /// fold). A failure changes nothing and is left to the next fold.
     func foldRowCounts(_ connection: PostgresConnection) async {
         do {
             try await connection.run(
                 """
-                WITH moved AS (DELETE FROM row_count_deltas RETURNING conversations, messages)
-                UPDATE row_counts SET conversations = conversations + (SELECT coalesce(sum(conversations), 0) FROM moved),
-                                      messages = messages + (SELECT coalesce(sum(messages), 0) FROM moved)
-                WHERE id = 1
+                WITH moved AS (DELETE FROM row_count_deltas RETURNING conversations, messages),
+                     counted AS (
+                         UPDATE row_counts SET conversations = conversations + (SELECT coalesce(sum(conversations), 0) FROM moved),
+                                               messages = messages + (SELECT coalesce(sum(messages), 0) FROM moved)
+                         WHERE id = 1),
+                     keys_moved AS (DELETE FROM key_usage_deltas RETURNING key_id, row_count)
+                INSERT INTO key_usage (key_id, row_count) SELECT key_id, sum(row_count) FROM keys_moved GROUP BY key_id
+                ON CONFLICT (key_id) DO UPDATE SET row_count = key_usage.row_count + excluded.row_count
                 """, logger: logger)
         } catch {
             logger.debug("row counts not folded: \(String(reflecting: type(of: error)))")
@@ -1189,21 +1203,28 @@ extension PostgresStorage {
     }
 
     /// Counted from the tables (PostgreSQL keeps no counter rows: docs/ARCHITECTURE.md §10).
+    /// From migration 0006's key usage: the folded totals plus the deltas not folded yet, in one
+    /// statement (four scans of `messages` and `conversations` before).
     package func keyUsage() async throws(ChatLogError) -> [Int64: Int] {
-        try await read { connection in
+        let (usage, deltas) = try await read { connection in
             let rows = try await connection.query(
                 """
-                SELECT id, count(*) FROM (
-                    SELECT key_id AS id FROM conversations
-                    UNION ALL SELECT subject_key_id FROM conversations WHERE subject_key_id IS NOT NULL
-                    UNION ALL SELECT key_id FROM messages
-                    UNION ALL SELECT index_key_id FROM messages WHERE index_key_id IS NOT NULL
-                ) used GROUP BY id
+                SELECT key_id, sum(row_count)::bigint, (SELECT count(*) FROM key_usage_deltas)
+                FROM (SELECT key_id, row_count FROM key_usage UNION ALL SELECT key_id, row_count FROM key_usage_deltas) used
+                GROUP BY key_id HAVING sum(row_count) <> 0
                 """, logger: self.logger)
             var usage: [Int64: Int] = [:]
-            for try await (id, count) in rows.decode((Int64, Int64).self) { usage[id] = Int(count) }
-            return usage
+            var deltas: Int64 = 0
+            for try await (id, count, unfolded) in rows.decode((Int64, Int64, Int64).self) {
+                usage[id] = Int(count)
+                deltas = unfolded
+            }
+            return (usage, deltas)
         }
+        if deltas > Self.foldReadThreshold, pinned == nil {
+            try? await client.withConnection { connection in await foldRowCounts(connection) }
+        }
+        return usage
     }
 }
 

@@ -19,12 +19,17 @@ extension PostgreSQLSuites {
             (Int(try database.psql("SELECT count(*) FROM conversations"))!, Int(try database.psql("SELECT count(*) FROM messages"))!)
         }
 
+        /// The fold the storage runs now and then (PostgresStorage.foldRowCounts), by hand.
         static func fold(_ database: PostgresDatabase) throws {
             try database.psql(
                 """
-                WITH moved AS (DELETE FROM row_count_deltas RETURNING conversations, messages)
-                UPDATE row_counts SET conversations = conversations + (SELECT coalesce(sum(conversations), 0) FROM moved),
-                                      messages = messages + (SELECT coalesce(sum(messages), 0) FROM moved)
+                WITH moved AS (DELETE FROM row_count_deltas RETURNING conversations, messages),
+                     counted AS (
+                         UPDATE row_counts SET conversations = conversations + (SELECT coalesce(sum(conversations), 0) FROM moved),
+                                               messages = messages + (SELECT coalesce(sum(messages), 0) FROM moved)),
+                     keys_moved AS (DELETE FROM key_usage_deltas RETURNING key_id, row_count)
+                INSERT INTO key_usage (key_id, row_count) SELECT key_id, sum(row_count) FROM keys_moved GROUP BY key_id
+                ON CONFLICT (key_id) DO UPDATE SET row_count = key_usage.row_count + excluded.row_count
                 """)
         }
 
@@ -86,6 +91,70 @@ extension PostgreSQLSuites {
             }
         }
 
+        static func usageByScan(_ database: PostgresDatabase) throws -> [Int64: Int] {
+            let text = try database.psql(
+                """
+                SELECT string_agg(id || ':' || n, ',' ORDER BY id) FROM (SELECT id, count(*) AS n FROM (
+                    SELECT key_id AS id FROM conversations
+                    UNION ALL SELECT subject_key_id FROM conversations WHERE subject_key_id IS NOT NULL
+                    UNION ALL SELECT key_id FROM messages
+                    UNION ALL SELECT index_key_id FROM messages WHERE index_key_id IS NOT NULL) used GROUP BY id) counted
+                """)
+            var usage: [Int64: Int] = [:]
+            for pair in text.split(separator: ",") {
+                let parts = pair.split(separator: ":")
+                usage[Int64(parts[0])!] = Int(parts[1])!
+            }
+            return usage
+        }
+
+        static func usageByStatus(_ store: ChatLogStore) async throws -> [Int64: Int] {
+            var usage: [Int64: Int] = [:]
+            for key in try await store.keyStatus().keys where key.rowCount > 0 { usage[Int64(key.id.rawValue)] = key.rowCount }
+            return usage
+        }
+
+        @Test("rows per key (migration 0006) equal a scan after logging, appends, data- and index-key rotation in batches, retirement, deletes and prune; a store of schema 5 gets them from its rows")
+        func keyUsageFollowsEveryWrite() async throws {
+            try await withPostgresLocation { location, database in
+                let key = MasterKey.generate()
+                let store = try await ChatLogStore.create(url: location, key: .key(key))
+                defer { try? store.close() }
+                var logged: [LoggedExchange] = []
+                for n in 0..<30 {
+                    logged.append(try await store.logExchange(Self.exchange(n)))
+                    if n % 3 == 0 { _ = try await store.logExchange(Self.exchange(n, conversation: .existing(logged[n].conversationID))) }
+                }
+                func check(_ step: String) async throws {
+                    let scanned = try Self.usageByScan(database)
+                    #expect(try await Self.usageByStatus(store) == scanned, "\(step)")
+                }
+                try await check("logged")
+                _ = try await store.rotateDataKey(RotationOptions(newKey: true, batchSize: 7))
+                try await check("data key rotated")
+                _ = try await store.rotateIndexKey(RotationOptions(newKey: true, batchSize: 11))
+                try await check("index key rotated")
+                _ = try await store.retireUnusedKeys()
+                try await check("retired")
+                #expect(try await store.deleteConversation(logged[0].conversationID))
+                try await check("deleted")
+                // Back to schema 5 with the totals lost: migration 6 counts them from the rows.
+                try database.psql(
+                    """
+                    DROP TABLE key_usage, key_usage_deltas;
+                    DROP FUNCTION chatlog_count_key_usage CASCADE;
+                    DELETE FROM chatlog_migrations WHERE version = 6
+                    """)
+                let reopened = try await ChatLogStore.open(url: location, key: .key(key))
+                defer { try? reopened.close() }
+                #expect(try await Self.usageByStatus(reopened) == (try Self.usageByScan(database)))
+                _ = try await reopened.prune(olderThan: Date().addingTimeInterval(60))
+                try Self.fold(database)
+                #expect(try await Self.usageByStatus(reopened).isEmpty)
+                #expect(try Self.usageByScan(database).isEmpty)
+            }
+        }
+
         @Test("a reader that finds many unfolded deltas folds them; the numbers do not change")
         func readerFolds() async throws {
             try await withPostgresLocation { location, database in
@@ -113,14 +182,25 @@ extension PostgreSQLSuites {
                 // Back to schema 4, as a store of the previous release.
                 try database.psql(
                     """
-                    DROP TABLE row_counts, row_count_deltas;
-                    DROP FUNCTION chatlog_count_rows CASCADE;
-                    DELETE FROM chatlog_migrations WHERE version = 5
+                    DROP TABLE row_counts, row_count_deltas, key_usage, key_usage_deltas;
+                    DROP FUNCTION chatlog_count_rows, chatlog_count_key_usage CASCADE;
+                    DELETE FROM chatlog_migrations WHERE version IN (5, 6)
                     """)
+                // A read-only open applies no migration: it says what to do instead of failing on a
+                // table it lacks (`chatlog key status` on an upgraded binary).
+                var readOnly = ChatLogStore.Options()
+                readOnly.readOnly = true
+                await #expect(throws: ChatLogError.invalidInput(
+                    "\(try PostgresLocation(url: location).description) has schema version 4 and needs an upgrade to \(PostgresSchema.latestVersion), which a read-only command does not do; run a chatlog command that writes on it once (with a role that may create tables)")) {
+                    try await ChatLogStore.open(url: location, key: .key(key), options: readOnly)
+                }
                 let reopened = try await ChatLogStore.open(url: location, key: .key(key))
                 defer { try? reopened.close() }
                 #expect(try await reopened.counts() == (7, 14))
-                #expect(try database.psql("SELECT count(*) FROM chatlog_migrations WHERE version = 5") == "1")
+                let reader = try await ChatLogStore.open(url: location, key: .key(key), options: readOnly)
+                defer { try? reader.close() }
+                #expect(try await reader.counts() == (7, 14))
+                #expect(try database.psql("SELECT count(*) FROM chatlog_migrations WHERE version IN (5, 6)") == "2")
             }
             // copy's multi-row inserts into a new PostgreSQL store.
             try await withSQLiteLocation { path in

@@ -16,7 +16,7 @@ extension PostgreSQLSuites {
                 #expect(PostgresSchema.latestVersion >= 1)
                 let tables = try server.psql(
                     "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'", database: database)
-                #expect(tables == "chatlog_meta,chatlog_migrations,conversations,imports,keys,message_terms,messages,proxy_threads,proxy_tokens,row_count_deltas,row_counts")
+                #expect(tables == "chatlog_meta,chatlog_migrations,conversations,imports,key_usage,key_usage_deltas,keys,message_terms,messages,proxy_threads,proxy_tokens,row_count_deltas,row_counts")
                 try await storage.migrate()
                 #expect(try server.psql("SELECT count(*) FROM chatlog_migrations", database: database) == String(PostgresSchema.migrations.count))
             }

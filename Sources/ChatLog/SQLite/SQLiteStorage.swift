@@ -55,6 +55,10 @@ package final class SQLiteStorage: ChatLogStorage {
         try Schema.migrate(pool)
     }
 
+    package func requireCurrentSchema() async throws(ChatLogError) {
+        try Schema.requireCurrent(pool, path: location)
+    }
+
     package func isInitialized() async throws(ChatLogError) -> Bool {
         try await meta("master_check") != nil
     }

@@ -240,6 +240,11 @@ package protocol ChatLogStorage: Sendable {
     /// newer chatlog (``ChatLogError/schemaTooNew(found:supported:)``).
     func migrate() async throws(ChatLogError)
 
+    /// For a read-only open, which applies no migration: refuses a store migrated by a newer
+    /// chatlog, and one that still needs this chatlog's migrations (a command that writes applies
+    /// them), instead of failing later on a table or column it lacks.
+    func requireCurrentSchema() async throws(ChatLogError)
+
     /// Whether `chatlog init` completed on this store (its master-key check value exists).
     func isInitialized() async throws(ChatLogError) -> Bool
 

@@ -60,8 +60,8 @@ extension ChatLogStore {
         -> ChatLogStore
     {
         try checkOptions(options)
-        // A read-only open applies no migration (the backend refuses a newer schema either way).
-        if !options.readOnly { try await storage.migrate() }
+        // A read-only open applies no migration: it refuses a schema that is not this chatlog's.
+        if options.readOnly { try await storage.requireCurrentSchema() } else { try await storage.migrate() }
         guard try await storage.isInitialized() else {
             throw .notAChatLogStore(path: storage.location, reason: "it was never fully initialised; run `chatlog init` on it")
         }
