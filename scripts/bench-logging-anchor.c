@@ -8,7 +8,8 @@
  *   `detail=none` FTS5 table; 1,000 messages per transaction, WAL, synchronous NORMAL (what GRDB sets for chatlog and the
  *   baselines), secure_delete.
  *   With --row it also inserts the sealed content into a table with chatlog's message columns and
- *   secondary indexes (what a real store has to write besides the index). With --tuned the FTS5 table
+ *   secondary indexes (what a real store has to write besides the index). The FTS5 row id is the
+ *   message's seq, as in chatlog since its migration 0011 (before: created_at_ms * 2^20). With --tuned the FTS5 table
  *   gets the settings of chatlog's migration 0008 (automerge 8, hashsize 8 MiB; FTS5's defaults: 4, 1 MiB).
  *
  * Input: the corpus file `chatlog-bench --write-corpus FILE` writes (each message: a 4-byte
@@ -102,10 +103,10 @@ int main(int argc, char **argv) {
     if (with_row) {
         exec(db, "CREATE TABLE messages (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, conversation_seq INTEGER NOT NULL,"
                  " position INTEGER NOT NULL, role TEXT NOT NULL, created_at INTEGER NOT NULL, key_id INTEGER NOT NULL,"
-                 " content BLOB NOT NULL, search_rowid INTEGER, index_key_id INTEGER, UNIQUE (conversation_seq, position));"
+                 " content BLOB NOT NULL, index_key_id INTEGER, time_lag INTEGER NOT NULL DEFAULT 0,"
+                 " UNIQUE (conversation_seq, position));"
                  "CREATE INDEX messages_by_created ON messages (created_at);"
                  "CREATE INDEX messages_by_key ON messages (key_id);"
-                 "CREATE UNIQUE INDEX messages_by_search_rowid ON messages (search_rowid);"
                  "CREATE INDEX messages_by_index_key ON messages (index_key_id);");
     }
     sqlite3_stmt *insert_terms, *insert_row = NULL;
@@ -114,7 +115,7 @@ int main(int argc, char **argv) {
     if (with_row &&
         sqlite3_prepare_v2(db,
                            "INSERT INTO messages (id, conversation_seq, position, role, created_at, key_id, content,"
-                           " search_rowid, index_key_id) VALUES (?, ?, ?, 'user', ?, 1, ?, ?, 2)",
+                           " index_key_id, time_lag) VALUES (?, ?, ?, 'user', ?, 1, ?, 2, 0)",
                            -1, &insert_row, NULL) != SQLITE_OK)
         die("prepare", db);
 
@@ -180,7 +181,8 @@ int main(int argc, char **argv) {
                 word_length = 0;
             }
         }
-        int64_t rowid = ((created_at + messages * 60) << 20);
+        /* The index's row id is the message's seq (chatlog's migration 0011). */
+        int64_t rowid = messages + 1;
         if (with_row) {
             char id[40];
             snprintf(id, sizeof id, "0197%04lx-0000-7000-8000-%012lx", messages & 0xffff, messages);
@@ -189,9 +191,9 @@ int main(int argc, char **argv) {
             sqlite3_bind_int64(insert_row, 3, messages % 1000);
             sqlite3_bind_int64(insert_row, 4, created_at + messages * 60);
             sqlite3_bind_blob(insert_row, 5, sealed, (int)(45 + padded_length), SQLITE_STATIC);
-            sqlite3_bind_int64(insert_row, 6, rowid);
             if (sqlite3_step(insert_row) != SQLITE_DONE) die("insert row", db);
             sqlite3_reset(insert_row);
+            rowid = sqlite3_last_insert_rowid(db);
         }
         sqlite3_bind_int64(insert_terms, 1, rowid);
         sqlite3_bind_text(insert_terms, 2, document, (int)out, SQLITE_STATIC);

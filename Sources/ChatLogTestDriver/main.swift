@@ -68,6 +68,13 @@
 // ForgetStep raw values: rows-deleted, store-checkpointed, keys-destroyed, receipt-written), so
 // tests can check that the next `chatlog forget` finishes an interrupted one.
 //
+//     chatlog-test-driver migrate --db PATH --kill-after-progress N
+//
+// opens the store (which applies the schema migrations it lacks) with a SQLite progress handler
+// on its connections that SIGKILLs the process at its Nth call (every 1,000 virtual-machine
+// steps), so tests can kill a migration part-way and check that the next open finishes it.
+// Prints "not killed after C" (C progress calls) when the open finished first.
+//
 // The master key comes from the environment (CHATLOG_MASTER_KEY and friends, through
 // ChatLogSettings), never from the command line. On success it prints the number of messages it
 // appended and exits 0; on failure it prints one line on stderr and exits non-zero.
@@ -75,6 +82,8 @@
 import ChatLog
 import Foundation
 import GRDB
+import GRDBSQLite
+import Synchronization
 
 enum DriverExit: Int32 {
     case usage = 64  // EX_USAGE
@@ -158,6 +167,26 @@ func forgetAndDie(_ options: [String: String]) async throws {
         if done == step { kill(getpid(), SIGKILL) }
     }
     emit("not killed")
+}
+
+/// The progress handler's count and limit (a C callback captures nothing).
+let progressCalls = Atomic<Int>(0)
+let progressLimit = Atomic<Int>(Int.max)
+
+func migrateAndDie(_ options: [String: String]) async throws {
+    guard let path = options["db"] else { throw UsageError(description: "--db is required") }
+    progressLimit.store(try positiveInteger(options, "kill-after-progress"), ordering: .relaxed)
+    var storeOptions = ChatLogStore.Options()
+    storeOptions.connectionHook = { connection in
+        sqlite3_progress_handler(connection, 1_000, { _ in
+            if progressCalls.add(1, ordering: .relaxed).newValue >= progressLimit.load(ordering: .relaxed) { kill(getpid(), SIGKILL) }
+            return 0
+        }, nil)
+    }
+    let settings = try await ChatLogSettings.load(dotEnvPath: nil)
+    let store = try ChatLogStore.open(at: path, key: try settings.masterKeySource(), options: storeOptions)
+    try store.close()
+    emit("not killed after \(progressCalls.load(ordering: .relaxed))")
 }
 
 func afterOpen(_ options: [String: String]) async throws {
@@ -368,7 +397,7 @@ if arguments.first == "measure" {
 }
 guard let command = arguments.first else {
     fail(
-        "usage: chatlog-test-driver append|append-loop|exchange-loop|search-loop|delete|hold-lock|hold-read|after-open|measure --db PATH … (see the comment at the top of main.swift)",
+        "usage: chatlog-test-driver append|append-loop|exchange-loop|search-loop|delete|hold-lock|hold-read|after-open|forget|migrate|measure --db PATH … (see the comment at the top of main.swift)",
         .usage)
 }
 do {
@@ -392,6 +421,8 @@ do {
         try await afterOpen(options)
     case "forget":
         try await forgetAndDie(options)
+    case "migrate":
+        try await migrateAndDie(options)
     default:
         throw UsageError(description: "unknown command \(command)")
     }

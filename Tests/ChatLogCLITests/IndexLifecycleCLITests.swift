@@ -26,7 +26,7 @@ import Testing
     /// The blinded terms and search row ids the index holds for `messages`, read with sqlite3.
     func indexed(_ sandbox: Sandbox, messages: [String]) throws -> (terms: [String], rows: [String]) {
         let list = messages.map { "'\($0)'" }.joined(separator: ",")
-        let rows = try sandbox.sqlite("chatlog.db", "SELECT search_rowid FROM messages WHERE id IN (\(list))").split(separator: "\n").map(String.init)
+        let rows = try sandbox.sqlite("chatlog.db", "SELECT seq FROM messages WHERE id IN (\(list))").split(separator: "\n").map(String.init)
         let terms = try sandbox.sqlite(
             "chatlog.db", "SELECT DISTINCT term FROM message_terms_instance WHERE doc IN (\(rows.joined(separator: ",")))"
         ).split(separator: "\n").map(String.init)

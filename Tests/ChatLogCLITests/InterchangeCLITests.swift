@@ -408,7 +408,7 @@ import Testing
         try sandbox.initStore()
         #expect(try sandbox.chatlog(["import", "--format", "openai-jsonl", Self.fixture("openai/sample.jsonl")]).status == 0)
         try sandbox.sqlite(
-            "chatlog.db", "INSERT INTO message_terms (rowid, terms) VALUES ((SELECT max(search_rowid) + 1000 FROM messages), 'aaaaaaaa')")
+            "chatlog.db", "INSERT INTO message_terms (rowid, terms) VALUES ((SELECT max(seq) + 1000 FROM messages), 'aaaaaaaa')")
         let result = try sandbox.chatlog(["verify", "--json"])
         #expect(result.status == 4, "\(result)")
         let failures = try #require(try jsonObject(result.stdout)["failures"] as? [[String: Any]])

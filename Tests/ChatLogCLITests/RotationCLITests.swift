@@ -277,7 +277,7 @@ private struct RotationCorpus: Sendable {
 
         try StoreFiles.copy(base, to: sandbox.path("unindexed.db"))
         // The message's terms no longer lead to it.
-        _ = try sandbox.sqlite("unindexed.db", "UPDATE messages SET search_rowid = search_rowid + 987654321 WHERE id = '\(kiwi.rawValue)'")
+        _ = try sandbox.sqlite("unindexed.db", "UPDATE messages SET seq = seq + 987654321 WHERE id = '\(kiwi.rawValue)'")
         let unindexed = corpus.check(sandbox.path("unindexed.db"), key: key)
         #expect(!unindexed.clean && !unindexed.searchFailures.isEmpty, "\(unindexed.summary)")
 

@@ -142,7 +142,7 @@ struct StorageHarness: Sendable {
         case .sqlite:
             return (
                 Int(try sql("SELECT count(*) FROM message_terms_instance"))!,
-                Int(try sql("SELECT count(*) FROM message_terms_instance WHERE doc NOT IN (SELECT search_rowid FROM messages)"))!
+                Int(try sql("SELECT count(*) FROM message_terms_instance WHERE doc NOT IN (SELECT seq FROM messages)"))!
             )
         }
     }

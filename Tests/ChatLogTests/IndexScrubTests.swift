@@ -72,7 +72,7 @@ import Testing
     static func searchRowIDs(_ store: ChatLogStore, conversation: ConversationID) throws -> [Int64] {
         try store.read { db in
             try Int64.fetchAll(
-                db, sql: "SELECT m.search_rowid FROM messages m JOIN conversations c ON c.seq = m.conversation_seq WHERE c.id = ?",
+                db, sql: "SELECT m.seq FROM messages m JOIN conversations c ON c.seq = m.conversation_seq WHERE c.id = ?",
                 arguments: [conversation.rawValue])
         }
     }
@@ -204,7 +204,7 @@ import Testing
             #expect(try store.verify().ok)
             // A term no key made for this message, at its row (as an old index key's term would be).
             try store.writeImmediate { db in
-                let rowID = try Int64.fetchOne(db, sql: "SELECT search_rowid FROM messages WHERE id = ?", arguments: [id.rawValue])
+                let rowID = try Int64.fetchOne(db, sql: "SELECT seq FROM messages WHERE id = ?", arguments: [id.rawValue])
                 try db.execute(sql: "INSERT INTO message_terms (rowid, terms) VALUES (?, 'aaaaaaaa')", arguments: [rowID])
             }
             let report = try store.verify()

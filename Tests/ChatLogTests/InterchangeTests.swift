@@ -382,7 +382,7 @@ import Testing
         try await withTemporaryDirectory { directory in
             let store = try Self.storeWithSample(directory)
             try withRawDatabase(directory.databasePath) { db in
-                let unused = (try Int64.fetchOne(db, sql: "SELECT max(search_rowid) FROM messages") ?? 0) + 1_000
+                let unused = (try Int64.fetchOne(db, sql: "SELECT max(seq) FROM messages") ?? 0) + 1_000
                 try db.execute(sql: "INSERT INTO message_terms (rowid, terms) VALUES (?, 'aaaaaaaa')", arguments: [unused])
             }
             let report = try store.verify()
@@ -404,8 +404,8 @@ import Testing
             }
             let message = try #require(messages.first { !$0.content.isEmpty })
             let (searchRowID, keyID) = try withRawDatabase(directory.databasePath) { db -> (Int64, Int64) in
-                let row = try #require(try Row.fetchOne(db, sql: "SELECT search_rowid, index_key_id FROM messages WHERE id = ?", arguments: [message.id.rawValue]))
-                return (row["search_rowid"], row["index_key_id"])
+                let row = try #require(try Row.fetchOne(db, sql: "SELECT seq, index_key_id FROM messages WHERE id = ?", arguments: [message.id.rawValue]))
+                return (row["seq"], row["index_key_id"])
             }
             let blinder = try #require(store.keyRing.current.blinders[KeyID(rawValue: UInt32(keyID))])
             let terms = blinder.document(for: message.content)

@@ -73,7 +73,15 @@ extension ChatLogStore {
             report.misindexedMessages = orphaned
             actions += try writeImmediate { db in try self.reindex(report, db) }
         }
-        // 3. The index, against what verify finds (a few rounds: verify details a bounded number
+        // 3. time_lag values below the running maximum of created_at in seq order (they would let
+        //    newest-first search stop too early), raised to it.
+        let raised = try writeImmediate { db -> [String] in
+            let ids = try String.fetchAll(db, sql: SearchIndex.lowTimeLagsSQL)
+            try db.execute(sql: SearchIndex.raiseTimeLagsSQL)
+            return ids
+        }
+        actions += raised.map { RepairAction(table: "messages", column: "time_lag", rowID: $0, action: "raised to the running maximum of created_at") }
+        // 4. The index, against what verify finds (a few rounds: verify details a bounded number
         //    of differing rows per run).
         for _ in 0..<8 {
             let report = try read { db in try self.verify(db, progress: nil) }
@@ -211,11 +219,10 @@ extension ChatLogStore {
         var rows = Set(report.staleSearchRows)
         var messages: [Int64: (seq: Int64, id: String, content: Data)] = [:]
         for id in report.misindexedMessages {
-            guard let row = try Row.fetchOne(db, sql: "SELECT seq, search_rowid, content FROM messages WHERE id = ?", arguments: [id]),
-                let rowID = row["search_rowid"] as Int64?
-            else { continue }
+            guard let row = try Row.fetchOne(db, sql: "SELECT seq, content FROM messages WHERE id = ?", arguments: [id]) else { continue }
+            let rowID: Int64 = try row.decode(forColumn: "seq")  // the index's row id (migration 0011)
             rows.insert(rowID)
-            messages[rowID] = (try row.decode(forColumn: "seq"), id, row.sealedBytes("content") ?? Data())
+            messages[rowID] = (rowID, id, row.sealedBytes("content") ?? Data())
         }
         for (rowID, terms) in try SearchIndex.indexedTerms(of: rows, db) {
             try delete.execute(arguments: [rowID, terms.joined(separator: " ")])

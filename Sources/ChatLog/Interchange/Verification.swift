@@ -212,13 +212,21 @@ extension ChatLogStore {
         // Messages: sealed fields, and the terms recomputed from their content.
         var ledger = IndexLedger()
         var unverifiable = Set<Int64>()  // rows whose terms cannot be recomputed (reported already)
-        let messages = try Row.fetchCursor(db, sql: "SELECT seq, id, content, metadata, search_rowid, index_key_id FROM messages ORDER BY seq")
+        var latest = Int64.min  // the largest created_at so far in seq order
+        let messages = try Row.fetchCursor(db, sql: "SELECT seq, id, content, metadata, index_key_id, created_at, time_lag FROM messages ORDER BY seq")
         while let row = try messages.next() {
             report.messages += 1
             if report.messages % 10_000 == 0 { progress?(report.messages) }
             let id: String = try row.decode(forColumn: "id")
             try check { _ = try MessageID.stored(row.storedText("id"), table: "messages", column: "id", seq: try row.decode(forColumn: "seq")) }
-            let searchRowID = row["search_rowid"] as Int64?
+            let searchRowID: Int64 = try row.decode(forColumn: "seq")  // the index's row id (migration 0011)
+            // Newest-first search stops at the first candidate whose created_at + time_lag is below
+            // its page: a lag smaller than the running maximum would hide older messages from it.
+            let createdAt: Int64 = try row.decode(forColumn: "created_at")
+            latest = max(latest, createdAt)
+            if SearchOrderKey.runningMaximum(createdAt: createdAt, timeLag: try row.decode(forColumn: "time_lag")) < latest {
+                record("messages", "time_lag", id, "is below the running maximum of created_at (newest-first search could miss older messages)")
+            }
             report.sealedValues += 1
             var content: String?
             try check { content = try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db) }
@@ -227,10 +235,10 @@ extension ChatLogStore {
                 try check { _ = try openJSON(metadata, FieldContext(table: "messages", column: "metadata", rowID: id), db: db) }
             }
             guard let content else {
-                if let searchRowID { unverifiable.insert(searchRowID) }
+                unverifiable.insert(searchRowID)
                 continue
             }
-            guard let keyID = row["index_key_id"] as Int64?, let searchRowID else {
+            guard let keyID = row["index_key_id"] as Int64? else {
                 record("messages", "index_key_id", id, "the message is not in the search index")
                 continue
             }
@@ -319,9 +327,9 @@ extension ChatLogStore {
             indexed[rowID, default: []].insert(String(decoding: term, as: UTF8.self))
         }
         let messages = try Row.fetchCursor(
-            db, sql: "SELECT id, content, search_rowid, index_key_id FROM messages WHERE search_rowid IS NOT NULL AND index_key_id IS NOT NULL ORDER BY search_rowid")
+            db, sql: "SELECT seq, id, content, index_key_id FROM messages WHERE index_key_id IS NOT NULL ORDER BY seq")
         while let row = try messages.next() {
-            let rowID: Int64 = try row.decode(forColumn: "search_rowid")
+            let rowID: Int64 = try row.decode(forColumn: "seq")
             guard !unverifiable.contains(rowID), detailed.contains(ledger.bucket(rowID)) else { continue }
             let id: String = try row.decode(forColumn: "id")
             let have = indexed.removeValue(forKey: rowID) ?? []

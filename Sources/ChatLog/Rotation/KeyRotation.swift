@@ -409,7 +409,7 @@ extension ChatLogStore {
         for row in try Row.fetchAll(
             db,
             sql: """
-                SELECT seq, id, content, search_rowid, index_key_id FROM messages
+                SELECT seq, id, content, index_key_id FROM messages
                 WHERE \(Self.otherThan("index_key_id")) AND seq NOT IN (SELECT value FROM json_each(?3)) LIMIT ?2
                 """,
             arguments: [active, limit, SkippedRows.json(skipped.messages)])
@@ -423,7 +423,7 @@ extension ChatLogStore {
             guard let old = try blinder(oldKey, db) else {
                 throw ChatLogError.integrity(IntegrityFailure(table: "messages", column: "index_key_id", rowID: id, reason: .unknownKey(oldKey)))
             }
-            let rowID: Int64 = try row.decode(forColumn: "search_rowid")
+            let rowID: Int64 = try row.decode(forColumn: "seq")  // the index's row id (migration 0011)
             var update = RowUpdate(
                 sql: "UPDATE messages SET index_key_id = ? WHERE seq = ? AND index_key_id = ?",
                 arguments: [active, (try row.decode(Int64.self, forColumn: "seq")), Int64(oldKey.rawValue)])

@@ -177,6 +177,10 @@ package final class SQLiteStorage: ChatLogStorage {
         guard let id = MessageID(row.id) else { throw .invalidInput("message id is not a UUID") }
         guard let role = Role(rawValue: row.role) else { throw .invalidInput("unknown role") }
         guard let indexKey = row.indexKeyID else { throw .invalidInput("a message to insert has no index key") }
+        // The range every writer accepts (the running maximum of migration 0011 never overflows).
+        guard abs(row.createdAt) < SearchIndex.millisecondsLimit else {
+            throw .invalidInput("a message's createdAt must be between the years 1691 and 2248")
+        }
         func int(_ value: Int64?) -> Int? { value.map { Int(truncatingIfNeeded: $0) } }
         return PreparedMessage(
             id: id, role: role, createdAt: row.createdAt, model: row.model, promptTokens: int(row.promptTokens),
@@ -212,11 +216,11 @@ package final class SQLiteStorage: ChatLogStorage {
             let rows = try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT m.search_rowid, \(Self.messageColumns) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
-                    WHERE m.conversation_seq = ? AND m.search_rowid IS NOT NULL AND m.index_key_id IS NOT NULL
+                    SELECT \(Self.messageColumns) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
+                    WHERE m.conversation_seq = ? AND m.index_key_id IS NOT NULL
                     """, arguments: [seq])
             for row in rows {
-                let rowID: Int64 = try row.decode(forColumn: "search_rowid")
+                let rowID: Int64 = try row.decode(forColumn: "seq")
                 if let found = terms(try Self.message(row)) {
                     try forget.execute(arguments: [rowID, Self.document(found)])
                     forgotAny = true
@@ -276,8 +280,13 @@ package final class SQLiteStorage: ChatLogStorage {
         }
     }
 
-    /// FTS5 answers the conjunction (`(a OR b) AND c`, terms are base32 words) in its rowid order,
-    /// which is time order (created_at · 2^20 + n): the cursor is the last row id.
+    /// FTS5 answers the conjunction (`(a OR b) AND c`, terms are base32 words) in its row id
+    /// order, which is seq order (migration 0011). The page is the `limit` best candidates by
+    /// (created_at, seq) below the cursor, read newest inserted first until a candidate's running
+    /// maximum (created_at + time_lag: no message with a smaller seq was created later) shows that
+    /// nothing unread can enter the page. A store logged in time order stops right after the page;
+    /// each page scans again from the newest row (this reference backend pages by rescanning; the
+    /// store's own search reads once, ChatLogStore.execute).
     package func searchCandidates(required: [[UInt64]], after cursor: MessageCursor?, limit: Int) async throws(ChatLogError)
         -> [SearchCandidate]
     {
@@ -286,25 +295,38 @@ package final class SQLiteStorage: ChatLogStorage {
         let match = required.map { group in
             "(" + Set(group).sorted().map { TokenBlinder.encode($0, characters: characters) }.joined(separator: " OR ") + ")"
         }.joined(separator: " AND ")
+        let after = cursor.map { SearchOrderKey(createdAt: $0.createdAt, seq: $0.order) }
         return try await read { db in
-            var sql = """
-                SELECT \(Self.messageColumns), hit.rowid AS search_rowid FROM (
-                    SELECT rowid FROM message_terms WHERE message_terms MATCH ?
-                """
-            var arguments: StatementArguments = [match]
-            if let cursor {
-                sql += " AND rowid < ?"
-                arguments += [cursor.order]
+            let scan = try Row.fetchCursor(
+                db,
+                sql: """
+                    SELECT m.seq, m.created_at, m.time_lag FROM message_terms t JOIN messages m ON m.seq = t.rowid
+                    WHERE message_terms MATCH ? ORDER BY t.rowid DESC
+                    """, arguments: [match])
+            var page: [SearchOrderKey] = []  // descending
+            while let row = try scan.next() {
+                let createdAt: Int64 = try row.decode(atIndex: 1)
+                let bound = SearchOrderKey.runningMaximum(createdAt: createdAt, timeLag: try row.decode(atIndex: 2))
+                if page.count == limit, bound <= page[limit - 1].createdAt { break }
+                let key = SearchOrderKey(createdAt: createdAt, seq: try row.decode(atIndex: 0))
+                if let after, key >= after { continue }
+                if page.count == limit, key < page[limit - 1] { continue }
+                var slot = page.count
+                while slot > 0, page[slot - 1] < key { slot -= 1 }
+                page.insert(key, at: slot)
+                if page.count > limit { page.removeLast() }
             }
-            sql += """
-                 ORDER BY rowid DESC LIMIT ?) hit
-                JOIN messages m ON m.search_rowid = hit.rowid JOIN conversations c ON c.seq = m.conversation_seq
-                ORDER BY hit.rowid DESC
-                """
-            arguments += [limit]
-            return try Row.fetchAll(db, sql: sql, arguments: arguments).map { row in
-                let message = try Self.message(row)
-                return SearchCandidate(message: message, cursor: MessageCursor(createdAt: message.createdAt, order: try row.decode(forColumn: "search_rowid")))
+            guard !page.isEmpty else { return [] }
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT \(Self.messageColumns) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
+                    WHERE m.seq IN (\(page.map { _ in "?" }.joined(separator: ",")))
+                    """, arguments: StatementArguments(page.map(\.seq))
+            ).reduce(into: [Int64: Row]()) { $0[try $1.decode(Int64.self, forColumn: "seq")] = $1 }
+            return try page.compactMap { key -> SearchCandidate? in
+                guard let row = rows[key.seq] else { return nil }
+                return SearchCandidate(message: try Self.message(row), cursor: MessageCursor(createdAt: key.createdAt, order: key.seq))
             }
         }
     }
@@ -404,10 +426,11 @@ package final class SQLiteStorage: ChatLogStorage {
         let characters = TokenBlinder.defaultBits / 5
         return try await read { db in
             let rows = try Row.fetchAll(
-                db, sql: "SELECT m.id, m.search_rowid FROM messages m JOIN conversations c ON c.seq = m.conversation_seq WHERE c.id = ?",
+                db,
+                sql: "SELECT m.id, m.seq, m.index_key_id FROM messages m JOIN conversations c ON c.seq = m.conversation_seq WHERE c.id = ?",
                 arguments: [id])
             var ids: [Int64: String] = [:]
-            for row in rows { if let rowID = row["search_rowid"] as Int64? { ids[rowID] = row["id"] } }
+            for row in rows where row["index_key_id"] as Int64? != nil { ids[row["seq"]] = row["id"] }
             var terms: [String: [UInt64]] = [:]
             for row in rows { terms[row["id"]] = [] }
             for (rowID, texts) in try SearchIndex.indexedTerms(of: Set(ids.keys), db) {

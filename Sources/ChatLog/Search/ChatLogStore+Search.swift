@@ -45,16 +45,24 @@ extension ChatLogStore {
         }
     }
 
+    /// Candidates stream out of the index in seq order, newest inserted first (the index's row id
+    /// is the message's seq, migration 0011), with each one's created_at and time_lag. Every
+    /// message with a smaller seq was created at or before `created_at + time_lag` (its running
+    /// maximum), so a scan stops as soon as that bound shows no unread candidate can still make
+    /// the page (newest) or pass `since` (both sorts). In a store logged in time order the bound
+    /// is the candidate's own created_at and the scan stops right after the page, as when row ids
+    /// were times.
     func execute(_ plan: SearchPlan, _ db: Database) throws -> SearchResults {
         let rows = try Row.fetchCursor(db, sql: plan.sql, arguments: plan.arguments)
         let matcher = plan.matcher
         let wanted = plan.offset + plan.limit
         var examined = 0
         var complete = true
-        // Newest: the first `wanted` verified candidates are the answer (they arrive newest first).
-        // Relevance: keep only what scoring needs (term frequencies, length) for every verified
-        // candidate; the page's rows are read and opened again at the end.
-        var newest: [(id: String, content: String, scan: QueryMatcher.Scan)] = []
+        // Newest: the best `wanted + 1` verified candidates by (created_at, seq), descending (one
+        // past the page tells whether there are more). Relevance: keep only what scoring needs
+        // (term frequencies, length) for every verified candidate; the page's rows are read and
+        // opened again at the end.
+        var newest: [(key: SearchOrderKey, id: String, content: String, scan: QueryMatcher.Scan)] = []
         var candidates: [RankingInput] = []
         if plan.sort == .relevance {
             // Candidates are read here (this thread owns the connection) and opened and checked
@@ -65,14 +73,21 @@ extension ChatLogStore {
             var chunk: [SealedCandidate] = []
             chunk.reserveCapacity(RankingPipeline.chunkSize)
             while let row = try rows.next() {
+                // By index (the SELECT's order: id, content, seq, created_at, time_lag): name
+                // lookups are case-insensitive string searches, and this loop runs once per candidate.
+                let createdAt: Int64 = try row.decode(atIndex: 3)
+                if let since = plan.since {
+                    if SearchOrderKey.runningMaximum(createdAt: createdAt, timeLag: try row.decode(atIndex: 4)) < since { break }
+                    if createdAt < since { continue }
+                }
                 if examined >= Self.relevanceCandidateCap {
                     complete = false
                     break
                 }
                 examined += 1
-                // By index (the SELECT's order: id, content, search_rowid): name lookups are
-                // case-insensitive string searches, and this loop runs once per candidate.
-                chunk.append(SealedCandidate(id: try row.decode(String.self, atIndex: 0), sealed: row.sealedBytes(at: 1) ?? Data(), searchRowID: try row.decode(Int64.self, atIndex: 2)))
+                chunk.append(SealedCandidate(
+                    id: try row.decode(String.self, atIndex: 0), sealed: row.sealedBytes(at: 1) ?? Data(),
+                    key: SearchOrderKey(createdAt: createdAt, seq: try row.decode(Int64.self, atIndex: 2))))
                 if chunk.count == RankingPipeline.chunkSize {
                     pipeline.submit(chunk, keys: try keys(for: chunk, db))
                     chunk.removeAll(keepingCapacity: true)
@@ -82,14 +97,25 @@ extension ChatLogStore {
             candidates = try pipeline.results()
         }
         while plan.sort == .newest, let row = try rows.next() {
+            let createdAt: Int64 = try row.decode(atIndex: 3)
+            let bound = SearchOrderKey.runningMaximum(createdAt: createdAt, timeLag: try row.decode(atIndex: 4))
+            if let since = plan.since, bound < since { break }
+            // The page is full and nothing unread can beat its last entry: every unread candidate
+            // has a smaller seq and was created at or before `bound`.
+            if newest.count > wanted, bound <= newest[newest.count - 1].key.createdAt { break }
+            if let since = plan.since, createdAt < since { continue }
+            let key = SearchOrderKey(createdAt: createdAt, seq: try row.decode(atIndex: 2))
+            if newest.count > wanted, key < newest[newest.count - 1].key { continue }
             examined += 1
-            let id: String = try row.decode(forColumn: "id")
-            let content = try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
+            let id: String = try row.decode(atIndex: 0)
+            let content = try openText(row.sealedBytes(at: 1) ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
             let scan = matcher.scan(content)
             guard matcher.matches(scan) else { continue }
-            newest.append((id, content, scan))
-            // One match past the page tells whether there are more.
-            if newest.count > wanted { break }
+            // Candidates mostly arrive in order (appended); older history imported late is placed.
+            var slot = newest.count
+            while slot > 0, newest[slot - 1].key < key { slot -= 1 }
+            newest.insert((key, id, content, scan), at: slot)
+            if newest.count > wanted + 1 { newest.removeLast() }
         }
 
         if plan.sort == .newest {
@@ -105,24 +131,25 @@ extension ChatLogStore {
         guard !candidates.isEmpty else { return SearchResults(hits: [], examined: examined, complete: complete, matched: 0, more: false) }
         let ranking = try BM25(matcher: matcher, blinders: plan.blinders, db: db)
         let averageLength = Double(candidates.reduce(0) { $0 + $1.length }) / Double(candidates.count)
-        // Highest score first; ties newest first (candidates arrived newest first).
+        // Highest score first; ties newest first (created_at, then seq: the order of newest-first
+        // search, and of every backend).
         let order = candidates.indices.map { index in
             (index, ranking.score(
                 frequencies: candidates[index].frequencies, positive: matcher.positive, length: candidates[index].length,
                 averageLength: averageLength))
-        }.sorted { ($0.1, -$0.0) > ($1.1, -$1.0) }
+        }.sorted { ($0.1, candidates[$0.0].key) > ($1.1, candidates[$1.0].key) }
         let page = Array(order.dropFirst(plan.offset).prefix(plan.limit))
-        let rowsByID = try Row.fetchAll(
+        let rowsBySeq = try Row.fetchAll(
             db,
             sql: """
-                SELECT m.seq, m.id, c.seq AS conversation_seq, c.id AS conversation_id, m.role, m.created_at, m.model, m.content, m.search_rowid
+                SELECT m.seq, m.id, c.seq AS conversation_seq, c.id AS conversation_id, m.role, m.created_at, m.model, m.content
                 FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
-                WHERE m.search_rowid IN (\(page.map { _ in "?" }.joined(separator: ",")))
-                """, arguments: StatementArguments(page.map { candidates[$0.0].searchRowID })
-        ).reduce(into: [Int64: Row]()) { $0[try $1.decode(Int64.self, forColumn: "search_rowid")] = $1 }
+                WHERE m.seq IN (\(page.map { _ in "?" }.joined(separator: ",")))
+                """, arguments: StatementArguments(page.map { candidates[$0.0].key.seq })
+        ).reduce(into: [Int64: Row]()) { $0[try $1.decode(Int64.self, forColumn: "seq")] = $1 }
         var hits: [SearchHit] = []
         for (index, score) in page {
-            guard let row = rowsByID[candidates[index].searchRowID] else { continue }
+            guard let row = rowsBySeq[candidates[index].key.seq] else { continue }
             let id: String = try row.decode(forColumn: "id")
             let content = try openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
             hits.append(try hit(row, content: content, matches: matcher.positiveMatches(matcher.scan(content)), score: score))
@@ -134,11 +161,11 @@ extension ChatLogStore {
     struct SealedCandidate: Sendable {
         let id: String
         let sealed: Data
-        let searchRowID: Int64
+        let key: SearchOrderKey
     }
 
     struct RankingInput: Sendable {
-        let searchRowID: Int64
+        let key: SearchOrderKey
         let frequencies: [Int]
         let length: Int
     }
@@ -205,6 +232,8 @@ struct SearchPlan: Sendable {
     let offset: Int
     let sql: String
     let arguments: StatementArguments
+    /// The `since` filter in Unix ms (nil: none).
+    let since: Int64?
     let blinders: [TokenBlinder]
     let matcher: QueryMatcher
 
@@ -236,25 +265,28 @@ struct SearchPlan: Sendable {
 
         var clauses = ["message_terms MATCH ?"]
         var arguments: StatementArguments = [match]
-        // Row ids hold created_at << 20, so only times within ±2^43 ms (years 1691–2248) have a
-        // row id; a bound outside that range keeps everything or nothing (never a wrapped shift).
-        func rowID(_ date: Date, _ name: String) throws(ChatLogError) -> Int64? {
+        // Times outside ±2^43 ms (years 1691–2248, the range every writer accepts) keep everything
+        // or nothing.
+        func milliseconds(_ date: Date, _ name: String) throws(ChatLogError) -> Int64? {
             let milliseconds = (date.timeIntervalSince1970 * 1000).rounded(.down)
             guard milliseconds.isFinite else { throw .invalidInput("\(name) is not a valid date") }
             guard abs(milliseconds) < Double(SearchIndex.millisecondsLimit) else { return nil }
-            return Int64(milliseconds) << SearchIndex.rowIDShift
+            return Int64(milliseconds)
         }
-        if let since = filters.since {
-            if let bound = try rowID(since, "since") {
-                clauses.append("t.rowid >= ?")
-                arguments += [bound]
-            } else if since.timeIntervalSince1970 > 0 {
+        // `since` is applied while reading (ChatLogStore.execute): the scan stops once no unread
+        // candidate can be that recent, which a SQL filter would hide from it.
+        var since: Int64?
+        if let date = filters.since {
+            if let bound = try milliseconds(date, "since") {
+                since = bound
+            } else if date.timeIntervalSince1970 > 0 {
                 clauses.append("0")
             }
         }
+        self.since = since
         if let until = filters.until {
-            if let bound = try rowID(until, "until") {
-                clauses.append("t.rowid < ?")
+            if let bound = try milliseconds(until, "until") {
+                clauses.append("m.created_at < ?")
                 arguments += [bound]
             } else if until.timeIntervalSince1970 < 0 {
                 clauses.append("0")
@@ -277,15 +309,31 @@ struct SearchPlan: Sendable {
             clauses.append("c.subject_token IN (\(tokens.map { _ in "?" }.joined(separator: ",")))")
             arguments += StatementArguments(tokens)
         }
+        // The index's row id is the message's seq: the join is a row id look-up.
         sql = """
-            SELECT m.id, m.content, m.search_rowid
+            SELECT m.id, m.content, m.seq, m.created_at, m.time_lag
             FROM message_terms t
-            JOIN messages m ON m.search_rowid = t.rowid
+            JOIN messages m ON m.seq = t.rowid
             \(filters.conversation != nil || filters.subject != nil ? "JOIN conversations c ON c.seq = m.conversation_seq" : "")
             WHERE \(clauses.joined(separator: " AND "))
             ORDER BY t.rowid DESC
             """
         self.arguments = arguments
+    }
+}
+
+/// The order of newest-first search on every backend: created_at, then seq (insertion order).
+struct SearchOrderKey: Comparable, Hashable, Sendable {
+    let createdAt: Int64
+    let seq: Int64
+
+    static func < (left: Self, right: Self) -> Bool { (left.createdAt, left.seq) < (right.createdAt, right.seq) }
+
+    /// created_at + time_lag (migration 0011): no message with a smaller seq was created after it.
+    /// Saturating, and never below created_at, whatever a damaged row holds.
+    static func runningMaximum(createdAt: Int64, timeLag: Int64) -> Int64 {
+        let (sum, overflow) = createdAt.addingReportingOverflow(max(0, timeLag))
+        return overflow ? .max : sum
     }
 }
 
@@ -499,11 +547,11 @@ final class RankingPipeline: Sendable {
             }
             if let counts = plaintext.withUnsafeBufferPointer({ matcher.rankingCounts(utf8: $0) }) {
                 return .success(counts.matches
-                    ? ChatLogStore.RankingInput(searchRowID: candidate.searchRowID, frequencies: counts.frequencies, length: counts.length) : nil)
+                    ? ChatLogStore.RankingInput(key: candidate.key, frequencies: counts.frequencies, length: counts.length) : nil)
             }
             let scan = plaintext.withUnsafeBufferPointer { matcher.asciiScan(utf8: $0) ?? matcher.scan(utf8: $0) }
             return .success(matcher.matches(scan)
-                ? ChatLogStore.RankingInput(searchRowID: candidate.searchRowID, frequencies: matcher.frequencies(scan), length: scan.tokenCount) : nil)
+                ? ChatLogStore.RankingInput(key: candidate.key, frequencies: matcher.frequencies(scan), length: scan.tokenCount) : nil)
         } catch {
             return .failure(.integrity(IntegrityFailure(
                 table: "messages", column: "content", rowID: candidate.id, reason: (error as? SealedValue.Failure)?.integrityReason ?? .authenticationFailed)))

@@ -4,17 +4,13 @@ import GRDBSQLite
 
 /// Maintenance of the blinded-term index (table `message_terms`, contentless FTS5).
 enum SearchIndex {
-    /// Row ids are `created_at_ms * 2^20 + n`: FTS5 rowid order is time order.
-    static let rowIDShift: Int64 = 20
-    /// created_at (Unix ms) must lie in -limit..<limit for its row id to fit in 64 bits.
-    static let millisecondsLimit: Int64 = 1 << (63 - rowIDShift)
+    /// created_at (Unix ms) must lie in -limit..<limit: times stay far from Int64's ends, so the
+    /// running maximum (created_at + time_lag, migration 0011) and every bound derived from it
+    /// are computed without overflow.
+    static let millisecondsLimit: Int64 = 1 << 43
 
-    static func rowIDRange(from: Int64?, until: Int64?) -> (Int64?, Int64?) {
-        (from.map { $0 << rowIDShift }, until.map { $0 << rowIDShift })
-    }
-
-    /// A creation time in Unix milliseconds, refused (instead of trapping, or wrapping the row
-    /// id's shift) when it is not a finite time within ±2^43 ms of 1970.
+    /// A creation time in Unix milliseconds, refused (instead of trapping, or overflowing later
+    /// arithmetic) when it is not a finite time within ±2^43 ms of 1970.
     static func milliseconds(_ date: Date, _ what: String) throws(ChatLogError) -> Int64 {
         let milliseconds = (date.timeIntervalSince1970 * 1000).rounded(.down)
         guard milliseconds.isFinite, abs(milliseconds) < Double(millisecondsLimit) else {
@@ -23,18 +19,24 @@ enum SearchIndex {
         return Int64(milliseconds)
     }
 
-    /// The next free search row id for a message created at `createdAt` (Unix ms).
-    static func allocateRowID(createdAt: Int64, _ db: Database) throws -> Int64 {
-        let low = createdAt << rowIDShift
-        let high = low + (1 << rowIDShift) - 1
-        let statement = try db.cachedStatement(
-            sql: "SELECT max(search_rowid) FROM messages WHERE search_rowid BETWEEN ? AND ?")
-        guard let last = try Int64.fetchOne(statement, arguments: [low, high]) else { return low }
-        guard last < high else {
-            throw ChatLogError.invalidInput("more than \(1 << rowIDShift) messages share one millisecond timestamp")
-        }
-        return last + 1
+    /// The largest created_at of the store's messages (the running maximum a writer starts its
+    /// transaction's time_lag values from; `messages_by_created` answers it with one look-up).
+    static func latestCreatedAt(_ db: Database) throws -> Int64? {
+        try Int64.fetchOne(db.cachedStatement(sql: "SELECT max(created_at) FROM messages"))
     }
+
+    /// The running maximum of created_at in seq order, per message (migration 0011's computation).
+    private static let runningSQL = "SELECT seq, max(created_at) OVER (ORDER BY seq) AS running FROM messages"
+    /// Messages whose created_at + time_lag is below that maximum (damaged or planted values).
+    static let lowTimeLagsSQL = """
+        SELECT m.id FROM messages m JOIN (\(runningSQL)) r ON r.seq = m.seq
+        WHERE r.running > m.created_at + max(0, m.time_lag) ORDER BY m.seq
+        """
+    /// Raises them to it (one pass over the messages; what `repair` runs).
+    static let raiseTimeLagsSQL = """
+        UPDATE messages SET time_lag = r.running - messages.created_at FROM (\(runningSQL)) AS r
+        WHERE r.seq = messages.seq AND r.running > messages.created_at + max(0, messages.time_lag)
+        """
 
     /// Removes the terms of the messages selected by `whereSQL` from the index. The terms are
     /// recomputed from the opened content under the index key that made them. A message whose
@@ -43,7 +45,7 @@ enum SearchIndex {
     /// such messages of the call. Marks the index for scrubbing when it deleted anything.
     static func removeTerms(whereSQL: String, arguments: StatementArguments, store: ChatLogStore, _ db: Database) throws {
         let rows = try Row.fetchCursor(
-            db, sql: "SELECT id, content, search_rowid, index_key_id FROM messages WHERE \(whereSQL) AND search_rowid IS NOT NULL AND index_key_id IS NOT NULL",
+            db, sql: "SELECT seq, id, content, index_key_id FROM messages WHERE \(whereSQL) AND index_key_id IS NOT NULL",
             arguments: arguments)
         let delete = try db.cachedStatement(
             sql: "INSERT INTO message_terms (message_terms, rowid, terms) VALUES ('delete', ?, ?)")
@@ -51,7 +53,7 @@ enum SearchIndex {
         var unreadable = Set<Int64>()
         while let row = try rows.next() {
             let id: String = try row.decode(forColumn: "id")
-            let searchRowID = try row.decode(Int64.self, forColumn: "search_rowid")
+            let seq = try row.decode(Int64.self, forColumn: "seq")
             let document: String
             do {
                 let keyID = try KeyID.stored(try row.decode(Int64.self, forColumn: "index_key_id"), table: "messages", column: "index_key_id", rowID: id)
@@ -61,10 +63,10 @@ enum SearchIndex {
                 }
                 document = blinder.document(for: content)
             } catch ChatLogError.integrity {
-                unreadable.insert(searchRowID)
+                unreadable.insert(seq)
                 continue
             }
-            try delete.execute(arguments: [searchRowID, document])
+            try delete.execute(arguments: [seq, document])
             deleted = true
         }
         if !unreadable.isEmpty {
@@ -147,18 +149,17 @@ enum SearchIndex {
         while true {
             let done = try store.writeImmediate { db -> Int in
                 let rows = try Row.fetchAll(
-                    db, sql: "SELECT seq, id, created_at, content FROM messages WHERE index_key_id IS NULL LIMIT ?",
+                    db, sql: "SELECT seq, id, content FROM messages WHERE index_key_id IS NULL ORDER BY seq LIMIT ?",
                     arguments: [batchSize])
                 let blinder = store.activeBlinder
                 for row in rows {
                     let id: String = try row.decode(forColumn: "id")
                     let content = try store.openText(row.sealedBytes("content") ?? Data(), FieldContext(table: "messages", column: "content", rowID: id), db: db)
-                    let searchRowID = try allocateRowID(createdAt: try row.decode(Int64.self, forColumn: "created_at"), db)
+                    let seq = try row.decode(Int64.self, forColumn: "seq")
                     try db.execute(
-                        sql: "UPDATE messages SET search_rowid = ?, index_key_id = ? WHERE seq = ? AND index_key_id IS NULL",
-                        arguments: [searchRowID, Int64(blinder.keyID.rawValue), (try row.decode(Int64.self, forColumn: "seq"))])
-                    try db.execute(
-                        sql: "INSERT INTO message_terms (rowid, terms) VALUES (?, ?)", arguments: [searchRowID, blinder.document(for: content)])
+                        sql: "UPDATE messages SET index_key_id = ? WHERE seq = ? AND index_key_id IS NULL",
+                        arguments: [Int64(blinder.keyID.rawValue), seq])
+                    try db.execute(sql: "INSERT INTO message_terms (rowid, terms) VALUES (?, ?)", arguments: [seq, blinder.document(for: content)])
                 }
                 return rows.count
             }

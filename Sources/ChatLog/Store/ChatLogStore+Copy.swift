@@ -195,7 +195,7 @@ extension ChatLogStore {
                             let rows = try Row.fetchCursor(
                                 db,
                                 sql: """
-                                    SELECT m.id, v.term FROM message_terms_instance v JOIN messages m ON m.search_rowid = v.doc
+                                    SELECT m.id, v.term FROM message_terms_instance v JOIN messages m ON m.seq = v.doc
                                     WHERE v.term >= ? AND v.term < ?
                                     """, arguments: [low, high])
                             while let row = try rows.next() {

@@ -372,7 +372,7 @@ extension ChatLogStore {
         let statement = try db.cachedStatement(
             sql: """
                 INSERT INTO messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens,
-                                      latency_ms, finish_reason, key_id, content, metadata, search_rowid, index_key_id)
+                                      latency_ms, finish_reason, key_id, content, metadata, index_key_id, time_lag)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
         let index = try db.cachedStatement(sql: "INSERT INTO message_terms (rowid, terms) VALUES (?, ?)")
@@ -380,14 +380,19 @@ extension ChatLogStore {
         let firstPosition = position
         var tokens: (prompt: Int64, completion: Int64) = (0, 0)
         var keyUse: [Int64: Int64] = [:]
+        // The running maximum of created_at in insertion (seq) order: time_lag is how far a message
+        // lies behind it (migration 0011; 0 for messages logged in time order).
+        var running = messages.isEmpty ? 0 : try SearchIndex.latestCreatedAt(db) ?? Int64.min
         for message in messages {
-            let searchRowID = try SearchIndex.allocateRowID(createdAt: message.createdAt, db)
+            running = max(running, message.createdAt)
             try statement.execute(arguments: [
                 message.id.rawValue, seq, position, message.role.rawValue, message.createdAt, message.model,
                 message.promptTokens, message.completionTokens, message.latencyMilliseconds, message.finishReason,
-                Int64(message.keyID.rawValue), message.content, message.metadata, searchRowID, Int64(message.indexKeyID.rawValue),
+                Int64(message.keyID.rawValue), message.content, message.metadata, Int64(message.indexKeyID.rawValue),
+                running - message.createdAt,
             ])
-            try index.execute(arguments: [searchRowID, message.terms])
+            // The index's row id is the message's seq (migration 0011).
+            try index.execute(arguments: [db.lastInsertedRowID, message.terms])
             position += 1
             latest = max(latest, message.createdAt)
             tokens.prompt += Int64(message.promptTokens ?? 0)

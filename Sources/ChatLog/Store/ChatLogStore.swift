@@ -40,6 +40,10 @@ public final class ChatLogStore: Sendable {
         /// Seal conversations with a subject under that subject's key (so `forget` reaches old
         /// backups). Off only to measure logging as it was before subject keys (chatlog-bench).
         @_spi(Benchmarks) public var sealsUnderSubjectKeys = true
+        /// Run on every new SQLite connection (the raw `sqlite3 *`) after chatlog's own settings,
+        /// before anything else: chatlog-test-driver installs a progress handler that SIGKILLs
+        /// the process in the middle of a schema migration. Not for anything else.
+        package var connectionHook: (@Sendable (OpaquePointer) -> Void)?
 
         public init(
             busyTimeout: TimeInterval = 30, paddingBlock: Int = 32, passphraseKDF: PassphraseKDF = .moderate, readOnly: Bool = false,
@@ -328,6 +332,7 @@ public final class ChatLogStore: Sendable {
             // Search opens candidates scattered over the file: map it instead of reading page by
             // page through read(2). Address space only; the kernel shares the pages.
             try db.execute(sql: "PRAGMA mmap_size = 4294967296")
+            options.connectionHook?(db.sqliteConnection!)
         }
         do {
             return try DatabasePool(path: sqlitePath(path, readOnly: options.readOnly), configuration: configuration)
