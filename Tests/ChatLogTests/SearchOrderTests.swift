@@ -9,7 +9,7 @@ import Testing
 /// compared with a brute-force sort of the matching messages while recent messages, older history
 /// imported after them, both interleaved, shared milliseconds and deletes of the newest messages
 /// (whose seq is then reused) pile up.
-@Suite("Search order with history logged out of time order")
+@Suite("Search order with history logged out of time order", .serialized)
 struct SearchOrderTests {
     static let words = ["harbour", "lantern", "kayak", "tide", "gull", "anchor", "rope", "sail", "keel", "mast"]
 
