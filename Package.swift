@@ -85,6 +85,7 @@ let package = Package(
             name: "ChatLogServer",
             dependencies: [
                 "ChatLog",
+                "CProcessHygiene",
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

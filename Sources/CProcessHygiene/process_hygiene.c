@@ -1,7 +1,12 @@
 #include "process_hygiene.h"
 #include <sys/resource.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #if defined(__linux__)
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 int chatlog_disable_core_dumps(void) {
@@ -18,5 +23,40 @@ int chatlog_is_dumpable(void) {
     return prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
 #else
     return -1;
+#endif
+}
+
+int chatlog_current_thread_id(void) {
+#if defined(__linux__)
+    return (int)syscall(SYS_gettid);
+#else
+    return -1;
+#endif
+}
+
+int chatlog_name_current_thread(const char *name) {
+#if defined(__linux__)
+    return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
+#else
+    (void)name;
+    return -1;
+#endif
+}
+
+int chatlog_set_current_thread_nice(int nice) {
+#if defined(__linux__)
+    // PRIO_PROCESS with a thread id: Linux applies the nice value to that thread alone.
+    return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice);
+#else
+    (void)nice;
+    return -1;
+#endif
+}
+
+int chatlog_release_free_heap(void) {
+#if defined(__GLIBC__)
+    return malloc_trim(0);
+#else
+    return 0;
 #endif
 }

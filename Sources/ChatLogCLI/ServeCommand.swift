@@ -56,6 +56,8 @@ struct ServeCommand: AsyncParsableCommand {
     var batchSize = 512
     @Option(name: .long, help: "Most connections to each upstream.")
     var upstreamConnections = 1024
+    @Option(name: .long, help: "Nice value (0-19) of the thread that writes the log: above 0, answering calls comes first when both want the CPU.")
+    var writerNice = 10
 
     func validate() throws {
         for (name, value) in [
@@ -66,6 +68,7 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("\(name) must be positive.")
         }
         if shutdownTimeout < 0 { throw ValidationError("--shutdown-timeout must not be negative.") }
+        if !(0...19).contains(writerNice) { throw ValidationError("--writer-nice must be between 0 and 19.") }
         if maxBodyMib > 1024 { throw ValidationError("--max-body-mib is at most 1024.") }
         _ = try Self.parseListen(listen)
     }
@@ -104,6 +107,7 @@ struct ServeCommand: AsyncParsableCommand {
             configuration.queueCapacity = queueCapacity
             configuration.batchSize = batchSize
             configuration.upstreamConnections = upstreamConnections
+            configuration.writerNice = Int32(writerNice)
             configuration.openAIKey = try settings.secret("OPENAI_API_KEY")
             configuration.anthropicKey = try settings.secret("ANTHROPIC_API_KEY")
             ProcessHygiene.scrubEnvironment(["OPENAI_API_KEY", "ANTHROPIC_API_KEY"])

@@ -49,8 +49,13 @@ struct ProxyCall: Sendable {
         var names = Set<String>()
         for value in values {
             for token in value.split(separator: ",") {
-                let name = token.trimmingCharacters(in: .whitespaces).lowercased()
-                if !name.isEmpty { names.insert(name) }
+                // Optional whitespace is spaces and tabs (RFC 9110 §5.6.3); trimmed without
+                // Foundation, which bridged every token through NSString (per call: upstreams
+                // send `Connection: keep-alive`).
+                var name = token
+                while let first = name.first, first == " " || first == "\t" { name.removeFirst() }
+                while let last = name.last, last == " " || last == "\t" { name.removeLast() }
+                if !name.isEmpty { names.insert(name.lowercased()) }
             }
         }
         return names
@@ -208,14 +213,17 @@ struct ProxyCall: Sendable {
         var fields = HTTPFields()
         var contentLength: Int?
         let nominated = nominatedByConnection(headers["connection"])
+        fields.reserveCapacity(headers.count + 2)
         for (name, value) in headers {
-            let lower = name.lowercased()
+            // The field name lowercases once (its canonical name), not once more here.
+            guard let fieldName = HTTPField.Name(name) else { continue }
+            let lower = fieldName.canonicalName
             if hopByHop.contains(lower) || nominated.contains(lower) { continue }
             if lower == "content-length" {
                 contentLength = Int(value)
                 continue
             }
-            if let fieldName = HTTPField.Name(name) { fields.append(HTTPField(name: fieldName, value: value)) }
+            fields.append(HTTPField(name: fieldName, value: value))
         }
         return (fields, contentLength)
     }

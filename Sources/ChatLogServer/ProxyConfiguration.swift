@@ -32,6 +32,12 @@ public struct ProxyConfiguration: Sendable {
     public var queueCapacity = 10_000
     public var batchSize = 512
     public var upstreamConnections = 1024
+    /// Nice value of the recorder's writer thread (0–19): above 0 the threads answering calls
+    /// win the CPU from it when both want it (Linux; elsewhere ignored).
+    public var writerNice: Int32 = 10
+    /// How often the heap trimmer looks, and the burst of calls in flight it waits for (HeapTrimmer.swift).
+    var heapTrimInterval: Duration = .seconds(5)
+    var heapTrimMinimumPeak = 64
     /// Server-held upstream keys: when set, clients must present a proxy token instead.
     public var openAIKey: String?
     public var anthropicKey: String?
@@ -67,6 +73,7 @@ public struct ProxyConfiguration: Sendable {
         guard maxRequestBodyBytes > 0, queueCapacity > 0, batchSize > 0, upstreamConnections > 0 else {
             throw .invalidInput("limits must be positive")
         }
+        guard (0...19).contains(writerNice) else { throw .invalidInput("the writer's nice value must be between 0 and 19") }
     }
 
     static func isLoopback(_ host: String) -> Bool {

@@ -14,6 +14,9 @@ final class ProxyMetrics: Sendable {
         var committed = 0
         var batches = 0
         var inFlight = 0
+        /// Most calls in flight at once since `takePeakInFlight`.
+        var peakInFlight = 0
+        var heapTrims = 0
         var calls: [String: Int] = [:]
         var unauthorized = 0
         var upstreamErrors = 0
@@ -41,7 +44,21 @@ final class ProxyMetrics: Sendable {
             if batch { $0.batches += 1 }
         }
     }
-    func callStarted() { state.withLock { $0.inFlight += 1 } }
+    func callStarted() {
+        state.withLock {
+            $0.inFlight += 1
+            $0.peakInFlight = max($0.peakInFlight, $0.inFlight)
+        }
+    }
+    /// Calls in flight now, and the most at once since the last call (the peak then restarts from now).
+    func takePeakInFlight() -> (now: Int, peak: Int) {
+        state.withLock {
+            let result = ($0.inFlight, $0.peakInFlight)
+            $0.peakInFlight = $0.inFlight
+            return result
+        }
+    }
+    func recordHeapTrim() { state.withLock { $0.heapTrims += 1 } }
     func callEnded(route: String, status: Int) {
         state.withLock {
             $0.inFlight -= 1
@@ -87,6 +104,9 @@ final class ProxyMetrics: Sendable {
         metric("chatlog_proxy_logged_total", "counter", "Exchanges committed to the store.", [("", snapshot.committed)])
         metric("chatlog_proxy_commits_total", "counter", "Store transactions (each holds many exchanges under load).", [("", snapshot.batches)])
         metric("chatlog_proxy_in_flight", "gauge", "Calls being proxied now.", [("", snapshot.inFlight)])
+        metric(
+            "chatlog_proxy_heap_trims_total", "counter", "Times free heap memory was returned to the system after a burst of calls ended.",
+            [("", snapshot.heapTrims)])
         metric("chatlog_proxy_unauthorized_total", "counter", "Calls refused for a missing or unknown proxy token.", [("", snapshot.unauthorized)])
         metric("chatlog_proxy_upstream_errors_total", "counter", "Calls whose upstream could not be reached or broke off.", [("", snapshot.upstreamErrors)])
         metric("chatlog_proxy_calls_total", "counter", "Calls by route and HTTP status.", snapshot.calls.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })

@@ -49,10 +49,14 @@ public struct ProxyServer: Sendable {
             connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: configuration.upstreamConnections),
             decompression: .disabled)
         clientConfiguration.httpVersion = .automatic
+        // No tracing spans: the default no-op tracer still made a span per call and parsed the
+        // URL with Foundation for its attributes (a few % of a call's CPU, docs/PERFORMANCE.md).
+        clientConfiguration.tracing.tracer = nil
         let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
         let metrics = ProxyMetrics(queueCapacity: configuration.queueCapacity)
         let recorder = Recorder(
-            store: store, capacity: configuration.queueCapacity, batchSize: configuration.batchSize, metrics: metrics, logger: logger)
+            store: store, capacity: configuration.queueCapacity, batchSize: configuration.batchSize, metrics: metrics, logger: logger,
+            writerNice: configuration.writerNice)
         let responder = ProxyResponder(
             state: ProxyState(configuration: configuration, store: store, client: client, recorder: recorder, metrics: metrics, logger: logger))
 
@@ -90,6 +94,10 @@ public struct ProxyServer: Sendable {
         // queued), then the recorder (drains), then the upstream client.
         var groupConfiguration = ServiceGroupConfiguration(
             services: [
+                .init(
+                    service: HeapTrimService(
+                        metrics: metrics, policy: HeapTrimPolicy(minimumPeak: configuration.heapTrimMinimumPeak),
+                        interval: configuration.heapTrimInterval)),
                 .init(service: HTTPClientService(client: client)),
                 .init(service: RecorderService(recorder: recorder)),
                 .init(service: httpServer),

@@ -1,3 +1,4 @@
+import CProcessHygiene
 import ChatLog
 import Foundation
 import Synchronization
@@ -19,6 +20,10 @@ final class Recorder: @unchecked Sendable {
     let batchSize: Int
     let metrics: ProxyMetrics
     let logger: Logger
+    /// The writer thread's nice value (Linux: per thread). Above 0 the event loops that answer
+    /// calls win the CPU whenever both want it; the writer still gets every idle cycle, and
+    /// `--durable` calls wait for it (docs/PERFORMANCE.md, issue 13).
+    let writerNice: Int32
     private let condition = NSCondition()
     // Guarded by `condition`:
     private var queue: [Pending] = []
@@ -33,13 +38,16 @@ final class Recorder: @unchecked Sendable {
     private var pendingDigests: [Data: (conversation: ConversationID, length: Int)] = [:]
     private var pendingConversations: [ConversationID: Int] = [:]
     private var thread: Thread?
+    /// The writer thread's kernel id once it runs (guarded by `condition`).
+    private var writerThreadID: Int32?
 
-    init(store: ChatLogStore, capacity: Int, batchSize: Int, metrics: ProxyMetrics, logger: Logger) {
+    init(store: ChatLogStore, capacity: Int, batchSize: Int, metrics: ProxyMetrics, logger: Logger, writerNice: Int32 = 0) {
         self.store = store
         self.capacity = capacity
         self.batchSize = batchSize
         self.metrics = metrics
         self.logger = logger
+        self.writerNice = writerNice
     }
 
     func start() {
@@ -137,7 +145,27 @@ final class Recorder: @unchecked Sendable {
 
     // MARK: The writer thread
 
+    /// The writer thread's kernel thread id (for `/proc/self/task/ID`), once it has started.
+    var writerThread: Int32? {
+        condition.lock()
+        defer { condition.unlock() }
+        return writerThreadID
+    }
+
+    /// Names the writer thread and sets its nice value (both per thread on Linux).
+    private func configureWriterThread() {
+        _ = chatlog_name_current_thread("chatlog-writer")
+        if writerNice != 0, chatlog_set_current_thread_nice(writerNice) != 0 {
+            logger.notice("cannot lower the writer thread's priority; it runs at the server's", metadata: ["nice": "\(writerNice)"])
+        }
+        let id = chatlog_current_thread_id()
+        condition.lock()
+        writerThreadID = id > 0 ? id : nil
+        condition.unlock()
+    }
+
     private func run() {
+        configureWriterThread()
         var failures = 0
         while true {
             condition.lock()

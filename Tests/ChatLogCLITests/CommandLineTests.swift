@@ -33,6 +33,8 @@ import Testing
         (["--db", "a.db", "list", "--db", "b.db"], "--db is given more than once"),
         (["export", "--force"], "--force only applies to --output"),
         (["list", "-n", "5", "--limit", "50"], "--limit is given more than once"),
+        (["serve", "--writer-nice", "20"], "--writer-nice must be between 0 and 19"),
+        (["serve", "--writer-nice=-1"], "--writer-nice must be between 0 and 19"),
     ])
     func usageErrorsAreOneLineAndExit64(arguments: [String], message: String) throws {
         let sandbox = try Sandbox()

@@ -1,4 +1,5 @@
 import ChatLog
+import NIOHTTP1
 import Testing
 
 @testable import ChatLogServer
@@ -51,4 +52,33 @@ import Testing
             #expect(text.contains("<redacted>") && text.contains("4321"))
         }
     }
+
+    @Test func theWriterNiceValueIsBetween0And19() throws {
+        #expect(ProxyConfiguration().writerNice == 10)
+        for nice: Int32 in [0, 10, 19] { try configuration { $0.writerNice = nice }.validate() }
+        for nice: Int32 in [-1, -20, 20] {
+            #expect(throws: ChatLogError.self, "\(nice)") { try configuration { $0.writerNice = nice }.validate() }
+        }
+    }
 }
+
+/// What the client gets of the upstream's response headers.
+@Suite struct ClientHeaderTests {
+    @Test func hopByHopAndConnectionNominatedFieldsAreDroppedTheRestKeptInOrder() {
+        let upstream = HTTPHeaders([
+            ("Date", "Sun, 06 Dec 2026 12:00:00 GMT"), ("Connection", " keep-alive ,\tX-Hop-One,x-hop-two\t, "),
+            ("Keep-Alive", "timeout=5"), ("Set-Cookie", "a=1"), ("Content-Length", "42"), ("X-Hop-One", "1"),
+            ("Transfer-Encoding", "chunked"), ("x-request-id", "req_1"), ("X-HOP-TWO", "2"), ("Set-Cookie", "b=2"),
+            ("x-hop-three", "kept: not nominated"),
+        ])
+        let (fields, contentLength) = ProxyCall.clientHeaders(upstream)
+        #expect(contentLength == 42)
+        #expect(fields.map { "\($0.name.rawName): \($0.value)" } == [
+            "Date: Sun, 06 Dec 2026 12:00:00 GMT", "Set-Cookie: a=1", "x-request-id: req_1", "Set-Cookie: b=2",
+            "x-hop-three: kept: not nominated",
+        ])
+        #expect(ProxyCall.nominatedByConnection(["close", " Foo ,\tBAR\t", " , "]) == ["close", "foo", "bar"])
+        #expect(ProxyCall.clientHeaders(HTTPHeaders([("Content-Length", "x")])).contentLength == nil)
+    }
+}
+

@@ -396,4 +396,57 @@ import Testing
             #expect(reply2.finishReason == "client_disconnected" && reply2.content == "w0 ")
         }
     }
+
+    /// After a burst of concurrent calls ends, the proxy returns its free heap to the system
+    /// (glibc keeps freed pages otherwise: resident memory stayed near its peak, docs/PERFORMANCE.md);
+    /// while idle, or with fewer calls than the burst threshold, it does not.
+    @Test func freeHeapIsReturnedAfterABurstOfCallsEnds() async throws {
+        func trims(_ fixture: ProxyFixture) async throws -> Int? {
+            let text = try await fixture.get("/metrics").body
+            return text.split(separator: "\n").first { $0.hasPrefix("chatlog_proxy_heap_trims_total ") }.flatMap { Int($0.split(separator: " ")[1]) }
+        }
+        try await ProxyFixture.with({
+            $0.heapTrimInterval = .milliseconds(100)
+            $0.heapTrimMinimumPeak = 8
+        }) { fixture in
+            let events = (0..<5).map { "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"w\($0) \"}}]}\n\n" } + ["data: [DONE]\n\n"]
+            // Fewer than the threshold at once: no trim.
+            for _ in 0..<4 { fixture.upstream.enqueue(.sse(events, pause: .milliseconds(100))) }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<4 {
+                    group.addTask { _ = try await fixture.post("/v1/chat/completions", Self.chatRequest(#"{"role":"user","content":"small \#(index)"}"#, extra: #","stream":true"#)) }
+                }
+                try await group.waitForAll()
+            }
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(try await trims(fixture) == 0)
+            // A burst of 16 slow streams at once, then none: trimmed once it has ended.
+            for _ in 0..<16 { fixture.upstream.enqueue(.sse(events, pause: .milliseconds(150))) }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<16 {
+                    group.addTask {
+                        let response = try await fixture.post(
+                            "/v1/chat/completions", Self.chatRequest(#"{"role":"user","content":"burst \#(index)"}"#, extra: #","stream":true"#))
+                        #expect(response.body.hasSuffix("data: [DONE]\n\n"))
+                    }
+                }
+                try await group.waitForAll()
+            }
+            var count = 0
+            for _ in 0..<300 where count == 0 {
+                count = try await trims(fixture) ?? 0
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(count >= 1)
+        }
+    }
+
+    @Test func theHeapTrimPolicyWaitsForTheEndOfABurst() {
+        let policy = HeapTrimPolicy(minimumPeak: 64)
+        #expect(policy.shouldTrim(now: 0, peak: 64) && policy.shouldTrim(now: 250, peak: 1000))
+        #expect(!policy.shouldTrim(now: 0, peak: 63))  // no burst
+        #expect(!policy.shouldTrim(now: 251, peak: 1000))  // still busy
+        #expect(!policy.shouldTrim(now: 0, peak: 0))
+    }
 }
+

@@ -108,4 +108,32 @@ import Testing
             await #expect(try store.counts().messages == 4 && metrics.health.dropped == 0)
         }
     }
+
+    /// The writer thread runs at the nice value it was given and under its own name, so that the
+    /// threads answering calls win the CPU from it; the rest of the process keeps its own
+    /// (Linux: nice values and names are per thread).
+    @Test(arguments: [Int32(0), 10, 19]) func theWriterThreadRunsAtItsNiceValue(nice: Int32) async throws {
+        /// Field 19 of /proc/…/stat (after the parenthesised name, which may hold spaces).
+        func niceValue(_ path: String) throws -> Int32? {
+            let stat = try String(contentsOfFile: path, encoding: .utf8)
+            guard let close = stat.lastIndex(of: ")") else { return nil }
+            return Int32(stat[stat.index(after: close)...].split(separator: " ")[16])
+        }
+        try await withServerTemporaryDirectory { directory in
+            let store = try ChatLogStore.create(at: directory + "/chat.db", key: .key(.generate()))
+            let recorder = Recorder(
+                store: store, capacity: 10, batchSize: 10, metrics: ProxyMetrics(queueCapacity: 10), logger: Self.quiet, writerNice: nice)
+            let base = try #require(try niceValue("/proc/self/stat"))
+            recorder.start()
+            #expect(await recorder.submitAndWait(record("m")))
+            let id = try #require(recorder.writerThread)
+            #expect(try niceValue("/proc/self/task/\(id)/stat") == (nice == 0 ? base : nice))
+            #expect(try String(contentsOfFile: "/proc/self/task/\(id)/comm", encoding: .utf8) == "chatlog-writer\n")
+            // The process's main thread (its id is the process id: what a process-wide setpriority
+            // would change) keeps its value. (libdispatch gives its own worker threads nice values
+            // by quality of service, so those are not compared.)
+            #expect(try niceValue("/proc/self/task/\(getpid())/stat") == base)
+            await recorder.drain()
+        }
+    }
 }

@@ -6,4 +6,13 @@
 int chatlog_disable_core_dumps(void);
 /// Whether the process is currently dumpable (1), not (0), or unknown (-1).
 int chatlog_is_dumpable(void);
+/// The calling thread's kernel id (Linux: gettid, as in /proc/self/task/ID); -1 elsewhere.
+int chatlog_current_thread_id(void);
+/// Names the calling thread (at most 15 bytes shown, Linux: PR_SET_NAME). 0 on success.
+int chatlog_name_current_thread(const char *name);
+/// Sets the calling thread's nice value (Linux: per thread). 0 on success, -1 (errno) otherwise.
+int chatlog_set_current_thread_nice(int nice);
+/// Returns the heap's free pages to the system (glibc malloc_trim(0); elsewhere nothing). 1 when
+/// memory was released.
+int chatlog_release_free_heap(void);
 #endif
