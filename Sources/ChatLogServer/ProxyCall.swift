@@ -437,7 +437,7 @@ struct ProxyCall: Sendable {
             completionTokens: completion.completionTokens, latencyMilliseconds: latency,
             finishReason: finishReason.map { String($0.prefix(200)) }, metadata: .object(metadata), createdAt: now)
         messages.append(completionMessage)
-        if let redactor = state.redactor { messages = messages.map { redactor.redact($0) } }
+        // Secrets are redacted by the recorder's writer thread, off the response path.
 
         var digests: [ThreadDigest] = []
         let succeeded = (200..<300).contains(status) && outcome == .complete && completion.error == nil

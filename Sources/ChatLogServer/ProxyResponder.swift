@@ -15,7 +15,6 @@ final class ProxyState: Sendable {
     let recorder: Recorder
     let metrics: ProxyMetrics
     let logger: Logger
-    let redactor: SecretRedactor?
     let connections = ConnectionWatch()
 
     init(configuration: ProxyConfiguration, store: ChatLogStore, client: HTTPClient, recorder: Recorder, metrics: ProxyMetrics, logger: Logger) {
@@ -25,7 +24,6 @@ final class ProxyState: Sendable {
         self.recorder = recorder
         self.metrics = metrics
         self.logger = logger
-        self.redactor = configuration.redactSecrets ? SecretRedactor() : nil
     }
 
     func serverKey(_ provider: Provider) -> String? {

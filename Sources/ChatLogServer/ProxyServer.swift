@@ -56,7 +56,7 @@ public struct ProxyServer: Sendable {
         let metrics = ProxyMetrics(queueCapacity: configuration.queueCapacity)
         let recorder = Recorder(
             store: store, capacity: configuration.queueCapacity, batchSize: configuration.batchSize, metrics: metrics, logger: logger,
-            writerNice: configuration.writerNice)
+            writerNice: configuration.writerNice, redactor: configuration.redactSecrets ? SecretRedactor() : nil)
         let responder = ProxyResponder(
             state: ProxyState(configuration: configuration, store: store, client: client, recorder: recorder, metrics: metrics, logger: logger))
 

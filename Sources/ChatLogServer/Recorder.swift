@@ -24,6 +24,9 @@ final class Recorder: @unchecked Sendable {
     /// calls win the CPU whenever both want it; the writer still gets every idle cycle, and
     /// `--durable` calls wait for it (docs/PERFORMANCE.md, issue 13).
     let writerNice: Int32
+    /// Applied to each record's messages on the writer thread before sealing (`--redact secrets`):
+    /// what is logged is redacted, the response path does not pay for it.
+    let redactor: SecretRedactor?
     private let condition = NSCondition()
     // Guarded by `condition`:
     private var queue: [Pending] = []
@@ -41,13 +44,17 @@ final class Recorder: @unchecked Sendable {
     /// The writer thread's kernel id once it runs (guarded by `condition`).
     private var writerThreadID: Int32?
 
-    init(store: ChatLogStore, capacity: Int, batchSize: Int, metrics: ProxyMetrics, logger: Logger, writerNice: Int32 = 0) {
+    init(
+        store: ChatLogStore, capacity: Int, batchSize: Int, metrics: ProxyMetrics, logger: Logger, writerNice: Int32 = 0,
+        redactor: SecretRedactor? = nil
+    ) {
         self.store = store
         self.capacity = capacity
         self.batchSize = batchSize
         self.metrics = metrics
         self.logger = logger
         self.writerNice = writerNice
+        self.redactor = redactor
     }
 
     func start() {
@@ -186,7 +193,11 @@ final class Recorder: @unchecked Sendable {
 
             let outcome: [Result<LoggedExchange, ChatLogError>]
             do {
-                let records = batch.map(\.record)
+                let records = batch.map { pending in
+                    var record = pending.record
+                    if let redactor { record.messages = record.messages.map { redactor.redact($0) } }
+                    return record
+                }
                 if store.storage == nil {
                     outcome = try store.logProxyRecords(records)
                 } else {

@@ -136,4 +136,30 @@ import Testing
             await recorder.drain()
         }
     }
+
+    /// Redaction (`--redact secrets`) happens on the writer thread, before sealing: what is stored is
+    /// redacted with its kinds counted in the message's metadata; without a redactor it is stored as sent.
+    @Test func theWriterRedactsSecretsBeforeSealing() async throws {
+        try await withServerTemporaryDirectory { directory in
+            let secret = "my key is sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD ok"
+            for redacting in [true, false] {
+                let store = try ChatLogStore.create(at: directory + "/chat-\(redacting).db", key: .key(.generate()))
+                let recorder = Recorder(
+                    store: store, capacity: 10, batchSize: 10, metrics: ProxyMetrics(queueCapacity: 10), logger: Self.quiet,
+                    redactor: redacting ? SecretRedactor() : nil)
+                recorder.start()
+                let id = ConversationID.generate()
+                #expect(await recorder.submitAndWait(record(secret, conversation: id)))
+                await recorder.drain()
+                let message = try #require(try await store.transcript(id).messages.first)
+                if redacting {
+                    #expect(!message.content.contains("sk-proj-") && message.content.contains("[REDACTED:"))
+                    #expect(message.metadata?[SecretRedactor.metadataKey] != nil, "the redacted kinds are counted in the message's metadata")
+                } else {
+                    #expect(message.content == secret)
+                }
+            }
+        }
+    }
 }
+
