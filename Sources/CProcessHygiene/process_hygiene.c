@@ -1,4 +1,5 @@
 #include "process_hygiene.h"
+#include <errno.h>
 #include <sys/resource.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -45,8 +46,13 @@ int chatlog_name_current_thread(const char *name) {
 
 int chatlog_set_current_thread_nice(int nice) {
 #if defined(__linux__)
-    // PRIO_PROCESS with a thread id: Linux applies the nice value to that thread alone.
-    return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice);
+    // PRIO_PROCESS with a thread id: Linux applies the nice value to that thread alone. A thread
+    // already at that nice value or above (the whole process started niced) is left as it is.
+    id_t thread = (id_t)syscall(SYS_gettid);
+    errno = 0;
+    int current = getpriority(PRIO_PROCESS, thread);
+    if (errno == 0 && current >= nice) return 0;
+    return setpriority(PRIO_PROCESS, thread, nice);
 #else
     (void)nice;
     return -1;

@@ -10,7 +10,8 @@ int chatlog_is_dumpable(void);
 int chatlog_current_thread_id(void);
 /// Names the calling thread (at most 15 bytes shown, Linux: PR_SET_NAME). 0 on success.
 int chatlog_name_current_thread(const char *name);
-/// Sets the calling thread's nice value (Linux: per thread). 0 on success, -1 (errno) otherwise.
+/// Raises the calling thread's nice value to `nice` (Linux: per thread); a thread already at it or
+/// above is left as it is. 0 on success, -1 (errno) otherwise.
 int chatlog_set_current_thread_nice(int nice);
 /// Returns the heap's free pages to the system (glibc malloc_trim(0); elsewhere nothing). 1 when
 /// memory was released.
