@@ -66,3 +66,13 @@ int chatlog_release_free_heap(void) {
     return 0;
 #endif
 }
+
+int chatlog_process_nice(void) {
+#if defined(__linux__)
+    errno = 0;
+    int value = getpriority(PRIO_PROCESS, (id_t)getpid());
+    return errno == 0 ? value : 0;
+#else
+    return 0;
+#endif
+}

@@ -43,6 +43,17 @@ final class Recorder: @unchecked Sendable {
     private var thread: Thread?
     /// The writer thread's kernel id once it runs (guarded by `condition`).
     private var writerThreadID: Int32?
+    /// A batch is being written (by the writer or the backlog writer; one at a time).
+    private var writing = false
+    /// With a niced writer: a second thread at the process's own priority writes while the queue is
+    /// deeper than `backlogDepth` (down to half of it), so that a backlog is not left to a thread that
+    /// the machine's other work starves (an unprivileged thread cannot lower its nice value again).
+    let backlogDepth: Int
+    private let backlogBell = DispatchSemaphore(value: 0)
+    private var backlogRung = false
+    private var backlogThreadID: Int32?
+    /// Batches the backlog writer wrote.
+    private var backlogBatches = 0
 
     init(
         store: ChatLogStore, capacity: Int, batchSize: Int, metrics: ProxyMetrics, logger: Logger, writerNice: Int32 = 0,
@@ -55,6 +66,7 @@ final class Recorder: @unchecked Sendable {
         self.logger = logger
         self.writerNice = writerNice
         self.redactor = redactor
+        self.backlogDepth = max(batchSize, capacity / 8)
     }
 
     func start() {
@@ -62,6 +74,11 @@ final class Recorder: @unchecked Sendable {
         thread.name = "chatlog-recorder"
         self.thread = thread
         thread.start()
+        if writerNice > 0 {
+            let backlog = Thread { [self] in runBacklog() }
+            backlog.name = "chatlog-backlog"
+            backlog.start()
+        }
     }
 
     var depth: Int {
@@ -112,6 +129,10 @@ final class Recorder: @unchecked Sendable {
             }
         }
         metrics.setQueueDepth(queue.count - head)
+        if writerNice > 0, !backlogRung, queue.count - head >= backlogDepth {
+            backlogRung = true
+            backlogBell.signal()
+        }
         condition.signal()
         return true
     }
@@ -159,82 +180,150 @@ final class Recorder: @unchecked Sendable {
         return writerThreadID
     }
 
-    /// Names the writer thread and sets its nice value (both per thread on Linux).
-    private func configureWriterThread() {
-        _ = chatlog_name_current_thread("chatlog-writer")
-        if writerNice != 0, chatlog_set_current_thread_nice(writerNice) != 0 {
-            logger.notice("cannot lower the writer thread's priority; it runs at the server's", metadata: ["nice": "\(writerNice)"])
+    /// The backlog writer's kernel thread id, once it has started (only with a niced writer).
+    var backlogThread: Int32? {
+        condition.lock()
+        defer { condition.unlock() }
+        return backlogThreadID
+    }
+
+    /// Batches the backlog writer has written.
+    var batchesWrittenByBacklogWriter: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return backlogBatches
+    }
+
+    /// Names the calling thread and raises its nice value to `nice` or the process's own, whichever is
+    /// higher (per thread on Linux; a thread starts with its creator's, which may be a dispatch
+    /// worker's). Returns the thread's id.
+    private func configureThread(name: String, nice: Int32) -> Int32? {
+        _ = chatlog_name_current_thread(name)
+        let target = max(nice, chatlog_process_nice())
+        if chatlog_set_current_thread_nice(target) != 0 {
+            logger.notice("cannot set the priority of a recorder thread", metadata: ["thread": "\(name)", "nice": "\(target)"])
         }
         let id = chatlog_current_thread_id()
-        condition.lock()
-        writerThreadID = id > 0 ? id : nil
-        condition.unlock()
+        return id > 0 ? id : nil
     }
 
     private func run() {
-        configureWriterThread()
+        let id = configureThread(name: "chatlog-writer", nice: writerNice)
+        condition.lock()
+        writerThreadID = id
+        condition.unlock()
         var failures = 0
         while true {
             condition.lock()
-            while queue.count - head == 0, !closing { condition.wait() }
-            if queue.count - head == 0, closing {
+            // While the backlog writer is on, it writes every batch (this thread would only slow it).
+            while (queue.count - head == 0 && !closing) || writing || backlogRung { condition.wait() }
+            if queue.count - head == 0 {
+                // Closing, and everything is written.
                 finished = true
                 let waiters = drainWaiters
                 drainWaiters = []
                 condition.broadcast()
                 condition.unlock()
+                backlogBell.signal()
                 for waiter in waiters { waiter.resume() }
                 return
             }
-            let end = min(queue.count, head + batchSize)
-            let batch = Array(queue[head..<end])
-            let isClosing = closing
+            let (batch, isClosing) = takeBatch()
             condition.unlock()
+            if !write(batch, isClosing: isClosing, failures: &failures) {
+                Thread.sleep(forTimeInterval: min(5, 0.05 * Double(1 << min(failures, 7))))
+            }
+        }
+    }
 
-            let outcome: [Result<LoggedExchange, ChatLogError>]
-            do {
-                let records = batch.map { pending in
-                    var record = pending.record
-                    if let redactor { record.messages = record.messages.map { redactor.redact($0) } }
-                    return record
-                }
-                if store.storage == nil {
-                    outcome = try store.logProxyRecords(records)
-                } else {
-                    let store = store
-                    outcome = try Self.waiting { () async throws(ChatLogError) in try await store.logProxyRecords(records) }
-                }
-            } catch {
-                failures += 1
-                metrics.recordStoreFailure()
-                logger.error(
-                    "store write failed; retrying", metadata: ["error": "\(error.description)", "records": "\(batch.count)", "attempt": "\(failures)"])
-                // Closing: a few more tries, then the records are reported lost.
-                if isClosing && failures >= 5 {
-                    finish(batch, committed: Array(repeating: false, count: batch.count), count: batch.count)
-                    logger.critical("exchanges lost at shutdown: the store kept failing", metadata: ["records": "\(batch.count)"])
-                    failures = 0
+    /// The backlog writer: sleeps until the queue is `backlogDepth` deep, then writes batches until
+    /// it is down to half of that; a failing store is left to the writer's retries.
+    private func runBacklog() {
+        let id = configureThread(name: "chatlog-backlog", nice: 0)
+        condition.lock()
+        backlogThreadID = id
+        condition.unlock()
+        while true {
+            backlogBell.wait()
+            condition.lock()
+            while !finished, queue.count - head >= max(1, backlogDepth / 2) {
+                if writing {
+                    condition.wait()
                     continue
                 }
-                Thread.sleep(forTimeInterval: min(5, 0.05 * Double(1 << min(failures, 7))))
-                continue
+                let (batch, isClosing) = takeBatch()
+                condition.unlock()
+                var failures = 0
+                let written = write(batch, isClosing: isClosing, failures: &failures)
+                condition.lock()
+                guard written else { break }
+                backlogBatches += 1
             }
-            if failures > 0 { logger.notice("store writes recovered", metadata: ["attempts": "\(failures)"]) }
-            failures = 0
-            metrics.storeRecovered()
-            var committed: [Bool] = []
-            for result in outcome {
-                switch result {
-                case .success: committed.append(true)
-                case .failure(let error):
-                    committed.append(false)
-                    metrics.recordRejected()
-                    logger.error("exchange not logged: the store refused it", metadata: ["error": "\(error.description)"])
-                }
-            }
-            metrics.recordCommitted(committed.filter { $0 }.count, batch: true)
-            finish(batch, committed: committed, count: batch.count)
+            backlogRung = false
+            let done = finished
+            condition.broadcast()
+            condition.unlock()
+            if done { return }
         }
+    }
+
+    /// Under the lock: the next batch, now being written.
+    private func takeBatch() -> (batch: [Pending], isClosing: Bool) {
+        writing = true
+        let end = min(queue.count, head + batchSize)
+        return (Array(queue[head..<end]), closing)
+    }
+
+    /// Writes a batch taken by `takeBatch` and finishes it; false when the store failed (the batch
+    /// stays queued, to be retried).
+    private func write(_ batch: [Pending], isClosing: Bool, failures: inout Int) -> Bool {
+        let outcome: [Result<LoggedExchange, ChatLogError>]
+        do {
+            let records = batch.map { pending in
+                var record = pending.record
+                if let redactor { record.messages = record.messages.map { redactor.redact($0) } }
+                return record
+            }
+            if store.storage == nil {
+                outcome = try store.logProxyRecords(records)
+            } else {
+                let store = store
+                outcome = try Self.waiting { () async throws(ChatLogError) in try await store.logProxyRecords(records) }
+            }
+        } catch {
+            failures += 1
+            metrics.recordStoreFailure()
+            logger.error(
+                "store write failed; retrying", metadata: ["error": "\(error.description)", "records": "\(batch.count)", "attempt": "\(failures)"])
+            // Closing: a few more tries, then the records are reported lost.
+            if isClosing && failures >= 5 {
+                finish(batch, committed: Array(repeating: false, count: batch.count), count: batch.count)
+                logger.critical("exchanges lost at shutdown: the store kept failing", metadata: ["records": "\(batch.count)"])
+                failures = 0
+                return true
+            }
+            condition.lock()
+            writing = false
+            condition.broadcast()
+            condition.unlock()
+            return false
+        }
+        if failures > 0 { logger.notice("store writes recovered", metadata: ["attempts": "\(failures)"]) }
+        failures = 0
+        metrics.storeRecovered()
+        var committed: [Bool] = []
+        for result in outcome {
+            switch result {
+            case .success: committed.append(true)
+            case .failure(let error):
+                committed.append(false)
+                metrics.recordRejected()
+                logger.error("exchange not logged: the store refused it", metadata: ["error": "\(error.description)"])
+            }
+        }
+        metrics.recordCommitted(committed.filter { $0 }.count, batch: true)
+        finish(batch, committed: committed, count: batch.count)
+        return true
     }
 
     /// Runs an async store call from the writer thread and waits for it (a PostgreSQL store has no
@@ -255,6 +344,7 @@ final class Recorder: @unchecked Sendable {
 
     private func finish(_ batch: [Pending], committed: [Bool], count: Int) {
         condition.lock()
+        writing = false
         head += count
         if head > 4096, head * 2 > queue.count {
             queue.removeFirst(head)

@@ -161,5 +161,39 @@ import Testing
             }
         }
     }
+
+    /// With a niced writer, a queue `backlogDepth` deep is written by a second thread at the
+    /// process's own priority until it is down to half of that; without one there is no such thread.
+    @Test func aBacklogIsWrittenByTheBacklogWriterAtTheProcesssPriority() async throws {
+        try await withServerTemporaryDirectory { directory in
+            for nice: Int32 in [19, 0] {
+                let store = try ChatLogStore.create(at: directory + "/chat-\(nice).db", key: .key(.generate()))
+                let recorder = Recorder(
+                    store: store, capacity: 100, batchSize: 10, metrics: ProxyMetrics(queueCapacity: 100), logger: Self.quiet, writerNice: nice)
+                #expect(recorder.backlogDepth == 12)
+                for index in 0..<100 { #expect(recorder.submit(record("m\(index)"))) }
+                recorder.start()
+                // Checked while both threads still run (they end with the drain).
+                for _ in 0..<6000 {
+                    if try await store.counts().messages == 100, nice == 0 || recorder.batchesWrittenByBacklogWriter == 10 { break }
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                await #expect(try store.counts().messages == 100)
+                if nice > 0 {
+                    // 100 queued ≥ 12: the backlog writer writes batches of 10 while 6 or more wait: all ten.
+                    #expect(recorder.batchesWrittenByBacklogWriter == 10)
+                    let id = try #require(recorder.backlogThread)
+                    let stat = try String(contentsOfFile: "/proc/self/task/\(id)/stat", encoding: .utf8)
+                    let main = try String(contentsOfFile: "/proc/self/stat", encoding: .utf8)
+                    func nice(_ text: String) -> Substring { text[text.index(after: text.lastIndex(of: ")")!)...].split(separator: " ")[16] }
+                    #expect(nice(stat) == nice(main))
+                    #expect(try String(contentsOfFile: "/proc/self/task/\(id)/comm", encoding: .utf8) == "chatlog-backlog\n")
+                } else {
+                    #expect(recorder.backlogThread == nil && recorder.batchesWrittenByBacklogWriter == 0)
+                }
+                await recorder.drain()
+            }
+        }
+    }
 }
 

@@ -13,6 +13,8 @@ int chatlog_name_current_thread(const char *name);
 /// Raises the calling thread's nice value to `nice` (Linux: per thread); a thread already at it or
 /// above is left as it is. 0 on success, -1 (errno) otherwise.
 int chatlog_set_current_thread_nice(int nice);
+/// The nice value of the process's main thread (what `nice` and systemd's Nice= set); 0 if unknown.
+int chatlog_process_nice(void);
 /// Returns the heap's free pages to the system (glibc malloc_trim(0); elsewhere nothing). 1 when
 /// memory was released.
 int chatlog_release_free_heap(void);
