@@ -51,6 +51,9 @@ final class Recorder: @unchecked Sendable {
     let backlogDepth: Int
     private let backlogBell = DispatchSemaphore(value: 0)
     private var backlogRung = false
+    /// The backlog writer's last batch failed: it is not woken again until a batch is written (the
+    /// writer's retries, with backoff, handle a failing store).
+    private var backlogPaused = false
     private var backlogThreadID: Int32?
     /// Batches the backlog writer wrote.
     private var backlogBatches = 0
@@ -129,7 +132,7 @@ final class Recorder: @unchecked Sendable {
             }
         }
         metrics.setQueueDepth(queue.count - head)
-        if writerNice > 0, !backlogRung, queue.count - head >= backlogDepth {
+        if writerNice > 0, !backlogRung, !backlogPaused, queue.count - head >= backlogDepth {
             backlogRung = true
             backlogBell.signal()
         }
@@ -256,7 +259,10 @@ final class Recorder: @unchecked Sendable {
                 var failures = 0
                 let written = write(batch, isClosing: isClosing, failures: &failures)
                 condition.lock()
-                guard written else { break }
+                guard written else {
+                    backlogPaused = true
+                    break
+                }
                 backlogBatches += 1
             }
             backlogRung = false
@@ -345,6 +351,7 @@ final class Recorder: @unchecked Sendable {
     private func finish(_ batch: [Pending], committed: [Bool], count: Int) {
         condition.lock()
         writing = false
+        backlogPaused = false
         head += count
         if head > 4096, head * 2 > queue.count {
             queue.removeFirst(head)

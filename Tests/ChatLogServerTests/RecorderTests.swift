@@ -195,5 +195,34 @@ import Testing
             }
         }
     }
+
+    /// A failing store with a niced writer: the backlog writer tries once and then leaves the
+    /// retries (with backoff) to the writer, instead of one failing attempt per queued call; once
+    /// the store recovers everything queued is written.
+    @Test func aFailingStoreIsNotHammeredByTheBacklogWriter() async throws {
+        try await withServerTemporaryDirectory { directory in
+            let path = directory + "/chat.db"
+            let store = try ChatLogStore.create(at: path, key: .key(.generate()))
+            var configuration = Configuration()
+            configuration.busyMode = .timeout(60)
+            let saboteur = try DatabaseQueue(path: path, configuration: configuration)
+            try await saboteur.write { db in
+                try db.execute(sql: "CREATE TRIGGER fail_inserts BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+            }
+            let metrics = ProxyMetrics(queueCapacity: 100)
+            let recorder = Recorder(store: store, capacity: 100, batchSize: 10, metrics: metrics, logger: Self.quiet, writerNice: 10)
+            recorder.start()
+            // 60 calls, one every 5 ms, all past the backlog depth (12) while the store fails.
+            for index in 0..<60 {
+                #expect(recorder.submit(record("m\(index)")))
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            // The writer's backoff doubles from 0.1 s: a handful of attempts in this time, not one per call.
+            #expect(metrics.health.storeFailures >= 1 && metrics.health.storeFailures < 20, "\(metrics.health.storeFailures) failed attempts")
+            try await saboteur.write { db in try db.execute(sql: "DROP TRIGGER fail_inserts") }
+            await recorder.drain()
+            await #expect(try store.counts().messages == 60)
+        }
+    }
 }
 
