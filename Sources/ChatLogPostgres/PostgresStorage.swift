@@ -865,13 +865,8 @@ package final class PostgresStorage: ChatLogStorage {
     /// A reader that sees more delta rows than this folds them.
     static let foldReadThreshold: Int64 = 2_000
 
-    /// Moves every committed delta row of migrations 0005 and 0006 into `row_counts` and
-    /// `key_usage`, in one statement of its own (no other lock held: it can only wait for another
-    /// fold). A failure changes nothing and is left to the next fold.
-    func foldRowCounts(_ connection: PostgresConnection) async {
-        do {
-            try await connection.run(
-                """
+    /// The fold statement of `foldRowCounts` (also run by hand in PostgresCountsTests).
+    static let foldSQL = """
                 WITH moved AS (DELETE FROM row_count_deltas RETURNING conversations, messages),
                      counted AS (
                          UPDATE row_counts SET conversations = conversations + (SELECT coalesce(sum(conversations), 0) FROM moved),
@@ -880,7 +875,14 @@ package final class PostgresStorage: ChatLogStorage {
                      keys_moved AS (DELETE FROM key_usage_deltas RETURNING key_id, row_count)
                 INSERT INTO key_usage (key_id, row_count) SELECT key_id, sum(row_count) FROM keys_moved GROUP BY key_id
                 ON CONFLICT (key_id) DO UPDATE SET row_count = key_usage.row_count + excluded.row_count
-                """, logger: logger)
+                """
+
+    /// Moves every committed delta row of migrations 0005 and 0006 into `row_counts` and
+    /// `key_usage`, in one statement of its own (no other lock held: it can only wait for another
+    /// fold). A failure changes nothing and is left to the next fold.
+    func foldRowCounts(_ connection: PostgresConnection) async {
+        do {
+            try await connection.run(PostgresQuery(unsafeSQL: Self.foldSQL), logger: logger)
         } catch {
             logger.debug("row counts not folded: \(String(reflecting: type(of: error)))")
         }

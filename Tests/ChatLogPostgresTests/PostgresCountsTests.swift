@@ -21,16 +21,7 @@ extension PostgreSQLSuites {
 
         /// The fold the storage runs now and then (PostgresStorage.foldRowCounts), by hand.
         static func fold(_ database: PostgresDatabase) throws {
-            try database.psql(
-                """
-                WITH moved AS (DELETE FROM row_count_deltas RETURNING conversations, messages),
-                     counted AS (
-                         UPDATE row_counts SET conversations = conversations + (SELECT coalesce(sum(conversations), 0) FROM moved),
-                                               messages = messages + (SELECT coalesce(sum(messages), 0) FROM moved)),
-                     keys_moved AS (DELETE FROM key_usage_deltas RETURNING key_id, row_count)
-                INSERT INTO key_usage (key_id, row_count) SELECT key_id, sum(row_count) FROM keys_moved GROUP BY key_id
-                ON CONFLICT (key_id) DO UPDATE SET row_count = key_usage.row_count + excluded.row_count
-                """)
+            try database.psql(PostgresStorage.foldSQL)
         }
 
         @Test("counts equal count(*) after concurrent writers in three processes' pools, appends, deletes, prune and repair — folded or not")

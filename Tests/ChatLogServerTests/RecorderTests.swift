@@ -48,19 +48,25 @@ import Testing
         }
     }
 
+    /// A store whose inserts into messages fail until `fail_inserts` is dropped through the
+    /// returned connection. The recorder retries its failing batch all the time, so that
+    /// connection waits for the lock (a loaded machine showed "database is locked" without a
+    /// busy timeout).
+    static func failingStore(in directory: String) async throws -> (ChatLogStore, DatabaseQueue) {
+        let path = directory + "/chat.db"
+        let store = try ChatLogStore.create(at: path, key: .key(.generate()))
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(60)
+        let saboteur = try DatabaseQueue(path: path, configuration: configuration)
+        try await saboteur.write { db in
+            try db.execute(sql: "CREATE TRIGGER fail_inserts BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+        }
+        return (store, saboteur)
+    }
+
     @Test func aFailingStoreIsVisibleAndNothingQueuedIsLost() async throws {
         try await withServerTemporaryDirectory { directory in
-            let path = directory + "/chat.db"
-            let store = try ChatLogStore.create(at: path, key: .key(.generate()))
-            // Another connection makes every insert into messages fail until the trigger goes.
-            // The recorder retries its failing batch all the time, so the saboteur waits for the lock
-            // (a loaded machine showed "database is locked" without a busy timeout).
-            var configuration = Configuration()
-            configuration.busyMode = .timeout(60)
-            let saboteur = try DatabaseQueue(path: path, configuration: configuration)
-            try await saboteur.write { db in
-                try db.execute(sql: "CREATE TRIGGER fail_inserts BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
-            }
+            let (store, saboteur) = try await Self.failingStore(in: directory)
             let metrics = ProxyMetrics(queueCapacity: 100)
             let recorder = Recorder(store: store, capacity: 100, batchSize: 10, metrics: metrics, logger: Self.quiet)
             recorder.start()
@@ -201,14 +207,7 @@ import Testing
     /// the store recovers everything queued is written.
     @Test func aFailingStoreIsNotHammeredByTheBacklogWriter() async throws {
         try await withServerTemporaryDirectory { directory in
-            let path = directory + "/chat.db"
-            let store = try ChatLogStore.create(at: path, key: .key(.generate()))
-            var configuration = Configuration()
-            configuration.busyMode = .timeout(60)
-            let saboteur = try DatabaseQueue(path: path, configuration: configuration)
-            try await saboteur.write { db in
-                try db.execute(sql: "CREATE TRIGGER fail_inserts BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
-            }
+            let (store, saboteur) = try await Self.failingStore(in: directory)
             let metrics = ProxyMetrics(queueCapacity: 100)
             let recorder = Recorder(store: store, capacity: 100, batchSize: 10, metrics: metrics, logger: Self.quiet, writerNice: 10)
             recorder.start()

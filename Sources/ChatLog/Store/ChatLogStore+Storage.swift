@@ -446,7 +446,11 @@ extension ChatLogStore {
                 throw error
             }
             counted += ranked
-            do { pending = try await next } catch let error as ChatLogError { throw error } catch { throw .storage("\(error)") }
+            do { pending = try await next } catch let error as ChatLogError { throw error } catch {
+                // `async let` drops the typed error; the backend throws only ChatLogError. Name the
+                // type only: another error's description could quote what it was given.
+                throw .storage("a page of search candidates could not be read (\(type(of: error)))")
+            }
         }
         guard !counted.isEmpty else { return SearchResults(hits: [], examined: examined, complete: complete, matched: 0, more: false) }
         var terms: [UInt64] = []
