@@ -660,10 +660,27 @@ package final class PostgresStorage: ChatLogStorage {
         m.finish_reason, m.key_id, m.content, m.metadata, m.index_key_id
         """
 
-    /// `messageColumns` without what a search never reads — the sealed metadata, token counts,
-    /// latency, finish reason and index key (its hits carry none of them): thousands of relevance
-    /// candidates are read per query.
-    static let searchColumns = "m.seq, m.id, c.id AS conversation_id, m.role, m.created_at, m.model, m.key_id, m.content, m.position"
+    /// What a search reads of a candidate — `messageColumns` without the sealed metadata, token
+    /// counts, latency, finish reason and index key (its hits carry none of them) — packed into one
+    /// `bytea` per candidate: seq, created_at, position, key_id (8 bytes each, big-endian), then
+    /// message id, conversation id, role and model (a 4-byte length, -1 for a NULL model, then
+    /// UTF-8), then the sealed content (4-byte length, bytes). Thousands of relevance candidates are
+    /// read per query; one protocol row each cost more client CPU in postgres-nio's per-row work
+    /// (message decoding, a cell array, a generic decode per cell) than opening and counting them
+    /// (docs/PERFORMANCE.md, "Relevance on PostgreSQL: candidates packed").
+    static let packedCandidate = """
+        int8send(m.seq) || int8send(m.created_at) || int8send(m.position) || int8send(m.key_id)
+        || int4send(octet_length(m.id)) || textsend(m.id) || int4send(octet_length(c.id)) || textsend(c.id)
+        || int4send(octet_length(m.role)) || textsend(m.role)
+        || int4send(coalesce(octet_length(m.model), -1)) || coalesce(textsend(m.model), ''::bytea)
+        || int4send(octet_length(m.content)) || m.content
+        """
+
+    /// Candidates aggregated per protocol row: up to this many whose content is at most
+    /// ``packedContentLimit`` bytes; a larger one travels alone (a row's aggregate stays far below
+    /// PostgreSQL's 1 GB limit for values whatever the messages' sizes).
+    static let packedGroupSize = 64
+    static let packedContentLimit = 65_536
 
     static func conversationRow(_ row: PostgresRow) throws -> SealedConversationRow {
         let (id, created, updated, key, title, subject, token, subjectKey, metadata) = try row.decode(
@@ -691,19 +708,47 @@ package final class PostgresStorage: ChatLogStorage {
         return SearchCandidate(message: message, cursor: MessageCursor(createdAt: createdAt, order: seq))
     }
 
-    /// A search candidate of `searchColumns` and its cursor (cells by position, as `messageRow`).
-    static func searchRow(_ row: PostgresRow) throws -> SearchCandidate {
-        let cells = row.makeRandomAccess()
-        let seq = try cells[0].decode(Int64.self)
-        let createdAt = try cells[4].decode(Int64.self)
-        let message = SealedMessageRow(
-            id: try cells[1].decode(String.self), conversationID: try cells[2].decode(String.self),
-            position: try cells[8].decode(Int64.self), role: try cells[3].decode(String.self), createdAt: createdAt,
-            model: try cells[5].decode(String?.self), promptTokens: nil, completionTokens: nil, latencyMilliseconds: nil,
-            finishReason: nil, keyID: try cells[6].decode(Int64.self), content: try cells[7].decode(Data.self), metadata: nil,
-            indexKeyID: nil, terms: [])
-        return SearchCandidate(message: message, cursor: MessageCursor(createdAt: createdAt, order: seq))
+    /// The candidates of one aggregate of ``packedCandidate`` values, appended in the aggregate's
+    /// order. A value cut short or a length out of range throws (never a partial candidate).
+    static func unpackCandidates(_ packed: ByteBuffer, into candidates: inout [SearchCandidate]) throws(ChatLogError) {
+        var buffer = packed
+        func integer() throws(ChatLogError) -> Int64 {
+            guard let value = buffer.readInteger(endianness: .big, as: Int64.self) else { throw damaged }
+            return value
+        }
+        func length() throws(ChatLogError) -> Int? {
+            guard let length = buffer.readInteger(endianness: .big, as: Int32.self) else { throw damaged }
+            if length == -1 { return nil }
+            guard length >= 0, Int(length) <= buffer.readableBytes else { throw damaged }
+            return Int(length)
+        }
+        func text() throws(ChatLogError) -> String? {
+            guard let count = try length() else { return nil }
+            return buffer.readString(length: count)
+        }
+        func required() throws(ChatLogError) -> String {
+            guard let value = try text() else { throw damaged }
+            return value
+        }
+        while buffer.readableBytes > 0 {
+            let seq = try integer()
+            let createdAt = try integer()
+            let position = try integer()
+            let keyID = try integer()
+            let id = try required()
+            let conversationID = try required()
+            let role = try required()
+            let model = try text()
+            guard let size = try length(), let content = buffer.readData(length: size) else { throw damaged }
+            let message = SealedMessageRow(
+                id: id, conversationID: conversationID, position: position, role: role, createdAt: createdAt, model: model,
+                promptTokens: nil, completionTokens: nil, latencyMilliseconds: nil, finishReason: nil, keyID: keyID,
+                content: content, metadata: nil, indexKeyID: nil, terms: [])
+            candidates.append(SearchCandidate(message: message, cursor: MessageCursor(createdAt: createdAt, order: seq)))
+        }
     }
+
+    private static let damaged = ChatLogError.storage("a page of search candidates from PostgreSQL is malformed")
 
     package func conversation(id: String) async throws(ChatLogError) -> SealedConversationRow? {
         try await read { connection in
@@ -785,16 +830,30 @@ package final class PostgresStorage: ChatLogStorage {
             ? branches[0]
             : "SELECT message_seq, created_at FROM (" + branches.map { "(\($0))" }.joined(separator: " UNION ALL ")
                 + ") v GROUP BY message_seq, created_at \(page)"
+        // Candidates travel packed, many per protocol row (``packedCandidate``), in no particular
+        // order (sorting on the server cost more than here); a large one travels alone. The page is
+        // put in order here: (created_at, seq) is unique, so the order is the driving query's.
         let sql = """
-            SELECT \(Self.searchColumns) FROM (\(driving)) hit
+            SELECT string_agg(\(Self.packedCandidate), ''::bytea)
+            FROM (SELECT message_seq, row_number() OVER () AS ord FROM (\(driving)) d) hit
             JOIN messages m ON m.seq = hit.message_seq JOIN conversations c ON c.seq = m.conversation_seq
-            ORDER BY m.created_at DESC, m.seq DESC
+            GROUP BY CASE WHEN octet_length(m.content) > \(Self.packedContentLimit) THEN -hit.ord ELSE hit.ord / \(Self.packedGroupSize) END
             """
         let query = PostgresQuery(unsafeSQL: sql, binds: binds)
         return try await read { connection in
             let rows = try await connection.query(query, logger: self.logger)
             var candidates: [SearchCandidate] = []
-            for try await row in rows { candidates.append(try Self.searchRow(row)) }
+            candidates.reserveCapacity(limit)
+            for try await row in rows {
+                for cell in row {
+                    guard let packed = cell.bytes else { throw Self.damaged }
+                    try Self.unpackCandidates(packed, into: &candidates)
+                }
+            }
+            func newer(_ a: SearchCandidate, _ b: SearchCandidate) -> Bool {
+                (a.cursor.createdAt, a.cursor.order) > (b.cursor.createdAt, b.cursor.order)
+            }
+            if !zip(candidates, candidates.dropFirst()).allSatisfy({ newer($0, $1) }) { candidates.sort(by: newer) }
             return candidates
         }
     }

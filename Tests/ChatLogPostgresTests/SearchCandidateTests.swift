@@ -1,4 +1,5 @@
 import Foundation
+import PostgresNIO
 import Testing
 
 @testable import ChatLog
@@ -67,5 +68,121 @@ extension PostgreSQLSuites {
                 }
             }
         }
-    }
+    
+        @Test("every field a search reads arrives intact: large and small contents mixed, NULL and non-ASCII models, any page size", arguments: Backend.allCases)
+        func candidateFieldsSurviveTheTransfer(backend: Backend) async throws {
+            try await withSQLiteStore { store in
+                try await withStorage(backend) { harness in
+                    let storage = harness.storage
+                    let (meta, keys) = try storedMetaAndKeys(store)
+                    try await storage.initialize(meta: meta, keys: keys)
+                    let term: UInt64 = 0xBEEF << 24
+                    let template = SealedMessageRow(
+                        try store.prepare(NewMessage(role: .user, content: "x"), keys: store.keyRing.current),
+                        conversationID: ConversationID.make())
+                    var expected: [String: SealedMessageRow] = [:]
+                    let roles = ["user", "assistant", "tool", "system"]
+                    let models: [String?] = [nil, "gpt-4o", "modèle-ü 🚀", ""]
+                    for conversationIndex in 0..<3 {
+                        let conversation = try store.prepare(NewConversation(title: "c\(conversationIndex)"), keys: store.keyRing.current)
+                        _ = try await storage.insert(
+                            conversation: SealedConversationRow(conversation), messages: [], into: conversation.id.rawValue, guard: writeGuard(store))
+                        var batch: [SealedMessageRow] = []
+                        for index in 0..<100 {
+                            let number = conversationIndex * 100 + index
+                            var row = template
+                            row.id = MessageID.make().rawValue
+                            row.conversationID = conversation.id.rawValue
+                            row.role = roles[number % roles.count]
+                            row.model = models[number % models.count]
+                            row.createdAt = 1_700_000_000_000 + Int64(number / 3)  // three per millisecond
+                            // Every 7th above the per-row packing limit (it travels alone), some empty-ish.
+                            let size = number % 7 == 0 ? 70_000 + number : 1 + number * 13
+                            row.content = Data((0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ number) })
+                            row.terms = [term]
+                            batch.append(row)
+                        }
+                        let positions = try await storage.insert(conversation: nil, messages: batch, into: conversation.id.rawValue, guard: writeGuard(store))
+                        for (row, position) in zip(batch, positions) {
+                            var row = row
+                            row.position = position
+                            expected[row.id] = row
+                        }
+                    }
+                    for pageSize in [1_000, 64, 65, 7] {
+                        var got: [SearchCandidate] = []
+                        var cursor: MessageCursor?
+                        while true {
+                            let page = try await storage.searchCandidates(required: [[term]], after: cursor, limit: pageSize)
+                            got += page
+                            guard page.count == pageSize, let last = page.last else { break }
+                            cursor = last.cursor
+                        }
+                        #expect(got.count == expected.count, "page size \(pageSize)")
+                        #expect(Set(got.map(\.message.id)).count == got.count)
+                        // Newest first, (created_at, seq) strictly decreasing.
+                        #expect(zip(got, got.dropFirst()).allSatisfy { ($0.cursor.createdAt, $0.cursor.order) > ($1.cursor.createdAt, $1.cursor.order) })
+                        for candidate in got {
+                            let message = candidate.message
+                            guard let row = expected[message.id] else {
+                                Issue.record("unexpected candidate")
+                                continue
+                            }
+                            #expect(message.conversationID == row.conversationID)
+                            #expect(message.position == row.position)
+                            #expect(message.role == row.role)
+                            #expect(message.model == row.model)
+                            #expect(message.createdAt == row.createdAt && candidate.cursor.createdAt == row.createdAt)
+                            #expect(message.keyID == row.keyID)
+                            #expect(message.content == row.content, "content of \(row.content.count) bytes")
+                        }
+                    }
+                }
+            }
+        }
+
+        @Test("a packed candidate cut short or with a length out of range is an error, never a partial candidate")
+        func damagedPackedCandidatesAreRefused() throws {
+            func packed(model: String?, content: [UInt8]) -> ByteBuffer {
+                var buffer = ByteBuffer()
+                for value: Int64 in [42, 1_700_000_000_000, 3, 1] { buffer.writeInteger(value, endianness: .big) }
+                for text in ["m-id", "c-id", "user"] {
+                    buffer.writeInteger(Int32(text.utf8.count), endianness: .big)
+                    buffer.writeString(text)
+                }
+                if let model {
+                    buffer.writeInteger(Int32(model.utf8.count), endianness: .big)
+                    buffer.writeString(model)
+                } else {
+                    buffer.writeInteger(Int32(-1), endianness: .big)
+                }
+                buffer.writeInteger(Int32(content.count), endianness: .big)
+                buffer.writeBytes(content)
+                return buffer
+            }
+            var whole = packed(model: nil, content: [1, 2, 3])
+            whole.writeImmutableBuffer(packed(model: "é", content: []))
+            var candidates: [SearchCandidate] = []
+            try PostgresStorage.unpackCandidates(whole, into: &candidates)
+            #expect(candidates.map(\.message.model) == [nil, "é"])
+            #expect(candidates.map(\.message.content) == [Data([1, 2, 3]), Data()])
+            #expect(candidates.map(\.cursor.order) == [42, 42])
+            // Every proper prefix of one value is refused.
+            let one = packed(model: "gpt", content: [9, 9, 9, 9])
+            for cut in 1..<one.readableBytes {
+                var prefix: [SearchCandidate] = []
+                #expect(throws: ChatLogError.self) { try PostgresStorage.unpackCandidates(one.getSlice(at: 0, length: cut)!, into: &prefix) }
+                #expect(prefix.isEmpty)
+            }
+            // A length beyond the value, and a negative one other than NULL's -1.
+            var long = one
+            long.setInteger(Int32(1_000), at: 32, endianness: .big)
+            var negative = one
+            negative.setInteger(Int32(-2), at: 32, endianness: .big)
+            for bad in [long, negative] {
+                var none: [SearchCandidate] = []
+                #expect(throws: ChatLogError.self) { try PostgresStorage.unpackCandidates(bad, into: &none) }
+            }
+        }
+}
 }
