@@ -662,15 +662,16 @@ package final class PostgresStorage: ChatLogStorage {
 
     /// What a search reads of a candidate — `messageColumns` without the sealed metadata, token
     /// counts, latency, finish reason and index key (its hits carry none of them) — packed into one
-    /// `bytea` per candidate: seq, created_at, position, key_id (8 bytes each, big-endian), then
-    /// message id, conversation id, role and model (a 4-byte length, -1 for a NULL model, then
-    /// UTF-8), then the sealed content (4-byte length, bytes). Thousands of relevance candidates are
+    /// `bytea` per candidate: seq, created_at, position, key_id, conversation_seq (8 bytes each,
+    /// big-endian), then message id, role and model (a 4-byte length, -1 for a NULL model, then
+    /// UTF-8), then the sealed content (4-byte length, bytes). The conversation goes by seq (no
+    /// join with `conversations` per candidate); the core asks for the ids it shows. Thousands of relevance candidates are
     /// read per query; one protocol row each cost more client CPU in postgres-nio's per-row work
     /// (message decoding, a cell array, a generic decode per cell) than opening and counting them
     /// (docs/PERFORMANCE.md, "Relevance on PostgreSQL: candidates packed").
     static let packedCandidate = """
         int8send(m.seq) || int8send(m.created_at) || int8send(m.position) || int8send(m.key_id)
-        || int4send(octet_length(m.id)) || textsend(m.id) || int4send(octet_length(c.id)) || textsend(c.id)
+        || int8send(m.conversation_seq) || int4send(octet_length(m.id)) || textsend(m.id)
         || int4send(octet_length(m.role)) || textsend(m.role)
         || int4send(coalesce(octet_length(m.model), -1)) || coalesce(textsend(m.model), ''::bytea)
         || int4send(octet_length(m.content)) || m.content
@@ -735,16 +736,17 @@ package final class PostgresStorage: ChatLogStorage {
             let createdAt = try integer()
             let position = try integer()
             let keyID = try integer()
+            let conversationSeq = try integer()
             let id = try required()
-            let conversationID = try required()
             let role = try required()
             let model = try text()
             guard let size = try length(), let content = buffer.readData(length: size) else { throw damaged }
             let message = SealedMessageRow(
-                id: id, conversationID: conversationID, position: position, role: role, createdAt: createdAt, model: model,
+                id: id, conversationID: "", position: position, role: role, createdAt: createdAt, model: model,
                 promptTokens: nil, completionTokens: nil, latencyMilliseconds: nil, finishReason: nil, keyID: keyID,
                 content: content, metadata: nil, indexKeyID: nil, terms: [])
-            candidates.append(SearchCandidate(message: message, cursor: MessageCursor(createdAt: createdAt, order: seq)))
+            candidates.append(
+                SearchCandidate(message: message, cursor: MessageCursor(createdAt: createdAt, order: seq), conversationSeq: conversationSeq))
         }
     }
 
@@ -836,7 +838,7 @@ package final class PostgresStorage: ChatLogStorage {
         let sql = """
             SELECT string_agg(\(Self.packedCandidate), ''::bytea)
             FROM (SELECT message_seq, row_number() OVER () AS ord FROM (\(driving)) d) hit
-            JOIN messages m ON m.seq = hit.message_seq JOIN conversations c ON c.seq = m.conversation_seq
+            JOIN messages m ON m.seq = hit.message_seq
             GROUP BY CASE WHEN octet_length(m.content) > \(Self.packedContentLimit) THEN -hit.ord ELSE hit.ord / \(Self.packedGroupSize) END
             """
         let query = PostgresQuery(unsafeSQL: sql, binds: binds)
@@ -855,6 +857,16 @@ package final class PostgresStorage: ChatLogStorage {
             }
             if !zip(candidates, candidates.dropFirst()).allSatisfy({ newer($0, $1) }) { candidates.sort(by: newer) }
             return candidates
+        }
+    }
+
+    package func conversationIDs(seqs: [Int64]) async throws(ChatLogError) -> [Int64: String] {
+        guard !seqs.isEmpty else { return [:] }
+        return try await read { connection in
+            let rows = try await connection.query("SELECT seq, id FROM conversations WHERE seq = ANY(\(Array(Set(seqs))))", logger: self.logger)
+            var ids: [Int64: String] = [:]
+            for try await (seq, id) in rows.decode((Int64, String).self) { ids[seq] = id }
+            return ids
         }
     }
 

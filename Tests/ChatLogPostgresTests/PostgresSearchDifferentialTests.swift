@@ -46,7 +46,7 @@ extension PostgreSQLSuites {
             }
         }
 
-        static func queries(count: Int, seed: UInt64) -> [(String, SearchFilters)] {
+        static func queries(count: Int, seed: UInt64, conversations: [ConversationID]) -> [(String, SearchFilters)] {
             var random = SplitMix64(seed: seed)
             let base = Date(timeIntervalSince1970: 1_750_000_000)
             var result: [(String, SearchFilters)] = []
@@ -63,8 +63,9 @@ extension PostgreSQLSuites {
                 default: text = "\(a) \(b) -\(c)"
                 }
                 var filters = SearchFilters()
-                switch random.next() % 5 {
+                switch random.next() % 6 {
                 case 0: filters.role = .assistant
+                case 3: filters.conversation = conversations[Int(random.next() % UInt64(conversations.count))]
                 case 1: filters.model = "claude"
                 case 2:
                     filters.since = base.addingTimeInterval(Double(random.next() % 30_000))
@@ -84,7 +85,7 @@ extension PostgreSQLSuites {
                     let result = try await store.search(text, filters: filters, limit: 30, offset: offset, sort: sort)
                     lines.append(
                         "\(text) \(sort) \(offset) more \(result.more) matched \(result.matched ?? -1): "
-                            + result.hits.map { "\($0.messageID)\($0.score.map { String(format: ":%.9f", $0) } ?? "")" }.joined(separator: " "))
+                            + result.hits.map { "\($0.conversationID)/\($0.messageID)\($0.score.map { String(format: ":%.9f", $0) } ?? "")" }.joined(separator: " "))
                 }
             }
             return lines
@@ -93,19 +94,19 @@ extension PostgreSQLSuites {
         /// The script both backends run: search, delete a tenth, search, rotate the index key, search.
         static func script(_ store: ChatLogStore, _ ids: [(ConversationID, [MessageID])]) async throws -> [String] {
             try await populate(store, ids: ids)
-            var lines = try await answers(store, queries(count: 120, seed: 1))
+            var lines = try await answers(store, queries(count: 120, seed: 1, conversations: ids.map(\.0)))
             for (conversation, _) in ids.enumerated().filter({ $0.offset % 10 == 3 }).map(\.element) {
                 #expect(try await store.deleteConversation(conversation))
             }
             lines.append("after delete")
-            lines += try await answers(store, queries(count: 60, seed: 2))
+            lines += try await answers(store, queries(count: 60, seed: 2, conversations: ids.map(\.0)))
             _ = try await store.rotateIndexKey(RotationOptions(newKey: true, batchSize: 97))
             lines.append("after rotation")
-            lines += try await answers(store, queries(count: 60, seed: 3))
+            lines += try await answers(store, queries(count: 60, seed: 3, conversations: ids.map(\.0)))
             return lines
         }
 
-        @Test("random queries (words, AND, OR, exclusions, phrases; role, model and time filters; offsets; both sorts) give the same hits, order and scores on PostgreSQL as on SQLite, before and after deletes and an index rotation")
+        @Test("random queries (words, AND, OR, exclusions, phrases; role, model, conversation and time filters; offsets; both sorts) give the same hits, order and scores on PostgreSQL as on SQLite, before and after deletes and an index rotation")
         func sameAsSQLite() async throws {
             let ids = (0..<200).map { _ in (ConversationID.make(), (0..<6).map { _ in MessageID.make() }) }
             let key = MasterKey.generate()

@@ -122,8 +122,11 @@ extension PostgreSQLSuites {
                         #expect(Set(got.map(\.message.id)).count == got.count)
                         // Newest first, (created_at, seq) strictly decreasing.
                         #expect(zip(got, got.dropFirst()).allSatisfy { ($0.cursor.createdAt, $0.cursor.order) > ($1.cursor.createdAt, $1.cursor.order) })
+                        // A backend may name the conversation by seq; the ids it resolves to must be right.
+                        let resolved = try await storage.conversationIDs(seqs: got.compactMap(\.conversationSeq))
                         for candidate in got {
-                            let message = candidate.message
+                            var message = candidate.message
+                            if message.conversationID.isEmpty, let seq = candidate.conversationSeq { message.conversationID = resolved[seq] ?? "missing" }
                             guard let row = expected[message.id] else {
                                 Issue.record("unexpected candidate")
                                 continue
@@ -137,6 +140,17 @@ extension PostgreSQLSuites {
                             #expect(message.content == row.content, "content of \(row.content.count) bytes")
                         }
                     }
+                    // A conversation deleted after its candidates were read: where the backend named
+                    // conversations by seq (PostgreSQL), the core's resolution drops its candidates
+                    // (nil) and resolves the others; SQLite's candidates carry their ids already.
+                    let read = try await storage.searchCandidates(required: [[term]], after: nil, limit: 1_000)
+                    let gone = expected.values.first!.conversationID
+                    #expect(try await storage.deleteConversations([gone], terms: { _ in nil }) == 1)
+                    let resolved = try await store.withConversationIDs(read, storage)
+                    for (candidate, after) in zip(read, resolved) {
+                        let owner = expected[candidate.message.id]!.conversationID
+                        #expect(after?.message.conversationID == (owner == gone && backend == .postgres ? nil : owner))
+                    }
                 }
             }
         }
@@ -145,8 +159,8 @@ extension PostgreSQLSuites {
         func damagedPackedCandidatesAreRefused() throws {
             func packed(model: String?, content: [UInt8]) -> ByteBuffer {
                 var buffer = ByteBuffer()
-                for value: Int64 in [42, 1_700_000_000_000, 3, 1] { buffer.writeInteger(value, endianness: .big) }
-                for text in ["m-id", "c-id", "user"] {
+                for value: Int64 in [42, 1_700_000_000_000, 3, 1, 77] { buffer.writeInteger(value, endianness: .big) }
+                for text in ["m-id", "user"] {
                     buffer.writeInteger(Int32(text.utf8.count), endianness: .big)
                     buffer.writeString(text)
                 }
@@ -167,6 +181,7 @@ extension PostgreSQLSuites {
             #expect(candidates.map(\.message.model) == [nil, "é"])
             #expect(candidates.map(\.message.content) == [Data([1, 2, 3]), Data()])
             #expect(candidates.map(\.cursor.order) == [42, 42])
+            #expect(candidates.map(\.conversationSeq) == [77, 77])
             // Every proper prefix of one value is refused.
             let one = packed(model: "gpt", content: [9, 9, 9, 9])
             for cut in 1..<one.readableBytes {
@@ -176,9 +191,9 @@ extension PostgreSQLSuites {
             }
             // A length beyond the value, and a negative one other than NULL's -1.
             var long = one
-            long.setInteger(Int32(1_000), at: 32, endianness: .big)
+            long.setInteger(Int32(1_000), at: 40, endianness: .big)
             var negative = one
-            negative.setInteger(Int32(-2), at: 32, endianness: .big)
+            negative.setInteger(Int32(-2), at: 40, endianness: .big)
             for bad in [long, negative] {
                 var none: [SearchCandidate] = []
                 #expect(throws: ChatLogError.self) { try PostgresStorage.unpackCandidates(bad, into: &none) }

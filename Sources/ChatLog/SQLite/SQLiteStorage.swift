@@ -331,6 +331,14 @@ package final class SQLiteStorage: ChatLogStorage {
         }
     }
 
+    package func conversationIDs(seqs: [Int64]) async throws(ChatLogError) -> [Int64: String] {
+        guard !seqs.isEmpty else { return [:] }
+        return try await read { db in
+            try Row.fetchAll(db, sql: "SELECT seq, id FROM conversations WHERE seq IN (SELECT value FROM json_each(?))", arguments: [ChatLogStore.jsonArray(seqs)])
+                .reduce(into: [Int64: String]()) { $0[$1[0]] = $1[1] }
+        }
+    }
+
     package func documentFrequencies(_ terms: [UInt64]) async throws(ChatLogError) -> [UInt64: Int] {
         guard !terms.isEmpty else { return [:] }
         let characters = TokenBlinder.defaultBits / 5

@@ -151,10 +151,15 @@ package struct MessageCursor: Sendable, Hashable {
 package struct SearchCandidate: Sendable, Hashable {
     package var message: SealedMessageRow
     package var cursor: MessageCursor
+    /// Set when the backend left `message.conversationID` empty and named the conversation by its
+    /// internal seq instead (a join per candidate saved: most candidates of a relevance search are
+    /// never shown); the core resolves the ids it needs with ``ChatLogStorage/conversationIDs(seqs:)``.
+    package var conversationSeq: Int64?
 
-    package init(message: SealedMessageRow, cursor: MessageCursor) {
+    package init(message: SealedMessageRow, cursor: MessageCursor, conversationSeq: Int64? = nil) {
         self.message = message
         self.cursor = cursor
+        self.conversationSeq = conversationSeq
     }
 }
 
@@ -287,9 +292,13 @@ package protocol ChatLogStorage: Sendable {
     /// terms (an element lists a word's term under each live index key), newest first (by
     /// created_at, then insertion order), strictly after `cursor` when given. A backend may leave
     /// the rows' optional columns out (nil: metadata, token counts, latency, finish reason, index
-    /// key): a search reads none of them.
+    /// key): a search reads none of them. A backend may also name the conversation by seq only
+    /// (``SearchCandidate/conversationSeq``).
     func searchCandidates(required: [[UInt64]], after cursor: MessageCursor?, limit: Int) async throws(ChatLogError)
         -> [SearchCandidate]
+
+    /// The public ids of the conversations with these seqs (those that exist).
+    func conversationIDs(seqs: [Int64]) async throws(ChatLogError) -> [Int64: String]
 
     /// How many messages hold each term.
     func documentFrequencies(_ terms: [UInt64]) async throws(ChatLogError) -> [UInt64: Int]

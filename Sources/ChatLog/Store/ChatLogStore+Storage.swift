@@ -378,6 +378,9 @@ extension ChatLogStore {
         }
 
         let want = offset + limit
+        // Filters on the conversation need every candidate's conversation id; otherwise only the
+        // hits shown need one (a backend may name the conversation by seq: SearchCandidate).
+        let filtersConversations = filters.conversation != nil || subjectConversations != nil
         func hit(_ row: SealedMessageRow, content: String, scan: QueryMatcher.Scan, score: Double?) throws(ChatLogError) -> SearchHit {
             SearchHit(
                 messageID: try MessageID.stored(row.id, table: "messages", column: "id", seq: 0),
@@ -392,26 +395,32 @@ extension ChatLogStore {
         guard sort == .relevance else {
             // Newest first: candidates are opened in order until one past the page.
             var examined = 0
-            var verified: [(row: SealedMessageRow, content: String, scan: QueryMatcher.Scan)] = []
+            var verified: [(candidate: SearchCandidate, content: String, scan: QueryMatcher.Scan)] = []
             var cursor: MessageCursor?
             pages: while true {
-                let page = try await storage.searchCandidates(required: required, after: cursor, limit: max(50, want + 1))
-                try await ensureKeys(for: page.map(\.message.content), storage)
+                let read = try await storage.searchCandidates(required: required, after: cursor, limit: max(50, want + 1))
+                try await ensureKeys(for: read.map(\.message.content), storage)
+                let page = filtersConversations ? try await withConversationIDs(read, storage).compactMap { $0 } : read
                 for candidate in page {
-                    cursor = candidate.cursor
                     guard wanted(candidate.message) else { continue }
                     examined += 1
                     let content = try open(candidate.message)
                     let scan = matcher.scan(content)
                     guard matcher.matches(scan) else { continue }
-                    verified.append((candidate.message, content, scan))
+                    verified.append((candidate, content, scan))
                     // One match past the page tells whether there are more.
                     if verified.count > want { break pages }
                 }
-                if page.isEmpty { break }
+                guard let last = read.last else { break }
+                cursor = last.cursor
             }
+            let shown = Array(verified.dropFirst(offset).prefix(limit))
+            let resolved = try await withConversationIDs(shown.map(\.candidate), storage)
             var hits: [SearchHit] = []
-            for entry in verified.dropFirst(offset).prefix(limit) { hits.append(try hit(entry.row, content: entry.content, scan: entry.scan, score: nil)) }
+            for (entry, candidate) in zip(shown, resolved) {
+                guard let candidate else { continue }  // deleted meanwhile
+                hits.append(try hit(candidate.message, content: entry.content, scan: entry.scan, score: nil))
+            }
             return SearchResults(hits: hits, examined: examined, complete: true, matched: nil, more: verified.count > want)
         }
 
@@ -422,11 +431,12 @@ extension ChatLogStore {
         var examined = 0
         var complete = true
         var rows: [SealedMessageRow] = []  // every candidate examined, in order
+        var rowConversationSeqs: [Int64?] = []  // when the backend named a row's conversation by seq
         var counted: [RankedCandidate] = []  // those that match, by index into `rows`
         var pending = try await storage.searchCandidates(required: required, after: nil, limit: pageSize)
         while !pending.isEmpty {
-            let page = pending
-            try await ensureKeys(for: page.map(\.message.content), storage)
+            try await ensureKeys(for: pending.map(\.message.content), storage)
+            let page = filtersConversations ? try await withConversationIDs(pending, storage).compactMap { $0 } : pending
             let first = rows.count
             var capped = false
             for candidate in page where wanted(candidate.message) {
@@ -437,8 +447,9 @@ extension ChatLogStore {
                 }
                 examined += 1
                 rows.append(candidate.message)
+                rowConversationSeqs.append(candidate.conversationSeq)
             }
-            let cursor = page[page.count - 1].cursor
+            let cursor = pending[pending.count - 1].cursor
             async let next = capped ? [] : storage.searchCandidates(required: required, after: cursor, limit: pageSize)
             let ranked: [RankedCandidate]
             do { ranked = try await rankingCounts(rows[first...], matcher) } catch {
@@ -465,13 +476,33 @@ extension ChatLogStore {
                 frequencies: counted[index].frequencies, positive: matcher.positive, length: counted[index].length,
                 averageLength: averageLength))
         }.sorted { ($0.1, -$0.0) > ($1.1, -$1.0) }
+        let shown = Array(order.dropFirst(offset).prefix(limit))
+        let resolved = try await withConversationIDs(
+            shown.map { SearchCandidate(message: rows[counted[$0.0].index], cursor: MessageCursor(createdAt: 0, order: 0),
+                                        conversationSeq: rowConversationSeqs[counted[$0.0].index]) }, storage)
         var hits: [SearchHit] = []
-        for (index, score) in order.dropFirst(offset).prefix(limit) {
-            let row = rows[counted[index].index]
+        for ((_, score), candidate) in zip(shown, resolved) {
+            guard let row = candidate?.message else { continue }  // deleted meanwhile
             let content = try open(row)
             hits.append(try hit(row, content: content, scan: matcher.scan(content), score: score))
         }
         return SearchResults(hits: hits, examined: examined, complete: complete, matched: counted.count, more: counted.count > want)
+    }
+
+    /// `candidates` with the conversation ids a backend left out (``SearchCandidate/conversationSeq``)
+    /// filled in, in order; nil for one whose conversation no longer exists (deleted since the
+    /// candidates were read).
+    func withConversationIDs(_ candidates: [SearchCandidate], _ storage: any ChatLogStorage) async throws(ChatLogError) -> [SearchCandidate?] {
+        let missing = candidates.compactMap { $0.message.conversationID.isEmpty ? $0.conversationSeq : nil }
+        guard !missing.isEmpty else { return candidates }
+        let ids = try await storage.conversationIDs(seqs: missing)
+        return candidates.map { candidate in
+            guard candidate.message.conversationID.isEmpty, let seq = candidate.conversationSeq else { return candidate }
+            guard let id = ids[seq] else { return nil }
+            var resolved = candidate
+            resolved.message.conversationID = id
+            return resolved
+        }
     }
 
     /// A verified relevance candidate: what BM25 needs of it, and its place among the candidates.
