@@ -665,10 +665,10 @@ package final class PostgresStorage: ChatLogStorage {
     /// `bytea` per candidate: seq, created_at, position, key_id, conversation_seq (8 bytes each,
     /// big-endian), then message id, role and model (a 4-byte length, -1 for a NULL model, then
     /// UTF-8), then the sealed content (4-byte length, bytes). The conversation goes by seq (no
-    /// join with `conversations` per candidate); the core asks for the ids it shows. Thousands of relevance candidates are
-    /// read per query; one protocol row each cost more client CPU in postgres-nio's per-row work
-    /// (message decoding, a cell array, a generic decode per cell) than opening and counting them
-    /// (docs/PERFORMANCE.md, "Relevance on PostgreSQL: candidates packed").
+    /// join with `conversations` per candidate); the core asks for the ids it shows. Thousands of
+    /// relevance candidates are read per query; one protocol row each cost more client CPU in
+    /// postgres-nio's per-row work (message decoding, a cell array, a generic decode per cell) than
+    /// opening and counting them (docs/PERFORMANCE.md, "Relevance on PostgreSQL: candidates packed").
     static let packedCandidate = """
         int8send(m.seq) || int8send(m.created_at) || int8send(m.position) || int8send(m.key_id)
         || int8send(m.conversation_seq) || int4send(octet_length(m.id)) || textsend(m.id)
@@ -845,7 +845,7 @@ package final class PostgresStorage: ChatLogStorage {
         return try await read { connection in
             let rows = try await connection.query(query, logger: self.logger)
             var candidates: [SearchCandidate] = []
-            candidates.reserveCapacity(limit)
+            candidates.reserveCapacity(min(limit, 1_000))
             for try await row in rows {
                 for cell in row {
                     guard let packed = cell.bytes else { throw Self.damaged }
