@@ -239,11 +239,14 @@ final class BackgroundProcess: @unchecked Sendable {
     }
 }
 
-/// Runs `body` on a Dispatch thread: Swift's cooperative pool has as many threads as cores and
-/// other suites keep them busy, so a sleep there could end seconds late.
+/// Runs `body` on a thread of its own: Swift's cooperative pool has as many threads as cores and
+/// other suites keep them busy, so a sleep there could end seconds late. Not on Dispatch's global
+/// queues either: these bodies block for up to minutes (polling a child, a semaphore), and full
+/// runs on a loaded 2-core machine were twice found hung with every test task suspended and no
+/// Dispatch worker thread left to run anything (docs/TESTING.md, "The intermittent hang").
 func offCooperativePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
+        Thread { continuation.resume(with: Result { try body() }) }.start()
     }
 }
 

@@ -88,11 +88,12 @@ private final class Recorder<Value: Sendable>: Sendable {
     var values: [Value] { storage.withLock { $0 } }
 }
 
-/// Runs blocking work on a Dispatch thread so it does not hold one of Swift's cooperative
-/// threads (there are as many as cores, and the other suites share them).
+/// Runs blocking work on a thread of its own so it holds neither one of Swift's cooperative
+/// threads (there are as many as cores, and the other suites share them) nor one of Dispatch's
+/// global queues (docs/TESTING.md, "The intermittent hang").
 private func onDispatchThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
     await withCheckedContinuation { continuation in
-        DispatchQueue.global().async { continuation.resume(returning: body()) }
+        Thread { continuation.resume(returning: body()) }.start()
     }
 }
 

@@ -205,11 +205,12 @@ final class RunningProcess: @unchecked Sendable {
             standardError: String(decoding: err, as: UTF8.self))
     }
 
-    /// Waits on a Dispatch thread, so a long-running child does not hold a thread of Swift's
-    /// cooperative pool (which the other tests running in parallel share).
+    /// Waits on a thread of its own, so a long-running child holds neither a thread of Swift's
+    /// cooperative pool (which the other tests running in parallel share) nor one of Dispatch's
+    /// global queues (docs/TESTING.md, "The intermittent hang").
     func waitAsync() async -> ProcessResult {
         await withCheckedContinuation { continuation in
-            DispatchQueue.global().async { continuation.resume(returning: self.wait()) }
+            Thread { continuation.resume(returning: self.wait()) }.start()
         }
     }
 }
