@@ -130,7 +130,7 @@ let package = Package(
         // Small executable the tests start as separate processes (multi-process writers, kills).
         .executableTarget(
             name: "ChatLogTestDriver",
-            dependencies: ["ChatLog", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: ["ChatLog", "ChatLogPostgres", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: strict
         ),
         .testTarget(

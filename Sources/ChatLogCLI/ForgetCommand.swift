@@ -68,9 +68,9 @@ struct ForgetCommand: AsyncParsableCommand {
     func listReceipts() async throws {
         let subject = try SubjectArgument.resolve(subject: subject, file: subjectFile)
         let opened = try await StoreAccess.openForReading(store)
-        var list = try opened.forgetReceipts()
+        var list = try await opened.erasure.receipts()
         if let subject {
-            let hash = try opened.receiptHash(subject: subject)
+            let hash = try await opened.erasure.receiptHash(subject: subject)
             list = list.filter { $0.subjectHash == hash }
         }
         if output.json {
@@ -96,7 +96,7 @@ struct ForgetCommand: AsyncParsableCommand {
             let subject = try SubjectArgument.resolve(subject: subject, file: subjectFile)
             let opened = try await StoreAccess.open(store)
             if resume {
-                let resumed = try opened.resumeForgets()
+                let resumed = try await opened.erasure.resume()
                 if output.json {
                     try CLIOutput.json(
                         ResultJSON(
@@ -107,8 +107,8 @@ struct ForgetCommand: AsyncParsableCommand {
                 }
                 return
             }
-            let resumed = dryRun ? 0 : try opened.pendingForgets()
-            guard let report = try opened.forget(subject: subject ?? "", dryRun: dryRun) else {
+            let resumed = dryRun ? 0 : try await opened.erasure.pending()
+            guard let report = try await opened.erasure.forget(subject: subject ?? "", dryRun: dryRun) else {
                 if output.json {
                     try CLIOutput.json(
                         ResultJSON(

@@ -24,12 +24,12 @@ struct InitCommand: AsyncParsableCommand {
             let created: Bool
             let opened: ChatLogStore
             do {
-                opened = try await ChatLogStore.create(url: path, key: source)
+                opened = try await ChatLogStore.create(url: path, key: source, subjectKeys: try settings.subjectKeysLocation)
                 created = true
             } catch ChatLogError.storeExists {
                 // The key is checked on an existing store too: a job that runs `init` before its
                 // work must not learn "nothing changed" (exit 0) with a key that opens nothing.
-                opened = try await ChatLogStore.open(url: path, key: source)
+                opened = try await ChatLogStore.open(url: path, key: source, subjectKeys: try settings.subjectKeysLocation)
                 created = false
             }
             let fingerprint = try await opened.keyStatus().masterKeyFingerprint

@@ -32,7 +32,7 @@ struct KeyStatusCommand: AsyncParsableCommand {
         try await reportingErrors {
             let opened = try await StoreAccess.openForReading(store)
             let status = try await opened.keyStatus()
-            let subjects = try opened.subjectKeyCounts()
+            let subjects = try await opened.erasure.keyCounts()
             if output.json {
                 try CLIOutput.json(
                     StatusJSON(

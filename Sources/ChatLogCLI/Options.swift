@@ -57,7 +57,8 @@ enum StoreAccess {
         if PostgresLocation.isPostgresURL(path) {
             var storeOptions = ChatLogStore.Options()
             storeOptions.readOnly = readOnly
-            return try await ChatLogStore.open(url: path, key: try keySource(settings), options: storeOptions)
+            return try await ChatLogStore.open(
+                url: path, key: try keySource(settings), options: storeOptions, subjectKeys: try settings.subjectKeysLocation)
         }
         // A missing store is reported before asking for a key or passphrase.
         if !ChatLogStore.exists(at: path) { throw .storeNotFound(path: path) }

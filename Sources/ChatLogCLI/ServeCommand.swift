@@ -115,9 +115,14 @@ struct ServeCommand: AsyncParsableCommand {
             try configuration.validate()
             let opened = try await StoreAccess.open(store)
             ProcessHygiene.raiseOpenFileLimit()
-            if opened.storage != nil {
-                CLIOutput.note(
-                    "on a PostgreSQL store a conversation's subject is sealed under the data key alone (per-subject keys are not built there yet): `chatlog forget` will be able to delete it, not to erase it from backups (docs/OPERATIONS.md, \"PostgreSQL\")")
+            if opened.storage != nil, try settings.subjectKeysLocation == nil {
+                // A call's subject is sealed under its subject key: refused at the start rather than
+                // at the first call that has one.
+                try? opened.close()
+                throw ChatLogError.subjectKeyStore(
+                    location: opened.path,
+                    reason:
+                        "`chatlog serve` logs calls' subjects, which need a subject-key database of their own: set CHATLOG_SUBJECT_KEYS to its postgres:// URL (docs/OPERATIONS.md)")
             }
 
             LoggingSystem.bootstrap { label in

@@ -5,31 +5,56 @@ extension ChatLogStore {
     /// a `postgres://` or `postgresql://` URL a PostgreSQL one (``PostgresLocation`` for the
     /// URL's conventions; docs/ARCHITECTURE.md §10 for what works there so far). The password
     /// never needs to be in the URL: `PGPASSWORD` or `~/.pgpass` (0600) are read as libpq does.
-    public static func open(url location: String, key source: MasterKeySource, options: Options = Options()) async throws(ChatLogError)
+    /// `subjectKeys`: for a PostgreSQL store, the URL of the database of its per-subject keys
+    /// (`CHATLOG_SUBJECT_KEYS`; a database of its own, never the data's: docs/OPERATIONS.md);
+    /// without it a conversation with a subject is refused. Ignored for a SQLite store (its keys
+    /// are in the file next to it).
+    public static func open(
+        url location: String, key source: MasterKeySource, options: Options = Options(), subjectKeys: String? = nil
+    ) async throws(ChatLogError)
         -> ChatLogStore
     {
         guard PostgresLocation.isPostgresURL(location) else { return try open(at: location, key: source, options: options) }
-        return try await onPostgres(location) { (storage) async throws(ChatLogError) in try await open(storage: storage, key: source, options: options) }
+        return try await onPostgres(location, subjectKeys: subjectKeys) { (storage, keys) async throws(ChatLogError) in
+            try await open(storage: storage, key: source, options: options, subjectKeys: keys)
+        }
     }
 
     /// Creates a store at `location` (a path or a PostgreSQL URL, as for ``open(url:key:options:)``).
     /// Throws ``ChatLogError/storeExists(path:)`` when one is there already.
-    public static func create(url location: String, key source: MasterKeySource, options: Options = Options()) async throws(ChatLogError)
+    public static func create(
+        url location: String, key source: MasterKeySource, options: Options = Options(), subjectKeys: String? = nil
+    ) async throws(ChatLogError)
         -> ChatLogStore
     {
         guard PostgresLocation.isPostgresURL(location) else { return try create(at: location, key: source, options: options) }
-        return try await onPostgres(location) { (storage) async throws(ChatLogError) in try await create(storage: storage, key: source, options: options) }
+        return try await onPostgres(location, subjectKeys: subjectKeys) { (storage, keys) async throws(ChatLogError) in
+            try await create(storage: storage, key: source, options: options, subjectKeys: keys)
+        }
     }
 
-    /// Connects to `location` and runs `body`; the connections are released when it fails.
+    /// Connects to `location` (and to the subject-key database `subjectKeys`, refused when it is
+    /// the data's own) and runs `body`; the connections are released when it fails.
     private static func onPostgres(
-        _ location: String, _ body: (PostgresStorage) async throws(ChatLogError) -> ChatLogStore
+        _ location: String, subjectKeys: String?, _ body: (PostgresStorage, PostgresSubjectKeys?) async throws(ChatLogError) -> ChatLogStore
     ) async throws(ChatLogError) -> ChatLogStore {
-        let storage = try await PostgresStorage.connect(try PostgresLocation(url: location))
+        let data = try PostgresLocation(url: location)
+        var keysLocation: PostgresLocation?
+        if let subjectKeys {
+            guard PostgresLocation.isPostgresURL(subjectKeys) else {
+                throw .subjectKeyStore(
+                    location: data.description, reason: "CHATLOG_SUBJECT_KEYS must be a postgres:// or postgresql:// URL of a database of its own")
+            }
+            keysLocation = try PostgresLocation(url: subjectKeys)
+        }
+        let storage = try await PostgresStorage.connect(data)
+        var keys: PostgresSubjectKeys?
         do {
-            return try await body(storage)
+            if let keysLocation { keys = try await PostgresSubjectKeys.connect(keysLocation, data: data) }
+            return try await body(storage, keys)
         } catch {
             await storage.close()
+            await keys?.close()
             throw error
         }
     }

@@ -214,6 +214,8 @@ package final class PostgresStorage: ChatLogStorage {
         } catch let error as LostBeforeBegin {
             throw error
         } catch {
+            // Migration 0007's trigger: a new conversation under a forgotten subject key.
+            if let key = Self.forgottenSubjectKey(error) { throw StorageConflict.forgottenSubjectKey(key) }
             throw PostgresErrors.map(error, location: postgresLocation)
         }
     }

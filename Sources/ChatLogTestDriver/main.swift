@@ -62,9 +62,9 @@
 // retires key ID. Prints "done" on success. Tests use it to run a write after another process
 // changed the master key (`chatlog key rewrap`) between the open and the write.
 //
-//     chatlog-test-driver forget --db PATH --subject S --kill-after STEP
+//     chatlog-test-driver forget --db PATH|URL --subject S --kill-after STEP
 //
-// runs `forget` of subject S and kills itself with SIGKILL right after STEP (one of the
+// runs `forget` of subject S (a PostgreSQL store's subject keys from CHATLOG_SUBJECT_KEYS) and kills itself with SIGKILL right after STEP (one of the
 // ForgetStep raw values: rows-deleted, store-checkpointed, keys-destroyed, receipt-written), so
 // tests can check that the next `chatlog forget` finishes an interrupted one.
 //
@@ -80,6 +80,7 @@
 // appended and exits 0; on failure it prints one line on stderr and exits non-zero.
 
 import ChatLog
+import ChatLogPostgres
 import Foundation
 import GRDB
 import GRDBSQLite
@@ -162,8 +163,10 @@ func forgetAndDie(_ options: [String: String]) async throws {
     guard let subject = options["subject"], let step = options["kill-after"].flatMap(ForgetStep.init(rawValue:)) else {
         throw UsageError(description: "--subject and --kill-after STEP are required")
     }
-    let store = try await openStore(options)
-    _ = try store.forget(subject: subject) { done in
+    guard let location = options["db"] else { throw UsageError(description: "--db is required") }
+    let settings = try await ChatLogSettings.load(dotEnvPath: nil)
+    let store = try await ChatLogStore.open(url: location, key: try settings.masterKeySource(), subjectKeys: try settings.subjectKeysLocation)
+    _ = try await store.erasure.forget(subject: subject) { done in
         if done == step { kill(getpid(), SIGKILL) }
     }
     emit("not killed")

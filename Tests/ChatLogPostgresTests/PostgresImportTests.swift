@@ -152,7 +152,7 @@ extension PostgreSQLSuites {
             }
         }
 
-        @Test("a bad record with --on-error fail stops the import and nothing of its batch is written; a conversation with a subject is refused naming its line (skipped with --on-error skip), on PostgreSQL")
+        @Test("a bad record with --on-error fail stops the import and nothing of its batch is written; on PostgreSQL a conversation with a subject needs CHATLOG_SUBJECT_KEYS (refused without it, nothing of its batch written) and is sealed under its subject key with it")
         func badRecordsAndSubjects() async throws {
             try await withSQLiteLocation { path in
                 let directory = (path as NSString).deletingLastPathComponent
@@ -181,21 +181,29 @@ extension PostgreSQLSuites {
                         #expect(Self.report(skipped).hasPrefix("imported 1 (2); duplicates 4; skipped [\"line 6: "), "\(backend) \(Self.report(skipped))")
                         #expect(skipped.skipped.map(\.location) == ["line 6", "line 7"])
                         guard backend == .postgres else { return }
-                        do {
-                            _ = try await store.importConversations(format: OpenAIJSONL.format, records: try OpenAIJSONL.records(path: subject), batchSize: 10)
-                            Issue.record("a conversation with a subject was imported into PostgreSQL")
-                        } catch {
-                            #expect(
-                                error as? ChatLogError == .notOnThisBackend(
-                                    location: store.path,
-                                    what: "importing line 3, a conversation with a subject (sealed under a per-subject key for `forget`; nothing of its batch was written),"))
-                            #expect(!"\(error)".contains("user-42"))
+                        for policy in [ImportErrorPolicy.fail, .skip] {
+                            do {
+                                _ = try await store.importConversations(
+                                    format: OpenAIJSONL.format, records: try OpenAIJSONL.records(path: subject), onError: policy, batchSize: 10)
+                                Issue.record("a conversation with a subject was imported into PostgreSQL without subject keys")
+                            } catch {
+                                guard case .subjectKeyStore(_, let reason)? = error as? ChatLogError else { throw error }
+                                #expect(reason.contains("CHATLOG_SUBJECT_KEYS"))
+                                #expect(!"\(error)".contains("user-42"))
+                            }
                         }
                         #expect(try await store.counts() == (5, 10))
-                        let rest = try await store.importConversations(
-                            format: OpenAIJSONL.format, records: try OpenAIJSONL.records(path: subject), onError: .skip, batchSize: 10)
-                        #expect(rest.conversations == 3 && rest.skipped.map(\.location) == ["line 3"], "\(Self.report(rest))")
-                        #expect(try await store.search("user-42").hits.isEmpty)
+                        try await withPostgresLocation { keysURL, _ in
+                            let withKeys = try await ChatLogStore.open(url: location, key: .key(key), subjectKeys: keysURL)
+                            defer { try? withKeys.close() }
+                            let rest = try await withKeys.importConversations(
+                                format: OpenAIJSONL.format, records: try OpenAIJSONL.records(path: subject), batchSize: 10)
+                            #expect(rest.conversations == 4 && rest.skipped.isEmpty, "\(Self.report(rest))")
+                            let hits = try await withKeys.search("user-42").hits
+                            #expect(hits.count == 1)
+                            #expect(try await withKeys.transcript(try #require(hits.first).conversationID).conversation.subject == "user-42")
+                            #expect(try await withKeys.erasure.keyCounts() == (1, 0))
+                        }
                     }
                     switch backend {
                     case .sqlite: try await run(path)

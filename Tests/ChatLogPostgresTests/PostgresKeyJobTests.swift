@@ -427,9 +427,9 @@ extension PostgreSQLSuites.PostgresCLITests {
 extension PostgreSQLSuites.PostgresKeyJobTests {
     @Test("proxy tokens and threads across an index-key rotation on PostgreSQL: the old key is kept while a token still checks against it, the token is re-hashed when presented, then the key retires and its thread digests go")
     func proxyTokensAcrossRotation() async throws {
-        try await withPostgresLocation { location, database in
-            let store = try await ChatLogStore.create(url: location, key: .key(.generate()))
-            defer { try? store.close() }
+        try await withErasureStore(.postgres) { harness in
+            let store = harness.store
+            let database = try #require(harness.data)
             let token = try await store.createProxyToken(name: "app")
             await #expect(throws: ChatLogError.self) { try await store.createProxyToken(name: "app") }
             let chainer = store.threadChainer()

@@ -58,6 +58,13 @@ extension PostgreSQLSuites.PostgresCLITests {
             var env = base
             env["CHATLOG_MASTER_KEY"] = key.exportBase64()
             env["CHATLOG_DB"] = url
+            // The subjects' keys in a database of their own (CHATLOG_SUBJECT_KEYS).
+            let server = try await PostgresTestServer.shared()
+            let keysDatabase = "chatlog_keys_\(UInt32.random(in: 0...UInt32.max))"
+            try await server.psqlOffPool("CREATE DATABASE \(keysDatabase)")
+            defer { _ = try? server.psql("DROP DATABASE \(keysDatabase) WITH (FORCE)") }
+            let keysURL = server.url(database: keysDatabase)
+            env["CHATLOG_SUBJECT_KEYS"] = keysURL
             let store = try await ChatLogStore.create(url: url, key: .key(key))
             try store.close()
 
@@ -132,12 +139,15 @@ extension PostgreSQLSuites.PostgresCLITests {
             #expect(serve.errors.contains("every accepted exchange was written"), "\(serve.errors)")
             #expect(!serve.errors.contains(serveEnv["OPENAI_API_KEY"]!) && !serve.errors.contains(token))
 
-            let reopened = try await ChatLogStore.open(url: url, key: .key(key))
+            let reopened = try await ChatLogStore.open(url: url, key: .key(key), subjectKeys: keysURL)
             defer { try? reopened.close() }
             let first = try await reopened.transcript(try #require(ConversationID(conversations[0])))
             #expect(first.messages.map(\.role) == [.user, .assistant, .user, .assistant])
             #expect(first.messages.first?.content == "my card was charged twice")
             #expect(first.conversation.subject == "user-42")
+            // Every subject's conversation is sealed under its subject key (version 2), none under the data key alone.
+            #expect(try database.psql("SELECT count(*) FROM conversations WHERE subject IS NOT NULL AND erasure_key_id IS NULL") == "0")
+            #expect(try database.psql("SELECT count(*) FROM conversations WHERE erasure_key_id IS NOT NULL") != "0")
             if case .object(let metadata)? = first.messages.last?.metadata { #expect(metadata["app"] == .string("billing-app")) } else {
                 Issue.record("no metadata on the completion")
             }

@@ -42,38 +42,18 @@ extension ChatLogStore {
         format: String, _ batch: [ImportedConversation], key: SecureBytes, onError: ImportErrorPolicy, into report: inout ImportReport,
         _ storage: any ChatLogStorage
     ) async throws(ChatLogError) {
-        // A subject's conversation would be sealed under its per-subject key, which has no home on
-        // this backend yet (as `log --subject`): refused before anything of the batch is written.
-        var batch = batch
-        if options.sealsUnderSubjectKeys, batch.contains(where: { $0.conversation.subject != nil }) {
-            var kept: [ImportedConversation] = []
-            for item in batch {
-                guard item.conversation.subject != nil else {
-                    kept.append(item)
-                    continue
-                }
-                let location = item.location ?? "a record"
-                if onError == .fail {
-                    throw .notOnThisBackend(
-                        location: storage.location,
-                        what: "importing \(location), a conversation with a subject (sealed under a per-subject key for `forget`; nothing of its batch was written),")
-                }
-                report.skipped.append(
-                    ImportIssue(location: location, problem: "a conversation with a subject cannot be imported into a PostgreSQL store yet (per-subject keys)"))
-            }
-            batch = kept
-            if batch.isEmpty { return }
-        }
         let hashes = batch.map { ImportKey.sourceHash(key: key, format: format, sourceID: $0.sourceID) }
         let wanted = batch.compactMap(\.conversation.id?.rawValue) + batch.flatMap { $0.messages.compactMap(\.id?.rawValue) }
         var taken = wanted.isEmpty ? [] : try await storage.takenIDs(wanted)
         // Ids another importer took between the look-up and the write: without them, sealed again.
         for _ in 0..<10 {
             let items = Self.keepingFreeIDs(batch, taken: taken)
-            let (outcome, messages) = try await storageSealedWrite(storage) { (keys) throws(ChatLogError) in
+            // A subject's conversations are sealed under its key (made in the subject-key store first).
+            let subjects = Set(items.compactMap(\.conversation.subject))
+            let (outcome, messages) = try await storageSealedWrite(storage, subjects: subjects) { (keys, known) throws(ChatLogError) in
                 try items.indices.map { (index) throws(ChatLogError) in
-                    let conversation = try prepare(items[index].conversation, keys: keys)
-                    let prepared = try prepare(items[index].messages, keys: keys)
+                    let conversation = try prepare(items[index].conversation, keys: keys, subjectKeys: known)
+                    let prepared = try prepare(items[index].messages, keys: keys, subject: conversation.erasure)
                     var row = SealedConversationRow(conversation)
                     row.updatedAt = max(row.createdAt, prepared.map(\.createdAt).max() ?? row.createdAt)
                     let rows = prepared.enumerated().map { position, message in

@@ -98,7 +98,9 @@ extension ChatLogStore {
 
     private func storageRepair(_ storage: any ChatLogStorage) async throws(ChatLogError) -> [RepairAction] {
         try await reloadKeys(storage)
-        var actions: [RepairAction] = []
+        // First, as on SQLite: interrupted forgets finished, a forgotten subject's rows deleted
+        // (rather than their values cleared one by one below).
+        var actions: [RepairAction] = try await storageRepairErasure(storage)
         try await forEachConversationPage(storage) { (page) throws(ChatLogError) in
             let keys = keyRing.current
             let active = Int64(keys.activeBlinder.keyID.rawValue)

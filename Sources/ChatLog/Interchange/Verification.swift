@@ -98,6 +98,7 @@ extension ChatLogStore {
         }
         let orphans = try await storage.orphanTerms(delete: false)
         if orphans > 0 { record("message_terms", "message_seq", "-", "\(orphans) term rows belong to no message") }
+        for issue in try await storageErasureIssues(storage) { record(issue.table, issue.column, issue.rowID, issue.problem) }
         return report
     }
 

@@ -40,6 +40,8 @@ public struct ChatLogSettings: Sendable {
     public static let masterKeyFileVariable = "CHATLOG_MASTER_KEY_FILE"
     public static let passphraseFileVariable = "CHATLOG_PASSPHRASE_FILE"
     public static let databaseVariable = "CHATLOG_DB"
+    /// The subject-key database of a PostgreSQL store (a postgres:// URL; docs/OPERATIONS.md).
+    public static let subjectKeysVariable = "CHATLOG_SUBJECT_KEYS"
 
     private let environment: ConfigReader
     private let dotEnv: ConfigReader?
@@ -109,6 +111,19 @@ public struct ChatLogSettings: Sendable {
                 throw .invalidInput("refusing \(Self.databaseVariable) from \(dotEnvPlace): \(reason)")
             }
             return path
+        }
+    }
+
+    /// `CHATLOG_SUBJECT_KEYS`, if set: the environment first, then `.env` (which, as for
+    /// `CHATLOG_DB`, must be private to this user to redirect the keys elsewhere).
+    public var subjectKeysLocation: String? {
+        get throws(ChatLogError) {
+            if let location = value(environment, Self.subjectKeysVariable) { return location }
+            guard let dotEnv, let location = value(dotEnv, Self.subjectKeysVariable) else { return nil }
+            if let reason = looseDotEnv(lets: "change it") {
+                throw .invalidInput("refusing \(Self.subjectKeysVariable) from \(dotEnvPlace): \(reason)")
+            }
+            return location
         }
     }
 

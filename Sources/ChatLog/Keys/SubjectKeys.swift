@@ -43,22 +43,8 @@ final class SubjectKeyFile: Sendable {
         let hashKey: SecureBytes
     }
 
-    private struct Cache {
-        var bySubject: [Data: (id: KeyID, key: SubjectKey)] = [:]
-        var byID: [KeyID: SubjectKey] = [:]
-
-        mutating func insert(_ id: KeyID, _ key: SubjectKey, hash: Data?) {
-            if byID.count >= SubjectKeyFile.cacheCapacity {
-                byID.removeAll(keepingCapacity: true)
-                bySubject.removeAll(keepingCapacity: true)
-            }
-            byID[id] = key
-            if let hash { bySubject[hash] = (id, key) }
-        }
-    }
-
     private let opened = Mutex<Opened?>(nil)
-    private let cache = Mutex(Cache())
+    private let cache = Mutex(SubjectKeyCache())
 
     /// Set for a store on a backend other than SQLite (its location): there is no file next to
     /// it, so no subject key exists and none can be made (docs/ARCHITECTURE.md §10).
@@ -271,7 +257,7 @@ final class SubjectKeyFile: Sendable {
         return key
     }
 
-    enum Absence { case forgotten, neverIssued, unknown }
+    typealias Absence = SubjectKeyAbsence
 
     /// Why the file has no key `id`: forgotten (destroyed by `forget`), never issued (outside
     /// the ids this file gave out: the value's header was altered), or unknown (no file, or one
@@ -336,18 +322,12 @@ final class SubjectKeyFile: Sendable {
         } catch {
             throw ChatLogError.wrap(error)
         }
-        cache.withLock { cache in
-            for id in ids { cache.byID[id] = nil }
-            cache.bySubject = cache.bySubject.filter { !ids.contains($0.value.id) }
-        }
+        cache.withLock { $0.evict(ids) }
     }
 
     /// Forgets the unwrapped keys this process holds for `ids` (another process forgot them).
     func evict(_ ids: [KeyID]) {
-        cache.withLock { cache in
-            for id in ids { cache.byID[id] = nil }
-            cache.bySubject = cache.bySubject.filter { !ids.contains($0.value.id) }
-        }
+        cache.withLock { $0.evict(ids) }
     }
 
     /// A keyed hash of the subject for a forget receipt: under a key derived from the file's hash
@@ -582,86 +562,30 @@ final class SubjectKeyFile: Sendable {
         }
     }
 
-    // MARK: - Wrapping and hashing
+    // MARK: - Wrapping and hashing (shared with every subject-key store: SubjectKeyStore.swift)
 
-    /// `STORE_ID/KEY_ID/HEX(subject hash)`, built byte by byte (on every key unwrap: string
-    /// interpolation and `String(format:)` per byte each cost more than the unwrap itself).
-    private func rowContext(id: KeyID, hash: Data) -> FieldContext {
-        var output = [UInt8]()
-        output.reserveCapacity(storeID.utf8.count + 12 + hash.count * 2)
-        output += storeID.utf8
-        output.append(UInt8(ascii: "/"))
-        output += String(id.rawValue).utf8
-        output.append(UInt8(ascii: "/"))
-        Self.appendHex(hash, to: &output)
-        return FieldContext(table: "subject_keys", column: "wrapped", rowID: String(decoding: output, as: UTF8.self))
-    }
+    private var crypto: SubjectKeyCrypto { SubjectKeyCrypto(storeID: storeID, place: path) }
 
     /// Lower-case hex.
-    static func hex(_ bytes: Data) -> String {
-        var output = [UInt8]()
-        output.reserveCapacity(bytes.count * 2)
-        appendHex(bytes, to: &output)
-        return String(decoding: output, as: UTF8.self)
-    }
-
-    private static func appendHex(_ bytes: Data, to output: inout [UInt8]) {
-        let digits: StaticString = "0123456789abcdef"
-        digits.withUTF8Buffer { digits in
-            for byte in bytes {
-                output.append(digits[Int(byte >> 4)])
-                output.append(digits[Int(byte & 0x0F)])
-            }
-        }
-    }
+    static func hex(_ bytes: Data) -> String { SubjectKeyCrypto.hex(bytes) }
 
     private func wrap(_ material: SecureBytes, id: KeyID, hash: Data, master: MasterKey) -> Data {
-        Data(material.withUnsafeBytes { SealedValue.seal($0, keyID: .master, key: master.storage, context: rowContext(id: id, hash: hash)) })
+        crypto.wrap(material, id: id, hash: hash, master: master)
     }
 
     private func unwrap(_ wrapped: Data, id: KeyID, hash: Data, master: MasterKey) throws(ChatLogError) -> SubjectKey {
-        SubjectKey(storage: try unwrapBytes(wrapped, context: rowContext(id: id, hash: hash), master: master))
+        try crypto.unwrap(wrapped, id: id, hash: hash, master: master)
     }
 
-    private func wrapHashKey(_ material: SecureBytes, master: MasterKey) -> Data {
-        Data(material.withUnsafeBytes { SealedValue.seal($0, keyID: .master, key: master.storage, context: hashKeyContext) })
-    }
+    private func wrapHashKey(_ material: SecureBytes, master: MasterKey) -> Data { crypto.wrapHashKey(material, master: master) }
 
     private func unwrapHashKey(_ wrapped: Data, master: MasterKey) throws(ChatLogError) -> SecureBytes {
-        try unwrapBytes(wrapped, context: hashKeyContext, master: master)
+        try crypto.unwrapHashKey(wrapped, master: master)
     }
 
-    private var hashKeyContext: FieldContext { FieldContext(table: "meta", column: "hash_key", rowID: storeID) }
-
-    /// Integrity errors name the file, the table and the key id (never the subject hash).
-    private func unwrapBytes(_ wrapped: Data, context: FieldContext, master: MasterKey) throws(ChatLogError) -> SecureBytes {
-        // Worked out only for an error (splitting the row id on every unwrap cost more than the unwrap).
-        var place: String { context.table == "meta" ? "hash_key" : String(context.rowID.split(separator: "/").dropFirst().first ?? "") }
-        let opened = wrapped.withUnsafeBytes { bytes in
-            Result { () throws(SealedValue.Failure) in try SealedValue.open(bytes, key: master.storage, context: context) }
-        }
-        switch opened {
-        case .success(var plain):
-            defer { plain.withUnsafeMutableBytes { Sodium.memzero($0) } }
-            guard plain.count == 32, (try? SealedValue.keyID(of: wrapped)) == .master else {
-                throw .integrity(IntegrityFailure(table: path + ":" + context.table, column: context.column, rowID: place, reason: .truncated(length: plain.count)))
-            }
-            return plain.withUnsafeBytes { SecureBytes(copying: $0) }
-        case .failure(let error):
-            throw .integrity(IntegrityFailure(table: path + ":" + context.table, column: context.column, rowID: place, reason: error.integrityReason))
-        }
-    }
-
-    static func subjectHash(_ subject: String, hashKey: SecureBytes) -> Data {
-        hash(subject, tag: hashTag, hashKey: hashKey)
-    }
+    static func subjectHash(_ subject: String, hashKey: SecureBytes) -> Data { SubjectKeyCrypto.subjectHash(subject, hashKey: hashKey) }
 
     private static func hash(_ subject: String, tag: String, hashKey: SecureBytes) -> Data {
-        let message = KeyDerivation.lengthPrefixed([tag, KeyDerivation.compatibilityNormalized(subject)])
-        var output = Data(count: 32)
-        hashKey.withUnsafeBytes { key in
-            message.withUnsafeBytes { input in output.withUnsafeMutableBytes { Sodium.keyedHash(key: key, message: input, into: $0) } }
-        }
-        return output
+        SubjectKeyCrypto.hash(subject, tag: tag, hashKey: hashKey)
     }
 }

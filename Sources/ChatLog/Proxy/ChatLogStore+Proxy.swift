@@ -197,10 +197,15 @@ extension ChatLogStore {
         }
     }
 
-    /// Async form; also on PostgreSQL, where a subject is sealed under the data key alone (no
-    /// per-subject keys there yet: docs/ARCHITECTURE.md §10) and the group is one transaction.
+    /// Async form; also on PostgreSQL, where the group is one transaction and a subject's
+    /// conversations are sealed under its key from the subject-key store (CHATLOG_SUBJECT_KEYS).
     public func logProxyRecords(_ records: [ProxyRecord]) async throws(ChatLogError) -> [Result<LoggedExchange, ChatLogError>] {
         guard let storage else { return try logProxyRecordsInSQLite(records) }
+        // The subjects' keys in one look-up for the whole group; a key a `forget` destroyed
+        // meanwhile is dropped and looked up again (a new one), as on SQLite.
+        let subjects = options.sealsUnderSubjectKeys ? Set(records.compactMap(\.conversation.subject)) : []
+        var known: KnownSubjectKeys = subjects.isEmpty ? [:] : try await subjectKeyStore.keys(forSubjects: subjects, create: true)
+        var refused: Set<KeyID> = []
         for _ in 0..<10 {
             let keys = keyRing.current
             var results: [Result<LoggedExchange, ChatLogError>] = []
@@ -208,8 +213,8 @@ extension ChatLogStore {
             for record in records {
                 do throws(ChatLogError) {
                     guard let id = record.conversation.id else { throw .invalidInput("a proxy record needs a conversation id") }
-                    let conversation = try prepare(record.conversation, keys: keys, withoutSubjectKey: true)
-                    let messages = try prepare(record.messages, keys: keys)
+                    let conversation = try prepare(record.conversation, keys: keys, subjectKeys: known)
+                    let messages = try prepare(record.messages, keys: keys, subject: conversation.erasure)
                     rows.append(
                         ProxyRecordRows(
                             conversation: SealedConversationRow(conversation), messages: messages.map { SealedMessageRow($0, conversationID: id) },
@@ -229,6 +234,11 @@ extension ChatLogStore {
                 try await reloadKeys(storage)
             } catch StorageConflict.masterKeyChanged {
                 try await reloadKeys(storage)  // the wrong-key error unless it was changed back
+            } catch StorageConflict.forgottenSubjectKey(let stored) {
+                let id = KeyID(rawValue: UInt32(truncatingIfNeeded: stored))
+                subjectKeyStore.evict([id])
+                guard refused.insert(id).inserted else { throw Self.forgetInProgress }
+                known = try await subjectKeyStore.keys(forSubjects: subjects, create: true)
             } catch let error as ChatLogError {
                 throw error
             } catch {

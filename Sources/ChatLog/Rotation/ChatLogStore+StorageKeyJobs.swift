@@ -177,6 +177,8 @@ extension ChatLogStore {
             let (messages, conversations, next) = try await storage.rowsToRotate(
                 kind, otherThan: active, skipping: skipped.ids, after: cursor, limit: limit)
             let damagedBefore = skipped.failures.count
+            // Rows sealed under a subject key are re-sealed under the same one: loaded first.
+            try await ensureSubjectKeys(for: messages.map(\.content) + conversations.map(\.subject))
             let rewrites =
                 kind == .data
                 ? try resealRewrites(keys: keys, messages, conversations, skipping: &skipped)
@@ -333,45 +335,68 @@ extension ChatLogStore {
             try await self.reloadKeys(storage)
             let oldMaster = self.keyRing.master
             guard !(newMaster == oldMaster) else { throw .sameMasterKey }
-            // An importer may create the import key (wrapped under the old master key) meanwhile:
-            // the transaction checks it is still as read, else everything is read again.
-            for _ in 0..<5 {
-                let rows = try await storage.keyRows()
-                try KeyRowAuthentication.verify(rows.map(KeyRowAuthentication.KeyRow.init), master: oldMaster)
-                var rewrapped: [StoredKeyRow] = []
-                for row in rows {
-                    var row = row
-                    if let wrapped = row.wrapped, let kind = KeyStatus.Entry.Kind(rawValue: row.kind) {
-                        let id = try KeyID.stored(row.id, table: "keys", column: "id", rowID: String(row.id))
-                        row.wrapped = KeyRing.wrap(try KeyRing.unwrap(wrapped, kind: kind, id: id, master: oldMaster), kind: kind, id: id, master: newMaster)
-                    }
-                    rewrapped.append(row)
-                }
-                var meta: [String: MetaValue?] = [
-                    "master_check": .blob(Data(newMaster.checkValueV2)), "master_fingerprint": .blob(Data(newMaster.checkValue.prefix(8))),
-                ]
-                let importKey = try await storage.meta(ImportKey.metaName)
-                if case .blob(let wrapped)? = importKey {
-                    meta[ImportKey.metaName] = .blob(ImportKey.wrap(try ImportKey.unwrap(wrapped, master: oldMaster), master: newMaster))
-                }
-                if let kdf {
-                    meta["key_kind"] = .text("passphrase")
-                    meta["kdf_algorithm"] = .text("argon2id13")
-                    meta["kdf_salt"] = .blob(Data(kdf.salt))
-                    meta["kdf_opslimit"] = .integer(Int64(kdf.opsLimit))
-                    meta["kdf_memlimit"] = .integer(Int64(kdf.memLimit))
-                } else {
-                    meta["key_kind"] = .text("key")
-                    for name in ["kdf_algorithm", "kdf_salt", "kdf_opslimit", "kdf_memlimit"] { meta[name] = .some(nil) }
-                }
-                guard
-                    try await self.storageReplaceKeys(
-                        rewrapped, expected: rows, meta: meta, expectedMeta: [ImportKey.metaName: importKey], master: newMaster, storage)
-                else { continue }
-                self.keyRing.replaceMaster(newMaster, origin: KeyRing.Origin(newSource))
-                return newMaster.fingerprint
+            // Subject keys (their own store): wrapped under the new key beside the old first; made
+            // current once the store has committed (docs/FORMAT.md §3.2), as on SQLite. Without
+            // them (CHATLOG_SUBJECT_KEYS unset) they would stay under the old key: refused.
+            if let missing = self.subjectKeyStore as? MissingSubjectKeys, let erasure = storage as? any ErasureStorage,
+                try await erasure.subjectKeyConversationCount() > 0
+            {
+                throw missing.error
             }
-            throw .busy("the store's import key kept changing during the rewrap; run it again")
+            try await self.subjectKeyStore.prepareRewrap(to: newMaster)
+            let fingerprint: KeyFingerprint
+            do throws(ChatLogError) {
+                fingerprint = try await self.storageRewrapKeys(from: oldMaster, to: newMaster, kdf: kdf, newSource: newSource, storage)
+            } catch {
+                await self.subjectKeyStore.abandonRewrap()
+                throw error
+            }
+            try await self.subjectKeyStore.finishRewrap(old: oldMaster, new: newMaster)
+            return fingerprint
         }
+    }
+
+    private func storageRewrapKeys(
+        from oldMaster: MasterKey, to newMaster: MasterKey, kdf: PassphraseKDF?, newSource: MasterKeySource, _ storage: any ChatLogStorage
+    ) async throws(ChatLogError) -> KeyFingerprint {
+        // An importer may create the import key (wrapped under the old master key) meanwhile:
+        // the transaction checks it is still as read, else everything is read again.
+        for _ in 0..<5 {
+            let rows = try await storage.keyRows()
+            try KeyRowAuthentication.verify(rows.map(KeyRowAuthentication.KeyRow.init), master: oldMaster)
+            var rewrapped: [StoredKeyRow] = []
+            for row in rows {
+                var row = row
+                if let wrapped = row.wrapped, let kind = KeyStatus.Entry.Kind(rawValue: row.kind) {
+                    let id = try KeyID.stored(row.id, table: "keys", column: "id", rowID: String(row.id))
+                    row.wrapped = KeyRing.wrap(try KeyRing.unwrap(wrapped, kind: kind, id: id, master: oldMaster), kind: kind, id: id, master: newMaster)
+                }
+                rewrapped.append(row)
+            }
+            var meta: [String: MetaValue?] = [
+                "master_check": .blob(Data(newMaster.checkValueV2)), "master_fingerprint": .blob(Data(newMaster.checkValue.prefix(8))),
+            ]
+            let importKey = try await storage.meta(ImportKey.metaName)
+            if case .blob(let wrapped)? = importKey {
+                meta[ImportKey.metaName] = .blob(ImportKey.wrap(try ImportKey.unwrap(wrapped, master: oldMaster), master: newMaster))
+            }
+            if let kdf {
+                meta["key_kind"] = .text("passphrase")
+                meta["kdf_algorithm"] = .text("argon2id13")
+                meta["kdf_salt"] = .blob(Data(kdf.salt))
+                meta["kdf_opslimit"] = .integer(Int64(kdf.opsLimit))
+                meta["kdf_memlimit"] = .integer(Int64(kdf.memLimit))
+            } else {
+                meta["key_kind"] = .text("key")
+                for name in ["kdf_algorithm", "kdf_salt", "kdf_opslimit", "kdf_memlimit"] { meta[name] = .some(nil) }
+            }
+            guard
+                try await self.storageReplaceKeys(
+                    rewrapped, expected: rows, meta: meta, expectedMeta: [ImportKey.metaName: importKey], master: newMaster, storage)
+            else { continue }
+            self.keyRing.replaceMaster(newMaster, origin: KeyRing.Origin(newSource))
+            return newMaster.fingerprint
+        }
+        throw .busy("the store's import key kept changing during the rewrap; run it again")
     }
 }

@@ -133,6 +133,9 @@ package struct WriteGuard: Sendable, Hashable {
 package enum StorageConflict: Error, Sendable, Equatable {
     case masterKeyChanged
     case staleKeys
+    /// A new conversation is sealed under this subject key, which a `forget` destroyed: the
+    /// subject gets a new key (the write is sealed again).
+    case forgottenSubjectKey(Int64)
 }
 
 /// Where a newest-first page of messages ends: (created_at, backend row order) of the last

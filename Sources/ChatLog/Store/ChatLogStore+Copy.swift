@@ -50,6 +50,15 @@ extension ChatLogStore {
             sqlitePool = pool
         case .storage(let storage):
             source = storage
+            // Their keys are in the subject-key database, which a copy does not move (a backup,
+            // which restores into PostgreSQL, carries them: their keys stay where they are).
+            if let erasure = storage as? any ErasureStorage {
+                let subject = try await erasure.subjectKeyConversationCount()
+                if subject > 0 {
+                    throw .invalidInput(
+                        "\(subject) conversation\(subject == 1 ? " is" : "s are") sealed under per-subject keys, whose database (CHATLOG_SUBJECT_KEYS) `copy` cannot move yet; nothing was copied (docs/OPERATIONS.md)")
+                }
+            }
         }
         do {
             let report = try await copy(from: source, sqlite: sqlitePool, to: destination, progress: progress)

@@ -196,6 +196,11 @@ extension ChatLogStore {
     /// Copies the subject-key file (consistent, mode 0600) for a backup kept on the shorter
     /// retention docs/OPERATIONS.md gives.
     public func backupSubjectKeys(to destination: String) throws(ChatLogError) {
+        if let storage {
+            throw .subjectKeyStore(
+                location: storage.location,
+                reason: "its subject keys are in their own database (CHATLOG_SUBJECT_KEYS): back that database up with pg_dump, on the shorter retention of docs/OPERATIONS.md")
+        }
         try subjectKeys.backup(to: destination)
     }
 

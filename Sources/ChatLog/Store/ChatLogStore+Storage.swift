@@ -12,7 +12,11 @@ extension ChatLogStore {
 
     /// Creates a store on `storage` (schema, meta, master-key check value, a data key and an
     /// index key, in one transaction). Throws ``ChatLogError/storeExists(path:)`` when it holds one.
-    package static func create(storage: any ChatLogStorage, key source: MasterKeySource, options: Options = Options()) async throws(ChatLogError)
+    /// `subjectKeys`: where the store's per-subject keys are (nil: not named; a conversation with a
+    /// subject is then refused with the error that says how to name it).
+    package static func create(
+        storage: any ChatLogStorage, key source: MasterKeySource, options: Options = Options(), subjectKeys: (any SubjectKeyRows)? = nil
+    ) async throws(ChatLogError)
         -> ChatLogStore
     {
         try checkOptions(options)
@@ -52,11 +56,13 @@ extension ChatLogStore {
             return row
         }
         try await storage.initialize(meta: meta, keys: keys)
-        return try await finishOpening(storage: storage, options: options, source: source, master: master, storeID: storeID)
+        return try await finishOpening(storage: storage, options: options, source: source, master: master, storeID: storeID, subjectKeys: subjectKeys)
     }
 
     /// Opens the store on `storage`, checking the master key against the stored check value.
-    package static func open(storage: any ChatLogStorage, key source: MasterKeySource, options: Options = Options()) async throws(ChatLogError)
+    package static func open(
+        storage: any ChatLogStorage, key source: MasterKeySource, options: Options = Options(), subjectKeys: (any SubjectKeyRows)? = nil
+    ) async throws(ChatLogError)
         -> ChatLogStore
     {
         try checkOptions(options)
@@ -81,15 +87,17 @@ extension ChatLogStore {
         guard case .text(let storeID)? = try await storage.meta("store_id") else {
             throw .notAChatLogStore(path: storage.location, reason: "it has no store id")
         }
-        return try await finishOpening(storage: storage, options: options, source: source, master: master, storeID: storeID)
+        return try await finishOpening(storage: storage, options: options, source: source, master: master, storeID: storeID, subjectKeys: subjectKeys)
     }
 
     private static func finishOpening(
-        storage: any ChatLogStorage, options: Options, source: MasterKeySource, master: MasterKey, storeID: String
+        storage: any ChatLogStorage, options: Options, source: MasterKeySource, master: MasterKey, storeID: String,
+        subjectKeys: (any SubjectKeyRows)?
     ) async throws(ChatLogError) -> ChatLogStore {
         let keyRing = try KeyRing(master: master, origin: KeyRing.Origin(source), rows: try await storage.keyRows())
         return ChatLogStore(
-            path: storage.location, options: options, origin: source.origin, backend: .storage(storage), keyRing: keyRing, storeID: storeID)
+            path: storage.location, options: options, origin: source.origin, backend: .storage(storage), keyRing: keyRing, storeID: storeID,
+            subjectKeyRows: subjectKeys)
     }
 
     /// The stored check value names `master` (a store on a seam backend was created with
@@ -117,7 +125,16 @@ extension ChatLogStore {
         _ storage: any ChatLogStorage, conversationID: (T) -> String,
         _ prepare: (KeyRing.Loaded) throws(ChatLogError) -> (conversation: PreparedConversation?, messages: [PreparedMessage], result: T)
     ) async throws(ChatLogError) -> T {
-        try await storageSealedWrite(storage, prepare) { prepared, writeGuard in
+        try await storageWrite(storage, subjects: [], conversationID: conversationID) { (keys, _) throws(ChatLogError) in try prepare(keys) }
+    }
+
+    /// The same, with the subject keys of `subjects` (see the `subjects` form of
+    /// ``storageSealedWrite(_:_:write:)``).
+    func storageWrite<T>(
+        _ storage: any ChatLogStorage, subjects: Set<String>, conversationID: (T) -> String,
+        _ prepare: (KeyRing.Loaded, KnownSubjectKeys) throws(ChatLogError) -> (conversation: PreparedConversation?, messages: [PreparedMessage], result: T)
+    ) async throws(ChatLogError) -> T {
+        try await storageSealedWrite(storage, subjects: subjects, prepare) { prepared, writeGuard in
             let target = conversationID(prepared.result)
             _ = try await storage.insert(
                 conversation: prepared.conversation.map(SealedConversationRow.init),
@@ -134,9 +151,23 @@ extension ChatLogStore {
         _ storage: any ChatLogStorage, _ prepare: (KeyRing.Loaded) throws(ChatLogError) -> P,
         write: (P, WriteGuard) async throws -> T
     ) async throws(ChatLogError) -> T {
+        try await storageSealedWrite(storage, subjects: [], { (keys, _) throws(ChatLogError) in try prepare(keys) }, write: write)
+    }
+
+    /// The same for rows of new conversations of `subjects`: their subject keys are looked up (and
+    /// made) in the subject-key store first, and `prepare` seals under them. A key that a
+    /// `forget` destroyed meanwhile (the backend refuses it in its write transaction:
+    /// ``StorageConflict/forgottenSubjectKey(_:)``) is dropped and the subject gets a new one.
+    func storageSealedWrite<P, T>(
+        _ storage: any ChatLogStorage, subjects: Set<String>, _ prepare: (KeyRing.Loaded, KnownSubjectKeys) throws(ChatLogError) -> P,
+        write: (P, WriteGuard) async throws -> T
+    ) async throws(ChatLogError) -> T {
+        let subjects = options.sealsUnderSubjectKeys ? subjects : []
+        var known = subjects.isEmpty ? [:] : try await subjectKeyStore.keys(forSubjects: subjects, create: true)
+        var refused: Set<KeyID> = []
         for _ in 0..<10 {
             let keys = keyRing.current
-            let prepared = try prepare(keys)
+            let prepared = try prepare(keys, known)
             let writeGuard = WriteGuard(
                 acceptedCheckValues: [Data(keyRing.master.checkValueV2)], activeDataKeyID: Int64(keys.activeDataKey.id.rawValue),
                 activeIndexKeyID: Int64(keys.activeIndexKey.id.rawValue))
@@ -147,6 +178,11 @@ extension ChatLogStore {
             } catch StorageConflict.masterKeyChanged {
                 try await Self.checkMaster(keyRing.master, origin: keyRing.origin, storage: storage)
                 // The check value is this key's again (a rewrap and its reversal): seal again.
+            } catch StorageConflict.forgottenSubjectKey(let stored) {
+                let id = KeyID(rawValue: UInt32(truncatingIfNeeded: stored))
+                subjectKeyStore.evict([id])
+                guard refused.insert(id).inserted else { throw Self.forgetInProgress }
+                known = try await subjectKeyStore.keys(forSubjects: subjects, create: true)
             } catch let error as ChatLogError {
                 throw error
             } catch {
@@ -178,19 +214,10 @@ extension ChatLogStore {
         try keyRing.reload(rows: rows)
     }
 
-    /// Conversations with a subject are sealed under that subject's key, which lives in a file
-    /// next to a SQLite store (docs/ARCHITECTURE.md §10, "Erasure per subject"); a seam backend
-    /// has no such place yet, and a subject's rows must never be written without one.
-    func refuseSubject(_ conversation: NewConversation, _ storage: any ChatLogStorage) throws(ChatLogError) {
-        if conversation.subject != nil, options.sealsUnderSubjectKeys {
-            throw .notOnThisBackend(location: storage.location, what: "a conversation with a subject (sealed under a per-subject key for `forget`)")
-        }
-    }
-
     func storageCreateConversation(_ conversation: NewConversation, _ storage: any ChatLogStorage) async throws(ChatLogError) -> ConversationID {
-        try refuseSubject(conversation, storage)
-        return try await storageWrite(storage, conversationID: \.rawValue) { (keys) throws(ChatLogError) in
-            let prepared = try prepare(conversation, keys: keys)
+        try await storageWrite(storage, subjects: Set([conversation.subject].compactMap { $0 }), conversationID: \.rawValue) {
+            (keys, known) throws(ChatLogError) in
+            let prepared = try prepare(conversation, keys: keys, subjectKeys: known)
             return (prepared, [], prepared.id)
         }
     }
@@ -198,16 +225,23 @@ extension ChatLogStore {
     func storageAppend(_ messages: [NewMessage], to conversation: ConversationID, _ storage: any ChatLogStorage) async throws(ChatLogError)
         -> [MessageID]
     {
-        try await storageWrite(storage, conversationID: { _ in conversation.rawValue }) { (keys) throws(ChatLogError) in
-            let prepared = try prepare(messages, keys: keys)
+        // Sealed under the conversation's subject key, if it has one (read from its row's header).
+        let subject = try await storageExistingSubjectKey(conversation, storage)
+        return try await storageWrite(storage, conversationID: { _ in conversation.rawValue }) { (keys) throws(ChatLogError) in
+            let prepared = try prepare(messages, keys: keys, subject: subject)
             return (nil, prepared, prepared.map(\.id))
         }
     }
 
     func storageLogExchange(_ exchange: ModelExchange, _ storage: any ChatLogStorage) async throws(ChatLogError) -> LoggedExchange {
-        if case .new(let new) = exchange.conversation { try refuseSubject(new, storage) }
-        return try await storageWrite(storage, conversationID: \.conversationID.rawValue) { (keys) throws(ChatLogError) in
-            let (conversation, messages) = try prepare(exchange, keys: keys)
+        var subjects: Set<String> = []
+        var existing: (id: KeyID, key: SubjectKey)?
+        switch exchange.conversation {
+        case .new(let new): if let subject = new.subject { subjects.insert(subject) }
+        case .existing(let id): existing = try await storageExistingSubjectKey(id, storage)
+        }
+        return try await storageWrite(storage, subjects: subjects, conversationID: \.conversationID.rawValue) { (keys, known) throws(ChatLogError) in
+            let (conversation, messages) = try prepare(exchange, keys: keys, existing: existing, subjectKeys: known)
             let id: ConversationID
             switch exchange.conversation {
             case .new: id = conversation!.id
@@ -243,6 +277,7 @@ extension ChatLogStore {
     /// Learns the keys that the sealed values read from the backend name and this process does
     /// not know yet (another process rotated), so that opening them needs no database.
     func ensureKeys(for sealed: [Data?], _ storage: any ChatLogStorage) async throws(ChatLogError) {
+        try await ensureSubjectKeys(for: sealed)
         let known = keyRing.current
         for value in sealed {
             guard let value, let id = try? SealedValue.keyID(of: value) else { continue }

@@ -137,18 +137,15 @@ extension ChatLogStore {
 
     // MARK: - Preparation (validation and sealing, outside the transaction)
 
-    /// `subjectKeys`: keys looked up beforehand for a batch (``subjectKeys(for:)``); a subject not
-    /// in it is looked up here.
-    /// `withoutSubjectKey`: a subject is sealed under the data key alone (the proxy on a backend
-    /// that has no place for subject keys yet: docs/ARCHITECTURE.md §10).
+    /// `subjectKeys`: keys looked up beforehand for a batch (``subjectKeys(for:)``; always, for a
+    /// store behind the storage seam); a subject not in it is looked up here.
     func prepare(
-        _ conversation: NewConversation, keys: KeyRing.Loaded, subjectKeys known: [String: (id: KeyID, key: SubjectKey)] = [:],
-        withoutSubjectKey: Bool = false
+        _ conversation: NewConversation, keys: KeyRing.Loaded, subjectKeys known: KnownSubjectKeys = [:]
     ) throws(ChatLogError) -> PreparedConversation {
         let id = conversation.id ?? ConversationID.make()
         // A subject's key is made (in the subject-key file, its own transaction) at its first conversation.
         var erasure: (id: KeyID, key: SubjectKey)?
-        if let subject = conversation.subject, options.sealsUnderSubjectKeys, !withoutSubjectKey {
+        if let subject = conversation.subject, options.sealsUnderSubjectKeys {
             erasure = known[subject]
             if erasure == nil { erasure = try subjectKeys.key(forSubject: subject, create: true) }
         }
@@ -202,11 +199,13 @@ extension ChatLogStore {
 
     /// `existing`: the subject key of the existing conversation the exchange continues (see
     /// ``existingSubjectKey(_:)``).
-    func prepare(_ exchange: ModelExchange, keys: KeyRing.Loaded, existing: (id: KeyID, key: SubjectKey)? = nil) throws(ChatLogError)
+    func prepare(
+        _ exchange: ModelExchange, keys: KeyRing.Loaded, existing: (id: KeyID, key: SubjectKey)? = nil, subjectKeys known: KnownSubjectKeys = [:]
+    ) throws(ChatLogError)
         -> (PreparedConversation?, [PreparedMessage])
     {
         var conversation: PreparedConversation?
-        if case .new(let new) = exchange.conversation { conversation = try prepare(new, keys: keys) }
+        if case .new(let new) = exchange.conversation { conversation = try prepare(new, keys: keys, subjectKeys: known) }
         let subject = conversation?.erasure ?? existing
         var messages = try prepare(exchange.prompt, keys: keys, subject: subject)
         messages.append(try prepare(exchange.completion, keys: keys, subject: subject))

@@ -1,6 +1,7 @@
 import CSQLiteConfig
 import Foundation
 import GRDB
+import Synchronization
 
 /// An encrypted conversation log on one SQLite file.
 ///
@@ -72,6 +73,14 @@ public final class ChatLogStore: Sendable {
     let keyRing: KeyRing
     /// The per-subject keys (`STORE.subject-keys`), opened on first use.
     let subjectKeys: SubjectKeyFile
+    /// Where the per-subject keys are, whatever the backend: the file above for a SQLite store;
+    /// for a store behind the storage seam, its own subject-key store (PostgreSQL:
+    /// CHATLOG_SUBJECT_KEYS), or one that says it was not named.
+    let subjectKeyStore: any SubjectKeyStore
+    /// Behind the storage seam: which subject key (or none) conversations this handle appended to
+    /// are sealed under — it never changes for a conversation — so that a continued exchange does
+    /// not read the conversation's row first. Bounded (emptied when full).
+    let conversationSubjectKeys = Mutex<[String: KeyID?]>([:])
 
     /// The SQLite connections; for a store on another backend, the specific error that what was
     /// asked does not work there yet (every SQLite-only path goes through here or ``read(_:)``).
@@ -97,7 +106,10 @@ public final class ChatLogStore: Sendable {
         return nil
     }
 
-    init(path: String, options: Options, origin: String, backend: Backend, keyRing: KeyRing, storeID: String) {
+    init(
+        path: String, options: Options, origin: String, backend: Backend, keyRing: KeyRing, storeID: String,
+        subjectKeyRows: (any SubjectKeyRows)? = nil
+    ) {
         self.path = path
         self.options = options
         self.masterKeyOrigin = origin
@@ -106,6 +118,13 @@ public final class ChatLogStore: Sendable {
         self.subjectKeys = SubjectKeyFile(
             storePath: path, storeID: storeID, readOnly: options.readOnly, busyTimeout: options.busyTimeout, keyRing: keyRing,
             backendLocation: { if case .storage(let storage) = backend { storage.location } else { nil } }())
+        switch backend {
+        case .sqlite: subjectKeyStore = subjectKeys
+        case .storage(let storage):
+            subjectKeyStore =
+                subjectKeyRows.map { SealedSubjectKeys(rows: $0, storeID: storeID, readOnly: options.readOnly, keyRing: keyRing) }
+                ?? MissingSubjectKeys(location: storage.location)
+        }
     }
 
     // MARK: - Create and open
@@ -382,8 +401,13 @@ public final class ChatLogStore: Sendable {
         switch backend {
         case .sqlite(let pool): do { try pool.close() } catch { throw ChatLogError.wrap(error) }
         case .storage(let storage):
-            // Ends the backend's connection pool (its connections close in the background).
-            Task { await storage.close() }
+            // Ends the backend's connection pool (its connections close in the background), and
+            // the subject-key store's.
+            let keys = subjectKeyStore
+            Task {
+                await storage.close()
+                try? await keys.close()
+            }
         }
         try subjectKeys.close()
     }

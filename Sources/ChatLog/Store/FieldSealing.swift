@@ -77,9 +77,18 @@ extension ChatLogStore {
     /// The subject key a version-2 value names, or the specific error: forgotten (an old backup
     /// restored after `forget`) or unknown (the subject-key file is missing or another store's).
     func subjectKey(_ id: KeyID, _ context: FieldContext) throws(ChatLogError) -> SubjectKey {
-        if let key = try subjectKeys.key(id: id) { return key }
+        let absence: SubjectKeyAbsence
+        if case .storage = backend {
+            // Loaded beforehand (async) with the rows read: ``ensureSubjectKeys(for:)``.
+            let loaded = try loadedSubjectKey(id)
+            if let key = loaded.key { return key }
+            absence = loaded.absence
+        } else {
+            if let key = try subjectKeys.key(id: id) { return key }
+            absence = try subjectKeys.absence(of: id)
+        }
         let reason: IntegrityFailure.Reason
-        switch try subjectKeys.absence(of: id) {
+        switch absence {
         case .forgotten: reason = .forgottenSubjectKey(id)
         case .neverIssued: reason = .authenticationFailed
         case .unknown: reason = .unknownSubjectKey(id)

@@ -20,6 +20,9 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The subject-key file (`STORE.subject-keys`) cannot be used: another store's, another
     /// master key's, not such a file.
     case subjectKeyFile(path: String, reason: String)
+    /// The subject-key store of a store on another backend (PostgreSQL: the database named by
+    /// `CHATLOG_SUBJECT_KEYS`) cannot be used: not named, the data's own database, another store's.
+    case subjectKeyStore(location: String, reason: String)
     /// The passphrase could not be read or derived.
     case passphrase(String)
 
@@ -72,6 +75,7 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
             "wrong passphrase (\(source)): it does not derive this store's master key \(expected)"
         case .keyFileRejected(let path, let reason): "refusing key file \(path): \(reason)"
         case .subjectKeyFile(let path, let reason): "subject-key file \(path): \(reason)"
+        case .subjectKeyStore(let location, let reason): "subject-key store of \(location): \(reason)"
         case .passphrase(let why): "passphrase: \(why)"
         case .integrity(let failure): "integrity failure: \(failure)"
         case .storeNotFound(let path): "no chatlog store at \(path) (create one with `chatlog init`)"
@@ -107,7 +111,7 @@ public enum ChatLogError: Error, Sendable, Equatable, CustomStringConvertible {
 
     public var category: Category {
         switch self {
-        case .missingKey, .invalidKey, .placeholderKey, .wrongKey, .wrongPassphrase, .keyFileRejected, .subjectKeyFile, .passphrase: .key
+        case .missingKey, .invalidKey, .placeholderKey, .wrongKey, .wrongPassphrase, .keyFileRejected, .subjectKeyFile, .subjectKeyStore, .passphrase: .key
         case .integrity: .integrity
         case .invalidInput, .schemaTooNew, .notAChatLogStore, .storeExists, .keyInUse, .keyChecksProxyTokens, .keyIsActive, .keyAlreadyRetired: .invalidInput
         case .storeNotFound, .storeIsADirectory, .conversationNotFound, .keyNotFound: .notFound
