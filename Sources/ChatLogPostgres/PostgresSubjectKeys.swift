@@ -215,6 +215,7 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
         // writes the table anew without them (a short exclusive lock on a table of one row per
         // subject). WAL and its archives keep them until they expire (docs/OPERATIONS.md).
         try await connection.read { connection in try await connection.run("VACUUM FULL subject_keys", logger: logger) }
+        try await connection.read { connection in try await connection.run("VACUUM FULL subject_keys", logger: logger) }
     }
 
     package func forgottenIDs() async throws(ChatLogError) -> [Int64] {
