@@ -203,20 +203,46 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
     package func destroy(_ ids: [Int64]) async throws(ChatLogError) {
         guard !ids.isEmpty else { return }
         let logger = logger
-        try await connection.transactionMapped { connection in
+        let deleter: Int64 = try await connection.transactionMapped { connection in
             try await connection.run("DELETE FROM subject_keys WHERE id = ANY(\(ids)::bigint[])", logger: logger)
             try await connection.run(
                 """
                 INSERT INTO forgotten_subject_keys (id, forgotten_at) SELECT id, \(Self.now()) FROM unnest(\(ids)::bigint[]) AS id
                 ON CONFLICT (id) DO NOTHING
                 """, logger: logger)
+            var xid: Int64 = 0
+            for try await value in try await connection.query("SELECT pg_current_xact_id()::text::bigint", logger: logger).decode(Int64.self) {
+                xid = value
+            }
+            return xid
         }
-        // A deleted row's bytes stay in the table's pages until they are reused; VACUUM FULL
-        // writes the table anew without them (a short exclusive lock on a table of one row per
-        // subject). WAL and its archives keep them until they expire (docs/OPERATIONS.md).
-        try await connection.read { connection in try await connection.run("VACUUM FULL subject_keys", logger: logger) }
+        // A deleted row's bytes stay in the table's pages until a vacuum removes the row, which it
+        // does only once no transaction that was running when the delete committed remains (any
+        // could still see the row). So: wait for those (up to `vacuumWait`; the server's oldest
+        // running transaction, pg_snapshot_xmin), then VACUUM FULL writes the table anew without
+        // the row (a short exclusive lock on a table of one row per subject). WAL and its archives
+        // keep the bytes until they expire (docs/OPERATIONS.md).
+        let deadline = ContinuousClock.now + Self.vacuumWait
+        while ContinuousClock.now < deadline {
+            let done: Bool = try await connection.read { connection in
+                var done = false
+                for try await value in try await connection.query(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint > \(deleter)", logger: logger
+                ).decode(Bool.self) {
+                    done = value
+                }
+                return done
+            }
+            if done { break }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
         try await connection.read { connection in try await connection.run("VACUUM FULL subject_keys", logger: logger) }
     }
+
+    /// How long a forget waits for transactions older than its delete before rewriting the key
+    /// table (docs/OPERATIONS.md: a transaction left open longer keeps the row's bytes there until
+    /// the next forget or vacuum).
+    static let vacuumWait: Duration = .seconds(10)
 
     package func forgottenIDs() async throws(ChatLogError) -> [Int64] {
         let logger = logger
