@@ -141,7 +141,14 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
     package func key(id: Int64) async throws(ChatLogError) -> StoredSubjectKey? {
         let logger = logger
         return try await connection.read { connection in
-            try await Self.rows(try await connection.query("SELECT id, subject_hash, wrapped FROM subject_keys WHERE id = \(id)", logger: logger)).first
+            // Twice when absent: a statement that waited for a destroy's rewrite of the table saw
+            // it empty (its snapshot was older); the next one sees its rows.
+            for _ in 0..<2 {
+                let found = try await Self.rows(
+                    try await connection.query("SELECT id, subject_hash, wrapped FROM subject_keys WHERE id = \(id)", logger: logger)).first
+                if let found { return found }
+            }
+            return nil
         }
     }
 
@@ -200,49 +207,31 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
         }
     }
 
+    /// Deletes the keys and lists them as forgotten, in one transaction that also writes the table
+    /// anew (`TRUNCATE` and the other rows put back): a `DELETE` leaves the row's bytes in its page
+    /// until a vacuum removes it, and a vacuum keeps a row while any snapshot older than the delete
+    /// exists anywhere on the server (seen with other databases' long queries: `VACUUM FULL` kept
+    /// it). `TRUNCATE` gives the table a new file whatever other snapshots there are; the old
+    /// file is emptied at commit. Readers wait on the exclusive lock; a statement whose snapshot is
+    /// older than this commit may find no key once (``key(id:)`` then reads again). Costs a copy of
+    /// the table (one row per subject). WAL and its archives keep the bytes until they expire
+    /// (docs/OPERATIONS.md).
     package func destroy(_ ids: [Int64]) async throws(ChatLogError) {
         guard !ids.isEmpty else { return }
         let logger = logger
-        let deleter: Int64 = try await connection.transactionMapped { connection in
-            try await connection.run("DELETE FROM subject_keys WHERE id = ANY(\(ids)::bigint[])", logger: logger)
+        try await connection.transactionMapped { connection in
+            try await connection.run("LOCK TABLE subject_keys IN ACCESS EXCLUSIVE MODE", logger: logger)
+            try await connection.run(
+                "CREATE TEMPORARY TABLE kept_subject_keys ON COMMIT DROP AS SELECT * FROM subject_keys WHERE id <> ALL(\(ids)::bigint[])", logger: logger)
+            try await connection.run("TRUNCATE subject_keys", logger: logger)
+            try await connection.run("INSERT INTO subject_keys SELECT * FROM kept_subject_keys", logger: logger)
             try await connection.run(
                 """
                 INSERT INTO forgotten_subject_keys (id, forgotten_at) SELECT id, \(Self.now()) FROM unnest(\(ids)::bigint[]) AS id
                 ON CONFLICT (id) DO NOTHING
                 """, logger: logger)
-            var xid: Int64 = 0
-            for try await value in try await connection.query("SELECT pg_current_xact_id()::text::bigint", logger: logger).decode(Int64.self) {
-                xid = value
-            }
-            return xid
         }
-        // A deleted row's bytes stay in the table's pages until a vacuum removes the row, which it
-        // does only once no transaction that was running when the delete committed remains (any
-        // could still see the row). So: wait for those (up to `vacuumWait`; the server's oldest
-        // running transaction, pg_snapshot_xmin), then VACUUM FULL writes the table anew without
-        // the row (a short exclusive lock on a table of one row per subject). WAL and its archives
-        // keep the bytes until they expire (docs/OPERATIONS.md).
-        let deadline = ContinuousClock.now + Self.vacuumWait
-        while ContinuousClock.now < deadline {
-            let done: Bool = try await connection.read { connection in
-                var done = false
-                for try await value in try await connection.query(
-                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint > \(deleter)", logger: logger
-                ).decode(Bool.self) {
-                    done = value
-                }
-                return done
-            }
-            if done { break }
-            try? await Task.sleep(for: .milliseconds(50))
-        }
-        try await connection.read { connection in try await connection.run("VACUUM FULL subject_keys", logger: logger) }
     }
-
-    /// How long a forget waits for transactions older than its delete before rewriting the key
-    /// table (docs/OPERATIONS.md: a transaction left open longer keeps the row's bytes there until
-    /// the next forget or vacuum).
-    static let vacuumWait: Duration = .seconds(10)
 
     package func forgottenIDs() async throws(ChatLogError) -> [Int64] {
         let logger = logger

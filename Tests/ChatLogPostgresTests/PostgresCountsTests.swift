@@ -132,9 +132,10 @@ extension PostgreSQLSuites {
                 // Back to schema 5 with the totals lost: migration 6 counts them from the rows.
                 try database.psql(
                     """
+                    \(PostgresSchemaTests.undoMigration7)
                     DROP TABLE key_usage, key_usage_deltas;
                     DROP FUNCTION chatlog_count_key_usage CASCADE;
-                    DELETE FROM chatlog_migrations WHERE version = 6
+                    DELETE FROM chatlog_migrations WHERE version IN (6, 7)
                     """)
                 let reopened = try await ChatLogStore.open(url: location, key: .key(key))
                 defer { try? reopened.close() }
@@ -173,9 +174,10 @@ extension PostgreSQLSuites {
                 // Back to schema 4, as a store of the previous release.
                 try database.psql(
                     """
+                    \(PostgresSchemaTests.undoMigration7)
                     DROP TABLE row_counts, row_count_deltas, key_usage, key_usage_deltas;
                     DROP FUNCTION chatlog_count_rows, chatlog_count_key_usage CASCADE;
-                    DELETE FROM chatlog_migrations WHERE version IN (5, 6)
+                    DELETE FROM chatlog_migrations WHERE version IN (5, 6, 7)
                     """)
                 // A read-only open applies no migration: it says what to do instead of failing on a
                 // table it lacks (`chatlog key status` on an upgraded binary).

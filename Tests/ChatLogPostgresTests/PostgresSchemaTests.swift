@@ -9,6 +9,14 @@ extension PostgreSQLSuites {
     /// when several processes open a new store together, and a newer schema refused.
     @Suite("PostgreSQL schema")
     struct PostgresSchemaTests {
+        /// SQL that takes a store back to before migration 0007 (erasure), for the tests that take it
+        /// further back (its version row deleted with theirs).
+        static let undoMigration7 = """
+            DROP FUNCTION chatlog_refuse_forgotten_subject_key CASCADE;
+            ALTER TABLE conversations DROP COLUMN erasure_key_id;
+            DROP TABLE forgotten_subject_keys, forget_pending, forget_receipts;
+            """
+
         @Test("the migrations create the mirrored tables and record their version; a second run changes nothing")
         func migrationsApply() async throws {
             try await withPostgresStorage { storage, server, database in
@@ -16,7 +24,10 @@ extension PostgreSQLSuites {
                 #expect(PostgresSchema.latestVersion >= 1)
                 let tables = try server.psql(
                     "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'", database: database)
-                #expect(tables == "chatlog_meta,chatlog_migrations,conversations,imports,key_usage,key_usage_deltas,keys,message_terms,messages,proxy_threads,proxy_tokens,row_count_deltas,row_counts")
+                #expect(
+                    tables
+                        == "chatlog_meta,chatlog_migrations,conversations,forget_pending,forget_receipts,forgotten_subject_keys,imports,key_usage,key_usage_deltas,keys,message_terms,messages,proxy_threads,proxy_tokens,row_count_deltas,row_counts"
+                )
                 try await storage.migrate()
                 #expect(try server.psql("SELECT count(*) FROM chatlog_migrations", database: database) == String(PostgresSchema.migrations.count))
             }

@@ -165,6 +165,35 @@ extension PostgreSQLSuites {
             }
         }
 
+        @Test("copy refuses a PostgreSQL store with conversations under subject keys (no file made); its backup carries them, and restored into a new database they open with the same subject-key database")
+        func copyAndBackup() async throws {
+            try await withErasureStore(.postgres) { harness in
+                let id = try await harness.store.createConversation(NewConversation(title: "t", subject: "user-42"))
+                _ = try await harness.store.append([NewMessage(role: .user, content: "hello quokkaflux")], to: id)
+                try await withSQLiteLocation { path in
+                    do {
+                        _ = try await harness.store.copy(to: path)
+                        Issue.record("a store with subject-key conversations was copied")
+                    } catch {
+                        guard case .invalidInput(let why)? = error as? ChatLogError else { throw error }
+                        #expect(why.hasPrefix("1 conversation is sealed under per-subject keys") && !why.contains("user-42"), "\(why)")
+                    }
+                    #expect(!FileManager.default.fileExists(atPath: path))
+                    let backupFile = (path as NSString).deletingLastPathComponent + "/backup.db"
+                    _ = try await harness.store.backup(to: backupFile)
+                    let backup = try ChatLogStore.open(at: backupFile, key: .key(harness.key))
+                    defer { try? backup.close() }
+                    try await withPostgresLocation { url, _ in
+                        _ = try await backup.copy(to: url)
+                        let restored = try await ChatLogStore.open(url: url, key: .key(harness.key), subjectKeys: harness.subjectKeys)
+                        defer { try? restored.close() }
+                        #expect(try await restored.transcript(id).messages.map(\.content) == ["hello quokkaflux"])
+                        #expect(try await restored.erasure.forget(subject: "user-42")?.conversations == 1)
+                    }
+                }
+            }
+        }
+
         @Test("the chatlog CLI on PostgreSQL with CHATLOG_SUBJECT_KEYS: log --subject, list and export --subject, forget, its receipts and key status; backup --subject-keys points to pg_dump; unset, log --subject exits 77 naming the variable")
         func cli() async throws {
             try await withErasureStore(.postgres) { harness in

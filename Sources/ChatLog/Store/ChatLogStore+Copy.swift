@@ -50,15 +50,7 @@ extension ChatLogStore {
             sqlitePool = pool
         case .storage(let storage):
             source = storage
-            // Their keys are in the subject-key database, which a copy does not move (a backup,
-            // which restores into PostgreSQL, carries them: their keys stay where they are).
-            if let erasure = storage as? any ErasureStorage {
-                let subject = try await erasure.subjectKeyConversationCount()
-                if subject > 0 {
-                    throw .invalidInput(
-                        "\(subject) conversation\(subject == 1 ? " is" : "s are") sealed under per-subject keys, whose database (CHATLOG_SUBJECT_KEYS) `copy` cannot move yet; nothing was copied (docs/OPERATIONS.md)")
-                }
-            }
+            try await refuseSubjectKeyRows(storage)
         }
         do {
             let report = try await copy(from: source, sqlite: sqlitePool, to: destination, progress: progress)
@@ -74,11 +66,24 @@ extension ChatLogStore {
     /// file of another program is refused untouched, and so is this store's own file.
     package func copy(toFile location: String, progress: (@Sendable (Int) -> Void)? = nil) async throws(ChatLogError) -> CopyReport {
         if PrivateFiles.isDirectory(location) { throw .storeIsADirectory(path: location) }
+        if let storage { try await refuseSubjectKeyRows(storage) }  // before the file is made
         if storage == nil, let here = Self.fileIdentity(path), let there = Self.fileIdentity(location), here == there {
             throw .invalidInput("the destination is this store's own file")
         }
         if PrivateFiles.fileExists(location), (PrivateFiles.fileSize(location) ?? 0) > 0 { _ = try Self.holdsInitializedStore(location) }
         return try await copyAndClose(to: try SQLiteStorage.open(path: location), progress: progress)
+    }
+
+    /// A store behind the seam whose conversations are sealed under subject keys cannot be copied
+    /// yet: their keys are in the subject-key database (CHATLOG_SUBJECT_KEYS), which a copy does not
+    /// move. (A backup carries them: it restores into PostgreSQL, where their keys stay.)
+    func refuseSubjectKeyRows(_ storage: any ChatLogStorage) async throws(ChatLogError) {
+        guard let erasure = storage as? any ErasureStorage else { return }
+        let subject = try await erasure.subjectKeyConversationCount()
+        if subject > 0 {
+            throw .invalidInput(
+                "\(subject) conversation\(subject == 1 ? " is" : "s are") sealed under per-subject keys, whose database (CHATLOG_SUBJECT_KEYS) `copy` cannot move yet; nothing was copied (docs/OPERATIONS.md)")
+        }
     }
 
     /// ``copy(to:progress:)``, then the destination's connections are released (also on failure).
