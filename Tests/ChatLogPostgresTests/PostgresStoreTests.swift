@@ -404,7 +404,7 @@ extension PostgreSQLSuites {
     /// The `chatlog` binary on a PostgreSQL store, from the environment (CHATLOG_DB) or `--db`.
     @Suite("chatlog CLI on PostgreSQL")
     struct PostgresCLITests {
-        @Test("init, log, import, list, show, search, key status, rm and prune work on a postgres:// store; other commands fail with exit 64 naming themselves; a password in --db is refused")
+        @Test("init, log, import, list, show, search, key status, rm and prune work on a postgres:// store; without CHATLOG_SUBJECT_KEYS a subject and forget exit 77 naming it; a password in --db is refused")
         func commands() async throws {
             try await withPostgresLocation { location, _ in
                 let home = NSTemporaryDirectory() + "/chatlog-pgcli-" + UUID().uuidString
