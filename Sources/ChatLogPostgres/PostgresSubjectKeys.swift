@@ -68,17 +68,22 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
     private static let schema = [
         "CREATE TABLE subject_key_meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL)",
         "CREATE SEQUENCE subject_key_ids AS BIGINT MINVALUE 2147483648 MAXVALUE 4294967295 START 2147483648 NO CYCLE",
+        // Hash-partitioned by subject: a forget rewrites only the partition of its key (``destroy(_:)``).
         """
         CREATE TABLE subject_keys (
-            id           BIGINT PRIMARY KEY,
-            subject_hash BYTEA  NOT NULL UNIQUE,
+            id           BIGINT NOT NULL,
+            subject_hash BYTEA  NOT NULL PRIMARY KEY,
             created_at   BIGINT NOT NULL,
             wrapped      BYTEA  NOT NULL,
             wrapped_next BYTEA
-        )
+        ) PARTITION BY HASH (subject_hash)
         """,
+        "CREATE INDEX subject_keys_by_id ON subject_keys (id)",
         "CREATE TABLE forgotten_subject_keys (id BIGINT PRIMARY KEY, forgotten_at BIGINT NOT NULL)",
-    ]
+    ] + (0..<partitions).map { "CREATE TABLE subject_keys_\($0) PARTITION OF subject_keys FOR VALUES WITH (MODULUS \(partitions), REMAINDER \($0))" }
+
+    /// Partitions of `subject_keys`: a forget rewrites one (of ~1/64 of the keys: docs/PERFORMANCE.md).
+    static let partitions = 64
 
     package func open(create: Bool, initial: @Sendable () -> [String: Data]) async throws(ChatLogError) -> [String: Data]? {
         if try await !exists("subject_key_meta") {
@@ -207,24 +212,44 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
         }
     }
 
-    /// Deletes the keys and lists them as forgotten, in one transaction that also writes the table
-    /// anew (`TRUNCATE` and the other rows put back): a `DELETE` leaves the row's bytes in its page
+    /// Deletes the keys and lists them as forgotten, in one transaction that also writes their
+    /// partitions anew (`TRUNCATE` and the other rows put back): a `DELETE` leaves the row's bytes in its page
     /// until a vacuum removes it, and a vacuum keeps a row while any snapshot older than the delete
     /// exists anywhere on the server (seen with other databases' long queries: `VACUUM FULL` kept
     /// it). `TRUNCATE` gives the table a new file whatever other snapshots there are; the old
     /// file is emptied at commit. Readers wait on the exclusive lock; a statement whose snapshot is
     /// older than this commit may find no key once (``key(id:)`` then reads again). Costs a copy of
-    /// the table (one row per subject). WAL and its archives keep the bytes until they expire
+    /// the partition (1/64 of the keys). WAL and its archives keep the bytes until they expire
     /// (docs/OPERATIONS.md).
     package func destroy(_ ids: [Int64]) async throws(ChatLogError) {
         guard !ids.isEmpty else { return }
         let logger = logger
         try await connection.transactionMapped { connection in
-            try await connection.run("LOCK TABLE subject_keys IN ACCESS EXCLUSIVE MODE", logger: logger)
-            try await connection.run(
-                "CREATE TEMPORARY TABLE kept_subject_keys ON COMMIT DROP AS SELECT * FROM subject_keys WHERE id <> ALL(\(ids)::bigint[])", logger: logger)
-            try await connection.run("TRUNCATE subject_keys", logger: logger)
-            try await connection.run("INSERT INTO subject_keys SELECT * FROM kept_subject_keys", logger: logger)
+            // One destroy at a time (two would each hold every partition shared and wait for the
+            // other's to become exclusive); then the partitions holding the keys, each rewritten.
+            try await connection.run("SELECT pg_advisory_xact_lock(\(Self.schemaLock - 1))", logger: logger)
+            var partitions: [String] = []
+            for try await name in try await connection.query(
+                "SELECT DISTINCT tableoid::regclass::text FROM subject_keys WHERE id = ANY(\(ids)::bigint[]) ORDER BY 1", logger: logger
+            ).decode(String.self) {
+                partitions.append(name)
+            }
+            for partition in partitions {
+                // A name chatlog made (subject_keys_N), checked before it goes into SQL.
+                guard partition.hasPrefix("subject_keys_"), partition.dropFirst("subject_keys_".count).allSatisfy(\.isNumber) else {
+                    throw ChatLogError.subjectKeyStore(location: self.location, reason: "its table subject_keys has a partition chatlog did not make")
+                }
+                try await connection.run(PostgresQuery(unsafeSQL: "LOCK TABLE \(partition) IN ACCESS EXCLUSIVE MODE"), logger: logger)
+                try await connection.run(
+                    "CREATE TEMPORARY TABLE kept_subject_keys ON COMMIT DROP AS SELECT * FROM subject_keys WHERE false", logger: logger)
+                try await connection.run(
+                    PostgresQuery(
+                        unsafeSQL: "INSERT INTO kept_subject_keys SELECT * FROM \(partition) WHERE id <> ALL($1::bigint[])",
+                        binds: { var binds = PostgresBindings(); binds.append(ids); return binds }()), logger: logger)
+                try await connection.run(PostgresQuery(unsafeSQL: "TRUNCATE \(partition)"), logger: logger)
+                try await connection.run(PostgresQuery(unsafeSQL: "INSERT INTO \(partition) SELECT * FROM kept_subject_keys"), logger: logger)
+                try await connection.run("DROP TABLE kept_subject_keys", logger: logger)
+            }
             try await connection.run(
                 """
                 INSERT INTO forgotten_subject_keys (id, forgotten_at) SELECT id, \(Self.now()) FROM unnest(\(ids)::bigint[]) AS id

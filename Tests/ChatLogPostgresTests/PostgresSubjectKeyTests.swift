@@ -133,16 +133,19 @@ extension PostgreSQLSuites {
                 func dump() throws -> String {
                     let result = try PostgresTestServer.run(
                         server.binaries + "/pg_dump",
-                        ["-h", server.socketDirectory, "-p", String(server.port), "-U", server.superuser, "-d", keys.name, "--data-only", "-t", "subject_keys"])
+                        ["-h", server.socketDirectory, "-p", String(server.port), "-U", server.superuser, "-d", keys.name, "--data-only", "-t", "subject_keys*"])
                     #expect(result.succeeded, "\(result.output)")
                     return result.output
                 }
-                /// Whether the table's file holds the wrapped key's bytes (after a checkpoint).
+                /// Whether a file of the table (its partitions) holds the wrapped key's bytes (after a checkpoint).
                 func tableHoldsKey() throws -> Bool {
                     try keys.psql("CHECKPOINT")
-                    let file = server.dataDirectory + "/" + (try keys.psql("SELECT pg_relation_filepath('subject_keys')"))
-                    let bytes = try Data(contentsOf: URL(fileURLWithPath: file))
-                    return bytes.range(of: Data(hex: wrapped)!) != nil
+                    let files = try keys.psql("SELECT string_agg(pg_relation_filepath(relid), ' ') FROM pg_partition_tree('subject_keys') WHERE isleaf")
+                    #expect(files.split(separator: " ").count == PostgresSubjectKeys.partitions)
+                    return try files.split(separator: " ").contains { file in
+                        let bytes = try Data(contentsOf: URL(fileURLWithPath: server.dataDirectory + "/" + file))
+                        return bytes.range(of: Data(hex: wrapped)!) != nil
+                    }
                 }
                 #expect(try dump().contains(wrapped))
                 #expect(try tableHoldsKey())
