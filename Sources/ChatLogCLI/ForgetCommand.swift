@@ -7,9 +7,10 @@ struct ForgetCommand: AsyncParsableCommand {
         abstract: "Erase every conversation of one end user, in the store and in every earlier backup of it (crypto-shredding).",
         discussion: """
             Deletes the subject's conversations with their messages, search terms, thread digests and import records (and \
-            their bytes in the files, as `rm` does), then destroys the subject's key in STORE.subject-keys: a backup made \
-            before, restored, no longer opens them (exit 4 naming the rows) while everything else in it opens. Backups of \
-            the subject-key file itself must expire for the forget to be final (docs/OPERATIONS.md). Writes a receipt: \
+            their bytes in the files, as `rm` does), then destroys the subject's key in STORE.subject-keys (a PostgreSQL \
+            store: in the database CHATLOG_SUBJECT_KEYS names): a backup made before, restored, no longer opens them (exit \
+            4 naming the rows) while everything else in it opens. Backups of the subject keys themselves must expire for \
+            the forget to be final (docs/OPERATIONS.md). Writes a receipt: \
             time, a keyed hash of the subject (never the subject), counts. --resume finishes a forget that was interrupted. \
             --receipts lists the receipts (with --subject: only that subject's, found by recomputing its keyed hash).
             """
