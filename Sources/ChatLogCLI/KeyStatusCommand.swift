@@ -24,15 +24,18 @@ struct KeyStatusCommand: AsyncParsableCommand {
         let master_key_fingerprint: String
         let master_key_source: String
         let keys: [KeyJSON]
-        let subject_keys: Int
-        let forgotten_subject_keys: Int
+        /// null when the store cannot reach its subject keys (PostgreSQL without CHATLOG_SUBJECT_KEYS).
+        @JSONNullable var subject_keys: Int?
+        @JSONNullable var forgotten_subject_keys: Int?
     }
 
     func run() async throws {
         try await reportingErrors {
             let opened = try await StoreAccess.openForReading(store)
             let status = try await opened.keyStatus()
-            let subjects = try await opened.erasure.keyCounts()
+            // Without its subject-key database a PostgreSQL store sees no subject key: say so
+            // rather than print zero.
+            let subjects = opened.erasure.reachesSubjectKeys ? try await opened.erasure.keyCounts() : nil
             if output.json {
                 try CLIOutput.json(
                     StatusJSON(
@@ -43,7 +46,7 @@ struct KeyStatusCommand: AsyncParsableCommand {
                                 id: $0.id.rawValue, kind: $0.kind.rawValue, state: $0.state.rawValue,
                                 created_at: CLIOutput.timestamp($0.createdAt), retired_at: $0.retiredAt.map(CLIOutput.timestamp),
                                 rows: $0.rowCount)
-                        }, subject_keys: subjects.live, forgotten_subject_keys: subjects.forgotten))
+                        }, subject_keys: subjects?.live, forgotten_subject_keys: subjects?.forgotten))
                 return
             }
             CLIOutput.line("master key  \(status.masterKeyFingerprint)  (\(status.masterKeySource))")
@@ -54,7 +57,11 @@ struct KeyStatusCommand: AsyncParsableCommand {
                     [String($0.id.rawValue), $0.kind.rawValue, $0.state.rawValue, CLIOutput.timestamp($0.createdAt), String($0.rowCount)]
                 }))
             CLIOutput.line()
-            CLIOutput.line("subject keys  \(subjects.live)  (\(subjects.forgotten) forgotten)")
+            if let subjects {
+                CLIOutput.line("subject keys  \(subjects.live)  (\(subjects.forgotten) forgotten)")
+            } else {
+                CLIOutput.line("subject keys  unknown: CHATLOG_SUBJECT_KEYS (the subject-key database) is not set")
+            }
         }
     }
 }

@@ -197,7 +197,7 @@ extension PostgreSQLSuites {
             }
         }
 
-        @Test("the chatlog CLI on PostgreSQL with CHATLOG_SUBJECT_KEYS: log --subject, list and export --subject, forget, its receipts and key status; backup --subject-keys points to pg_dump; unset, log --subject exits 77 naming the variable")
+        @Test("the chatlog CLI on PostgreSQL with CHATLOG_SUBJECT_KEYS: log --subject, list and export --subject, forget, its receipts and key status; backup --subject-keys points to pg_dump; unset, key status says the keys are unknown and log --subject exits 77 naming the variable")
         func cli() async throws {
             try await withErasureStore(.postgres) { harness in
                 let env = harness.environment
@@ -226,6 +226,11 @@ extension PostgreSQLSuites {
                 #expect(backup.status == 77 && backup.err.contains("pg_dump"), "\(backup)")
                 var unset = env
                 unset["CHATLOG_SUBJECT_KEYS"] = nil
+                // key status without the key database: not "0 subject keys" but unknown, naming the variable.
+                let blind = try chatlog("key", "status", env: unset)
+                #expect(blind.status == 0 && blind.out.contains("subject keys  unknown: CHATLOG_SUBJECT_KEYS") && !blind.out.contains("subject keys  0"), "\(blind)")
+                let blindJSON = try chatlog("key", "status", "--json", env: unset)
+                #expect(blindJSON.status == 0 && blindJSON.out.contains("\"subject_keys\" : null") && blindJSON.out.contains("\"forgotten_subject_keys\" : null"), "\(blindJSON)")
                 let refused = try chatlog("log", "--subject", "user-44", "--text", "x", env: unset)
                 #expect(refused.status == 77 && refused.err.contains("CHATLOG_SUBJECT_KEYS") && !refused.err.contains("user-44"), "\(refused)")
                 var same = env

@@ -289,5 +289,10 @@ extension ChatLogStore {
         public func keyCounts() async throws(ChatLogError) -> (live: Int, forgotten: Int) {
             try await store.subjectKeyStore.counts()
         }
+
+        /// Whether the store reaches its subject keys: always on SQLite (the key file); on
+        /// PostgreSQL only with a subject-key database (CHATLOG_SUBJECT_KEYS). Without one,
+        /// ``keyCounts()`` cannot see any key and answers zero.
+        public var reachesSubjectKeys: Bool { !(store.subjectKeyStore is MissingSubjectKeys) }
     }
 }
