@@ -332,6 +332,14 @@ extension PostgresStorage {
         guard !ids.isEmpty else { return 0 }
         let logger = logger
         return try await transactionMapped { connection in
+            // Their conversations locked first, as an append locks its conversation: a delete of a
+            // conversation's last message and an append to it cannot pass each other, so migration
+            // 0008's count of conversations with messages stays exact.
+            try await connection.run(
+                """
+                SELECT seq FROM conversations WHERE seq IN (SELECT conversation_seq FROM messages WHERE id = ANY(\(ids)::text[]))
+                ORDER BY seq FOR UPDATE
+                """, logger: logger)
             let rows = try await connection.query("DELETE FROM messages WHERE id = ANY(\(ids)::text[]) RETURNING seq", logger: logger)
             var count = 0
             for try await _ in rows { count += 1 }

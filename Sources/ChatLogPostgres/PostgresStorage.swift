@@ -933,6 +933,32 @@ package final class PostgresStorage: ChatLogStorage {
         return counts
     }
 
+    /// `stats` without a filter, from migration 0008's totals (the folded row plus the unfolded
+    /// deltas, one snapshot) instead of a scan of `messages`: the same row the scan gives — none for
+    /// a store without messages.
+    func totals() async throws(ChatLogError) -> [StatsRow] {
+        try await read { connection in
+            let rows = try await connection.query(
+                """
+                SELECT r.conversations_with_messages + coalesce(d.conversations, 0), r.messages + coalesce(d.messages, 0),
+                       r.prompt_tokens + coalesce(d.prompt, 0), r.completion_tokens + coalesce(d.completion, 0)
+                FROM row_counts r,
+                     (SELECT sum(conversations_with_messages)::bigint AS conversations, sum(messages)::bigint AS messages,
+                             sum(prompt_tokens)::bigint AS prompt, sum(completion_tokens)::bigint AS completion
+                      FROM row_count_deltas) d
+                """, logger: self.logger)
+            for try await (conversations, messages, prompt, completion) in rows.decode((Int64, Int64, Int64, Int64).self) {
+                guard messages > 0 else { return [] }
+                return [
+                    StatsRow(
+                        group: nil, conversations: Int(conversations), messages: Int(messages), promptTokens: Int(prompt),
+                        completionTokens: Int(completion))
+                ]
+            }
+            throw ChatLogError.notAChatLogStore(path: self.location, reason: "its row counts are missing (table row_counts is empty)")
+        }
+    }
+
     /// One write transaction in `foldOneIn` folds the delta rows into the total after its commit.
     static let foldOneIn: UInt8 = 32
     /// A reader that sees more delta rows than this folds them.
@@ -940,10 +966,16 @@ package final class PostgresStorage: ChatLogStorage {
 
     /// The fold statement of `foldRowCounts` (also run by hand in PostgresCountsTests).
     static let foldSQL = """
-                WITH moved AS (DELETE FROM row_count_deltas RETURNING conversations, messages),
+                WITH moved AS (
+                         DELETE FROM row_count_deltas
+                         RETURNING conversations, messages, conversations_with_messages, prompt_tokens, completion_tokens),
                      counted AS (
                          UPDATE row_counts SET conversations = conversations + (SELECT coalesce(sum(conversations), 0) FROM moved),
-                                               messages = messages + (SELECT coalesce(sum(messages), 0) FROM moved)
+                                               messages = messages + (SELECT coalesce(sum(messages), 0) FROM moved),
+                                               conversations_with_messages = conversations_with_messages
+                                                   + (SELECT coalesce(sum(conversations_with_messages), 0) FROM moved),
+                                               prompt_tokens = prompt_tokens + (SELECT coalesce(sum(prompt_tokens), 0) FROM moved),
+                                               completion_tokens = completion_tokens + (SELECT coalesce(sum(completion_tokens), 0) FROM moved)
                          WHERE id = 1),
                      keys_moved AS (DELETE FROM key_usage_deltas RETURNING key_id, row_count)
                 INSERT INTO key_usage (key_id, row_count) SELECT key_id, sum(row_count) FROM keys_moved GROUP BY key_id
@@ -1076,6 +1108,7 @@ extension PostgresStorage {
     }
 
     package func stats(by grouping: StatsGrouping?, since: Int64?, until: Int64?) async throws(ChatLogError) -> [StatsRow] {
+        if grouping == nil, since == nil, until == nil { return try await totals() }
         var binds = PostgresBindings()
         var clauses = ["TRUE"]
         if let since {

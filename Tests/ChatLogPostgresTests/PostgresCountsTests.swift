@@ -12,7 +12,19 @@ extension PostgreSQLSuites {
         static func exchange(_ n: Int, conversation: ModelExchange.Target = .new(NewConversation())) -> ModelExchange {
             ModelExchange(
                 conversation: conversation, prompt: [NewMessage(role: .user, content: "question \(n) about refunds")],
-                completion: NewMessage(role: .assistant, content: "answer \(n)"))
+                completion: NewMessage(role: .assistant, content: "answer \(n)", promptTokens: 7, completionTokens: n % 5))
+        }
+
+        /// `stats` without a filter the way it was computed before migration 0008: a scan.
+        static func statsByScan(_ database: PostgresDatabase) throws -> [StatsRow] {
+            let line = try database.psql(
+                """
+                SELECT count(DISTINCT conversation_seq) || ',' || count(*) || ',' || coalesce(sum(prompt_tokens), 0) || ','
+                       || coalesce(sum(completion_tokens), 0) FROM messages
+                """)
+            let numbers = line.split(separator: ",").map { Int($0)! }
+            // A store without messages: one row of zeros (as `ChatLogStore.stats` answers on every backend).
+            return [StatsRow(group: nil, conversations: numbers[0], messages: numbers[1], promptTokens: numbers[2], completionTokens: numbers[3])]
         }
 
         static func truth(_ database: PostgresDatabase) throws -> (conversations: Int, messages: Int) {
@@ -135,7 +147,7 @@ extension PostgreSQLSuites {
                     \(PostgresSchemaTests.undoMigration7)
                     DROP TABLE key_usage, key_usage_deltas;
                     DROP FUNCTION chatlog_count_key_usage CASCADE;
-                    DELETE FROM chatlog_migrations WHERE version IN (6, 7)
+                    DELETE FROM chatlog_migrations WHERE version IN (6, 7, 8)
                     """)
                 let reopened = try await ChatLogStore.open(url: location, key: .key(key))
                 defer { try? reopened.close() }
@@ -144,6 +156,53 @@ extension PostgreSQLSuites {
                 try Self.fold(database)
                 #expect(try await Self.usageByStatus(reopened).isEmpty)
                 #expect(try Self.usageByScan(database).isEmpty)
+            }
+        }
+
+        @Test("stats without a filter (migration 0008's totals) equals a scan after writers, appends, single-message deletes racing appends, a conversation emptied and refilled, deletes, prune and folds")
+        func totalsFollowEveryWrite() async throws {
+            try await withPostgresLocation { location, database in
+                let key = MasterKey.generate()
+                let store = try await ChatLogStore.create(url: location, key: .key(key))
+                defer { try? store.close() }
+                let other = try await ChatLogStore.open(url: location, key: .key(key))
+                defer { try? other.close() }
+                let storage = try #require(store.storage)
+                let zero = [StatsRow(group: nil, conversations: 0, messages: 0, promptTokens: 0, completionTokens: 0)]
+                #expect(try await store.stats() == zero && (try Self.statsByScan(database)) == zero)
+                func check(_ step: Comment) async throws {
+                    #expect(try await store.stats() == (try Self.statsByScan(database)), step)
+                }
+                var logged: [LoggedExchange] = []
+                for n in 0..<12 { logged.append(try await store.logExchange(Self.exchange(n))) }
+                for n in 0..<4 { logged.append(try await other.logExchange(Self.exchange(n, conversation: .existing(logged[n].conversationID)))) }
+                try await check("logged and appended")
+                // A conversation's every message deleted (it no longer counts), then a new message in it (it counts again).
+                let emptied = logged[1]
+                let its = try await storage.messages(ofConversation: emptied.conversationID.rawValue).map(\.id)
+                #expect(try await storage.deleteMessages(its) == its.count)
+                try await check("a conversation emptied")
+                _ = try await store.logExchange(Self.exchange(50, conversation: .existing(emptied.conversationID)))
+                try await check("the emptied conversation refilled")
+                // The first message of another deleted: the conversation still has messages.
+                #expect(try await storage.deleteMessages([logged[2].messageIDs[0].rawValue]) == 1)
+                try await check("a first message deleted")
+                // Deleting a conversation's last messages while another handle appends to it, ten times.
+                for round in 0..<10 {
+                    let target = try await store.logExchange(Self.exchange(100 + round))
+                    async let appended = other.logExchange(Self.exchange(200 + round, conversation: .existing(target.conversationID)))
+                    let deleted = try await storage.deleteMessages(target.messageIDs.map(\.rawValue))
+                    _ = try await appended
+                    #expect(deleted == 2)
+                    try await check("delete racing an append, round \(round)")
+                }
+                try Self.fold(database)
+                try await check("folded")
+                #expect(try await other.deleteConversation(logged[3].conversationID))
+                try await check("a conversation deleted")
+                _ = try await store.prune(olderThan: Date().addingTimeInterval(60))
+                try await check("pruned")
+                #expect(try await store.stats() == zero)
             }
         }
 
@@ -177,7 +236,7 @@ extension PostgreSQLSuites {
                     \(PostgresSchemaTests.undoMigration7)
                     DROP TABLE row_counts, row_count_deltas, key_usage, key_usage_deltas;
                     DROP FUNCTION chatlog_count_rows, chatlog_count_key_usage CASCADE;
-                    DELETE FROM chatlog_migrations WHERE version IN (5, 6, 7)
+                    DELETE FROM chatlog_migrations WHERE version IN (5, 6, 7, 8)
                     """)
                 // A read-only open applies no migration: it says what to do instead of failing on a
                 // table it lacks (`chatlog key status` on an upgraded binary).
@@ -193,7 +252,8 @@ extension PostgreSQLSuites {
                 let reader = try await ChatLogStore.open(url: location, key: .key(key), options: readOnly)
                 defer { try? reader.close() }
                 #expect(try await reader.counts() == (7, 14))
-                #expect(try database.psql("SELECT count(*) FROM chatlog_migrations WHERE version IN (5, 6)") == "2")
+                #expect(try database.psql("SELECT count(*) FROM chatlog_migrations WHERE version IN (5, 6, 8)") == "3")
+                #expect(try await reopened.stats() == (try Self.statsByScan(database)))
             }
             // copy's multi-row inserts into a new PostgreSQL store.
             try await withSQLiteLocation { path in
@@ -206,6 +266,8 @@ extension PostgreSQLSuites {
                     let remote = try await ChatLogStore.open(url: url, key: .key(key))
                     defer { try? remote.close() }
                     #expect(try await remote.counts() == (9, 18))
+                    let stats = try await remote.stats()
+                    #expect(stats == (try Self.statsByScan(database)) && stats.first?.promptTokens == 9 * 7)
                     #expect(try Self.truth(database) == (9, 18))
                 }
             }
