@@ -125,21 +125,26 @@ struct ServeCommand: AsyncParsableCommand {
                         "`chatlog serve` logs calls' subjects, which need a subject-key database of their own: set CHATLOG_SUBJECT_KEYS to its postgres:// URL (docs/OPERATIONS.md)")
             }
 
+            // Access-log lines go out through a buffer (one write per 100 ms or 32 KiB, warnings at
+            // once), flushed at shutdown: docs/PROXY.md, "Operations".
+            let logBuffer = LogBuffer.standardError
             LoggingSystem.bootstrap { label in
-                var handler = StreamLogHandler.standardError(label: label)
+                var handler = BufferedLogHandler(label: label, buffer: logBuffer)
                 handler.logLevel = .info
                 return handler
             }
             let logger = Logger(label: "chatlog.serve")
             let scheme = configuration.tlsCertificateFile == nil ? "http" : "https"
             let keys = [configuration.openAIKey == nil ? nil : "openai", configuration.anthropicKey == nil ? nil : "anthropic"].compactMap { $0 }
-            try await ProxyServer(configuration: configuration, store: opened, logger: logger).run { address in
+            defer { logBuffer.flush() }
+            try await ProxyServer(configuration: configuration, store: opened, logger: logger, logBuffer: logBuffer).run { address in
                 CLIOutput.line("chatlog serve: listening on \(scheme)://\(address)")
                 CLIOutput.line(
                     keys.isEmpty
                         ? "chatlog serve: credentials pass through to the upstreams"
                         : "chatlog serve: server-held keys for \(keys.joined(separator: ", ")); clients present proxy tokens")
             }
+            logBuffer.flush()
             CLIOutput.note("serve: stopped; every accepted exchange was written")
         }
     }

@@ -147,27 +147,35 @@ struct ProxyCall: Sendable {
             stripUsage = true
         }
 
-        var upstreamRequest = HTTPClientRequest(url: state.upstreamURL(provider, path: request.uri.path, query: request.uri.query ?? ""))
-        upstreamRequest.method = .POST
-        upstreamRequest.headers = headers
-        upstreamRequest.body = .bytes(upstreamBody)
-
         let context = CallContext(
             api: api, captured: captured, thread: thread, scope: scope, subject: subject, app: app, started: started,
             stripUsage: stripUsage)
 
-        let reader = UpstreamReader(
-            client: state.client, request: upstreamRequest, deadline: .now() + .init(state.configuration.idleTimeout))
+        let reader: UpstreamReader
+        do {
+            let upstreamRequest = try state.upstreamRequest(
+                provider, path: request.uri.path, query: request.uri.query ?? "", headers: headers, body: upstreamBody)
+            // On the client connection's event loop, where this call runs.
+            let loop = state.executors.executor(for: channel.eventLoop)?.eventLoop
+            reader = UpstreamReader(
+                client: state.client, request: upstreamRequest, on: loop, headDeadline: .now() + .init(state.configuration.idleTimeout))
+        } catch {
+            state.metrics.recordUpstreamError()
+            await record(context, status: 502, requestID: nil, completion: CapturedCompletion(), finishReason: "upstream_unreachable", firstToken: nil, streaming: false)
+            return fail(.badGateway, "the upstream could not be reached")
+        }
         guard state.connections.register(reader, on: channel) else {
             reader.cancel()
             await record(context, status: 499, requestID: nil, completion: CapturedCompletion(), finishReason: "client_disconnected", firstToken: nil, streaming: false)
             return fail(.init(code: 499), "client closed the connection")
         }
         let head: (status: HTTPResponseStatus, headers: HTTPHeaders)
+        var parts: [UpstreamPart]
         do {
-            var iterator = reader.parts.makeAsyncIterator()
-            guard case .head(let status, let headers)? = try await iterator.next() else { throw CancellationError() }
+            parts = try await reader.next()
+            guard case .head(let status, let headers)? = parts.first else { throw CancellationError() }
             head = (status, headers)
+            parts.removeFirst()
         } catch {
             state.connections.unregister(reader, on: channel)
             if reader.wasCancelled {
@@ -196,12 +204,52 @@ struct ProxyCall: Sendable {
         let status = Int(head.status.code)
         let call = self
         let channel = self.channel
+
+        if !streaming {
+            // A JSON body: read ahead. When it ends within the read-ahead limit (an ordinary answer
+            // does), it is captured and queued for logging before anything goes out, then written
+            // with the head in one piece: one hand-over to the connection's event loop instead of
+            // one per part. (Its last byte waited for the queueing all along, and a client cannot use
+            // a JSON body before its end.) Larger bodies are relayed as they come.
+            var bytes = parts.reduce(0) { $0 + $1.bodyBytes }
+            while !parts.contains(where: \.isEnd), bytes <= state.configuration.readAheadBytes {
+                guard let more = try? await reader.next() else { break }
+                bytes += more.reduce(0) { $0 + $1.bodyBytes }
+                parts += more
+            }
+            if parts.contains(where: \.isEnd) {
+                let collected = CollectedBody()
+                var writer: any ResponseBodyWriter = collected
+                do {
+                    try await relay(reader, into: &writer, pending: parts, context: context, status: status, requestID: requestID, streaming: false)
+                    state.connections.unregister(reader, on: channel)
+                    return Response(status: HTTPResponse.Status(code: status), headers: fields, body: .init(byteBuffer: collected.buffer))
+                } catch {
+                    // Not answered in full (--durable and not committed, or the call's time ran out):
+                    // the client gets the head and what was relayed, then the connection ends, as when
+                    // relaying as it comes.
+                    let relayed = collected.buffer
+                    return Response(
+                        status: HTTPResponse.Status(code: status), headers: fields,
+                        body: ResponseBody(contentLength: contentLength) { writer in
+                            defer {
+                                reader.cancel()
+                                call.state.connections.unregister(reader, on: channel)
+                            }
+                            if relayed.readableBytes > 0 { try await writer.write(relayed) }
+                            throw error
+                        })
+                }
+            }
+        }
+
+        let pending = parts
         let responseBody = ResponseBody(contentLength: contentLength) { writer in
             defer {
                 reader.cancel()
                 call.state.connections.unregister(reader, on: channel)
             }
-            try await call.relay(reader, into: &writer, context: context, status: status, requestID: requestID, streaming: streaming)
+            try await call.relay(reader, into: &writer, pending: pending, context: context, status: status, requestID: requestID, streaming: streaming)
         }
         return Response(status: HTTPResponse.Status(code: status), headers: fields, body: responseBody)
     }
@@ -289,8 +337,8 @@ struct ProxyCall: Sendable {
     }
 
     func relay(
-        _ reader: UpstreamReader, into writer: inout any ResponseBodyWriter, context: CallContext, status: Int, requestID: String?,
-        streaming: Bool
+        _ reader: UpstreamReader, into writer: inout any ResponseBodyWriter, pending: [UpstreamPart], context: CallContext, status: Int,
+        requestID: String?, streaming: Bool
     ) async throws {
         let configuration = state.configuration
         var capture = CompletionCapture(api: context.api, streaming: streaming, captureLimit: configuration.maxCaptureBytes)
@@ -306,16 +354,18 @@ struct ProxyCall: Sendable {
         var held = ByteBuffer()
         var holding = false
         var streamOffset = 0
-        var iterator = reader.parts.makeAsyncIterator()
+        // The parts the reader hands over (all that arrived together), one at a time.
+        var parts = pending[...]
         while true {
-            let next: UpstreamPart?
-            do {
-                next = try await iterator.next()
-            } catch {
-                outcome = reader.wasCancelled ? .clientDisconnected : Self.isTimeout(error) ? .timeout : .upstreamDisconnected
-                break
+            if parts.isEmpty {
+                do {
+                    parts = try await reader.next()[...]
+                } catch {
+                    outcome = reader.wasCancelled ? .clientDisconnected : Self.isTimeout(error) ? .timeout : .upstreamDisconnected
+                    break
+                }
             }
-            guard case .body(let chunk)? = next else { break }
+            guard case .body(let chunk) = parts.removeFirst() else { break }
             let chunkStart = streamOffset
             streamOffset += chunk.readableBytes
             let events = capture.feed(chunk.readableBytesView)
@@ -397,6 +447,17 @@ struct ProxyCall: Sendable {
 
     struct ProxyAbort: Error {}
 
+    /// The body writer of a JSON answer read ahead: keeps what the relay writes, for one write with the head.
+    final class CollectedBody: ResponseBodyWriter {
+        var buffer = ByteBuffer()
+
+        func write(_ part: ByteBuffer) async throws {
+            if buffer.readableBytes == 0 { buffer = part } else { buffer.writeImmutableBuffer(part) }
+        }
+
+        func finish(_ trailingHeaders: HTTPFields?) async throws {}
+    }
+
     /// Builds the record and queues it (or, with `wait`, waits for its commit). Returns whether
     /// it was queued (or committed).
     @discardableResult
@@ -472,8 +533,13 @@ struct ProxyCall: Sendable {
         if let conversation { metadata["conversation"] = "\(conversation.rawValue)" }
         if let upstreamRequestID {
             // The upstream chooses this header: keep visible ASCII only, so it cannot forge log lines.
-            let printable = upstreamRequestID.unicodeScalars.filter { $0.value > 0x20 && $0.value < 0x7F }
-            metadata["upstream_request_id"] = "\(String(String.UnicodeScalarView(printable.prefix(128))))"
+            let visible = upstreamRequestID.utf8.count <= 128 && upstreamRequestID.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F }
+            if visible {
+                metadata["upstream_request_id"] = "\(upstreamRequestID)"
+            } else {
+                let printable = upstreamRequestID.unicodeScalars.filter { $0.value > 0x20 && $0.value < 0x7F }
+                metadata["upstream_request_id"] = "\(String(String.UnicodeScalarView(printable.prefix(128))))"
+            }
         }
         state.logger.info("call", metadata: metadata)
     }

@@ -36,6 +36,9 @@ public struct ProxyConfiguration: Sendable {
     /// win the CPU from it when both want it (Linux; elsewhere ignored).
     public var writerNice: Int32 = 10
     /// How often the heap trimmer looks, and the burst of calls in flight it waits for (HeapTrimmer.swift).
+    /// A JSON (non-streaming) answer up to this size is read whole before it goes to the client, in
+    /// one write with its head; a larger one is relayed as it comes.
+    var readAheadBytes = 256 << 10
     var heapTrimInterval: Duration = .seconds(5)
     var heapTrimMinimumPeak = 64
     /// Server-held upstream keys: when set, clients must present a proxy token instead.

@@ -6,6 +6,8 @@ import HummingbirdCore
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOPosix
+import Synchronization
 
 /// What every call shares.
 final class ProxyState: Sendable {
@@ -16,6 +18,11 @@ final class ProxyState: Sendable {
     let metrics: ProxyMetrics
     let logger: Logger
     let connections = ConnectionWatch()
+    /// The server's and the upstream client's event loops (both NIO's singleton group).
+    let executors = EventLoopExecutors(MultiThreadedEventLoopGroup.singleton)
+    /// Upstream requests of the logged routes by URL, made once: AsyncHTTPClient parses a request's
+    /// URL (with Foundation) when it is made, which was a sizeable part of a call's CPU.
+    private let requestTemplates = Mutex<[String: HTTPClient.Request]>([:])
 
     init(configuration: ProxyConfiguration, store: ChatLogStore, client: HTTPClient, recorder: Recorder, metrics: ProxyMetrics, logger: Logger) {
         self.configuration = configuration
@@ -28,6 +35,22 @@ final class ProxyState: Sendable {
 
     func serverKey(_ provider: Provider) -> String? {
         provider == .openAI ? configuration.openAIKey : configuration.anthropicKey
+    }
+
+    /// The POST of a logged route to the upstream, with these headers and body.
+    func upstreamRequest(_ provider: Provider, path: String, query: String, headers: HTTPHeaders, body: ByteBuffer) throws -> HTTPClient.Request {
+        let url = upstreamURL(provider, path: path, query: query)
+        var request: HTTPClient.Request
+        if let template = requestTemplates.withLock({ $0[url] }) {
+            request = template
+        } else {
+            request = try HTTPClient.Request(url: url, method: .POST)
+            // Only query-less URLs are kept: the three logged routes per upstream, a bounded set.
+            if query.isEmpty { requestTemplates.withLock { $0[url] = request } }
+        }
+        request.headers = headers
+        request.body = .byteBuffer(body)
+        return request
     }
 
     func upstreamURL(_ provider: Provider, path: String, query: String) -> String {

@@ -18,11 +18,14 @@ public struct ProxyServer: Sendable {
     public let configuration: ProxyConfiguration
     public let store: ChatLogStore
     public let logger: Logger
+    /// Where `logger`'s lines wait (a `BufferedLogHandler`'s buffer): written out every 100 ms and at shutdown.
+    public let logBuffer: LogBuffer?
 
-    public init(configuration: ProxyConfiguration, store: ChatLogStore, logger: Logger) {
+    public init(configuration: ProxyConfiguration, store: ChatLogStore, logger: Logger, logBuffer: LogBuffer? = nil) {
         self.configuration = configuration
         self.store = store
         self.logger = logger
+        self.logBuffer = logBuffer
     }
 
     /// Runs until SIGTERM or SIGINT, then drains. `onListening` gets the bound address ("host:port").
@@ -61,6 +64,7 @@ public struct ProxyServer: Sendable {
             state: ProxyState(configuration: configuration, store: store, client: client, recorder: recorder, metrics: metrics, logger: logger))
 
         let watch = responder.state.connections
+        let executors = responder.state.executors
         let server: HTTPServerBuilder
         if let certificate = configuration.tlsCertificateFile, let key = configuration.tlsKeyFile {
             let chain: [NIOSSLCertificate]
@@ -83,8 +87,12 @@ public struct ProxyServer: Sendable {
             configuration: ServerConfiguration(address: .hostname(host, port: configuration.port), serverName: nil, backlog: 1024),
             eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger,
             responder: { (request, responseWriter: consuming ResponseWriter, channel) in
-                let response = await responder.respond(to: request, channel: channel)
-                try await responseWriter.write(response: response.head, body: response.body)
+                // The call runs on its connection's event loop (EventLoopExecutor.swift).
+                var writer: ResponseWriter? = consume responseWriter
+                try await withTaskExecutorPreference(executors.executor(for: channel.eventLoop)) {
+                    let response = await responder.respond(to: request, channel: channel)
+                    try await writer.take()!.write(response: response.head, body: response.body)
+                }
             },
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? 0
@@ -92,8 +100,11 @@ public struct ProxyServer: Sendable {
             })
         // Shut down in reverse order: the HTTP server first (its in-flight calls finish and are
         // queued), then the recorder (drains), then the upstream client.
+        // The log's buffer first: it is flushed last, after the recorder has drained.
+        let logFlush: [ServiceGroupConfiguration.ServiceConfiguration] =
+            logBuffer.map { [.init(service: LogFlushService(buffer: $0, interval: .milliseconds(100)))] } ?? []
         var groupConfiguration = ServiceGroupConfiguration(
-            services: [
+            services: logFlush + [
                 .init(
                     service: HeapTrimService(
                         metrics: metrics, policy: HeapTrimPolicy(minimumPeak: configuration.heapTrimMinimumPeak),

@@ -142,6 +142,13 @@ enum ServeProcess {
                 // answered in full.
                 #expect(answered.count == upstream.requests.count && answered.count + refused.count == calls)
                 #expect(errors.contains("every accepted exchange was written"))
+                // The buffered access log: a whole line for every answered call, all written before the
+                // final note (flushed at shutdown, none lost).
+                let lines = errors.split(separator: "\n")
+                let calls = lines.indices.filter { lines[$0].hasSuffix("[ChatLogServer] call") && lines[$0].contains("status=200") }
+                #expect(calls.count == answered.count, "\(calls.count) access-log lines for \(answered.count) answered calls")
+                let stopped = lines.firstIndex { $0.contains("every accepted exchange was written") }
+                #expect(calls.allSatisfy { $0 < (stopped ?? -1) })
                 // Every answered call is in the store.
                 let store = try ChatLogStore.open(at: directory + "/chat.db", key: .key(try MasterKey(base64: key)))
                 await #expect(try store.counts() == (conversations: answered.count, messages: 2 * answered.count))
@@ -157,6 +164,8 @@ enum ServeProcess {
                 #expect(String(buffer: try await response.body.collect(upTo: 1 << 20)).contains("again"))
                 kill(again.process.processIdentifier, SIGTERM)
                 #expect(try await ServeProcess.waitForExit(again.process) == 0)
+                let againErrors = (try? String(contentsOfFile: again.stderr, encoding: .utf8)) ?? ""
+                #expect(againErrors.split(separator: "\n").filter { $0.hasSuffix("[ChatLogServer] call") }.count == 1)
                 await #expect(try store.counts().messages == 2 * answered.count + 2)
                 // Neither the access log nor stdout holds content.
                 let logs = [serve.stdout, serve.stderr, again.stdout, again.stderr].map { (try? String(contentsOfFile: $0, encoding: .utf8)) ?? "" }.joined()
