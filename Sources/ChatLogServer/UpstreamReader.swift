@@ -52,12 +52,13 @@ final class UpstreamReader: HTTPClientResponseDelegate, Sendable {
 
     /// Starts the call. `headDeadline`: the head must arrive by then (body chunks have the client's
     /// read timeout, `--idle-timeout`, between them instead).
-    /// Starts the call; on `eventLoop` (its connection and these callbacks) when given, which must be
-    /// one of the client's.
+    /// Starts the call. `eventLoop` (one of the client's), when given, gets these callbacks, and the
+    /// connection pool prefers a connection of it. (Requiring one, `.delegateAndChannel`, made the pool
+    /// open new upstream connections — TLS handshakes — for calls whose loop had none idle.)
     init(client: HTTPClient, request: HTTPClient.Request, on eventLoop: (any EventLoop)?, headDeadline: NIODeadline, readLimit: Int = 64 << 10) {
         self.readLimit = readLimit
         let task = client.execute(
-            request: request, delegate: self, eventLoop: eventLoop.map { .delegateAndChannel(on: $0) } ?? .indifferent, deadline: nil)
+            request: request, delegate: self, eventLoop: eventLoop.map { .delegate(on: $0) } ?? .indifferent, deadline: nil)
         let deadline = task.eventLoop.scheduleTask(deadline: headDeadline) { [weak task] () -> Void in
             guard let task else { return }
             task.fail(reason: HTTPClientError.deadlineExceeded)
