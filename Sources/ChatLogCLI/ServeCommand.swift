@@ -125,7 +125,7 @@ struct ServeCommand: AsyncParsableCommand {
                         "`chatlog serve` logs calls' subjects, which need a subject-key database of their own: set CHATLOG_SUBJECT_KEYS to its postgres:// URL (docs/OPERATIONS.md)")
             }
 
-            // Access-log lines go out through a buffer (one write per 100 ms or 32 KiB, warnings at
+            // Access-log lines go out through a buffer (one write per 100 ms or 256 KiB, warnings at
             // once), flushed at shutdown: docs/PROXY.md, "Operations".
             let logBuffer = LogBuffer.standardError
             LoggingSystem.bootstrap { label in

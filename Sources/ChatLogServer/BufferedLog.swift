@@ -11,9 +11,10 @@ import Synchronization
 #endif
 
 /// Log lines on their way to a file descriptor (the proxy's standard error): appended to a buffer
-/// under a lock and written in one `write(2)` per flush — when the buffer is full, when a line of
-/// level warning or above arrives (with everything before it), on `LogFlushService`'s timer, and
-/// at shutdown. Swift-log's `StreamLogHandler` wrote and flushed every access-log line with its own
+/// under a lock and written in one `write(2)` per flush — on `LogFlushService`'s timer (off the event
+/// loops, so a slow disk does not hold a call up), when a line of level warning or above arrives
+/// (with everything before it), when the buffer is full (a backstop: 256 KiB is most of a second of
+/// access-log lines at 2,000 calls/s), and at shutdown. Swift-log's `StreamLogHandler` wrote and flushed every access-log line with its own
 /// system call and formatted its time with `localtime` each time, a sizeable part of a call's CPU
 /// (docs/PERFORMANCE.md, "The response path's CPU per call").
 public final class LogBuffer: Sendable {
@@ -33,7 +34,7 @@ public final class LogBuffer: Sendable {
     let fileDescriptor: Int32
     let capacity: Int
 
-    public init(fileDescriptor: Int32, capacity: Int = 32 << 10) {
+    public init(fileDescriptor: Int32, capacity: Int = 256 << 10) {
         self.fileDescriptor = fileDescriptor
         self.capacity = capacity
     }
