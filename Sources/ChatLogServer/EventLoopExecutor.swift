@@ -1,3 +1,5 @@
+import HummingbirdCore
+import Logging
 import NIOCore
 
 /// Runs a task's jobs on a NIO event loop: a proxied call runs on its client connection's event
@@ -32,5 +34,24 @@ struct EventLoopExecutors: Sendable {
     /// The executor of `loop`; nil for a loop of another group.
     func executor(for loop: any EventLoop) -> EventLoopExecutor? {
         executors[ObjectIdentifier(loop)]
+    }
+}
+
+/// A server connection whose task runs on the connection's event loop: HummingbirdCore reads each
+/// request and runs the responder in the connection's task, on Swift's cooperative pool unless told
+/// otherwise; here every step of a keep-alive connection stays on its loop.
+struct EventLoopChildChannel<Base: ServerChildChannel>: ServerChildChannel {
+    typealias Value = Base.Value
+    let base: Base
+    let executors: EventLoopExecutors
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        base.setup(channel: channel, logger: logger)
+    }
+
+    func handle(value: Value, logger: Logger) async {
+        await withTaskExecutorPreference(executors.executor(for: value.channel.eventLoop)) {
+            await base.handle(value: value, logger: logger)
+        }
     }
 }

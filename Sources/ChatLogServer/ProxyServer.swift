@@ -65,7 +65,22 @@ public struct ProxyServer: Sendable {
 
         let watch = responder.state.connections
         let executors = responder.state.executors
-        let server: HTTPServerBuilder
+        let host = configuration.host
+        let listening = onListening
+        // HummingbirdCore's HTTP/1 channel (TLS around it with --tls-cert), each connection's task on
+        // the connection's event loop (EventLoopExecutor.swift), so are the calls it answers.
+        let http1 = HTTP1Channel(
+            responder: { (request, responseWriter: consuming ResponseWriter, channel) in
+                let response = await responder.respond(to: request, channel: channel)
+                try await responseWriter.write(response: response.head, body: response.body)
+            },
+            configuration: .init(additionalChannelHandlers: [HangUpHandler(watch: watch)]))
+        let serverConfiguration = ServerConfiguration(address: .hostname(host, port: configuration.port), serverName: nil, backlog: 1024)
+        let onServerRunning: @Sendable (any Channel) async -> Void = { channel in
+            let port = channel.localAddress?.port ?? 0
+            listening("\(host.contains(":") ? "[\(host)]" : host):\(port)")
+        }
+        let httpServer: any Service
         if let certificate = configuration.tlsCertificateFile, let key = configuration.tlsKeyFile {
             let chain: [NIOSSLCertificate]
             let privateKey: NIOSSLPrivateKey
@@ -75,29 +90,16 @@ public struct ProxyServer: Sendable {
             } catch {
                 throw ChatLogError.invalidInput("cannot read the TLS certificate or key (--tls-cert, --tls-key)")
             }
-            server = try .tls(
-                .http1(configuration: .init(additionalChannelHandlers: [HangUpHandler(watch: watch)])),
-                tlsConfiguration: .makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(privateKey)))
+            let tls = try TLSChannel(
+                http1, tlsConfiguration: .makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(privateKey)))
+            httpServer = EventLoopChildChannel(base: tls, executors: executors).server(
+                configuration: serverConfiguration, onServerRunning: onServerRunning, eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
+                logger: logger)
         } else {
-            server = .http1(configuration: .init(additionalChannelHandlers: [HangUpHandler(watch: watch)]))
+            httpServer = EventLoopChildChannel(base: http1, executors: executors).server(
+                configuration: serverConfiguration, onServerRunning: onServerRunning, eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
+                logger: logger)
         }
-        let host = configuration.host
-        let listening = onListening
-        let httpServer = try server.buildServer(
-            configuration: ServerConfiguration(address: .hostname(host, port: configuration.port), serverName: nil, backlog: 1024),
-            eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger,
-            responder: { (request, responseWriter: consuming ResponseWriter, channel) in
-                // The call runs on its connection's event loop (EventLoopExecutor.swift).
-                var writer: ResponseWriter? = consume responseWriter
-                try await withTaskExecutorPreference(executors.executor(for: channel.eventLoop)) {
-                    let response = await responder.respond(to: request, channel: channel)
-                    try await writer.take()!.write(response: response.head, body: response.body)
-                }
-            },
-            onServerRunning: { channel in
-                let port = channel.localAddress?.port ?? 0
-                listening("\(host.contains(":") ? "[\(host)]" : host):\(port)")
-            })
         // Shut down in reverse order: the HTTP server first (its in-flight calls finish and are
         // queued), then the recorder (drains), then the upstream client.
         // The log's buffer first: it is flushed last, after the recorder has drained.
