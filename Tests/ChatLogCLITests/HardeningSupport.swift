@@ -42,7 +42,12 @@ struct SeededRandom: RandomNumberGenerator {
     private var state: UInt64
 
     init() {
-        seed = ProcessInfo.processInfo.environment["CHATLOG_TEST_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 0...UInt64.max)
+        self.init(seed: ProcessInfo.processInfo.environment["CHATLOG_TEST_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 0...UInt64.max))
+    }
+
+    /// A fixed seed: the same numbers on every run (a corpus that must not change).
+    init(seed: UInt64) {
+        self.seed = seed
         state = seed
     }
 

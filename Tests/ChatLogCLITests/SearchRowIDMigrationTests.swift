@@ -18,7 +18,7 @@ import Testing
     /// An openai-jsonl corpus in import order: recent conversations, then older history, then both
     /// interleaved; a few messages share a millisecond with another conversation's.
     static func corpus(conversations: Int, seed: UInt64) -> Data {
-        var random = CorpusRandom(state: seed)
+        var random = SeededRandom(seed: seed)
         let now: Int64 = 1_760_000_000_000
         var lines: [String] = []
         var shared: [Int64] = []
@@ -193,15 +193,3 @@ import Testing
     }
 }
 
-/// SplitMix64 with a fixed seed (the corpus is the same every run).
-private struct CorpusRandom {
-    var state: UInt64
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

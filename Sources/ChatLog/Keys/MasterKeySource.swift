@@ -104,27 +104,24 @@ public struct ChatLogSettings: Sendable {
     /// `CHATLOG_DB`, if set: the environment first, then `.env` — and a `.env` that other users
     /// could read or change may not redirect a command to another database.
     public var databasePath: String? {
-        get throws(ChatLogError) {
-            if let path = value(environment, Self.databaseVariable) { return path }
-            guard let dotEnv, let path = value(dotEnv, Self.databaseVariable) else { return nil }
-            if let reason = looseDotEnv(lets: "change it") {
-                throw .invalidInput("refusing \(Self.databaseVariable) from \(dotEnvPlace): \(reason)")
-            }
-            return path
-        }
+        get throws(ChatLogError) { try location(Self.databaseVariable) }
     }
 
     /// `CHATLOG_SUBJECT_KEYS`, if set: the environment first, then `.env` (which, as for
     /// `CHATLOG_DB`, must be private to this user to redirect the keys elsewhere).
     public var subjectKeysLocation: String? {
-        get throws(ChatLogError) {
-            if let location = value(environment, Self.subjectKeysVariable) { return location }
-            guard let dotEnv, let location = value(dotEnv, Self.subjectKeysVariable) else { return nil }
-            if let reason = looseDotEnv(lets: "change it") {
-                throw .invalidInput("refusing \(Self.subjectKeysVariable) from \(dotEnvPlace): \(reason)")
-            }
-            return location
+        get throws(ChatLogError) { try location(Self.subjectKeysVariable) }
+    }
+
+    /// A setting naming where data or keys are: the environment first, then a `.env` private to
+    /// this user.
+    private func location(_ variable: String) throws(ChatLogError) -> String? {
+        if let location = value(environment, variable) { return location }
+        guard let dotEnv, let location = value(dotEnv, variable) else { return nil }
+        if let reason = looseDotEnv(lets: "change it") {
+            throw .invalidInput("refusing \(variable) from \(dotEnvPlace): \(reason)")
         }
+        return location
     }
 
     /// A secret setting other than the master key (`chatlog serve`'s `OPENAI_API_KEY`,

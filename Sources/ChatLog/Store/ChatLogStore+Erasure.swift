@@ -210,22 +210,27 @@ extension ChatLogStore {
     public func erasureIssues() throws(ChatLogError) -> [VerificationIssue] {
         let forgotten = try subjectKeys.forgottenIDs()
         return try read { db in
-            var issues: [VerificationIssue] = []
-            for id in try self.forgottenSubjectConversations(forgotten, db) {
-                issues.append(
-                    VerificationIssue(
-                        table: "conversations", column: "erasure_key_id", rowID: id,
-                        problem: "belongs to a forgotten subject (its key was destroyed by `chatlog forget`); `chatlog verify --repair` deletes it"))
-            }
-            let pending = try Int.fetchOne(db, sql: "SELECT count(*) FROM forget_pending") ?? 0
-            if pending > 0 {
-                issues.append(
-                    VerificationIssue(
-                        table: "forget_pending", column: "-", rowID: "-",
-                        problem: "\(pending) forget\(pending == 1 ? " was" : "s were") interrupted before the subject key was destroyed (run `chatlog forget --resume`)"))
-            }
-            return issues
+            Self.erasureIssues(
+                forgottenConversations: try self.forgottenSubjectConversations(forgotten, db),
+                pendingForgets: try Int.fetchOne(db, sql: "SELECT count(*) FROM forget_pending") ?? 0)
         }
+    }
+
+    /// `verify`'s erasure problems on either backend: conversations of a forgotten subject, and
+    /// forgets interrupted before their subject key was destroyed.
+    static func erasureIssues(forgottenConversations: [String], pendingForgets pending: Int) -> [VerificationIssue] {
+        var issues = forgottenConversations.map {
+            VerificationIssue(
+                table: "conversations", column: "erasure_key_id", rowID: $0,
+                problem: "belongs to a forgotten subject (its key was destroyed by `chatlog forget`); `chatlog verify --repair` deletes it")
+        }
+        if pending > 0 {
+            issues.append(
+                VerificationIssue(
+                    table: "forget_pending", column: "-", rowID: "-",
+                    problem: "\(pending) forget\(pending == 1 ? " was" : "s were") interrupted before the subject key was destroyed (run `chatlog forget --resume`)"))
+        }
+        return issues
     }
 
     /// Ids of the conversations sealed under a forgotten subject key (the subject-key file's list
@@ -243,20 +248,22 @@ extension ChatLogStore {
     /// For `repair`: finishes interrupted forgets and deletes the conversations of forgotten
     /// subjects (rows nothing can open any more).
     func repairErasure() throws(ChatLogError) -> [RepairAction] {
-        var actions: [RepairAction] = []
         let resumed = try resumeForgets()
+        let forgotten = try subjectKeys.forgottenIDs()
+        let ids = try read { db in try self.forgottenSubjectConversations(forgotten, db) }.compactMap(ConversationID.init)
+        if !ids.isEmpty { _ = try deleteConversations(ids) }
+        return Self.erasureRepairActions(resumedForgets: resumed, deletedConversations: ids.map(\.rawValue))
+    }
+
+    /// What `verify --repair`'s erasure part did, on either backend.
+    static func erasureRepairActions(resumedForgets resumed: Int, deletedConversations: [String]) -> [RepairAction] {
+        var actions: [RepairAction] = []
         if resumed > 0 {
             actions.append(RepairAction(table: "forget_pending", column: "-", rowID: "-", action: "finished \(resumed) interrupted forget\(resumed == 1 ? "" : "s")"))
         }
-        let forgotten = try subjectKeys.forgottenIDs()
-        let ids = try read { db in try self.forgottenSubjectConversations(forgotten, db) }.compactMap(ConversationID.init)
-        if !ids.isEmpty {
-            _ = try deleteConversations(ids)
-            actions += ids.map {
-                RepairAction(table: "conversations", column: "erasure_key_id", rowID: $0.rawValue, action: "belongs to a forgotten subject: conversation deleted")
-            }
+        return actions + deletedConversations.map {
+            RepairAction(table: "conversations", column: "erasure_key_id", rowID: $0, action: "belongs to a forgotten subject: conversation deleted")
         }
-        return actions
     }
 
     /// For benchmarks: makes the subject keys of `subjects` (as their first conversations

@@ -206,38 +206,19 @@ extension ChatLogStore {
     func storageErasureIssues(_ storage: any ChatLogStorage) async throws(ChatLogError) -> [VerificationIssue] {
         guard let erasure = storage as? any ErasureStorage else { return [] }
         let forgotten = try await subjectKeyStore.forgottenIDs().map { Int64($0.rawValue) }
-        var issues = try await erasure.forgottenSubjectConversations(forgotten).map {
-            VerificationIssue(
-                table: "conversations", column: "erasure_key_id", rowID: $0,
-                problem: "belongs to a forgotten subject (its key was destroyed by `chatlog forget`); `chatlog verify --repair` deletes it")
-        }
-        let pending = try await erasure.pendingForgets().count
-        if pending > 0 {
-            issues.append(
-                VerificationIssue(
-                    table: "forget_pending", column: "-", rowID: "-",
-                    problem: "\(pending) forget\(pending == 1 ? " was" : "s were") interrupted before the subject key was destroyed (run `chatlog forget --resume`)"))
-        }
-        return issues
+        return Self.erasureIssues(
+            forgottenConversations: try await erasure.forgottenSubjectConversations(forgotten),
+            pendingForgets: try await erasure.pendingForgets().count)
     }
 
     /// `verify --repair`'s erasure part behind the seam (as ``repairErasure()``).
     func storageRepairErasure(_ storage: any ChatLogStorage) async throws(ChatLogError) -> [RepairAction] {
         guard let erasure = storage as? any ErasureStorage else { return [] }
-        var actions: [RepairAction] = []
         let resumed = try await storageResumeForgets(afterStep: nil, erasure)
-        if resumed > 0 {
-            actions.append(RepairAction(table: "forget_pending", column: "-", rowID: "-", action: "finished \(resumed) interrupted forget\(resumed == 1 ? "" : "s")"))
-        }
         let forgotten = try await subjectKeyStore.forgottenIDs().map { Int64($0.rawValue) }
         let ids = try await erasure.forgottenSubjectConversations(forgotten)
-        if !ids.isEmpty {
-            _ = try await storage.deleteConversations(ids, terms: reblinder())
-            actions += ids.map {
-                RepairAction(table: "conversations", column: "erasure_key_id", rowID: $0, action: "belongs to a forgotten subject: conversation deleted")
-            }
-        }
-        return actions
+        if !ids.isEmpty { _ = try await storage.deleteConversations(ids, terms: reblinder()) }
+        return Self.erasureRepairActions(resumedForgets: resumed, deletedConversations: ids)
     }
 }
 
