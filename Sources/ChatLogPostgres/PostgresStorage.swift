@@ -183,6 +183,9 @@ package final class PostgresStorage: ChatLogStorage {
     /// The connection was found closed at `BEGIN`: nothing of the transaction ran.
     struct LostBeforeBegin: Error { let error: any Error }
 
+    /// The connection ended under a statement that commits by itself: it may or may not have run.
+    struct LostUnderStatement: Error { let error: any Error }
+
     private func transactionOnce<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         if pinned != nil { throw ChatLogError.invalidInput("a snapshot of a PostgreSQL store is read-only") }
         do {
@@ -462,6 +465,9 @@ package final class PostgresStorage: ChatLogStorage {
     package func insert(
         conversation: SealedConversationRow?, messages: [SealedMessageRow], into conversationID: String, guard writeGuard: WriteGuard
     ) async throws -> [Int64] {
+        if !messages.isEmpty, messages.count <= Self.messagesPerStatement, pinned == nil {
+            return try await insertInOneStatement(conversation: conversation, messages: messages, into: conversationID, guard: writeGuard)
+        }
         let logger = logger
         return try await transaction { connection in
             try await Self.check(writeGuard, connection, logger)
@@ -480,6 +486,144 @@ package final class PostgresStorage: ChatLogStorage {
             } while !rest.isEmpty
             return positions
         }
+    }
+
+    /// ``insert(conversation:messages:into:guard:)`` in one statement that commits by itself:
+    /// migration 0009's `chatlog_append` does the key check, the conversation's insert or lock, the
+    /// messages, their terms and `updated_at` inside the server, in the order of the transaction
+    /// above — one round trip instead of five (BEGIN, check, lock, insert, COMMIT).
+    ///
+    /// A connection that ended under the statement leaves it undecided (the server may have
+    /// committed before the answer was lost): it runs once more on another connection, and a
+    /// second run that finds its own message ids already written reads back their positions.
+    func insertInOneStatement(
+        conversation: SealedConversationRow?, messages: [SealedMessageRow], into conversationID: String, guard writeGuard: WriteGuard
+    ) async throws -> [Int64] {
+        let query = try Self.appendQuery(conversation: conversation, messages: messages, into: conversationID, guard: writeGuard)
+        let (client, logger, location) = (client, logger, postgresLocation)
+        let target = conversation?.id ?? conversationID
+        var mayHaveRun = false
+        while true {
+            do {
+                return try await client.withConnection { connection in
+                    do {
+                        let rows = try await connection.query(query, logger: logger)
+                        var positions: [Int64] = []
+                        for try await value in rows.decode(Int64.self) { positions.append(value) }
+                        guard positions.count == messages.count else {
+                            throw ChatLogError.storage("PostgreSQL inserted \(positions.count) of \(messages.count) messages")
+                        }
+                        if UInt8.random(in: 0..<Self.foldOneIn) == 0 { await self.foldRowCounts(connection) }
+                        return positions
+                    } catch where Self.sessionEnded(by: error, on: connection) {
+                        await Self.discard(connection)
+                        throw LostUnderStatement(error: error)
+                    }
+                }
+            } catch let lost as LostUnderStatement {
+                guard mayHaveRun else {
+                    mayHaveRun = true
+                    continue
+                }
+                // Lost twice: the store itself says whether one of the runs committed.
+                let written: [Int64]?
+                do { written = try await writtenPositions(of: messages, in: target) } catch {
+                    throw ChatLogError.storage(
+                        "the PostgreSQL server at \(location) ended the session under a write twice and cannot be reached to tell whether its \(messages.count) messages were written; look for them with `chatlog show` once it is back")
+                }
+                if let written { return written }
+                throw PostgresErrors.map(lost.error, location: location)
+            } catch {
+                if let conflict = Self.appendConflict(error, conversationID: conversationID) { throw conflict }
+                if let key = Self.forgottenSubjectKey(error) { throw StorageConflict.forgottenSubjectKey(key) }
+                if mayHaveRun, Self.isUniqueViolation(error, constraint: "messages_id_key") || Self.isUniqueViolation(error, constraint: "conversations_id_key"),
+                    let positions = try await writtenPositions(of: messages, in: target)
+                {
+                    return positions
+                }
+                if let error = error as? ChatLogError { throw error }
+                throw PostgresErrors.map(error, location: location)
+            }
+        }
+    }
+
+    /// `SELECT * FROM chatlog_append(…)` with its values bound (migration 0009's types: a
+    /// conversation's nine columns, each message's columns and terms).
+    static func appendQuery(
+        conversation: SealedConversationRow?, messages: [SealedMessageRow], into conversationID: String, guard writeGuard: WriteGuard
+    ) throws -> PostgresQuery {
+        var binds = PostgresBindings()
+        func placeholders(_ types: [String]) -> String {
+            let start = binds.count - types.count + 1
+            return types.enumerated().map { "$\(start + $0.offset)::\($0.element)" }.joined(separator: ", ")
+        }
+        binds.append(conversationID)
+        var newConversation = "NULL"
+        if let conversation {
+            var row = conversation
+            row.updatedAt = max(conversation.updatedAt, messages.map(\.createdAt).max() ?? conversation.updatedAt)
+            try Self.bind(row, &binds)
+            newConversation = "ROW(" + placeholders(conversationValueTypes) + ")"
+        }
+        var rows: [String] = []
+        rows.reserveCapacity(messages.count)
+        for message in messages {
+            binds.append(message.id)
+            try Self.bindColumns(message, &binds)
+            binds.append(message.terms.map { Int64(bitPattern: $0) })
+            rows.append("ROW(" + placeholders(appendMessageTypes) + ")")
+        }
+        for value in writeGuard.acceptedCheckValues { try binds.append(value) }
+        let checks = writeGuard.acceptedCheckValues.isEmpty ? "ARRAY[]::bytea[]" : "ARRAY[" + placeholders(Array(repeating: "bytea", count: writeGuard.acceptedCheckValues.count)) + "]"
+        binds.append(writeGuard.activeDataKeyID)
+        binds.append(writeGuard.activeIndexKeyID)
+        let sql = """
+            SELECT * FROM chatlog_append($1::text, \(newConversation)::chatlog_new_conversation, ARRAY[\(rows.joined(separator: ", "))]::chatlog_new_message[], \
+            \(checks), $\(binds.count - 1)::bigint, $\(binds.count)::bigint)
+            """
+        return PostgresQuery(unsafeSQL: sql, binds: binds)
+    }
+
+    /// The types of a conversation's nine columns, in ``bind(_:_:)``'s order.
+    static let conversationValueTypes = ["text", "bigint", "bigint", "bigint", "bytea", "bytea", "bytea", "bigint", "bytea"]
+
+    /// The types of migration 0009's `chatlog_new_message`: the id, ``bindColumns(_:_:)``'s, the terms.
+    static let appendMessageTypes = ["text", "text", "bigint", "text", "bigint", "bigint", "bigint", "text", "bigint", "bytea", "bytea", "bigint", "bigint[]"]
+
+    /// `chatlog_append`'s refusals (migration 0009): the master key changed (CLG01), the writer's
+    /// keys are not the active ones (CLG02), no such conversation (CLN01).
+    static func appendConflict(_ error: any Error, conversationID: String) -> (any Error)? {
+        guard let error = error as? PSQLError, error.code == .server else { return nil }
+        switch error.serverInfo?[.sqlState] {
+        case "CLG01": return StorageConflict.masterKeyChanged
+        case "CLG02": return StorageConflict.staleKeys
+        case "CLN01": return ChatLogError.conversationNotFound(conversationID)
+        default: return nil
+        }
+    }
+
+    static func isUniqueViolation(_ error: any Error, constraint: String) -> Bool {
+        guard let error = error as? PSQLError, error.code == .server else { return false }
+        return error.serverInfo?[.sqlState] == "23505" && error.serverInfo?[.constraintName] == constraint
+    }
+
+    /// The positions of `messages` when every one of them is already in conversation
+    /// `conversationID` (a run whose answer was lost had committed them); nil otherwise.
+    func writtenPositions(of messages: [SealedMessageRow], in conversationID: String) async throws(ChatLogError) -> [Int64]? {
+        let ids = messages.map(\.id)
+        let logger = logger
+        let found = try await read { connection in
+            let rows = try await connection.query(
+                """
+                SELECT m.id, m.position FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
+                WHERE m.id = ANY(\(ids)::text[]) AND c.id = \(conversationID)
+                """, logger: logger)
+            var found: [String: Int64] = [:]
+            for try await (id, position) in rows.decode((String, Int64).self) { found[id] = position }
+            return found
+        }
+        let positions = ids.compactMap { found[$0] }
+        return positions.count == ids.count ? positions : nil
     }
 
     /// Messages per statement of ``appendMessages(_:to:_:_:)``: 13 parameters each, under

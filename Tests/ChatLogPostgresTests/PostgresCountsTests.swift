@@ -147,7 +147,7 @@ extension PostgreSQLSuites {
                     \(PostgresSchemaTests.undoMigration7)
                     DROP TABLE key_usage, key_usage_deltas;
                     DROP FUNCTION chatlog_count_key_usage CASCADE;
-                    DELETE FROM chatlog_migrations WHERE version IN (6, 7, 8)
+                    DELETE FROM chatlog_migrations WHERE version IN (6, 7, 8, 9)
                     """)
                 let reopened = try await ChatLogStore.open(url: location, key: .key(key))
                 defer { try? reopened.close() }
@@ -236,7 +236,7 @@ extension PostgreSQLSuites {
                     \(PostgresSchemaTests.undoMigration7)
                     DROP TABLE row_counts, row_count_deltas, key_usage, key_usage_deltas;
                     DROP FUNCTION chatlog_count_rows, chatlog_count_key_usage CASCADE;
-                    DELETE FROM chatlog_migrations WHERE version IN (5, 6, 7, 8)
+                    DELETE FROM chatlog_migrations WHERE version IN (5, 6, 7, 8, 9)
                     """)
                 // A read-only open applies no migration: it says what to do instead of failing on a
                 // table it lacks (`chatlog key status` on an upgraded binary).
