@@ -7,46 +7,26 @@
 --   1. the master key's check value and the active keys, FOR SHARE (a key job changing them waits);
 --      refused with SQLSTATE CLG01 (the master key changed) or CLG02 (the writer's keys are not the
 --      active ones any more) — the writer re-seals, as after the check of a transaction;
---   2. the conversation: inserted (p_new), or locked FOR UPDATE by public id (SQLSTATE CLN01 when there
+--   2. the conversation: inserted (p_new_id set), or locked FOR UPDATE by public id (SQLSTATE CLN01 when there
 --      is none); its next position is read AFTER the lock by a statement of its own, so it sees every
 --      message of the writer it waited for (READ COMMITTED: a fresh snapshot per statement of a
 --      function) and positions stay gap-free and unique with any number of writers;
 --   3. the messages at the next positions, their term rows, the conversation's updated_at.
+-- The messages travel as one array per column (and the terms as (message ordinal, term) pairs), so the
+-- statement's text is the same for any number of messages and each connection prepares it once.
 -- Written so that running it again changes nothing.
-DROP TYPE IF EXISTS chatlog_new_message CASCADE;       -- and chatlog_append, which takes it
-DROP TYPE IF EXISTS chatlog_new_conversation CASCADE;
+DROP FUNCTION IF EXISTS chatlog_append(TEXT, TEXT, BIGINT, BIGINT, BIGINT, BYTEA, BYTEA, BYTEA, BIGINT, BYTEA, TEXT[], TEXT[], BIGINT[],
+    TEXT[], BIGINT[], BIGINT[], BIGINT[], TEXT[], BIGINT[], BYTEA[], BYTEA[], BIGINT[], BIGINT[], BIGINT[], BYTEA[], BIGINT, BIGINT);
 
-CREATE TYPE chatlog_new_conversation AS (
-    id             TEXT,
-    created_at     BIGINT,
-    updated_at     BIGINT,
-    key_id         BIGINT,
-    title          BYTEA,
-    subject        BYTEA,
-    subject_token  BYTEA,
-    subject_key_id BIGINT,
-    metadata       BYTEA
-);
-
-CREATE TYPE chatlog_new_message AS (
-    id                TEXT,
-    role              TEXT,
-    created_at        BIGINT,
-    model             TEXT,
-    prompt_tokens     BIGINT,
-    completion_tokens BIGINT,
-    latency_ms        BIGINT,
-    finish_reason     TEXT,
-    key_id            BIGINT,
-    content           BYTEA,
-    metadata          BYTEA,
-    index_key_id      BIGINT,
-    terms             BIGINT[]   -- the message's blinded terms (docs/FORMAT.md §5.1)
-);
-
--- Returns the messages' positions, in the order given.
+-- Returns the messages' positions, in the order given. p_new_id NULL: append to p_conversation_id;
+-- otherwise a new conversation with the p_new_* columns.
 CREATE FUNCTION chatlog_append(
-    p_conversation_id TEXT, p_new chatlog_new_conversation, p_messages chatlog_new_message[],
+    p_conversation_id TEXT,
+    p_new_id TEXT, p_new_created_at BIGINT, p_new_updated_at BIGINT, p_new_key_id BIGINT, p_new_title BYTEA, p_new_subject BYTEA,
+    p_new_subject_token BYTEA, p_new_subject_key_id BIGINT, p_new_metadata BYTEA,
+    p_ids TEXT[], p_roles TEXT[], p_created_at BIGINT[], p_models TEXT[], p_prompt_tokens BIGINT[], p_completion_tokens BIGINT[],
+    p_latency_ms BIGINT[], p_finish_reasons TEXT[], p_key_ids BIGINT[], p_contents BYTEA[], p_metadata BYTEA[], p_index_key_ids BIGINT[],
+    p_term_messages BIGINT[], p_terms BIGINT[],   -- each term with its message's 1-based ordinal (docs/FORMAT.md §5.1)
     p_checks BYTEA[], p_data_key BIGINT, p_index_key BIGINT
 ) RETURNS SETOF BIGINT LANGUAGE plpgsql AS $$
 DECLARE
@@ -66,11 +46,11 @@ BEGIN
     IF v_data_key IS DISTINCT FROM p_data_key OR v_index_key IS DISTINCT FROM p_index_key THEN
         RAISE EXCEPTION 'chatlog: the active keys changed' USING ERRCODE = 'CLG02';
     END IF;
-    SELECT max(m.created_at) INTO v_latest FROM unnest(p_messages) AS m;
-    IF (p_new).id IS NOT NULL THEN
+    SELECT max(c) INTO v_latest FROM unnest(p_created_at) AS c;
+    IF p_new_id IS NOT NULL THEN
         INSERT INTO conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)
-        VALUES ((p_new).id, (p_new).created_at, greatest((p_new).updated_at, v_latest), (p_new).key_id, (p_new).title,
-                (p_new).subject, (p_new).subject_token, (p_new).subject_key_id, (p_new).metadata)
+        VALUES (p_new_id, p_new_created_at, greatest(p_new_updated_at, v_latest), p_new_key_id, p_new_title, p_new_subject,
+                p_new_subject_token, p_new_subject_key_id, p_new_metadata)
         RETURNING seq INTO v_seq;
         v_next := 0;
     ELSE
@@ -79,17 +59,21 @@ BEGIN
             RAISE EXCEPTION 'chatlog: no such conversation' USING ERRCODE = 'CLN01';
         END IF;
         SELECT coalesce(max(position) + 1, 0) INTO v_next FROM messages WHERE conversation_seq = v_seq;
-        UPDATE conversations SET updated_at = greatest(updated_at, v_latest) WHERE seq = v_seq AND updated_at < v_latest;
+        UPDATE conversations SET updated_at = v_latest WHERE seq = v_seq AND updated_at < v_latest;
     END IF;
     RETURN QUERY
-    WITH v AS (SELECT x.*, x.ordinality - 1 AS step FROM unnest(p_messages) WITH ORDINALITY AS x),
+    WITH v AS (SELECT * FROM unnest(p_ids, p_roles, p_created_at, p_models, p_prompt_tokens, p_completion_tokens, p_latency_ms,
+                                    p_finish_reasons, p_key_ids, p_contents, p_metadata, p_index_key_ids) WITH ORDINALITY
+                   AS x (id, role, created_at, model, prompt_tokens, completion_tokens, latency_ms, finish_reason, key_id, content,
+                         metadata, index_key_id, ordinal)),
     m AS (INSERT INTO messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens, latency_ms,
                                 finish_reason, key_id, content, metadata, index_key_id)
-          SELECT v.id, v_seq, v_next + v.step, v.role, v.created_at, v.model, v.prompt_tokens, v.completion_tokens, v.latency_ms,
+          SELECT v.id, v_seq, v_next + v.ordinal - 1, v.role, v.created_at, v.model, v.prompt_tokens, v.completion_tokens, v.latency_ms,
                  v.finish_reason, v.key_id, v.content, v.metadata, v.index_key_id FROM v
           RETURNING seq, id, created_at, position),
     t AS (INSERT INTO message_terms (message_seq, term, created_at)
-          SELECT DISTINCT m.seq, term.value, m.created_at FROM m JOIN v ON v.id = m.id CROSS JOIN unnest(v.terms) AS term (value))
+          SELECT DISTINCT m.seq, x.term, m.created_at FROM unnest(p_term_messages, p_terms) AS x (ordinal, term)
+          JOIN v ON v.ordinal = x.ordinal JOIN m ON m.id = v.id)
     SELECT m.position FROM m ORDER BY m.position;
 END
 $$;
