@@ -63,16 +63,48 @@ extension ChatLogStore {
 extension ChatLogStore {
     /// Copies this store to `location` — a PostgreSQL URL or a SQLite file path, new or holding an
     /// interrupted copy of this store — without opening any sealed value, then verifies the copy
-    /// (docs/OPERATIONS.md, "Moving a store: chatlog copy").
-    public func copy(to location: String, progress: (@Sendable (Int) -> Void)? = nil) async throws(ChatLogError) -> CopyReport {
-        if PostgresLocation.isPostgresURL(location) {
-            let destination = try await PostgresStorage.connect(try PostgresLocation(url: location))
-            if destination.location == path {
-                await destination.close()
-                throw .invalidInput("the destination is this store")
+    /// (docs/OPERATIONS.md, "Moving a store: chatlog copy"). The subject keys go with it: to
+    /// `location.subject-keys` for a file; for PostgreSQL to `subjectKeys`, the URL of a database
+    /// of their own (refused: the destination's own database, one holding a store, the source's
+    /// subject-key database, another store's keys). A copy of a store with subject keys into
+    /// PostgreSQL without `subjectKeys` is refused before anything is written.
+    public func copy(to location: String, subjectKeys: String? = nil, progress: (@Sendable (Int) -> Void)? = nil) async throws(ChatLogError)
+        -> CopyReport
+    {
+        guard PostgresLocation.isPostgresURL(location) else {
+            if subjectKeys != nil {
+                throw .invalidInput(
+                    "a subject-key database is for a PostgreSQL destination; a copy into a file puts the subject keys next to it (\(location)\(SubjectKeyFileCopy.suffix))")
             }
-            return try await copyAndClose(to: destination, progress: progress)
+            return try await copy(toFile: location, progress: progress)
         }
-        return try await copy(toFile: location, progress: progress)
+        let data = try PostgresLocation(url: location)
+        var keysLocation: PostgresLocation?
+        if let subjectKeys {
+            guard PostgresLocation.isPostgresURL(subjectKeys) else {
+                throw .invalidInput("the destination's subject-key database must be a postgres:// or postgresql:// URL of a database of its own")
+            }
+            keysLocation = try PostgresLocation(url: subjectKeys)
+        }
+        let destination = try await PostgresStorage.connect(data)
+        if destination.location == path {
+            await destination.close()
+            throw .invalidInput("the destination is this store")
+        }
+        var keys: PostgresSubjectKeys?
+        do {
+            if let keysLocation { keys = try await PostgresSubjectKeys.connect(keysLocation, data: data, setting: "--subject-keys-to") }
+        } catch {
+            await destination.close()
+            throw error
+        }
+        do {
+            let report = try await copyAndClose(to: destination, subjectKeys: keys, progress: progress)
+            await keys?.close()
+            return report
+        } catch {
+            await keys?.close()
+            throw error
+        }
     }
 }

@@ -30,11 +30,14 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
 
     /// Connects to `location`, refusing the data's own database (`data`): a key in the data's
     /// database would be in every backup of the data, and a forget would never be final.
-    package static func connect(_ location: PostgresLocation, data: PostgresLocation) async throws(ChatLogError) -> PostgresSubjectKeys {
+    /// `setting`: what named it, for the errors (the variable, or `copy`'s option).
+    package static func connect(_ location: PostgresLocation, data: PostgresLocation, setting: String = "CHATLOG_SUBJECT_KEYS") async throws(ChatLogError)
+        -> PostgresSubjectKeys
+    {
         if location.endpoint == data.endpoint, location.database == data.database {
             throw .subjectKeyStore(
                 location: data.description,
-                reason: "CHATLOG_SUBJECT_KEYS names the data's own database; the subject keys need a database of their own (docs/OPERATIONS.md)")
+                reason: "\(setting) names the data's own database; the subject keys need a database of their own (docs/OPERATIONS.md)")
         }
         let storage = try await PostgresStorage.connect(location, maximumConnections: 4)
         let keys = PostgresSubjectKeys(connection: storage)
@@ -43,7 +46,7 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
             if try await keys.exists("chatlog_meta") {
                 throw ChatLogError.subjectKeyStore(
                     location: data.description,
-                    reason: "CHATLOG_SUBJECT_KEYS names a database that holds a chatlog store's data; the subject keys need a database of their own (docs/OPERATIONS.md)")
+                    reason: "\(setting) names a database that holds a chatlog store's data; the subject keys need a database of their own (docs/OPERATIONS.md)")
             }
         } catch {
             await storage.close()
@@ -52,7 +55,7 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
         return keys
     }
 
-    private var logger: Logger { connection.logger }
+    var logger: Logger { connection.logger }
 
     private func exists(_ table: String) async throws(ChatLogError) -> Bool {
         let logger = logger

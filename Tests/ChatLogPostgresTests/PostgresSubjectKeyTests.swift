@@ -168,26 +168,28 @@ extension PostgreSQLSuites {
             }
         }
 
-        @Test("copy refuses a PostgreSQL store with conversations under subject keys (no file made); its backup carries them, and restored into a new database they open with the same subject-key database")
+        @Test("copy carries a PostgreSQL store's subject keys into a file's DEST.subject-keys (the copy opens the subject's rows, the source's key database is untouched); its backup restores into a new database with the same subject-key database")
         func copyAndBackup() async throws {
             try await withErasureStore(.postgres) { harness in
                 let id = try await harness.store.createConversation(NewConversation(title: "t", subject: "user-42"))
                 _ = try await harness.store.append([NewMessage(role: .user, content: "hello quokkaflux")], to: id)
+                let keysBefore = try harness.keys!.psql("SELECT string_agg(encode(wrapped, 'hex'), ',' ORDER BY id) FROM subject_keys")
                 try await withSQLiteLocation { path in
-                    do {
-                        _ = try await harness.store.copy(to: path)
-                        Issue.record("a store with subject-key conversations was copied")
-                    } catch {
-                        guard case .invalidInput(let why)? = error as? ChatLogError else { throw error }
-                        #expect(why.hasPrefix("1 conversation is sealed under per-subject keys") && !why.contains("user-42"), "\(why)")
-                    }
-                    #expect(!FileManager.default.fileExists(atPath: path))
+                    let report = try await harness.store.copy(to: path)
+                    #expect(report.subjectKeys == 1 && report.conversations == 1, "\(report)")
+                    #expect(FileManager.default.fileExists(atPath: path + SubjectKeyFile.suffix))
+                    let copied = try ChatLogStore.open(at: path, key: .key(harness.key))
+                    defer { try? copied.close() }
+                    #expect(try await copied.transcript(id).messages.map(\.content) == ["hello quokkaflux"])
+                    #expect(try await copied.erasure.forget(subject: "user-42")?.conversations == 1)
+                    #expect(try harness.keys!.psql("SELECT string_agg(encode(wrapped, 'hex'), ',' ORDER BY id) FROM subject_keys") == keysBefore)
+                    #expect(try await harness.store.transcript(id).messages.count == 1)
                     let backupFile = (path as NSString).deletingLastPathComponent + "/backup.db"
                     _ = try await harness.store.backup(to: backupFile)
                     let backup = try ChatLogStore.open(at: backupFile, key: .key(harness.key))
                     defer { try? backup.close() }
                     try await withPostgresLocation { url, _ in
-                        _ = try await backup.copy(to: url)
+                        _ = try await backup.copy(to: url, subjectKeys: harness.subjectKeys)
                         let restored = try await ChatLogStore.open(url: url, key: .key(harness.key), subjectKeys: harness.subjectKeys)
                         defer { try? restored.close() }
                         #expect(try await restored.transcript(id).messages.map(\.content) == ["hello quokkaflux"])

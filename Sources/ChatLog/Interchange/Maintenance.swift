@@ -220,7 +220,7 @@ extension ChatLogStore {
             return try await storage.withSnapshot { (snapshot) async throws(ChatLogError) -> CopyReport in
                 let file = try SQLiteStorage.open(path: destination)
                 do throws(ChatLogError) {
-                    let report = try await self.copy(from: snapshot, sqlite: nil, to: file, progress: nil)
+                    let report = try await self.copy(from: snapshot, sqlite: nil, to: file, subjectKeyPlan: nil, progress: nil)
                     await file.close()
                     return report
                 } catch {

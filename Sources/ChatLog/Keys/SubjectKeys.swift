@@ -445,7 +445,7 @@ final class SubjectKeyFile: Sendable {
 
     // MARK: - The file
 
-    private static let schema = """
+    static let schema = """
         CREATE TABLE meta (
             name  TEXT PRIMARY KEY NOT NULL,
             value BLOB NOT NULL

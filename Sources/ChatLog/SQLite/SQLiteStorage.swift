@@ -170,7 +170,7 @@ package final class SQLiteStorage: ChatLogStorage {
         return PreparedConversation(
             id: id, createdAt: row.createdAt, keyID: try keyID(row.keyID, "a conversation's"), title: row.title, subject: row.subject,
             subjectToken: row.subjectToken, subjectKeyID: try row.subjectKeyID.map { (value) throws(ChatLogError) in try keyID(value, "a subject's") },
-            metadata: row.metadata)
+            metadata: row.metadata, sealedUnderSubjectKey: row.subject.flatMap(SealedValue.subjectKeyID))
     }
 
     static func prepared(_ row: SealedMessageRow) throws(ChatLogError) -> PreparedMessage {
@@ -186,7 +186,7 @@ package final class SQLiteStorage: ChatLogStorage {
             id: id, role: role, createdAt: row.createdAt, model: row.model, promptTokens: int(row.promptTokens),
             completionTokens: int(row.completionTokens), latencyMilliseconds: int(row.latencyMilliseconds), finishReason: row.finishReason,
             keyID: try keyID(row.keyID, "a message's"), content: row.content, metadata: row.metadata, terms: document(row.terms),
-            indexKeyID: try keyID(indexKey, "a message's index"))
+            indexKeyID: try keyID(indexKey, "a message's index"), subjectKeyID: SealedValue.subjectKeyID(of: row.content))
     }
 
     /// The FTS5 document of term values: their base32 texts, space-separated.

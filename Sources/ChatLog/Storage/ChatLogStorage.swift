@@ -445,6 +445,15 @@ package protocol ChatLogStorage: Sendable {
     /// not exist is skipped. One transaction.
     func insertSideRows(_ rows: SideRows) async throws(ChatLogError)
 
+    /// The store-side rows of erasure per subject (forgotten key ids, pending forgets, forget
+    /// receipts), as stored: a copy carries them with the subject keys.
+    func erasureRows() async throws(ChatLogError) -> ErasureRows
+
+    /// In one transaction: the forgotten ids it lacks listed; the pending forgets and receipts
+    /// inserted in order when it has none, left when it has exactly these, else refused
+    /// (``ChatLogError/invalidInput(_:)``, nothing written).
+    func insertErasureRows(_ rows: ErasureRows) async throws(ChatLogError)
+
     // MARK: - Import and prune (docs/ARCHITECTURE.md §10, "Import and prune through the seam")
 
     /// In one transaction, after checking that the master-key check value is one of `checkValues`
@@ -530,6 +539,39 @@ package struct SideRows: Sendable, Hashable {
             imports: imports.sorted { $0.sourceHash.lexicographicallyPrecedes($1.sourceHash) }, tokens: tokens.sorted { $0.name < $1.name },
             threads: threads.sorted { $0.digest.lexicographicallyPrecedes($1.digest) })
     }
+}
+
+/// The store-side tables of erasure per subject (docs/FORMAT.md): keyed hashes, ids and counts,
+/// never a subject or a key.
+package struct ErasureRows: Sendable, Hashable {
+    /// A forget interrupted after its rows were deleted (`forget --resume` finishes it).
+    package struct Pending: Sendable, Hashable {
+        package var keyIDs: [Int64]
+        package var subjectHash: Data
+        package var startedAt: Int64
+        package var conversations: Int64
+        package var messages: Int64
+        package init(keyIDs: [Int64], subjectHash: Data, startedAt: Int64, conversations: Int64, messages: Int64) {
+            self.keyIDs = keyIDs
+            self.subjectHash = subjectHash
+            self.startedAt = startedAt
+            self.conversations = conversations
+            self.messages = messages
+        }
+    }
+    /// `forgotten_subject_keys`, by id.
+    package var forgottenKeys: [ForgottenSubjectKeyRow] = []
+    /// `forget_pending` and `forget_receipts`, oldest first.
+    package var pending: [Pending] = []
+    package var receipts: [StoredForgetReceipt] = []
+
+    package init(forgottenKeys: [ForgottenSubjectKeyRow] = [], pending: [Pending] = [], receipts: [StoredForgetReceipt] = []) {
+        self.forgottenKeys = forgottenKeys
+        self.pending = pending
+        self.receipts = receipts
+    }
+
+    package var isEmpty: Bool { forgottenKeys.isEmpty && pending.isEmpty && receipts.isEmpty }
 }
 
 /// One proxy exchange as stored: its conversation (inserted when new), messages and thread digests.

@@ -15,8 +15,29 @@ public struct CopyReport: Sendable, Hashable {
     public var verifiedMessages = 0
     /// Import records, proxy tokens and thread digests copied (and compared).
     public var sideRows = 0
-    /// Rows of the source that a copy does not carry yet, by kind (e.g. "forget receipts": 3).
+    /// Subject keys carried (and compared) to the destination's subject-key store, and the ids of
+    /// forgotten ones listed there.
+    public var subjectKeys = 0
+    public var forgottenSubjectKeys = 0
+    /// Forget receipts and interrupted forgets carried (and compared).
+    public var forgetReceipts = 0
+    public var pendingForgets = 0
+    /// Rows of the source that a copy does not carry, by kind (none today; kept for callers that
+    /// report it).
     public var notCopied: [String: Int] = [:]
+}
+
+/// Where a copy's subject keys come from and go to, worked out before anything is written.
+struct SubjectKeyCopyPlan: Sendable {
+    /// The source's subject-key store and its head; nil when it has none (or none reachable).
+    var source: (any SubjectKeyCopying)?
+    var head: SubjectKeyHead?
+    /// Whether the copy opened `source` itself (and closes it).
+    var ownsSource = false
+    /// The destination's subject-key store (it gets the source's rows, or holds the keys already).
+    var destination: (any SubjectKeyCopying)?
+
+    func close() async { if ownsSource { await source?.closeCopy() } }
 }
 
 extension ChatLogStore {
@@ -35,13 +56,33 @@ extension ChatLogStore {
     /// is resumed by running it again. Afterwards every conversation and message of the destination is
     /// compared byte for byte with the source, and the search index's pairs are counted on both.
     ///
-    /// Not carried yet (the copy refuses or reports them): conversations sealed under per-subject
-    /// keys (refused: their keys live in a file next to a SQLite store) and forget receipts
-    /// (counted in ``CopyReport/notCopied``). Import records, proxy tokens and thread digests are
-    /// carried and compared. Positions are
+    /// The subject keys go with it (docs/ARCHITECTURE.md §10, "Erasure per subject"): the rows of the
+    /// source's subject-key store (the file next to a SQLite store; a PostgreSQL store's
+    /// CHATLOG_SUBJECT_KEYS database) are copied as bytes into `subjectKeys` — the wrapped keys are
+    /// bound to store id, key id and subject hash, which the copy keeps — first, before any
+    /// conversation, then the forgotten ids, the pending forgets and the forget receipts. Refused
+    /// before anything is written: a store with subject keys and no `subjectKeys`, a `subjectKeys`
+    /// holding another store's or other keys, conversations under subject keys that no reachable
+    /// store holds. Positions are
     /// renumbered from 0 where the source has gaps (deleted single messages). Writers should be
     /// stopped: a conversation that grows during the copy fails the verification.
-    package func copy(to destination: any ChatLogStorage, progress: (@Sendable (Int) -> Void)? = nil) async throws(ChatLogError) -> CopyReport {
+    package func copy(
+        to destination: any ChatLogStorage, subjectKeys: (any SubjectKeyCopying)?, progress: (@Sendable (Int) -> Void)? = nil
+    ) async throws(ChatLogError) -> CopyReport {
+        let plan = try await subjectKeyCopyPlan(to: subjectKeys)
+        do {
+            let report = try await copy(to: destination, plan: plan, progress: progress)
+            await plan.close()
+            return report
+        } catch {
+            await plan.close()
+            throw error
+        }
+    }
+
+    private func copy(to destination: any ChatLogStorage, plan: SubjectKeyCopyPlan, progress: (@Sendable (Int) -> Void)?) async throws(ChatLogError)
+        -> CopyReport
+    {
         let source: any ChatLogStorage
         var sqlitePool: DatabasePool?
         switch backend {
@@ -50,10 +91,9 @@ extension ChatLogStore {
             sqlitePool = pool
         case .storage(let storage):
             source = storage
-            try await refuseSubjectKeyRows(storage)
         }
         do {
-            let report = try await copy(from: source, sqlite: sqlitePool, to: destination, progress: progress)
+            let report = try await copy(from: source, sqlite: sqlitePool, to: destination, subjectKeyPlan: plan, progress: progress)
             if sqlitePool != nil { await source.close() }
             return report
         } catch {
@@ -62,36 +102,127 @@ extension ChatLogStore {
         }
     }
 
-    /// A copy into the SQLite file at `location` (new, or an interrupted copy of this store). A
-    /// file of another program is refused untouched, and so is this store's own file.
+    /// A copy into the SQLite file at `location` (new, or an interrupted copy of this store), its
+    /// subject keys into `location.subject-keys`. A file of another program is refused untouched,
+    /// and so is this store's own file.
     package func copy(toFile location: String, progress: (@Sendable (Int) -> Void)? = nil) async throws(ChatLogError) -> CopyReport {
         if PrivateFiles.isDirectory(location) { throw .storeIsADirectory(path: location) }
-        if let storage { try await refuseSubjectKeyRows(storage) }  // before the file is made
         if storage == nil, let here = Self.fileIdentity(path), let there = Self.fileIdentity(location), here == there {
             throw .invalidInput("the destination is this store's own file")
         }
         if PrivateFiles.fileExists(location), (PrivateFiles.fileSize(location) ?? 0) > 0 { _ = try Self.holdsInitializedStore(location) }
-        return try await copyAndClose(to: try SQLiteStorage.open(path: location), progress: progress)
-    }
-
-    /// A store behind the seam whose conversations are sealed under subject keys cannot be copied
-    /// yet: their keys are in the subject-key database (CHATLOG_SUBJECT_KEYS), which a copy does not
-    /// move. (A backup carries them: it restores into PostgreSQL, where their keys stay.)
-    func refuseSubjectKeyRows(_ storage: any ChatLogStorage) async throws(ChatLogError) {
-        guard let erasure = storage as? any ErasureStorage else { return }
-        let subject = try await erasure.subjectKeyConversationCount()
-        if subject > 0 {
-            throw .invalidInput(
-                "\(subject) conversation\(subject == 1 ? " is" : "s are") sealed under per-subject keys, whose database (CHATLOG_SUBJECT_KEYS) `copy` cannot move yet; nothing was copied (docs/OPERATIONS.md)")
+        let keys = SubjectKeyFileCopy(storePath: location, readOnly: false)
+        let plan: SubjectKeyCopyPlan
+        do {
+            plan = try await subjectKeyCopyPlan(to: keys)  // before the file is made
+        } catch {
+            await keys.closeCopy()
+            throw error
+        }
+        do throws(ChatLogError) {
+            let destination = try SQLiteStorage.open(path: location)
+            let report: CopyReport
+            do {
+                report = try await copy(to: destination, plan: plan, progress: progress)
+            } catch {
+                await destination.close()
+                throw error
+            }
+            await destination.close()
+            await plan.close()
+            await keys.closeCopy()
+            return report
+        } catch {
+            await plan.close()
+            await keys.closeCopy()
+            throw error
         }
     }
 
-    /// ``copy(to:progress:)``, then the destination's connections are released (also on failure).
-    package func copyAndClose(to destination: any ChatLogStorage, progress: (@Sendable (Int) -> Void)? = nil) async throws(ChatLogError)
-        -> CopyReport
-    {
+    /// The subject-key store of this store as a copy reads it, and what to say when it is missing.
+    private var copySourceKeys: (store: (any SubjectKeyCopying)?, owned: Bool, missing: String) {
+        switch backend {
+        case .sqlite:
+            return (SubjectKeyFileCopy(storePath: path, readOnly: true), true, "\(path)\(SubjectKeyFile.suffix) is missing: put this store's subject-key file back")
+        case .storage:
+            return (
+                (subjectKeyStore as? SealedSubjectKeys)?.rows as? any SubjectKeyCopying, false,
+                "CHATLOG_SUBJECT_KEYS, the store's subject-key database, is not set"
+            )
+        }
+    }
+
+    /// How many conversations are sealed under subject keys (from their subject's header, which
+    /// also finds those of a backup made before `erasure_key_id` was filled by copies).
+    private func subjectKeyConversationCount() async throws(ChatLogError) -> Int {
+        switch backend {
+        case .sqlite(let pool):
+            do {
+                return try await pool.read { db in
+                    try Int.fetchOne(
+                        db,
+                        sql: """
+                            SELECT count(*) FROM conversations
+                            WHERE erasure_key_id IS NOT NULL OR (length(subject) >= 50 AND hex(substr(subject, 1, 1)) = '02')
+                            """) ?? 0
+                }
+            } catch {
+                throw ChatLogError.wrap(error)
+            }
+        case .storage(let storage):
+            guard let erasure = storage as? any ErasureStorage else { return 0 }
+            return try await erasure.subjectKeyConversationCount()
+        }
+    }
+
+    /// Where the subject keys come from and go to; every refusal before anything is written.
+    func subjectKeyCopyPlan(to destination: (any SubjectKeyCopying)?) async throws(ChatLogError) -> SubjectKeyCopyPlan {
+        let (sourceKeys, owned, missing) = copySourceKeys
+        var plan = SubjectKeyCopyPlan(source: sourceKeys, ownsSource: owned, destination: destination)
+        do throws(ChatLogError) {
+            let sealed = try await subjectKeyConversationCount()
+            let conversations = "\(sealed) conversation\(sealed == 1 ? " is" : "s are") sealed under per-subject keys"
+            plan.head = try await sourceKeys?.copyHead()
+            if let head = plan.head, let sourceKeys {
+                guard head.storeID == subjectKeys.storeID else { throw sourceKeys.copyFailure("it belongs to another store") }
+                guard KeyRowAuthentication.equal(head.masterCheck, keyRing.master.checkValueV2) else {
+                    throw sourceKeys.copyFailure("it is not wrapped under this store's master key")
+                }
+                guard let destination else {
+                    throw .invalidInput(
+                        "this store has per-subject keys (\(conversations)): the destination needs a subject-key database of its own (`chatlog copy --subject-keys-to postgresql://…`, docs/OPERATIONS.md); nothing was copied")
+                }
+                guard destination.location != sourceKeys.location else {
+                    throw destination.copyFailure("it is the source's own subject-key store; the copy needs one of its own")
+                }
+                if let found = try await destination.copyHead() { try destination.requireSame(found, as: head) }
+            } else if sealed > 0 {
+                // No keys to carry: they must be at the destination already (a backup restored
+                // next to the key database it was made from).
+                guard let destination, let found = try await destination.copyHead() else {
+                    throw .invalidInput(
+                        "\(conversations), whose keys are not reachable (\(missing)); nothing was copied (docs/OPERATIONS.md)")
+                }
+                guard found.storeID == subjectKeys.storeID else { throw destination.copyFailure("it belongs to another store") }
+                guard KeyRowAuthentication.equal(found.masterCheck, keyRing.master.checkValueV2) else {
+                    throw destination.copyFailure("it is not wrapped under this store's master key")
+                }
+            } else {
+                plan.destination = nil  // nothing to carry or to check
+            }
+            return plan
+        } catch {
+            await plan.close()
+            throw error
+        }
+    }
+
+    /// ``copy(to:subjectKeys:progress:)``, then the destination's connections are released (also on failure).
+    package func copyAndClose(
+        to destination: any ChatLogStorage, subjectKeys: (any SubjectKeyCopying)?, progress: (@Sendable (Int) -> Void)? = nil
+    ) async throws(ChatLogError) -> CopyReport {
         do {
-            let report = try await copy(to: destination, progress: progress)
+            let report = try await copy(to: destination, subjectKeys: subjectKeys, progress: progress)
             await destination.close()
             return report
         } catch {
@@ -107,34 +238,13 @@ extension ChatLogStore {
         return [UInt64(info.st_dev), UInt64(info.st_ino)]
     }
 
+    /// The copy itself. `subjectKeyPlan`: where the subject keys go (nil: they stay where they are — a
+    /// backup, whose keys are backed up on their own); the erasure rows of the store go in any case.
     func copy(
-        from source: any ChatLogStorage, sqlite: DatabasePool?, to destination: any ChatLogStorage, progress: (@Sendable (Int) -> Void)?
+        from source: any ChatLogStorage, sqlite: DatabasePool?, to destination: any ChatLogStorage, subjectKeyPlan: SubjectKeyCopyPlan?,
+        progress: (@Sendable (Int) -> Void)?
     ) async throws(ChatLogError) -> CopyReport {
         var report = CopyReport()
-        // 0. What a copy cannot carry yet.
-        if let sqlite {
-            let counts: [String: Int]
-            do {
-                counts = try await sqlite.read { db in
-                    var counts: [String: Int] = [:]
-                    for (name, sql) in [
-                        ("subject", "SELECT count(*) FROM conversations WHERE erasure_key_id IS NOT NULL"),
-                        ("forget receipts", "SELECT count(*) FROM forget_receipts"),
-                    ] {
-                        counts[name] = try Int.fetchOne(db, sql: sql) ?? 0
-                    }
-                    return counts
-                }
-            } catch {
-                throw ChatLogError.wrap(error)
-            }
-            if let subject = counts["subject"], subject > 0 {
-                throw .invalidInput(
-                    "\(subject) conversation\(subject == 1 ? " is" : "s are") sealed under per-subject keys, which `copy` cannot move yet; nothing was copied")
-            }
-            report.notCopied = counts.filter { $0.key != "subject" && $0.value > 0 }
-        }
-
         // 1. The store's identity and keys, verbatim; or the same ones already there (resume).
         var meta: [String: MetaValue] = [:]
         for name in Self.copiedMeta { if let value = try await source.meta(name) { meta[name] = value } }
@@ -143,7 +253,8 @@ extension ChatLogStore {
             let activeIndex = keys.first(where: { $0.kind == "index" && $0.state == "active" })
         else { throw .notAChatLogStore(path: path, reason: "it has no master-key check value or no active keys") }
         try await destination.migrate()
-        if try await destination.isInitialized() {
+        let resumed = try await destination.isInitialized()
+        if resumed {
             guard try await destination.meta("store_id") == meta["store_id"] else {
                 throw .invalidInput("\(destination.location) holds another chatlog store; copy into an empty database or a new file")
             }
@@ -151,9 +262,10 @@ extension ChatLogStore {
                 throw .invalidInput(
                     "the keys of \(destination.location) are not this store's any more (a key job ran on one of them since the copy began); copy again into an empty destination")
             }
-        } else {
-            try await destination.initialize(meta: meta, keys: keys)
         }
+        // 1b. The subject keys, before any conversation sealed under them (idempotent: same ids).
+        if let plan = keysToCarry(subjectKeyPlan) { report.subjectKeys = try await Self.copySubjectKeys(plan.source, plan.head, to: plan.destination) }
+        if !resumed { try await destination.initialize(meta: meta, keys: keys) }
         let writeGuard = WriteGuard(acceptedCheckValues: [check], activeDataKeyID: activeData.id, activeIndexKeyID: activeIndex.id)
 
         // 2. Conversations with their messages, one transaction each. From SQLite into a backend
@@ -233,6 +345,7 @@ extension ChatLogStore {
         }
 
         // 4. Verification: every row byte for byte (positions aside), and the index's pair counts.
+        var sealedUnder = Set<Int64>()
         cursor = nil
         while true {
             let page = try await source.conversations(ConversationFilter(), after: cursor, limit: 500)
@@ -256,6 +369,7 @@ extension ChatLogStore {
                         throw .integrity(IntegrityFailure(table: "messages", column: "*", rowID: left.id, reason: .invalidValue("differs after the copy")))
                     }
                 }
+                if let id = copy.conversation.subject.flatMap(SealedValue.subjectKeyID) { sealedUnder.insert(Int64(id.rawValue)) }
                 report.verifiedConversations += 1
                 report.verifiedMessages += copy.messages.count
             }
@@ -272,7 +386,31 @@ extension ChatLogStore {
                     table: "imports, proxy_tokens, proxy_threads", column: "*", rowID: "all", reason: .invalidValue("differ after the copy")))
         }
         report.sideRows = side.imports.count + side.tokens.count + side.threads.count
-                let (sourcePairs, copiedPairs) = (try await source.termPairCount(), try await destination.termPairCount())
+        // 6. The subject keys compared, every subject conversation's key there (or forgotten), and
+        // the erasure rows (forgotten ids, pending forgets, receipts) carried and compared.
+        if let plan = keysToCarry(subjectKeyPlan) {
+            try await Self.compareSubjectKeys(plan.source, plan.destination)
+            report.forgottenSubjectKeys = try await plan.destination.copyForgotten().count
+        }
+        if let destinationKeys = subjectKeyPlan?.destination, !sealedUnder.isEmpty {
+            let ids = sealedUnder.sorted()
+            let there = try await destinationKeys.presentKeyIDs(ids).union(try await destinationKeys.copyForgotten().map(\.id))
+            if let missing = ids.first(where: { !there.contains($0) }) {
+                throw .integrity(
+                    IntegrityFailure(
+                        table: destinationKeys.location + ":subject_keys", column: "id", rowID: String(missing),
+                        reason: .invalidValue("is neither there nor forgotten, and conversations are sealed under it")))
+            }
+        }
+        let erasure = try await source.erasureRows()
+        if !erasure.isEmpty { try await destination.insertErasureRows(erasure) }
+        guard try await destination.erasureRows() == erasure else {
+            throw .integrity(
+                IntegrityFailure(
+                    table: "forgotten_subject_keys, forget_pending, forget_receipts", column: "*", rowID: "all", reason: .invalidValue("differ after the copy")))
+        }
+        (report.forgetReceipts, report.pendingForgets) = (erasure.receipts.count, erasure.pending.count)
+        let (sourcePairs, copiedPairs) = (try await source.termPairCount(), try await destination.termPairCount())
         guard sourcePairs == copiedPairs else {
             throw .integrity(
                 IntegrityFailure(
@@ -280,5 +418,69 @@ extension ChatLogStore {
                     reason: .invalidValue("holds \(copiedPairs) (message, term) pairs after the copy, the source \(sourcePairs)")))
         }
         return report
+    }
+
+    /// The plan's source and destination when there are keys to carry.
+    private func keysToCarry(_ plan: SubjectKeyCopyPlan?) -> (source: any SubjectKeyCopying, head: SubjectKeyHead, destination: any SubjectKeyCopying)? {
+        guard let plan, let source = plan.source, let head = plan.head, let destination = plan.destination else { return nil }
+        return (source, head, destination)
+    }
+
+    /// Keys moved per transaction.
+    static let subjectKeyBatch = 5_000
+
+    /// The head, the keys (a batch per transaction) and the forgotten ids, as bytes. Returns how
+    /// many keys the source has.
+    private static func copySubjectKeys(_ source: any SubjectKeyCopying, _ head: SubjectKeyHead, to destination: any SubjectKeyCopying)
+        async throws(ChatLogError) -> Int
+    {
+        try await destination.receive(head: head)
+        var after = Int64.min
+        var count = 0
+        while true {
+            let batch = try await source.copyKeys(after: after, limit: subjectKeyBatch)
+            try await destination.receive(keys: batch)
+            count += batch.count
+            guard batch.count == subjectKeyBatch, let last = batch.last else { break }
+            after = last.id
+        }
+        try await destination.receive(forgotten: try await source.copyForgotten(), nextID: head.nextID)
+        return count
+    }
+
+    /// Every key of the source is at the destination with the same bytes, and every forgotten id
+    /// is listed there; the destination's head is the source's.
+    private static func compareSubjectKeys(_ source: any SubjectKeyCopying, _ destination: any SubjectKeyCopying) async throws(ChatLogError) {
+        func differ(_ row: String) -> ChatLogError {
+            .integrity(
+                IntegrityFailure(table: destination.location + ":subject_keys", column: "*", rowID: row, reason: .invalidValue("differs after the copy")))
+        }
+        guard let original = try await source.copyHead(), let copied = try await destination.copyHead(), copied.sameKeys(as: original),
+            copied.nextID >= original.nextID
+        else { throw differ("meta") }
+        var after = Int64.min
+        // The destination's keys, read ahead in id order (it may hold others: a restore's).
+        var there: [CopiedSubjectKey] = []
+        var index = 0
+        var thereAfter = Int64.min
+        var thereExhausted = false
+        while true {
+            let batch = try await source.copyKeys(after: after, limit: subjectKeyBatch)
+            for key in batch {
+                while true {
+                    while index < there.count, there[index].id < key.id { index += 1 }
+                    if index < there.count || thereExhausted { break }
+                    there = try await destination.copyKeys(after: thereAfter, limit: subjectKeyBatch)
+                    index = 0
+                    thereExhausted = there.count < subjectKeyBatch
+                    if let last = there.last { thereAfter = last.id }
+                }
+                guard index < there.count, there[index] == key else { throw differ(String(key.id)) }
+            }
+            guard batch.count == subjectKeyBatch, let last = batch.last else { break }
+            after = last.id
+        }
+        let listed = Set(try await destination.copyForgotten().map(\.id))
+        if let missing = try await source.copyForgotten().first(where: { !listed.contains($0.id) }) { throw differ("forgotten \(missing.id)") }
     }
 }

@@ -13,9 +13,12 @@ struct PreparedConversation: Sendable {
     let subjectKeyID: KeyID?
     let metadata: Data?
     /// The subject key its values (and its messages') are sealed under; nil without a subject (and
-    /// for rows read back through the storage seam, which does not carry it yet).
+    /// for rows read back through the storage seam, which carry only its id: below).
     var erasure: (id: KeyID, key: SubjectKey)? = nil
-    var erasureKeyID: KeyID? { erasure?.id }
+    /// For a row moved as bytes (`copy`, `backup`, `import` through the seam): the subject key id
+    /// its sealed subject's header names.
+    var sealedUnderSubjectKey: KeyID? = nil
+    var erasureKeyID: KeyID? { erasure?.id ?? sealedUnderSubjectKey }
 }
 
 struct PreparedMessage: Sendable {
