@@ -241,6 +241,42 @@ extension PostgreSQLSuites {
             }
         }
 
+        @Test("the CLI: `chatlog copy --to URL --subject-keys-to URL` of a SQLite store with subjects; on the copy `forget --receipts` (also by subject), `key status` and `export --subject` answer as on the source; the copy's report names the keys and receipts")
+        func cli() async throws {
+            try await withErasureStore(.sqlite) { harness in
+                func chatlog(_ arguments: [String], _ env: [String: String]) throws -> ProcessOutput {
+                    try ProcessOutput.run(chatlogBinary(), arguments, env: env, cwd: NSTemporaryDirectory())
+                }
+                let here = harness.environment
+                for (subject, text) in [("user-1", "first quokkaflux"), ("user-2", "second zymurgist"), ("user-3", "third")] {
+                    #expect(try chatlog(["log", "--subject", subject, "--text", text], here).status == 0)
+                }
+                #expect(try chatlog(["forget", "--subject", "user-2"], here).status == 0)
+                try await withPostgresLocation { url, _ in
+                    try await withPostgresLocation { keysURL, _ in
+                        let copied = try chatlog(["copy", "--to", url, "--subject-keys-to", keysURL], here)
+                        #expect(copied.status == 0, "\(copied)")
+                        #expect(copied.out.contains("subject keys: 2 copied, 1 forgotten ids listed; 1 forget receipts and 0 interrupted forgets copied"), "\(copied)")
+                        var there = here
+                        there["CHATLOG_DB"] = url
+                        there["CHATLOG_SUBJECT_KEYS"] = keysURL
+                        for arguments in [["forget", "--receipts"], ["forget", "--receipts", "--subject", "user-2"], ["key", "status"], ["export", "--subject", "user-1"]] {
+                            let (a, b) = (try chatlog(arguments, here), try chatlog(arguments, there))
+                            #expect(a.status == 0 && b.status == 0 && !a.out.isEmpty, "\(arguments): \(a) \(b)")
+                            if arguments[0] == "key" {
+                                // The store's location differs; the subject-key line is the same.
+                                let line = { (out: String) in out.split(separator: "\n").first { $0.hasPrefix("subject keys") } }
+                                #expect(line(a.out) != nil && line(a.out) == line(b.out), "\(a.out) \(b.out)")
+                            } else {
+                                #expect(a.out == b.out, "\(arguments)")
+                            }
+                        }
+                        #expect(try chatlog(["export", "--subject", "user-1"], there).out.contains("first quokkaflux"))
+                    }
+                }
+            }
+        }
+
         @Test("a backup of a PostgreSQL store (a SQLite file, no keys next to it) restores with --subject-keys-to the key database it was made from; without it, or next to a key database of the store that lacks the keys, the restore is refused")
         func restoresBackup() async throws {
             try await withErasureStore(.postgres) { harness in

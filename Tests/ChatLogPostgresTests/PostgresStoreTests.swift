@@ -220,10 +220,14 @@ extension PostgreSQLSuites {
                         await #expect(throws: ChatLogError.invalidInput("the destination is this store's own file")) { try await source.copy(to: path) }
                     }
                 }
-                // A conversation sealed under a subject key cannot move yet: refused before the destination is touched.
+                // With subject keys, a PostgreSQL destination needs a key database of its own: refused before the destination is touched
+                // (CopySubjectKeyTests copies them).
                 _ = try await source.createConversation(NewConversation(title: "s", subject: "user-7"))
                 try await withPostgresLocation { url, database in
-                    await #expect(throws: ChatLogError.invalidInput("1 conversation is sealed under per-subject keys, which `copy` cannot move yet; nothing was copied")) {
+                    await #expect(
+                        throws: ChatLogError.invalidInput(
+                            "this store has per-subject keys (1 conversation is sealed under per-subject keys): the destination needs a subject-key database of its own (`chatlog copy --subject-keys-to postgresql://…`, docs/OPERATIONS.md); nothing was copied")
+                    ) {
                         try await source.copy(to: url)
                     }
                     let tables = try database.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
