@@ -168,7 +168,7 @@ extension PostgreSQLSuites {
             }
         }
 
-        @Test("refused before anything is written, in one line naming no subject: no subject-key database for a PostgreSQL destination, the data's own database, a database holding a store, the source's own key database, another store's keys, other keys of this store, a missing source key file, the option with a file destination; a password in --subject-keys-to (CLI)")
+        @Test("refused before anything is written, in one line naming no subject: no subject-key database for a PostgreSQL destination, the data's own database, a database holding a store, the source's own key database (also by another name), another store's keys, other keys of this store, a missing source key file, the option with a file destination; a password in --subject-keys-to (CLI)")
         func refusals() async throws {
             try await withErasureStore(.postgres) { harness in
                 _ = try await Erasure.fill(harness.store)
@@ -187,6 +187,16 @@ extension PostgreSQLSuites {
                     try await refused(url, url, "data's own database")
                     try await refused(url, harness.location, "holds a chatlog store's data")
                     try await refused(url, harness.subjectKeys, "source's own subject-key store")
+                    // The same, reached by another name (a link to the server's socket folder).
+                    let keysURL = try #require(harness.subjectKeys)
+                    let host = try #require(keysURL.range(of: "host="))
+                    let folder = String(keysURL[host.upperBound...])
+                    let alias = "/tmp/chatlog-alias-\(UUID().uuidString.prefix(8))"
+                    try FileManager.default.createSymbolicLink(atPath: alias, withDestinationPath: folder)
+                    defer { try? FileManager.default.removeItem(atPath: alias) }
+                    let aliased = keysURL.replacingOccurrences(of: folder, with: alias)
+                    #expect(try PostgresLocation(url: aliased).description != (try PostgresLocation(url: keysURL).description))
+                    try await refused(url, aliased, "source's own subject-key store")
                     // Another store's keys.
                     try await withErasureStore(.postgres) { other in
                         _ = try await other.store.createConversation(NewConversation(subject: "someone"))

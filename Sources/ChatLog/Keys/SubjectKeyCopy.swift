@@ -79,6 +79,9 @@ package protocol SubjectKeyCopying: Sendable {
     /// Lists the ids as forgotten (their keys deleted from its files, as `forget` does) and moves
     /// its next id to at least `nextID`, in one transaction.
     func receive(forgotten: [ForgottenSubjectKeyRow], nextID: Int64) async throws(ChatLogError)
+    /// Whether `other` is this same store reached another way (a host alias, a link): a copy must
+    /// never share its source's keys (a forget on one would destroy the other's).
+    func isSameStore(as other: any SubjectKeyCopying) async throws(ChatLogError) -> Bool
     func closeCopy() async
 }
 
@@ -265,6 +268,14 @@ package final class SubjectKeyFileCopy: SubjectKeyCopying {
             // As `forget`: no trace of a deleted key's row in the file (secure_delete zeroes, VACUUM re-packs).
             if deleted > 0 { try db.execute(sql: "VACUUM") }
         }
+    }
+
+    package func isSameStore(as other: any SubjectKeyCopying) async throws(ChatLogError) -> Bool {
+        guard let other = other as? SubjectKeyFileCopy else { return false }
+        if other.path == path { return true }
+        var (mine, theirs) = (stat(), stat())
+        guard stat(path, &mine) == 0, stat(other.path, &theirs) == 0 else { return false }
+        return mine.st_dev == theirs.st_dev && mine.st_ino == theirs.st_ino
     }
 
     package func closeCopy() async {

@@ -192,7 +192,7 @@ extension ChatLogStore {
                     throw .invalidInput(
                         "this store has per-subject keys (\(conversations)): the destination needs a subject-key database of its own (`chatlog copy --subject-keys-to postgresql://…`, docs/OPERATIONS.md); nothing was copied")
                 }
-                guard destination.location != sourceKeys.location else {
+                guard destination.location != sourceKeys.location, try await !destination.isSameStore(as: sourceKeys) else {
                     throw destination.copyFailure("it is the source's own subject-key store; the copy needs one of its own")
                 }
                 if let found = try await destination.copyHead() { try destination.requireSame(found, as: head) }
