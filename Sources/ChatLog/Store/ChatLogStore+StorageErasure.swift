@@ -71,7 +71,7 @@ package protocol ErasureStorage: ChatLogStorage {
     func forgetReceipts() async throws(ChatLogError) -> [StoredForgetReceipt]
     /// Ids of the conversations sealed under a forgotten subject key (the store's list or `forgotten`).
     func forgottenSubjectConversations(_ forgotten: [Int64]) async throws(ChatLogError) -> [String]
-    /// How many conversations are sealed under a subject key (`copy` refuses them).
+    /// How many conversations are sealed under a subject key (`copy` needs their keys).
     func subjectKeyConversationCount() async throws(ChatLogError) -> Int
 }
 
