@@ -90,24 +90,39 @@ extension PostgresSubjectKeys: SubjectKeyCopying {
         let location = location
         try await connection.transactionMapped { connection in
             let ids = keys.map(\.id)
-            try await connection.run(
-                """
-                INSERT INTO subject_keys (id, subject_hash, created_at, wrapped)
-                SELECT * FROM unnest(\(ids)::bigint[], \(keys.map { ByteBuffer(bytes: $0.subjectHash) })::bytea[], \(keys.map(\.createdAt))::bigint[],
-                    \(keys.map { ByteBuffer(bytes: $0.wrapped) })::bytea[])
-                ON CONFLICT DO NOTHING
-                """, logger: logger)
-            var stored: [Int64: (Data, Data)] = [:]
+            let hashes = keys.map { ByteBuffer(bytes: $0.subjectHash) }
+            // The id is not unique in the table (the subject hash is its key): rows with either of
+            // the batch's ids or hashes must be the source's, else nothing is written.
+            var stored: [Int64: (hash: Data, wrapped: Data)] = [:]
+            var storedHashes: [Data: Int64] = [:]
+            var duplicate = false
             for try await (id, hash, wrapped) in try await connection.query(
-                "SELECT id, subject_hash, wrapped FROM subject_keys WHERE id = ANY(\(ids)::bigint[])", logger: logger
+                "SELECT id, subject_hash, wrapped FROM subject_keys WHERE id = ANY(\(ids)::bigint[]) OR subject_hash = ANY(\(hashes)::bytea[]) FOR UPDATE",
+                logger: logger
             ).decode((Int64, Data, Data).self) {
+                duplicate = duplicate || stored[id] != nil
                 stored[id] = (hash, wrapped)
+                storedHashes[hash] = id
             }
-            for key in keys where stored[key.id].map({ $0.0 == key.subjectHash && $0.1 == key.wrapped }) != true {
+            var missing: [CopiedSubjectKey] = []
+            for key in keys {
+                if let row = stored[key.id] {
+                    if !duplicate, row.hash == key.subjectHash, row.wrapped == key.wrapped { continue }
+                } else if storedHashes[key.subjectHash] == nil {
+                    missing.append(key)
+                    continue
+                }
                 throw ChatLogError.subjectKeyStore(
                     location: location,
                     reason: "it holds subject key \(key.id), or its subject, with other bytes than the source; copy into an empty subject-key store")
             }
+            guard !missing.isEmpty else { return }
+            try await connection.run(
+                """
+                INSERT INTO subject_keys (id, subject_hash, created_at, wrapped)
+                SELECT * FROM unnest(\(missing.map(\.id))::bigint[], \(missing.map { ByteBuffer(bytes: $0.subjectHash) })::bytea[],
+                    \(missing.map(\.createdAt))::bigint[], \(missing.map { ByteBuffer(bytes: $0.wrapped) })::bytea[])
+                """, logger: logger)
         }
     }
 

@@ -209,6 +209,18 @@ extension PostgreSQLSuites {
                         try keys.psql("UPDATE subject_key_meta SET value = '\\x00' WHERE name = 'hash_key'")
                         try await refused(url, keysURL, "is not empty")
                     }
+                    // A key id of this store held there for another subject (an id given out on both sides
+                    // since an earlier copy): refused, nothing added (the id is not unique in the table).
+                    try await withPostgresLocation { keysURL, keys in
+                        try await withPostgresLocation { first, _ in _ = try await harness.store.copy(to: first, subjectKeys: keysURL) }
+                        try keys.psql("UPDATE subject_keys SET subject_hash = '\\x00' WHERE id = (SELECT min(id) FROM subject_keys)")
+                        let before = try keys.psql("SELECT count(*) FROM subject_keys")
+                        try await withPostgresLocation { second, secondData in
+                            try await refused(second, keysURL, "with other bytes than the source")
+                            #expect(try secondData.psql("SELECT count(*) FROM conversations") == "0")
+                        }
+                        #expect(try keys.psql("SELECT count(*) FROM subject_keys") == before)
+                    }
                     #expect(try data.psql("SELECT to_regclass('conversations') IS NULL") == "t")
                 }
                 try await withSQLiteLocation { path in
