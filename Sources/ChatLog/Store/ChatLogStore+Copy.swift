@@ -70,13 +70,8 @@ extension ChatLogStore {
         to destination: any ChatLogStorage, subjectKeys: (any SubjectKeyCopying)?, progress: (@Sendable (Int) -> Void)? = nil
     ) async throws(ChatLogError) -> CopyReport {
         let plan = try await subjectKeyCopyPlan(to: subjectKeys)
-        do {
-            let report = try await copy(to: destination, plan: plan, progress: progress)
+        return try await Self.finally({ () async throws(ChatLogError) in try await copy(to: destination, plan: plan, progress: progress) }) {
             await plan.close()
-            return report
-        } catch {
-            await plan.close()
-            throw error
         }
     }
 
@@ -92,13 +87,10 @@ extension ChatLogStore {
         case .storage(let storage):
             source = storage
         }
-        do {
-            let report = try await copy(from: source, sqlite: sqlitePool, to: destination, subjectKeyPlan: plan, progress: progress)
+        return try await Self.finally({ () async throws(ChatLogError) in
+            try await copy(from: source, sqlite: sqlitePool, to: destination, subjectKeyPlan: plan, progress: progress)
+        }) {
             if sqlitePool != nil { await source.close() }
-            return report
-        } catch {
-            if sqlitePool != nil { await source.close() }
-            throw error
         }
     }
 
@@ -112,31 +104,12 @@ extension ChatLogStore {
         }
         if PrivateFiles.fileExists(location), (PrivateFiles.fileSize(location) ?? 0) > 0 { _ = try Self.holdsInitializedStore(location) }
         let keys = SubjectKeyFileCopy(storePath: location, readOnly: false)
-        let plan: SubjectKeyCopyPlan
-        do {
-            plan = try await subjectKeyCopyPlan(to: keys)  // before the file is made
-        } catch {
-            await keys.closeCopy()
-            throw error
-        }
-        do throws(ChatLogError) {
-            let destination = try SQLiteStorage.open(path: location)
-            let report: CopyReport
-            do {
-                report = try await copy(to: destination, plan: plan, progress: progress)
-            } catch {
-                await destination.close()
-                throw error
-            }
-            await destination.close()
-            await plan.close()
-            await keys.closeCopy()
-            return report
-        } catch {
-            await plan.close()
-            await keys.closeCopy()
-            throw error
-        }
+        return try await Self.finally({ () async throws(ChatLogError) in
+            let plan = try await subjectKeyCopyPlan(to: keys)  // before the file is made
+            return try await Self.finally({ () async throws(ChatLogError) in
+                try await copyAndClose(to: try SQLiteStorage.open(path: location), plan: plan, progress: progress)
+            }) { await plan.close() }
+        }) { await keys.closeCopy() }
     }
 
     /// The subject-key store of this store as a copy reads it, and what to say when it is missing.
@@ -221,14 +194,25 @@ extension ChatLogStore {
     package func copyAndClose(
         to destination: any ChatLogStorage, subjectKeys: (any SubjectKeyCopying)?, progress: (@Sendable (Int) -> Void)? = nil
     ) async throws(ChatLogError) -> CopyReport {
-        do {
-            let report = try await copy(to: destination, subjectKeys: subjectKeys, progress: progress)
+        try await Self.finally({ () async throws(ChatLogError) in try await copy(to: destination, subjectKeys: subjectKeys, progress: progress) }) {
             await destination.close()
-            return report
-        } catch {
-            await destination.close()
-            throw error
         }
+    }
+
+    private func copyAndClose(to destination: any ChatLogStorage, plan: SubjectKeyCopyPlan, progress: (@Sendable (Int) -> Void)?)
+        async throws(ChatLogError) -> CopyReport
+    {
+        try await Self.finally({ () async throws(ChatLogError) in try await copy(to: destination, plan: plan, progress: progress) }) {
+            await destination.close()
+        }
+    }
+
+    /// `body`'s result, with `cleanup` run after it whether it returned or threw.
+    static func finally<T>(_ body: () async throws(ChatLogError) -> T, _ cleanup: () async -> Void) async throws(ChatLogError) -> T {
+        let result: Result<T, ChatLogError>
+        do throws(ChatLogError) { result = .success(try await body()) } catch { result = .failure(error) }
+        await cleanup()
+        return try result.get()
     }
 
     /// (device, inode) of a file, to tell two names of one file apart from two files.
