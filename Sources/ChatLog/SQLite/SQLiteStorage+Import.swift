@@ -45,7 +45,8 @@ extension SQLiteStorage {
     package func insertImported(_ items: [ImportedCopy], guard writeGuard: WriteGuard) async throws -> ImportOutcome {
         guard !items.isEmpty else { return ImportOutcome() }
         let prepared = try items.map { item in
-            (item.sourceHash, try Self.prepared(item.copy.conversation), try item.copy.messages.map(Self.prepared))
+            let (conversation, messages) = try Self.prepared(item.copy)
+            return (item.sourceHash, conversation, messages)
         }
         do {
             return try await write { db in

@@ -170,7 +170,22 @@ package final class SQLiteStorage: ChatLogStorage {
         return PreparedConversation(
             id: id, createdAt: row.createdAt, keyID: try keyID(row.keyID, "a conversation's"), title: row.title, subject: row.subject,
             subjectToken: row.subjectToken, subjectKeyID: try row.subjectKeyID.map { (value) throws(ChatLogError) in try keyID(value, "a subject's") },
-            metadata: row.metadata, sealedUnderSubjectKey: row.subject.flatMap(SealedValue.subjectKeyID))
+            metadata: row.metadata)
+    }
+
+    /// A conversation with its messages as a copy (or an import through the seam) writes them as
+    /// bytes: under the subject key its sealed subject's header names (`erasure_key_id`, as
+    /// PostgreSQL's generated column reads it), and its messages with it.
+    static func prepared(_ copy: ConversationCopy) throws(ChatLogError) -> (conversation: PreparedConversation, messages: [PreparedMessage]) {
+        var conversation = try prepared(copy.conversation)
+        conversation.sealedUnderSubjectKey = copy.conversation.subject.flatMap(SealedValue.subjectKeyID)
+        let subjectKey = conversation.erasureKeyID
+        let messages = try copy.messages.map { (row) throws(ChatLogError) in
+            var message = try prepared(row)
+            message.subjectKeyID = subjectKey
+            return message
+        }
+        return (conversation, messages)
     }
 
     static func prepared(_ row: SealedMessageRow) throws(ChatLogError) -> PreparedMessage {
@@ -186,7 +201,7 @@ package final class SQLiteStorage: ChatLogStorage {
             id: id, role: role, createdAt: row.createdAt, model: row.model, promptTokens: int(row.promptTokens),
             completionTokens: int(row.completionTokens), latencyMilliseconds: int(row.latencyMilliseconds), finishReason: row.finishReason,
             keyID: try keyID(row.keyID, "a message's"), content: row.content, metadata: row.metadata, terms: document(row.terms),
-            indexKeyID: try keyID(indexKey, "a message's index"), subjectKeyID: SealedValue.subjectKeyID(of: row.content))
+            indexKeyID: try keyID(indexKey, "a message's index"))
     }
 
     /// The FTS5 document of term values: their base32 texts, space-separated.
@@ -481,7 +496,8 @@ package final class SQLiteStorage: ChatLogStorage {
 
     package func insertCopies(_ copies: [ConversationCopy], guard writeGuard: WriteGuard) async throws {
         let prepared = try copies.map { copy in
-            (try Self.prepared(copy.conversation), copy.conversation.updatedAt, try copy.messages.map(Self.prepared))
+            let (conversation, messages) = try Self.prepared(copy)
+            return (conversation, copy.conversation.updatedAt, messages)
         }
         do {
             try await write { db in
