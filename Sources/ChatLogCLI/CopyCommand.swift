@@ -21,12 +21,14 @@ struct CopyCommand: AsyncParsableCommand {
     @OptionGroup var store: StoreOptions
     @OptionGroup var output: OutputOptions
 
-    @Option(name: .long, help: "Where to copy to: a postgres:// URL or a file path.")
+    @Option(name: .long, help: ArgumentHelp("Where to copy to: a postgres:// URL or a file path.", valueName: "DEST"))
     var to: String
 
     @Option(
         name: .customLong("subject-keys-to"),
-        help: "For a postgres:// DEST: the URL of the database that gets the subject keys (a database of their own; no password in it).")
+        help: ArgumentHelp(
+            "For a postgres:// DEST: the URL of the database that gets the subject keys (a database of their own; no password in it).",
+            valueName: "URL"))
     var subjectKeysTo: String?
 
     struct ReportJSON: Encodable {

@@ -261,6 +261,20 @@ extension PostgreSQLSuites {
                     env: env, cwd: NSTemporaryDirectory())
                 #expect(cli.status == 65 && cli.err.contains("--subject-keys-to must not carry a password") && !cli.err.contains("hunter2"), "\(cli)")
             }
+            // Every subject forgotten: no conversation under a subject key, but the receipts need the keys' store.
+            try await withErasureStore(.sqlite) { harness in
+                _ = try await harness.store.createConversation(NewConversation(subject: "gone"))
+                #expect(try await harness.store.erasure.forget(subject: "gone")?.conversations == 1)
+                try await withPostgresLocation { (url: String, data: PostgresDatabase) async throws in
+                    do {
+                        _ = try await harness.store.copy(to: url)
+                        Issue.record("copied without the subject keys")
+                    } catch {
+                        #expect("\(error)".contains("(its forget receipts and forgotten key ids go with them)"), "\(error)")
+                    }
+                    #expect(try data.psql("SELECT to_regclass('conversations') IS NULL") == "t")
+                }
+            }
         }
 
         @Test("the CLI: `chatlog copy --to URL --subject-keys-to URL` of a SQLite store with subjects; on the copy `forget --receipts` (also by subject), `key status` and `export --subject` answer as on the source; the copy's report names the keys and receipts")

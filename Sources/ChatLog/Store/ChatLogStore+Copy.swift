@@ -162,8 +162,9 @@ extension ChatLogStore {
                     throw sourceKeys.copyFailure("it is not wrapped under this store's master key")
                 }
                 guard let destination else {
+                    let why = sealed > 0 ? conversations : "its forget receipts and forgotten key ids go with them"
                     throw .invalidInput(
-                        "this store has per-subject keys (\(conversations)): the destination needs a subject-key database of its own (`chatlog copy --subject-keys-to postgresql://…`, docs/OPERATIONS.md); nothing was copied")
+                        "this store has per-subject keys (\(why)): the destination needs a subject-key database of its own (`chatlog copy --subject-keys-to postgresql://…`, docs/OPERATIONS.md); nothing was copied")
                 }
                 guard destination.location != sourceKeys.location, try await !destination.isSameStore(as: sourceKeys) else {
                     throw destination.copyFailure("it is the source's own subject-key store; the copy needs one of its own")
