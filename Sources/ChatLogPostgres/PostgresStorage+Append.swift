@@ -15,8 +15,9 @@ extension PostgresStorage {
     /// statement each connection prepares once.
     ///
     /// A connection that ended under the statement leaves it undecided (the server may have
-    /// committed before the answer was lost): it runs once more on another connection, and a
-    /// second run that finds its own message ids already written reads back their positions.
+    /// committed before the answer was lost): the store is asked whether the messages are there —
+    /// their positions are the answer — and if not the statement runs once more on another
+    /// connection; a second run that finds its own ids already written reads back their positions.
     func insertInOneStatement(
         conversation: SealedConversationRow?, messages: [SealedMessageRow], into conversationID: String, guard writeGuard: WriteGuard
     ) async throws -> [Int64] {
@@ -41,19 +42,18 @@ extension PostgresStorage {
                     }
                 }
             } catch let lost as LostUnderStatement {
-                guard mayHaveRun else {
-                    mayHaveRun = true
-                    continue
-                }
-                // Lost twice: the store itself says whether one of the runs committed.
+                // Undecided: the store itself says whether the statement committed before it runs again.
                 let written: [Int64]?
                 do { written = try await writtenPositions(of: messages, in: target) } catch {
                     throw ChatLogError.storage(
-                        "the PostgreSQL server at \(location) ended the session under a write twice and cannot be reached to tell whether its \(messages.count) messages were written; look for them with `chatlog show` once it is back"
+                        "the PostgreSQL server at \(location) ended the session under a write and cannot be reached to tell whether its \(messages.count) messages were written; look for them with `chatlog show` once it is back"
                     )
                 }
                 if let written { return written }
-                throw PostgresErrors.map(lost.error, location: location)
+                guard !mayHaveRun else { throw PostgresErrors.map(lost.error, location: location) }
+                // Not written: once more. (A server process that had not yet noticed the lost client
+                // could still commit it: the second run then meets its ids, handled below.)
+                mayHaveRun = true
             } catch {
                 if let conflict = Self.appendConflict(error, conversationID: conversationID) { throw conflict }
                 if let key = Self.forgottenSubjectKey(error) { throw StorageConflict.forgottenSubjectKey(key) }
