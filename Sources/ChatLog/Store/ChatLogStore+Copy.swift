@@ -157,10 +157,7 @@ extension ChatLogStore {
             let conversations = "\(sealed) conversation\(sealed == 1 ? " is" : "s are") sealed under per-subject keys"
             plan.head = try await sourceKeys?.copyHead()
             if let head = plan.head, let sourceKeys {
-                guard head.storeID == subjectKeys.storeID else { throw sourceKeys.copyFailure("it belongs to another store") }
-                guard KeyRowAuthentication.equal(head.masterCheck, keyRing.master.checkValueV2) else {
-                    throw sourceKeys.copyFailure("it is not wrapped under this store's master key")
-                }
+                try requireThisStore(head, in: sourceKeys)
                 guard let destination else {
                     let why = sealed > 0 ? conversations : "its forget receipts and forgotten key ids go with them"
                     throw .invalidInput(
@@ -177,10 +174,7 @@ extension ChatLogStore {
                     throw .invalidInput(
                         "\(conversations), whose keys are not reachable (\(missing)); nothing was copied (docs/OPERATIONS.md)")
                 }
-                guard found.storeID == subjectKeys.storeID else { throw destination.copyFailure("it belongs to another store") }
-                guard KeyRowAuthentication.equal(found.masterCheck, keyRing.master.checkValueV2) else {
-                    throw destination.copyFailure("it is not wrapped under this store's master key")
-                }
+                try requireThisStore(found, in: destination)
             } else {
                 plan.destination = nil  // nothing to carry or to check
             }
@@ -188,6 +182,15 @@ extension ChatLogStore {
         } catch {
             await plan.close()
             throw error
+        }
+    }
+
+    /// Refuses a subject-key store (`head` read from `keys`) that is not this store's or not wrapped
+    /// under its master key.
+    private func requireThisStore(_ head: SubjectKeyHead, in keys: any SubjectKeyCopying) throws(ChatLogError) {
+        guard head.storeID == subjectKeys.storeID else { throw keys.copyFailure("it belongs to another store") }
+        guard KeyRowAuthentication.equal(head.masterCheck, keyRing.master.checkValueV2) else {
+            throw keys.copyFailure("it is not wrapped under this store's master key")
         }
     }
 
