@@ -58,6 +58,10 @@ struct ServeCommand: AsyncParsableCommand {
     var upstreamConnections = 1024
     @Option(name: .long, help: "Nice value (0-19) of the thread that writes the log: above 0, answering calls comes first when both want the CPU.")
     var writerNice = 10
+    @Option(
+        name: .long,
+        help: "Longest the writer lets exchanges gather while calls keep finishing, in ms (0-10000; 0: write at once). Never delays --durable calls.")
+    var writerLingerMs = 50
 
     func validate() throws {
         for (name, value) in [
@@ -69,6 +73,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         if shutdownTimeout < 0 { throw ValidationError("--shutdown-timeout must not be negative.") }
         if !(0...19).contains(writerNice) { throw ValidationError("--writer-nice must be between 0 and 19.") }
+        if !(0...10_000).contains(writerLingerMs) { throw ValidationError("--writer-linger-ms must be between 0 and 10000.") }
         if maxBodyMib > 1024 { throw ValidationError("--max-body-mib is at most 1024.") }
         _ = try Self.parseListen(listen)
     }
@@ -108,6 +113,7 @@ struct ServeCommand: AsyncParsableCommand {
             configuration.batchSize = batchSize
             configuration.upstreamConnections = upstreamConnections
             configuration.writerNice = Int32(writerNice)
+            configuration.writerLinger = .milliseconds(writerLingerMs)
             configuration.openAIKey = try settings.secret("OPENAI_API_KEY")
             configuration.anthropicKey = try settings.secret("ANTHROPIC_API_KEY")
             ProcessHygiene.scrubEnvironment(["OPENAI_API_KEY", "ANTHROPIC_API_KEY"])

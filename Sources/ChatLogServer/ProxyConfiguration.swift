@@ -35,6 +35,14 @@ public struct ProxyConfiguration: Sendable {
     /// Nice value of the recorder's writer thread (0–19): above 0 the threads answering calls
     /// win the CPU from it when both want it (Linux; elsewhere ignored).
     public var writerNice: Int32 = 10
+    /// How long the writer lets exchanges gather while calls keep finishing (at most; 0: it writes as
+    /// soon as there is something to write). It writes once none has come for `writerSettle`, a batch
+    /// is full, a `--durable` call waits, fewer than `writerLingerInFlight` calls are in flight or the
+    /// proxy stops (Recorder.swift).
+    public var writerLinger: Duration = .milliseconds(50)
+    var writerSettle: Duration = .milliseconds(2)
+    /// The writer lingers only while this many calls or more are in flight (fewer: no burst to let pass).
+    var writerLingerInFlight = 4
     /// How often the heap trimmer looks, and the burst of calls in flight it waits for (HeapTrimmer.swift).
     /// A JSON (non-streaming) answer up to this size is read whole before it goes to the client, in
     /// one write with its head; a larger one is relayed as it comes.
@@ -77,6 +85,9 @@ public struct ProxyConfiguration: Sendable {
             throw .invalidInput("limits must be positive")
         }
         guard (0...19).contains(writerNice) else { throw .invalidInput("the writer's nice value must be between 0 and 19") }
+        guard writerLinger >= .zero, writerLinger <= .seconds(10) else {
+            throw .invalidInput("the writer's linger must be between 0 and 10,000 ms")
+        }
     }
 
     static func isLoopback(_ host: String) -> Bool {

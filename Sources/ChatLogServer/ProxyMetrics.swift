@@ -50,6 +50,8 @@ final class ProxyMetrics: Sendable {
             $0.peakInFlight = max($0.peakInFlight, $0.inFlight)
         }
     }
+    /// Calls being proxied now.
+    var inFlight: Int { state.withLock { $0.inFlight } }
     /// Calls in flight now, and the most at once since the last call (the peak then restarts from now).
     func takePeakInFlight() -> (now: Int, peak: Int) {
         state.withLock {

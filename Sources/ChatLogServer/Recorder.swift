@@ -13,6 +13,8 @@ final class Recorder: @unchecked Sendable {
     struct Pending {
         var record: ProxyRecord
         var completion: CheckedContinuation<Bool, Never>?
+        /// When it was queued (`DispatchTime` uptime, ns).
+        var queuedAt: UInt64 = 0
     }
 
     let store: ChatLogStore
@@ -27,6 +29,15 @@ final class Recorder: @unchecked Sendable {
     /// Applied to each record's messages on the writer thread before sealing (`--redact secrets`):
     /// what is logged is redacted, the response path does not pay for it.
     let redactor: SecretRedactor?
+    /// How long the writer lets records gather while calls are still finishing: with at least
+    /// `lingerInFlight` calls in flight it writes once no record has come for `settle`, or the oldest
+    /// has waited `linger`, or a batch is full, or a `--durable` call waits (never delayed), or the
+    /// recorder closes. So a burst of answers is relayed before its records are sealed and written on
+    /// the same cores; with fewer calls in flight there is no burst to wait for, and it writes at once
+    /// (docs/PERFORMANCE.md, "The writer lets a burst pass").
+    let linger: Duration
+    let settle: Duration
+    let lingerInFlight: Int
     private let condition = NSCondition()
     // Guarded by `condition`:
     private var queue: [Pending] = []
@@ -36,6 +47,13 @@ final class Recorder: @unchecked Sendable {
     private var drainWaiters: [CheckedContinuation<Void, Never>] = []
     /// `--durable` records waiting for room in a full queue.
     private var roomWaiters: [Pending] = []
+    /// `--durable` records queued and not yet written: the writer does not linger while there are any.
+    private var durableQueued = 0
+    /// When the newest record was queued (ns).
+    private var lastQueuedAt: UInt64 = 0
+    /// The writer waits for records to gather: a new one does not wake it (its timer does) unless it
+    /// must not wait any more.
+    private var lingering = false
     /// Thread digests and new conversations submitted but not yet committed, so that the next
     /// call of a conversation finds it even before its previous exchange is written.
     private var pendingDigests: [Data: (conversation: ConversationID, length: Int)] = [:]
@@ -60,7 +78,7 @@ final class Recorder: @unchecked Sendable {
 
     init(
         store: ChatLogStore, capacity: Int, batchSize: Int, metrics: ProxyMetrics, logger: Logger, writerNice: Int32 = 0,
-        redactor: SecretRedactor? = nil
+        redactor: SecretRedactor? = nil, linger: Duration = .zero, settle: Duration = .zero, lingerInFlight: Int = 0
     ) {
         self.store = store
         self.capacity = capacity
@@ -69,6 +87,9 @@ final class Recorder: @unchecked Sendable {
         self.logger = logger
         self.writerNice = writerNice
         self.redactor = redactor
+        self.linger = linger
+        self.settle = min(settle, linger)
+        self.lingerInFlight = lingerInFlight
         self.backlogDepth = max(batchSize, capacity / 8)
     }
 
@@ -124,6 +145,12 @@ final class Recorder: @unchecked Sendable {
             logger.warning("exchange not logged: the recorder queue is full", metadata: ["queue_capacity": "\(capacity)"])
             return false
         }
+        var pending = pending
+        if linger > .zero {
+            pending.queuedAt = DispatchTime.now().uptimeNanoseconds
+            lastQueuedAt = pending.queuedAt
+        }
+        if pending.completion != nil { durableQueued += 1 }
         queue.append(pending)
         if let id = pending.record.conversation.id {
             pendingConversations[id, default: 0] += 1
@@ -136,7 +163,7 @@ final class Recorder: @unchecked Sendable {
             backlogRung = true
             backlogBell.signal()
         }
-        condition.signal()
+        if !lingering || pending.completion != nil || queue.count - head >= batchSize { condition.signal() }
         return true
     }
 
@@ -220,6 +247,10 @@ final class Recorder: @unchecked Sendable {
             condition.lock()
             // While the backlog writer is on, it writes every batch (this thread would only slow it).
             while (queue.count - head == 0 && !closing) || writing || backlogRung { condition.wait() }
+            if lingers() {
+                condition.unlock()
+                continue
+            }
             if queue.count - head == 0 {
                 // Closing, and everything is written.
                 finished = true
@@ -237,6 +268,26 @@ final class Recorder: @unchecked Sendable {
                 Thread.sleep(forTimeInterval: min(5, 0.05 * Double(1 << min(failures, 7))))
             }
         }
+    }
+
+    /// Under the lock: waits (the lock released) while records should gather, until the next moment
+    /// they might not; true when it waited, so that the caller looks at the queue again.
+    private func lingers() -> Bool {
+        guard linger > .zero, !closing, durableQueued == 0, queue.count - head > 0, queue.count - head < batchSize,
+            lingerInFlight == 0 || metrics.inFlight >= lingerInFlight
+        else { return false }
+        let now = DispatchTime.now().uptimeNanoseconds
+        let until = min(queue[head].queuedAt &+ Self.nanoseconds(linger), lastQueuedAt &+ Self.nanoseconds(settle))
+        guard until > now else { return false }
+        lingering = true
+        _ = condition.wait(until: Date(timeIntervalSinceNow: Double(until - now) / 1e9))
+        lingering = false
+        return true
+    }
+
+    private static func nanoseconds(_ duration: Duration) -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds) / 1_000_000_000)
     }
 
     /// The backlog writer: sleeps until the queue is `backlogDepth` deep, then writes batches until
@@ -352,6 +403,7 @@ final class Recorder: @unchecked Sendable {
         condition.lock()
         writing = false
         backlogPaused = false
+        durableQueued -= batch.prefix(count).filter { $0.completion != nil }.count
         head += count
         if head > 4096, head * 2 > queue.count {
             queue.removeFirst(head)

@@ -35,6 +35,8 @@ import Testing
         (["list", "-n", "5", "--limit", "50"], "--limit is given more than once"),
         (["serve", "--writer-nice", "20"], "--writer-nice must be between 0 and 19"),
         (["serve", "--writer-nice=-1"], "--writer-nice must be between 0 and 19"),
+        (["serve", "--writer-linger-ms", "10001"], "--writer-linger-ms must be between 0 and 10000"),
+        (["serve", "--writer-linger-ms=-1"], "--writer-linger-ms must be between 0 and 10000"),
     ])
     func usageErrorsAreOneLineAndExit64(arguments: [String], message: String) throws {
         let sandbox = try Sandbox()

@@ -234,5 +234,79 @@ import Testing
             await #expect(try store.counts().messages == 60)
         }
     }
-}
 
+    /// The writer lets records gather while calls keep finishing (`linger`, `settle`), so that a burst
+    /// of answers is relayed before its records are written on the same cores. Nothing waits on it
+    /// that must not: a `--durable` call, a full batch and the drain are written at once; a record
+    /// alone is written once no other has come for `settle`, and at once while fewer than
+    /// `lingerInFlight` calls are in flight. (A linger of an hour stands for "never" here: a test that
+    /// depended on it expiring would wait for its bounded poll, then fail.)
+    @Test(.timeLimit(.minutes(5))) func theWriterLingersOnlyWhileNothingWaits() async throws {
+        try await withServerTemporaryDirectory { directory in
+            func make(
+                _ name: String, batchSize: Int = 10, settle: Duration = .seconds(3600), lingerInFlight: Int = 0
+            ) throws -> (ChatLogStore, ProxyMetrics, Recorder) {
+                let store = try ChatLogStore.create(at: directory + "/\(name).db", key: .key(.generate()))
+                let metrics = ProxyMetrics(queueCapacity: 100)
+                let recorder = Recorder(
+                    store: store, capacity: 100, batchSize: batchSize, metrics: metrics, logger: Self.quiet, writerNice: 10,
+                    linger: .seconds(3600), settle: settle, lingerInFlight: lingerInFlight)
+                recorder.start()
+                return (store, metrics, recorder)
+            }
+            func waitUntil(_ metrics: ProxyMetrics, committed: Int) async throws {
+                for _ in 0..<6000 where metrics.health.committed < committed { try await Task.sleep(for: .milliseconds(10)) }
+            }
+
+            // A lone record waits while nothing else asks for a write, and the drain writes it.
+            let (lone, loneMetrics, loneRecorder) = try make("lone")
+            #expect(loneRecorder.submit(record("lone")))
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(loneMetrics.health.committed == 0 && loneMetrics.health.queueDepth == 1)
+            await loneRecorder.drain()
+            await #expect(try lone.counts().messages == 1)
+
+            // A durable call behind a lingering record: both written at once (waited for up to a minute,
+            // then the drain releases the call either way).
+            let (durable, durableMetrics, durableRecorder) = try make("durable")
+            #expect(durableRecorder.submit(record("first")))
+            let durableCall = Task { await durableRecorder.submitAndWait(record("durable")) }
+            try await waitUntil(durableMetrics, committed: 2)
+            #expect(durableMetrics.health.committed == 2, "a durable call was held back by the linger")
+            await durableRecorder.drain()
+            #expect(await durableCall.value)
+            await #expect(try durable.counts().messages == 2)
+
+            // A full batch is written at once; the rest of the next one waits.
+            let (batch, batchMetrics, batchRecorder) = try make("batch", batchSize: 3)
+            for index in 0..<4 { #expect(batchRecorder.submit(record("b\(index)"))) }
+            try await waitUntil(batchMetrics, committed: 3)
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(batchMetrics.health.committed == 3 && batchMetrics.health.queueDepth == 1)
+            await batchRecorder.drain()
+            await #expect(try batch.counts().messages == 4)
+
+            // Quiet for `settle`: written without a drain.
+            let (settled, settledMetrics, settledRecorder) = try make("settle", settle: .milliseconds(50))
+            #expect(settledRecorder.submit(record("settled")))
+            try await waitUntil(settledMetrics, committed: 1)
+            #expect(settledMetrics.health.committed == 1)
+            await #expect(try settled.counts().messages == 1)
+            await settledRecorder.drain()
+
+            // Lingering only while 3 or more calls are in flight: with 2 a record is written at once,
+            // with 3 it waits (for the drain here).
+            let (gated, gatedMetrics, gatedRecorder) = try make("gated", lingerInFlight: 3)
+            for _ in 0..<2 { gatedMetrics.callStarted() }
+            #expect(gatedRecorder.submit(record("few calls")))
+            try await waitUntil(gatedMetrics, committed: 1)
+            #expect(gatedMetrics.health.committed == 1)
+            gatedMetrics.callStarted()
+            #expect(gatedRecorder.submit(record("a burst")))
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(gatedMetrics.health.committed == 1 && gatedMetrics.health.queueDepth == 1)
+            await gatedRecorder.drain()
+            await #expect(try gated.counts().messages == 2)
+        }
+    }
+}
