@@ -36,8 +36,10 @@ final class Recorder: @unchecked Sendable {
     /// the same cores; with fewer calls in flight there is no burst to wait for, and it writes at once
     /// (docs/PERFORMANCE.md, "The writer lets a burst pass").
     let linger: Duration
-    let settle: Duration
     let lingerInFlight: Int
+    /// `linger` and the settle time in nanoseconds (`DispatchTime`'s unit).
+    private let lingerNanoseconds: UInt64
+    private let settleNanoseconds: UInt64
     private let condition = NSCondition()
     // Guarded by `condition`:
     private var queue: [Pending] = []
@@ -88,8 +90,13 @@ final class Recorder: @unchecked Sendable {
         self.writerNice = writerNice
         self.redactor = redactor
         self.linger = linger
-        self.settle = min(settle, linger)
         self.lingerInFlight = lingerInFlight
+        func nanoseconds(_ duration: Duration) -> UInt64 {
+            let (seconds, attoseconds) = duration.components
+            return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds) / 1_000_000_000)
+        }
+        self.lingerNanoseconds = nanoseconds(linger)
+        self.settleNanoseconds = nanoseconds(min(settle, linger))
         self.backlogDepth = max(batchSize, capacity / 8)
     }
 
@@ -277,17 +284,12 @@ final class Recorder: @unchecked Sendable {
             lingerInFlight == 0 || metrics.inFlight >= lingerInFlight
         else { return false }
         let now = DispatchTime.now().uptimeNanoseconds
-        let until = min(queue[head].queuedAt &+ Self.nanoseconds(linger), lastQueuedAt &+ Self.nanoseconds(settle))
+        let until = min(queue[head].queuedAt &+ lingerNanoseconds, lastQueuedAt &+ settleNanoseconds)
         guard until > now else { return false }
         lingering = true
         _ = condition.wait(until: Date(timeIntervalSinceNow: Double(until - now) / 1e9))
         lingering = false
         return true
-    }
-
-    private static func nanoseconds(_ duration: Duration) -> UInt64 {
-        let (seconds, attoseconds) = duration.components
-        return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds) / 1_000_000_000)
     }
 
     /// The backlog writer: sleeps until the queue is `backlogDepth` deep, then writes batches until
