@@ -37,10 +37,13 @@ public struct ProxyConfiguration: Sendable {
     public var writerNice: Int32 = 10
     /// How long the writer lets exchanges gather while calls keep finishing (at most; 0: it writes as
     /// soon as there is something to write). It writes once none has come for `writerSettle`, a batch
-    /// is full, a `--durable` call waits, fewer than `writerLingerInFlight` calls are in flight or the
-    /// proxy stops (Recorder.swift).
+    /// is full, a `--durable` call waits or the proxy stops; with fewer than `writerLingerInFlight`
+    /// calls in flight, `writerQuietSettle` after the first record came (Recorder.swift).
     public var writerLinger: Duration = .milliseconds(50)
     var writerSettle: Duration = .milliseconds(2)
+    /// With fewer calls in flight: how long a writer that was idle lets the answer that woke it go out
+    /// first (no record for this long).
+    var writerQuietSettle: Duration = .milliseconds(1)
     /// The writer lingers only while this many calls or more are in flight (fewer: no burst to let pass).
     var writerLingerInFlight = 4
     /// How often the heap trimmer looks, and the burst of calls in flight it waits for (HeapTrimmer.swift).

@@ -60,7 +60,8 @@ public struct ProxyServer: Sendable {
         let recorder = Recorder(
             store: store, capacity: configuration.queueCapacity, batchSize: configuration.batchSize, metrics: metrics, logger: logger,
             writerNice: configuration.writerNice, redactor: configuration.redactSecrets ? SecretRedactor() : nil,
-            linger: configuration.writerLinger, settle: configuration.writerSettle, lingerInFlight: configuration.writerLingerInFlight)
+            linger: configuration.writerLinger, settle: configuration.writerSettle, lingerInFlight: configuration.writerLingerInFlight,
+            quietSettle: configuration.writerQuietSettle)
         let responder = ProxyResponder(
             state: ProxyState(configuration: configuration, store: store, client: client, recorder: recorder, metrics: metrics, logger: logger))
 

@@ -35,11 +35,17 @@ final class Recorder: @unchecked Sendable {
     /// recorder closes. So a burst of answers is relayed before its records are sealed and written on
     /// the same cores; with fewer calls in flight there is no burst to wait for, and it writes at once
     /// (docs/PERFORMANCE.md, "The writer lets a burst pass").
+    ///
+    /// With fewer calls in flight, a writer that was idle starts `quietSettle` after the first record
+    /// came (at most `linger`): the answer whose record woke it is still being relayed on the event
+    /// loop, and sealing and committing beside it made a lone call ~0.5 ms slower (docs/PERFORMANCE.md,
+    /// "The writer waits for the answer to go out").
     let linger: Duration
     let lingerInFlight: Int
-    /// `linger` and the settle time in nanoseconds (`DispatchTime`'s unit).
+    /// `linger` and the settle times in nanoseconds (`DispatchTime`'s unit).
     private let lingerNanoseconds: UInt64
     private let settleNanoseconds: UInt64
+    private let quietSettleNanoseconds: UInt64
     private let condition = NSCondition()
     // Guarded by `condition`:
     private var queue: [Pending] = []
@@ -56,6 +62,9 @@ final class Recorder: @unchecked Sendable {
     /// The writer waits for records to gather: a new one does not wake it (its timer does) unless it
     /// must not wait any more.
     private var lingering = false
+    /// The writer found the queue empty and slept (or has not written yet): the records now queued
+    /// came while it was idle.
+    private var wokeFromIdle = true
     /// Thread digests and new conversations submitted but not yet committed, so that the next
     /// call of a conversation finds it even before its previous exchange is written.
     private var pendingDigests: [Data: (conversation: ConversationID, length: Int)] = [:]
@@ -80,7 +89,8 @@ final class Recorder: @unchecked Sendable {
 
     init(
         store: ChatLogStore, capacity: Int, batchSize: Int, metrics: ProxyMetrics, logger: Logger, writerNice: Int32 = 0,
-        redactor: SecretRedactor? = nil, linger: Duration = .zero, settle: Duration = .zero, lingerInFlight: Int = 0
+        redactor: SecretRedactor? = nil, linger: Duration = .zero, settle: Duration = .zero, lingerInFlight: Int = 0,
+        quietSettle: Duration = .zero
     ) {
         self.store = store
         self.capacity = capacity
@@ -97,6 +107,7 @@ final class Recorder: @unchecked Sendable {
         }
         self.lingerNanoseconds = nanoseconds(linger)
         self.settleNanoseconds = nanoseconds(min(settle, linger))
+        self.quietSettleNanoseconds = nanoseconds(min(quietSettle, linger))
         self.backlogDepth = max(batchSize, capacity / 8)
     }
 
@@ -122,8 +133,12 @@ final class Recorder: @unchecked Sendable {
     @discardableResult
     func submit(_ record: ProxyRecord) -> Bool {
         condition.lock()
-        defer { condition.unlock() }
-        return enqueue(Pending(record: record, completion: nil))
+        let (queued, wake) = enqueue(Pending(record: record, completion: nil))
+        condition.unlock()
+        // Signalled after the lock is released: the woken writer does not block at once on the lock
+        // the caller (an event loop) still holds, which took a second wake-up and system call.
+        if wake { condition.signal() }
+        return queued
     }
 
     /// Queues a record and waits until it is committed (true) or failed (false). When the queue is
@@ -136,21 +151,19 @@ final class Recorder: @unchecked Sendable {
                 condition.unlock()
                 return
             }
-            if !enqueue(Pending(record: record, completion: continuation)) {
-                condition.unlock()
-                continuation.resume(returning: false)
-                return
-            }
+            let (queued, wake) = enqueue(Pending(record: record, completion: continuation))
             condition.unlock()
+            if wake { condition.signal() }
+            if !queued { continuation.resume(returning: false) }
         }
     }
 
-    /// Under the lock.
-    private func enqueue(_ pending: Pending) -> Bool {
+    /// Under the lock. `wake`: the caller signals the writer once it has released the lock.
+    private func enqueue(_ pending: Pending) -> (queued: Bool, wake: Bool) {
         guard !finished, queue.count - head < capacity else {
             metrics.recordDropped()
             logger.warning("exchange not logged: the recorder queue is full", metadata: ["queue_capacity": "\(capacity)"])
-            return false
+            return (false, false)
         }
         var pending = pending
         if linger > .zero {
@@ -170,8 +183,7 @@ final class Recorder: @unchecked Sendable {
             backlogRung = true
             backlogBell.signal()
         }
-        if !lingering || pending.completion != nil || queue.count - head >= batchSize { condition.signal() }
-        return true
+        return (true, !lingering || pending.completion != nil || queue.count - head >= batchSize)
     }
 
     /// The longest prefix among `candidates` (digest → prefix length) that a record still in the
@@ -253,7 +265,10 @@ final class Recorder: @unchecked Sendable {
         while true {
             condition.lock()
             // While the backlog writer is on, it writes every batch (this thread would only slow it).
-            while (queue.count - head == 0 && !closing) || writing || backlogRung { condition.wait() }
+            while (queue.count - head == 0 && !closing) || writing || backlogRung {
+                if queue.count - head == 0 { wokeFromIdle = true }
+                condition.wait()
+            }
             if lingers() {
                 condition.unlock()
                 continue
@@ -270,6 +285,7 @@ final class Recorder: @unchecked Sendable {
                 return
             }
             let (batch, isClosing) = takeBatch()
+            wokeFromIdle = false
             condition.unlock()
             if !write(batch, isClosing: isClosing, failures: &failures) {
                 Thread.sleep(forTimeInterval: min(5, 0.05 * Double(1 << min(failures, 7))))
@@ -280,11 +296,18 @@ final class Recorder: @unchecked Sendable {
     /// Under the lock: waits (the lock released) while records should gather, until the next moment
     /// they might not; true when it waited, so that the caller looks at the queue again.
     private func lingers() -> Bool {
-        guard linger > .zero, !closing, durableQueued == 0, queue.count - head > 0, queue.count - head < batchSize,
-            lingerInFlight == 0 || metrics.inFlight >= lingerInFlight
-        else { return false }
+        guard linger > .zero, !closing, durableQueued == 0, queue.count - head > 0, queue.count - head < batchSize else { return false }
+        let until: UInt64
+        if lingerInFlight == 0 || metrics.inFlight >= lingerInFlight {
+            until = min(queue[head].queuedAt &+ lingerNanoseconds, lastQueuedAt &+ settleNanoseconds)
+        } else if wokeFromIdle, quietSettleNanoseconds > 0 {
+            // Bounded from the first record, not the last: calls that keep finishing one after another
+            // must not hold the writer off for `linger` (one large batch then slowed the calls around it).
+            until = queue[head].queuedAt &+ quietSettleNanoseconds
+        } else {
+            return false
+        }
         let now = DispatchTime.now().uptimeNanoseconds
-        let until = min(queue[head].queuedAt &+ lingerNanoseconds, lastQueuedAt &+ settleNanoseconds)
         guard until > now else { return false }
         lingering = true
         _ = condition.wait(until: Date(timeIntervalSinceNow: Double(until - now) / 1e9))

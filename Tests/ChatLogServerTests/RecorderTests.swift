@@ -309,4 +309,66 @@ import Testing
             await #expect(try gated.counts().messages == 2)
         }
     }
+
+    /// With few calls in flight, a writer that was idle starts `quietSettle` after the first record
+    /// came, so that the answer whose record woke it goes out before the sealing and the commit take
+    /// the CPU. Bounded from the first record: calls finishing one after another do not hold it off;
+    /// a `--durable` call is not held back; the drain writes at once.
+    @Test(.timeLimit(.minutes(5))) func anIdleWriterLetsTheAnswerGoFirst() async throws {
+        try await withServerTemporaryDirectory { directory in
+            // Batches larger than any test fills: only the settle (or a durable call, or the drain) writes.
+            func make(_ name: String, quiet: Duration) throws -> (ChatLogStore, ProxyMetrics, Recorder) {
+                let store = try ChatLogStore.create(at: directory + "/\(name).db", key: .key(.generate()))
+                let metrics = ProxyMetrics(queueCapacity: 1000)
+                let recorder = Recorder(
+                    store: store, capacity: 1000, batchSize: 1000, metrics: metrics, logger: Self.quiet, writerNice: 10,
+                    linger: .seconds(3600), settle: .seconds(3600), lingerInFlight: 4, quietSettle: quiet)
+                recorder.start()
+                return (store, metrics, recorder)
+            }
+            func waitUntil(_ metrics: ProxyMetrics, committed: Int) async throws {
+                for _ in 0..<6000 where metrics.health.committed < committed { try await Task.sleep(for: .milliseconds(10)) }
+            }
+
+            // A record to an idle writer waits; a durable call behind it does not (both written long
+            // before the 30 s are up).
+            let (held, heldMetrics, heldRecorder) = try make("held", quiet: .seconds(30))
+            #expect(heldRecorder.submit(record("first")))
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(heldMetrics.health.committed == 0 && heldMetrics.health.queueDepth == 1)
+            let durableCall = Task { await heldRecorder.submitAndWait(record("durable")) }
+            for _ in 0..<2000 where heldMetrics.health.committed < 2 { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(heldMetrics.health.committed == 2, "a durable call was held back by the quiet settle")
+            #expect(await durableCall.value)
+            await heldRecorder.drain()
+            await #expect(try held.counts().messages == 2)
+
+            // Written without a drain once the settle is over.
+            let (lone, loneMetrics, loneRecorder) = try make("lone", quiet: .milliseconds(200))
+            #expect(loneRecorder.submit(record("lone")))
+            try await waitUntil(loneMetrics, committed: 1)
+            #expect(loneMetrics.health.committed == 1)
+            await #expect(try lone.counts().messages == 1)
+
+            // Records every 50 ms, each within the 1 s settle of the last: the first batch is written
+            // while they keep coming (counted from the first record, not the last).
+            let (steady, steadyMetrics, steadyRecorder) = try make("steady", quiet: .seconds(1))
+            var submitted = 0
+            while steadyMetrics.health.committed == 0, submitted < 400 {
+                #expect(steadyRecorder.submit(record("steady \(submitted)")))
+                submitted += 1
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(steadyMetrics.health.committed > 0, "a steady trickle of records held the idle writer off")
+            await steadyRecorder.drain()
+            await #expect(try steady.counts().messages == submitted)
+            await loneRecorder.drain()
+
+            // The drain does not wait for the settle.
+            let (drained, _, drainedRecorder) = try make("drained", quiet: .seconds(3600))
+            #expect(drainedRecorder.submit(record("drained")))
+            await drainedRecorder.drain()
+            await #expect(try drained.counts().messages == 1)
+        }
+    }
 }
