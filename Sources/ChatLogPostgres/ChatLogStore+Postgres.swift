@@ -87,9 +87,15 @@ extension ChatLogStore {
             keysLocation = try PostgresLocation(url: subjectKeys)
         }
         let destination = try await PostgresStorage.connect(data)
-        if destination.location == path {
+        do throws(ChatLogError) {
+            if destination.location == path { throw ChatLogError.invalidInput("the destination is this store") }
+            // The same database by another name: caught by the server, not by the name.
+            if let source = storage as? PostgresStorage, try await destination.isSameDatabase(as: source) {
+                throw ChatLogError.invalidInput("the destination is this store (its database by another name)")
+            }
+        } catch {
             await destination.close()
-            throw .invalidInput("the destination is this store")
+            throw error
         }
         var keys: PostgresSubjectKeys?
         do {

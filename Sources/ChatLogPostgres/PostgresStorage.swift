@@ -416,6 +416,32 @@ package final class PostgresStorage: ChatLogStorage {
         return try outcome.get()
     }
 
+    /// The same database reached by another name (a link to the server's socket folder, `localhost`
+    /// for a socket, another user): a server process of `other`'s pool (its pid and start time, which
+    /// no two processes share) is in this database's `pg_stat_activity`.
+    package func isSameDatabase(as other: PostgresStorage) async throws(ChatLogError) -> Bool {
+        let (theirs, logger) = (other.logger, logger)
+        let process = try await other.read { connection in
+            var found: (Int64, String)?
+            for try await row in try await connection.query(
+                "SELECT pg_backend_pid()::bigint, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()", logger: theirs
+            ).decode((Int64, String).self) {
+                found = row
+            }
+            return found.map { [String($0.0), $0.1] }
+        }
+        guard let process, process.count == 2, let pid = Int64(process[0]) else { return false }
+        return try await read { connection in
+            var same = false
+            for try await _ in try await connection.query(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = \(pid) AND backend_start::text = \(process[1]) AND datname = current_database()", logger: logger)
+            {
+                same = true
+            }
+            return same
+        }
+    }
+
     /// Who holds the key-job lock: the holder's application_name (chatlog sets "chatlog pid N on
     /// HOST"), its client address and server process id.
     static func lockHolder(_ connection: PostgresConnection, _ logger: Logger) async throws -> String? {

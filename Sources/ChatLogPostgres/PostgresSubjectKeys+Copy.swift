@@ -154,30 +154,10 @@ extension PostgresSubjectKeys: SubjectKeyCopying {
         }
     }
 
-    /// The same database reached by another name: a server process of `other`'s pool (its pid and
-    /// start time, which no two processes share) is in this database's `pg_stat_activity`.
+    /// The same database reached by another name (PostgresStorage.isSameDatabase).
     package func isSameStore(as other: any SubjectKeyCopying) async throws(ChatLogError) -> Bool {
         guard let other = other as? PostgresSubjectKeys else { return false }
-        let (theirs, logger) = (other.logger, logger)
-        let process = try await other.connection.read { connection in
-            var found: (Int64, String)?
-            for try await row in try await connection.query(
-                "SELECT pg_backend_pid()::bigint, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()", logger: theirs
-            ).decode((Int64, String).self) {
-                found = row
-            }
-            return found.map { [String($0.0), $0.1] }
-        }
-        guard let process, process.count == 2, let pid = Int64(process[0]) else { return false }
-        return try await connection.read { connection in
-            var same = false
-            for try await _ in try await connection.query(
-                "SELECT 1 FROM pg_stat_activity WHERE pid = \(pid) AND backend_start::text = \(process[1]) AND datname = current_database()", logger: logger)
-            {
-                same = true
-            }
-            return same
-        }
+        return try await connection.isSameDatabase(as: other.connection)
     }
 
     package func closeCopy() async { await close() }

@@ -168,7 +168,7 @@ extension PostgreSQLSuites {
             }
         }
 
-        @Test("refused before anything is written, in one line naming no subject: no subject-key database for a PostgreSQL destination, the data's own database, a database holding a store, the source's own key database (also by another name), another store's keys, other keys of this store, a missing source key file, the option with a file destination; a password in --subject-keys-to (CLI)")
+        @Test("refused before anything is written, in one line naming no subject: no subject-key database for a PostgreSQL destination, the data's own database, a database holding a store, the source's own key database (also by another name), another store's keys, other keys of this store, a missing source key file, the option with a file destination; a password in --subject-keys-to (CLI); forget receipts without a reachable subject-key store (PostgreSQL without CHATLOG_SUBJECT_KEYS, SQLite without its key file)")
         func refusals() async throws {
             try await withErasureStore(.postgres) { harness in
                 _ = try await Erasure.fill(harness.store)
@@ -188,15 +188,9 @@ extension PostgreSQLSuites {
                     try await refused(url, harness.location, "holds a chatlog store's data")
                     try await refused(url, harness.subjectKeys, "source's own subject-key store")
                     // The same, reached by another name (a link to the server's socket folder).
-                    let keysURL = try #require(harness.subjectKeys)
-                    let host = try #require(keysURL.range(of: "host="))
-                    let folder = String(keysURL[host.upperBound...])
-                    let alias = "/tmp/chatlog-alias-\(UUID().uuidString.prefix(8))"
-                    try FileManager.default.createSymbolicLink(atPath: alias, withDestinationPath: folder)
-                    defer { try? FileManager.default.removeItem(atPath: alias) }
-                    let aliased = keysURL.replacingOccurrences(of: folder, with: alias)
-                    #expect(try PostgresLocation(url: aliased).description != (try PostgresLocation(url: keysURL).description))
-                    try await refused(url, aliased, "source's own subject-key store")
+                    try await withAliasedPostgresURL(try #require(harness.subjectKeys)) { aliased in
+                        try await refused(url, aliased, "source's own subject-key store")
+                    }
                     // Another store's keys.
                     try await withErasureStore(.postgres) { other in
                         _ = try await other.store.createConversation(NewConversation(subject: "someone"))
@@ -273,6 +267,42 @@ extension PostgreSQLSuites {
                         #expect("\(error)".contains("(its forget receipts and forgotten key ids go with them)"), "\(error)")
                     }
                     #expect(try data.psql("SELECT to_regclass('conversations') IS NULL") == "t")
+                }
+            }
+            // Every subject forgotten and the source's subject-key store out of reach (a PostgreSQL store
+            // opened without CHATLOG_SUBJECT_KEYS; a SQLite store whose key file is away): the forgotten
+            // ids would go without the key store's next id, so the copy is refused.
+            let unreachable = "forget receipts or forgotten subject-key ids, and its subject-key store, which must go with them, is not reachable ("
+            try await withErasureStore(.postgres) { harness in
+                _ = try await harness.store.createConversation(NewConversation(subject: "gone"))
+                #expect(try await harness.store.erasure.forget(subject: "gone")?.conversations == 1)
+                let blind = try await ChatLogStore.open(url: harness.location, key: .key(harness.key))
+                defer { try? blind.close() }
+                try await withSQLiteLocation { path in
+                    do {
+                        _ = try await blind.copy(to: path)
+                        Issue.record("copied the receipts without the subject-key store")
+                    } catch {
+                        #expect("\(error)".contains(unreachable + "CHATLOG_SUBJECT_KEYS"), "\(error)")
+                    }
+                    #expect(!FileManager.default.fileExists(atPath: path))
+                }
+            }
+            try await withErasureStore(.sqlite) { harness in
+                _ = try await harness.store.createConversation(NewConversation(subject: "gone"))
+                #expect(try await harness.store.erasure.forget(subject: "gone")?.conversations == 1)
+                let keyFile = harness.location + SubjectKeyFile.suffix
+                try FileManager.default.moveItem(atPath: keyFile, toPath: keyFile + ".away")
+                let store = try ChatLogStore.open(at: harness.location, key: .key(harness.key))
+                defer { try? store.close() }
+                try await withSQLiteLocation { path in
+                    do {
+                        _ = try await store.copy(to: path)
+                        Issue.record("copied the receipts without the subject-key file")
+                    } catch {
+                        #expect("\(error)".contains(unreachable) && "\(error)".contains("subject-keys is missing"), "\(error)")
+                    }
+                    #expect(!FileManager.default.fileExists(atPath: path))
                 }
             }
         }

@@ -146,7 +146,7 @@ extension PostgreSQLSuites {
             return lines
         }
 
-        @Test("copy moves a store SQLite → PostgreSQL → SQLite without opening a value: the same transcripts and search answers, resumed after an interruption, verified; another store or a foreign file at the destination is refused untouched")
+        @Test("copy moves a store SQLite → PostgreSQL → SQLite without opening a value: the same transcripts and search answers, resumed after an interruption, verified; another store or a foreign file at the destination is refused untouched, and so is the store itself, also by another name")
         func copyBothWays() async throws {
             let conversations = (0..<14).map { _ in ConversationID.make() }
             let messages = conversations.map { _ in (0..<5).map { _ in MessageID.make() } }
@@ -205,6 +205,16 @@ extension PostgreSQLSuites {
                         #expect(try await Self.summary(reopened) == expected)
                         await #expect(try reopened.verify().ok)
                     }
+
+                    // Into itself: refused by its name, and by another name (a link to the server's socket
+                    // folder), which only the server can tell; nothing changed.
+                    await #expect(throws: ChatLogError.invalidInput("the destination is this store")) { try await copied.copy(to: url) }
+                    try await withAliasedPostgresURL(url) { aliased in
+                        await #expect(throws: ChatLogError.invalidInput("the destination is this store (its database by another name)")) {
+                            try await copied.copy(to: aliased)
+                        }
+                    }
+                    #expect(try await Self.summary(copied) == expected)
 
                     // Another store at the destination, and a file of another program: refused, nothing changed.
                     try await withSQLiteLocation { other in
@@ -399,6 +409,20 @@ func withSQLiteLocation<R>(_ body: (String) async throws -> R) async throws -> R
 }
 
 /// The URL of a new, empty database of the shared test cluster (dropped after `body`).
+/// `url` reaching the same database by another name: its socket folder through a symbolic link
+/// (removed after `body`), so that only the server can tell the two apart.
+@discardableResult
+func withAliasedPostgresURL<R>(_ url: String, _ body: (String) async throws -> R) async throws -> R {
+    let host = try #require(url.range(of: "host="))
+    let folder = String(url[host.upperBound...])
+    let alias = "/tmp/chatlog-alias-\(UUID().uuidString.prefix(8))"
+    try FileManager.default.createSymbolicLink(atPath: alias, withDestinationPath: folder)
+    defer { try? FileManager.default.removeItem(atPath: alias) }
+    let aliased = url.replacingOccurrences(of: folder, with: alias)
+    #expect(try PostgresLocation(url: aliased).description != (try PostgresLocation(url: url).description))
+    return try await body(aliased)
+}
+
 func withPostgresLocation<R>(_ body: (String, PostgresDatabase) async throws -> R) async throws -> R {
     let server = try await PostgresTestServer.shared()
     return try await server.withDatabase { database in try await body(server.url(database: database), PostgresDatabase(server: server, name: database)) }

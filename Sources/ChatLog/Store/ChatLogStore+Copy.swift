@@ -148,6 +148,20 @@ extension ChatLogStore {
         }
     }
 
+    /// Whether the store has forgotten subject-key ids, interrupted forgets or forget receipts.
+    private func hasErasureRows() async throws(ChatLogError) -> Bool {
+        switch backend {
+        case .sqlite(let pool):
+            do {
+                return try await pool.read { db in !(try SQLiteStorage.erasureRows(db)).isEmpty }
+            } catch {
+                throw ChatLogError.wrap(error)
+            }
+        case .storage(let storage):
+            return !(try await storage.erasureRows()).isEmpty
+        }
+    }
+
     /// Where the subject keys come from and go to; every refusal before anything is written.
     func subjectKeyCopyPlan(to destination: (any SubjectKeyCopying)?) async throws(ChatLogError) -> SubjectKeyCopyPlan {
         let (sourceKeys, owned, missing) = copySourceKeys
@@ -156,6 +170,7 @@ extension ChatLogStore {
             let sealed = try await subjectKeyConversationCount()
             let conversations = "\(sealed) conversation\(sealed == 1 ? " is" : "s are") sealed under per-subject keys"
             plan.head = try await sourceKeys?.copyHead()
+            let forgotten = plan.head == nil && sealed == 0 ? try await hasErasureRows() : false
             if let head = plan.head, let sourceKeys {
                 try requireThisStore(head, in: sourceKeys)
                 guard let destination else {
@@ -167,12 +182,17 @@ extension ChatLogStore {
                     throw destination.copyFailure("it is the source's own subject-key store; the copy needs one of its own")
                 }
                 if let found = try await destination.copyHead() { try destination.requireSame(found, as: head) }
-            } else if sealed > 0 {
+            } else if sealed > 0 || forgotten {
                 // No keys to carry: they must be at the destination already (a backup restored
-                // next to the key database it was made from).
+                // next to the key database it was made from). Also when no conversation is sealed
+                // under one any more but forgets were made: the key store's next id goes with the
+                // forgotten ids, so that a key store made anew never hands out a forgotten id again.
                 guard let destination, let found = try await destination.copyHead() else {
-                    throw .invalidInput(
-                        "\(conversations), whose keys are not reachable (\(missing)); nothing was copied (docs/OPERATIONS.md)")
+                    let what =
+                        sealed > 0
+                        ? "\(conversations), whose keys are not reachable"
+                        : "this store has forget receipts or forgotten subject-key ids, and its subject-key store, which must go with them, is not reachable"
+                    throw .invalidInput("\(what) (\(missing)); nothing was copied (docs/OPERATIONS.md)")
                 }
                 try requireThisStore(found, in: destination)
             } else {
