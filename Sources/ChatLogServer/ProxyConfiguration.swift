@@ -41,8 +41,8 @@ public struct ProxyConfiguration: Sendable {
     /// calls in flight, `writerQuietSettle` after the first record came (Recorder.swift).
     public var writerLinger: Duration = .milliseconds(50)
     var writerSettle: Duration = .milliseconds(2)
-    /// With fewer calls in flight: how long a writer that was idle lets the answer that woke it go out
-    /// first (no record for this long).
+    /// With fewer calls in flight: how long after the first record a writer that was idle starts, so
+    /// that the answer whose record woke it goes out first.
     var writerQuietSettle: Duration = .milliseconds(1)
     /// The writer lingers only while this many calls or more are in flight (fewer: no burst to let pass).
     var writerLingerInFlight = 4

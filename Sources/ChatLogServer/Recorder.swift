@@ -33,13 +33,13 @@ final class Recorder: @unchecked Sendable {
     /// `lingerInFlight` calls in flight it writes once no record has come for `settle`, or the oldest
     /// has waited `linger`, or a batch is full, or a `--durable` call waits (never delayed), or the
     /// recorder closes. So a burst of answers is relayed before its records are sealed and written on
-    /// the same cores; with fewer calls in flight there is no burst to wait for, and it writes at once
+    /// the same cores; with fewer calls in flight there is no burst to wait for, and it does not linger
     /// (docs/PERFORMANCE.md, "The writer lets a burst pass").
     ///
     /// With fewer calls in flight, a writer that was idle starts `quietSettle` after the first record
     /// came (at most `linger`): the answer whose record woke it is still being relayed on the event
     /// loop, and sealing and committing beside it made a lone call ~0.5 ms slower (docs/PERFORMANCE.md,
-    /// "The writer waits for the answer to go out").
+    /// "A peer proxy in the same run, and the writer waits for the answer to go out").
     let linger: Duration
     let lingerInFlight: Int
     /// `linger` and the settle times in nanoseconds (`DispatchTime`'s unit).
