@@ -35,24 +35,25 @@ extension PostgreSQLSuites {
                     let (_, more) = try Self.rows(store, count: 2)
                     let next = more.map { var row = $0; row.conversationID = conversation.id; return row }
 
-                    // Another session holds the conversation's row lock for a while.
+                    // Another session holds the conversation's row lock until the test ends it (a fixed
+                    // 4 s hold was missed by the checks below when the full suite slowed them: seen once).
                     let holder = Task {
                         try await server.psqlOffPool(
-                            "BEGIN; SELECT 1 FROM conversations WHERE id = '\(conversation.id)' FOR UPDATE; SELECT pg_sleep(4); COMMIT;", database: database)
+                            "BEGIN; SELECT 1 FROM conversations WHERE id = '\(conversation.id)' FOR UPDATE; SELECT pg_sleep(120); COMMIT;", database: database)
                     }
-                    try #require(
-                        try await waitUntil {
-                            (try? server.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(4)%' AND state = 'active' AND pid <> pg_backend_pid()"))
-                                == "1"
-                        })
+                    let holding = "FROM pg_stat_activity WHERE query LIKE '%pg_sleep(120)%' AND state = 'active' AND pid <> pg_backend_pid()"
+                    try #require(try await waitUntil { (try? server.psql("SELECT count(*) " + holding)) == "1" })
                     let writer = Task { try await storage.insert(conversation: nil, messages: next, into: conversation.id, guard: writeGuard(store)) }
                     // The writer's session, waiting for that lock, is ended by the server.
                     let waiting = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%chatlog_append%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
                     try #require(try await waitUntil { (try? server.psql(waiting)) == "1" })
                     try server.psql(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%chatlog_append%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
+                    // Then the lock is released (the holder's session ended, its transaction rolled back):
+                    // the writer's second run, on another connection, goes through.
+                    try server.psql("SELECT pg_terminate_backend(pid) " + holding)
+                    _ = try? await holder.value
                     let positions = try await finishing(within: 60, "the write whose connection ended") { try await writer.value }
-                    _ = try await holder.value
                     #expect(positions == [2, 3])
                     let stored = try server.psql(
                         "SELECT string_agg(position::text, ',' ORDER BY position) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq WHERE c.id = '\(conversation.id)'",
