@@ -273,37 +273,32 @@ extension PostgreSQLSuites {
             // opened without CHATLOG_SUBJECT_KEYS; a SQLite store whose key file is away): the forgotten
             // ids would go without the key store's next id, so the copy is refused.
             let unreachable = "forget receipts or forgotten subject-key ids, and its subject-key store, which must go with them, is not reachable ("
-            try await withErasureStore(.postgres) { harness in
-                _ = try await harness.store.createConversation(NewConversation(subject: "gone"))
-                #expect(try await harness.store.erasure.forget(subject: "gone")?.conversations == 1)
-                let blind = try await ChatLogStore.open(url: harness.location, key: .key(harness.key))
-                defer { try? blind.close() }
-                try await withSQLiteLocation { path in
-                    do {
-                        _ = try await blind.copy(to: path)
-                        Issue.record("copied the receipts without the subject-key store")
-                    } catch {
-                        #expect("\(error)".contains(unreachable + "CHATLOG_SUBJECT_KEYS"), "\(error)")
+            /// A harness store whose one subject is forgotten; `reopen` gives the handle to copy from
+            /// without its subject-key store, whose copy into a new file must be refused naming `missing`.
+            func refusesReceiptsWithoutKeys(_ backend: Backend, missing: String, reopen: (ErasureStoreHarness) async throws -> ChatLogStore) async throws {
+                try await withErasureStore(backend) { harness in
+                    _ = try await harness.store.createConversation(NewConversation(subject: "gone"))
+                    #expect(try await harness.store.erasure.forget(subject: "gone")?.conversations == 1)
+                    let source = try await reopen(harness)
+                    defer { try? source.close() }
+                    try await withSQLiteLocation { path in
+                        do {
+                            _ = try await source.copy(to: path)
+                            Issue.record("copied the receipts without the subject-key store (\(backend))")
+                        } catch {
+                            #expect("\(error)".contains(unreachable) && "\(error)".contains(missing), "\(error)")
+                        }
+                        #expect(!FileManager.default.fileExists(atPath: path))
                     }
-                    #expect(!FileManager.default.fileExists(atPath: path))
                 }
             }
-            try await withErasureStore(.sqlite) { harness in
-                _ = try await harness.store.createConversation(NewConversation(subject: "gone"))
-                #expect(try await harness.store.erasure.forget(subject: "gone")?.conversations == 1)
+            try await refusesReceiptsWithoutKeys(.postgres, missing: "(CHATLOG_SUBJECT_KEYS") { harness in
+                try await ChatLogStore.open(url: harness.location, key: .key(harness.key))
+            }
+            try await refusesReceiptsWithoutKeys(.sqlite, missing: "subject-keys is missing") { harness in
                 let keyFile = harness.location + SubjectKeyFile.suffix
                 try FileManager.default.moveItem(atPath: keyFile, toPath: keyFile + ".away")
-                let store = try ChatLogStore.open(at: harness.location, key: .key(harness.key))
-                defer { try? store.close() }
-                try await withSQLiteLocation { path in
-                    do {
-                        _ = try await store.copy(to: path)
-                        Issue.record("copied the receipts without the subject-key file")
-                    } catch {
-                        #expect("\(error)".contains(unreachable) && "\(error)".contains("subject-keys is missing"), "\(error)")
-                    }
-                    #expect(!FileManager.default.fileExists(atPath: path))
-                }
+                return try ChatLogStore.open(at: harness.location, key: .key(harness.key))
             }
         }
 

@@ -235,6 +235,11 @@ import Testing
         }
     }
 
+    /// Polls until `committed` records are committed (at most a minute; the caller checks).
+    static func waitUntil(_ metrics: ProxyMetrics, committed: Int) async throws {
+        for _ in 0..<6000 where metrics.health.committed < committed { try await Task.sleep(for: .milliseconds(10)) }
+    }
+
     /// The writer lets records gather while calls keep finishing (`linger`, `settle`), so that a burst
     /// of answers is relayed before its records are written on the same cores. Nothing waits on it
     /// that must not: a `--durable` call, a full batch and the drain are written at once; a record
@@ -254,9 +259,6 @@ import Testing
                 recorder.start()
                 return (store, metrics, recorder)
             }
-            func waitUntil(_ metrics: ProxyMetrics, committed: Int) async throws {
-                for _ in 0..<6000 where metrics.health.committed < committed { try await Task.sleep(for: .milliseconds(10)) }
-            }
 
             // A lone record waits while nothing else asks for a write, and the drain writes it.
             let (lone, loneMetrics, loneRecorder) = try make("lone")
@@ -271,7 +273,7 @@ import Testing
             let (durable, durableMetrics, durableRecorder) = try make("durable")
             #expect(durableRecorder.submit(record("first")))
             let durableCall = Task { await durableRecorder.submitAndWait(record("durable")) }
-            try await waitUntil(durableMetrics, committed: 2)
+            try await Self.waitUntil(durableMetrics, committed: 2)
             #expect(durableMetrics.health.committed == 2, "a durable call was held back by the linger")
             await durableRecorder.drain()
             #expect(await durableCall.value)
@@ -280,7 +282,7 @@ import Testing
             // A full batch is written at once; the rest of the next one waits.
             let (batch, batchMetrics, batchRecorder) = try make("batch", batchSize: 3)
             for index in 0..<4 { #expect(batchRecorder.submit(record("b\(index)"))) }
-            try await waitUntil(batchMetrics, committed: 3)
+            try await Self.waitUntil(batchMetrics, committed: 3)
             try await Task.sleep(for: .milliseconds(100))
             #expect(batchMetrics.health.committed == 3 && batchMetrics.health.queueDepth == 1)
             await batchRecorder.drain()
@@ -289,7 +291,7 @@ import Testing
             // Quiet for `settle`: written without a drain.
             let (settled, settledMetrics, settledRecorder) = try make("settle", settle: .milliseconds(50))
             #expect(settledRecorder.submit(record("settled")))
-            try await waitUntil(settledMetrics, committed: 1)
+            try await Self.waitUntil(settledMetrics, committed: 1)
             #expect(settledMetrics.health.committed == 1)
             await #expect(try settled.counts().messages == 1)
             await settledRecorder.drain()
@@ -299,7 +301,7 @@ import Testing
             let (gated, gatedMetrics, gatedRecorder) = try make("gated", lingerInFlight: 3)
             for _ in 0..<2 { gatedMetrics.callStarted() }
             #expect(gatedRecorder.submit(record("few calls")))
-            try await waitUntil(gatedMetrics, committed: 1)
+            try await Self.waitUntil(gatedMetrics, committed: 1)
             #expect(gatedMetrics.health.committed == 1)
             gatedMetrics.callStarted()
             #expect(gatedRecorder.submit(record("a burst")))
@@ -326,9 +328,6 @@ import Testing
                 recorder.start()
                 return (store, metrics, recorder)
             }
-            func waitUntil(_ metrics: ProxyMetrics, committed: Int) async throws {
-                for _ in 0..<6000 where metrics.health.committed < committed { try await Task.sleep(for: .milliseconds(10)) }
-            }
 
             // A record to an idle writer waits; a durable call behind it does not (both written long
             // before the 30 s are up).
@@ -346,7 +345,7 @@ import Testing
             // Written without a drain once the settle is over.
             let (lone, loneMetrics, loneRecorder) = try make("lone", quiet: .milliseconds(200))
             #expect(loneRecorder.submit(record("lone")))
-            try await waitUntil(loneMetrics, committed: 1)
+            try await Self.waitUntil(loneMetrics, committed: 1)
             #expect(loneMetrics.health.committed == 1)
             await #expect(try lone.counts().messages == 1)
 
