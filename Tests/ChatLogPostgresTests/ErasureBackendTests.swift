@@ -204,6 +204,40 @@ extension PostgreSQLSuites {
             }
         }
 
+        /// Behind the storage seam an append reads its conversation's row for the subject key it is
+        /// sealed under — except for a conversation the same handle made: that key is remembered, so
+        /// a continued exchange is one statement. Seen here by emptying the row's subject in the
+        /// database behind the handle's back: the maker still seals under the subject's key (it read
+        /// nothing), a fresh handle reads the row and seals under the data key.
+        @Test("a conversation this handle made is continued without reading its row first (its subject key is remembered)")
+        func madeHereIsNotReadAgain() async throws {
+            try await withErasureStore(.postgres) { harness in
+                let store = harness.store
+                let logged = try await store.logExchange(
+                    ModelExchange(
+                        conversation: .new(NewConversation(subject: "carol")), prompt: [NewMessage(role: .user, content: "carol asks")],
+                        completion: NewMessage(role: .assistant, content: "carol hears")))
+                let created = try await store.createConversation(NewConversation(subject: "carol"))
+                let carol = Set(try await Self.sealed(harness, logged.conversationID).compactMap(SealedValue.subjectKeyID))
+                #expect(carol.count == 1)
+                _ = try harness.dataSQL(
+                    "UPDATE conversations SET subject = NULL WHERE id IN ('\(logged.conversationID.rawValue)', '\(created.rawValue)')")
+                for id in [logged.conversationID, created] {
+                    _ = try await store.logExchange(
+                        ModelExchange(
+                            conversation: .existing(id), prompt: [NewMessage(role: .user, content: "again")],
+                            completion: NewMessage(role: .assistant, content: "still carol")))
+                    let values = try await Self.sealed(harness, id)
+                    #expect(Set(values.compactMap(SealedValue.subjectKeyID)) == carol && values.allSatisfy { $0.first == 2 })
+                }
+                let fresh = try await harness.reopen()
+                defer { try? fresh.close() }
+                _ = try await fresh.append([NewMessage(role: .user, content: "read first")], to: created)
+                let last = try #require(try await Self.sealed(harness, created).last)
+                #expect(last.first == 1 && SealedValue.subjectKeyID(of: last) == nil)
+            }
+        }
+
         @Test("a forget killed after each step is finished by the next forget (or --resume, or verify --repair); the rows are never half-forgotten", arguments: Backend.allCases, ForgetStep.allCases)
         func killedForget(backend: Backend, step: ForgetStep) async throws {
             try await withErasureStore(backend) { harness in

@@ -215,11 +215,15 @@ extension ChatLogStore {
     }
 
     func storageCreateConversation(_ conversation: NewConversation, _ storage: any ChatLogStorage) async throws(ChatLogError) -> ConversationID {
-        try await storageWrite(storage, subjects: Set([conversation.subject].compactMap { $0 }), conversationID: \.rawValue) {
+        var subjectKey: KeyID?
+        let id = try await storageWrite(storage, subjects: Set([conversation.subject].compactMap { $0 }), conversationID: \.rawValue) {
             (keys, known) throws(ChatLogError) in
             let prepared = try prepare(conversation, keys: keys, subjectKeys: known)
+            subjectKey = prepared.erasure?.id
             return (prepared, [], prepared.id)
         }
+        rememberSubjectKey(subjectKey, of: id)
+        return id
     }
 
     func storageAppend(_ messages: [NewMessage], to conversation: ConversationID, _ storage: any ChatLogStorage) async throws(ChatLogError)
@@ -240,15 +244,22 @@ extension ChatLogStore {
         case .new(let new): if let subject = new.subject { subjects.insert(subject) }
         case .existing(let id): existing = try await storageExistingSubjectKey(id, storage)
         }
-        return try await storageWrite(storage, subjects: subjects, conversationID: \.conversationID.rawValue) { (keys, known) throws(ChatLogError) in
+        var created: (id: ConversationID, subjectKey: KeyID?)?
+        let logged = try await storageWrite(storage, subjects: subjects, conversationID: \.conversationID.rawValue) {
+            (keys, known) throws(ChatLogError) in
             let (conversation, messages) = try prepare(exchange, keys: keys, existing: existing, subjectKeys: known)
             let id: ConversationID
             switch exchange.conversation {
-            case .new: id = conversation!.id
+            case .new:
+                id = conversation!.id
+                created = (id, conversation!.erasure?.id)
             case .existing(let existing): id = existing
             }
             return (conversation, messages, LoggedExchange(conversationID: id, messageIDs: messages.map(\.id)))
         }
+        // The next exchange of a conversation made here needs no read of its row for its subject key.
+        if let created { rememberSubjectKey(created.subjectKey, of: created.id) }
+        return logged
     }
 
     /// Deletes conversations with their messages and search terms (one transaction). The backend

@@ -98,10 +98,7 @@ extension ChatLogStore {
         } else {
             guard let row = try await storage.conversation(id: conversation.rawValue) else { return nil }  // the insert says so
             id = row.subject.flatMap(SealedValue.subjectKeyID)
-            conversationSubjectKeys.withLock { known in
-                if known.count >= Self.conversationSubjectKeysCapacity { known.removeAll(keepingCapacity: true) }
-                known[conversation.rawValue] = id
-            }
+            rememberSubjectKey(id, of: conversation)
         }
         guard let id else { return nil }
         let context = FieldContext(table: "conversations", column: "erasure_key_id", rowID: conversation.rawValue)
@@ -119,6 +116,15 @@ extension ChatLogStore {
     }
 
     static let conversationSubjectKeysCapacity = 4_096
+
+    /// Notes which subject key (or none) `conversation` is sealed under: read from its row, or
+    /// known because this handle created it (then its first continued exchange reads nothing).
+    func rememberSubjectKey(_ id: KeyID?, of conversation: ConversationID) {
+        conversationSubjectKeys.withLock { known in
+            if known.count >= Self.conversationSubjectKeysCapacity { known.removeAll(keepingCapacity: true) }
+            known[conversation.rawValue] = id
+        }
+    }
 
     /// Loads the subject keys that version-2 values read from the backend name (so that opening
     /// them needs no round trip), and the reason for each that is absent.
