@@ -248,16 +248,10 @@ import Testing
     /// depended on it expiring would wait for its bounded poll, then fail.)
     @Test(.timeLimit(.minutes(5))) func theWriterLingersOnlyWhileNothingWaits() async throws {
         try await withServerTemporaryDirectory { directory in
-            func make(
-                _ name: String, batchSize: Int = 10, settle: Duration = .seconds(3600), lingerInFlight: Int = 0
-            ) throws -> (ChatLogStore, ProxyMetrics, Recorder) {
-                let store = try ChatLogStore.create(at: directory + "/\(name).db", key: .key(.generate()))
-                let metrics = ProxyMetrics(queueCapacity: 100)
-                let recorder = Recorder(
-                    store: store, capacity: 100, batchSize: batchSize, metrics: metrics, logger: Self.quiet, writerNice: 10,
-                    linger: .seconds(3600), settle: settle, lingerInFlight: lingerInFlight)
-                recorder.start()
-                return (store, metrics, recorder)
+            func make(_ name: String, batchSize: Int = 10, settle: Duration = .seconds(3600), lingerInFlight: Int = 0) throws
+                -> (ChatLogStore, ProxyMetrics, Recorder)
+            {
+                try Self.lingeringRecorder(directory, name, batchSize: batchSize, settle: settle, lingerInFlight: lingerInFlight)
             }
 
             // A lone record waits while nothing else asks for a write, and the drain writes it.
@@ -312,6 +306,21 @@ import Testing
         }
     }
 
+    /// A started recorder on a new store `name` in `directory` that lingers an hour (so only what a
+    /// test sets — a full batch, the settle, the quiet settle, a durable call, the drain — writes).
+    static func lingeringRecorder(
+        _ directory: String, _ name: String, capacity: Int = 100, batchSize: Int, settle: Duration = .seconds(3600),
+        lingerInFlight: Int, quietSettle: Duration = .zero
+    ) throws -> (ChatLogStore, ProxyMetrics, Recorder) {
+        let store = try ChatLogStore.create(at: directory + "/\(name).db", key: .key(.generate()))
+        let metrics = ProxyMetrics(queueCapacity: capacity)
+        let recorder = Recorder(
+            store: store, capacity: capacity, batchSize: batchSize, metrics: metrics, logger: quiet, writerNice: 10,
+            linger: .seconds(3600), settle: settle, lingerInFlight: lingerInFlight, quietSettle: quietSettle)
+        recorder.start()
+        return (store, metrics, recorder)
+    }
+
     /// With few calls in flight, a writer that was idle starts `quietSettle` after the first record
     /// came, so that the answer whose record woke it goes out before the sealing and the commit take
     /// the CPU. Bounded from the first record: calls finishing one after another do not hold it off;
@@ -320,13 +329,7 @@ import Testing
         try await withServerTemporaryDirectory { directory in
             // Batches larger than any test fills: only the settle (or a durable call, or the drain) writes.
             func make(_ name: String, quiet: Duration) throws -> (ChatLogStore, ProxyMetrics, Recorder) {
-                let store = try ChatLogStore.create(at: directory + "/\(name).db", key: .key(.generate()))
-                let metrics = ProxyMetrics(queueCapacity: 1000)
-                let recorder = Recorder(
-                    store: store, capacity: 1000, batchSize: 1000, metrics: metrics, logger: Self.quiet, writerNice: 10,
-                    linger: .seconds(3600), settle: .seconds(3600), lingerInFlight: 4, quietSettle: quiet)
-                recorder.start()
-                return (store, metrics, recorder)
+                try Self.lingeringRecorder(directory, name, capacity: 1000, batchSize: 1000, lingerInFlight: 4, quietSettle: quiet)
             }
 
             // A record to an idle writer waits; a durable call behind it does not (both written long
