@@ -259,13 +259,17 @@ private struct Scanner {
     }
 
     /// `sk-proj-`, `sk-svcacct-`, `sk-admin-` and a long base64url body, or the older `sk-` and 32
-    /// or more letters and digits. Both mix upper and lower case and digits, which words joined by
-    /// dashes (`sk-ecdsa-sha2-nistp256`) do not.
+    /// or more letters and digits. The older form mixes upper and lower case and digits, which
+    /// words joined by dashes (`sk-ecdsa-sha2-nistp256`) do not; behind one of the newer, unmistakable
+    /// prefixes two of the three are enough (a random body of 48 letters and digits has no digit
+    /// about once in 5,000 keys, and such a key was once left in clear), while lower-case words
+    /// joined by dashes still are not a key.
     func openAIKey(at index: Int) -> SecretMatch? {
         let prefixed = matches("sk-proj-", at: index) || matches("sk-svcacct-", at: index) || matches("sk-admin-", at: index)
         let start = index + 3
         let end = runEnd(from: start, prefixed ? ByteClass.word : ByteClass.alnum)
-        guard end - start >= (prefixed ? 40 : 32), end - index < Self.maximumToken, !has(end, ByteClass.word), isRandomLooking(start, end)
+        guard end - start >= (prefixed ? 40 : 32), end - index < Self.maximumToken, !has(end, ByteClass.word),
+            characterClasses(start, end) >= (prefixed ? 2 : 3)
         else { return nil }
         return SecretMatch(start: index, end: end, kind: .openAIKey)
     }
@@ -588,7 +592,10 @@ private struct Scanner {
     }
 
     /// Mixed upper, lower and digits: a random key, not a word or a hex digest.
-    func isRandomLooking(_ start: Int, _ end: Int) -> Bool {
+    func isRandomLooking(_ start: Int, _ end: Int) -> Bool { characterClasses(start, end) == 3 }
+
+    /// How many of upper case, lower case and digits occur in `start..<end` (0…3).
+    func characterClasses(_ start: Int, _ end: Int) -> Int {
         var upper = false
         var lower = false
         var digit = false
@@ -598,7 +605,7 @@ private struct Scanner {
             if byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z") { lower = true }
             if byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") { digit = true }
         }
-        return upper && lower && digit
+        return (upper ? 1 : 0) + (lower ? 1 : 0) + (digit ? 1 : 0)
     }
 }
 
