@@ -133,10 +133,13 @@ let package = Package(
             dependencies: ["ChatLog", "ChatLogPostgres", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: strict
         ),
+        // Child processes for the test suites (posix_spawn and waitpid, not Foundation's Process).
+        .target(name: "ChatLogTestSupport", path: "Tests/ChatLogTestSupport", swiftSettings: strict),
         .testTarget(
             name: "ChatLogTests",
             dependencies: [
                 "ChatLog",
+                "ChatLogTestSupport",
                 "CSodium",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
@@ -148,6 +151,7 @@ let package = Package(
             name: "ChatLogPostgresTests",
             dependencies: [
                 "ChatLog",
+                "ChatLogTestSupport",
                 "ChatLogPostgres",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "GRDB", package: "GRDB.swift"),
@@ -156,13 +160,13 @@ let package = Package(
         ),
         .testTarget(
             name: "ChatLogCLITests",
-            dependencies: ["ChatLog"],
+            dependencies: ["ChatLog", "ChatLogTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(
             name: "ChatLogServerTests",
             dependencies: [
-                "ChatLog", "ChatLogServer",
+                "ChatLog", "ChatLogServer", "ChatLogTestSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,3 +1,4 @@
+import ChatLogTestSupport
 import Foundation
 import Testing
 
@@ -61,49 +62,14 @@ enum ChatLogBinary {
 /// Runs `executable` (the built `chatlog` unless given) with exactly `env` as its environment and
 /// `cwd` as its working directory. stdin is `stdin` (empty when nil; never the parent's terminal);
 /// stdout and stderr go to files, so large outputs cannot fill a pipe and block the child.
+/// Started with posix_spawn and reaped with waitpid (ChildProcess), not Foundation's Process.
 func run(
     _ arguments: [String], env: [String: String], stdin: Data?, cwd: URL, executable: URL? = nil,
-    timeout: TimeInterval = 30
+    timeout: TimeInterval = 120
 ) throws -> CommandResult {
     let executable = try executable ?? ChatLogBinary.url()
-    let io = FileManager.default.temporaryDirectory.appendingPathComponent("chatlog-cli-io-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: io, withIntermediateDirectories: true)
-    defer { try? FileManager.default.removeItem(at: io) }
-    let inputURL = io.appendingPathComponent("stdin")
-    let outputURL = io.appendingPathComponent("stdout")
-    let errorURL = io.appendingPathComponent("stderr")
-    try (stdin ?? Data()).write(to: inputURL)
-    try Data().write(to: outputURL)
-    try Data().write(to: errorURL)
-    let input = try FileHandle(forReadingFrom: inputURL)
-    let output = try FileHandle(forWritingTo: outputURL)
-    let error = try FileHandle(forWritingTo: errorURL)
-    defer {
-        try? input.close()
-        try? output.close()
-        try? error.close()
-    }
-
-    let process = Process()
-    process.executableURL = executable
-    process.arguments = arguments
-    process.environment = env
-    process.currentDirectoryURL = cwd
-    process.standardInput = input
-    process.standardOutput = output
-    process.standardError = error
-    let exited = DispatchSemaphore(value: 0)
-    process.terminationHandler = { _ in exited.signal() }
-    try process.run()
-    if exited.wait(timeout: .now() + timeout) == .timedOut {
-        process.terminate()
-        process.waitUntilExit()
-        throw CLITestError("\(executable.lastPathComponent) \(arguments) did not finish within \(Int(timeout)) s")
-    }
-    process.waitUntilExit()
-    let status = process.terminationReason == .exit ? process.terminationStatus : 128 + process.terminationStatus
-    return CommandResult(
-        status: status, stdout: try Data(contentsOf: outputURL), stderr: try Data(contentsOf: errorURL))
+    let result = try ChildProcess.run(executable.path, arguments, environment: env, directory: cwd.path, input: stdin, timeout: timeout)
+    return CommandResult(status: result.exit.status, stdout: result.stdout, stderr: result.stderr)
 }
 
 /// A fresh base64 master key (32 random bytes, never a placeholder).

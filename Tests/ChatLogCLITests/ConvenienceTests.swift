@@ -1,3 +1,4 @@
+import ChatLogTestSupport
 import Foundation
 import Testing
 
@@ -292,34 +293,26 @@ private func displayWidth(_ text: String) -> Int {
 /// typing the next of `answers` each time a passphrase prompt appears. Returns the exit status
 /// and everything the terminal showed.
 private func runOnTerminal(_ command: String, answers: [String], env: [String: String], cwd: URL) throws -> (status: Int32, screen: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/script")
-    process.arguments = ["-q", "-e", "-f", "-c", command, "/dev/null"]
-    process.environment = env
-    process.currentDirectoryURL = cwd
-    let input = Pipe()
-    let output = Pipe()
-    process.standardInput = input
-    process.standardOutput = output
-    process.standardError = output
-    try process.run()
-    let watchdog = DispatchWorkItem { process.terminate() }
+    let process = try ChildProcess(
+        "/usr/bin/script", ["-q", "-e", "-f", "-c", command, "/dev/null"], environment: env, directory: cwd.path, stdin: .pipe,
+        stdout: .pipe, stderr: .sameAsOutput)
+    let watchdog = DispatchWorkItem { process.signal(SIGTERM) }
     DispatchQueue.global().asyncAfter(deadline: .now() + 180, execute: watchdog)
     defer { watchdog.cancel() }
     var screen = Data()
     var answered = 0
     while true {
-        let chunk = output.fileHandleForReading.availableData
+        let chunk = process.readOutput()
         if chunk.isEmpty { break }
         screen.append(chunk)
         let prompts = String(decoding: screen, as: UTF8.self).components(separatedBy: "Passphrase").count - 1
         while answered < prompts, answered < answers.count {
-            input.fileHandleForWriting.write(Data((answers[answered] + "\n").utf8))
+            process.writeStdin(Data((answers[answered] + "\n").utf8))
             answered += 1
         }
     }
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: screen, as: UTF8.self))
+    let exit = try process.wait(timeout: 180)
+    return (exit.status, String(decoding: screen, as: UTF8.self))
 }
 
 @Suite struct PassphrasePromptTests {

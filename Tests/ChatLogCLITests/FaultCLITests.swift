@@ -1,4 +1,5 @@
 import ChatLog
+import ChatLogTestSupport
 import Foundation
 import GRDB
 import Testing
@@ -15,14 +16,7 @@ import Testing
 
 private func runTool(_ path: String, _ arguments: [String]) -> Bool {
     guard FileManager.default.isExecutableFile(atPath: path) else { return false }
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: path)
-    process.arguments = arguments
-    process.standardOutput = FileHandle.nullDevice
-    process.standardError = FileHandle.nullDevice
-    do { try process.run() } catch { return false }
-    process.waitUntilExit()
-    return process.terminationReason == .exit && process.terminationStatus == 0
+    return (try? ChildProcess(path, arguments).wait(timeout: 120))?.succeeded ?? false
 }
 
 @Suite struct FaultCLITests {

@@ -1,4 +1,5 @@
 import ChatLog
+import ChatLogTestSupport
 import Foundation
 import GRDB
 import Synchronization
@@ -62,116 +63,32 @@ struct SeededRandom: RandomNumberGenerator {
 
 // MARK: - Background children
 
-// glibc's posix_spawn extensions (2.29, 2.34), which Swift's Glibc module does not export.
-private typealias SpawnChangeDirectory = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32
-private typealias SpawnCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-private let spawnChangeDirectory: SpawnChangeDirectory? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addchdir_np")
-    .map { unsafeBitCast($0, to: SpawnChangeDirectory.self) }
-private let spawnCloseFrom: SpawnCloseFrom? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np")
-    .map { unsafeBitCast($0, to: SpawnCloseFrom.self) }
-
-private func openDescriptors() -> [Int32] {
-    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap { Int32($0) }
-}
-
 /// A child process running in the background, its stdout and stderr going to files that can be
 /// read while it runs; stdin is /dev/null, or a pipe this side keeps open (`keepStdinOpen`) until
-/// `closeStdin()`. Started with posix_spawn and reaped here with waitpid, so a signal never
-/// reaches a reaped (possibly reused) pid, and the child inherits no descriptor of other tests.
-final class BackgroundProcess: @unchecked Sendable {
-    // @unchecked Sendable: `pid` and the URLs are set once in init; mutable state is in Mutexes.
-    let pid: pid_t
-    let label: String
+/// `closeStdin()`. A ChildProcess: started with posix_spawn and reaped here with waitpid, so a
+/// signal never reaches a reaped (possibly reused) pid, and the child inherits no descriptor of
+/// other tests.
+final class BackgroundProcess: Sendable {
+    let child: ChildProcess
+    var pid: pid_t { child.pid }
+    var label: String { child.label }
     private let outputURL: URL
     private let errorURL: URL
-    private let reaped = Mutex<Result<Int32, CLITestError>?>(nil)
-    private let stdinWriter = Mutex<Int32>(-1)
 
     init(
         _ arguments: [String], env: [String: String], cwd: URL, scratch: URL, executable: URL? = nil, keepStdinOpen: Bool = false
     ) throws {
         let executable = try executable ?? ChatLogBinary.url()
-        label = "\(executable.lastPathComponent) \(arguments.prefix(6).joined(separator: " "))"
         let name = UUID().uuidString
         outputURL = scratch.appendingPathComponent("child-\(name).out")
         errorURL = scratch.appendingPathComponent("child-\(name).err")
-        let output = open(outputURL.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        let error = open(errorURL.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        var input: Int32 = -1
-        var writer: Int32 = -1
-        if keepStdinOpen {
-            var ends: [Int32] = [-1, -1]
-            guard pipe(&ends) == 0 else { throw CLITestError("pipe failed (errno \(errno))") }
-            for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
-            input = ends[0]
-            writer = ends[1]
-        } else {
-            input = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        }
-        defer {
-            for descriptor in [output, error, input] where descriptor >= 0 { close(descriptor) }
-        }
-        guard output >= 0, error >= 0, input >= 0 else {
-            if writer >= 0 { close(writer) }
-            throw CLITestError("cannot open the child's standard files")
-        }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, input, 0)
-        posix_spawn_file_actions_adddup2(&actions, output, 1)
-        posix_spawn_file_actions_adddup2(&actions, error, 2)
-        if let closeFrom = spawnCloseFrom {
-            _ = closeFrom(&actions, 3)
-        } else {
-            for descriptor in openDescriptors() where descriptor > 2 { posix_spawn_file_actions_addclose(&actions, descriptor) }
-        }
-        var command = [executable.path] + arguments
-        if let changeDirectory = spawnChangeDirectory {
-            _ = changeDirectory(&actions, cwd.path)
-        } else {
-            command = ["/bin/sh", "-c", "cd \"$0\" && exec \"$@\"", cwd.path] + command
-        }
-        let argv = command.map { strdup($0) } + [nil]
-        let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            for pointer in argv + envp { free(pointer) }
-        }
-        var pid: pid_t = 0
-        let status = posix_spawn(&pid, command[0], &actions, nil, argv, envp)
-        guard status == 0 else {
-            if writer >= 0 { close(writer) }
-            throw CLITestError("posix_spawn \(label) failed (\(status))")
-        }
-        self.pid = pid
-        stdinWriter.withLock { $0 = writer }
-    }
-
-    deinit {
-        closeStdin()
-        reaped.withLock { state in
-            guard state == nil else { return }
-            _ = kill(pid, SIGKILL)
-            var status: Int32 = 0
-            _ = waitpid(pid, &status, 0)
-        }
+        child = try ChildProcess(
+            executable.path, arguments, environment: env, directory: cwd.path, stdin: keepStdinOpen ? .pipe : .null,
+            stdout: .file(outputURL.path), stderr: .file(errorURL.path))
     }
 
     /// Writes to the child's stdin (when it was kept open).
-    func writeStdin(_ data: Data) {
-        stdinWriter.withLock { descriptor in
-            guard descriptor >= 0 else { return }
-            data.withUnsafeBytes { raw in
-                var written = 0
-                while written < raw.count {
-                    let count = write(descriptor, raw.baseAddress! + written, raw.count - written)
-                    if count < 0, errno == EINTR { continue }
-                    guard count > 0 else { return }
-                    written += count
-                }
-            }
-        }
-    }
+    func writeStdin(_ data: Data) { child.writeStdin(data) }
 
     /// Whether one of the child's threads is blocked in read(2) on descriptor 0, from
     /// /proc/<pid>/task/*/syscall (x86-64 and arm64 number read 0 and 63).
@@ -196,33 +113,12 @@ final class BackgroundProcess: @unchecked Sendable {
     }
 
     /// Ends the child's stdin (when it was kept open).
-    func closeStdin() {
-        stdinWriter.withLock { descriptor in
-            if descriptor >= 0 { close(descriptor) }
-            descriptor = -1
-        }
-    }
+    func closeStdin() { child.closeStdin() }
 
     /// Reaps the child if it has exited (never blocks).
-    var hasExited: Bool {
-        reaped.withLock { state in
-            if state != nil { return true }
-            var status: Int32 = 0
-            let result = waitpid(pid, &status, WNOHANG)
-            if result == pid {
-                state = .success(status)
-            } else if result < 0, errno != EINTR {
-                state = .failure(CLITestError("waitpid(\(pid)) failed: errno \(errno)"))
-            }
-            return state != nil
-        }
-    }
+    var hasExited: Bool { child.hasExited }
 
-    func signal(_ signal: Int32) {
-        reaped.withLock { state in
-            if state == nil { _ = kill(pid, signal) }
-        }
-    }
+    func signal(_ signal: Int32) { child.signal(signal) }
 
     var outputSoFar: String { String(decoding: (try? Data(contentsOf: outputURL)) ?? Data(), as: UTF8.self) }
     var errorSoFar: String { String(decoding: (try? Data(contentsOf: errorURL)) ?? Data(), as: UTF8.self) }
@@ -230,17 +126,13 @@ final class BackgroundProcess: @unchecked Sendable {
     /// Waits for the exit; kills the child and fails after `timeout`. Status: the exit code, or
     /// 128 + the signal.
     func finish(timeout: TimeInterval = 120) async throws -> CommandResult {
+        let exit: ChildExit
         do {
-            try await waitFor("\(label) exits", timeout: timeout) { self.hasExited }
+            exit = try await child.exit(timeout: timeout)
         } catch {
-            signal(SIGKILL)
-            try await waitFor("\(label) dies") { self.hasExited }
-            throw error
+            throw CLITestError("\(error)")
         }
-        let raw = try reaped.withLock { try $0!.get() }
-        let signal = raw & 0x7f
-        let status = signal == 0 ? (raw >> 8) & 0xff : 128 + signal
-        return CommandResult(status: status, stdout: try Data(contentsOf: outputURL), stderr: try Data(contentsOf: errorURL))
+        return CommandResult(status: exit.status, stdout: try Data(contentsOf: outputURL), stderr: try Data(contentsOf: errorURL))
     }
 }
 

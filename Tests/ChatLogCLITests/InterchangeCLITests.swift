@@ -1,4 +1,5 @@
 import ChatLog
+import ChatLogTestSupport
 import Foundation
 import Testing
 
@@ -425,27 +426,20 @@ import Testing
         var conversations: [String] = []
         for writer in 0..<writers { conversations.append(try sandbox.log(["--title", "writer \(writer)", "--text", "start w\(writer)"]).conversation_id) }
         let stopFile = sandbox.path("stop")
-        var processes: [(process: Process, output: String)] = []
+        var processes: [(process: ChildProcess, output: String)] = []
         defer {
             // Never leave a writer behind, whatever happened.
             _ = FileManager.default.createFile(atPath: stopFile, contents: nil)
-            for (process, _) in processes where process.isRunning { process.terminate() }
+            for (process, _) in processes { process.signal(SIGTERM) }
         }
         for writer in 0..<writers {
             let output = sandbox.path("writer-\(writer).out")
-            _ = FileManager.default.createFile(atPath: output, contents: nil)
-            _ = FileManager.default.createFile(atPath: output + ".err", contents: nil)
-            let process = Process()
-            process.executableURL = driver
-            process.arguments = [
-                "append-loop", "--db", sandbox.path("chatlog.db"), "--conversation", conversations[writer], "--stop-file", stopFile,
-                "--seconds", "90", "--label", "w\(writer)",
-            ]
-            process.environment = sandbox.environment
-            process.currentDirectoryURL = sandbox.directory
-            process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
-            process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: output + ".err"))
-            try process.run()
+            let process = try ChildProcess(
+                driver.path,
+                [
+                    "append-loop", "--db", sandbox.path("chatlog.db"), "--conversation", conversations[writer], "--stop-file", stopFile,
+                    "--seconds", "90", "--label", "w\(writer)",
+                ], environment: sandbox.environment, directory: sandbox.directory.path, stdout: .file(output), stderr: .file(output + ".err"))
             processes.append((process, output))
         }
         func committed(_ writer: Int) -> Int {
@@ -463,8 +457,8 @@ import Testing
 
         _ = FileManager.default.createFile(atPath: stopFile, contents: nil)
         for (writer, (process, output)) in processes.enumerated() {
-            process.waitUntilExit()
-            #expect(process.terminationStatus == 0, "writer \(writer): \((try? String(contentsOfFile: output + ".err", encoding: .utf8)) ?? "")")
+            let exit = try process.wait(timeout: 120)
+            #expect(exit.succeeded, "writer \(writer) \(exit): \((try? String(contentsOfFile: output + ".err", encoding: .utf8)) ?? "")")
         }
         let totals = (0..<writers).map(committed)
 

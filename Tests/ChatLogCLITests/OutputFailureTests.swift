@@ -1,3 +1,4 @@
+import ChatLogTestSupport
 import Foundation
 import Testing
 
@@ -88,29 +89,23 @@ import Testing
     /// Runs chatlog with stdout on a pipe whose reading end is already closed: every write fails
     /// with EPIPE, whatever the timing.
     private func runWithClosedStdout(_ arguments: [String], sandbox: Sandbox, ignoringSIGPIPE: Bool) throws -> CommandResult {
-        let pipe = Pipe()
-        try pipe.fileHandleForReading.close()
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else { throw CLITestError("pipe failed (errno \(errno))") }
+        close(ends[0])
+        defer { close(ends[1]) }
         let errorURL = sandbox.root.appendingPathComponent("tmp/stderr-\(UUID().uuidString)")
-        try Data().write(to: errorURL)
-        let error = try FileHandle(forWritingTo: errorURL)
-        let process = Process()
+        let executable: String
+        var commandLine = arguments
         if ignoringSIGPIPE {
-            process.executableURL = URL(fileURLWithPath: "/bin/sh")
-            process.arguments = ["-c", "trap '' PIPE; exec \"$0\" \"$@\"", try ChatLogBinary.url().path] + arguments
+            executable = "/bin/sh"
+            commandLine = ["-c", "trap '' PIPE; exec \"$0\" \"$@\"", try ChatLogBinary.url().path] + arguments
         } else {
-            process.executableURL = try ChatLogBinary.url()
-            process.arguments = arguments
+            executable = try ChatLogBinary.url().path
         }
-        process.environment = sandbox.environment
-        process.currentDirectoryURL = sandbox.directory
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = pipe.fileHandleForWriting
-        process.standardError = error
-        try process.run()
-        try pipe.fileHandleForWriting.close()
-        process.waitUntilExit()
-        try error.close()
-        let status = process.terminationReason == .exit ? process.terminationStatus : 128 + process.terminationStatus
-        return CommandResult(status: status, stdout: Data(), stderr: try Data(contentsOf: errorURL))
+        let process = try ChildProcess(
+            executable, commandLine, environment: sandbox.environment, directory: sandbox.directory.path, stdout: .descriptor(ends[1]),
+            stderr: .file(errorURL.path))
+        let exit = try process.wait(timeout: 120)
+        return CommandResult(status: exit.status, stdout: Data(), stderr: try Data(contentsOf: errorURL))
     }
 }

@@ -1,3 +1,4 @@
+import ChatLogTestSupport
 import Foundation
 import Testing
 
@@ -221,11 +222,9 @@ struct ServiceUserTests {
         #expect(try String(contentsOfFile: logged, encoding: .utf8).isEmpty)
 
         // Another key job holds the lock: exit 75, and a line in the log.
-        let holder = Process()
-        holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
-        holder.arguments = [world.store + ".keys.lock", "sleep", "30"]
-        try holder.run()
-        defer { holder.terminate() }
+        // Its own process group, so that stopping it also stops the `sleep` it runs under the lock.
+        let holder = try ChildProcess("/usr/bin/flock", [world.store + ".keys.lock", "sleep", "30"], newProcessGroup: true)
+        defer { holder.stop() }
         var held = false
         for _ in 0..<200 where !held {
             held = try run(["-n", world.store + ".keys.lock", "true"], env: world.environment, stdin: nil, cwd: world.sandbox.directory,

@@ -1,3 +1,4 @@
+import ChatLogTestSupport
 import Foundation
 import Testing
 
@@ -416,7 +417,8 @@ extension PostgreSQLSuites.PostgresCLITests {
                 let runs = try (0..<2).map { _ in
                     try BackgroundRun(chatlogBinary(), ["import", "--format", "openai-jsonl", "--batch-size", "25", "--json", file], env: env, cwd: home)
                 }
-                let reports = runs.map { $0.wait() }
+                var reports: [ProcessOutput] = []
+                for run in runs { reports.append(try await run.wait()) }
                 var conversations = 0
                 var duplicates = 0
                 for report in reports {
@@ -448,21 +450,15 @@ extension PostgreSQLSuites.PostgresCLITests {
                 try Data(PostgreSQLSuites.PostgresImportTests.jsonl(count: Self.killedImportSize).utf8).write(to: URL(fileURLWithPath: file))
                 let env = ["CHATLOG_MASTER_KEY": MasterKey.generate().exportBase64(), "CHATLOG_DB": url, "HOME": home, "PATH": "/usr/bin:/bin"]
                 #expect(try ProcessOutput.run(chatlogBinary(), ["init"], env: env, cwd: home).status == 0)
-                let process = Process()
-                process.executableURL = try chatlogBinary()
-                process.arguments = ["import", "--format", "openai-jsonl", "--batch-size", "25", file]
-                process.environment = env
-                process.standardOutput = FileHandle.nullDevice
-                process.standardError = FileHandle.nullDevice
-                try process.run()
+                let process = try ChildProcess(
+                    try chatlogBinary().path, ["import", "--format", "openai-jsonl", "--batch-size", "25", file], environment: env)
                 var importedBeforeKill = 0
                 for _ in 0..<600 {
                     importedBeforeKill = Int((try? database.psql("SELECT count(*) FROM conversations")) ?? "") ?? 0
-                    if importedBeforeKill >= 300 || !process.isRunning { break }
+                    if importedBeforeKill >= 300 || process.hasExited { break }
                     try await Task.sleep(for: .milliseconds(20))
                 }
-                kill(process.processIdentifier, SIGKILL)
-                process.waitUntilExit()
+                process.stop()
                 let there = Int(try database.psql("SELECT count(*) FROM conversations")) ?? -1
                 #expect(importedBeforeKill >= 300 && there < Self.killedImportSize && there % 25 == 0, "killed after \(there) conversations")
                 let partial = try database.psql(
@@ -485,27 +481,20 @@ extension PostgreSQLSuites.PostgresCLITests {
 
 /// A `chatlog` process started in the background, its output in files.
 final class BackgroundRun {
-    let process = Process()
+    let process: ChildProcess
     let io = NSTemporaryDirectory() + "/chatlog-pgimport-io-" + UUID().uuidString
 
     init(_ executable: URL, _ arguments: [String], env: [String: String], cwd: String) throws {
         try FileManager.default.createDirectory(atPath: io, withIntermediateDirectories: true)
-        for name in ["out", "err"] { _ = FileManager.default.createFile(atPath: io + "/" + name, contents: Data()) }
-        process.executableURL = executable
-        process.arguments = arguments
-        process.environment = env
-        process.currentDirectoryURL = URL(fileURLWithPath: cwd)
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: io + "/out"))
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: io + "/err"))
-        try process.run()
+        process = try ChildProcess(executable.path, arguments, environment: env, directory: cwd, stdout: .file(io + "/out"), stderr: .file(io + "/err"))
     }
 
-    func wait() -> ProcessOutput {
-        process.waitUntilExit()
+    /// Waits without holding a thread of Swift's cooperative pool; killed after 5 minutes.
+    func wait() async throws -> ProcessOutput {
+        let exit = try await process.exit(timeout: 300)
         defer { try? FileManager.default.removeItem(atPath: io) }
         return ProcessOutput(
-            status: process.terminationStatus, out: (try? String(contentsOfFile: io + "/out", encoding: .utf8)) ?? "",
+            status: exit.status, out: (try? String(contentsOfFile: io + "/out", encoding: .utf8)) ?? "",
             err: (try? String(contentsOfFile: io + "/err", encoding: .utf8)) ?? "")
     }
 }

@@ -1,3 +1,4 @@
+import ChatLogTestSupport
 import Foundation
 import Synchronization
 import Testing
@@ -296,23 +297,14 @@ extension PostgreSQLSuites.PostgresCLITests {
             defer { try? FileManager.default.removeItem(atPath: home) }
             let env = ["CHATLOG_MASTER_KEY": key.exportBase64(), "CHATLOG_DB": url, "HOME": home, "PATH": "/usr/bin:/bin"]
 
-            let process = Process()
-            process.executableURL = try chatlogBinary()
-            process.arguments = ["key", "rotate", "--new", "--batch-size", "10"]
-            process.environment = env
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
+            let process = try ChildProcess(try chatlogBinary().path, ["key", "rotate", "--new", "--batch-size", "10"], environment: env)
             var movedBeforeKill = 0
             for _ in 0..<1_200 {
                 movedBeforeKill = Int((try? database.psql("SELECT count(*) FROM messages WHERE key_id = 3")) ?? "") ?? 0
-                if movedBeforeKill >= 300 || !process.isRunning { break }
+                if movedBeforeKill >= 300 || process.hasExited { break }
                 try await Task.sleep(for: .milliseconds(25))
             }
-            // Only a child still running: once Foundation has reaped it, its pid may belong to another
-            // process (one of the suspects of docs/TESTING.md "The intermittent hang").
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-            process.waitUntilExit()
+            process.stop()  // SIGKILL unless it has already exited and been reaped
             #expect(movedBeforeKill >= 300 && movedBeforeKill < 3_000, "killed after \(movedBeforeKill) messages")
             #expect(try database.psql("SELECT id || ':' || state FROM keys WHERE kind = 'data' ORDER BY id") == "1:decrypt-only\n3:active")
 
@@ -375,19 +367,15 @@ extension PostgreSQLSuites.PostgresCLITests {
             let env = ["CHATLOG_MASTER_KEY": key.exportBase64(), "CHATLOG_DB": url, "HOME": home, "PATH": "/usr/bin:/bin"]
             let binary = try chatlogBinary().path
             // Each writer: a shell loop of `chatlog log`, recording each message it saw succeed.
-            var writers: [Process] = []
+            var writers: [ChildProcess] = []
             for writer in 0..<4 {
-                let process = Process()
-                process.executableURL = URL(fileURLWithPath: "/bin/sh")
-                process.arguments = [
-                    "-c",
-                    "for i in $(seq 1 \(writer == 3 ? 1_000 : 40)); do \"$0\" log --conversation \(conversation) --text \"writer\(writer) turn$i\" >/dev/null 2>&1 && echo \"writer\(writer) turn$i\" >> \(home)/ok\(writer); done",
-                    binary,
-                ]
-                process.environment = env
-                process.standardOutput = FileHandle.nullDevice
-                process.standardError = FileHandle.nullDevice
-                try process.run()
+                let process = try ChildProcess(
+                    "/bin/sh",
+                    [
+                        "-c",
+                        "for i in $(seq 1 \(writer == 3 ? 1_000 : 40)); do \"$0\" log --conversation \(conversation) --text \"writer\(writer) turn$i\" >/dev/null 2>&1 && echo \"writer\(writer) turn$i\" >> \(home)/ok\(writer); done",
+                        binary,
+                    ], environment: env)
                 writers.append(process)
             }
             // Kill writer 3's whole loop (the shell and its current chatlog) once it has logged a few.
@@ -398,15 +386,15 @@ extension PostgreSQLSuites.PostgresCLITests {
             }
             // The shell is stopped first: killed after its child, it could start the next `chatlog log`
             // in between, which would then log one more message unconfirmed (seen in CI: 2 over the count).
-            if writers[3].isRunning { kill(writers[3].processIdentifier, SIGSTOP) }
-            _ = try? ProcessOutput.run(URL(fileURLWithPath: "/usr/bin/pkill"), ["-KILL", "-P", String(writers[3].processIdentifier)], env: env, cwd: home)
-            if writers[3].isRunning { kill(writers[3].processIdentifier, SIGKILL) }
+            writers[3].signal(SIGSTOP)
+            _ = try? ProcessOutput.run(URL(fileURLWithPath: "/usr/bin/pkill"), ["-KILL", "-P", String(writers[3].pid)], env: env, cwd: home)
+            writers[3].stop()
             // A data-key rotation while the three others go on: they re-seal under the new key.
             let rotation = try ProcessOutput.run(chatlogBinary(), ["key", "rotate", "--new", "--batch-size", "5"], env: env, cwd: home, timeout: 300)
             #expect(rotation.status == 0, "\(rotation)")
             // Whether the rotation overlapped the writers depends on the machine's load; the in-process
             // test writersDuringRotation makes sure of it. Here what matters holds either way.
-            for process in writers { process.waitUntilExit() }
+            for process in writers { try await process.exit(timeout: 600) }
 
             let reopened = try await ChatLogStore.open(url: url, key: .key(key))
             defer { try? reopened.close() }

@@ -1,3 +1,4 @@
+import ChatLogTestSupport
 import Foundation
 import Testing
 
@@ -14,36 +15,25 @@ extension PostgreSQLSuites.PostgresCLITests {
         .appendingPathComponent("ProxyHarness")
 
     /// A started process whose output goes to files, stopped with SIGTERM.
-    final class Background: @unchecked Sendable {
-        // @unchecked Sendable: set once in init; read from one test.
-        let process = Process()
+    final class Background: Sendable {
+        let process: ChildProcess
         let out: String
         let err: String
 
         init(_ executable: String, _ arguments: [String], env: [String: String], cwd: String) throws {
             out = cwd + "/bg-\(UUID().uuidString).out"
             err = out + ".err"
-            _ = FileManager.default.createFile(atPath: out, contents: nil)
-            _ = FileManager.default.createFile(atPath: err, contents: nil)
-            process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = arguments
-            process.environment = env
-            process.currentDirectoryURL = URL(fileURLWithPath: cwd)
-            process.standardInput = FileHandle.nullDevice
-            process.standardOutput = FileHandle(forWritingAtPath: out)
-            process.standardError = FileHandle(forWritingAtPath: err)
-            try process.run()
+            process = try ChildProcess(executable, arguments, environment: env, directory: cwd, stdout: .file(out), stderr: .file(err))
         }
 
         var output: String { (try? String(contentsOfFile: out, encoding: .utf8)) ?? "" }
         var errors: String { (try? String(contentsOfFile: err, encoding: .utf8)) ?? "" }
 
+        /// SIGTERM, then SIGKILL after 60 s; the exit status.
         func stop() async throws -> Int32 {
-            if process.isRunning { kill(process.processIdentifier, SIGTERM) }
-            for _ in 0..<6_000 where process.isRunning { try await Task.sleep(for: .milliseconds(10)) }
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-            process.waitUntilExit()
-            return process.terminationStatus
+            process.signal(SIGTERM)
+            for _ in 0..<6_000 where !process.hasExited { try await Task.sleep(for: .milliseconds(10)) }
+            return process.stop().status
         }
     }
 
@@ -72,9 +62,9 @@ extension PostgreSQLSuites.PostgresCLITests {
                 "/usr/bin/python3",
                 [Self.harness.appendingPathComponent("fake_upstream.py").path, "--cert-dir", home + "/certs", "--ready-file", home + "/ready.json"],
                 env: base, cwd: home)
-            defer { _ = fake.process.isRunning ? kill(fake.process.processIdentifier, SIGKILL) : 0 }
+            defer { fake.process.stop() }
             for _ in 0..<3_000 where !FileManager.default.fileExists(atPath: home + "/ready.json") {
-                #expect(fake.process.isRunning, "the fake upstream exited: \(fake.errors)")
+                #expect(!fake.process.hasExited, "the fake upstream exited: \(fake.errors)")
                 try await Task.sleep(for: .milliseconds(20))
             }
             let ready = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: home + "/ready.json"))) as? [String: Any])
@@ -97,7 +87,7 @@ extension PostgreSQLSuites.PostgresCLITests {
             var port = 0
             for _ in 0..<3_000 {
                 if let match = serve.output.firstMatch(of: /listening on http:\/\/127\.0\.0\.1:([0-9]+)/) { port = Int(match.1) ?? 0 }
-                if port != 0 || !serve.process.isRunning { break }
+                if port != 0 || serve.process.hasExited { break }
                 try await Task.sleep(for: .milliseconds(20))
             }
             #expect(port != 0, "chatlog serve did not start: \(serve.errors)")

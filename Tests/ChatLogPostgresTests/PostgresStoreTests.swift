@@ -1,3 +1,4 @@
+import ChatLogTestSupport
 import Foundation
 import Testing
 
@@ -552,21 +553,14 @@ extension PostgreSQLSuites.PostgresCLITests {
                 let home = (path as NSString).deletingLastPathComponent
                 let env = ["CHATLOG_MASTER_KEY": key.exportBase64(), "CHATLOG_DB": path, "HOME": home, "PATH": "/usr/bin:/bin"]
 
-                let process = Process()
-                process.executableURL = try chatlogBinary()
-                process.arguments = ["copy", "--to", url]
-                process.environment = env
-                process.standardOutput = FileHandle.nullDevice
-                process.standardError = FileHandle.nullDevice
-                try process.run()
+                let process = try ChildProcess(try chatlogBinary().path, ["copy", "--to", url], environment: env)
                 var copiedBeforeKill = 0
                 for _ in 0..<600 {
                     copiedBeforeKill = Int((try? database.psql("SELECT count(*) FROM conversations")) ?? "") ?? 0
-                    if copiedBeforeKill >= 300 || !process.isRunning { break }
+                    if copiedBeforeKill >= 300 || process.hasExited { break }
                     try await Task.sleep(for: .milliseconds(50))
                 }
-                kill(process.processIdentifier, SIGKILL)
-                process.waitUntilExit()
+                process.stop()
                 #expect(copiedBeforeKill >= 300 && copiedBeforeKill < 3_000, "killed after \(copiedBeforeKill) conversations")
                 // Every conversation there is whole: two messages each.
                 let partial = try database.psql(
@@ -614,38 +608,17 @@ func chatlogBinary() throws -> URL {
     throw PostgresTestServerError("the `chatlog` executable was not found next to the test bundle (swift build --product chatlog)")
 }
 
-/// A finished process: exit status and its output as text.
+/// A finished process: exit status (128 + the signal when one ended it) and its output as text.
 struct ProcessOutput: CustomStringConvertible {
     let status: Int32
     let out: String
     let err: String
     var description: String { "exit \(status)\n--- stdout:\n\(out)\n--- stderr:\n\(err)" }
 
-    /// Runs `executable` with exactly `env`, no stdin, output through files (never a full pipe).
-    static func run(_ executable: URL, _ arguments: [String], env: [String: String], cwd: String, timeout: TimeInterval = 60) throws -> ProcessOutput {
-        let io = NSTemporaryDirectory() + "/chatlog-pgcli-io-" + UUID().uuidString
-        try FileManager.default.createDirectory(atPath: io, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: io) }
-        for name in ["in", "out", "err"] { _ = FileManager.default.createFile(atPath: io + "/" + name, contents: Data()) }
-        let process = Process()
-        process.executableURL = executable
-        process.arguments = arguments
-        process.environment = env
-        process.currentDirectoryURL = URL(fileURLWithPath: cwd)
-        process.standardInput = try FileHandle(forReadingFrom: URL(fileURLWithPath: io + "/in"))
-        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: io + "/out"))
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: io + "/err"))
-        let exited = DispatchSemaphore(value: 0)
-        process.terminationHandler = { _ in exited.signal() }
-        try process.run()
-        if exited.wait(timeout: .now() + timeout) == .timedOut {
-            process.terminate()
-            process.waitUntilExit()
-            throw PostgresTestServerError("chatlog \(arguments) did not finish within \(Int(timeout)) s")
-        }
-        process.waitUntilExit()
-        return ProcessOutput(
-            status: process.terminationStatus, out: (try? String(contentsOfFile: io + "/out", encoding: .utf8)) ?? "",
-            err: (try? String(contentsOfFile: io + "/err", encoding: .utf8)) ?? "")
+    /// Runs `executable` with exactly `env`, empty stdin, output through files (never a full
+    /// pipe); killed after `timeout` seconds.
+    static func run(_ executable: URL, _ arguments: [String], env: [String: String], cwd: String, timeout: TimeInterval = 120) throws -> ProcessOutput {
+        let result = try ChildProcess.run(executable.path, arguments, environment: env, directory: cwd, timeout: timeout)
+        return ProcessOutput(status: result.exit.status, out: String(decoding: result.stdout, as: UTF8.self), err: String(decoding: result.stderr, as: UTF8.self))
     }
 }

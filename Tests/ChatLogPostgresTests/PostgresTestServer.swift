@@ -1,3 +1,4 @@
+import ChatLogTestSupport
 import Foundation
 import Synchronization
 import Testing
@@ -19,14 +20,6 @@ import Testing
 // the process exits (an `atexit` handler), and a watchdog process started with it stops it and
 // removes the folder within a second if the test process dies any other way (a crash, SIGKILL):
 // no stray postgres processes, whatever the tests did.
-
-// glibc's posix_spawn extensions (2.29, 2.34), which Swift's Glibc module does not export.
-private typealias SpawnChangeDirectory = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32
-private typealias SpawnCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-private let spawnChangeDirectory: SpawnChangeDirectory? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addchdir_np")
-    .map { unsafeBitCast($0, to: SpawnChangeDirectory.self) }
-private let spawnCloseFrom: SpawnCloseFrom? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np")
-    .map { unsafeBitCast($0, to: SpawnCloseFrom.self) }
 
 struct PostgresTestServerError: Error, CustomStringConvertible {
     let description: String
@@ -322,8 +315,8 @@ final class PostgresTestServer: Sendable {
     }
 
     /// Runs a program to completion; stdout and stderr together in `output`. posix_spawn and
-    /// waitpid rather than Foundation's Process, whose exit monitoring was seen never to report
-    /// children that had exited (zombies left, waitUntilExit hanging) when started from here.
+    /// waitpid (ChatLogTestSupport), not Foundation's Process, whose exit monitoring was seen
+    /// never to report children that had exited (zombies left, waitUntilExit hanging).
     static func run(_ executable: String, _ arguments: [String], workingDirectory: String = "/") throws -> ToolResult {
         let outputPath = "/tmp/chatlog-pg-tool-\(UUID().uuidString)"
         defer { unlink(outputPath) }
@@ -332,43 +325,30 @@ final class PostgresTestServer: Sendable {
         while waitpid(pid, &status, 0) < 0 {
             guard errno == EINTR else { throw PostgresTestServerError("waitpid(\(pid)) failed (errno \(errno))") }
         }
-        let exitCode = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
         let output = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
-        return ToolResult(status: exitCode, output: output)
+        return ToolResult(status: ChildExit(raw: status).status, output: output)
     }
 
     /// Starts `executable` with stdin from /dev/null, stdout and stderr to the file `output`, no
-    /// other descriptor of this process, and the environment without PG… variables.
+    /// other descriptor of this process, and the environment without PG… variables. The caller
+    /// reaps it.
     static func spawn(
         _ executable: String, _ arguments: [String], output: String, workingDirectory: String = "/", newSession: Bool = false
     ) throws -> pid_t {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        if let closeFrom = spawnCloseFrom { _ = closeFrom(&actions, 3) }
-        var command = [executable] + arguments
-        if let changeDirectory = spawnChangeDirectory {
-            _ = changeDirectory(&actions, workingDirectory)
-        } else {
-            command = ["/bin/sh", "-c", "cd \"$0\" && exec \"$@\"", workingDirectory] + command
-        }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        if newSession { posix_spawnattr_setflags(&attributes, Int16(0x80)) }  // POSIX_SPAWN_SETSID (glibc)
+        let input = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        let written = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        defer { for descriptor in [input, written] where descriptor >= 0 { close(descriptor) } }
+        guard input >= 0, written >= 0 else { throw PostgresTestServerError("cannot open \(output) (errno \(errno))") }
         var environment = ProcessInfo.processInfo.environment
         for name in environment.keys where name.hasPrefix("PG") { environment[name] = nil }
         environment["LC_ALL"] = "C"
-        let argv = command.map { strdup($0) } + [nil]
-        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { for pointer in argv + envp { free(pointer) } }
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, command[0], &actions, &attributes, argv, envp)
-        guard result == 0 else { throw PostgresTestServerError("cannot start \(command[0]) (error \(result))") }
-        return pid
+        do {
+            return try spawnChild(
+                executable, arguments, environment: environment, directory: workingDirectory, stdin: input, stdout: written, stderr: written,
+                newSession: newSession)
+        } catch {
+            throw PostgresTestServerError("\(error)")
+        }
     }
 
     static func shellQuoted(_ text: String) -> String {

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import ChatLog
+import ChatLogTestSupport
 import Foundation
 import Logging
 import NIOCore
@@ -38,48 +39,39 @@ final class Tally: Sendable {
 /// Starting and stopping `chatlog serve` as a process.
 enum ServeProcess {
     struct Serve {
-        let process: Process
+        let process: ChildProcess
         let port: Int
         let stdout: String
         let stderr: String
     }
 
     static func start(_ directory: String, key: String, upstreamPort: Int, extra: [String] = []) async throws -> Serve {
-        let process = Process()
-        process.executableURL = try chatlogBinary()
         let stdout = directory + "/serve-\(UUID().uuidString).out"
         let stderr = stdout + ".err"
-        _ = FileManager.default.createFile(atPath: stdout, contents: nil)
-        _ = FileManager.default.createFile(atPath: stderr, contents: nil)
-        process.standardOutput = FileHandle(forWritingAtPath: stdout)
-        process.standardError = FileHandle(forWritingAtPath: stderr)
-        process.arguments =
+        let process = try ChildProcess(
+            try chatlogBinary().path,
             [
                 "serve", "--db", directory + "/chat.db", "--listen", "127.0.0.1:0", "--openai-upstream", "http://127.0.0.1:\(upstreamPort)/v1",
                 "--anthropic-upstream", "http://127.0.0.1:\(upstreamPort)",
-            ] + extra
-        process.environment = ["CHATLOG_MASTER_KEY": key, "PATH": "/usr/bin:/bin"]
-        process.currentDirectoryURL = URL(fileURLWithPath: directory)
-        try process.run()
+            ] + extra, environment: ["CHATLOG_MASTER_KEY": key, "PATH": "/usr/bin:/bin"], directory: directory, stdout: .file(stdout),
+            stderr: .file(stderr))
         for _ in 0..<1000 {
             let text = (try? String(contentsOfFile: stdout, encoding: .utf8)) ?? ""
             if let range = text.range(of: #"listening on http://127\.0\.0\.1:[0-9]+"#, options: .regularExpression) {
                 let port = Int(text[range].split(separator: ":").last!)!
                 return Serve(process: process, port: port, stdout: stdout, stderr: stderr)
             }
-            if !process.isRunning { break }
+            if process.hasExited { break }
             try await Task.sleep(for: .milliseconds(20))
         }
-        process.terminate()
+        process.stop()
         let errors = (try? String(contentsOfFile: stderr, encoding: .utf8)) ?? ""
         Issue.record("chatlog serve did not start: \(errors)")
         throw CancellationError()
     }
 
-    static func waitForExit(_ process: Process) async throws -> Int32 {
-        for _ in 0..<12000 where process.isRunning { try await Task.sleep(for: .milliseconds(10)) }
-        #expect(!process.isRunning, "chatlog serve did not exit within 120 s")
-        return process.terminationStatus
+    static func waitForExit(_ process: ChildProcess) async throws -> Int32 {
+        try await process.exit(timeout: 120).status
     }
 }
 
@@ -132,7 +124,7 @@ enum ServeProcess {
                         try await Task.sleep(for: .milliseconds(10))
                     }
                     #expect(upstream.requests.count + refused.count == calls)
-                    kill(serve.process.processIdentifier, SIGTERM)
+                    serve.process.signal(SIGTERM)
                     try await requests.waitForAll()
                 }
                 let status = try await ServeProcess.waitForExit(serve.process)
@@ -162,7 +154,7 @@ enum ServeProcess {
                 request.body = .bytes(ByteBuffer(string: #"{"model":"m","messages":[{"role":"user","content":"after restart"}]}"#))
                 let response = try await client.execute(request, timeout: .seconds(120))
                 #expect(String(buffer: try await response.body.collect(upTo: 1 << 20)).contains("again"))
-                kill(again.process.processIdentifier, SIGTERM)
+                again.process.signal(SIGTERM)
                 #expect(try await ServeProcess.waitForExit(again.process) == 0)
                 let againErrors = (try? String(contentsOfFile: again.stderr, encoding: .utf8)) ?? ""
                 #expect(againErrors.split(separator: "\n").filter { $0.hasSuffix("[ChatLogServer] call") }.count == 1)

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import ChatLog
+import ChatLogTestSupport
 import Foundation
 import NIOSSL
 import Testing
@@ -13,17 +14,13 @@ import Testing
     static func makeCertificate(in directory: String) throws -> (certificate: String, key: String) {
         let certificate = directory + "/proxy.crt"
         let key = directory + "/proxy.key"
-        let openssl = Process()
-        openssl.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        openssl.arguments = [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-            "-subj", "/CN=chatlog-proxy-test", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", certificate,
-        ]
-        openssl.standardOutput = FileHandle.nullDevice
-        openssl.standardError = FileHandle.nullDevice
-        try openssl.run()
-        openssl.waitUntilExit()
-        #expect(openssl.terminationStatus == 0, "openssl could not make a certificate")
+        let openssl = try ChildProcess(
+            "/usr/bin/env",
+            [
+                "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                "-subj", "/CN=chatlog-proxy-test", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", certificate,
+            ])
+        #expect(try openssl.wait(timeout: 120).succeeded, "openssl could not make a certificate")
         return (certificate, key)
     }
 

@@ -110,13 +110,12 @@ import Testing
                     ],
                     environment: environment, directory: directory.path)
             }
-            // Collect each process's output on its own thread so no pipe fills up.
-            let results = await withTaskGroup(of: (Int, ProcessResult).self) { group in
+            let results = try await withThrowingTaskGroup(of: (Int, ProcessResult).self) { group in
                 for (index, process) in running.enumerated() {
-                    group.addTask { (index, await process.waitAsync()) }
+                    group.addTask { (index, try await process.waitAsync()) }
                 }
                 var results: [Int: ProcessResult] = [:]
-                for await (index, result) in group { results[index] = result }
+                for try await (index, result) in group { results[index] = result }
                 return results
             }
             for index in 0..<processes {

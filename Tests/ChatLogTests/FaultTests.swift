@@ -1,3 +1,4 @@
+import ChatLogTestSupport
 import Foundation
 import GRDB
 import Testing
@@ -26,14 +27,7 @@ import Testing
 @discardableResult
 private func tool(_ path: String, _ arguments: [String]) -> Bool {
     guard FileManager.default.isExecutableFile(atPath: path) else { return false }
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: path)
-    process.arguments = arguments
-    process.standardOutput = FileHandle.nullDevice
-    process.standardError = FileHandle.nullDevice
-    do { try process.run() } catch { return false }
-    process.waitUntilExit()
-    return process.terminationReason == .exit && process.terminationStatus == 0
+    return (try? ChildProcess(path, arguments).wait(timeout: 120))?.succeeded ?? false
 }
 
 private func mountPath() -> String? { ["/usr/bin/mount", "/bin/mount"].first { FileManager.default.isExecutableFile(atPath: $0) } }

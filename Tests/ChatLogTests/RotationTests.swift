@@ -1,3 +1,4 @@
+import ChatLogTestSupport
 import Dispatch
 import Foundation
 import GRDB
@@ -534,13 +535,11 @@ private func onDispatchThread<T: Sendable>(_ body: @escaping @Sendable () -> T) 
         return descriptor
     }
 
-    /// The pid of a process that has exited.
+    /// The pid of a process that has exited (and been reaped).
     private func deadProcessID() throws -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/true")
-        try process.run()
-        process.waitUntilExit()
-        return process.processIdentifier
+        let process = try ChildProcess("/bin/true", [])
+        try process.wait(timeout: 120)
+        return process.pid
     }
 
     @Test func everyKeyJobIsRefusedWhileAnotherHoldsTheLockAndNamesOnlyALiveHolder() async throws {
@@ -673,7 +672,7 @@ private func onDispatchThread<T: Sendable>(_ body: @escaping @Sendable () -> T) 
                 (try? writer.write { db in try db.execute(sql: "UPDATE chatlog_meta SET value = value WHERE name = 'store_id'") }) != nil
             }
             #expect(wrote, "a writer failed with SQLITE_BUSY behind the checkpoint")
-            let readerResult = await reader.waitAsync()
+            let readerResult = try await reader.waitAsync()
             #expect(readerResult.status == 0, "\(readerResult.standardError)")
             await onDispatchThread { checkpointDone.wait() }
             let result = checkpointResult.withLock { $0 }

@@ -1,3 +1,4 @@
+import ChatLogTestSupport
 import Foundation
 import GRDB
 import Testing
@@ -177,42 +178,38 @@ struct ProcessResult: Sendable {
     let standardError: String
 }
 
-/// Starts a process; `wait()` collects its output and exit status.
-final class RunningProcess: @unchecked Sendable {
-    // @unchecked Sendable: `process` and the pipes are configured before `run()` and afterwards
-    // only read from `wait()`, which one test calls once.
-    private let process = Process()
-    private let output = Pipe()
-    private let error = Pipe()
+/// Starts a process (a ChildProcess: posix_spawn, reaped with waitpid); `wait()` collects its
+/// output and exit status. Output goes to files, so a chatty child never blocks on a full pipe.
+final class RunningProcess: Sendable {
+    private let child: ChildProcess
+    private let outputPath: String
+    private let errorPath: String
 
     init(executable: String, arguments: [String], environment: [String: String], directory: String) throws {
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.environment = environment
-        process.currentDirectoryURL = URL(fileURLWithPath: directory)
-        process.standardOutput = output
-        process.standardError = error
-        try process.run()
+        let base = NSTemporaryDirectory() + "/chatlog-running-\(UUID().uuidString)"
+        outputPath = base + ".out"
+        errorPath = base + ".err"
+        child = try ChildProcess(
+            executable, arguments, environment: environment, directory: directory, stdout: .file(outputPath), stderr: .file(errorPath))
     }
 
-    func wait() -> ProcessResult {
-        // Read before waiting so a chatty child cannot block on a full pipe.
-        let out = output.fileHandleForReading.readDataToEndOfFile()
-        let err = error.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return ProcessResult(
-            status: process.terminationStatus, standardOutput: String(decoding: out, as: UTF8.self),
-            standardError: String(decoding: err, as: UTF8.self))
+    deinit {
+        unlink(outputPath)
+        unlink(errorPath)
     }
 
-    /// Waits on a thread of its own, so a long-running child holds neither a thread of Swift's
-    /// cooperative pool (which the other tests running in parallel share) nor one of Dispatch's
-    /// global queues (docs/TESTING.md, "The intermittent hang").
-    func waitAsync() async -> ProcessResult {
-        await withCheckedContinuation { continuation in
-            Thread { continuation.resume(returning: self.wait()) }.start()
-        }
+    private func result(_ exit: ChildExit) -> ProcessResult {
+        ProcessResult(
+            status: exit.status, standardOutput: (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "",
+            standardError: (try? String(contentsOfFile: errorPath, encoding: .utf8)) ?? "")
     }
+
+    /// Blocks this thread until the child exits (killed after 10 minutes: a hang, not a result).
+    func wait() throws -> ProcessResult { result(try child.wait(timeout: 600)) }
+
+    /// Waits without holding a thread of Swift's cooperative pool (which the other tests running
+    /// in parallel share) while the child runs.
+    func waitAsync() async throws -> ProcessResult { result(try await child.exit(timeout: 600)) }
 }
 
 /// SplitMix64: a fixed seed gives the same cases on every run (a failure can be replayed).
