@@ -134,7 +134,9 @@ let package = Package(
             swiftSettings: strict
         ),
         // Child processes for the test suites (posix_spawn and waitpid, not Foundation's Process).
-        .target(name: "ChatLogTestSupport", path: "Tests/ChatLogTestSupport", swiftSettings: strict),
+        .target(name: "ChatLogTestSupport", dependencies: ["CTestHeartbeat"], path: "Tests/ChatLogTestSupport", swiftSettings: strict),
+        // Pokes Swift's global executor every 250 ms in the test process (Heartbeat.swift says why).
+        .target(name: "CTestHeartbeat", path: "Tests/CTestHeartbeat"),
         .testTarget(
             name: "ChatLogTests",
             dependencies: [
