@@ -277,6 +277,53 @@ private func onDispatchThread<T: Sendable>(_ body: @escaping @Sendable () -> T) 
 // MARK: - Other instances (processes) that knew the old keys
 
 @Suite struct RotationStaleInstanceTests {
+    /// A reader whose snapshot began before this handle's rotation committed its new key reloads
+    /// the keys (a search or listing does when its plan's keys differ from the snapshot's): it
+    /// must get the keys of its snapshot, and the handle must keep the new key. It lost it once:
+    /// SearchTests.searchesStayExactDuringARotation saw a rotation stop having moved 0 of 3,000
+    /// rows, its batches looking for rows outside the old key.
+    @Test func aReloadFromAnOlderSnapshotDoesNotTakeTheNewKeyAway() async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try makeStore(in: directory)
+            try fill(store, conversations: 2, perConversation: 10)
+            let old = store.keyRing.current.activeIndexKey.id
+            let inSnapshot = DispatchSemaphore(value: 0)
+            let committed = DispatchSemaphore(value: 0)
+            let seen = Mutex<Result<KeyID, ChatLogError>?>(nil)
+            let pool = try store.pool
+            Thread {
+                let result = Result { () throws(ChatLogError) -> KeyID in
+                    do {
+                        return try pool.read { db in
+                            _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM keys")  // the snapshot starts here
+                            inSnapshot.signal()
+                            committed.wait()
+                            return try store.keyRing.reload(db).activeIndexKey.id
+                        }
+                    } catch { throw ChatLogError.wrap(error) }
+                }
+                seen.withLock { $0 = result }
+                inSnapshot.signal()
+            }.start()
+            await onDispatchThread { inSnapshot.wait() }
+            // A rotation's first step: a new active index key, committed, and this handle's keys reloaded.
+            let new = try await store.writeImmediate { db in
+                let id = try KeyRing.addActiveKey(kind: .index, master: store.keyRing.master, db: db)
+                try store.keyRing.reload(db)
+                return id
+            }
+            #expect(store.keyRing.current.activeIndexKey.id == new)
+            committed.signal()
+            await onDispatchThread { inSnapshot.wait() }
+            #expect(try seen.withLock { try $0?.get() } == old, "the reader's snapshot has the old key active")
+            #expect(store.keyRing.current.activeIndexKey.id == new, "the reload of an older snapshot took the new key away")
+            // And the rotation goes on under the new key.
+            let report = try await store.rotateIndexKey(RotationOptions(newKey: false, batchSize: 7))
+            #expect(report.complete && report.rewritten >= 20, "\(report)")
+            #expect(report.activeKeyID == new)
+        }
+    }
+
     @Test func appendsThroughAStaleInstanceAreSealedUnderTheNewDataKey() async throws {
         try await withTemporaryDirectory { directory in
             let key = MasterKey.generate()

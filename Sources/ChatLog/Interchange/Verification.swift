@@ -179,8 +179,7 @@ extension ChatLogStore {
             }
         }
         try check { _ = try ImportKey.load(master: master, db: db) }
-        try keyRing.reload(db)
-        let keys = keyRing.current
+        let keys = try keyRing.reload(db)
 
         // Conversations: sealed fields and subject tokens.
         let conversations = try Row.fetchCursor(db, sql: "SELECT seq, id, title, subject, subject_token, subject_key_id, metadata FROM conversations")

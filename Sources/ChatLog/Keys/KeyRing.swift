@@ -21,6 +21,13 @@ final class KeyRing: Sendable {
         func subjectTokens(_ subject: String) -> [Data] {
             indexKeys.values.map { SubjectIndex.token(for: subject, key: $0) }
         }
+
+        /// Whether these keys were read before `other`: key ids only grow, the active key of each
+        /// kind is the newest, and a retired key never comes back.
+        func isOlder(than other: Loaded) -> Bool {
+            activeDataKey.id.rawValue < other.activeDataKey.id.rawValue || activeIndexKey.id.rawValue < other.activeIndexKey.id.rawValue
+                || !other.retired.isSubset(of: retired)
+        }
     }
 
     /// Where a master key came from, for error messages: its origin, and whether it was derived
@@ -59,8 +66,17 @@ final class KeyRing: Sendable {
 
     /// Re-reads the key rows given through the storage seam (the caller checked the master key).
     func reload(rows: [StoredKeyRow]) throws(ChatLogError) {
-        let loaded = try Self.load(master: master, rows: rows.map(KeyRowAuthentication.KeyRow.init), authenticated: true)
-        state.withLock { $0 = loaded }
+        install(try Self.load(master: master, rows: rows.map(KeyRowAuthentication.KeyRow.init), authenticated: true))
+    }
+
+    /// Makes `loaded` this handle's keys unless it is older than the keys the handle holds: a
+    /// reader whose snapshot began before another thread's rotation committed must not take the
+    /// rotation's new key away (a concurrent index-key rotation then found nothing to re-blind
+    /// and stopped having moved no row).
+    private func install(_ loaded: Loaded) {
+        state.withLock { current in
+            if !loaded.isOlder(than: current) { current = loaded }
+        }
     }
 
     var master: MasterKey { masterKey.withLock { $0.key } }
@@ -85,9 +101,12 @@ final class KeyRing: Sendable {
         KeyRowAuthentication.equal(stored, master.checkValueV2) || KeyRowAuthentication.equal(stored, master.checkValue)
     }
 
-    /// Re-reads the keys table. If the master key was changed by another process (`key rewrap`),
-    /// this process's master key no longer matches and it must be reopened with the new one.
-    func reload(_ db: Database) throws(ChatLogError) {
+    /// Re-reads the keys table and returns the keys of `db`'s snapshot, for use in that
+    /// transaction; the handle's own keys only move forward (`install`). If the master key was
+    /// changed by another process (`key rewrap`), this process's master key no longer matches
+    /// and it must be reopened with the new one.
+    @discardableResult
+    func reload(_ db: Database) throws(ChatLogError) -> Loaded {
         let master = self.master
         do {
             try checkMaster(db)
@@ -95,7 +114,8 @@ final class KeyRing: Sendable {
             throw ChatLogError.wrap(error)
         }
         let loaded = try Self.load(master: master, db: db)
-        state.withLock { $0 = loaded }
+        install(loaded)
+        return loaded
     }
 
     /// After a rewrap committed by this process.

@@ -139,7 +139,7 @@ extension ChatLogStore {
         let deadline = options.maxDuration.map { started + .milliseconds(Int64($0 * 1000)) }
 
         // 1. A new active key, if asked or if the active one is too old.
-        try read { db in try self.keyRing.reload(db) }
+        _ = try read { db in try self.keyRing.reload(db) }
         let keys = keyRing.current
         let activeID = kind == .data ? keys.activeDataKey.id : keys.activeIndexKey.id
         var wantsNewKey = options.newKey
@@ -282,7 +282,7 @@ extension ChatLogStore {
                 }
                 return (updates.count + newlyDamaged, written)
             } catch is StaleKeys {
-                try read { db in try self.keyRing.reload(db) }
+                _ = try read { db in try self.keyRing.reload(db) }
             } catch {
                 throw ChatLogError.wrap(error)
             }

@@ -109,7 +109,7 @@ extension ChatLogStore {
         let lock = try keyJobLock()
         defer { withExtendedLifetime(lock) {} }
         try writeImmediate { db in try self.retire(id, db) }
-        try read { db in try self.keyRing.reload(db) }
+        _ = try read { db in try self.keyRing.reload(db) }
         try checkpoint()
         guard let entry = try keyStatus().keys.first(where: { $0.id == id }) else { throw .keyNotFound(id) }
         return entry
@@ -143,7 +143,7 @@ extension ChatLogStore {
             }
             return retired
         }
-        try read { db in try self.keyRing.reload(db) }
+        _ = try read { db in try self.keyRing.reload(db) }
         try checkpoint()
         return retired
     }

@@ -23,8 +23,9 @@ extension ChatLogStore {
         return try read { db in
             var plan = plan
             if try !plan.usesLiveIndexKeys(db) {
-                try self.keyRing.reload(db)
-                plan = try SearchPlan(query: query, filters: filters, limit: limit, offset: offset, sort: sort, keys: self.keyRing.current)
+                // The keys of this snapshot, which may be older than the handle's.
+                let keys = try self.keyRing.reload(db)
+                plan = try SearchPlan(query: query, filters: filters, limit: limit, offset: offset, sort: sort, keys: keys)
             }
             return try self.execute(plan, db)
         }
@@ -38,8 +39,9 @@ extension ChatLogStore {
         return try await read { db in
             var plan = plan
             if try !plan.usesLiveIndexKeys(db) {
-                try self.keyRing.reload(db)
-                plan = try SearchPlan(query: query, filters: filters, limit: limit, offset: offset, sort: sort, keys: self.keyRing.current)
+                // The keys of this snapshot, which may be older than the handle's.
+                let keys = try self.keyRing.reload(db)
+                plan = try SearchPlan(query: query, filters: filters, limit: limit, offset: offset, sort: sort, keys: keys)
             }
             return try self.execute(plan, db)
         }
@@ -184,9 +186,10 @@ extension ChatLogStore {
             let keyID: KeyID
             do { keyID = try SealedValue.keyID(of: candidate.sealed) } catch { throw failure(error.integrityReason) }
             if keys.data[keyID] != nil { continue }
-            if keyRing.current.dataKeys[keyID] == nil { try keyRing.reload(db) }
-            guard let key = keyRing.current.dataKeys[keyID] else {
-                throw failure(keyRing.current.retired.contains(keyID) ? .retiredKey(keyID) : .unknownKey(keyID))
+            var ring = keyRing.current
+            if ring.dataKeys[keyID] == nil { ring = try keyRing.reload(db) }
+            guard let key = ring.dataKeys[keyID] else {
+                throw failure(ring.retired.contains(keyID) ? .retiredKey(keyID) : .unknownKey(keyID))
             }
             keys.data[keyID] = key
         }

@@ -186,7 +186,6 @@ extension ChatLogStore {
     /// The blinder of index key `id`, learning keys added by other processes on a miss.
     func blinder(_ id: KeyID, _ db: Database) throws -> TokenBlinder? {
         if let blinder = keyRing.current.blinders[id] { return blinder }
-        try keyRing.reload(db)
-        return keyRing.current.blinders[id]
+        return try keyRing.reload(db).blinders[id]
     }
 }

@@ -51,11 +51,13 @@ extension ChatLogStore {
     /// Plans inside the read: subject tokens under the index keys live in this snapshot (another
     /// process may have rotated since this handle loaded its keys).
     private func conversations(_ query: ConversationQuery, _ db: Database) throws -> ConversationPage {
+        var keys = keyRing.current
         if query.subject != nil {
             let live = try Int64.fetchSet(db, sql: "SELECT id FROM keys WHERE kind = 'index' AND state <> 'retired'")
-            if live != Set(keyRing.current.indexKeys.keys.map { Int64($0.rawValue) }) { try keyRing.reload(db) }
+            // The keys of this snapshot, which may be older than the handle's.
+            if live != Set(keys.indexKeys.keys.map { Int64($0.rawValue) }) { keys = try keyRing.reload(db) }
         }
-        return try conversations(try ConversationListPlan(query, keys: keyRing.current), db)
+        return try conversations(try ConversationListPlan(query, keys: keys), db)
     }
 
     /// Key ids, states, ages and how many rows use each; the master key's fingerprint.

@@ -474,7 +474,7 @@ public final class ChatLogStore: Sendable {
                     return result!
                 }
             } catch is StaleKeys {
-                try read { db in try self.keyRing.reload(db) }
+                _ = try read { db in try self.keyRing.reload(db) }
             } catch let forgotten as ForgottenSubjectKey {
                 try retryAfterForget(forgotten, &refused)
             } catch {
@@ -501,7 +501,7 @@ public final class ChatLogStore: Sendable {
                     return result!
                 }
             } catch is StaleKeys {
-                try await read { db in try self.keyRing.reload(db) }
+                _ = try await read { db in try self.keyRing.reload(db) }
             } catch let forgotten as ForgottenSubjectKey {
                 try retryAfterForget(forgotten, &refused)
             } catch {

@@ -51,13 +51,10 @@ extension ChatLogStore {
         }
         let keyID: KeyID
         do { keyID = try SealedValue.keyID(of: sealed) } catch { throw failure(error.integrityReason) }
-        var key = keyRing.current.dataKeys[keyID]
-        if key == nil, let db {
-            try keyRing.reload(db)
-            key = keyRing.current.dataKeys[keyID]
-        }
-        guard let key else {
-            throw failure(keyRing.current.retired.contains(keyID) ? .retiredKey(keyID) : .unknownKey(keyID))
+        var ring = keyRing.current
+        if ring.dataKeys[keyID] == nil, let db { ring = try keyRing.reload(db) }
+        guard let key = ring.dataKeys[keyID] else {
+            throw failure(ring.retired.contains(keyID) ? .retiredKey(keyID) : .unknownKey(keyID))
         }
         var subjectKey: SubjectKey?
         if let subjectID = SealedValue.subjectKeyID(of: sealed) {
