@@ -30,6 +30,18 @@ private let spawnChangeDirectory: SpawnChangeDirectory? = dlsym(UnsafeMutableRaw
 private let spawnCloseFrom: SpawnCloseFrom? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np")
     .map { unsafeBitCast($0, to: SpawnCloseFrom.self) }
 
+// Linux 5.3's pidfd_open (glibc 2.36 wraps it): a descriptor that becomes readable when the child
+// exits, so a blocking wait wakes at the exit instead of at the next poll.
+private typealias PidfdOpen = @convention(c) (pid_t, UInt32) -> Int32
+private let pidfdOpen: PidfdOpen? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "pidfd_open")
+    .map { unsafeBitCast($0, to: PidfdOpen.self) }
+
+/// Blocks until `descriptor` is readable or `milliseconds` have passed.
+private func waitReadable(_ descriptor: Int32, milliseconds: Int32) {
+    var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+    _ = poll(&entry, 1, milliseconds)
+}
+
 public struct ChildProcessError: Error, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
@@ -134,6 +146,8 @@ public final class ChildProcess: @unchecked Sendable {
     private let inputWriter = Mutex<Int32>(-1)
     private let outputReader = Mutex<Int32>(-1)
     private let group: Bool
+    /// Readable once the child has exited (-1 without pidfd_open).
+    private let exitDescriptor: Int32
 
     /// Starts `executable` with `arguments`. `environment` nil: this process's environment.
     /// `newProcessGroup`/`newSession`: `signalGroup` reaches the child's own children too.
@@ -200,9 +214,12 @@ public final class ChildProcess: @unchecked Sendable {
         }
         inputWriter.withLock { $0 = keptWriter }
         outputReader.withLock { $0 = keptReader }
+        // Not yet reaped, so the pid is still this child's.
+        exitDescriptor = pidfdOpen?(pid, 0) ?? -1
     }
 
     deinit {
+        if exitDescriptor >= 0 { close(exitDescriptor) }
         closeStdin()
         outputReader.withLock { descriptor in
             if descriptor >= 0 { close(descriptor) }
@@ -260,21 +277,30 @@ public final class ChildProcess: @unchecked Sendable {
         var pause: UInt32 = 500
         while true {
             if let exit = try exitOrTimeout(deadline, timeout) { return exit }
-            usleep(pause)
-            pause = min(pause * 2, 10_000)
+            if exitDescriptor >= 0 {
+                // Sleeps until the exit (or the deadline, or at most a second).
+                var milliseconds: Int32 = 1_000
+                if let deadline {
+                    let left = ContinuousClock.now.duration(to: deadline).components
+                    milliseconds = Int32(max(0, min(1_000, left.seconds * 1_000 + left.attoseconds / 1_000_000_000_000_000 + 1)))
+                }
+                waitReadable(exitDescriptor, milliseconds: milliseconds)
+            } else {
+                usleep(pause)
+                pause = min(pause * 2, 10_000)
+            }
         }
     }
 
-    /// Waits for the exit without holding a thread (polling between short sleeps). After
-    /// `timeout` seconds the child is killed, reaped and an error describes what it was doing.
+    /// Waits for the exit without holding a thread of Swift's cooperative pool: a thread of its
+    /// own blocks in `wait` (on the pidfd: no polling), so the two cooperative threads of a 2-core
+    /// machine stay free for the tests. After `timeout` seconds the child is killed, reaped and an
+    /// error describes what it was doing.
     @discardableResult
     public func exit(timeout: Double? = nil) async throws -> ChildExit {
-        let deadline = timeout.map { ContinuousClock.now + .seconds($0) }
-        var pause = 1
-        while true {
-            if let exit = try exitOrTimeout(deadline, timeout) { return exit }
-            try? await Task.sleep(for: .milliseconds(pause))
-            pause = min(pause * 2, 20)
+        if let exit = poll() { return exit }
+        return try await withCheckedThrowingContinuation { continuation in
+            Thread { continuation.resume(with: Result { try self.wait(timeout: timeout) }) }.start()
         }
     }
 

@@ -22,7 +22,7 @@ import Testing
         #expect(result.exit.status == 3 && result.exit.signal == nil && !result.exit.succeeded)
         #expect(String(decoding: result.stdout, as: UTF8.self) == "from stdin")
         #expect(String(decoding: result.stderr, as: UTF8.self) == "to-stderr\n")
-        let killed = try ChildProcess("/bin/sleep", ["30"])
+        let killed = try ChildProcess("/bin/sleep", ["3600"])
         killed.signal(SIGTERM)
         let exit = try killed.wait(timeout: 60)
         #expect(exit.signal == SIGTERM && exit.status == 128 + SIGTERM)
@@ -44,10 +44,10 @@ import Testing
     }
 
     @Test func aTimeoutKillsTheChildAndSaysWhatItWasDoing() throws {
-        let child = try ChildProcess("/bin/sleep", ["30"])
+        let child = try ChildProcess("/bin/sleep", ["3600"])
         do {
             try child.wait(timeout: 0.3)
-            Issue.record("a 30 s sleep finished within 0.3 s")
+            Issue.record("an hour's sleep finished within 0.3 s")
         } catch let error as ChildProcessError {
             #expect(error.description.contains("did not finish within"), "\(error)")
             #expect(error.description.contains("state S"), "\(error)")
@@ -58,7 +58,8 @@ import Testing
     @Test func stoppingAProcessGroupStopsTheChildrenItStarted() async throws {
         let pidFile = NSTemporaryDirectory() + "/chatlog-group-\(UUID().uuidString)"
         defer { unlink(pidFile) }
-        let parent = try ChildProcess("/bin/sh", ["-c", "sleep 60 & echo $! > \(pidFile); wait"], newProcessGroup: true)
+        // Long sleeps: under the whole parallel suite this test's own waits can stretch to minutes.
+        let parent = try ChildProcess("/bin/sh", ["-c", "sleep 3600 & echo $! > \(pidFile); wait"], newProcessGroup: true)
         var grandchild: pid_t = 0
         for _ in 0..<3_000 where grandchild == 0 {
             grandchild = pid_t((try? String(contentsOfFile: pidFile, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
