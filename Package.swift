@@ -134,9 +134,7 @@ let package = Package(
             swiftSettings: strict
         ),
         // Child processes for the test suites (posix_spawn and waitpid, not Foundation's Process).
-        .target(name: "ChatLogTestSupport", dependencies: ["CTestHeartbeat"], path: "Tests/ChatLogTestSupport", swiftSettings: strict),
-        // Pokes Swift's global executor every 250 ms in the test process (Heartbeat.swift says why).
-        .target(name: "CTestHeartbeat", path: "Tests/CTestHeartbeat"),
+        .target(name: "ChatLogTestSupport", path: "Tests/ChatLogTestSupport", swiftSettings: strict),
         .testTarget(
             name: "ChatLogTests",
             dependencies: [

@@ -16,7 +16,7 @@ import Synchronization
 // one's exit until the long one ends. PostgresTestServer had already seen it leave exited
 // children unreaped, and a CI run (of 0000edd) failed with two `chatlog key rewrap`s of about a
 // second each reported "did not finish within 30 s" at the same moment while every other test
-// stood still (whether Foundation's monitor or the Dispatch stall of Heartbeat.swift held them
+// stood still (whether Foundation's monitor or the stall of docs/TESTING.md "The intermittent hang" held them
 // is not known). Here a child is started with posix_spawn, inherits no descriptor but its three
 // standard ones (closefrom in the child, atomic with the spawn) and every signal unblocked at its
 // default action, and is reaped by waitpid from the thread that asks: noticing its exit depends

@@ -8,15 +8,8 @@ import Testing
     import Musl
 #endif
 
-/// The test process's own machinery (ChatLogTestSupport): the heartbeat that keeps a lost
-/// Dispatch wake-up from hanging a run, and the child processes every suite starts.
+/// The test process's own machinery (ChatLogTestSupport): the child processes every suite starts.
 @Suite struct TestHarnessTests {
-    @Test func theHeartbeatThreadRunsInTheTestProcess() throws {
-        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
-        let names = tasks.compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8) }
-        #expect(names.contains { $0.trimmingCharacters(in: .whitespacesAndNewlines) == "chatlog-beat" }, "\(names)")
-    }
-
     @Test func exitCodesSignalsAndOutputsAreReported() throws {
         let result = try ChildProcess.run("/bin/sh", ["-c", "cat; echo to-stderr >&2; exit 3"], input: Data("from stdin".utf8), timeout: 60)
         #expect(result.exit.status == 3 && result.exit.signal == nil && !result.exit.succeeded)
