@@ -53,8 +53,6 @@ public enum ChildIO: Sendable {
     case null
     /// A file: read from (stdin), or created or truncated with mode 0600 and written (stdout, stderr).
     case file(String)
-    /// A file appended to (stdout, stderr), created with mode 0600 when missing.
-    case appendFile(String)
     /// The caller's open descriptor, duplicated into the child; the caller still owns it.
     case descriptor(Int32)
     /// A pipe whose other end this side keeps: `writeStdin`/`closeStdin` for stdin,
@@ -150,14 +148,13 @@ public final class ChildProcess: @unchecked Sendable {
     private let exitDescriptor: Int32
 
     /// Starts `executable` with `arguments`. `environment` nil: this process's environment.
-    /// `newProcessGroup`/`newSession`: `signalGroup` reaches the child's own children too.
+    /// `newProcessGroup`: `stop` (and dropping it while it runs) also kills the children it started.
     public init(
         _ executable: String, _ arguments: [String], environment: [String: String]? = nil, directory: String? = nil,
-        stdin: ChildIO = .null, stdout: ChildIO = .null, stderr: ChildIO = .null, newProcessGroup: Bool = false,
-        newSession: Bool = false
+        stdin: ChildIO = .null, stdout: ChildIO = .null, stderr: ChildIO = .null, newProcessGroup: Bool = false
     ) throws {
         label = ([URL(fileURLWithPath: executable).lastPathComponent] + arguments.prefix(5)).joined(separator: " ")
-        group = newProcessGroup || newSession
+        group = newProcessGroup
         var toClose: [Int32] = []
         defer { for descriptor in toClose { close(descriptor) } }
         var keptWriter: Int32 = -1
@@ -178,7 +175,7 @@ public final class ChildProcess: @unchecked Sendable {
             let input: Int32
             switch stdin {
             case .null, .sameAsOutput: input = try opened("/dev/null", O_RDONLY)
-            case .file(let path), .appendFile(let path): input = try opened(path, O_RDONLY)
+            case .file(let path): input = try opened(path, O_RDONLY)
             case .descriptor(let descriptor): input = descriptor
             case .pipe:
                 let ends = try pipeEnds()
@@ -190,7 +187,6 @@ public final class ChildProcess: @unchecked Sendable {
                 switch io {
                 case .null: return try opened("/dev/null", O_WRONLY)
                 case .file(let path): return try opened(path, O_WRONLY | O_CREAT | O_TRUNC)
-                case .appendFile(let path): return try opened(path, O_WRONLY | O_CREAT | O_APPEND)
                 case .descriptor(let descriptor): return descriptor
                 case .sameAsOutput:
                     guard let other else { throw ChildProcessError("stdout cannot be .sameAsOutput") }
@@ -207,7 +203,7 @@ public final class ChildProcess: @unchecked Sendable {
             let err = try output(stderr, other: out)
             pid = try spawnChild(
                 executable, arguments, environment: environment, directory: directory, stdin: input, stdout: out, stderr: err,
-                newSession: newSession, newProcessGroup: newProcessGroup)
+                newProcessGroup: newProcessGroup)
         } catch {
             for descriptor in [keptWriter, keptReader] where descriptor >= 0 { close(descriptor) }
             throw error
@@ -257,15 +253,6 @@ public final class ChildProcess: @unchecked Sendable {
     public func signal(_ signal: Int32) {
         reaped.withLock { state in
             if state == nil { _ = kill(pid, signal) }
-        }
-    }
-
-    /// Sends `signal` to the child's process group (started with `newProcessGroup` or
-    /// `newSession`), unless the child has been reaped.
-    public func signalGroup(_ signal: Int32) {
-        precondition(group, "signalGroup needs a child started in a process group of its own")
-        reaped.withLock { state in
-            if state == nil { _ = kill(-pid, signal) }
         }
     }
 
@@ -330,7 +317,7 @@ public final class ChildProcess: @unchecked Sendable {
     }
 
     /// The child's state, kernel wait channel and system call, from /proc (for a timeout's message).
-    public func whatItIsDoing() -> String {
+    private func whatItIsDoing() -> String {
         func read(_ name: String) -> String {
             ((try? String(contentsOfFile: "/proc/\(pid)/\(name)", encoding: .utf8)) ?? "?").trimmingCharacters(in: .whitespacesAndNewlines)
         }

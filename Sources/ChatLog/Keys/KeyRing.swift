@@ -118,6 +118,14 @@ final class KeyRing: Sendable {
         return loaded
     }
 
+    /// The keys to open a value sealed under data key `id`: the handle's, or — when it does not know
+    /// that key and a transaction is at hand — `db`'s snapshot's (another process may have rotated).
+    func keys(opening id: KeyID, _ db: Database?) throws(ChatLogError) -> Loaded {
+        let keys = current
+        guard keys.dataKeys[id] == nil, let db else { return keys }
+        return try reload(db)
+    }
+
     /// After a rewrap committed by this process.
     func replaceMaster(_ master: MasterKey, origin: Origin) {
         masterKey.withLock { $0 = (master, origin) }

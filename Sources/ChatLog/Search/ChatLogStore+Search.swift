@@ -186,8 +186,7 @@ extension ChatLogStore {
             let keyID: KeyID
             do { keyID = try SealedValue.keyID(of: candidate.sealed) } catch { throw failure(error.integrityReason) }
             if keys.data[keyID] != nil { continue }
-            var ring = keyRing.current
-            if ring.dataKeys[keyID] == nil { ring = try keyRing.reload(db) }
+            let ring = try keyRing.keys(opening: keyID, db)
             guard let key = ring.dataKeys[keyID] else {
                 throw failure(ring.retired.contains(keyID) ? .retiredKey(keyID) : .unknownKey(keyID))
             }

@@ -51,8 +51,7 @@ extension ChatLogStore {
         }
         let keyID: KeyID
         do { keyID = try SealedValue.keyID(of: sealed) } catch { throw failure(error.integrityReason) }
-        var ring = keyRing.current
-        if ring.dataKeys[keyID] == nil, let db { ring = try keyRing.reload(db) }
+        let ring = try keyRing.keys(opening: keyID, db)
         guard let key = ring.dataKeys[keyID] else {
             throw failure(ring.retired.contains(keyID) ? .retiredKey(keyID) : .unknownKey(keyID))
         }
