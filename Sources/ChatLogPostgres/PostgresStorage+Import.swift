@@ -121,8 +121,8 @@ extension PostgresStorage {
 
     /// Selects and locks the batch (`FOR UPDATE`: a writer appending to one of them meanwhile is
     /// waited for, and the row is checked again: active now, it stays), counts its messages and
-    /// deletes it; its messages go by `ON DELETE CASCADE`, their term rows by the statement trigger of
-    /// migration 0004 (`terms` is never called).
+    /// deletes it; its messages go by `ON DELETE CASCADE`, their terms with their rows (migration
+    /// 0010; `terms` is never called).
     package func deleteInactiveConversations(before: Int64, limit: Int, terms: @escaping @Sendable (SealedMessageRow) -> [UInt64]?)
         async throws(ChatLogError) -> StorageCounts
     {

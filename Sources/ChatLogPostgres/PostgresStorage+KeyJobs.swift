@@ -147,38 +147,17 @@ extension PostgresStorage {
             for chunk in Self.chunks(terms, size: 500) {
                 // Moved messages (index_key_id was still the old key): their terms replaced.
                 let moved = try await Self.update(
-                    chunk, columns: ["id::text", "old_key::bigint", "key::bigint"],
+                    chunk, columns: ["id::text", "old_key::bigint", "key::bigint", "terms::bigint[]"],
                     sql: """
-                        UPDATE messages m SET index_key_id = u.key FROM (VALUES %@) AS u (%@)
+                        UPDATE messages m SET index_key_id = u.key, terms = u.terms FROM (VALUES %@) AS u (%@)
                         WHERE m.id = u.id AND m.index_key_id IS NOT DISTINCT FROM u.old_key
-                        RETURNING m.seq, m.id, m.created_at
+                        RETURNING m.seq
                         """, connection, logger
                 ) { binds, item in
                     binds.append(item.id)
                     binds.append(item.from)
                     binds.append(item.to)
-                }
-                guard !moved.isEmpty else { continue }
-                let seqs = moved.map(\.seq)
-                try await connection.run("DELETE FROM message_terms WHERE message_seq = ANY(\(seqs)::bigint[])", logger: logger)
-                let termsByID = Dictionary(chunk.map { ($0.id, $0.terms) }, uniquingKeysWith: { first, _ in first })
-                var pairSeqs: [Int64] = []
-                var pairTerms: [Int64] = []
-                var pairTimes: [Int64] = []
-                for row in moved {
-                    for term in termsByID[row.id] ?? [] {
-                        pairSeqs.append(row.seq)
-                        pairTerms.append(Int64(bitPattern: term))
-                        pairTimes.append(row.createdAt)
-                    }
-                }
-                if !pairSeqs.isEmpty {
-                    try await connection.run(
-                        """
-                        INSERT INTO message_terms (message_seq, term, created_at)
-                        SELECT * FROM unnest(\(pairSeqs)::bigint[], \(pairTerms)::bigint[], \(pairTimes)::bigint[])
-                        ON CONFLICT DO NOTHING
-                        """, logger: logger)
+                    binds.append(Self.termColumn(item.terms))
                 }
                 written += moved.count
             }
@@ -224,19 +203,13 @@ extension PostgresStorage {
         stride(from: 0, to: items.count, by: size).map { items[$0..<min(items.count, $0 + size)] }
     }
 
-    /// A row an UPDATE … RETURNING gave: seq, and with three columns id and created_at.
-    struct Updated {
-        var seq: Int64
-        var id: String
-        var createdAt: Int64
-    }
 
     /// Runs `sql` with its first `%@` replaced by the VALUES rows of `items` (each value cast to its
     /// column's type, given as "name::type"), its second by the column names. Returns the rows.
     private static func update<Item>(
         _ items: ArraySlice<Item>, columns: [String], sql: String, _ connection: PostgresConnection, _ logger: Logger,
         bind: (inout PostgresBindings, Item) throws -> Void
-    ) async throws -> [Updated] {
+    ) async throws -> [Int64] {
         let types = columns.map { String($0.split(separator: ":", maxSplits: 1).last ?? "") }
         let names = columns.map { String($0.split(separator: ":", maxSplits: 1).first ?? "") }
         var binds = PostgresBindings()
@@ -250,16 +223,8 @@ extension PostgresStorage {
         if let range = text.range(of: "%@") { text.replaceSubrange(range, with: rows.joined(separator: ", ")) }
         if let range = text.range(of: "%@") { text.replaceSubrange(range, with: names.joined(separator: ", ")) }
         let result = try await connection.query(PostgresQuery(unsafeSQL: text, binds: binds), logger: logger)
-        var updated: [Updated] = []
-        for try await row in result {
-            let cells = row.makeRandomAccess()
-            let seq = try cells[0].decode(Int64.self)
-            if cells.count >= 3 {
-                updated.append(Updated(seq: seq, id: try cells[1].decode(String.self), createdAt: try cells[2].decode(Int64.self)))
-            } else {
-                updated.append(Updated(seq: seq, id: "", createdAt: 0))
-            }
-        }
+        var updated: [Int64] = []
+        for try await seq in result.decode(Int64.self) { updated.append(seq) }
         return updated
     }
 
@@ -347,29 +312,13 @@ extension PostgresStorage {
         }
     }
 
-    package func orphanTerms(delete: Bool) async throws(ChatLogError) -> Int {
-        let logger = logger
-        let condition = "NOT EXISTS (SELECT 1 FROM messages m WHERE m.seq = t.message_seq)"
-        guard delete else {
-            return try await read { connection in
-                let rows = try await connection.query(PostgresQuery(unsafeSQL: "SELECT count(*) FROM message_terms t WHERE \(condition)"), logger: logger)
-                for try await count in rows.decode(Int64.self) { return Int(count) }
-                return 0
-            }
-        }
-        return try await transactionMapped { connection in
-            let rows = try await connection.query(
-                PostgresQuery(unsafeSQL: "WITH d AS (DELETE FROM message_terms t WHERE \(condition) RETURNING 1) SELECT count(*) FROM d"), logger: logger)
-            var count = 0
-            for try await value in rows.decode(Int64.self) { count = Int(value) }
-            return count
-        }
-    }
+    /// None can exist: a message's terms are a column of its row (migration postgres/0010).
+    package func orphanTerms(delete: Bool) async throws(ChatLogError) -> Int { 0 }
 
     /// `VACUUM FULL`: rewrites each table into new files without dead row versions (old
     /// ciphertext, old wrapped keys), taking an exclusive lock on each for its duration.
     package func vacuum(onlyKeys: Bool) async throws(ChatLogError) {
-        let tables = onlyKeys ? ["keys", "chatlog_meta"] : ["keys", "chatlog_meta", "conversations", "messages", "message_terms", "imports"]
+        let tables = onlyKeys ? ["keys", "chatlog_meta"] : ["keys", "chatlog_meta", "conversations", "messages", "imports"]
         try await read { connection in
             for table in tables { try await connection.run(PostgresQuery(unsafeSQL: "VACUUM (FULL) \(table)"), logger: self.logger) }
         }

@@ -495,7 +495,7 @@ package final class PostgresStorage: ChatLogStorage {
         return try await transaction { connection in
             try await Self.check(writeGuard, connection, logger)
             // The conversation, its messages and their terms in one statement — up to
-            // `messagesPerStatement` messages (a statement takes at most 65,535 parameters, 13 per
+            // `messagesPerStatement` messages (a statement takes at most 65,535 parameters, 14 per
             // message); the rest of a longer append follows in more statements of the same
             // transaction, each appending after the previous one's rows.
             var target: Target = conversation.map { .new($0) } ?? .existing(conversationID)
@@ -511,8 +511,8 @@ package final class PostgresStorage: ChatLogStorage {
         }
     }
 
-    /// Messages per statement of ``appendMessages(_:to:_:_:)``: 13 parameters each, under
-    /// PostgreSQL's 65,535 with the conversation's 9 and 3 more.
+    /// Messages per statement of ``appendMessages(_:to:_:_:)``: 14 parameters each, under
+    /// PostgreSQL's 65,535 with the conversation's 9 and 2 more.
     static let messagesPerStatement = 4_000
 
     /// A conversation row's nine columns (id, created_at, updated_at, key_id, title, subject,
@@ -557,11 +557,18 @@ package final class PostgresStorage: ChatLogStorage {
     }
 
     static let messageValueTypes = [
-        "text", "bigint", "text", "bigint", "text", "bigint", "bigint", "bigint", "text", "bigint", "bytea", "bytea", "bigint",
+        "text", "bigint", "text", "bigint", "text", "bigint", "bigint", "bigint", "text", "bigint", "bytea", "bytea", "bigint", "bigint[]",
     ]
 
+    /// A message's `terms` column (migration postgres/0010): its distinct terms' values as signed
+    /// BIGINTs (docs/FORMAT.md §5.1), in ascending order; NULL when it has none.
+    static func termColumn(_ terms: [UInt64]) -> [Int64]? {
+        guard !terms.isEmpty else { return nil }
+        return Array(Set(terms.map { Int64(bitPattern: $0) })).sorted()
+    }
+
     /// Inside a write transaction: `messages` appended to `target` at the next positions with their
-    /// term rows, and the conversation's `updated_at` moved — one statement (data-modifying CTEs)
+    /// terms, and the conversation's `updated_at` moved — one statement (data-modifying CTEs)
     /// after at most one locking read. Returns the positions.
     static func appendMessages(_ messages: [SealedMessageRow], to target: Target, _ connection: PostgresConnection, _ logger: Logger)
         async throws -> [Int64]
@@ -604,22 +611,14 @@ package final class PostgresStorage: ChatLogStorage {
             seqExpression = "$1::bigint"
         }
         var rows: [String] = []
-        var termIDs: [String] = []
-        var termValues: [Int64] = []
         for (offset, message) in messages.enumerated() {
             let start = binds.count + 1
             binds.append(message.id)
             binds.append(Int64(offset))
             try Self.bindColumns(message, &binds)
+            binds.append(Self.termColumn(message.terms))
             rows.append("(" + messageValueTypes.enumerated().map { "$\(start + $0.offset)::\($0.element)" }.joined(separator: ", ") + ")")
-            for term in message.terms {
-                termIDs.append(message.id)
-                termValues.append(Int64(bitPattern: term))
-            }
         }
-        let idsParameter = binds.count + 1
-        binds.append(termIDs)
-        binds.append(termValues)
         let latestParameter = binds.count + 1
         binds.append(messages.map(\.createdAt).max() ?? 0)
         let updateCTE: String
@@ -631,16 +630,13 @@ package final class PostgresStorage: ChatLogStorage {
         let sql = """
             WITH \(conversationCTE)
             v (id, step, role, created_at, model, prompt_tokens, completion_tokens, latency_ms, finish_reason, key_id, content, metadata,
-               index_key_id) AS (VALUES \(rows.joined(separator: ", "))),
+               index_key_id, terms) AS (VALUES \(rows.joined(separator: ", "))),
             n AS (SELECT coalesce(max(position) + 1, 0) AS next FROM messages WHERE conversation_seq = \(seqExpression)),
             m AS (INSERT INTO messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens, latency_ms,
-                                        finish_reason, key_id, content, metadata, index_key_id)
+                                        finish_reason, key_id, content, metadata, index_key_id, terms)
                   SELECT id, \(seqExpression), n.next + step, role, created_at, model, prompt_tokens, completion_tokens, latency_ms, finish_reason,
-                         key_id, content, metadata, index_key_id FROM v, n
-                  RETURNING seq, id, created_at, position),
-            t AS (INSERT INTO message_terms (message_seq, term, created_at)
-                  SELECT m.seq, x.term, m.created_at FROM m JOIN unnest($\(idsParameter)::text[], $\(idsParameter + 1)::bigint[]) AS x (id, term) ON x.id = m.id
-                  ON CONFLICT DO NOTHING)\(updateCTE)
+                         key_id, content, metadata, index_key_id, terms FROM v, n
+                  RETURNING position)\(updateCTE)
             SELECT position FROM m ORDER BY position
             """
         let result = try await connection.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger)
@@ -668,7 +664,8 @@ package final class PostgresStorage: ChatLogStorage {
         guard found.1 == writeGuard.activeDataKeyID, found.2 == writeGuard.activeIndexKeyID else { throw StorageConflict.staleKeys }
     }
 
-    /// The terms go with their messages (`ON DELETE CASCADE`): `terms` is never called.
+    /// Messages go with their conversations (`ON DELETE CASCADE`) and terms with their rows (a column
+    /// of `messages`, migration 0010): `terms` is never called.
     package func deleteConversations(_ ids: [String], terms: @escaping @Sendable (SealedMessageRow) -> [UInt64]?) async throws(ChatLogError)
         -> Int
     {
@@ -821,56 +818,38 @@ package final class PostgresStorage: ChatLogStorage {
 
     // MARK: - Search
 
-    /// The rarest required word drives: its terms' rows are walked newest first through
-    /// `message_terms_by_term`, and every other word is an index probe on the primary key
-    /// (message_seq, term). Never more rows read than the page needs beyond those probes.
+    /// One statement over `messages`: every required word is `terms && ARRAY[its values]` (a value
+    /// per live index key), newest first after the cursor. The planner chooses between the GIN
+    /// index `messages_by_term` (the words' lists intersected, then the page sorted: a rare word)
+    /// and walking `messages_by_created` backwards with the words as a filter (a common word, whose
+    /// newest page is found within a few rows) — from the words' element statistics.
     package func searchCandidates(required: [[UInt64]], after cursor: MessageCursor?, limit: Int) async throws(ChatLogError)
         -> [SearchCandidate]
     {
         guard !required.isEmpty, required.allSatisfy({ !$0.isEmpty }), limit > 0 else { return [] }
-        let groups = required.map { $0.map { Int64(bitPattern: $0) } }
-        // The rarest group drives. Its rows are counted only up to `drivingCountCap` (exact below,
-        // a tie at the cap keeps the query's order): counting every row of a common word cost more
-        // than reading its newest page. With one group there is nothing to choose.
-        let counts = groups.count > 1 ? try await cappedCounts(groups) : []
-        let ordered = groups.indices.sorted { (counts.isEmpty ? 0 : counts[$0], $0) < (counts.isEmpty ? 0 : counts[$1], $1) }.map { groups[$0] }
-        // Each term value of the driving group (one per live index key) is an index range read
-        // newest first that stops after the page; with several values (an index key rotated and
-        // not yet retired) the pages are merged and a message holding the word under two keys is
-        // returned once. Grouping every row of the word first cost a full read of a common word.
         var binds = PostgresBindings()
-        let valueParameters = ordered[0].map { value -> Int in
-            binds.append(value)
-            return binds.count
+        var conditions: [String] = []
+        for group in required {
+            binds.append(Array(Set(group.map { Int64(bitPattern: $0) })).sorted())
+            conditions.append("m.terms && $\(binds.count)::bigint[]")
         }
-        var filter = ""
         if let cursor {
             binds.append(cursor.createdAt)
             binds.append(cursor.order)
-            filter += " AND (t.created_at, t.message_seq) < ($\(binds.count - 1), $\(binds.count))"
-        }
-        for group in ordered.dropFirst() {
-            binds.append(group)
-            filter += " AND EXISTS (SELECT 1 FROM message_terms u WHERE u.message_seq = t.message_seq AND u.term = ANY($\(binds.count)::bigint[]))"
+            conditions.append("(m.created_at, m.seq) < ($\(binds.count - 1), $\(binds.count))")
         }
         binds.append(Int64(limit))
-        let page = "ORDER BY created_at DESC, message_seq DESC LIMIT $\(binds.count)"
-        let branches = valueParameters.map { parameter in
-            "SELECT t.message_seq, t.created_at FROM message_terms t WHERE t.term = $\(parameter)::bigint\(filter) \(page)"
-        }
-        let driving =
-            branches.count == 1
-            ? branches[0]
-            : "SELECT message_seq, created_at FROM (" + branches.map { "(\($0))" }.joined(separator: " UNION ALL ")
-                + ") v GROUP BY message_seq, created_at \(page)"
+        let driving = """
+            SELECT m.seq, m.created_at, m.position, m.key_id, m.conversation_seq, m.id, m.role, m.model, m.content FROM messages m
+            WHERE \(conditions.joined(separator: " AND ")) ORDER BY m.created_at DESC, m.seq DESC LIMIT $\(binds.count)
+            """
         // Candidates travel packed, many per protocol row (``packedCandidate``), in no particular
         // order (sorting on the server cost more than here); a large one travels alone. The page is
         // put in order here: (created_at, seq) is unique, so the order is the driving query's.
         let sql = """
             SELECT string_agg(\(Self.packedCandidate), ''::bytea)
-            FROM (SELECT message_seq, row_number() OVER () AS ord FROM (\(driving)) d) hit
-            JOIN messages m ON m.seq = hit.message_seq
-            GROUP BY CASE WHEN octet_length(m.content) > \(Self.packedContentLimit) THEN -hit.ord ELSE hit.ord / \(Self.packedGroupSize) END
+            FROM (SELECT d.*, row_number() OVER () AS ord FROM (\(driving)) d) m
+            GROUP BY CASE WHEN octet_length(m.content) > \(Self.packedContentLimit) THEN -m.ord ELSE m.ord / \(Self.packedGroupSize) END
             """
         let query = PostgresQuery(unsafeSQL: sql, binds: binds)
         return try await read { connection in
@@ -901,36 +880,17 @@ package final class PostgresStorage: ChatLogStorage {
         }
     }
 
-    /// Rows counted per group when choosing the driving group of a search.
-    static let drivingCountCap = 10_000
-
-    /// Each group's (term, message) rows, counted up to ``drivingCountCap``, in one statement.
-    func cappedCounts(_ groups: [[Int64]]) async throws(ChatLogError) -> [Int] {
-        var binds = PostgresBindings()
-        binds.append(Int64(Self.drivingCountCap))
-        var columns: [String] = []
-        for group in groups {
-            binds.append(group)
-            columns.append("(SELECT count(*) FROM (SELECT 1 FROM message_terms WHERE term = ANY($\(binds.count)::bigint[]) LIMIT $1) s)")
-        }
-        let query = PostgresQuery(unsafeSQL: "SELECT " + columns.joined(separator: ", "), binds: binds)
-        return try await read { connection in
-            let rows = try await connection.query(query, logger: self.logger)
-            var counts: [Int] = []
-            for try await row in rows {
-                let cells = row.makeRandomAccess()
-                counts = try (0..<groups.count).map { Int(try cells[$0].decode(Int64.self)) }
-            }
-            return counts
-        }
-    }
-
+    /// Exact counts from the GIN index (a bitmap of the term's messages, then their heap pages
+    /// checked): cheap for a rare term, ~0.7 s for a term of 10 % of 1,000,000 messages
+    /// (docs/PERFORMANCE.md, "The GIN layout measured again").
     package func documentFrequencies(_ terms: [UInt64]) async throws(ChatLogError) -> [UInt64: Int] {
         guard !terms.isEmpty else { return [:] }
         let values = Array(Set(terms)).map { Int64(bitPattern: $0) }
         return try await read { connection in
             let rows = try await connection.query(
-                "SELECT term, count(*) FROM message_terms WHERE term = ANY(\(values)::bigint[]) GROUP BY term", logger: self.logger)
+                """
+                SELECT t.term, (SELECT count(*) FROM messages WHERE terms @> ARRAY[t.term]) FROM unnest(\(values)::bigint[]) AS t (term)
+                """, logger: self.logger)
             var counts: [UInt64: Int] = [:]
             for value in values { counts[UInt64(bitPattern: value)] = 0 }
             for try await (term, count) in rows.decode((Int64, Int64).self) { counts[UInt64(bitPattern: term)] = Int(count) }
@@ -1117,12 +1077,11 @@ extension PostgresStorage {
             let rows = try await connection.query(
                 PostgresQuery(
                     unsafeSQL: """
-                        SELECT m.id, t.term FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
-                        LEFT JOIN message_terms t ON t.message_seq = m.seq WHERE c.id = $1
+                        SELECT m.id, m.terms FROM messages m JOIN conversations c ON c.seq = m.conversation_seq WHERE c.id = $1
                         """, binds: Self.binds(id)), logger: self.logger)
             var terms: [String: [UInt64]] = [:]
-            for try await (message, term) in rows.decode((String, Int64?).self) {
-                terms[message, default: []] += term.map { [UInt64(bitPattern: $0)] } ?? []
+            for try await (message, values) in rows.decode((String, [Int64]?).self) {
+                terms[message] = (values ?? []).map { UInt64(bitPattern: $0) }
             }
             return terms
         }
@@ -1130,7 +1089,7 @@ extension PostgresStorage {
 
     package func termPairCount() async throws(ChatLogError) -> Int {
         try await read { connection in
-            let rows = try await connection.query("SELECT count(*) FROM message_terms", logger: self.logger)
+            let rows = try await connection.query("SELECT coalesce(sum(cardinality(terms)), 0)::bigint FROM messages", logger: self.logger)
             for try await count in rows.decode(Int64.self) { return Int(count) }
             return 0
         }
@@ -1203,12 +1162,12 @@ extension PostgresStorage {
             let terms = try await connection.query(
                 PostgresQuery(
                     unsafeSQL: """
-                        SELECT m.id, t.term FROM message_terms t JOIN messages m ON m.seq = t.message_seq
-                        JOIN conversations c ON c.seq = m.conversation_seq WHERE c.id = ANY($1::text[])
+                        SELECT m.id, m.terms FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
+                        WHERE c.id = ANY($1::text[]) AND m.terms IS NOT NULL
                         """, binds: Self.binds(ids)), logger: self.logger)
-            for try await (message, term) in terms.decode((String, Int64).self) {
+            for try await (message, values) in terms.decode((String, [Int64]).self) {
                 guard let place = messageIndex[message] else { continue }
-                copies[place.conversation]?.messages[place.index].terms.append(UInt64(bitPattern: term))
+                copies[place.conversation]?.messages[place.index].terms = values.map { UInt64(bitPattern: $0) }
             }
             return copies
         }
@@ -1244,40 +1203,34 @@ extension PostgresStorage {
             messages,
             into: """
                 messages (id, conversation_seq, position, role, created_at, model, prompt_tokens, completion_tokens, latency_ms,
-                          finish_reason, key_id, content, metadata, index_key_id)
-                """, columns: 14, connection, logger
+                          finish_reason, key_id, content, metadata, index_key_id, terms)
+                """, columns: 15, connection, logger
         ) { binds, entry in
             binds.append(entry.message.id)
             binds.append(entry.seq)
             binds.append(entry.position)
             try Self.bindColumns(entry.message, &binds)
-        }
-        let pairs = messages.flatMap { entry in entry.message.terms.map { (entry.message.id, Int64(bitPattern: $0)) } }
-        for start in stride(from: 0, to: pairs.count, by: 50_000) {
-            let chunk = pairs[start..<min(pairs.count, start + 50_000)]
-            try await Self.insertTerms(ids: chunk.map(\.0), terms: chunk.map(\.1), connection, logger)
+            binds.append(Self.termColumn(entry.message.terms))
         }
         return seqs
     }
 
-    /// A bulk load into an empty term table: without its primary key and term index, the pairs
-    /// are appended (a B-tree insert per pair in term order was most of a copy's time), and both
-    /// are built once at the end. A table left without its primary key by an interrupted load is
-    /// emptied and loaded again (a load is always a complete pass).
+    /// A bulk load into a store whose messages have no terms yet (a copy from SQLite, whose terms
+    /// come a term range at a time, so ~28 passes over each message): the pairs are appended to a
+    /// staging table without index, and ``endTermLoad()`` writes each message's row once and builds
+    /// the GIN index once. A staging table left by an interrupted load is emptied and loaded again
+    /// (a load is always a complete pass; nothing reached `messages` before its end).
     package func beginTermLoad() async throws(ChatLogError) -> Bool {
         let logger = logger
         return try await transactionMapped { connection in
             let state = try await connection.query(
-                """
-                SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'message_terms_pkey'),
-                       EXISTS (SELECT 1 FROM message_terms)
-                """, logger: logger)
-            var (hasKey, hasRows) = (true, true)
-            for try await (key, rows) in state.decode((Bool, Bool).self) { (hasKey, hasRows) = (key, rows) }
-            if hasKey && hasRows { return false }  // terms there already: added one by one
-            if !hasKey { try await connection.run("TRUNCATE message_terms", logger: logger) }
-            try await connection.run("ALTER TABLE message_terms DROP CONSTRAINT IF EXISTS message_terms_pkey", logger: logger)
-            try await connection.run("DROP INDEX IF EXISTS message_terms_by_term", logger: logger)
+                "SELECT to_regclass('chatlog_term_load') IS NOT NULL, EXISTS (SELECT 1 FROM messages WHERE terms IS NOT NULL)", logger: logger)
+            var (staging, hasTerms) = (false, true)
+            for try await (table, terms) in state.decode((Bool, Bool).self) { (staging, hasTerms) = (table, terms) }
+            if !staging && hasTerms { return false }  // terms there already: merged message by message
+            try await connection.run("DROP TABLE IF EXISTS chatlog_term_load", logger: logger)
+            try await connection.run("CREATE TABLE chatlog_term_load (message_seq BIGINT NOT NULL, term BIGINT NOT NULL)", logger: logger)
+            try await connection.run("DROP INDEX IF EXISTS messages_by_term", logger: logger)
             return true
         }
     }
@@ -1285,36 +1238,52 @@ extension PostgresStorage {
     package func endTermLoad() async throws(ChatLogError) {
         let logger = logger
         try await transactionMapped { connection in
-            let state = try await connection.query(
-                "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'message_terms_pkey')", logger: logger)
-            var hasKey = true
-            for try await key in state.decode(Bool.self) { hasKey = key }
-            if !hasKey { try await connection.run("ALTER TABLE message_terms ADD PRIMARY KEY (message_seq, term)", logger: logger) }
-            try await connection.run(
-                "CREATE INDEX IF NOT EXISTS message_terms_by_term ON message_terms (term, created_at, message_seq)", logger: logger)
+            if try await Self.loadingTerms(connection, logger) {
+                try await connection.run(
+                    """
+                    UPDATE messages m SET terms = l.terms
+                    FROM (SELECT message_seq, array_agg(DISTINCT term ORDER BY term) AS terms FROM chatlog_term_load GROUP BY message_seq) l
+                    WHERE m.seq = l.message_seq
+                    """, logger: logger)
+                try await connection.run("DROP TABLE chatlog_term_load", logger: logger)
+            }
+            try await connection.run("CREATE INDEX IF NOT EXISTS messages_by_term ON messages USING gin (terms)", logger: logger)
         }
     }
 
     package var addsTermsLater: Bool { true }
 
+    /// Whether a bulk term load is under way (its staging table exists).
+    static func loadingTerms(_ connection: PostgresConnection, _ logger: Logger) async throws -> Bool {
+        let state = try await connection.query("SELECT to_regclass('chatlog_term_load') IS NOT NULL", logger: logger)
+        var staging = false
+        for try await table in state.decode(Bool.self) { staging = table }
+        return staging
+    }
+
+    /// Into the staging table during a bulk load (``beginTermLoad()``); otherwise merged into each
+    /// message's `terms`, a message that has them all left untouched.
     package func addTerms(_ pairs: [(messageID: String, term: UInt64)]) async throws(ChatLogError) {
         guard !pairs.isEmpty else { return }
         let ids = pairs.map(\.messageID)
         let terms = pairs.map { Int64(bitPattern: $0.term) }
         let logger = logger
-        try await transactionMapped { connection in try await Self.insertTerms(ids: ids, terms: terms, connection, logger) }
-    }
-
-    /// (message id, term) pairs into the term table, with the message's seq and time; pairs it
-    /// has, and messages that do not exist, are skipped.
-    static func insertTerms(ids: [String], terms: [Int64], _ connection: PostgresConnection, _ logger: Logger) async throws {
-        try await connection.run(
-            """
-            INSERT INTO message_terms (message_seq, term, created_at)
-            SELECT m.seq, p.term, m.created_at FROM unnest(\(ids)::text[], \(terms)::bigint[]) AS p (id, term)
-            JOIN messages m ON m.id = p.id
-            ON CONFLICT DO NOTHING
-            """, logger: logger)
+        try await transactionMapped { connection in
+            if try await Self.loadingTerms(connection, logger) {
+                try await connection.run(
+                    """
+                    INSERT INTO chatlog_term_load (message_seq, term)
+                    SELECT m.seq, p.term FROM unnest(\(ids)::text[], \(terms)::bigint[]) AS p (id, term) JOIN messages m ON m.id = p.id
+                    """, logger: logger)
+            } else {
+                try await connection.run(
+                    """
+                    UPDATE messages m SET terms = (SELECT array_agg(DISTINCT t ORDER BY t) FROM unnest(coalesce(m.terms, '{}') || p.terms) AS t)
+                    FROM (SELECT id, array_agg(term) AS terms FROM unnest(\(ids)::text[], \(terms)::bigint[]) AS x (id, term) GROUP BY id) p
+                    WHERE m.id = p.id AND NOT coalesce(m.terms, '{}') @> p.terms
+                    """, logger: logger)
+            }
+        }
     }
 
     /// `INSERT INTO <into> VALUES (…), (…) <suffix>` for `items`, 2,000 rows a statement (one round

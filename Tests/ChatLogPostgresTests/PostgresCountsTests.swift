@@ -144,6 +144,7 @@ extension PostgreSQLSuites {
                 // Back to schema 5 with the totals lost: migration 6 counts them from the rows.
                 try database.psql(
                     """
+                    \(PostgresSchemaTests.undoMigration10)
                     \(PostgresSchemaTests.undoMigration7)
                     DROP TABLE key_usage, key_usage_deltas;
                     DROP FUNCTION chatlog_count_key_usage CASCADE;
@@ -233,6 +234,7 @@ extension PostgreSQLSuites {
                 // Back to schema 4, as a store of the previous release.
                 try database.psql(
                     """
+                    \(PostgresSchemaTests.undoMigration10)
                     \(PostgresSchemaTests.undoMigration7)
                     DROP TABLE row_counts, row_count_deltas, key_usage, key_usage_deltas;
                     DROP FUNCTION chatlog_count_rows, chatlog_count_key_usage CASCADE;

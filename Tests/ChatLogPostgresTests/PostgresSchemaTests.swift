@@ -17,6 +17,61 @@ extension PostgreSQLSuites {
             DROP TABLE forgotten_subject_keys, forget_pending, forget_receipts;
             """
 
+        /// Back to the schema before migration 10: the terms as rows of `message_terms` (as migrations 1 and 4 left it).
+        static let undoMigration10 = """
+            CREATE TABLE message_terms (message_seq BIGINT NOT NULL, term BIGINT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (message_seq, term));
+            CREATE INDEX message_terms_by_term ON message_terms (term, created_at, message_seq);
+            INSERT INTO message_terms SELECT m.seq, t, m.created_at FROM messages m, unnest(m.terms) AS t;
+            DROP INDEX messages_by_term;
+            ALTER TABLE messages DROP COLUMN terms;
+            DELETE FROM chatlog_migrations WHERE version = 10;
+            """
+
+        @Test("migration 10 moves a store's term rows into each message's `terms` column: the same terms, the GIN index built, the table gone; searches and verify as before")
+        func migrationTenMovesTerms() async throws {
+            try await withPostgresLocation { location, database in
+                let key = MasterKey.generate()
+                var expected: [String: String] = [:]
+                do {
+                    let store = try await ChatLogStore.create(url: location, key: .key(key))
+                    defer { try? store.close() }
+                    for n in 0..<6 {
+                        _ = try await store.logExchange(
+                            ModelExchange(
+                                conversation: .new(NewConversation(title: "t\(n)")), prompt: [NewMessage(role: .user, content: "question\(n) about refunds")],
+                                completion: NewMessage(role: .assistant, content: n == 5 ? "?!" : "answer\(n) shared words")))
+                    }
+                    let rows = try database.psql("SELECT id || '=' || coalesce(array_to_string(terms, ','), '') FROM messages ORDER BY seq")
+                    for line in rows.split(separator: "\n") {
+                        let parts = line.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                        expected[String(parts[0])] = String(parts[1])
+                    }
+                }
+                #expect(expected.count == 12 && expected.values.filter(\.isEmpty).count == 1)
+                try database.psql(Self.undoMigration10)
+                #expect(try database.psql("SELECT count(*) FROM message_terms") != "0")
+                let reopened = try await ChatLogStore.open(url: location, key: .key(key))
+                defer { try? reopened.close() }
+                #expect(try database.psql("SELECT max(version) FROM chatlog_migrations") == "\(PostgresSchema.latestVersion)")
+                #expect(try database.psql("SELECT to_regclass('message_terms') IS NULL") == "t")
+                #expect(try database.psql("SELECT count(*) FROM pg_indexes WHERE indexname = 'messages_by_term' AND indexdef LIKE '%USING gin%'") == "1")
+                var migrated: [String: String] = [:]
+                for line in try database.psql("SELECT id || '=' || coalesce(array_to_string(terms, ','), '') FROM messages ORDER BY seq").split(separator: "\n") {
+                    let parts = line.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                    migrated[String(parts[0])] = String(parts[1])
+                }
+                #expect(migrated == expected)
+                #expect(try await reopened.search("refunds").hits.count == 6)
+                #expect(try await reopened.search("answer3 shared").hits.count == 1)
+                #expect(try await reopened.verify().ok)
+                // Written after the migration: the same path.
+                _ = try await reopened.logExchange(
+                    ModelExchange(conversation: .new(NewConversation(title: "after")), prompt: [NewMessage(role: .user, content: "refunds again")],
+                                  completion: NewMessage(role: .assistant, content: "ok")))
+                #expect(try await reopened.search("refunds", limit: 50).hits.count == 7)
+            }
+        }
+
         @Test("the migrations create the mirrored tables and record their version; a second run changes nothing")
         func migrationsApply() async throws {
             try await withPostgresStorage { storage, server, database in
@@ -26,7 +81,7 @@ extension PostgreSQLSuites {
                     "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'", database: database)
                 #expect(
                     tables
-                        == "chatlog_meta,chatlog_migrations,conversations,forget_pending,forget_receipts,forgotten_subject_keys,imports,key_usage,key_usage_deltas,keys,message_terms,messages,proxy_threads,proxy_tokens,row_count_deltas,row_counts"
+                        == "chatlog_meta,chatlog_migrations,conversations,forget_pending,forget_receipts,forgotten_subject_keys,imports,key_usage,key_usage_deltas,keys,messages,proxy_threads,proxy_tokens,row_count_deltas,row_counts"
                 )
                 try await storage.migrate()
                 #expect(try server.psql("SELECT count(*) FROM chatlog_migrations", database: database) == String(PostgresSchema.migrations.count))
