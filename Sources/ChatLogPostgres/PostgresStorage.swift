@@ -1253,6 +1253,11 @@ extension PostgresStorage {
 
     package var addsTermsLater: Bool { true }
 
+    /// One scan: a page after a cursor is a new bitmap scan of every match of the words (GIN cannot
+    /// start in the middle of the order), so pages of 1,000 read a word of n matches ~n/2,000 times
+    /// over (docs/PERFORMANCE.md, "Search at 1,000,000 with the GIN column").
+    package var relevancePageSize: Int { ChatLogStore.relevanceCandidateCap + 1 }
+
     /// Whether a bulk term load is under way (its staging table exists).
     static func loadingTerms(_ connection: PostgresConnection, _ logger: Logger) async throws -> Bool {
         let state = try await connection.query("SELECT to_regclass('chatlog_term_load') IS NOT NULL", logger: logger)

@@ -466,6 +466,8 @@ package final class SQLiteStorage: ChatLogStorage {
 
     package var addsTermsLater: Bool { false }
 
+    package var relevancePageSize: Int { 1_000 }
+
     package func addTerms(_ pairs: [(messageID: String, term: UInt64)]) async throws(ChatLogError) {
         throw .invalidInput("a SQLite store's search index takes a message's terms only with the message")
     }

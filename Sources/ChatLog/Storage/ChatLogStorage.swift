@@ -306,6 +306,12 @@ package protocol ChatLogStorage: Sendable {
     /// How many messages hold each term.
     func documentFrequencies(_ terms: [UInt64]) async throws(ChatLogError) -> [UInt64: Int]
 
+    /// The `limit` a relevance search asks ``searchCandidates(required:after:limit:)`` for per page.
+    /// SQLite: 1,000 (each page is an index range; the next is read while this one is ranked).
+    /// PostgreSQL: the whole candidate cap at once — its pages come from a GIN bitmap of every
+    /// match, read again for each page, so one scan costs least.
+    var relevancePageSize: Int { get }
+
     func counts() async throws(ChatLogError) -> StorageCounts
 
     /// Up to `limit` conversations matching `filter`, newest first (created_at, then insertion

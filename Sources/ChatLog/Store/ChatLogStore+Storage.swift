@@ -473,7 +473,13 @@ extension ChatLogStore {
         // Relevance: the newest `relevanceCandidateCap` candidates are opened and counted (term
         // frequencies and length, no match positions), on every core, while the next page is read
         // from the backend; only the hits on the page are opened again, for their snippets.
-        let pageSize = 1_000
+        let pageSize = storage.relevancePageSize
+        // The document frequencies and the message count are read while the candidates are
+        // (another connection on PostgreSQL: counting a word's matches is a scan of its own).
+        var terms: [UInt64] = []
+        for token in matcher.tokens { for blinder in blinders { terms.append(token.withUnsafeBufferPointer { blinder.termValue($0) }) } }
+        async let frequencies = storage.documentFrequencies(terms)
+        async let total = storage.counts()
         var examined = 0
         var complete = true
         var rows: [SealedMessageRow] = []  // every candidate examined, in order
@@ -509,12 +515,16 @@ extension ChatLogStore {
                 throw .storage("a page of search candidates could not be read (\(type(of: error)))")
             }
         }
-        guard !counted.isEmpty else { return SearchResults(hits: [], examined: examined, complete: complete, matched: 0, more: false) }
-        var terms: [UInt64] = []
-        for token in matcher.tokens { for blinder in blinders { terms.append(token.withUnsafeBufferPointer { blinder.termValue($0) }) } }
-        let ranking = BM25(
-            matcher: matcher, blinders: blinders, total: try await storage.counts().messages,
-            frequencies: try await storage.documentFrequencies(terms))
+        guard !counted.isEmpty else {
+            _ = try? await (frequencies, total)
+            return SearchResults(hits: [], examined: examined, complete: complete, matched: 0, more: false)
+        }
+        let ranking: BM25
+        do {
+            ranking = BM25(matcher: matcher, blinders: blinders, total: try await total.messages, frequencies: try await frequencies)
+        } catch let error as ChatLogError { throw error } catch {
+            throw .storage("the search's document frequencies could not be read (\(type(of: error)))")
+        }
         let averageLength = Double(counted.reduce(0) { $0 + $1.length }) / Double(counted.count)
         // Highest score first; ties newest first (candidates arrived newest first).
         let order = counted.indices.map { index in
