@@ -64,7 +64,7 @@ private func chown(recursive path: String, to uid: uid_t) throws {
 }
 
 @Suite struct HygieneTests {
-    /// A `chatlog key rotate` at work (batch size 1 over 1,500 rows) and a `chatlog log` waiting
+    /// A `chatlog key rotate` at work (batch size 1 over 3,000 rows) and a `chatlog log` waiting
     /// on stdin, both as uid 65534.
     @Test func aRunningChatlogIsNotDumpableHasNoCoreDumpsAndHidesTheKey() async throws {
         guard geteuid() == 0, let setpriv = setprivURL() else {
@@ -75,7 +75,7 @@ private func chown(recursive path: String, to uid: uid_t) throws {
         let chatlog = try ChatLogBinary.url().path
         let store = try ChatLogStore.create(at: sandbox.path("chatlog.db"), key: .key(try MasterKey(base64: sandbox.key)))
         let conversation = try await store.createConversation(NewConversation(title: "hygiene"))
-        try await store.append((0..<1_500).map { NewMessage(role: .user, content: "hygiene \($0)") }, to: conversation)
+        try await store.append((0..<3_000).map { NewMessage(role: .user, content: "hygiene \($0)") }, to: conversation)
         try store.close()
         try chown(recursive: sandbox.root.path, to: nobody)
 
@@ -94,7 +94,7 @@ private func chown(recursive path: String, to uid: uid_t) throws {
 
         // 1. key rotate, once it has opened the store and taken the key lock. Keep it at work while
         // it is inspected: hold the write lock, so that its next batch waits (its busy timeout is far
-        // longer than the checks). On a loaded machine the 1,500 single-row batches can all commit
+        // longer than the checks). On a loaded machine the 3,000 single-row batches can all commit
         // between the lock file appearing and the blocker's BEGIN: such a run finished cleanly, so
         // start another (each `--new` makes one more key) rather than inspect a process that is gone.
         let lock = sandbox.path("chatlog.db.keys.lock")
@@ -110,11 +110,14 @@ private func chown(recursive path: String, to uid: uid_t) throws {
                 asNobody([chatlog, "key", "rotate", "--new", "--batch-size", "1", "--db", "chatlog.db"]), env: sandbox.environment,
                 cwd: sandbox.directory, scratch: sandbox.root, executable: setpriv)
             let running = rotate
+            // The write lock is taken on the polling thread the moment the key lock appears (a resume
+            // on the cooperative pool in between let a loaded CI run finish all batches first).
             try await waitFor("the rotation takes the key lock") {
                 if running.hasExited { throw CLITestError("the rotation exited: \(running.errorSoFar)") }
-                return (try? String(contentsOfFile: lock, encoding: .utf8)) == "\(running.pid)\n"
+                guard (try? String(contentsOfFile: lock, encoding: .utf8)) == "\(running.pid)\n" else { return false }
+                try blocker.inDatabase { db in try db.execute(sql: "BEGIN IMMEDIATE") }
+                return true
             }
-            try blocker.inDatabase { db in try db.execute(sql: "BEGIN IMMEDIATE") }
             guard rotate.hasExited else { break }
             let finished = try await rotate.finish()
             try blocker.inDatabase { db in try db.execute(sql: "ROLLBACK") }
