@@ -39,11 +39,13 @@ extension PostgresStorage {
                 // New, or continued (its row locked: positions stay gap-free with other writers).
                 try await connection.run(
                     """
-                    INSERT INTO conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)
+                    WITH c AS (INSERT INTO conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)
                     VALUES (\(conversation.id), \(conversation.createdAt), \(conversation.updatedAt), \(conversation.keyID),
                             \(conversation.title), \(conversation.subject), \(conversation.subjectToken), \(conversation.subjectKeyID),
                             \(conversation.metadata))
-                    ON CONFLICT (id) DO NOTHING
+                    ON CONFLICT (id) DO NOTHING RETURNING key_id, subject_key_id),
+                    \(unescaped: Self.countingCTEs(conversations: "c", messages: nil))
+                    SELECT 1
                     """, logger: logger)
                 let found = try await connection.query(
                     "SELECT seq FROM conversations WHERE id = \(conversation.id) FOR UPDATE", logger: logger)

@@ -585,12 +585,14 @@ package final class PostgresStorage: ChatLogStorage {
             try Self.bind(row, &binds)
             conversationCTE = """
                 c AS (INSERT INTO conversations (id, created_at, updated_at, key_id, title, subject, subject_token, subject_key_id, metadata)
-                      VALUES (\((start..<(start + 9)).map { "$\($0)" }.joined(separator: ", "))) RETURNING seq),
+                      VALUES (\((start..<(start + 9)).map { "$\($0)" }.joined(separator: ", "))) RETURNING seq, key_id, subject_key_id),
                 """
             seqExpression = "(SELECT seq FROM c)"
             if messages.isEmpty {
                 let rows = try await connection.query(
-                    PostgresQuery(unsafeSQL: "WITH " + conversationCTE.dropLast() + " SELECT seq FROM c", binds: binds), logger: logger)
+                    PostgresQuery(
+                        unsafeSQL: "WITH " + conversationCTE + Self.countingCTEs(conversations: "c", messages: nil) + " SELECT seq FROM c", binds: binds),
+                    logger: logger)
                 for try await _ in rows {}
                 return []
             }
@@ -636,7 +638,8 @@ package final class PostgresStorage: ChatLogStorage {
                                         finish_reason, key_id, content, metadata, index_key_id, terms)
                   SELECT id, \(seqExpression), n.next + step, role, created_at, model, prompt_tokens, completion_tokens, latency_ms, finish_reason,
                          key_id, content, metadata, index_key_id, terms FROM v, n
-                  RETURNING position)\(updateCTE)
+                  RETURNING position, prompt_tokens, completion_tokens, key_id, index_key_id)\(updateCTE),
+            \(Self.countingCTEs(conversations: conversationCTE.isEmpty ? nil : "c", messages: "m"))
             SELECT position FROM m ORDER BY position
             """
         let result = try await connection.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger)
@@ -646,6 +649,29 @@ package final class PostgresStorage: ChatLogStorage {
             throw ChatLogError.storage("PostgreSQL inserted \(positions.count) of \(messages.count) messages")
         }
         return positions
+    }
+
+    /// Data-modifying CTEs that write migration 0011's delta rows (the row counts and token totals of
+    /// migrations 5 and 8, the rows per key of migration 6) for what the named CTEs inserted:
+    /// `conversations` returns key_id, subject_key_id; `messages` returns position, prompt_tokens,
+    /// completion_tokens, key_id, index_key_id. Every path that inserts conversations or messages
+    /// counts them so (the INSERT triggers that did were most of the cost of a logged message's
+    /// bookkeeping; docs/PERFORMANCE.md "Where the server's time goes now").
+    static func countingCTEs(conversations: String?, messages: String?) -> String {
+        let newConversations = conversations.map { "(SELECT count(*) FROM \($0))" } ?? "0"
+        let newMessages = messages.map { "(SELECT count(*) FROM \($0))" } ?? "0"
+        let started = messages.map { "(SELECT count(*) FROM \($0) WHERE position = 0)" } ?? "0"
+        let prompt = messages.map { "(SELECT coalesce(sum(prompt_tokens), 0) FROM \($0))" } ?? "0"
+        let completion = messages.map { "(SELECT coalesce(sum(completion_tokens), 0) FROM \($0))" } ?? "0"
+        var keys: [String] = []
+        if let conversations { keys += ["SELECT key_id FROM \(conversations)", "SELECT subject_key_id FROM \(conversations)"] }
+        if let messages { keys += ["SELECT key_id FROM \(messages)", "SELECT index_key_id FROM \(messages)"] }
+        return """
+            counted_rows AS (INSERT INTO row_count_deltas (conversations, messages, conversations_with_messages, prompt_tokens, completion_tokens)
+                             SELECT \(newConversations), \(newMessages), \(started), \(prompt), \(completion) WHERE \(newConversations) + \(newMessages) > 0),
+            counted_keys AS (INSERT INTO key_usage_deltas (key_id, row_count)
+                             SELECT id, count(*) FROM (\(keys.joined(separator: " UNION ALL "))) AS used (id) WHERE id IS NOT NULL GROUP BY id)
+            """
     }
 
     /// Inside a write transaction: the check value and the active keys are still those the rows
@@ -1212,6 +1238,16 @@ extension PostgresStorage {
             try Self.bindColumns(entry.message, &binds)
             binds.append(Self.termColumn(entry.message.terms))
         }
+        var inserted = PostgresBindings()
+        inserted.append(Array(seqs.values))
+        try await connection.run(
+            PostgresQuery(
+                unsafeSQL: """
+                    WITH c AS (SELECT key_id, subject_key_id FROM conversations WHERE seq = ANY($1::bigint[])),
+                         m AS (SELECT position, prompt_tokens, completion_tokens, key_id, index_key_id FROM messages WHERE conversation_seq = ANY($1::bigint[])),
+                    \(Self.countingCTEs(conversations: "c", messages: "m"))
+                    SELECT 1
+                    """, binds: inserted), logger: logger)
         return seqs
     }
 

@@ -17,8 +17,11 @@ extension PostgreSQLSuites {
             DROP TABLE forgotten_subject_keys, forget_pending, forget_receipts;
             """
 
-        /// Back to the schema before migration 10: the terms as rows of `message_terms` (as migrations 1 and 4 left it).
+        /// Back to the schema before migration 10: the terms as rows of `message_terms` (as migrations 1 and 4 left it),
+        /// and migration 11's version row removed (it runs again after 10: its INSERT triggers are dropped again if an
+        /// earlier migration that runs again makes them).
         static let undoMigration10 = """
+            DELETE FROM chatlog_migrations WHERE version = 11;
             CREATE TABLE message_terms (message_seq BIGINT NOT NULL, term BIGINT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (message_seq, term));
             CREATE INDEX message_terms_by_term ON message_terms (term, created_at, message_seq);
             INSERT INTO message_terms SELECT m.seq, t, m.created_at FROM messages m, unnest(m.terms) AS t;
