@@ -856,7 +856,7 @@ package final class PostgresStorage: ChatLogStorage {
         var binds = PostgresBindings()
         var conditions: [String] = []
         for group in required {
-            binds.append(Array(Set(group.map { Int64(bitPattern: $0) })).sorted())
+            binds.append(Self.termColumn(group))  // the word's values, as a `terms` column holds them
             conditions.append("m.terms && $\(binds.count)::bigint[]")
         }
         if let cursor {
@@ -911,7 +911,7 @@ package final class PostgresStorage: ChatLogStorage {
     /// (docs/PERFORMANCE.md, "The GIN layout measured again").
     package func documentFrequencies(_ terms: [UInt64]) async throws(ChatLogError) -> [UInt64: Int] {
         guard !terms.isEmpty else { return [:] }
-        let values = Array(Set(terms)).map { Int64(bitPattern: $0) }
+        let values = Self.termColumn(terms) ?? []
         return try await read { connection in
             let rows = try await connection.query(
                 """
