@@ -144,6 +144,9 @@ extension PostgreSQLSuites.PostgresCLITests {
             #expect(try await reopened.conversations(ConversationQuery(subject: "user-42")).conversations.map(\.id.rawValue) == [conversations[0]])
             #expect(try await reopened.search("refund").hits.count >= 1)
             #expect(try await reopened.counts() == (3, 8))
+            // The proxy's inserts count their own rows (migration 0011): totals and rows per key equal scans.
+            #expect(try await reopened.stats() == (try PostgreSQLSuites.PostgresCountsTests.statsByScan(database)))
+            #expect(try await PostgreSQLSuites.PostgresCountsTests.usageByStatus(reopened) == (try PostgreSQLSuites.PostgresCountsTests.usageByScan(database)))
             #expect(try database.psql("SELECT count(*) FROM proxy_threads") != "0")
             #expect(try await reopened.verify().ok)
             let tokens = try await reopened.proxyTokens()
