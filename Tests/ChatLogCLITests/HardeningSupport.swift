@@ -141,10 +141,10 @@ final class BackgroundProcess: Sendable {
 /// queues either: these bodies block for up to minutes (polling a child, a semaphore), and full
 /// runs on a loaded 2-core machine were twice found hung with every test task suspended and no
 /// Dispatch worker thread left to run anything (docs/TESTING.md, "The intermittent hang").
-func offCooperativePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try body() }) }.start()
-    }
+func offCooperativePool<T: Sendable>(
+    _ label: String = #function, file: String = #fileID, line: Int = #line, _ body: @escaping @Sendable () throws -> T
+) async throws -> T {
+    try await onOwnThread(label, file: file, line: line, body)
 }
 
 /// Sends SIGKILL `delay` seconds after `started`, unless the child exits first. Returns how long

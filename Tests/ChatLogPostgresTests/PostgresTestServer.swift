@@ -61,6 +61,9 @@ final class PostgresTestServer: Sendable {
     var socketDirectory: String { directory }
     var socketPath: String { "\(directory)/.s.PGSQL.\(port)" }
     var logPath: String { directory + "/server.log" }
+    /// The watchdog shell's pid (0 before it starts). It is this process's child: it exits only
+    /// when the watched process has ended, which for the shared cluster is this one.
+    let watchdogPID = Mutex<pid_t>(0)
 
     /// The shared cluster of this test process, started on first use by whichever test comes first;
     /// the others wait for that start without holding a thread.
@@ -81,13 +84,8 @@ final class PostgresTestServer: Sendable {
     /// ``start(watching:tls:)`` on a thread of its own: initdb and pg_ctl block for seconds, and
     /// blocking the cooperative pool (two threads on a two-core machine) while other tests wait
     /// for this start hung the whole run.
-    static func startOffPool(tls: Bool = false) async throws -> PostgresTestServer {
-        let watched = getpid()
-        return try await withCheckedThrowingContinuation { continuation in
-            Thread.detachNewThread {
-                continuation.resume(with: Result { try PostgresTestServer.start(watching: watched, tls: tls) })
-            }
-        }
+    static func startOffPool(watching watched: pid_t = getpid(), tls: Bool = false) async throws -> PostgresTestServer {
+        return try await onOwnThread("starting a test cluster") { try PostgresTestServer.start(watching: watched, tls: tls) }
     }
 
     /// Clusters to stop when the process exits (an `atexit` handler cannot capture).
@@ -230,7 +228,8 @@ final class PostgresTestServer: Sendable {
             rm -rf \(Self.shellQuoted(directory))
             """
         // Its own session (POSIX_SPAWN_SETSID): a signal to the test's process group does not reach it.
-        _ = try Self.spawn("/bin/sh", ["-c", script], output: "/dev/null", newSession: true)
+        let pid = try Self.spawn("/bin/sh", ["-c", script], output: "/dev/null", newSession: true)
+        watchdogPID.withLock { $0 = pid }
     }
 
     /// Stops the server at once (no checkpoint: the cluster is thrown away) and removes its folder.
@@ -272,14 +271,14 @@ final class PostgresTestServer: Sendable {
     /// idle for minutes, two `DROP DATABASE … WITH (FORCE)` waiting, a server process in ClientWrite).
     @discardableResult
     func psqlOffPool(_ sql: String, database: String = "postgres") async throws -> String {
-        try await Self.offPool { try self.psql(sql, database: database) }
+        try await Self.offPool("psql \(sql.prefix(60))") { try self.psql(sql, database: database) }
     }
 
     /// Runs blocking work (waitpid, a semaphore) on a new thread and awaits its result.
-    static func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-            Thread { continuation.resume(with: Result { try body() }) }.start()
-        }
+    static func offPool<T: Sendable>(
+        _ label: String = #function, file: String = #fileID, line: Int = #line, _ body: @escaping @Sendable () throws -> T
+    ) async throws -> T {
+        try await onOwnThread(label, file: file, line: line, body)
     }
 
     /// A `postgresql://` URL for `database` over this cluster's socket (libpq's `host=` for a

@@ -37,10 +37,10 @@ extension PostgreSQLSuites {
 
         @Test("stop() ends the server and removes its folder")
         func stopEndsServer() async throws {
-            let server = try PostgresTestServer.start()
+            let server = try await PostgresTestServer.startOffPool()
             let pid = try #require(server.postmasterPID)
             #expect(isAlive(pid))
-            server.stop()
+            try await PostgresTestServer.offPool { server.stop() }
             #expect(!FileManager.default.fileExists(atPath: server.directory))
             #expect(try await waitUntil { !isAlive(pid) })
         }
@@ -48,13 +48,18 @@ extension PostgreSQLSuites {
         @Test("the watchdog stops the server when the watched process is killed")
         func watchdogStopsServer() async throws {
             let watched = try PostgresTestServer.spawn("/bin/sleep", ["600"], output: "/dev/null")
-            let server = try PostgresTestServer.start(watching: watched)
+            let server = try await PostgresTestServer.startOffPool(watching: watched)
             let pid = try #require(server.postmasterPID)
-            #expect(try server.psql("SELECT 1") == "1")
+            #expect(try await server.psqlOffPool("SELECT 1") == "1")
             kill(watched, SIGKILL)
             var status: Int32 = 0
             _ = waitpid(watched, &status, 0)
             #expect(try await waitUntil { !isAlive(pid) && !FileManager.default.fileExists(atPath: server.directory) })
+            // The watchdog shell has ended too (its work done); reap it, so no exited child of
+            // this process is left behind.
+            let watchdog = server.watchdogPID.withLock { $0 }
+            #expect(watchdog > 0)
+            #expect(try await waitUntil { waitpid(watchdog, &status, WNOHANG) == watchdog })
         }
     }
 }

@@ -74,12 +74,26 @@ public struct ChildExit: Sendable, Equatable, CustomStringConvertible {
     public var description: String { signal.map { "killed by signal \($0)" } ?? "exit \(status)" }
 }
 
+/// SIGUSR2 caught by a handler that does nothing, without SA_RESTART: scripts/test-watchdog sends it
+/// to one thread of a stuck test process at a time, so that thread's blocking system call returns
+/// EINTR and its loop looks at its work again — which thread's interruption lets the run go on
+/// tells whose wake-up was missed (docs/TESTING.md, "The intermittent hang"). Children get it back
+/// at its default action (POSIX_SPAWN_SETSIGDEF below).
+private let interruptionHandler: Void = {
+    var action = sigaction()
+    action.__sigaction_handler.sa_handler = { _ in }
+    sigemptyset(&action.sa_mask)
+    action.sa_flags = 0
+    _ = sigaction(SIGUSR2, &action, nil)
+}()
+
 /// Starts `executable` and returns its pid; the caller reaps it (`ChildProcess` does). The child
 /// gets exactly `environment` (this process's when nil) and no descriptor but 0, 1 and 2.
 public func spawnChild(
     _ executable: String, _ arguments: [String], environment: [String: String]? = nil, directory: String? = nil,
     stdin: Int32, stdout: Int32, stderr: Int32, newSession: Bool = false, newProcessGroup: Bool = false
 ) throws -> pid_t {
+    _ = interruptionHandler
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
@@ -286,9 +300,7 @@ public final class ChildProcess: @unchecked Sendable {
     @discardableResult
     public func exit(timeout: Double? = nil) async throws -> ChildExit {
         if let exit = poll() { return exit }
-        return try await withCheckedThrowingContinuation { continuation in
-            Thread { continuation.resume(with: Result { try self.wait(timeout: timeout) }) }.start()
-        }
+        return try await onOwnThread("the exit of \(label) (pid \(pid))") { try self.wait(timeout: timeout) }
     }
 
     /// The exit when the child has ended; past `deadline`, kills it and throws what it was doing.

@@ -92,10 +92,10 @@ private final class Recorder<Value: Sendable>: Sendable {
 /// Runs blocking work on a thread of its own so it holds neither one of Swift's cooperative
 /// threads (there are as many as cores, and the other suites share them) nor one of Dispatch's
 /// global queues (docs/TESTING.md, "The intermittent hang").
-private func onDispatchThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
-    await withCheckedContinuation { continuation in
-        Thread { continuation.resume(returning: body()) }.start()
-    }
+private func onDispatchThread<T: Sendable>(
+    _ label: String = #function, file: String = #fileID, line: Int = #line, _ body: @escaping @Sendable () -> T
+) async -> T {
+    await onOwnThread(label, file: file, line: line, body)
 }
 
 // MARK: - Progress, cancellation, limits
