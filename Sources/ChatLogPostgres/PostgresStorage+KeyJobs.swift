@@ -228,14 +228,17 @@ extension PostgresStorage {
         return updated
     }
 
-    /// One transaction: the check value (row-locked: a writer's guard reads it `FOR SHARE` and
-    /// waits), the key rows compared with `expected` (locked `FOR UPDATE`), every row that becomes
-    /// retired counted unused, then the rows and meta values written.
+    /// One transaction: the key-change lock (exclusive: it waits for every `chatlog_append` in
+    /// flight, which holds it shared, and holds off new ones until the commit), the check value
+    /// (row-locked: the guard of a write transaction reads it `FOR SHARE` and waits), the key rows
+    /// compared with `expected` (locked `FOR UPDATE`), every row that becomes retired counted unused,
+    /// then the rows and meta values written.
     package func replaceKeys(
         _ rows: [StoredKeyRow], expected: [StoredKeyRow], checkValues: [Data], meta: [String: MetaValue?], expectedMeta: [String: MetaValue?]
     ) async throws {
         let logger = logger
         try await transaction { connection in
+            try await connection.run("SELECT pg_advisory_xact_lock(\(Self.lockClass), \(Self.keyChangeLock))", logger: logger)
             let check = try await connection.query(
                 "SELECT blob_value FROM chatlog_meta WHERE name = 'master_check' FOR UPDATE", logger: logger)
             var stored: Data?

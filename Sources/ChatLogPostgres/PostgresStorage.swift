@@ -36,6 +36,9 @@ package final class PostgresStorage: ChatLogStorage {
     static let lockClass: Int32 = 0x6368_6174  // "chat"
     static let keyJobLock: Int32 = 1
     static let migrationLock: Int32 = 2
+    /// Transaction-level: exclusive while the keys or the master key's check value change
+    /// (`replaceKeys`), shared by each `chatlog_append` (migration 0012) before it reads them.
+    static let keyChangeLock: Int32 = 4
 
     private init(location: PostgresLocation, client: PostgresClient, runner: Task<Void, Never>, logger: Logger, pinned: PostgresConnection? = nil) {
         postgresLocation = location
@@ -983,7 +986,8 @@ package final class PostgresStorage: ChatLogStorage {
     static let foldSQL = """
                 WITH moved AS (
                          DELETE FROM row_count_deltas
-                         RETURNING conversations, messages, conversations_with_messages, prompt_tokens, completion_tokens),
+                         RETURNING conversations, messages, conversations_with_messages, prompt_tokens, completion_tokens,
+                                   data_key_id, data_key_rows, index_key_id, index_key_rows),
                      counted AS (
                          UPDATE row_counts SET conversations = conversations + (SELECT coalesce(sum(conversations), 0) FROM moved),
                                                messages = messages + (SELECT coalesce(sum(messages), 0) FROM moved),
@@ -992,8 +996,12 @@ package final class PostgresStorage: ChatLogStorage {
                                                prompt_tokens = prompt_tokens + (SELECT coalesce(sum(prompt_tokens), 0) FROM moved),
                                                completion_tokens = completion_tokens + (SELECT coalesce(sum(completion_tokens), 0) FROM moved)
                          WHERE id = 1),
-                     keys_moved AS (DELETE FROM key_usage_deltas RETURNING key_id, row_count)
-                INSERT INTO key_usage (key_id, row_count) SELECT key_id, sum(row_count) FROM keys_moved GROUP BY key_id
+                     keys_moved AS (DELETE FROM key_usage_deltas RETURNING key_id, row_count),
+                     keys_counted (key_id, row_count) AS (
+                         SELECT key_id, row_count FROM keys_moved
+                         UNION ALL SELECT data_key_id, data_key_rows FROM moved WHERE data_key_id IS NOT NULL
+                         UNION ALL SELECT index_key_id, index_key_rows FROM moved WHERE index_key_id IS NOT NULL)
+                INSERT INTO key_usage (key_id, row_count) SELECT key_id, sum(row_count) FROM keys_counted GROUP BY key_id
                 ON CONFLICT (key_id) DO UPDATE SET row_count = key_usage.row_count + excluded.row_count
                 """
 
@@ -1350,14 +1358,17 @@ extension PostgresStorage {
     }
 
     /// Counted from the tables (PostgreSQL keeps no counter rows: docs/ARCHITECTURE.md §10).
-    /// From migration 0006's key usage: the folded totals plus the deltas not folded yet, in one
-    /// statement (four scans of `messages` and `conversations` before).
+    /// From migration 0006's key usage: the folded totals plus the deltas not folded yet — rows of
+    /// `key_usage_deltas`, and the two keys an append counts in its `row_count_deltas` row (migration
+    /// 0012) — in one statement (four scans of `messages` and `conversations` before).
     package func keyUsage() async throws(ChatLogError) -> [Int64: Int] {
         let (usage, deltas) = try await read { connection in
             let rows = try await connection.query(
                 """
-                SELECT key_id, sum(row_count)::bigint, (SELECT count(*) FROM key_usage_deltas)
-                FROM (SELECT key_id, row_count FROM key_usage UNION ALL SELECT key_id, row_count FROM key_usage_deltas) used
+                SELECT key_id, sum(row_count)::bigint, (SELECT count(*) FROM key_usage_deltas) + (SELECT count(*) FROM row_count_deltas)
+                FROM (SELECT key_id, row_count FROM key_usage UNION ALL SELECT key_id, row_count FROM key_usage_deltas
+                      UNION ALL SELECT data_key_id, data_key_rows FROM row_count_deltas WHERE data_key_id IS NOT NULL
+                      UNION ALL SELECT index_key_id, index_key_rows FROM row_count_deltas WHERE index_key_id IS NOT NULL) used
                 GROUP BY key_id HAVING sum(row_count) <> 0
                 """, logger: self.logger)
             var usage: [Int64: Int] = [:]

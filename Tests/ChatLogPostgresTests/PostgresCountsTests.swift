@@ -1,3 +1,4 @@
+import ChatLogTestSupport
 import Foundation
 import Testing
 
@@ -147,7 +148,10 @@ extension PostgreSQLSuites {
                     \(PostgresSchemaTests.undoMigration10)
                     \(PostgresSchemaTests.undoMigration7)
                     DROP TABLE key_usage, key_usage_deltas;
+                    ALTER TABLE row_count_deltas DROP COLUMN data_key_id, DROP COLUMN data_key_rows, DROP COLUMN index_key_id,
+                        DROP COLUMN index_key_rows;
                     DROP FUNCTION chatlog_count_key_usage CASCADE;
+                    DROP FUNCTION chatlog_count_conversation_key_change CASCADE;
                     DELETE FROM chatlog_migrations WHERE version IN (6, 7, 8, 9)
                     """)
                 let reopened = try await ChatLogStore.open(url: location, key: .key(key))
@@ -207,6 +211,67 @@ extension PostgreSQLSuites {
             }
         }
 
+        @Test("an append that names keys other than the active ones (chatlog_append's general case, migration 0012) counts them in key_usage_deltas: rows per key equal a scan before and after a fold")
+        func appendUnderOtherKeysIsCounted() async throws {
+            try await withPostgresLocation { location, database in
+                let store = try await ChatLogStore.create(url: location, key: .key(MasterKey.generate()))
+                defer { try? store.close() }
+                _ = try await store.logExchange(Self.exchange(0))
+                _ = try await store.rotateDataKey(RotationOptions(newKey: true))
+                let other = try database.psql("SELECT min(id) FROM keys WHERE kind = 'data' AND state <> 'active'")
+                // The function itself, with one message under a key id that is not the active data key and one
+                // without terms: only the guard's values must be right (the stored check value, the active keys).
+                try database.psql(
+                    """
+                    SELECT * FROM chatlog_append(
+                        NULL, 'c-other', 1, 1, (SELECT id FROM keys WHERE state = 'active' AND kind = 'data'), NULL, NULL, NULL, NULL, NULL,
+                        ARRAY['m-1', 'm-2'], ARRAY['user', 'assistant'], ARRAY[1, 2]::bigint[], ARRAY[NULL, NULL]::text[],
+                        ARRAY[3, NULL]::bigint[], ARRAY[NULL, 4]::bigint[], ARRAY[NULL, NULL]::bigint[], ARRAY[NULL, NULL]::text[],
+                        ARRAY[(SELECT id FROM keys WHERE state = 'active' AND kind = 'data'), \(other)]::bigint[], ARRAY['\\x01', '\\x02']::bytea[],
+                        ARRAY[NULL, NULL]::bytea[], ARRAY[(SELECT id FROM keys WHERE state = 'active' AND kind = 'index'), NULL]::bigint[],
+                        ARRAY[1]::bigint[], ARRAY[42]::bigint[],
+                        ARRAY[(SELECT blob_value FROM chatlog_meta WHERE name = 'master_check')],
+                        (SELECT id FROM keys WHERE state = 'active' AND kind = 'data'), (SELECT id FROM keys WHERE state = 'active' AND kind = 'index'))
+                    """)
+                #expect(try database.psql("SELECT count(*) FROM key_usage_deltas WHERE key_id = \(other) AND row_count = 1") == "1")
+                #expect(try await Self.usageByStatus(store) == (try Self.usageByScan(database)))
+                #expect(try Self.usageByScan(database)[Int64(other)!] == 1)
+                #expect(try await store.stats() == (try Self.statsByScan(database)))
+                try Self.fold(database)
+                #expect(try await Self.usageByStatus(store) == (try Self.usageByScan(database)))
+            }
+        }
+
+        @Test("an append waits while a key change holds the key-change lock (migration 0012), then commits under the keys it finds")
+        func appendWaitsForAKeyChange() async throws {
+            try await withPostgresLocation { location, database in
+                let store = try await ChatLogStore.create(url: location, key: .key(MasterKey.generate()))
+                defer { try? store.close() }
+                _ = try await store.logExchange(Self.exchange(0))
+                // Another session holds the lock exclusively, as `replaceKeys` does, inside an open transaction.
+                let server = database.server
+                let holder = try ChildProcess(
+                    server.binaries + "/psql",
+                    ["-X", "-q", "-h", server.socketDirectory, "-p", String(server.port), "-U", server.superuser, "-d", database.name],
+                    stdin: .pipe)
+                defer { holder.stop() }
+                holder.writeStdin(Data("BEGIN;\nSELECT pg_advisory_xact_lock(\(PostgresStorage.lockClass), \(PostgresStorage.keyChangeLock));\n".utf8))
+                let waiting = """
+                    SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = \(PostgresStorage.lockClass)
+                    AND objid = \(PostgresStorage.keyChangeLock) AND objsubid = 2 AND
+                    """
+                #expect(try await waitUntil { try database.psql(waiting + " granted") == "1" })
+                let append = Task { try await store.logExchange(Self.exchange(1)) }
+                #expect(try await waitUntil { try database.psql(waiting + " NOT granted") == "1" }, "the append does not wait for the lock")
+                #expect(try database.psql("SELECT count(*) FROM messages") == "2")
+                holder.writeStdin(Data("COMMIT;\n".utf8))
+                holder.closeStdin()
+                _ = try await append.value
+                #expect(try database.psql("SELECT count(*) FROM messages") == "4")
+                #expect(try await Self.usageByStatus(store) == (try Self.usageByScan(database)))
+            }
+        }
+
         @Test("a reader that finds many unfolded deltas folds them; the numbers do not change")
         func readerFolds() async throws {
             try await withPostgresLocation { location, database in
@@ -238,6 +303,7 @@ extension PostgreSQLSuites {
                     \(PostgresSchemaTests.undoMigration7)
                     DROP TABLE row_counts, row_count_deltas, key_usage, key_usage_deltas;
                     DROP FUNCTION chatlog_count_rows, chatlog_count_key_usage CASCADE;
+                    DROP FUNCTION chatlog_count_conversation_key_change CASCADE;
                     DELETE FROM chatlog_migrations WHERE version IN (5, 6, 7, 8, 9)
                     """)
                 // A read-only open applies no migration: it says what to do instead of failing on a
