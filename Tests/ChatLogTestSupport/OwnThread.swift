@@ -129,11 +129,11 @@ public enum OwnThreadWaits {
         _ = entries.withLock { $0.removeValue(forKey: id) }
     }
 
-    /// The waits older than 20 s, one per line, oldest first.
-    public static func report() -> String {
+    /// The waits older than `age` (20 s), one per line, oldest first.
+    public static func report(olderThan age: Duration = .seconds(20)) -> String {
         let now = ContinuousClock.now
-        let long = entries.withLock { entries in entries.values.filter { now - $0.since > .seconds(20) } }.sorted { $0.since < $1.since }
-        guard !long.isEmpty else { return "no wait on an own thread older than 20 s\n" }
+        let long = entries.withLock { entries in entries.values.filter { now - $0.since >= age } }.sorted { $0.since < $1.since }
+        guard !long.isEmpty else { return "no wait on an own thread older than \(age.components.seconds) s\n" }
         return long.map { entry in
             let age = (now - entry.since).components.seconds
             let inStage = (now - entry.stageSince).components.seconds

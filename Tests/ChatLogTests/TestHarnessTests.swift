@@ -81,4 +81,25 @@ import Testing
         #expect(String(decoding: seen, as: UTF8.self) == "first line\nsecond")
         #expect(try await child.exit(timeout: 60).succeeded)
     }
+    @Test func blockingWorkOnItsOwnThreadIsListedWhileItWaits() async throws {
+        struct Failure: Error {}
+        let release = DispatchSemaphore(value: 0)
+        let started = DispatchSemaphore(value: 0)
+        let waiting = Task {
+            try await onOwnThread("harness probe wait") { () throws -> Int in
+                started.signal()
+                release.wait()
+                return 42
+            }
+        }
+        started.wait()
+        // The body runs on a thread of its own: the report names the wait, its stage and its test.
+        let report = OwnThreadWaits.report(olderThan: .zero)
+        #expect(report.contains("harness probe wait") && report.contains("blocking body running"), "\(report)")
+        #expect(report.contains("blockingWorkOnItsOwnThreadIsListedWhileItWaits"), "\(report)")
+        release.signal()
+        #expect(try await waiting.value == 42)
+        #expect(!OwnThreadWaits.report(olderThan: .zero).contains("harness probe wait"))
+        await #expect(throws: Failure.self) { try await onOwnThread { () throws -> Int in throw Failure() } }
+    }
 }
