@@ -28,17 +28,21 @@ extension PostgresStorage {
         while true {
             do {
                 return try await client.withConnection { connection in
-                    do {
-                        var positions: [Int64] = []
-                        for try await position in try await connection.execute(statement, logger: logger) { positions.append(position) }
-                        guard positions.count == messages.count else {
-                            throw ChatLogError.storage("PostgreSQL inserted \(positions.count) of \(messages.count) messages")
+                    // On the connection's event loop: the statement is written and its answer read
+                    // there, without a hop to Swift's pool and back at each step.
+                    try await withTaskExecutorPreference(EventLoopTaskExecutor(connection.eventLoop)) {
+                        do {
+                            var positions: [Int64] = []
+                            for try await position in try await connection.execute(statement, logger: logger) { positions.append(position) }
+                            guard positions.count == messages.count else {
+                                throw ChatLogError.storage("PostgreSQL inserted \(positions.count) of \(messages.count) messages")
+                            }
+                            if UInt8.random(in: 0..<Self.foldOneIn) == 0 { await self.foldRowCounts(connection) }
+                            return positions
+                        } catch where Self.sessionEnded(by: error, on: connection) {
+                            await Self.discard(connection)
+                            throw LostUnderStatement(error: error)
                         }
-                        if UInt8.random(in: 0..<Self.foldOneIn) == 0 { await self.foldRowCounts(connection) }
-                        return positions
-                    } catch where Self.sessionEnded(by: error, on: connection) {
-                        await Self.discard(connection)
-                        throw LostUnderStatement(error: error)
                     }
                 }
             } catch let lost as LostUnderStatement {
@@ -224,4 +228,16 @@ extension Data: NullableArrayElement {
     static var elementType: PostgresDataType { .bytea }
     static var arrayType: PostgresDataType { .byteaArray }
     func write(into buffer: inout ByteBuffer) -> Int { buffer.writeBytes(self) }
+}
+
+/// Runs a task's jobs on a NIO event loop (a task executor preference).
+final class EventLoopTaskExecutor: TaskExecutor {
+    let eventLoop: any EventLoop
+
+    init(_ eventLoop: any EventLoop) { self.eventLoop = eventLoop }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        eventLoop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
+    }
 }
