@@ -272,6 +272,41 @@ extension PostgreSQLSuites {
             }
         }
 
+        @Test("a key change waits while an append holds the key-change lock shared (migration 0012), then commits; the next append is sealed under the new key")
+        func aKeyChangeWaitsForAnAppendInFlight() async throws {
+            try await withPostgresLocation { location, database in
+                let store = try await ChatLogStore.create(url: location, key: .key(MasterKey.generate()))
+                defer { try? store.close() }
+                _ = try await store.logExchange(Self.exchange(0))
+                // Another session holds the lock shared inside an open transaction, as `chatlog_append` does.
+                let server = database.server
+                let holder = try ChildProcess(
+                    server.binaries + "/psql",
+                    ["-X", "-q", "-h", server.socketDirectory, "-p", String(server.port), "-U", server.superuser, "-d", database.name],
+                    stdin: .pipe)
+                defer { holder.stop() }
+                holder.writeStdin(Data("BEGIN;\nSELECT pg_advisory_xact_lock_shared(\(PostgresStorage.lockClass), \(PostgresStorage.keyChangeLock));\n".utf8))
+                let lock = """
+                    SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = \(PostgresStorage.lockClass)
+                    AND objid = \(PostgresStorage.keyChangeLock) AND objsubid = 2 AND
+                    """
+                #expect(try await waitUntil { try database.psql(lock + " granted AND mode = 'ShareLock'") == "1" })
+                let before = try database.psql("SELECT id FROM keys WHERE state = 'active' AND kind = 'data'")
+                let rotation = Task { try await store.rotateDataKey(RotationOptions(newKey: true)) }
+                #expect(
+                    try await waitUntil { try database.psql(lock + " NOT granted AND mode = 'ExclusiveLock'") == "1" },
+                    "the key change does not wait for the lock")
+                #expect(try database.psql("SELECT id FROM keys WHERE state = 'active' AND kind = 'data'") == before)
+                holder.writeStdin(Data("COMMIT;\n".utf8))
+                holder.closeStdin()
+                _ = try await rotation.value
+                let after = try database.psql("SELECT id FROM keys WHERE state = 'active' AND kind = 'data'")
+                #expect(after != before)
+                let logged = try await store.logExchange(Self.exchange(1))
+                #expect(try database.psql("SELECT DISTINCT key_id FROM messages WHERE id IN ('\(logged.messageIDs.map(\.rawValue).joined(separator: "', '"))')") == after)
+            }
+        }
+
         @Test("a reader that finds many unfolded deltas folds them; the numbers do not change")
         func readerFolds() async throws {
             try await withPostgresLocation { location, database in
