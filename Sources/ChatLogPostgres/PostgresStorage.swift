@@ -137,11 +137,45 @@ package final class PostgresStorage: ChatLogStorage {
         return tls
     }
 
-    /// Cancelling the client's run task closes its connections (postgres-nio's way).
+    /// Cancelling the client's run task closes its connections (postgres-nio's way). Waited for at
+    /// most ``closeTimeout``: the test suites' intermittent hang (docs/TESTING.md) left tests that
+    /// close a storage (copies, backups) waiting with no connection open and no I/O pending — a
+    /// `run()` that does not end after its cancellation is one way to get there; the connections are
+    /// closing by then, so the caller goes on.
     package func close() async {
         guard pinned == nil else { return }  // a snapshot view: its store's connections stay
         runner.cancel()
-        await runner.value
+        let runner = runner
+        await Self.bounded(Self.closeTimeout) { await runner.value }
+    }
+
+    /// How long ``close()`` waits for the connection pool to end.
+    static let closeTimeout: Duration = .seconds(10)
+
+    /// Runs `work` in a task of its own and returns when it has ended (true) or once `timeout` has
+    /// passed (false; `onTimeout` runs first), whichever comes first: what the driver may never
+    /// answer must not hold the caller. `work` is not cancelled.
+    @discardableResult
+    static func bounded(
+        _ timeout: Duration, _ work: @escaping @Sendable () async -> Void, onTimeout: @escaping @Sendable () async -> Void = {}
+    ) async -> Bool {
+        let once = ResumeOnce()
+        return await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let timer = Task {
+                try? await Task.sleep(for: timeout)
+                if !Task.isCancelled, once.claim() {
+                    await onTimeout()
+                    continuation.resume(returning: false)
+                }
+            }
+            Task {
+                await work()
+                if once.claim() {
+                    timer.cancel()
+                    continuation.resume(returning: true)
+                }
+            }
+        }
     }
 
     // MARK: - Running statements
@@ -253,24 +287,7 @@ package final class PostgresStorage: ChatLogStorage {
     /// after ``rollbackTimeout`` (the server rolls back a transaction whose session ends) and the
     /// caller goes on with its error instead of waiting forever.
     static func rollback(_ connection: PostgresConnection, logger: Logger) async {
-        let once = ResumeOnce()
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            // Unstructured on purpose: a statement the driver never answers must not hold the caller.
-            let timer = Task {
-                try? await Task.sleep(for: rollbackTimeout)
-                if !Task.isCancelled, once.claim() {
-                    try? await connection.close()
-                    continuation.resume()
-                }
-            }
-            Task {
-                _ = try? await connection.run("ROLLBACK", logger: logger)
-                if once.claim() {
-                    timer.cancel()
-                    continuation.resume()
-                }
-            }
-        }
+        await bounded(rollbackTimeout, { _ = try? await connection.run("ROLLBACK", logger: logger) }, onTimeout: { try? await connection.close() })
     }
 
     func transactionMapped<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws(ChatLogError) -> T {

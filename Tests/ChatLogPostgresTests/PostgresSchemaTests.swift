@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 @testable import ChatLog
@@ -210,6 +211,14 @@ extension PostgreSQLSuites {
     /// Failures in the middle of work: one line each, with nothing of the transaction left behind.
     @Suite("PostgreSQL failures mid-work")
     struct PostgresMidWorkFailureTests {
+        @Test("a bounded wait (the storage's close and ROLLBACK) returns when its work ends, or after its timeout when the work never does")
+        func boundedWaitsEnd() async {
+            #expect(await PostgresStorage.bounded(.seconds(30)) {})
+            let timedOut = Mutex(false)
+            let ended = await PostgresStorage.bounded(.milliseconds(50), { try? await Task.sleep(for: .seconds(30)) }, onTimeout: { timedOut.withLock { $0 = true } })
+            #expect(!ended && timedOut.withLock { $0 })
+        }
+
         /// Five sessions ended in a row: sending ROLLBACK on the closing connection hung the
         /// caller forever in about four runs of five (postgres-nio 1.33); a hang fails here after
         /// 60 s instead of stopping the test run.
