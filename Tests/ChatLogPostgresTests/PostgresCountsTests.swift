@@ -211,6 +211,24 @@ extension PostgreSQLSuites {
             }
         }
 
+        /// A psql session of its own that has begun a transaction and taken migration 0012's key-change
+        /// lock with `function` (exclusive or shared); `COMMIT` on its stdin releases it.
+        static func holdKeyChangeLock(_ database: PostgresDatabase, _ function: String) throws -> ChildProcess {
+            let server = database.server
+            let holder = try ChildProcess(
+                server.binaries + "/psql",
+                ["-X", "-q", "-h", server.socketDirectory, "-p", String(server.port), "-U", server.superuser, "-d", database.name],
+                stdin: .pipe)
+            holder.writeStdin(Data("BEGIN;\nSELECT \(function)(\(PostgresStorage.lockClass), \(PostgresStorage.keyChangeLock));\n".utf8))
+            return holder
+        }
+
+        /// The key-change lock's rows in pg_locks, to be completed with a condition (granted, mode).
+        static let keyChangeLockCount = """
+            SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = \(PostgresStorage.lockClass)
+            AND objid = \(PostgresStorage.keyChangeLock) AND objsubid = 2 AND
+            """
+
         @Test("an append that names keys other than the active ones (chatlog_append's general case, migration 0012) counts them in key_usage_deltas: rows per key equal a scan before and after a fold")
         func appendUnderOtherKeysIsCounted() async throws {
             try await withPostgresLocation { location, database in
@@ -249,17 +267,9 @@ extension PostgreSQLSuites {
                 defer { try? store.close() }
                 _ = try await store.logExchange(Self.exchange(0))
                 // Another session holds the lock exclusively, as `replaceKeys` does, inside an open transaction.
-                let server = database.server
-                let holder = try ChildProcess(
-                    server.binaries + "/psql",
-                    ["-X", "-q", "-h", server.socketDirectory, "-p", String(server.port), "-U", server.superuser, "-d", database.name],
-                    stdin: .pipe)
+                let holder = try Self.holdKeyChangeLock(database, "pg_advisory_xact_lock")
                 defer { holder.stop() }
-                holder.writeStdin(Data("BEGIN;\nSELECT pg_advisory_xact_lock(\(PostgresStorage.lockClass), \(PostgresStorage.keyChangeLock));\n".utf8))
-                let waiting = """
-                    SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = \(PostgresStorage.lockClass)
-                    AND objid = \(PostgresStorage.keyChangeLock) AND objsubid = 2 AND
-                    """
+                let waiting = Self.keyChangeLockCount
                 #expect(try await waitUntil { try database.psql(waiting + " granted") == "1" })
                 let append = Task { try await store.logExchange(Self.exchange(1)) }
                 #expect(try await waitUntil { try database.psql(waiting + " NOT granted") == "1" }, "the append does not wait for the lock")
@@ -279,17 +289,9 @@ extension PostgreSQLSuites {
                 defer { try? store.close() }
                 _ = try await store.logExchange(Self.exchange(0))
                 // Another session holds the lock shared inside an open transaction, as `chatlog_append` does.
-                let server = database.server
-                let holder = try ChildProcess(
-                    server.binaries + "/psql",
-                    ["-X", "-q", "-h", server.socketDirectory, "-p", String(server.port), "-U", server.superuser, "-d", database.name],
-                    stdin: .pipe)
+                let holder = try Self.holdKeyChangeLock(database, "pg_advisory_xact_lock_shared")
                 defer { holder.stop() }
-                holder.writeStdin(Data("BEGIN;\nSELECT pg_advisory_xact_lock_shared(\(PostgresStorage.lockClass), \(PostgresStorage.keyChangeLock));\n".utf8))
-                let lock = """
-                    SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = \(PostgresStorage.lockClass)
-                    AND objid = \(PostgresStorage.keyChangeLock) AND objsubid = 2 AND
-                    """
+                let lock = Self.keyChangeLockCount
                 #expect(try await waitUntil { try database.psql(lock + " granted AND mode = 'ShareLock'") == "1" })
                 let before = try database.psql("SELECT id FROM keys WHERE state = 'active' AND kind = 'data'")
                 let rotation = Task { try await store.rotateDataKey(RotationOptions(newKey: true)) }
