@@ -162,6 +162,10 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
 
     package func create(hashes: [Data], masterCheck: Data, wrap: @Sendable (Int64, Data) -> Data) async throws(ChatLogError) -> [StoredSubjectKey] {
         guard !hashes.isEmpty else { return [] }
+        // In one order in every process: two creators of the same subjects that insert them in
+        // different orders wait for each other's rows (ON CONFLICT waits for the other's commit) —
+        // a deadlock PostgreSQL breaks by failing one (seen: PostgresSubjectKeyTests, six handles).
+        let hashes = hashes.sorted { $0.lexicographicallyPrecedes($1) }
         let logger = logger
         let location = location
         return try await connection.transactionMapped { connection in
