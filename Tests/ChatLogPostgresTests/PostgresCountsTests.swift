@@ -223,10 +223,13 @@ extension PostgreSQLSuites {
             return holder
         }
 
-        /// The key-change lock's rows in pg_locks, to be completed with a condition (granted, mode).
+        /// The key-change lock's rows in pg_locks of this database (pg_locks lists the whole
+        /// cluster's, where other tests' stores take the same lock), to be completed with a
+        /// condition (granted, mode).
         static let keyChangeLockCount = """
             SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = \(PostgresStorage.lockClass)
-            AND objid = \(PostgresStorage.keyChangeLock) AND objsubid = 2 AND
+            AND objid = \(PostgresStorage.keyChangeLock) AND objsubid = 2
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND
             """
 
         @Test("an append that names keys other than the active ones (chatlog_append's general case, migration 0012) counts them in key_usage_deltas: rows per key equal a scan before and after a fold")
@@ -270,9 +273,9 @@ extension PostgreSQLSuites {
                 let holder = try Self.holdKeyChangeLock(database, "pg_advisory_xact_lock")
                 defer { holder.stop() }
                 let waiting = Self.keyChangeLockCount
-                #expect(try await waitUntil { try database.psql(waiting + " granted") == "1" })
+                #expect(try await eventually { try await database.psqlOffPool(waiting + " granted") == "1" })
                 let append = Task { try await store.logExchange(Self.exchange(1)) }
-                #expect(try await waitUntil { try database.psql(waiting + " NOT granted") == "1" }, "the append does not wait for the lock")
+                #expect(try await eventually { try await database.psqlOffPool(waiting + " NOT granted") == "1" }, "the append does not wait for the lock")
                 #expect(try database.psql("SELECT count(*) FROM messages") == "2")
                 holder.writeStdin(Data("COMMIT;\n".utf8))
                 holder.closeStdin()
@@ -292,11 +295,11 @@ extension PostgreSQLSuites {
                 let holder = try Self.holdKeyChangeLock(database, "pg_advisory_xact_lock_shared")
                 defer { holder.stop() }
                 let lock = Self.keyChangeLockCount
-                #expect(try await waitUntil { try database.psql(lock + " granted AND mode = 'ShareLock'") == "1" })
+                #expect(try await eventually { try await database.psqlOffPool(lock + " granted AND mode = 'ShareLock'") == "1" })
                 let before = try database.psql("SELECT id FROM keys WHERE state = 'active' AND kind = 'data'")
                 let rotation = Task { try await store.rotateDataKey(RotationOptions(newKey: true)) }
                 #expect(
-                    try await waitUntil { try database.psql(lock + " NOT granted AND mode = 'ExclusiveLock'") == "1" },
+                    try await eventually { try await database.psqlOffPool(lock + " NOT granted AND mode = 'ExclusiveLock'") == "1" },
                     "the key change does not wait for the lock")
                 #expect(try database.psql("SELECT id FROM keys WHERE state = 'active' AND kind = 'data'") == before)
                 holder.writeStdin(Data("COMMIT;\n".utf8))

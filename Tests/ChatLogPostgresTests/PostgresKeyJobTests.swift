@@ -323,16 +323,16 @@ extension PostgreSQLSuites.PostgresCLITests {
                 waitpid(holder, &status, 0)
             }
             for _ in 0..<400 {
-                if try database.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == "1" { break }
+                if try database.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())") == "1" { break }
                 try await Task.sleep(for: .milliseconds(25))
             }
             let refused = try ProcessOutput.run(chatlogBinary(), ["key", "rotate"], env: env, cwd: home)
             #expect(refused.status == 75 && refused.err.contains("held by psql from local socket"), "\(refused)")
             // A server process busy in a statement notices its client gone only when the statement ends.
             kill(holder, SIGKILL)
-            try database.psql("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+            try database.psql("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
             for _ in 0..<400 {
-                if try database.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == "0" { break }
+                if try database.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())") == "0" { break }
                 try await Task.sleep(for: .milliseconds(25))
             }
 

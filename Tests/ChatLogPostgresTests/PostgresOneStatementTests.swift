@@ -41,14 +41,14 @@ extension PostgreSQLSuites {
                         try await server.psqlOffPool(
                             "BEGIN; SELECT 1 FROM conversations WHERE id = '\(conversation.id)' FOR UPDATE; SELECT pg_sleep(120); COMMIT;", database: database)
                     }
-                    let holding = "FROM pg_stat_activity WHERE query LIKE '%pg_sleep(120)%' AND state = 'active' AND pid <> pg_backend_pid()"
+                    let holding = "FROM pg_stat_activity WHERE query LIKE '%pg_sleep(120)%' AND state = 'active' AND pid <> pg_backend_pid() AND datname = '\(database)'"
                     try #require(try await waitUntil { (try? server.psql("SELECT count(*) " + holding)) == "1" })
                     let writer = Task { try await storage.insert(conversation: nil, messages: next, into: conversation.id, guard: writeGuard(store)) }
                     // The writer's session, waiting for that lock, is ended by the server.
-                    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%chatlog_append%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%chatlog_append%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid() AND datname = '\(database)'"
                     try #require(try await waitUntil { (try? server.psql(waiting)) == "1" })
                     try server.psql(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%chatlog_append%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%chatlog_append%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid() AND datname = '\(database)'")
                     // Then the lock is released (the holder's session ended, its transaction rolled back):
                     // the writer's second run, on another connection, goes through.
                     try server.psql("SELECT pg_terminate_backend(pid) " + holding)

@@ -402,6 +402,11 @@ struct PostgresDatabase: Sendable {
 
     @discardableResult
     func psql(_ sql: String) throws -> String { try server.psql(sql, database: name) }
+
+    /// `psql` on a thread of its own: for polling loops, which would otherwise hold one of Swift's
+    /// two cooperative threads here while the work they wait for needs it.
+    @discardableResult
+    func psqlOffPool(_ sql: String) async throws -> String { try await server.psqlOffPool(sql, database: name) }
 }
 
 /// A location for a new SQLite store (a path in a temporary directory removed after `body`).

@@ -93,6 +93,16 @@ func waitUntil(seconds: Double = 30, _ condition: () throws -> Bool) async throw
     return try condition()
 }
 
+/// ``waitUntil(seconds:_:)`` for a condition that awaits (a query run off the cooperative pool).
+func eventually(seconds: Double = 60, _ condition: () async throws -> Bool) async throws -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try await condition() { return true }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    return try await condition()
+}
+
 /// `body`'s result, or a thrown error once `seconds` have passed, so that a hang fails the test
 /// instead of stopping the whole run (the body keeps running, unstructured, if it never returns).
 func finishing<T: Sendable>(within seconds: Double, _ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
