@@ -70,6 +70,8 @@ let package = Package(
             dependencies: [
                 "ChatLog",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                // ConnectionPoolError, which PostgresClient.withConnection throws as it is.
+                .product(name: "_ConnectionPoolModule", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict,

@@ -2,6 +2,7 @@ import ChatLog
 import NIOCore
 import NIOSSL
 import PostgresNIO
+import _ConnectionPoolModule
 
 /// PostgreSQL and connection errors as one-line ``ChatLogError``s (docs/OPERATIONS.md,
 /// "PostgreSQL"). Only the server's message and SQLSTATE are kept: never its DETAIL (which can
@@ -11,6 +12,10 @@ enum PostgresErrors {
         if let error = error as? ChatLogError { return error }
         if let error = error as? PSQLError { return map(error, location: location) }
         if error is PostgresStorage.AbortedTransaction { return abortedTransaction(location) }
+        if let error = error as? ConnectionPoolError { return map(error, location: location) }
+        if error is PostgresConnection.Closed {
+            return .storage("the PostgreSQL server at \(location) closed the connection (restarted or terminated the session); nothing was written by the failed command")
+        }
         if error is NIOSSLError || error is BoringSSLError {
             return .storage("TLS with the PostgreSQL server at \(location) failed (\(tlsReason(error))); check sslmode and sslrootcert")
         }
@@ -21,6 +26,20 @@ enum PostgresErrors {
             return .storage("the connection to the PostgreSQL server at \(location) failed (\(error))")
         }
         return .storage("PostgreSQL at \(location): \(type(of: error))")
+    }
+
+    /// The pool's own errors, which `PostgresClient.withConnection` passes on unconverted.
+    static func map(_ error: ConnectionPoolError, location: PostgresLocation) -> ChatLogError {
+        switch error {
+        case .connectionCreationCircuitBreakerTripped:
+            // The pool retried for a minute (postgres-nio's circuit breaker) without one new connection.
+            return .storage(
+                "cannot connect to the PostgreSQL server at \(location): no new connection could be opened for a minute (the server is down or refuses connections, or the database is gone); nothing was written by the failed command")
+        case .requestCancelled:
+            return .busy("PostgreSQL at \(location): the command was cancelled while it waited for a connection")
+        default:
+            return .storage("the connection to PostgreSQL at \(location) was closed by chatlog")
+        }
     }
 
     static func abortedTransaction(_ location: PostgresLocation) -> ChatLogError {

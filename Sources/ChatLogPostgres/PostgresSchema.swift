@@ -120,7 +120,7 @@ enum PostgresSchema {
 
     /// The highest version recorded (0 for none).
     static func appliedVersion(_ connection: PostgresConnection, _ logger: Logger) async throws -> Int {
-        let rows = try await connection.query("SELECT coalesce(max(version), 0) FROM chatlog_migrations", logger: logger)
+        let rows = try await connection.statement("SELECT coalesce(max(version), 0) FROM chatlog_migrations", logger: logger)
         var version = 0
         for try await value in rows.decode(Int32.self) { version = Int(value) }
         return version
@@ -134,7 +134,7 @@ enum PostgresSchema {
     /// The version a store's database is at (0: never migrated), for tests and `verify`.
     static func version(_ storage: PostgresStorage) async throws(ChatLogError) -> Int {
         try await storage.read { connection in
-            let exists = try await connection.query("SELECT to_regclass('chatlog_migrations') IS NOT NULL", logger: storage.logger)
+            let exists = try await connection.statement("SELECT to_regclass('chatlog_migrations') IS NOT NULL", logger: storage.logger)
             var present = false
             for try await value in exists.decode(Bool.self) { present = value }
             guard present else { return 0 }

@@ -33,6 +33,10 @@ extension PostgresStorage {
                     try await withTaskExecutorPreference(EventLoopTaskExecutor(connection.eventLoop)) {
                         do {
                             var positions: [Int64] = []
+                            // On the event loop: the channel cannot close between this check and the
+                            // write (a closed one would leave the statement waiting forever: see
+                            // PostgresConnection.statement).
+                            guard !connection.isClosed else { throw PostgresConnection.Closed() }
                             for try await position in try await connection.execute(statement, logger: logger) { positions.append(position) }
                             guard positions.count == messages.count else {
                                 throw ChatLogError.storage("PostgreSQL inserted \(positions.count) of \(messages.count) messages")
@@ -159,7 +163,7 @@ extension PostgresStorage {
         let ids = messages.map(\.id)
         let logger = logger
         let found = try await read { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 """
                 SELECT m.id, m.position FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
                 WHERE m.id = ANY(\(ids)::text[]) AND c.id = \(conversationID)

@@ -13,17 +13,17 @@ extension PostgresStorage {
 
     static func erasureRows(_ connection: PostgresConnection, _ logger: Logger) async throws -> ErasureRows {
         var rows = ErasureRows()
-        for try await (id, at) in try await connection.query("SELECT key_id, forgotten_at FROM forgotten_subject_keys ORDER BY key_id", logger: logger)
+        for try await (id, at) in try await connection.statement("SELECT key_id, forgotten_at FROM forgotten_subject_keys ORDER BY key_id", logger: logger)
             .decode((Int64, Int64).self)
         {
             rows.forgottenKeys.append(ForgottenSubjectKeyRow(id: id, forgottenAt: at))
         }
-        for try await (keys, hash, started, conversations, messages) in try await connection.query(
+        for try await (keys, hash, started, conversations, messages) in try await connection.statement(
             "SELECT key_ids, subject_hash, started_at, conversations, messages FROM forget_pending ORDER BY id", logger: logger
         ).decode(([Int64], Data, Int64, Int64, Int64).self) {
             rows.pending.append(ErasureRows.Pending(keyIDs: keys, subjectHash: hash, startedAt: started, conversations: conversations, messages: messages))
         }
-        for try await (at, hash, conversations, messages, keys) in try await connection.query(
+        for try await (at, hash, conversations, messages, keys) in try await connection.statement(
             "SELECT forgotten_at, subject_hash, conversations, messages, subject_keys FROM forget_receipts ORDER BY id", logger: logger
         ).decode((Int64, Data, Int64, Int64, Int64).self) {
             rows.receipts.append(

@@ -47,7 +47,7 @@ extension PostgresStorage: ErasureStorage {
         let logger = logger
         return try await read { connection in
             var counts = SubjectRowCounts(conversations: 0, messages: 0, withoutSubjectKey: 0)
-            for try await (conversations, without, messages) in try await connection.query(query, logger: logger).decode((Int64, Int64, Int64).self) {
+            for try await (conversations, without, messages) in try await connection.statement(query, logger: logger).decode((Int64, Int64, Int64).self) {
                 counts = SubjectRowCounts(conversations: Int(conversations), messages: Int(messages), withoutSubjectKey: Int(without))
             }
             return counts
@@ -72,12 +72,12 @@ extension PostgresStorage: ErasureStorage {
             // message is appended to them any more.
             var seqs: [Int64] = []
             var without = 0
-            for try await (seq, noKey) in try await connection.query(find, logger: logger).decode((Int64, Bool).self) {
+            for try await (seq, noKey) in try await connection.statement(find, logger: logger).decode((Int64, Bool).self) {
                 seqs.append(seq)
                 if noKey { without += 1 }
             }
             var messages: Int64 = 0
-            for try await count in try await connection.query(
+            for try await count in try await connection.statement(
                 "SELECT count(*) FROM messages WHERE conversation_seq = ANY(\(seqs)::bigint[])", logger: logger
             ).decode(Int64.self) { messages = count }
             try await connection.run("DELETE FROM conversations WHERE seq = ANY(\(seqs)::bigint[])", logger: logger)
@@ -94,7 +94,7 @@ extension PostgresStorage: ErasureStorage {
         let logger = logger
         return try await read { connection in
             var pending: [PendingForget] = []
-            for try await (id, keys) in try await connection.query("SELECT id, key_ids FROM forget_pending ORDER BY id", logger: logger).decode(
+            for try await (id, keys) in try await connection.statement("SELECT id, key_ids FROM forget_pending ORDER BY id", logger: logger).decode(
                 (Int64, [Int64]).self)
             {
                 pending.append(PendingForget(id: id, keyIDs: keys))
@@ -122,7 +122,7 @@ extension PostgresStorage: ErasureStorage {
         let logger = logger
         return try await read { connection in
             var receipts: [StoredForgetReceipt] = []
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 "SELECT forgotten_at, subject_hash, conversations, messages, subject_keys FROM forget_receipts ORDER BY id", logger: logger)
             for try await (at, hash, conversations, messages, keys) in rows.decode((Int64, Data, Int64, Int64, Int64).self) {
                 receipts.append(
@@ -136,7 +136,7 @@ extension PostgresStorage: ErasureStorage {
         let logger = logger
         return try await read { connection in
             var ids: [String] = []
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 """
                 SELECT id FROM conversations WHERE erasure_key_id IN (SELECT key_id FROM forgotten_subject_keys)
                 OR erasure_key_id = ANY(\(forgotten)::bigint[]) ORDER BY seq
@@ -150,7 +150,7 @@ extension PostgresStorage: ErasureStorage {
         let logger = logger
         return try await read { connection in
             var count: Int64 = 0
-            for try await value in try await connection.query("SELECT count(*) FROM conversations WHERE erasure_key_id IS NOT NULL", logger: logger)
+            for try await value in try await connection.statement("SELECT count(*) FROM conversations WHERE erasure_key_id IS NOT NULL", logger: logger)
                 .decode(Int64.self)
             {
                 count = value

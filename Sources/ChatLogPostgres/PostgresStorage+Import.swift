@@ -31,7 +31,7 @@ extension PostgresStorage {
     package func setMetaIfAbsent(_ name: String, _ value: MetaValue, checkValues: [Data]) async throws -> MetaValue {
         let logger = logger
         return try await transaction { connection in
-            let check = try await connection.query(
+            let check = try await connection.statement(
                 "SELECT blob_value FROM chatlog_meta WHERE name = 'master_check' FOR SHARE", logger: logger)
             var checkValue: Data?
             for try await value in check.decode(Data?.self) { checkValue = value }
@@ -42,7 +42,7 @@ extension PostgresStorage {
                 INSERT INTO chatlog_meta (name, integer_value, text_value, blob_value) VALUES (\(name), \(integer), \(text), \(blob))
                 ON CONFLICT (name) DO NOTHING
                 """, logger: logger)
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 "SELECT integer_value, text_value, blob_value FROM chatlog_meta WHERE name = \(name)", logger: logger)
             var stored: MetaValue?
             for try await (integer, text, blob) in rows.decode((Int64?, String?, Data?).self) {
@@ -60,7 +60,7 @@ extension PostgresStorage {
     }
 
     static func takenIDs(_ ids: [String], _ connection: PostgresConnection, _ logger: Logger) async throws -> Set<String> {
-        let rows = try await connection.query(
+        let rows = try await connection.statement(
             """
             SELECT id FROM conversations WHERE id = ANY(\(ids)::text[])
             UNION ALL SELECT id FROM messages WHERE id = ANY(\(ids)::text[])
@@ -80,7 +80,7 @@ extension PostgresStorage {
             try await connection.run("SELECT pg_advisory_xact_lock(\(Self.lockClass), \(Self.importLock))", logger: logger)
             try await Self.check(writeGuard, connection, logger)
             let hashes = items.map { ByteBuffer(bytes: $0.sourceHash) }
-            let known = try await connection.query(
+            let known = try await connection.statement(
                 "SELECT source_hash FROM imports WHERE source_hash = ANY(\(hashes)::bytea[])", logger: logger)
             var seen = Set<Data>()
             for try await hash in known.decode(Data.self) { seen.insert(hash) }
@@ -107,7 +107,7 @@ extension PostgresStorage {
 
     package func inactiveCounts(before: Int64) async throws(ChatLogError) -> StorageCounts {
         try await read { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 """
                 SELECT count(*), coalesce(sum((SELECT count(*) FROM messages m WHERE m.conversation_seq = c.seq)), 0)::bigint
                 FROM conversations c WHERE c.updated_at < \(before)
@@ -128,7 +128,7 @@ extension PostgresStorage {
     {
         let logger = logger
         return try await transactionMapped { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 """
                 WITH doomed AS (
                     SELECT seq FROM conversations WHERE updated_at < \(before) ORDER BY updated_at, seq LIMIT \(Int64(max(0, limit))) FOR UPDATE

@@ -32,7 +32,7 @@ extension PostgresStorage {
             binds.append(Int64(limit))
             binds.append(cursor.message)
             var messages: [SealedMessageRow] = []
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 PostgresQuery(
                     unsafeSQL: """
                         SELECT \(Self.messageColumns) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
@@ -51,7 +51,7 @@ extension PostgresStorage {
                 binds.append(skipped)
                 binds.append(Int64(limit - messages.count))
                 binds.append(cursor.conversation)
-                let rows = try await connection.query(
+                let rows = try await connection.statement(
                     PostgresQuery(
                         unsafeSQL: """
                             SELECT seq, \(Self.conversationColumns) FROM conversations
@@ -222,7 +222,7 @@ extension PostgresStorage {
         var text = sql
         if let range = text.range(of: "%@") { text.replaceSubrange(range, with: rows.joined(separator: ", ")) }
         if let range = text.range(of: "%@") { text.replaceSubrange(range, with: names.joined(separator: ", ")) }
-        let result = try await connection.query(PostgresQuery(unsafeSQL: text, binds: binds), logger: logger)
+        let result = try await connection.statement(PostgresQuery(unsafeSQL: text, binds: binds), logger: logger)
         var updated: [Int64] = []
         for try await seq in result.decode(Int64.self) { updated.append(seq) }
         return updated
@@ -239,12 +239,12 @@ extension PostgresStorage {
         let logger = logger
         try await transaction { connection in
             try await connection.run("SELECT pg_advisory_xact_lock(\(Self.lockClass), \(Self.keyChangeLock))", logger: logger)
-            let check = try await connection.query(
+            let check = try await connection.statement(
                 "SELECT blob_value FROM chatlog_meta WHERE name = 'master_check' FOR UPDATE", logger: logger)
             var stored: Data?
             for try await value in check.decode(Data?.self) { stored = value }
             guard let stored, checkValues.contains(stored) else { throw StorageConflict.masterKeyChanged }
-            let current = try await connection.query(
+            let current = try await connection.statement(
                 "SELECT id, kind, state, created_at, retired_at, wrapped, mac FROM keys ORDER BY id FOR UPDATE", logger: logger)
             var found: [StoredKeyRow] = []
             for try await (id, kind, state, created, retired, wrapped, mac) in current.decode((Int64, String, String, Int64, Int64?, Data?, Data?).self) {
@@ -252,7 +252,7 @@ extension PostgresStorage {
             }
             guard found == expected.sorted(by: { $0.id < $1.id }) else { throw StorageConflict.staleKeys }
             for (name, value) in expectedMeta.sorted(by: { $0.key < $1.key }) {
-                let stored = try await connection.query(
+                let stored = try await connection.statement(
                     "SELECT integer_value, text_value, blob_value FROM chatlog_meta WHERE name = \(name) FOR UPDATE", logger: logger)
                 var current: MetaValue?
                 for try await (integer, text, blob) in stored.decode((Int64?, String?, Data?).self) {
@@ -262,7 +262,7 @@ extension PostgresStorage {
             }
             let before = Dictionary(found.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
             for row in rows where row.state == "retired" && before[row.id]?.state != "retired" {
-                let used = try await connection.query(
+                let used = try await connection.statement(
                     """
                     SELECT (SELECT count(*) FROM messages WHERE key_id = \(row.id)) + (SELECT count(*) FROM conversations WHERE key_id = \(row.id))
                          + (SELECT count(*) FROM messages WHERE index_key_id = \(row.id))
@@ -308,7 +308,7 @@ extension PostgresStorage {
                 SELECT seq FROM conversations WHERE seq IN (SELECT conversation_seq FROM messages WHERE id = ANY(\(ids)::text[]))
                 ORDER BY seq FOR UPDATE
                 """, logger: logger)
-            let rows = try await connection.query("DELETE FROM messages WHERE id = ANY(\(ids)::text[]) RETURNING seq", logger: logger)
+            let rows = try await connection.statement("DELETE FROM messages WHERE id = ANY(\(ids)::text[]) RETURNING seq", logger: logger)
             var count = 0
             for try await _ in rows { count += 1 }
             return count

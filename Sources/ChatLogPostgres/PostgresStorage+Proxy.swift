@@ -15,7 +15,7 @@ extension PostgresStorage {
                 var binds = PostgresBindings()
                 let slice = digests[start..<min(digests.count, start + 1_000)]
                 for digest in slice { try binds.append(digest) }
-                let rows = try await connection.query(
+                let rows = try await connection.statement(
                     PostgresQuery(
                         unsafeSQL: """
                             SELECT t.digest, c.id FROM proxy_threads t JOIN conversations c ON c.seq = t.conversation_seq
@@ -47,7 +47,7 @@ extension PostgresStorage {
                     \(unescaped: Self.countingCTEs(conversations: "c", messages: nil))
                     SELECT 1
                     """, logger: logger)
-                let found = try await connection.query(
+                let found = try await connection.statement(
                     "SELECT seq FROM conversations WHERE id = \(conversation.id) FOR UPDATE", logger: logger)
                 var seq: Int64?
                 for try await value in found.decode(Int64.self) { seq = value }
@@ -73,7 +73,7 @@ extension PostgresStorage {
     package func createProxyToken(name: String, hash: Data, indexKeyID: Int64, createdAt: Int64) async throws(ChatLogError) -> Bool {
         let logger = logger
         return try await transactionMapped { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 """
                 INSERT INTO proxy_tokens (name, token_hash, index_key_id, created_at) VALUES (\(name), \(hash), \(indexKeyID), \(createdAt))
                 ON CONFLICT (name) DO NOTHING RETURNING name
@@ -86,7 +86,7 @@ extension PostgresStorage {
 
     package func proxyTokens() async throws(ChatLogError) -> [ProxyToken] {
         try await read { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 "SELECT name, created_at, revoked_at FROM proxy_tokens ORDER BY created_at, name COLLATE \"C\"", logger: self.logger)
             var tokens: [ProxyToken] = []
             for try await (name, created, revoked) in rows.decode((String, Int64, Int64?).self) {
@@ -99,7 +99,7 @@ extension PostgresStorage {
     package func revokeProxyToken(name: String, at time: Int64) async throws(ChatLogError) -> Bool {
         let logger = logger
         return try await transactionMapped { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 "UPDATE proxy_tokens SET revoked_at = \(time) WHERE name = \(name) AND revoked_at IS NULL RETURNING name", logger: logger)
             var revoked = false
             for try await _ in rows { revoked = true }
@@ -112,7 +112,7 @@ extension PostgresStorage {
         return try await read { connection in
             var binds = PostgresBindings()
             for hash in hashes { try binds.append(hash) }
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 PostgresQuery(
                     unsafeSQL: """
                         SELECT name, index_key_id FROM proxy_tokens
@@ -134,7 +134,7 @@ extension PostgresStorage {
 
     package func proxyTokenNamesByIndexKey() async throws(ChatLogError) -> [Int64: [String]] {
         try await read { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 "SELECT index_key_id, name FROM proxy_tokens WHERE revoked_at IS NULL ORDER BY name COLLATE \"C\"", logger: self.logger)
             var names: [Int64: [String]] = [:]
             for try await (key, name) in rows.decode((Int64, String).self) { names[key, default: []].append(name) }
@@ -148,17 +148,17 @@ extension PostgresStorage {
     package func sideRows() async throws(ChatLogError) -> SideRows {
         try await read { connection in
             var rows = SideRows()
-            let imports = try await connection.query(
+            let imports = try await connection.statement(
                 "SELECT i.source_hash, c.id, i.imported_at FROM imports i JOIN conversations c ON c.seq = i.conversation_seq", logger: self.logger)
             for try await (hash, id, at) in imports.decode((Data, String, Int64).self) {
                 rows.imports.append(SideRows.Import(sourceHash: hash, conversationID: id, importedAt: at))
             }
-            let tokens = try await connection.query(
+            let tokens = try await connection.statement(
                 "SELECT name, token_hash, index_key_id, created_at, revoked_at FROM proxy_tokens", logger: self.logger)
             for try await (name, hash, key, created, revoked) in tokens.decode((String, Data, Int64, Int64, Int64?).self) {
                 rows.tokens.append(SideRows.Token(name: name, hash: hash, indexKeyID: key, createdAt: created, revokedAt: revoked))
             }
-            let threads = try await connection.query(
+            let threads = try await connection.statement(
                 "SELECT t.digest, c.id, t.index_key_id, t.created_at FROM proxy_threads t JOIN conversations c ON c.seq = t.conversation_seq",
                 logger: self.logger)
             for try await (digest, id, key, created) in threads.decode((Data, String, Int64, Int64).self) {

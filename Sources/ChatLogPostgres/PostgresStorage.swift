@@ -138,10 +138,9 @@ package final class PostgresStorage: ChatLogStorage {
     }
 
     /// Cancelling the client's run task closes its connections (postgres-nio's way). Waited for at
-    /// most ``closeTimeout``: the test suites' intermittent hang (docs/TESTING.md) left tests that
-    /// close a storage (copies, backups) waiting with no connection open and no I/O pending — a
-    /// `run()` that does not end after its cancellation is one way to get there; the connections are
-    /// closing by then, so the caller goes on.
+    /// most ``closeTimeout``, a safety net: the connections are closing by then, so the caller goes
+    /// on. (It was added for the test suites' intermittent hang, whose cause turned out to be a
+    /// statement written to a closed connection: see ``PostgresConnection/statement(_:logger:file:line:)``.)
     package func close() async {
         guard pinned == nil else { return }  // a snapshot view: its store's connections stay
         runner.cancel()
@@ -209,7 +208,11 @@ package final class PostgresStorage: ChatLogStorage {
     /// statement in it failed, perhaps one whose error nobody read).
     static func commit(_ connection: PostgresConnection, logger: Logger) async throws {
         // The future-returning `query` gives the command tag; the async one does not.
-        let result: EventLoopFuture<PostgresQueryResult> = connection.query("COMMIT", logger: logger)
+        // Sent from the event loop only while the channel is open (see `statement`).
+        let result = connection.eventLoop.flatSubmit { () -> EventLoopFuture<PostgresQueryResult> in
+            guard !connection.isClosed else { return connection.eventLoop.makeFailedFuture(PostgresConnection.Closed()) }
+            return connection.query("COMMIT", logger: logger)
+        }
         let tag = try await result.get().metadata.command
         guard tag == "COMMIT" else { throw AbortedTransaction() }
     }
@@ -351,7 +354,7 @@ package final class PostgresStorage: ChatLogStorage {
         try await transactionMapped { connection in
             // One initializer at a time: the second waits, then finds the check value.
             try await connection.run("LOCK TABLE chatlog_meta IN EXCLUSIVE MODE", logger: self.logger)
-            let existing = try await connection.query("SELECT 1 FROM chatlog_meta WHERE name = 'master_check'", logger: self.logger)
+            let existing = try await connection.statement("SELECT 1 FROM chatlog_meta WHERE name = 'master_check'", logger: self.logger)
             for try await _ in existing { throw ChatLogError.storeExists(path: location) }
             for (name, value) in meta.sorted(by: { $0.key < $1.key }) { try await Self.setMeta(name, value, connection, self.logger) }
             for key in keys { try await Self.insertKey(key, connection, self.logger) }
@@ -378,7 +381,7 @@ package final class PostgresStorage: ChatLogStorage {
 
     package func meta(_ name: String) async throws(ChatLogError) -> MetaValue? {
         try await read { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 "SELECT integer_value, text_value, blob_value FROM chatlog_meta WHERE name = \(name)", logger: self.logger)
             for try await (integer, text, blob) in rows.decode((Int64?, String?, Data?).self) {
                 return Self.metaValue(integer, text, blob)
@@ -389,7 +392,7 @@ package final class PostgresStorage: ChatLogStorage {
 
     package func keyRows() async throws(ChatLogError) -> [StoredKeyRow] {
         try await read { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 "SELECT id, kind, state, created_at, retired_at, wrapped, mac FROM keys ORDER BY id", logger: self.logger)
             var keys: [StoredKeyRow] = []
             for try await (id, kind, state, created, retired, wrapped, mac) in rows.decode((Int64, String, String, Int64, Int64?, Data?, Data?).self) {
@@ -415,7 +418,7 @@ package final class PostgresStorage: ChatLogStorage {
                 try await connection.run(
                     "SELECT set_config('tcp_keepalives_idle', '30', false), set_config('tcp_keepalives_interval', '10', false), set_config('tcp_keepalives_count', '3', false)",
                     logger: logger)
-                let taken = try await connection.query(
+                let taken = try await connection.statement(
                     "SELECT pg_try_advisory_lock(\(Self.lockClass), \(Self.keyJobLock))", logger: logger)
                 var acquired = false
                 for try await value in taken.decode(Bool.self) { acquired = value }
@@ -443,7 +446,7 @@ package final class PostgresStorage: ChatLogStorage {
         let (theirs, logger) = (other.logger, logger)
         let process = try await other.read { connection in
             var found: (Int64, String)?
-            for try await row in try await connection.query(
+            for try await row in try await connection.statement(
                 "SELECT pg_backend_pid()::bigint, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()", logger: theirs
             ).decode((Int64, String).self) {
                 found = row
@@ -453,7 +456,7 @@ package final class PostgresStorage: ChatLogStorage {
         guard let process, process.count == 2, let pid = Int64(process[0]) else { return false }
         return try await read { connection in
             var same = false
-            for try await _ in try await connection.query(
+            for try await _ in try await connection.statement(
                 "SELECT 1 FROM pg_stat_activity WHERE pid = \(pid) AND backend_start::text = \(process[1]) AND datname = current_database()", logger: logger)
             {
                 same = true
@@ -465,7 +468,7 @@ package final class PostgresStorage: ChatLogStorage {
     /// Who holds the key-job lock: the holder's application_name (chatlog sets "chatlog pid N on
     /// HOST"), its client address and server process id.
     static func lockHolder(_ connection: PostgresConnection, _ logger: Logger) async throws -> String? {
-        let rows = try await connection.query(
+        let rows = try await connection.statement(
             """
             SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local socket')
             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
@@ -609,7 +612,7 @@ package final class PostgresStorage: ChatLogStorage {
                 """
             seqExpression = "(SELECT seq FROM c)"
             if messages.isEmpty {
-                let rows = try await connection.query(
+                let rows = try await connection.statement(
                     PostgresQuery(
                         unsafeSQL: "WITH " + conversationCTE + Self.countingCTEs(conversations: "c", messages: nil) + " SELECT seq FROM c", binds: binds),
                     logger: logger)
@@ -620,7 +623,7 @@ package final class PostgresStorage: ChatLogStorage {
             // The lock first, in its own statement: the insert below then starts with a snapshot
             // that sees every message committed by the writer it waited for (a subquery of this
             // statement would not), so its next position is right.
-            let rows = try await connection.query("SELECT seq FROM conversations WHERE id = \(id) FOR UPDATE", logger: logger)
+            let rows = try await connection.statement("SELECT seq FROM conversations WHERE id = \(id) FOR UPDATE", logger: logger)
             var found: Int64?
             for try await value in rows.decode(Int64.self) { found = value }
             guard let seq = found else { throw ChatLogError.conversationNotFound(id) }
@@ -662,7 +665,7 @@ package final class PostgresStorage: ChatLogStorage {
             \(Self.countingCTEs(conversations: conversationCTE.isEmpty ? nil : "c", messages: "m"))
             SELECT position FROM m ORDER BY position
             """
-        let result = try await connection.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger)
+        let result = try await connection.statement(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger)
         var positions: [Int64] = []
         for try await value in result.decode(Int64.self) { positions.append(value) }
         guard positions.count == messages.count else {
@@ -698,7 +701,7 @@ package final class PostgresStorage: ChatLogStorage {
     /// were sealed for. `FOR SHARE`: a key job changing them waits for this transaction.
     static func check(_ writeGuard: WriteGuard, _ connection: PostgresConnection, _ logger: Logger) async throws {
         // One round trip: both reads lock their rows (locking clauses in CTEs).
-        let rows = try await connection.query(
+        let rows = try await connection.statement(
             """
             WITH m AS (SELECT blob_value FROM chatlog_meta WHERE name = 'master_check' FOR SHARE),
                  k AS (SELECT kind, id FROM keys WHERE state = 'active' FOR SHARE)
@@ -718,7 +721,7 @@ package final class PostgresStorage: ChatLogStorage {
         guard !ids.isEmpty else { return 0 }
         let logger = logger
         return try await transactionMapped { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 "DELETE FROM conversations WHERE id = ANY(\(ids)::text[]) RETURNING seq", logger: logger)
             var count = 0
             for try await _ in rows { count += 1 }
@@ -828,7 +831,7 @@ package final class PostgresStorage: ChatLogStorage {
 
     package func conversation(id: String) async throws(ChatLogError) -> SealedConversationRow? {
         try await read { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 PostgresQuery(unsafeSQL: "SELECT \(Self.conversationColumns) FROM conversations WHERE id = $1", binds: Self.binds(id)),
                 logger: self.logger)
             for try await row in rows { return try Self.conversationRow(row) }
@@ -838,7 +841,7 @@ package final class PostgresStorage: ChatLogStorage {
 
     package func messages(ofConversation id: String) async throws(ChatLogError) -> [SealedMessageRow] {
         try await read { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 PostgresQuery(
                     unsafeSQL: """
                         SELECT \(Self.messageColumns) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
@@ -899,7 +902,7 @@ package final class PostgresStorage: ChatLogStorage {
             """
         let query = PostgresQuery(unsafeSQL: sql, binds: binds)
         return try await read { connection in
-            let rows = try await connection.query(query, logger: self.logger)
+            let rows = try await connection.statement(query, logger: self.logger)
             var candidates: [SearchCandidate] = []
             candidates.reserveCapacity(min(limit, 1_000))
             for try await row in rows {
@@ -919,7 +922,7 @@ package final class PostgresStorage: ChatLogStorage {
     package func conversationIDs(seqs: [Int64]) async throws(ChatLogError) -> [Int64: String] {
         guard !seqs.isEmpty else { return [:] }
         return try await read { connection in
-            let rows = try await connection.query("SELECT seq, id FROM conversations WHERE seq = ANY(\(Array(Set(seqs))))", logger: self.logger)
+            let rows = try await connection.statement("SELECT seq, id FROM conversations WHERE seq = ANY(\(Array(Set(seqs))))", logger: self.logger)
             var ids: [Int64: String] = [:]
             for try await (seq, id) in rows.decode((Int64, String).self) { ids[seq] = id }
             return ids
@@ -933,7 +936,7 @@ package final class PostgresStorage: ChatLogStorage {
         guard !terms.isEmpty else { return [:] }
         let values = Self.termColumn(terms) ?? []
         return try await read { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 """
                 SELECT t.term, (SELECT count(*) FROM messages WHERE terms @> ARRAY[t.term]) FROM unnest(\(values)::bigint[]) AS t (term)
                 """, logger: self.logger)
@@ -948,7 +951,7 @@ package final class PostgresStorage: ChatLogStorage {
     /// statement (one snapshot). `count(*)` read every row: ~20–25 ms at 300,000 messages.
     package func counts() async throws(ChatLogError) -> StorageCounts {
         let (counts, deltas) = try await read { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 """
                 SELECT r.conversations + coalesce(d.conversations, 0), r.messages + coalesce(d.messages, 0), d.rows
                 FROM row_counts r,
@@ -973,7 +976,7 @@ package final class PostgresStorage: ChatLogStorage {
     /// a store without messages.
     func totals() async throws(ChatLogError) -> [StatsRow] {
         try await read { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 """
                 SELECT r.conversations_with_messages + coalesce(d.conversations, 0), r.messages + coalesce(d.messages, 0),
                        r.prompt_tokens + coalesce(d.prompt, 0), r.completion_tokens + coalesce(d.completion, 0)
@@ -1075,7 +1078,7 @@ extension PostgresStorage {
                 ORDER BY c.created_at\(direction), c.seq\(direction) LIMIT $\(binds.count)
                 """, binds: binds)
         return try await read { connection in
-            let rows = try await connection.query(query, logger: self.logger)
+            let rows = try await connection.statement(query, logger: self.logger)
             var listed: [ListedConversation] = []
             for try await row in rows {
                 let (id, created, updated, key, title, subject, token, subjectKey, metadata, seq, count) = try row.decode(
@@ -1116,7 +1119,7 @@ extension PostgresStorage {
         let query = PostgresQuery(
             unsafeSQL: "SELECT id FROM \(table.rawValue) WHERE \(condition) ORDER BY \(order) LIMIT $\(binds.count)", binds: binds)
         return try await read { connection in
-            let rows = try await connection.query(query, logger: self.logger)
+            let rows = try await connection.statement(query, logger: self.logger)
             var ids: [String] = []
             for try await id in rows.decode(String.self) { ids.append(id) }
             return ids
@@ -1125,7 +1128,7 @@ extension PostgresStorage {
 
     package func messageTerms(ofConversation id: String) async throws(ChatLogError) -> [String: [UInt64]] {
         try await read { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 PostgresQuery(
                     unsafeSQL: """
                         SELECT m.id, m.terms FROM messages m JOIN conversations c ON c.seq = m.conversation_seq WHERE c.id = $1
@@ -1140,7 +1143,7 @@ extension PostgresStorage {
 
     package func termPairCount() async throws(ChatLogError) -> Int {
         try await read { connection in
-            let rows = try await connection.query("SELECT coalesce(sum(cardinality(terms)), 0)::bigint FROM messages", logger: self.logger)
+            let rows = try await connection.statement("SELECT coalesce(sum(cardinality(terms)), 0)::bigint FROM messages", logger: self.logger)
             for try await count in rows.decode(Int64.self) { return Int(count) }
             return 0
         }
@@ -1173,7 +1176,7 @@ extension PostgresStorage {
             """
         let query = PostgresQuery(unsafeSQL: sql, binds: binds)
         return try await read { connection in
-            let rows = try await connection.query(query, logger: self.logger)
+            let rows = try await connection.statement(query, logger: self.logger)
             var stats: [StatsRow] = []
             for try await (group, conversations, messages, prompt, completion) in rows.decode((String?, Int64, Int64, Int64, Int64).self) {
                 stats.append(
@@ -1190,7 +1193,7 @@ extension PostgresStorage {
         let columns = Self.conversationColumns.split(separator: ",").map { "c." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", ")
         return try await read { connection in
             var copies: [String: ConversationCopy] = [:]
-            let conversations = try await connection.query(
+            let conversations = try await connection.statement(
                 PostgresQuery(unsafeSQL: "SELECT \(columns) FROM conversations c WHERE c.id = ANY($1::text[])", binds: Self.binds(ids)),
                 logger: self.logger)
             for try await row in conversations {
@@ -1198,7 +1201,7 @@ extension PostgresStorage {
                 copies[conversation.id] = ConversationCopy(conversation: conversation, messages: [])
             }
             var messageIndex: [String: (conversation: String, index: Int)] = [:]
-            let messages = try await connection.query(
+            let messages = try await connection.statement(
                 PostgresQuery(
                     unsafeSQL: """
                         SELECT \(Self.messageColumns) FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
@@ -1210,7 +1213,7 @@ extension PostgresStorage {
                 copies[message.conversationID]?.messages.append(message)
             }
             guard withTerms else { return copies }
-            let terms = try await connection.query(
+            let terms = try await connection.statement(
                 PostgresQuery(
                     unsafeSQL: """
                         SELECT m.id, m.terms FROM messages m JOIN conversations c ON c.seq = m.conversation_seq
@@ -1284,7 +1287,7 @@ extension PostgresStorage {
     package func beginTermLoad() async throws(ChatLogError) -> Bool {
         let logger = logger
         return try await transactionMapped { connection in
-            let state = try await connection.query(
+            let state = try await connection.statement(
                 "SELECT to_regclass('chatlog_term_load') IS NOT NULL, EXISTS (SELECT 1 FROM messages WHERE terms IS NOT NULL)", logger: logger)
             var (staging, hasTerms) = (false, true)
             for try await (table, terms) in state.decode((Bool, Bool).self) { (staging, hasTerms) = (table, terms) }
@@ -1321,7 +1324,7 @@ extension PostgresStorage {
 
     /// Whether a bulk term load is under way (its staging table exists).
     static func loadingTerms(_ connection: PostgresConnection, _ logger: Logger) async throws -> Bool {
-        let state = try await connection.query("SELECT to_regclass('chatlog_term_load') IS NOT NULL", logger: logger)
+        let state = try await connection.statement("SELECT to_regclass('chatlog_term_load') IS NOT NULL", logger: logger)
         var staging = false
         for try await table in state.decode(Bool.self) { staging = table }
         return staging
@@ -1369,7 +1372,7 @@ extension PostgresStorage {
                 rows.append("(" + (first..<(first + columns)).map { "$\($0)" }.joined(separator: ", ") + ")")
             }
             try await returning(
-                try await connection.query(
+                try await connection.statement(
                     PostgresQuery(unsafeSQL: "INSERT INTO \(into) VALUES \(rows.joined(separator: ", ")) \(suffix)", binds: binds), logger: logger))
         }
     }
@@ -1380,7 +1383,7 @@ extension PostgresStorage {
     /// 0012) — in one statement (four scans of `messages` and `conversations` before).
     package func keyUsage() async throws(ChatLogError) -> [Int64: Int] {
         let (usage, deltas) = try await read { connection in
-            let rows = try await connection.query(
+            let rows = try await connection.statement(
                 """
                 SELECT key_id, sum(row_count)::bigint, (SELECT count(*) FROM key_usage_deltas) + (SELECT count(*) FROM row_count_deltas)
                 FROM (SELECT key_id, row_count FROM key_usage UNION ALL SELECT key_id, row_count FROM key_usage_deltas
@@ -1404,10 +1407,27 @@ extension PostgresStorage {
 }
 
 extension PostgresConnection {
+    /// The connection's channel had closed (the server ended the session: a restart,
+    /// `pg_terminate_backend`, an idle timeout) before a statement was sent: nothing was sent.
+    struct Closed: Error {}
+
+    /// `query`, sent only on a connection whose channel is open. postgres-nio 1.33.2 hands a
+    /// statement for a closed channel to a write that fails unseen, and the statement then waits
+    /// forever: a session the server ended between two statements hung about one transaction in ten
+    /// so ended (PostgresMidWorkFailureTests, "terminated between statements"). The check and the
+    /// write run on the connection's event loop, which also handles the channel's close, so it
+    /// cannot close in between; one that closes after the write fails the statement as usual.
+    func statement(_ query: PostgresQuery, logger: Logger, file: String = #fileID, line: Int = #line) async throws -> PostgresRowSequence {
+        try await withTaskExecutorPreference(EventLoopTaskExecutor(eventLoop)) {
+            guard !isClosed else { throw Closed() }
+            return try await self.query(query, logger: logger, file: file, line: line)
+        }
+    }
+
     /// Runs a statement and reads its rows to the end, so that an error the server sends after
     /// the row description (a statement timeout, a cancel) is thrown here, not lost.
     func run(_ query: PostgresQuery, logger: Logger) async throws {
-        let rows = try await self.query(query, logger: logger)
+        let rows = try await statement(query, logger: logger)
         for try await _ in rows {}
     }
 }

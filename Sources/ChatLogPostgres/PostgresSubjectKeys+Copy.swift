@@ -26,7 +26,7 @@ extension PostgresSubjectKeys: SubjectKeyCopying {
         let logger = logger
         return try await connection.read { connection in
             var next = Self.firstID
-            for try await (last, called) in try await connection.query("SELECT last_value, is_called FROM subject_key_ids", logger: logger).decode(
+            for try await (last, called) in try await connection.statement("SELECT last_value, is_called FROM subject_key_ids", logger: logger).decode(
                 (Int64, Bool).self)
             {
                 next = called ? last + 1 : last
@@ -39,7 +39,7 @@ extension PostgresSubjectKeys: SubjectKeyCopying {
         let logger = logger
         return try await connection.read { connection in
             var keys: [CopiedSubjectKey] = []
-            for try await (id, hash, created, wrapped) in try await connection.query(
+            for try await (id, hash, created, wrapped) in try await connection.statement(
                 "SELECT id, subject_hash, created_at, wrapped FROM subject_keys WHERE id > \(id) ORDER BY id LIMIT \(Int64(limit))", logger: logger
             ).decode((Int64, Data, Int64, Data).self) {
                 keys.append(CopiedSubjectKey(id: id, subjectHash: hash, createdAt: created, wrapped: wrapped))
@@ -53,7 +53,7 @@ extension PostgresSubjectKeys: SubjectKeyCopying {
         let logger = logger
         return try await connection.read { connection in
             var found = Set<Int64>()
-            for try await id in try await connection.query("SELECT id FROM subject_keys WHERE id = ANY(\(ids)::bigint[])", logger: logger).decode(Int64.self) {
+            for try await id in try await connection.statement("SELECT id FROM subject_keys WHERE id = ANY(\(ids)::bigint[])", logger: logger).decode(Int64.self) {
                 found.insert(id)
             }
             return found
@@ -64,7 +64,7 @@ extension PostgresSubjectKeys: SubjectKeyCopying {
         let logger = logger
         return try await connection.read { connection in
             var forgotten: [ForgottenSubjectKeyRow] = []
-            for try await (id, at) in try await connection.query("SELECT id, forgotten_at FROM forgotten_subject_keys ORDER BY id", logger: logger).decode(
+            for try await (id, at) in try await connection.statement("SELECT id, forgotten_at FROM forgotten_subject_keys ORDER BY id", logger: logger).decode(
                 (Int64, Int64).self)
             {
                 forgotten.append(ForgottenSubjectKeyRow(id: id, forgottenAt: at))
@@ -96,7 +96,7 @@ extension PostgresSubjectKeys: SubjectKeyCopying {
             var stored: [Int64: (hash: Data, wrapped: Data)] = [:]
             var storedHashes: [Data: Int64] = [:]
             var duplicate = false
-            for try await (id, hash, wrapped) in try await connection.query(
+            for try await (id, hash, wrapped) in try await connection.statement(
                 "SELECT id, subject_hash, wrapped FROM subject_keys WHERE id = ANY(\(ids)::bigint[]) OR subject_hash = ANY(\(hashes)::bytea[]) FOR UPDATE",
                 logger: logger
             ).decode((Int64, Data, Data).self) {

@@ -61,7 +61,7 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
         let logger = logger
         return try await connection.read { connection in
             var found = false
-            for try await name in try await connection.query("SELECT to_regclass(\(table))::text", logger: logger).decode(String?.self) {
+            for try await name in try await connection.statement("SELECT to_regclass(\(table))::text", logger: logger).decode(String?.self) {
                 found = name != nil
             }
             return found
@@ -96,7 +96,7 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
             try await connection.transactionMapped { connection in
                 try await connection.run("SELECT pg_advisory_xact_lock(\(Self.schemaLock))", logger: logger)
                 var made = false
-                for try await name in try await connection.query("SELECT to_regclass('subject_key_meta')::text", logger: logger).decode(String?.self) {
+                for try await name in try await connection.statement("SELECT to_regclass('subject_key_meta')::text", logger: logger).decode(String?.self) {
                     made = name != nil
                 }
                 guard !made else { return }  // another process made it while this one waited
@@ -120,7 +120,7 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
         let logger = logger
         return try await connection.read { connection in
             var meta: [String: Data] = [:]
-            for try await (name, value) in try await connection.query("SELECT name, value FROM subject_key_meta", logger: logger).decode((String, Data).self) {
+            for try await (name, value) in try await connection.statement("SELECT name, value FROM subject_key_meta", logger: logger).decode((String, Data).self) {
                 meta[name] = value
             }
             return meta
@@ -141,7 +141,7 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
         let hashBuffers = hashes.map { ByteBuffer(bytes: $0) }
         return try await connection.read { connection in
             try await Self.rows(
-                try await connection.query(
+                try await connection.statement(
                     "SELECT id, subject_hash, wrapped FROM subject_keys WHERE subject_hash = ANY(\(hashBuffers)::bytea[])", logger: logger))
         }
     }
@@ -153,7 +153,7 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
             // it empty (its snapshot was older); the next one sees its rows.
             for _ in 0..<2 {
                 let found = try await Self.rows(
-                    try await connection.query("SELECT id, subject_hash, wrapped FROM subject_keys WHERE id = \(id)", logger: logger)).first
+                    try await connection.statement("SELECT id, subject_hash, wrapped FROM subject_keys WHERE id = \(id)", logger: logger)).first
                 if let found { return found }
             }
             return nil
@@ -172,7 +172,7 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
             // Wrapped under the master key the store's key rows are under now: a process still
             // holding the key a rewrap replaced makes nothing here.
             var current = false
-            for try await same in try await connection.query(
+            for try await same in try await connection.statement(
                 "SELECT value = \(masterCheck) FROM subject_key_meta WHERE name = 'master_check' FOR SHARE", logger: logger
             ).decode(Bool.self) {
                 current = same
@@ -182,7 +182,7 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
                     location: location, reason: "its master key changed (another process ran `chatlog key rewrap`); open the store with the new key")
             }
             var ids: [Int64] = []
-            for try await id in try await connection.query(
+            for try await id in try await connection.statement(
                 "SELECT nextval('subject_key_ids') FROM generate_series(1, \(Int64(hashes.count)))", logger: logger
             ).decode(Int64.self) {
                 ids.append(id)
@@ -198,7 +198,7 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
             // The rows that won, this transaction's or another's (committed before the conflict
             // was resolved: READ COMMITTED sees it in this new statement).
             return try await Self.rows(
-                try await connection.query(
+                try await connection.statement(
                     "SELECT id, subject_hash, wrapped FROM subject_keys WHERE subject_hash = ANY(\(hashBuffers)::bytea[])", logger: logger))
         }
     }
@@ -207,10 +207,10 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
         let logger = logger
         return try await connection.read { connection in
             var forgotten = false
-            for try await _ in try await connection.query("SELECT 1 FROM forgotten_subject_keys WHERE id = \(id)", logger: logger) { forgotten = true }
+            for try await _ in try await connection.statement("SELECT 1 FROM forgotten_subject_keys WHERE id = \(id)", logger: logger) { forgotten = true }
             if forgotten { return .forgotten }
             var issued: Int64 = Self.firstID - 1
-            for try await (last, called) in try await connection.query("SELECT last_value, is_called FROM subject_key_ids", logger: logger).decode(
+            for try await (last, called) in try await connection.statement("SELECT last_value, is_called FROM subject_key_ids", logger: logger).decode(
                 (Int64, Bool).self)
             {
                 issued = called ? last : last - 1
@@ -236,7 +236,7 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
             // other's to become exclusive); then the partitions holding the keys, each rewritten.
             try await connection.run("SELECT pg_advisory_xact_lock(\(Self.schemaLock - 1))", logger: logger)
             var partitions: [String] = []
-            for try await name in try await connection.query(
+            for try await name in try await connection.statement(
                 "SELECT DISTINCT tableoid::regclass::text FROM subject_keys WHERE id = ANY(\(ids)::bigint[]) ORDER BY 1", logger: logger
             ).decode(String.self) {
                 partitions.append(name)
@@ -269,7 +269,7 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
         let logger = logger
         return try await connection.read { connection in
             var ids: [Int64] = []
-            for try await id in try await connection.query("SELECT id FROM forgotten_subject_keys", logger: logger).decode(Int64.self) { ids.append(id) }
+            for try await id in try await connection.statement("SELECT id FROM forgotten_subject_keys", logger: logger).decode(Int64.self) { ids.append(id) }
             return ids
         }
     }
@@ -278,7 +278,7 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
         let logger = logger
         return try await connection.read { connection in
             var counts = (live: 0, forgotten: 0)
-            for try await (live, forgotten) in try await connection.query(
+            for try await (live, forgotten) in try await connection.statement(
                 "SELECT (SELECT count(*) FROM subject_keys), (SELECT count(*) FROM forgotten_subject_keys)", logger: logger
             ).decode((Int64, Int64).self) {
                 counts = (Int(live), Int(forgotten))
@@ -293,7 +293,7 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
         let logger = logger
         try await connection.transactionMapped { connection in
             let rows = try await Self.rows(
-                try await connection.query(
+                try await connection.statement(
                     PostgresQuery(
                         unsafeSQL: "SELECT id, subject_hash, wrapped FROM subject_keys" + (onlyMissing ? " WHERE wrapped_next IS NULL" : "")
                             + " ORDER BY id FOR UPDATE"), logger: logger))
@@ -321,7 +321,7 @@ package final class PostgresSubjectKeys: SubjectKeyRows {
         let logger = logger
         try await connection.transactionMapped { connection in
             var pending = false
-            for try await _ in try await connection.query("SELECT 1 FROM subject_key_meta WHERE name = 'hash_key_next' FOR UPDATE", logger: logger) {
+            for try await _ in try await connection.statement("SELECT 1 FROM subject_key_meta WHERE name = 'hash_key_next' FOR UPDATE", logger: logger) {
                 pending = true
             }
             guard pending else { return }
