@@ -1414,7 +1414,7 @@ extension PostgresConnection {
     /// `query`, sent only on a connection whose channel is open. postgres-nio 1.33.2 hands a
     /// statement for a closed channel to a write that fails unseen, and the statement then waits
     /// forever: a session the server ended between two statements hung about one transaction in ten
-    /// so ended (PostgresMidWorkFailureTests, "terminated between statements"). The check and the
+    /// so ended (PostgresMidWorkFailureTests, "the server ends sessions between statements"). The check and the
     /// write run on the connection's event loop, which also handles the channel's close, so it
     /// cannot close in between; one that closes after the write fails the statement as usual.
     func statement(_ query: PostgresQuery, logger: Logger, file: String = #fileID, line: Int = #line) async throws -> PostgresRowSequence {
