@@ -33,10 +33,7 @@ extension PostgresStorage {
                     try await withTaskExecutorPreference(EventLoopTaskExecutor(connection.eventLoop)) {
                         do {
                             var positions: [Int64] = []
-                            // On the event loop: the channel cannot close between this check and the
-                            // write (a closed one would leave the statement waiting forever: see
-                            // PostgresConnection.statement).
-                            guard !connection.isClosed else { throw PostgresConnection.Closed() }
+                            try connection.requireOpen()  // on the event loop: see PostgresConnection.statement
                             for try await position in try await connection.execute(statement, logger: logger) { positions.append(position) }
                             guard positions.count == messages.count else {
                                 throw ChatLogError.storage("PostgreSQL inserted \(positions.count) of \(messages.count) messages")

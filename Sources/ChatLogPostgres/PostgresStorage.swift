@@ -210,7 +210,7 @@ package final class PostgresStorage: ChatLogStorage {
         // The future-returning `query` gives the command tag; the async one does not.
         // Sent from the event loop only while the channel is open (see `statement`).
         let result = connection.eventLoop.flatSubmit { () -> EventLoopFuture<PostgresQueryResult> in
-            guard !connection.isClosed else { return connection.eventLoop.makeFailedFuture(PostgresConnection.Closed()) }
+            do { try connection.requireOpen() } catch { return connection.eventLoop.makeFailedFuture(error) }
             return connection.query("COMMIT", logger: logger)
         }
         let tag = try await result.get().metadata.command
@@ -1419,9 +1419,15 @@ extension PostgresConnection {
     /// cannot close in between; one that closes after the write fails the statement as usual.
     func statement(_ query: PostgresQuery, logger: Logger, file: String = #fileID, line: Int = #line) async throws -> PostgresRowSequence {
         try await withTaskExecutorPreference(EventLoopTaskExecutor(eventLoop)) {
-            guard !isClosed else { throw Closed() }
+            try requireOpen()
             return try await self.query(query, logger: logger, file: file, line: line)
         }
+    }
+
+    /// Throws ``Closed`` when the channel has closed. Called on the connection's event loop right
+    /// before a statement is written (``statement(_:logger:file:line:)``, `COMMIT`, the append).
+    func requireOpen() throws {
+        guard !isClosed else { throw Closed() }
     }
 
     /// Runs a statement and reads its rows to the end, so that an error the server sends after

@@ -213,14 +213,29 @@ extension PostgreSQLSuites {
 
         /// A psql session of its own that has begun a transaction and taken migration 0012's key-change
         /// lock with `function` (exclusive or shared); `COMMIT` on its stdin releases it.
-        static func holdKeyChangeLock(_ database: PostgresDatabase, _ function: String) throws -> ChildProcess {
-            let server = database.server
-            let holder = try ChildProcess(
-                server.binaries + "/psql",
-                ["-X", "-q", "-h", server.socketDirectory, "-p", String(server.port), "-U", server.superuser, "-d", database.name],
-                stdin: .pipe)
-            holder.writeStdin(Data("BEGIN;\nSELECT \(function)(\(PostgresStorage.lockClass), \(PostgresStorage.keyChangeLock));\n".utf8))
-            return holder
+        /// A new store with one exchange logged, while another session (psql) holds the key-change
+        /// lock through `function` inside an open transaction, seen granted with `held` (a pg_locks
+        /// condition); `body` gets the store, the database and what ends that transaction (COMMIT).
+        static func withKeyChangeLockHeld(
+            _ function: String, _ held: String, _ body: (ChatLogStore, PostgresDatabase, _ release: () -> Void) async throws -> Void
+        ) async throws {
+            try await withPostgresLocation { location, database in
+                let store = try await ChatLogStore.create(url: location, key: .key(MasterKey.generate()))
+                defer { try? store.close() }
+                _ = try await store.logExchange(Self.exchange(0))
+                let server = database.server
+                let holder = try ChildProcess(
+                    server.binaries + "/psql",
+                    ["-X", "-q", "-h", server.socketDirectory, "-p", String(server.port), "-U", server.superuser, "-d", database.name],
+                    stdin: .pipe)
+                defer { holder.stop() }
+                holder.writeStdin(Data("BEGIN;\nSELECT \(function)(\(PostgresStorage.lockClass), \(PostgresStorage.keyChangeLock));\n".utf8))
+                #expect(try await eventually { try await database.psqlOffPool(Self.keyChangeLockCount + held) == "1" })
+                try await body(store, database) {
+                    holder.writeStdin(Data("COMMIT;\n".utf8))
+                    holder.closeStdin()
+                }
+            }
         }
 
         /// The key-change lock's rows in pg_locks of this database (pg_locks lists the whole
@@ -265,20 +280,14 @@ extension PostgreSQLSuites {
 
         @Test("an append waits while a key change holds the key-change lock (migration 0012), then commits under the keys it finds")
         func appendWaitsForAKeyChange() async throws {
-            try await withPostgresLocation { location, database in
-                let store = try await ChatLogStore.create(url: location, key: .key(MasterKey.generate()))
-                defer { try? store.close() }
-                _ = try await store.logExchange(Self.exchange(0))
-                // Another session holds the lock exclusively, as `replaceKeys` does, inside an open transaction.
-                let holder = try Self.holdKeyChangeLock(database, "pg_advisory_xact_lock")
-                defer { holder.stop() }
-                let waiting = Self.keyChangeLockCount
-                #expect(try await eventually { try await database.psqlOffPool(waiting + " granted") == "1" })
+            // As `replaceKeys` holds it: exclusively.
+            try await Self.withKeyChangeLockHeld("pg_advisory_xact_lock", " granted") { store, database, release in
                 let append = Task { try await store.logExchange(Self.exchange(1)) }
-                #expect(try await eventually { try await database.psqlOffPool(waiting + " NOT granted") == "1" }, "the append does not wait for the lock")
+                #expect(
+                    try await eventually { try await database.psqlOffPool(Self.keyChangeLockCount + " NOT granted") == "1" },
+                    "the append does not wait for the lock")
                 #expect(try database.psql("SELECT count(*) FROM messages") == "2")
-                holder.writeStdin(Data("COMMIT;\n".utf8))
-                holder.closeStdin()
+                release()
                 _ = try await append.value
                 #expect(try database.psql("SELECT count(*) FROM messages") == "4")
                 #expect(try await Self.usageByStatus(store) == (try Self.usageByScan(database)))
@@ -287,23 +296,15 @@ extension PostgreSQLSuites {
 
         @Test("a key change waits while an append holds the key-change lock shared (migration 0012), then commits; the next append is sealed under the new key")
         func aKeyChangeWaitsForAnAppendInFlight() async throws {
-            try await withPostgresLocation { location, database in
-                let store = try await ChatLogStore.create(url: location, key: .key(MasterKey.generate()))
-                defer { try? store.close() }
-                _ = try await store.logExchange(Self.exchange(0))
-                // Another session holds the lock shared inside an open transaction, as `chatlog_append` does.
-                let holder = try Self.holdKeyChangeLock(database, "pg_advisory_xact_lock_shared")
-                defer { holder.stop() }
-                let lock = Self.keyChangeLockCount
-                #expect(try await eventually { try await database.psqlOffPool(lock + " granted AND mode = 'ShareLock'") == "1" })
+            // As `chatlog_append` holds it: shared.
+            try await Self.withKeyChangeLockHeld("pg_advisory_xact_lock_shared", " granted AND mode = 'ShareLock'") { store, database, release in
                 let before = try database.psql("SELECT id FROM keys WHERE state = 'active' AND kind = 'data'")
                 let rotation = Task { try await store.rotateDataKey(RotationOptions(newKey: true)) }
                 #expect(
-                    try await eventually { try await database.psqlOffPool(lock + " NOT granted AND mode = 'ExclusiveLock'") == "1" },
+                    try await eventually { try await database.psqlOffPool(Self.keyChangeLockCount + " NOT granted AND mode = 'ExclusiveLock'") == "1" },
                     "the key change does not wait for the lock")
                 #expect(try database.psql("SELECT id FROM keys WHERE state = 'active' AND kind = 'data'") == before)
-                holder.writeStdin(Data("COMMIT;\n".utf8))
-                holder.closeStdin()
+                release()
                 _ = try await rotation.value
                 let after = try database.psql("SELECT id FROM keys WHERE state = 'active' AND kind = 'data'")
                 #expect(after != before)
