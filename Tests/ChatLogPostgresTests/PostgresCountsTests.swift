@@ -255,26 +255,66 @@ extension PostgreSQLSuites {
                 _ = try await store.logExchange(Self.exchange(0))
                 _ = try await store.rotateDataKey(RotationOptions(newKey: true))
                 let other = try database.psql("SELECT min(id) FROM keys WHERE kind = 'data' AND state <> 'active'")
-                // The function itself, with one message under a key id that is not the active data key and one
-                // without terms: only the guard's values must be right (the stored check value, the active keys).
-                try database.psql(
-                    """
-                    SELECT * FROM chatlog_append(
-                        NULL, 'c-other', 1, 1, (SELECT id FROM keys WHERE state = 'active' AND kind = 'data'), NULL, NULL, NULL, NULL, NULL,
-                        ARRAY['m-1', 'm-2'], ARRAY['user', 'assistant'], ARRAY[1, 2]::bigint[], ARRAY[NULL, NULL]::text[],
-                        ARRAY[3, NULL]::bigint[], ARRAY[NULL, 4]::bigint[], ARRAY[NULL, NULL]::bigint[], ARRAY[NULL, NULL]::text[],
-                        ARRAY[(SELECT id FROM keys WHERE state = 'active' AND kind = 'data'), \(other)]::bigint[], ARRAY['\\x01', '\\x02']::bytea[],
-                        ARRAY[NULL, NULL]::bytea[], ARRAY[(SELECT id FROM keys WHERE state = 'active' AND kind = 'index'), NULL]::bigint[],
-                        ARRAY[1]::bigint[], ARRAY[42]::bigint[],
-                        ARRAY[(SELECT blob_value FROM chatlog_meta WHERE name = 'master_check')],
-                        (SELECT id FROM keys WHERE state = 'active' AND kind = 'data'), (SELECT id FROM keys WHERE state = 'active' AND kind = 'index'))
-                    """)
+                try database.psql(Self.appendUnder(other))
                 #expect(try database.psql("SELECT count(*) FROM key_usage_deltas WHERE key_id = \(other) AND row_count = 1") == "1")
                 #expect(try await Self.usageByStatus(store) == (try Self.usageByScan(database)))
                 #expect(try Self.usageByScan(database)[Int64(other)!] == 1)
                 #expect(try await store.stats() == (try Self.statsByScan(database)))
                 try Self.fold(database)
                 #expect(try await Self.usageByStatus(store) == (try Self.usageByScan(database)))
+            }
+        }
+
+        /// `chatlog_append` itself (its general case), with one message under `secondKey` for its data key
+        /// and one without terms: only the guard's values must be right (the stored check value, the
+        /// active keys).
+        static func appendUnder(_ secondKey: String) -> String {
+            """
+            SELECT * FROM chatlog_append(
+                NULL, 'c-other', 1, 1, (SELECT id FROM keys WHERE state = 'active' AND kind = 'data'), NULL, NULL, NULL, NULL, NULL,
+                ARRAY['m-1', 'm-2'], ARRAY['user', 'assistant'], ARRAY[1, 2]::bigint[], ARRAY[NULL, NULL]::text[],
+                ARRAY[3, NULL]::bigint[], ARRAY[NULL, 4]::bigint[], ARRAY[NULL, NULL]::bigint[], ARRAY[NULL, NULL]::text[],
+                ARRAY[(SELECT id FROM keys WHERE state = 'active' AND kind = 'data'), \(secondKey)]::bigint[], ARRAY['\\x01', '\\x02']::bytea[],
+                ARRAY[NULL, NULL]::bytea[], ARRAY[(SELECT id FROM keys WHERE state = 'active' AND kind = 'index'), NULL]::bigint[],
+                ARRAY[1]::bigint[], ARRAY[42]::bigint[],
+                ARRAY[(SELECT blob_value FROM chatlog_meta WHERE name = 'master_check')],
+                (SELECT id FROM keys WHERE state = 'active' AND kind = 'data'), (SELECT id FROM keys WHERE state = 'active' AND kind = 'index'))
+            """
+        }
+
+        @Test("the key-id columns have no foreign keys since migration 0013: an append naming a key the store lacks is refused whole, a key row cannot be deleted, and verify reports a row naming an index key the store lacks")
+        func keyIDsWithoutForeignKeys() async throws {
+            try await withPostgresLocation { location, database in
+                let store = try await ChatLogStore.create(url: location, key: .key(MasterKey.generate()))
+                defer { try? store.close() }
+                let logged = try await store.logExchange(Self.exchange(0))
+                let before = try await store.stats()
+                // chatlog_append's general case checks each key it names, once.
+                do {
+                    try database.psql(Self.appendUnder("4000000"))
+                    Issue.record("an append under key 4000000 was written")
+                } catch {
+                    #expect("\(error)".contains("key 4000000 is not a key of this store"), "\(error)")
+                }
+                #expect(try database.psql("SELECT count(*) FROM conversations WHERE id = 'c-other'") == "0")
+                #expect(try await store.stats() == before)
+                // Key rows stay: neither DELETE nor TRUNCATE.
+                let keys = try database.psql("SELECT count(*) FROM keys")
+                for statement in ["DELETE FROM keys", "DELETE FROM keys WHERE kind = 'index'", "TRUNCATE keys CASCADE"] {
+                    do {
+                        try database.psql(statement)
+                        Issue.record("\(statement) was allowed")
+                    } catch {
+                        #expect("\(error)".contains("key rows are never deleted"), "\(error)")
+                    }
+                }
+                #expect(try database.psql("SELECT count(*) FROM keys") == keys)
+                // A damaged index key id the constraint would have refused: verify names the row and column.
+                try database.psql("UPDATE messages SET index_key_id = 4000000 WHERE id = '\(logged.messageIDs[0].rawValue)'")
+                let report = try await store.verify()
+                #expect(
+                    report.issues.contains { $0.table == "messages" && $0.column == "index_key_id" && $0.rowID == logged.messageIDs[0].rawValue },
+                    "\(report.issues)")
             }
         }
 

@@ -20,10 +20,10 @@ extension PostgreSQLSuites {
             """
 
         /// Back to the schema before migration 10: the terms as rows of `message_terms` (as migrations 1 and 4 left it),
-        /// and the version rows of migrations 11 and 12 removed (they run again after 10: their `chatlog_append` is
-        /// the one that stays, and 11 drops again the INSERT triggers an earlier migration that runs again makes).
+        /// and the version rows of the migrations after 10 removed (they run again after 10: the last one's `chatlog_append`
+        /// is the one that stays, and 11 drops again the INSERT triggers an earlier migration that runs again makes).
         static let undoMigration10 = """
-            DELETE FROM chatlog_migrations WHERE version IN (11, 12);
+            DELETE FROM chatlog_migrations WHERE version > 10;
             CREATE TABLE message_terms (message_seq BIGINT NOT NULL, term BIGINT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (message_seq, term));
             CREATE INDEX message_terms_by_term ON message_terms (term, created_at, message_seq);
             INSERT INTO message_terms SELECT m.seq, t, m.created_at FROM messages m, unnest(m.terms) AS t;
