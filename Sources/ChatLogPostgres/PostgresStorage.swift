@@ -87,11 +87,25 @@ package final class PostgresStorage: ChatLogStorage {
             probe = .init(unixSocketPath: path, username: location.user, password: location.password, database: location.database)
         }
         let application = location.applicationName ?? defaultApplicationName()
-        configuration.options.additionalStartupParameters = [("application_name", application)]
+        // The server's TCP keepalives on each pooled session (ignored on a Unix socket): probes after a minute
+        // idle keep a NAT's or firewall's mapping of an idle connection alive, and a client that vanished is
+        // noticed about 90 s later — what postgres-nio's keep-alive query did, without its timer per lease (below).
+        configuration.options.additionalStartupParameters = [
+            ("application_name", application), ("tcp_keepalives_idle", "60"), ("tcp_keepalives_interval", "10"), ("tcp_keepalives_count", "3"),
+        ]
         probe.options.additionalStartupParameters = [("application_name", application)]
         configuration.options.connectTimeout = .seconds(Int64(location.connectTimeout))
         probe.options.connectTimeout = .seconds(Int64(location.connectTimeout))
         configuration.options.maximumConnections = max(1, maximumConnections)
+        // No timer per lease: postgres-nio arms a keep-alive timer (when `keepAliveBehavior` is set) and an
+        // idle timer (for connections beyond `minimumConnections`) each time a connection goes back to the
+        // pool, and cancels them when it is leased again — two child tasks and a clock sleep each, which cost
+        // the writers a quarter of their CPU per append (docs/PERFORMANCE.md "No timers per lease"). One
+        // connection stays open without either; the others still close after a minute idle. Idle connections
+        // are not pinged (as with libpq): the server's TCP keepalives above keep them alive, and one the server
+        // closes is noticed by its socket and replaced by the pool.
+        configuration.options.minimumConnections = 1
+        configuration.options.keepAliveBehavior = nil
         do {
             let connection = try await PostgresConnection.connect(configuration: probe, id: 0, logger: logger)
             try? await connection.close()

@@ -277,6 +277,40 @@ extension PostgreSQLSuites {
             }
         }
 
+        /// The pool keeps one connection open without keep-alive or idle timers (one armed and cancelled
+        /// per lease cost the writers a quarter of their CPU): when the server ends it while idle, the pool
+        /// opens another by itself, and the store goes on with nothing lost.
+        @Test("an idle store keeps one connection; when the server ends it, the pool opens another before any statement asks, and appends and reads go on")
+        func idleConnectionReplaced() async throws {
+            try await withPostgresLocation { location, database in
+                let store = try await ChatLogStore.create(url: location, key: .key(MasterKey.generate()))
+                defer { try? store.close() }
+                let first = try await store.logExchange(
+                    ModelExchange(conversation: .new(NewConversation()), prompt: [NewMessage(role: .user, content: "first question")],
+                                  completion: NewMessage(role: .assistant, content: "first answer")))
+                let sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'chatlog pid %'"
+                let ended = try database.psql(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'chatlog pid %' AND state = 'idle'")
+                try #require(!ended.isEmpty, "no idle session of the store")
+                for pid in ended.split(separator: "\n") { try database.psql("SELECT pg_terminate_backend(\(pid))") }
+                // A new session with no statement from the store: the pool's minimum connection.
+                let reopened = try await eventually(seconds: 30) {
+                    let live = try await database.psqlOffPool(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'chatlog pid %'")
+                    return !live.isEmpty && live.split(separator: "\n").allSatisfy { !ended.split(separator: "\n").contains($0) }
+                }
+                #expect(reopened, "the pool did not open a connection after the server ended its idle one")
+                let second = try await finishing(within: 60, "an append after the idle session ended") {
+                    try await store.logExchange(
+                        ModelExchange(conversation: .existing(first.conversationID), prompt: [NewMessage(role: .user, content: "second question")],
+                                      completion: NewMessage(role: .assistant, content: "second answer")))
+                }
+                #expect(second.conversationID == first.conversationID)
+                #expect(try await store.search("question", limit: 10).hits.count == 2)
+                #expect(Int(try database.psql(sessions)) ?? 0 >= 1)
+            }
+        }
+
         /// postgres-nio 1.33.2 leaves a statement written to a channel that has already closed
         /// waiting forever: before `PostgresConnection.statement` checked the channel on its event
         /// loop, 2 to 3 transactions in 300 hung here (of some 20 sessions ended), and the test

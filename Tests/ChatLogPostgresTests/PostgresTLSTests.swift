@@ -32,6 +32,18 @@ extension PostgreSQLSuites {
             return false
         }
 
+        /// The server's TCP keepalive settings of a pooled session over TCP: set by chatlog at startup, since
+        /// idle connections get no keep-alive query (PostgresStorage.connect).
+        func sessionKeepalives(_ url: String, environment: [String: String]) async throws -> [String] {
+            let storage = try await PostgresStorage.connect(try PostgresLocation(url: url, environment: environment, home: nil), maximumConnections: 1)
+            defer { Task { await storage.close() } }
+            let rows = try await storage.client.query(
+                "SELECT setting FROM pg_settings WHERE name IN ('tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count') ORDER BY name")
+            var settings: [String] = []
+            for try await value in rows.decode(String.self) { settings.append(value) }
+            return settings
+        }
+
         func connectionError(_ url: String, environment: [String: String]) async -> ChatLogError? {
             do {
                 let storage = try await PostgresStorage.connect(try PostgresLocation(url: url, environment: environment, home: nil), maximumConnections: 1)
@@ -45,6 +57,8 @@ extension PostgreSQLSuites {
         func verifyFull(_ server: PostgresTestServer) async throws {
             let url = "postgresql://\(server.passwordUser)@localhost:\(server.port)/postgres?sslmode=verify-full&sslrootcert=\(server.caPath)"
             #expect(try await sessionUsesTLS(url, environment: ["PGPASSWORD": server.password]))
+            // count, idle, interval (by name)
+            #expect(try await sessionKeepalives(url, environment: ["PGPASSWORD": server.password]) == ["3", "60", "10"])
         }
 
         func verifyCAAndRequire(_ server: PostgresTestServer) async throws {
