@@ -50,7 +50,11 @@ package final class PostgresStorage: ChatLogStorage {
 
     /// Connects (one probe connection first, so that a server that is down, a wrong password or a
     /// TLS failure is one clear error at once instead of a pool retrying in the background).
-    package static func connect(_ location: PostgresLocation, maximumConnections: Int = 8) async throws(ChatLogError) -> PostgresStorage {
+    /// `sessionSettings` are sent at startup when the server takes them (``keepaliveSettings``; tests
+    /// pass others).
+    package static func connect(
+        _ location: PostgresLocation, maximumConnections: Int = 8, sessionSettings: [(String, String)] = keepaliveSettings
+    ) async throws(ChatLogError) -> PostgresStorage {
         let logger = Logger(label: "chatlog.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
         var configuration: PostgresClient.Configuration
         var probe: PostgresConnection.Configuration
@@ -87,34 +91,57 @@ package final class PostgresStorage: ChatLogStorage {
             probe = .init(unixSocketPath: path, username: location.user, password: location.password, database: location.database)
         }
         let application = location.applicationName ?? defaultApplicationName()
-        // The server's TCP keepalives on each pooled session (ignored on a Unix socket): probes after a minute
-        // idle keep a NAT's or firewall's mapping of an idle connection alive, and a client that vanished is
-        // noticed about 90 s later — what postgres-nio's keep-alive query did, without its timer per lease (below).
-        configuration.options.additionalStartupParameters = [
-            ("application_name", application), ("tcp_keepalives_idle", "60"), ("tcp_keepalives_interval", "10"), ("tcp_keepalives_count", "3"),
-        ]
-        probe.options.additionalStartupParameters = [("application_name", application)]
+        probe.options.additionalStartupParameters = [("application_name", application)] + sessionSettings
         configuration.options.connectTimeout = .seconds(Int64(location.connectTimeout))
         probe.options.connectTimeout = .seconds(Int64(location.connectTimeout))
         configuration.options.maximumConnections = max(1, maximumConnections)
         // No timer per lease: postgres-nio arms a keep-alive timer (when `keepAliveBehavior` is set) and an
         // idle timer (for connections beyond `minimumConnections`) each time a connection goes back to the
         // pool, and cancels them when it is leased again — two child tasks and a clock sleep each, which cost
-        // the writers a quarter of their CPU per append (docs/PERFORMANCE.md "No timers per lease"). One
+        // the writers a quarter of their CPU per append (docs/PERFORMANCE.md "… and no timers per lease"). One
         // connection stays open without either; the others still close after a minute idle. Idle connections
-        // are not pinged (as with libpq): the server's TCP keepalives above keep them alive, and one the server
-        // closes is noticed by its socket and replaced by the pool.
+        // are not pinged (as with libpq): the server's TCP keepalives (`keepaliveSettings`) keep them alive, and
+        // one the server closes is noticed by its socket and replaced by the pool.
         configuration.options.minimumConnections = 1
         configuration.options.keepAliveBehavior = nil
+        var settings = sessionSettings
         do {
             let connection = try await PostgresConnection.connect(configuration: probe, id: 0, logger: logger)
             try? await connection.close()
+        } catch where !settings.isEmpty && rejectsSetting(error, settings.map(\.0)) {
+            // A pooler (PgBouncer refuses startup parameters it does not know) or a server without them:
+            // connect without; the sessions then get the server's own keepalive settings.
+            settings = []
+            probe.options.additionalStartupParameters = [("application_name", application)]
+            do {
+                let connection = try await PostgresConnection.connect(configuration: probe, id: 0, logger: logger)
+                try? await connection.close()
+            } catch {
+                throw PostgresErrors.map(error, location: location)
+            }
         } catch {
             throw PostgresErrors.map(error, location: location)
         }
+        configuration.options.additionalStartupParameters = [("application_name", application)] + settings
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         let runner = Task { await client.run() }
         return PostgresStorage(location: location, client: client, runner: runner, logger: logger)
+    }
+
+    /// The server's TCP keepalives for each pooled session (ignored on a Unix socket), asked for at
+    /// startup: probes after a minute idle keep a NAT's or firewall's mapping of an idle connection
+    /// alive, and a client that vanished is noticed about 90 s later — what postgres-nio's keep-alive
+    /// query did, without its timer per lease (see `connect`).
+    package static let keepaliveSettings: [(String, String)] = [
+        ("tcp_keepalives_idle", "60"), ("tcp_keepalives_interval", "10"), ("tcp_keepalives_count", "3"),
+    ]
+
+    /// Whether the server (or a pooler in front of it) refused the connection because of one of
+    /// `names`, sent as startup parameters: PostgreSQL's "unrecognized configuration parameter",
+    /// PgBouncer's "unsupported startup parameter".
+    static func rejectsSetting(_ error: any Error, _ names: [String]) -> Bool {
+        guard let error = error as? PSQLError, let message = error.serverInfo?[.message] else { return false }
+        return (message.contains("configuration parameter") || message.contains("startup parameter")) && names.contains { message.contains($0) }
     }
 
     /// "chatlog pid N on HOST": what another key job's error names as the lock's holder.

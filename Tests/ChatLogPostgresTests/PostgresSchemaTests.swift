@@ -181,6 +181,27 @@ extension PostgreSQLSuites {
             }
         }
 
+        /// chatlog asks for the server's TCP keepalives as startup parameters (its pool sends no keep-alive
+        /// query); PgBouncer refuses startup parameters it does not know. A server that refuses one
+        /// (PostgreSQL refuses an unknown name the same way) is connected to without them.
+        @Test("startup settings the server refuses are left out, those it takes are in every pooled session")
+        func startupSettingsRefused() async throws {
+            let server = try await PostgresTestServer.shared()
+            try await server.withDatabase { database in
+                let location = try PostgresLocation(url: server.url(database: database), environment: [:], home: nil)
+                let refused = try await PostgresStorage.connect(location, sessionSettings: [("statement_timeout", "4321"), ("tcp_keepalives_bogus", "1")])
+                let fallback = try await refused.client.query("SELECT current_setting('statement_timeout')")
+                for try await value in fallback.decode(String.self) { #expect(value == "0", "the refused set was half applied: \(value)") }
+                await refused.close()
+                let taken = try await PostgresStorage.connect(location, sessionSettings: [("statement_timeout", "4321")])
+                for _ in 0..<3 {
+                    let rows = try await taken.client.query("SELECT current_setting('statement_timeout')")
+                    for try await value in rows.decode(String.self) { #expect(value == "4321ms") }
+                }
+                await taken.close()
+            }
+        }
+
         @Test("a database that does not exist: named, with what to do")
         func missingDatabase() async throws {
             let server = try await PostgresTestServer.shared()
