@@ -91,7 +91,6 @@ package final class PostgresStorage: ChatLogStorage {
             probe = .init(unixSocketPath: path, username: location.user, password: location.password, database: location.database)
         }
         let application = location.applicationName ?? defaultApplicationName()
-        probe.options.additionalStartupParameters = [("application_name", application)] + sessionSettings
         configuration.options.connectTimeout = .seconds(Int64(location.connectTimeout))
         probe.options.connectTimeout = .seconds(Int64(location.connectTimeout))
         configuration.options.maximumConnections = max(1, maximumConnections)
@@ -105,22 +104,19 @@ package final class PostgresStorage: ChatLogStorage {
         configuration.options.minimumConnections = 1
         configuration.options.keepAliveBehavior = nil
         var settings = sessionSettings
-        do {
-            let connection = try await PostgresConnection.connect(configuration: probe, id: 0, logger: logger)
-            try? await connection.close()
-        } catch where !settings.isEmpty && rejectsSetting(error, settings.map(\.0)) {
-            // A pooler (PgBouncer refuses startup parameters it does not know) or a server without them:
-            // connect without; the sessions then get the server's own keepalive settings.
-            settings = []
-            probe.options.additionalStartupParameters = [("application_name", application)]
+        while true {
+            probe.options.additionalStartupParameters = [("application_name", application)] + settings
             do {
                 let connection = try await PostgresConnection.connect(configuration: probe, id: 0, logger: logger)
                 try? await connection.close()
+                break
+            } catch where !settings.isEmpty && rejectsSetting(error, settings.map(\.0)) {
+                // A pooler (PgBouncer refuses startup parameters it does not know) or a server without them:
+                // once more without; the sessions then get the server's own keepalive settings.
+                settings = []
             } catch {
                 throw PostgresErrors.map(error, location: location)
             }
-        } catch {
-            throw PostgresErrors.map(error, location: location)
         }
         configuration.options.additionalStartupParameters = [("application_name", application)] + settings
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)

@@ -25,23 +25,27 @@ extension PostgreSQLSuites {
 
         /// Connects as the password user over TCP and says whether the session is encrypted.
         func sessionUsesTLS(_ url: String, environment: [String: String]) async throws -> Bool {
-            let storage = try await PostgresStorage.connect(try PostgresLocation(url: url, environment: environment, home: nil), maximumConnections: 1)
-            defer { Task { await storage.close() } }
-            let rows = try await storage.client.query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-            for try await value in rows.decode(Bool.self) { return value }
-            return false
+            try await sessionValues(url, environment: environment, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", as: Bool.self).first ?? false
         }
 
-        /// The server's TCP keepalive settings of a pooled session over TCP: set by chatlog at startup, since
-        /// idle connections get no keep-alive query (PostgresStorage.connect).
+        /// The server's TCP keepalive settings of a pooled session over TCP (count, idle, interval): set by
+        /// chatlog at startup, since idle connections get no keep-alive query (PostgresStorage.connect).
         func sessionKeepalives(_ url: String, environment: [String: String]) async throws -> [String] {
+            try await sessionValues(
+                url, environment: environment,
+                "SELECT setting FROM pg_settings WHERE name IN ('tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count') ORDER BY name",
+                as: String.self)
+        }
+
+        /// `sql`'s single column, read on a pooled session of a storage connected to `url`.
+        func sessionValues<T: PostgresDecodable & Sendable>(
+            _ url: String, environment: [String: String], _ sql: String, as type: T.Type
+        ) async throws -> [T] {
             let storage = try await PostgresStorage.connect(try PostgresLocation(url: url, environment: environment, home: nil), maximumConnections: 1)
             defer { Task { await storage.close() } }
-            let rows = try await storage.client.query(
-                "SELECT setting FROM pg_settings WHERE name IN ('tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count') ORDER BY name")
-            var settings: [String] = []
-            for try await value in rows.decode(String.self) { settings.append(value) }
-            return settings
+            var values: [T] = []
+            for try await value in try await storage.client.query(PostgresQuery(unsafeSQL: sql)).decode(T.self) { values.append(value) }
+            return values
         }
 
         func connectionError(_ url: String, environment: [String: String]) async -> ChatLogError? {
